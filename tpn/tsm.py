@@ -1,0 +1,123 @@
+"""TSM ResNet-50: a 2D ResNet whose bottlenecks shift 1/8 of the channels each way in time.
+
+Used by the Something-Something rows. Frames are folded into the batch
+((N, 3, T, H, W) -> (N*T, 3, H, W)) and unfolded again at the outputs, so
+the neck and heads see the same 5-D features as with the 3D backbone.
+
+The shift sits at the input of every bottleneck's residual branch; the
+identity path gets the unshifted input. The two reference codes differ
+for the projection shortcut of each stage's first block: the original TPN
+code feeds it the *shifted* input, mmaction2 the unshifted one.
+`shift_shortcut` selects between them (True = original TPN).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch.utils.checkpoint as cp
+from torch import Tensor, nn
+
+from tpn.layers import init_backbone_, temporal_shift
+from tpn.resnet3d import EXPANSION, SPATIAL_STRIDES, stage_blocks, stage_channels
+
+
+class ShiftBottleneck(nn.Module):
+    def __init__(
+        self,
+        in_ch: int,
+        planes: int,
+        stride: int,
+        segments: int,
+        shift_shortcut: bool,
+        with_cp: bool,
+    ) -> None:
+        super().__init__()
+        out_ch = planes * EXPANSION
+        self.conv1 = nn.Conv2d(in_ch, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, out_ch, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out_ch)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or in_ch != out_ch:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.BatchNorm2d(out_ch)
+            )
+        self.segments = segments
+        self.shift_shortcut = shift_shortcut
+        self.with_cp = with_cp
+
+    def _residual(self, x: Tensor) -> Tensor:
+        shifted = temporal_shift(x, self.segments)
+        out = self.relu(self.bn1(self.conv1(shifted)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        if self.downsample is None:
+            shortcut = x
+        else:
+            shortcut = self.downsample(shifted if self.shift_shortcut else x)
+        return out + shortcut
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.with_cp and self.training:
+            out = cp.checkpoint(self._residual, x, use_reentrant=False)
+        else:
+            out = self._residual(x)
+        return self.relu(out)
+
+
+def unfold_time(x: Tensor, segments: int) -> Tensor:
+    """(N*T, C, H, W) -> (N, C, T, H, W)."""
+    return x.unflatten(0, (-1, segments)).transpose(1, 2)
+
+
+class TSMResNet(nn.Module):
+    """(N, 3, T, H, W) with T == segments -> (res4, res5) as 5-D features."""
+
+    def __init__(
+        self,
+        depth: int = 50,
+        width: int = 64,
+        blocks: Sequence[int] | None = None,
+        segments: int = 8,
+        shift_shortcut: bool = True,
+        with_cp: bool = False,
+    ) -> None:
+        super().__init__()
+        self.segments = segments
+        self.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        in_ch = width
+        for i, n in enumerate(stage_blocks(depth, blocks)):
+            planes = width * 2**i
+            layer = []
+            for b in range(n):
+                stride = SPATIAL_STRIDES[i] if b == 0 else 1
+                layer.append(ShiftBottleneck(in_ch, planes, stride, segments, shift_shortcut, with_cp))
+                in_ch = planes * EXPANSION
+            self.add_module(f"layer{i + 1}", nn.Sequential(*layer))
+        self.channels = stage_channels(width)
+        init_backbone_(self)
+
+    def set_shift_shortcut(self, shifted: bool) -> None:
+        """True: projection shortcuts see the shifted input (original TPN); False: mmaction2."""
+        for m in self.modules():
+            if isinstance(m, ShiftBottleneck):
+                m.shift_shortcut = shifted
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if x.shape[2] != self.segments:
+            raise ValueError(
+                f"TSM backbone expects T={self.segments} frames (segments), got input of shape {tuple(x.shape)}"
+            )
+        x = x.transpose(1, 2).flatten(0, 1)  # (N*T, 3, H, W)
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (N*T, w, H/4, W/4)
+        x = self.layer2(self.layer1(x))  # (N*T, 8w, H/8, W/8)
+        res4 = self.layer3(x)  # (N*T, 16w, H/16, W/16)
+        res5 = self.layer4(res4)  # (N*T, 32w, H/32, W/32)
+        return unfold_time(res4, self.segments), unfold_time(res5, self.segments)

@@ -1,0 +1,260 @@
+"""The model zoo: one registry of named, frozen configs, and `create_model`.
+
+Every row of the TPN model zoo (Kinetics-400 SlowOnly R50/R101 baselines
+and TPNs at 8x8, 16x4, 32x2; the two TPNs trained on MMAction's Kinetics
+copy; TSM-50 baselines and TPNs on Something-Something V1/V2) is an entry
+here, with its clip spec, training recipe and the published Top-1. Tiny
+entries of each family run the same code with few channels, for tests and
+the demo.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import fnmatch
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from torch import nn
+
+from pipeline import ClipSpec
+from tpn.model import Recognizer
+from tpn.neck import NeckConfig, TPNNeck
+from tpn.resnet3d import SlowOnly
+from tpn.tsm import TSMResNet
+
+Backbone = Literal["slowonly", "tsm"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainRecipe:
+    """The seed configs' optimisation settings (TPN_SPEC sections 1 and 5)."""
+
+    lr: float = 0.01  # for `lr_batch` clips; scaled linearly with the global batch
+    lr_batch: int = 64
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 1e-4
+    clip_grad: float = 40.0
+    epochs: int = 150
+    lr_steps: tuple[int, ...] = (75, 125)
+    lr_gamma: float = 0.1
+    warmup_epochs: int = 0
+    batch_size: int = 8  # clips per GPU in the seed configs
+    aux_weight: float = 0.5
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    name: str
+    backbone: Backbone
+    depth: int = 50
+    width: int = 64  # stem channels; 64 for every zoo row
+    blocks: tuple[int, ...] | None = None  # per-stage blocks; None = from depth
+    neck: NeckConfig | None = None  # None = baseline (no TPN)
+    num_classes: int
+    dataset: str
+    clip: ClipSpec
+    recipe: TrainRecipe = field(default_factory=TrainRecipe)
+    dropout: float = 0.5
+    shift_shortcut: bool = True  # TSM: projection shortcut sees the shifted input (original TPN)
+    with_cp: bool = False  # gradient checkpointing in the backbone (16/32-frame configs)
+    top1: float | None = None  # the seed's published Top-1 (%)
+    source: str = ""  # the reference config file
+    weights_sha256: str | None = None
+    tiny: bool = False
+
+    @property
+    def with_tpn(self) -> bool:
+        return self.neck is not None
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        """(3, T, H, W) of one training clip."""
+        return (3, self.clip.frames, self.clip.crop_size, self.clip.crop_size)
+
+
+_REGISTRY: dict[str, ModelConfig] = {}
+
+
+def register(cfg: ModelConfig) -> ModelConfig:
+    if cfg.name in _REGISTRY:
+        raise ValueError(f"model {cfg.name!r} is already registered")
+    _REGISTRY[cfg.name] = cfg
+    return cfg
+
+
+def list_models(pattern: str | None = None) -> list[str]:
+    """Zoo rows (no pattern), or every name matching a glob such as '*tiny*'."""
+    if pattern is None:
+        return [n for n, c in _REGISTRY.items() if not c.tiny]
+    return [n for n in _REGISTRY if fnmatch.fnmatch(n, pattern)]
+
+
+def get_config(name: str) -> ModelConfig:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=5, cutoff=0.4)
+        hint = f" Closest: {', '.join(close)}." if close else ""
+        raise ValueError(
+            f"unknown model {name!r}.{hint} See tpn.list_models() (or list_models('*tiny*'))."
+        ) from None
+
+
+def apply_overrides(cfg: ModelConfig, overrides: dict[str, Any]) -> ModelConfig:
+    """`dataclasses.replace` that also reaches into the neck (e.g. flow='parallel')."""
+    top = {f.name for f in dataclasses.fields(ModelConfig)}
+    neck_fields = {f.name for f in dataclasses.fields(NeckConfig)}
+    neck_changes = {k: v for k, v in overrides.items() if k in neck_fields and k not in top}
+    unknown = set(overrides) - top - neck_fields
+    if unknown:
+        raise TypeError(
+            f"unknown override(s) {sorted(unknown)} for {cfg.name}; "
+            f"valid: {sorted(top | neck_fields)}"
+        )
+    if neck_changes and cfg.neck is None:
+        raise ValueError(f"{cfg.name} has no TPN neck; cannot set {sorted(neck_changes)}")
+    top_changes = {k: v for k, v in overrides.items() if k not in neck_changes}
+    if neck_changes:
+        top_changes["neck"] = cfg.neck.replace(**neck_changes)
+    return dataclasses.replace(cfg, **top_changes)
+
+
+def build_model(cfg: ModelConfig) -> Recognizer:
+    if cfg.backbone == "slowonly":
+        backbone: nn.Module = SlowOnly(cfg.depth, cfg.width, cfg.blocks, cfg.with_cp)
+    elif cfg.backbone == "tsm":
+        backbone = TSMResNet(
+            cfg.depth, cfg.width, cfg.blocks, cfg.clip.frames, cfg.shift_shortcut, cfg.with_cp
+        )
+    else:
+        raise ValueError(f"unknown backbone {cfg.backbone!r}")
+    neck = None
+    if cfg.neck is not None:
+        neck = TPNNeck(backbone.channels[2:], cfg.num_classes, cfg.neck)
+    model = Recognizer(backbone, neck, cfg.num_classes, cfg.dropout)
+    model.config = cfg
+    return model
+
+
+def create_model(
+    name: str,
+    *,
+    num_classes: int | None = None,
+    checkpoint: str | Path | dict | None = None,
+    **overrides: Any,
+) -> Recognizer:
+    """Build a zoo model by name; `overrides` replace config fields (or neck fields).
+
+    With `checkpoint`, weights are loaded strictly (see `tpn.load_checkpoint`).
+    """
+    cfg = get_config(name)
+    if num_classes is not None:
+        overrides["num_classes"] = num_classes
+    if overrides:
+        cfg = apply_overrides(cfg, overrides)
+    model = build_model(cfg)
+    if checkpoint is not None:
+        from tpn.checkpoint import load_checkpoint
+
+        load_checkpoint(model, checkpoint)
+    return model
+
+
+# ---------------------------------------------------------------- zoo rows
+
+KINETICS = dict(num_classes=400, dataset="kinetics400")
+STH_RECIPE = TrainRecipe(weight_decay=5e-4, clip_grad=20.0)
+# Seed K400 training: RandomResizedCrop(224), flip, colour jitter; test 10 clips x 3 crops of 256.
+_K400_CLIP = ClipSpec(color_jitter=True)
+# Seed Sth training: 8 TSN segments; test twice-sample (2 clips) x 3 crops of 256.
+_STH_CLIP = ClipSpec(frames=8, stride=1, sampling="segments", color_jitter=True, twice_sample=True)
+
+_FRAMES = {"f8s8": (8, 8), "f16s4": (16, 4), "f32s2": (32, 2)}
+_TOP1 = {  # (baseline, tpn) per depth and frames (MODEL_ZOO.md)
+    (50, "f8s8"): (74.9, 76.1), (50, "f16s4"): (76.1, 77.3), (50, "f32s2"): (75.7, 77.7),
+    (101, "f8s8"): (76.0, 77.2), (101, "f16s4"): (77.0, 78.1), (101, "f32s2"): (77.4, 78.9),
+}  # fmt: skip
+
+
+def kinetics_neck(depth: int, frames: int) -> NeckConfig:
+    """R50: both levels pooled to T=1. R101: level 0 to T=2, level 1 to T=1."""
+    if depth == 50:
+        return NeckConfig(temporal_scales=(frames, frames))
+    return NeckConfig(
+        temporal_scales=(frames // 2, frames),
+        downsample_scale=(2, 1, 1),
+        fusion_scales=((2, 1, 1), (1, 1, 1)),
+    )
+
+
+def _register_kinetics() -> None:
+    for depth in (50, 101):
+        for tag, (frames, stride) in _FRAMES.items():
+            clip = _K400_CLIP.replace(frames=frames, stride=stride)
+            base_top1, tpn_top1 = _TOP1[(depth, tag)]
+            common = dict(
+                backbone="slowonly", depth=depth, clip=clip, with_cp=frames > 8, **KINETICS
+            )
+            register(ModelConfig(
+                name=f"baseline_r{depth}_{tag}", top1=base_top1,
+                source=f"config_files/kinetics400/baseline/r{depth}{tag}.py", **common,
+            ))  # fmt: skip
+            register(ModelConfig(
+                name=f"tpn_r{depth}_{tag}", top1=tpn_top1, neck=kinetics_neck(depth, frames),
+                source=f"config_files/kinetics400/tpn/r{depth}{tag}.py", **common,
+            ))  # fmt: skip
+    for depth, top1 in ((50, 76.7), (101, 78.2)):
+        register(ModelConfig(
+            name=f"tpn_r{depth}_f8s8_mmaction", backbone="slowonly", depth=depth,
+            clip=_K400_CLIP, neck=kinetics_neck(depth, 8), top1=top1,
+            source=f"config_files/kinetics400/tpn/r{depth}f8s8.py (trained on MMAction's Kinetics copy)",
+            **KINETICS,
+        ))  # fmt: skip
+
+
+def _register_sth() -> None:
+    top1 = {("v1", False): 48.2, ("v1", True): 50.7, ("v2", False): 62.3, ("v2", True): 64.7}
+    for version in ("v1", "v2"):
+        for with_tpn in (False, True):
+            kind = "tpn" if with_tpn else "baseline"
+            register(ModelConfig(
+                name=f"tsm50_{kind}_sth{version}", backbone="tsm", depth=50, clip=_STH_CLIP,
+                neck=NeckConfig(temporal_scales=(8, 8)) if with_tpn else None,
+                num_classes=174, dataset=f"sth{version}", recipe=STH_RECIPE,
+                top1=top1[(version, with_tpn)], source=f"config_files/sth{version}/tsm_{kind}.py",
+            ))  # fmt: skip
+
+
+# Tiny entries: width 8, one block per stage, 8 classes (the synthetic demo
+# set), 112 crops. Same modules and code paths as the full models.
+_TINY_CLIP = ClipSpec(
+    frames=8, stride=4, crop_size=112, scale_range=(0.3, 1.0), test_scale=128, test_crop=128,
+    test_clips=2,
+)  # fmt: skip
+_TINY = dict(width=8, blocks=(1, 1, 1, 1), num_classes=8, dataset="synthetic", tiny=True)
+_TINY_RECIPE = TrainRecipe(lr=0.05, lr_batch=16, epochs=12, lr_steps=(8, 11), warmup_epochs=1, batch_size=8)
+
+
+def _register_tiny() -> None:
+    tiny_tsm_clip = _TINY_CLIP.replace(sampling="segments", stride=1, twice_sample=True)
+    entries = [
+        dict(name="baseline_tiny_f8s4", backbone="slowonly", clip=_TINY_CLIP),
+        dict(name="tpn_tiny_f8s4", backbone="slowonly", clip=_TINY_CLIP,
+             neck=NeckConfig(temporal_scales=(8, 8))),
+        # The R101 pyramid (levels at T=2 and T=1, broadcast top-down add).
+        dict(name="tpn_tiny_pyr_f8s4", backbone="slowonly", clip=_TINY_CLIP, neck=kinetics_neck(101, 8)),
+        dict(name="tsm_tiny_baseline", backbone="tsm", clip=tiny_tsm_clip),
+        dict(name="tsm_tiny_tpn", backbone="tsm", clip=tiny_tsm_clip,
+             neck=NeckConfig(temporal_scales=(8, 8))),
+    ]  # fmt: skip
+    for e in entries:
+        register(ModelConfig(recipe=_TINY_RECIPE, **_TINY, **e))
+
+
+_register_kinetics()
+_register_sth()
+_register_tiny()
