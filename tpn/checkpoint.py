@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from tpn.io import atomic_torch_save
+
 log = logging.getLogger("tpn.checkpoint")
 
 OWN_FORMAT = "tpn-toolkit"
@@ -315,12 +317,28 @@ def load_checkpoint(
         if saved_as and saved_as != model.config.name:
             raise CheckpointError(f"{e}\n(the checkpoint was saved from {saved_as!r}, not {model.config.name!r})") from None
         raise
-    if fmt == "mmaction2" and model.config.backbone == "tsm":
-        model.backbone.set_shift_shortcut(False)
-        msg = "mmaction2 TSM weights: projection shortcuts now take the unshifted input, as in mmaction2"
-        log.info(msg)
-        report.notes.append(msg)
+    if model.config.backbone == "tsm":
+        _set_tsm_shortcut(model, fmt, outer, report)
     return report
+
+
+def _set_tsm_shortcut(model: nn.Module, fmt: str, outer: Mapping, report: LoadReport) -> None:
+    """Give TSM weights the shortcut input they were trained with."""
+    if fmt == "mmaction2":
+        shifted = False
+    elif fmt == "original":
+        shifted = True
+    elif "shift_shortcut" in outer:  # our own file records it
+        shifted = bool(outer["shift_shortcut"])
+    else:
+        return
+    if shifted == model.backbone.shift_shortcut:
+        return
+    model.backbone.set_shift_shortcut(shifted)
+    which = "shifted (original TPN)" if shifted else "unshifted (mmaction2)"
+    msg = f"{fmt} TSM weights: projection shortcuts now take the {which} input, as these weights were trained"
+    log.info(msg)
+    report.notes.append(msg)
 
 
 def init_from_imagenet(model: nn.Module, source: str | Path | Mapping) -> LoadReport:
@@ -357,8 +375,6 @@ def init_from_imagenet(model: nn.Module, source: str | Path | Mapping) -> LoadRe
 
 def save_checkpoint(path: str | Path, model: nn.Module, **extra) -> Path:
     """Write this project's format atomically (temporary file, fsync, rename)."""
-    from tpn.io import atomic_torch_save
-
     module = getattr(model, "module", model)  # unwrap DDP
     obj = {
         "format": OWN_FORMAT,
@@ -368,4 +384,6 @@ def save_checkpoint(path: str | Path, model: nn.Module, **extra) -> Path:
         "model": module.state_dict(),
         **extra,
     }
+    if hasattr(module.backbone, "shift_shortcut"):  # TSM: which shortcut input the weights expect
+        obj["shift_shortcut"] = module.backbone.shift_shortcut
     return atomic_torch_save(obj, path)

@@ -88,6 +88,7 @@ class TSMResNet(nn.Module):
     ) -> None:
         super().__init__()
         self.segments = segments
+        self.shift_shortcut = shift_shortcut
         self.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
@@ -106,6 +107,7 @@ class TSMResNet(nn.Module):
 
     def set_shift_shortcut(self, shifted: bool) -> None:
         """True: projection shortcuts see the shifted input (original TPN); False: mmaction2."""
+        self.shift_shortcut = shifted
         for m in self.modules():
             if isinstance(m, ShiftBottleneck):
                 m.shift_shortcut = shifted

@@ -258,3 +258,35 @@ def _register_tiny() -> None:
 _register_kinetics()
 _register_sth()
 _register_tiny()
+
+
+# ------------------------------------------------------------------- CLI
+
+
+def count_parameters(name: str) -> tuple[int, int]:
+    """(all parameters, inference-only parameters without the auxiliary head), built on the meta device."""
+    import torch
+
+    with torch.device("meta"):
+        model = create_model(name)
+    total = sum(p.numel() for p in model.parameters())
+    aux = model.neck.aux_head if model.has_aux else None
+    return total, total - (sum(p.numel() for p in aux.parameters()) if aux is not None else 0)
+
+
+def zoo_table(names: list[str]) -> str:
+    rows = [
+        "| name | frames x stride | backbone | TPN | params (train / infer) | dataset | Top-1 target |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for n in names:
+        c = get_config(n)
+        fs = f"{c.clip.frames} x {c.clip.stride}" if c.clip.sampling == "dense" else f"{c.clip.frames} segments"
+        bb = ("SlowOnly" if c.backbone == "slowonly" else "TSM") + (" tiny" if c.tiny else f" R{c.depth}")
+        total, infer = count_parameters(n)
+        top1 = f"{c.top1:.1f}" if c.top1 is not None else "-"
+        rows.append(
+            f"| `{n}` | {fs} | {bb} | {'yes' if c.with_tpn else '-'} | "
+            f"{total / 1e6:.2f}M / {infer / 1e6:.2f}M | {c.dataset} | {top1} |"
+        )
+    return "\n".join(rows)
