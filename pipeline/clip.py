@@ -12,6 +12,7 @@ from typing import Literal
 
 Sampling = Literal["dense", "segments"]
 TestCrops = Literal["three", "center", "full"]
+ShortVideo = Literal["loop", "edge"]
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)  # RGB, 0-255 scale
 IMAGENET_STD = (58.395, 57.12, 57.375)
@@ -29,6 +30,9 @@ class ClipSpec:
     frames: int = 8
     stride: int = 8
     sampling: Sampling = "dense"
+    # dense clips longer than the video: wrap indices modulo the frame count
+    # ("loop", as mmaction2) or repeat the last frame ("edge")
+    short_video: ShortVideo = "loop"
     # training augmentation
     crop_size: int = 224
     scale_range: tuple[float, float] = (0.08, 1.0)
@@ -53,6 +57,8 @@ class ClipSpec:
             raise ValueError(f"ClipSpec.stride must be >= 1, got {self.stride}")
         if self.sampling not in ("dense", "segments"):
             raise ValueError(f"ClipSpec.sampling must be 'dense' or 'segments', got {self.sampling!r}")
+        if self.short_video not in ("loop", "edge"):
+            raise ValueError(f"ClipSpec.short_video must be 'loop' or 'edge', got {self.short_video!r}")
         if self.test_crops not in ("three", "center", "full"):
             raise ValueError(
                 f"ClipSpec.test_crops must be 'three', 'center' or 'full', got {self.test_crops!r}"
