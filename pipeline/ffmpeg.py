@@ -1,0 +1,351 @@
+"""ffmpeg for the data pipeline: find the binary, build argv, run it, probe outputs.
+
+Sources are only ever touched by an ffmpeg subprocess with a timeout, so a
+corrupt or hostile file can cost at most one killed process. Outputs (our own
+VP9/H.264 files) are read in-process with PyAV, which is cheap and exact.
+
+The argv builders are pure functions of `EncodeSettings`, so tests and the
+shard benchmark use exactly the command `pipeline.shard` runs.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Literal
+
+import ffmpeg as ffmpeg_python
+
+Codec = Literal["vp9", "h264"]
+CODECS: dict[str, dict[str, str]] = {
+    "vp9": {"encoder": "libvpx-vp9", "container": "webm", "ext": "webm"},
+    "h264": {"encoder": "libx264", "container": "mp4", "ext": "mp4"},
+}
+DEFAULT_CRF = {"vp9": 32, "h264": 23}
+LOGLEVEL = "error"
+
+
+class FFmpegError(RuntimeError):
+    """ffmpeg failed on one input; `reason` is a word from `REJECT_REASONS`."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.message = message
+
+
+@functools.lru_cache(maxsize=None)
+def find_ffmpeg() -> str:
+    """Path of the ffmpeg binary: $TPN_FFMPEG, else `ffmpeg` on PATH, else imageio-ffmpeg's."""
+    env = os.environ.get("TPN_FFMPEG")
+    if env:
+        if not Path(env).is_file():
+            raise FileNotFoundError(f"TPN_FFMPEG={env!r} is not a file; point it at an ffmpeg binary or unset it")
+        return env
+    on_path = shutil.which("ffmpeg")
+    if on_path:
+        return on_path
+    try:
+        import imageio_ffmpeg
+    except ImportError as err:  # pragma: no cover - dependency of the package
+        raise FileNotFoundError(
+            "no ffmpeg found: install one on PATH or `pip install imageio-ffmpeg`"
+        ) from err
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+@functools.lru_cache(maxsize=None)
+def has_encoder(exe: str, encoder: str) -> bool:
+    out = subprocess.run([exe, "-hide_banner", "-encoders"], capture_output=True, text=True, timeout=60)
+    return re.search(rf"^\s*V\S*\s+{re.escape(encoder)}\s", out.stdout, re.MULTILINE) is not None
+
+
+@dataclass(frozen=True, kw_only=True)
+class EncodeSettings:
+    """Everything that decides the bytes of an encoded video.
+
+    `threads` is part of the settings (not derived from the worker count)
+    because libvpx output differs with the thread count; fixing it keeps
+    shards identical whatever `--workers` is.
+    """
+
+    codec: Codec = "vp9"
+    short_side: int | None = 256  # None: keep the source size (rounded down to even)
+    size: tuple[int, int] | None = None  # fixed (W, H); overrides short_side
+    fps: float | None = None  # None: the source's frame rate
+    gop: int = 16
+    crf: int | None = None  # None: DEFAULT_CRF[codec]
+    vp9_deadline: str = "realtime"
+    vp9_cpu_used: int = 8
+    x264_preset: str = "veryfast"
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        if self.codec not in CODECS:
+            raise ValueError(f"codec must be one of {sorted(CODECS)}, got {self.codec!r}")
+        if self.short_side is not None and (self.short_side < 2 or self.short_side % 2):
+            raise ValueError(f"short_side must be an even number >= 2, got {self.short_side}")
+        if self.size is not None:
+            w, h = self.size
+            if w < 2 or h < 2 or w % 2 or h % 2:
+                raise ValueError(f"size must be even WxH (yuv420p needs even sizes), got {w}x{h}")
+        if self.gop < 1:
+            raise ValueError(f"gop must be >= 1, got {self.gop}")
+        if self.fps is not None and self.fps <= 0:
+            raise ValueError(f"fps must be > 0, got {self.fps}")
+        if self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
+
+    @property
+    def encoder(self) -> str:
+        return CODECS[self.codec]["encoder"]
+
+    @property
+    def container(self) -> str:
+        return CODECS[self.codec]["container"]
+
+    @property
+    def ext(self) -> str:
+        return CODECS[self.codec]["ext"]
+
+    @property
+    def quality(self) -> int:
+        return DEFAULT_CRF[self.codec] if self.crf is None else self.crf
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["size"] = list(self.size) if self.size else None
+        d.update(crf=self.quality, container=self.container, encoder=self.encoder, pix_fmt="yuv420p")
+        return d
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'320x240' -> (320, 240)."""
+    m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
+    if not m:
+        raise ValueError(f"size must look like WIDTHxHEIGHT (e.g. 320x240), got {text!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def output_geometry(width: int, height: int, s: EncodeSettings) -> tuple[int, int]:
+    """The (W, H) ffmpeg produces for a `width` x `height` source (mirrors `scale_filter`).
+
+    ffmpeg's `-2` keeps the aspect ratio and rounds to the nearest multiple of 2.
+    """
+    if s.size is not None:
+        return s.size
+    if s.short_side is None:
+        return width - width % 2, height - height % 2
+    if width <= height:
+        return s.short_side, _round_even(s.short_side * height / width)
+    return _round_even(s.short_side * width / height), s.short_side
+
+
+def _round_even(x: float) -> int:
+    return max(2, int(round(x / 2)) * 2)
+
+
+def scale_filter(s: EncodeSettings) -> str:
+    """The `scale` filter for the size policy; the source size is known only to ffmpeg."""
+    if s.size is not None:
+        return f"scale={s.size[0]}:{s.size[1]}"
+    if s.short_side is None:
+        return "scale=trunc(iw/2)*2:trunc(ih/2)*2"
+    n = s.short_side
+    return f"scale=w='if(lte(iw,ih),{n},-2)':h='if(lte(iw,ih),-2,{n})'"
+
+
+def video_filter(s: EncodeSettings) -> str:
+    parts = [] if s.fps is None else [f"fps={s.fps:g}"]
+    parts += [scale_filter(s), "setsar=1", "format=yuv420p"]
+    return ",".join(parts)
+
+
+def codec_options(s: EncodeSettings) -> dict[str, object]:
+    """Encoder options: CRF quality, a closed GOP of exactly `gop` frames, no scene-cut keyframes."""
+    common: dict[str, object] = {"c:v": s.encoder, "crf": s.quality, "g": s.gop, "keyint_min": s.gop, "threads": s.threads}
+    if s.codec == "vp9":
+        # VP9 keyframes never reference across; min == max distance pins them every `gop` frames.
+        opts = {"deadline": s.vp9_deadline, "cpu-used": s.vp9_cpu_used, "b:v": 0, "row-mt": int(s.threads > 1)}
+        return {**common, **opts, "f": "webm"}
+    # x264: no B-frames, no scene-cut I-frames, closed GOPs; moov first so readers can stream it.
+    opts = {"preset": s.x264_preset, "sc_threshold": 0, "bf": 0, "x264-params": "open-gop=0", "profile:v": "high"}
+    return {**common, **opts, "movflags": "+faststart", "f": "mp4"}
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """What ffmpeg reads: a video file, or a folder of numbered JPEG frames at `fps`."""
+
+    path: str
+    kind: Literal["video", "frames"] = "video"
+    fps: float | None = None  # frames only
+    pattern: str = "%05d.jpg"  # frames only
+    start_number: int = 1  # frames only
+
+
+def transcode_argv(src: SourceSpec, dst: str | os.PathLike, s: EncodeSettings, exe: str | None = None) -> list[str]:
+    """The full ffmpeg command that writes `dst` from `src` with settings `s` (pure)."""
+    if src.kind == "frames":
+        if not src.fps:
+            raise ValueError(f"frame folder {src.path} needs an fps to be encoded as video")
+        inp = ffmpeg_python.input(
+            os.path.join(src.path, src.pattern), framerate=f"{src.fps:g}", start_number=src.start_number
+        )
+    else:
+        inp = ffmpeg_python.input(src.path)
+    out_kwargs = {**codec_options(s), "map": "0:v:0", "vf": video_filter(s), "an": None, "sn": None, "dn": None}
+    out_kwargs.update({"map_metadata": -1, "fflags": "+bitexact"})
+    if s.fps is None:
+        out_kwargs["fps_mode"] = "cfr"  # constant rate at the source's rate
+    args = ffmpeg_python.output(inp, str(dst), **out_kwargs).get_args()
+    # get_args adds `-map 0` only for multi-stream outputs; ours maps explicitly.
+    return [exe or find_ffmpeg(), "-nostdin", "-hide_banner", "-loglevel", LOGLEVEL, "-y", *args]
+
+
+# Reasons an input is rejected; rejected.jsonl only ever holds these words.
+REJECT_REASONS = (
+    "missing_file",
+    "unreadable",
+    "no_video_stream",
+    "too_short",
+    "ffmpeg_error",
+    "timeout",
+    "unknown_class",
+)
+
+_PATTERNS = [
+    ("no_video_stream", re.compile(r"matches no streams|does not contain any stream|no video stream", re.I)),
+    ("missing_file", re.compile(r"No such file or directory|Could find no file or sequence", re.I)),
+    (
+        "unreadable",
+        re.compile(
+            r"Invalid data found when processing input|moov atom not found|could not find codec parameters"
+            r"|End of file|EBML header parsing failed|Failed to read frame size|unknown format",
+            re.I,
+        ),
+    ),
+]
+
+
+def classify_ffmpeg_error(stderr: str) -> str:
+    """Map ffmpeg's stderr to a reject reason (pure)."""
+    for reason, pattern in _PATTERNS:
+        if pattern.search(stderr):
+            return reason
+    return "ffmpeg_error"
+
+
+def tail(text: str, lines: int = 6, chars: int = 800) -> str:
+    """The last lines of a log, for error messages that stay readable."""
+    kept = "\n".join(line for line in text.strip().splitlines()[-lines:])
+    return kept[-chars:]
+
+
+def run_ffmpeg(argv: list[str], timeout: float | None, input_bytes: bytes | None = None) -> str:
+    """Run one ffmpeg command; return its stderr or raise `FFmpegError`."""
+    try:
+        proc = subprocess.run(
+            argv,
+            input=input_bytes,
+            stdin=None if input_bytes is not None else subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired as err:
+        # subprocess.run has killed and reaped ffmpeg by now.
+        msg = (err.stderr or b"").decode("utf-8", "replace")
+        raise FFmpegError("timeout", f"ffmpeg ran longer than {timeout:g} s. {tail(msg)}".strip()) from None
+    stderr = proc.stderr.decode("utf-8", "replace")
+    if proc.returncode != 0:
+        raise FFmpegError(classify_ffmpeg_error(stderr), tail(stderr) or f"ffmpeg exited with {proc.returncode}")
+    return stderr
+
+
+def pipe_frames(argv: list[str], chunks: Iterable[bytes], timeout: float) -> None:
+    """Run ffmpeg feeding `chunks` to its stdin (raw frames); raise `FFmpegError` on failure.
+
+    stderr goes to a temp file rather than a pipe, so a chatty ffmpeg can never
+    block while we are busy writing its input.
+    """
+    deadline = time.monotonic() + timeout
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            for chunk in chunks:
+                proc.stdin.write(chunk)
+                if time.monotonic() > deadline:
+                    raise subprocess.TimeoutExpired(argv, timeout)
+            proc.stdin.close()
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise FFmpegError("timeout", f"ffmpeg ran longer than {timeout:g} s") from None
+        except BrokenPipeError:
+            proc.wait()  # ffmpeg quit early: its stderr says why
+        finally:
+            if proc.poll() is None:  # an exception from `chunks`: do not leave ffmpeg behind
+                proc.kill()
+                proc.wait()
+        err.seek(0)
+        stderr = err.read().decode("utf-8", "replace")
+    if proc.returncode != 0:
+        raise FFmpegError(classify_ffmpeg_error(stderr), tail(stderr) or f"ffmpeg exited with {proc.returncode}")
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    frames: int
+    fps: float
+    width: int
+    height: int
+    duration: float
+    codec: str
+
+
+def probe_encoded(path: str | os.PathLike) -> VideoInfo:
+    """Frame count and geometry of a file we encoded, by counting packets (no decoding).
+
+    Our encodes have no B-frames and libvpx packs hidden alt-ref frames into
+    superframes, so one packet is one displayed frame; the tests check this
+    against full decodes by PyAV and by DALI.
+    """
+    import av
+
+    with av.open(str(path)) as container:
+        if not container.streams.video:
+            raise FFmpegError("no_video_stream", f"{path} has no video stream after encoding")
+        stream = container.streams.video[0]
+        frames = sum(1 for p in container.demux(stream) if p.size > 0)
+        rate = stream.average_rate or stream.guessed_rate or Fraction(0)
+        fps = float(rate)
+        ctx = stream.codec_context
+        return VideoInfo(
+            frames=frames,
+            fps=round(fps, 6),
+            width=ctx.width,
+            height=ctx.height,
+            duration=round(frames / fps, 6) if fps else 0.0,
+            codec=ctx.name,
+        )
+
+
+def count_decoded_frames(path: str | os.PathLike) -> int:
+    """Frames a decoder returns for the file (full decode with PyAV)."""
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        return sum(1 for _ in container.decode(stream))

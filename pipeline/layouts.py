@@ -1,0 +1,322 @@
+"""The four dataset layouts people download, turned into one deterministic work list.
+
+- `folder`: `SRC/<class>/<video>` or `SRC/{train,val}/<class>/<video>`.
+- `kinetics`: annotation CSVs (`label,youtube_id,time_start,time_end,split`) and
+  videos named `<youtube_id>_<start:06d>_<end:06d>.<ext>` anywhere under SRC.
+- `sthv2`: Something-Something V2: `<id>.webm`, a labels JSON (template -> index)
+  and train/validation JSON lists.
+- `sthv1`: Something-Something V1: JPEG frame folders `<id>/00001.jpg...`, a
+  labels CSV (one name per line, line = index) and `id;label` split lists.
+
+Every layout yields `WorkItem`s in a canonical order: sorted by source path,
+then shuffled per split with a fixed seed. Shuffling before sharding matters:
+a reader's shuffle buffer cannot undo class-sorted shards.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import random
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path
+
+VIDEO_EXTS = frozenset(
+    ".mp4 .m4v .mov .webm .mkv .avi .mpg .mpeg .flv .wmv .3gp .ogv .ts .mts .m2ts".split()
+)
+LAYOUTS = ("auto", "folder", "kinetics", "sthv2", "sthv1")
+SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val", "validate": "val"}
+SPLIT_ORDER = {"train": 0, "val": 1}
+STHV1_FPS = 12.0  # Something-Something V1 frames were extracted at 12 fps
+
+
+class LayoutError(ValueError):
+    """The source folder does not look like the requested (or any known) layout."""
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One input video (or frame folder) and where its sample goes."""
+
+    key: str
+    split: str
+    class_name: str
+    rel: str  # path relative to SRC, POSIX separators
+    path: str  # absolute path given to ffmpeg
+    kind: str = "video"  # "video" | "frames"
+    fps: float | None = None  # frames only
+    missing: bool = False  # listed by the annotations but not on disk
+
+
+@dataclass
+class Dataset:
+    layout: str
+    root: Path
+    items: list[WorkItem]
+    classes: list[str]  # label order: index i is label i
+    notes: list[str] = field(default_factory=list)
+
+
+def normalize_split(name: str) -> str | None:
+    return SPLIT_ALIASES.get(name.strip().lower())
+
+
+def make_key(rel: str) -> str:
+    """A readable, unique, dot-free sample key: sanitized stem + a hash of the relative path."""
+    name = Path(rel)
+    stem = name.stem if name.suffix.lower() in VIDEO_EXTS else name.name
+    ascii_stem = unicodedata.normalize("NFKD", stem).encode("ascii", "ignore").decode()
+    clean = re.sub(r"[^A-Za-z0-9_-]+", "_", ascii_stem).strip("_-")[:40] or "video"
+    digest = hashlib.sha1(rel.encode("utf-8")).hexdigest()[:10]
+    return f"{clean}-{digest}"
+
+
+def is_video(path: Path) -> bool:
+    return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in VIDEO_EXTS
+
+
+def _visible_dirs(path: Path) -> list[Path]:
+    return sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _item(root: Path, path: Path, split: str, class_name: str, **kw) -> WorkItem:
+    rel = path.relative_to(root).as_posix()
+    return WorkItem(key=make_key(rel), split=split, class_name=class_name, rel=rel, path=str(path), **kw)
+
+
+# ---- class-per-folder -------------------------------------------------------
+
+
+def _has_split_dirs(root: Path) -> bool:
+    return any(normalize_split(d.name) for d in _visible_dirs(root))
+
+
+def scan_folder(root: Path, split: str = "train") -> Dataset:
+    """`SRC/<class>/<video>` (all in `split`) or `SRC/{train,val}/<class>/<video>`."""
+    if _has_split_dirs(root):
+        groups = [(normalize_split(d.name), d) for d in _visible_dirs(root) if normalize_split(d.name)]
+    else:
+        groups = [(split, root)]
+    items = []
+    for split_name, split_dir in groups:
+        for class_dir in _visible_dirs(split_dir):
+            files = sorted(p for p in class_dir.rglob("*") if is_video(p))
+            items += [_item(root, p, split_name, class_dir.name) for p in files]
+    if not items:
+        raise LayoutError(
+            f"{root}: no videos found as <class>/<video> or <split>/<class>/<video> "
+            f"(extensions: {' '.join(sorted(VIDEO_EXTS))})"
+        )
+    return Dataset("folder", root, items, sorted({i.class_name for i in items}))
+
+
+# ---- Kinetics CSV -------------------------------------------------------------
+
+KINETICS_COLUMNS = {"label", "youtube_id", "time_start", "time_end", "split"}
+
+
+def _kinetics_csvs(root: Path) -> list[Path]:
+    found = []
+    for folder in (root, root / "annotations"):
+        for p in sorted(folder.glob("*.csv")) if folder.is_dir() else []:
+            with open(p, newline="", encoding="utf-8") as f:
+                header = next(csv.reader(f), [])
+            if KINETICS_COLUMNS <= {h.strip() for h in header}:
+                found.append(p)
+    return found
+
+
+def kinetics_name(youtube_id: str, start: float, end: float) -> str:
+    """The official downloader's file stem: `<id>_<start:06d>_<end:06d>`."""
+    return f"{youtube_id}_{int(float(start)):06d}_{int(float(end)):06d}"
+
+
+def scan_kinetics(root: Path, annotations: list[Path] | None = None) -> Dataset:
+    csvs = annotations or _kinetics_csvs(root)
+    if not csvs:
+        raise LayoutError(f"{root}: no Kinetics CSV with columns {sorted(KINETICS_COLUMNS)} in SRC or SRC/annotations")
+    on_disk: dict[str, Path] = {}
+    for p in sorted(root.rglob("*")):
+        if is_video(p):
+            on_disk.setdefault(p.stem, p)
+    items, ignored = [], 0
+    for csv_path in csvs:
+        with open(csv_path, newline="", encoding="utf-8") as f:
+            for row in csv.DictReader(f):
+                split = normalize_split(row.get("split", ""))
+                label = (row.get("label") or "").strip()
+                if split is None or not label:
+                    ignored += 1  # test rows: no label to train or score on
+                    continue
+                stem = kinetics_name(row["youtube_id"], row["time_start"], row["time_end"])
+                path = on_disk.get(stem)
+                if path is None:
+                    rel = f"{stem}.mp4"
+                    items.append(
+                        WorkItem(make_key(rel), split, label, rel, str(root / rel), missing=True)
+                    )
+                else:
+                    items.append(_item(root, path, split, label))
+    notes = [f"ignored {ignored} CSV rows without a train/val split or label"] if ignored else []
+    return Dataset("kinetics", root, items, sorted({i.class_name for i in items}), notes)
+
+
+# ---- Something-Something ------------------------------------------------------
+
+
+def _find_one(root: Path, patterns: list[str], what: str) -> Path:
+    for folder in (root, root / "annotations", root / "labels"):
+        for pattern in patterns:
+            hits = sorted(folder.glob(pattern)) if folder.is_dir() else []
+            if hits:
+                return hits[0]
+    raise LayoutError(f"{root}: no {what} found (looked for {', '.join(patterns)} in SRC, SRC/annotations, SRC/labels)")
+
+
+def _media_dir(root: Path, candidates: list[str]) -> Path:
+    for name in candidates:
+        if (root / name).is_dir():
+            return root / name
+    return root
+
+
+def sth_template_key(template: str) -> str:
+    """'Putting [something] on [something]' -> 'Putting something on something' (the labels JSON key)."""
+    return template.replace("[", "").replace("]", "")
+
+
+def _load_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise LayoutError(f"{path}: cannot read JSON ({err}); re-download or fix the file") from err
+
+
+def scan_sthv2(root: Path) -> Dataset:
+    labels = _load_json(_find_one(root, ["*labels.json"], "Something-Something V2 labels JSON"))
+    classes = [name for name, _ in sorted(labels.items(), key=lambda kv: int(kv[1]))]
+    if sorted(int(v) for v in labels.values()) != list(range(len(classes))):
+        raise LayoutError(f"{root}: labels JSON indices are not 0..{len(classes) - 1}")
+    video_dir = _media_dir(root, ["20bn-something-something-v2", "videos"])
+    items = []
+    for split, patterns in (("train", ["*train.json"]), ("val", ["*validation.json", "*val.json"])):
+        try:
+            entries = _load_json(_find_one(root, patterns, f"{split} list"))
+        except LayoutError:
+            continue
+        for e in entries:
+            name = sth_template_key(e["template"])
+            if name not in labels:
+                raise LayoutError(f"{root}: template {e['template']!r} of video {e['id']} is not in the labels JSON")
+            path = video_dir / f"{e['id']}.webm"
+            rel = path.relative_to(root).as_posix()
+            items.append(WorkItem(make_key(rel), split, name, rel, str(path), missing=not path.is_file()))
+    if not items:
+        raise LayoutError(f"{root}: no train/validation JSON lists for Something-Something V2")
+    return Dataset("sthv2", root, items, classes)
+
+
+def scan_sthv1(root: Path) -> Dataset:
+    labels_csv = _find_one(root, ["*labels.csv"], "Something-Something V1 labels CSV")
+    classes = [line.strip() for line in labels_csv.read_text(encoding="utf-8").splitlines() if line.strip()]
+    known = set(classes)
+    frame_dir = _media_dir(root, ["20bn-something-something-v1", "rawframes", "frames"])
+    items = []
+    for split, patterns in (("train", ["*train.csv"]), ("val", ["*validation.csv", "*val.csv"])):
+        try:
+            lines = _find_one(root, patterns, f"{split} list").read_text(encoding="utf-8").splitlines()
+        except LayoutError:
+            continue
+        for line in filter(str.strip, lines):
+            vid, _, name = line.partition(";")
+            if name.strip() not in known:
+                raise LayoutError(f"{root}: label {name.strip()!r} of video {vid} is not in {labels_csv.name}")
+            path = frame_dir / vid.strip()
+            rel = path.relative_to(root).as_posix()
+            items.append(
+                WorkItem(make_key(rel), split, name.strip(), rel, str(path), kind="frames", fps=STHV1_FPS,
+                         missing=not path.is_dir())
+            )
+    if not items:
+        raise LayoutError(f"{root}: no train/validation CSV lists for Something-Something V1")
+    return Dataset("sthv1", root, items, classes)
+
+
+# ---- detection and ordering ---------------------------------------------------
+
+
+def detect_layout(root: Path) -> str:
+    """Guess the layout from marker files; class-per-folder is the fallback."""
+    def any_glob(*patterns: str) -> bool:
+        return any(
+            next(iter(sorted(d.glob(p))), None) is not None
+            for d in (root, root / "annotations", root / "labels") if d.is_dir() for p in patterns
+        )
+
+    if any_glob("*labels.json"):
+        return "sthv2"
+    if any_glob("*labels.csv"):
+        return "sthv1"
+    if _kinetics_csvs(root):
+        return "kinetics"
+    return "folder"
+
+
+def frames_pattern(folder: Path) -> tuple[str, int, int]:
+    """ffmpeg pattern, first number and count for a folder of numbered JPEGs ('00001.jpg' -> '%05d.jpg')."""
+    numbered = []
+    for p in folder.iterdir():
+        m = re.fullmatch(r"(\d+)\.(jpe?g)", p.name, re.I)
+        if m:
+            numbered.append((int(m.group(1)), len(m.group(1)), m.group(2)))
+    if not numbered:
+        raise FileNotFoundError(f"{folder}: no numbered JPEG frames (expected 00001.jpg, 00002.jpg, ...)")
+    first, width, ext = min(numbered)
+    return f"%0{width}d.{ext}", first, len(numbered)
+
+
+def canonical_order(items: list[WorkItem], seed: int = 0) -> list[WorkItem]:
+    """Sort by (split, path), then shuffle within each split with a fixed seed."""
+    by_split: dict[str, list[WorkItem]] = {}
+    for item in sorted(items, key=lambda i: (SPLIT_ORDER.get(i.split, 9), i.split, i.rel)):
+        by_split.setdefault(item.split, []).append(item)
+    ordered = []
+    for split, group in by_split.items():
+        random.Random(f"{seed}:{split}").shuffle(group)
+        ordered += group
+    return ordered
+
+
+def check_unique_keys(items: list[WorkItem]) -> None:
+    seen: dict[str, str] = {}
+    for item in items:
+        if item.key in seen:
+            raise LayoutError(f"two inputs map to sample key {item.key!r}: {seen[item.key]} and {item.rel}")
+        seen[item.key] = item.rel
+
+
+def scan(root: str | Path, layout: str = "auto", *, split: str = "train",
+         annotations: list[Path] | None = None, seed: int = 0) -> Dataset:
+    """Enumerate `root` as `layout` into a deterministic, canonically ordered `Dataset`."""
+    root = Path(root).resolve()
+    if not root.is_dir():
+        raise LayoutError(f"{root}: not a directory; pass the dataset folder")
+    if layout not in LAYOUTS:
+        raise LayoutError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    if layout == "auto":
+        layout = "kinetics" if annotations else detect_layout(root)
+    if normalize_split(split) is None and layout == "folder":
+        raise LayoutError(f"split {split!r}: use train or val")
+    scanners = {
+        "folder": lambda: scan_folder(root, normalize_split(split) or "train"),
+        "kinetics": lambda: scan_kinetics(root, annotations),
+        "sthv2": lambda: scan_sthv2(root),
+        "sthv1": lambda: scan_sthv1(root),
+    }
+    ds = scanners[layout]()
+    check_unique_keys(ds.items)
+    ds.items = canonical_order(ds.items, seed)
+    return ds

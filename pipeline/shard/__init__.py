@@ -1,0 +1,27 @@
+"""`python -m pipeline.shard SRC --out OUT`: any video dataset folder -> WebDataset shards.
+
+Library entry points: `shard_dataset` (returns a `ShardReport`) and
+`merge_parts` (joins the outputs of `--part i/n` runs).
+"""
+
+from pipeline.shard.core import (
+    DEFAULT_MIN_FRAMES,
+    DEFAULT_SHARD_SIZE,
+    RejectedInputsError,
+    ShardError,
+    ShardReport,
+    shard_dataset,
+)
+from pipeline.shard.manifest import ShardRecord, read_classes, read_manifest
+
+__all__ = [
+    "DEFAULT_MIN_FRAMES",
+    "DEFAULT_SHARD_SIZE",
+    "RejectedInputsError",
+    "ShardError",
+    "ShardRecord",
+    "ShardReport",
+    "read_classes",
+    "read_manifest",
+    "shard_dataset",
+]

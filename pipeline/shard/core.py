@@ -1,0 +1,414 @@
+"""`shard_dataset`: a dataset folder -> WebDataset shards + DALI indices + manifest.
+
+Flow: scan the layout into an ordered work list -> encode items in a process
+pool (results consumed strictly in input order) -> append samples to the
+split's open shard -> commit each finished shard (atomic rename, then the
+resume state). Shard membership therefore depends only on the inputs and
+settings, never on the worker count or on timing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import struct
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+
+from pipeline.ffmpeg import EncodeSettings, find_ffmpeg, has_encoder
+from pipeline.layouts import Dataset, WorkItem, scan
+from pipeline.shard import manifest as mf
+from pipeline.shard.encode import Outcome, die_with_parent, encode_item, reject_without_encoding
+from pipeline.shard.manifest import ShardRecord, SplitProgress
+from pipeline.wds import BLOCK, ShardWriter, is_temp_name
+
+DEFAULT_SHARD_SIZE = 1_000_000_000
+DEFAULT_MIN_FRAMES = 8
+DEFAULT_TIMEOUT = 600.0
+
+
+class ShardError(RuntimeError):
+    """A problem with the request as a whole (bad source, output folder in use, no encoder)."""
+
+
+class RejectedInputsError(ShardError):
+    """`strict=True` and some inputs were rejected; outputs are written all the same."""
+
+    def __init__(self, report: ShardReport):
+        super().__init__(
+            f"{len(report.rejected)} input(s) rejected (strict mode); see {report.out / mf.REJECTED}"
+        )
+        self.report = report
+
+
+@dataclass
+class ShardReport:
+    out: Path
+    layout: str
+    classes: list[str]
+    shards: list[ShardRecord]
+    rejected: list[dict]
+    inputs: int
+    resumed_shards: int = 0
+    encoded: int = 0  # inputs transcoded by this run (not taken from a previous one)
+    wall_s: float = 0.0
+    manifest: dict = field(default_factory=dict)
+
+    @property
+    def samples(self) -> int:
+        return sum(r.samples for r in self.shards)
+
+    @property
+    def per_split(self) -> dict[str, int]:
+        counts: Counter[str] = Counter()
+        for r in self.shards:
+            counts[r.split] += r.samples
+        return dict(counts)
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.out / mf.MANIFEST
+
+
+def parse_part(part: str | tuple[int, int] | None) -> tuple[int, int] | None:
+    """'2/8' -> (2, 8): 0-based part index out of n."""
+    if part is None or isinstance(part, tuple):
+        return part
+    try:
+        i, n = (int(x) for x in part.split("/"))
+    except ValueError:
+        raise ValueError(f"part must look like I/N (e.g. 0/4), got {part!r}") from None
+    if not 0 <= i < n:
+        raise ValueError(f"part {part}: need 0 <= I < N (parts are numbered from 0)")
+    return i, n
+
+
+def select_part(items: list[WorkItem], part: tuple[int, int] | None) -> list[WorkItem]:
+    """Every n-th item from i: disjoint, covering, and balanced across classes and splits."""
+    if part is None:
+        return items
+    i, n = part
+    return items[i::n]
+
+
+def sample_components(item: WorkItem, o: Outcome, label: int, ext: str, codec: str) -> dict[str, bytes]:
+    meta = {
+        "key": item.key,
+        "class": item.class_name,
+        "label": label,
+        "frames": o.frames,
+        "fps": o.fps,
+        "width": o.width,
+        "height": o.height,
+        "duration": o.duration,
+        "source": item.rel,
+        "sha256": o.sha256,
+        "codec": codec,
+    }
+    return {
+        ext: Path(o.video).read_bytes(),
+        "lbl": struct.pack("<i", label),
+        "frames": struct.pack("<i", o.frames),
+        "json": json.dumps(meta, ensure_ascii=False, sort_keys=True).encode("utf-8"),
+    }
+
+
+def tar_bytes(components: dict[str, bytes]) -> int:
+    """Bytes a sample adds to a tar: a 512-byte header per member plus padded data."""
+    return sum(BLOCK + -(-len(d) // BLOCK) * BLOCK for d in components.values())
+
+
+def ordered(items: Iterable[tuple[int, WorkItem]], submit: Callable[[WorkItem], Future], window: int
+            ) -> Iterator[tuple[int, WorkItem, Outcome]]:
+    """Results in input order with at most `window` in flight: order never depends on timing."""
+    pending: deque[tuple[int, WorkItem, Future]] = deque()
+    it = iter(items)
+    while True:
+        while len(pending) < window:
+            nxt = next(it, None)
+            if nxt is None:
+                break
+            pending.append((nxt[0], nxt[1], submit(nxt[1])))
+        if not pending:
+            return
+        ordinal, item, fut = pending.popleft()
+        yield ordinal, item, fut.result()
+
+
+def _done(outcome: Outcome) -> Future:
+    fut: Future = Future()
+    fut.set_result(outcome)
+    return fut
+
+
+def _prepare_out(out: Path, fp: str, overwrite: bool) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    previous = mf.existing_fingerprint(out)
+    if previous is not None and previous != fp:
+        if not overwrite:
+            raise ShardError(
+                f"{out} already holds shards made from other inputs or settings; "
+                "use a new --out, or pass --overwrite to replace them"
+            )
+        remove_outputs(out)
+    # Leftovers of a killed run: hidden temp files never become final, so drop them.
+    for folder in (out, out / mf.STAGING):
+        for p in folder.glob(".*") if folder.is_dir() else []:
+            if is_temp_name(p.name) and p.is_file():
+                p.unlink(missing_ok=True)
+
+
+def remove_outputs(out: Path) -> None:
+    """Delete everything `pipeline.shard` writes in `out` (and nothing else)."""
+    for p in out.iterdir():
+        if mf.SHARD_RE.match(p.name) or p.name in (mf.MANIFEST, mf.CLASSES, mf.REJECTED, mf.STATE):
+            p.unlink()
+    shutil.rmtree(out / mf.STAGING, ignore_errors=True)
+
+
+def _remove_stale_shards(out: Path, records: list[ShardRecord]) -> None:
+    keep = {r.file for r in records} | {r.index for r in records}
+    for p in out.iterdir():
+        if mf.SHARD_RE.match(p.name) and p.name not in keep:
+            p.unlink()
+
+
+class _Run:
+    """Mutable state of one sharding pass: open writers, pending rejections, progress."""
+
+    def __init__(self, out: Path, s: EncodeSettings, labels: dict[str, int], progress: dict[str, SplitProgress],
+                 fp: str, shard_size: int, shard_samples: int | None):
+        self.out, self.s, self.labels, self.progress, self.fp = out, s, labels, progress, fp
+        self.shard_size, self.shard_samples = shard_size, shard_samples
+        self.writers: dict[str, ShardWriter] = {}
+        self.per_class: dict[str, Counter[str]] = {}
+        self.staged: dict[str, list[Path]] = {}
+        self.pending_rejects: dict[str, list[dict]] = {}
+        self.last: dict[str, int] = {}
+        self.rejected_count = 0
+
+    def split(self, name: str) -> SplitProgress:
+        return self.progress.setdefault(name, SplitProgress())
+
+    def take(self, ordinal: int, item: WorkItem, o: Outcome) -> None:
+        self.last[item.split] = ordinal
+        self.staged.setdefault(item.split, []).append(self.out / mf.STAGING / f"{item.key}.json")
+        if not o.ok:
+            self.rejected_count += 1
+            rec = {"source": item.rel, "reason": o.reason, "message": o.message, "split": item.split}
+            self.pending_rejects.setdefault(item.split, []).append(rec)
+            return
+        comps = sample_components(item, o, self.labels[item.class_name], self.s.ext, self.s.codec)
+        w = self.writers.get(item.split)
+        if w is not None and w.keys and w.size + tar_bytes(comps) > self.shard_size:
+            self.commit(item.split)
+            w = None
+        if w is None:
+            name = mf.shard_name(item.split, len(self.split(item.split).shards))
+            w = self.writers[item.split] = ShardWriter(self.out / name)
+            self.per_class[item.split] = Counter()
+        w.add(item.key, comps)
+        self.per_class[item.split][item.class_name] += 1
+        self.staged[item.split].append(Path(o.video))
+        if self.shard_samples and len(w.keys) >= self.shard_samples:
+            self.commit(item.split)  # close now so the shard is on disk as early as possible
+
+    def commit(self, split: str) -> None:
+        """Finish the split's open shard (if any) and record everything taken so far as done."""
+        sp = self.split(split)
+        w = self.writers.pop(split, None)
+        if w is not None:
+            info = w.close()
+            per_class = dict(sorted(self.per_class.pop(split).items()))
+            sp.shards.append(ShardRecord(split, info.file, info.index, info.samples, info.bytes, info.sha256, per_class))
+        sp.rejected += self.pending_rejects.pop(split, [])
+        sp.through = self.last.get(split, sp.through)
+        mf.save_state(self.out, self.fp, self.progress)
+        for p in self.staged.pop(split, []):
+            p.unlink(missing_ok=True)
+
+    def finish(self) -> None:
+        for split in sorted(set(self.writers) | set(self.pending_rejects) | set(self.last)):
+            self.commit(split)
+
+    def abort(self) -> None:
+        for w in self.writers.values():
+            w.abort()
+        self.writers.clear()
+
+
+def _restore(out: Path, fp: str) -> dict[str, SplitProgress]:
+    """Committed progress of an interrupted run, dropping any split whose shards are not intact."""
+    state = mf.load_state(out, fp) or {}
+    return {name: sp for name, sp in state.items() if mf.shards_intact(out, sp.shards)}
+
+
+def _resolve_classes(ds: Dataset, classes: str | os.PathLike | list[str] | None) -> list[str]:
+    if classes is None:
+        return ds.classes
+    return list(classes) if isinstance(classes, list) else mf.read_classes(Path(classes))
+
+
+def _settings_json(s: EncodeSettings, **extra) -> dict:
+    return {**s.to_json(), **extra}
+
+
+def _encode_all(todo: list[tuple[int, WorkItem]], run: _Run, s: EncodeSettings, *, workers: int,
+                timeout: float, min_frames: int, progress: bool) -> int:
+    """Encode `todo` on `workers` processes and feed results to `run` in input order; return encodes done."""
+    from tqdm import tqdm
+
+    staging = str(run.out / mf.STAGING)
+    pool = None
+    if workers > 1 and len(todo) > 1:
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=die_with_parent)
+
+    def submit(item: WorkItem) -> Future:
+        early = reject_without_encoding(item)
+        if early is None and item.class_name not in run.labels:
+            early = Outcome(item.key, reason="unknown_class",
+                            message=f"class {item.class_name!r} is not in the class list; pass the full list with --classes")
+        if early is not None:
+            return _done(early)
+        if pool is None:
+            return _done(encode_item(item, s, staging, timeout, min_frames))
+        return pool.submit(encode_item, item, s, staging, timeout, min_frames)
+
+    bar = tqdm(total=len(todo), unit="video", disable=not progress, dynamic_ncols=True, desc="shard")
+    try:
+        for ordinal, item, outcome in ordered(todo, submit, window=max(4, workers * 8)):
+            run.take(ordinal, item, outcome)
+            bar.update(1)
+            bar.set_postfix(rejected=run.rejected_count, refresh=False)
+        run.finish()
+    except BaseException:
+        run.abort()
+        raise
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+    return len(todo)
+
+
+def shard_dataset(
+    src: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    layout: str = "auto",
+    codec: str = "vp9",
+    short_side: int | None = 256,
+    size: tuple[int, int] | None = None,
+    fps: float | None = None,
+    gop: int = 16,
+    crf: int | None = None,
+    threads: int = 1,
+    workers: int | None = None,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    shard_samples: int | None = None,
+    classes: str | os.PathLike | list[str] | None = None,
+    part: str | tuple[int, int] | None = None,
+    split: str = "train",
+    annotations: list[str | os.PathLike] | None = None,
+    strict: bool = False,
+    min_frames: int = DEFAULT_MIN_FRAMES,
+    timeout: float = DEFAULT_TIMEOUT,
+    seed: int = 0,
+    overwrite: bool = False,
+    progress: bool = False,
+    settings: EncodeSettings | None = None,
+) -> ShardReport:
+    """Transcode every video under `src` into WebDataset shards in `out`; resumable, deterministic.
+
+    Re-running the same call resumes: committed shards are kept and only the
+    rest is encoded again. Returns a `ShardReport`; with `strict=True` raises
+    `RejectedInputsError` (after writing everything) if any input was rejected.
+    """
+    t0 = time.perf_counter()
+    s = settings or EncodeSettings(codec=codec, short_side=short_side, size=size, fps=fps, gop=gop, crf=crf,
+                                   threads=threads)
+    exe = find_ffmpeg()
+    if not has_encoder(exe, s.encoder):
+        raise ShardError(f"{exe} has no {s.encoder} encoder; install an ffmpeg built with it or set TPN_FFMPEG")
+    if shard_size < 1 or (shard_samples is not None and shard_samples < 1) or min_frames < 1:
+        raise ValueError("shard_size, shard_samples and min_frames must be >= 1")
+    ds = scan(src, layout, split=split, annotations=[Path(a) for a in annotations or []] or None, seed=seed)
+    class_list = _resolve_classes(ds, classes)
+    part_t = parse_part(part)
+    items = select_part(ds.items, part_t)
+    out = Path(out).resolve()
+    settings_json = _settings_json(s, min_frames=min_frames, shard_size=shard_size, shard_samples=shard_samples,
+                                   seed=seed, timeout=timeout)
+    source = {"layout": ds.layout, "root": str(ds.root), "part": None if part_t is None else f"{part_t[0]}/{part_t[1]}",
+              "notes": ds.notes}
+    fp = mf.fingerprint({"format": mf.FORMAT_VERSION, "settings": settings_json, "classes": class_list,
+                         "layout": ds.layout, "part": source["part"],
+                         "items": [(i.key, i.split, i.class_name, i.rel) for i in items]})
+    _prepare_out(out, fp, overwrite)
+    done = _restore(out, fp)
+    resumed = sum(len(sp.shards) for sp in done.values())
+    todo = [(n, it) for n, it in enumerate(items) if n > done.get(it.split, SplitProgress()).through]
+    (out / mf.STAGING).mkdir(exist_ok=True)
+    run = _Run(out, s, {c: i for i, c in enumerate(class_list)}, done, fp, shard_size, shard_samples)
+    n_workers = max(1, workers or os.cpu_count() or 1)
+    encoded = _encode_all(todo, run, s, workers=n_workers, timeout=timeout, min_frames=min_frames, progress=progress)
+    report = _finalize(out, run, ds, class_list, items, fp, source, settings_json, t0,
+                       {"workers": n_workers, "resumed_shards": resumed, "encoded": encoded})
+    report.resumed_shards, report.encoded = resumed, encoded
+    if strict and report.rejected:
+        raise RejectedInputsError(report)
+    return report
+
+
+def _finalize(out: Path, run: _Run, ds: Dataset, classes: list[str], items: list[WorkItem], fp: str,
+              source: dict, settings_json: dict, t0: float, run_info: dict) -> ShardReport:
+    order = sorted(run.progress, key=lambda s: (s != "train", s != "val", s))
+    records = [r for split in order for r in run.progress[split].shards]
+    rejected = [r for split in order for r in run.progress[split].rejected]
+    wall = time.perf_counter() - t0
+    info = {"created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "wall_s": round(wall, 3),
+            "ffmpeg": find_ffmpeg(), **run_info}
+    manifest = mf.build_manifest(fp=fp, source=source, settings=settings_json, classes=classes, records=records,
+                                 rejected=rejected, inputs=len(items), run=info)
+    mf.write_outputs(out, manifest, classes, rejected)
+    _remove_stale_shards(out, records)
+    # The state file stays: re-running a finished command then has nothing left to do.
+    shutil.rmtree(out / mf.STAGING, ignore_errors=True)
+    return ShardReport(out, ds.layout, classes, records, rejected, len(items), wall_s=wall, manifest=manifest)
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"  # pragma: no cover
+
+
+def summary_table(report: ShardReport) -> str:
+    """The closing table: per split videos, shards, bytes and classes; rejections by reason; totals."""
+    rows = [("split", "videos", "shards", "size", "classes")]
+    for split, summary in report.manifest.get("splits", {}).items():
+        rows.append((split, str(summary["samples"]), str(summary["shards"]), human_bytes(summary["bytes"]),
+                     str(len(summary["per_class"]))))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    by_reason = Counter(r["reason"] for r in report.rejected)
+    if by_reason:
+        detail = ", ".join(f"{k}: {v}" for k, v in sorted(by_reason.items()))
+        lines.append(f"rejected {len(report.rejected)} ({detail}); see {report.out / mf.REJECTED}")
+    rate = report.encoded / report.wall_s if report.wall_s > 0 else 0.0
+    lines.append(
+        f"{report.samples} of {report.inputs} inputs sharded into {len(report.shards)} shard(s) in "
+        f"{report.wall_s:.1f} s ({rate:.1f} videos/s encoded this run"
+        + (f", {report.resumed_shards} shard(s) kept from an earlier run)" if report.resumed_shards else ")")
+    )
+    lines.append(f"manifest: {report.manifest_path}")
+    return "\n".join(lines)

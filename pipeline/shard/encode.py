@@ -1,0 +1,139 @@
+"""Worker side: transcode one input into the staging folder, or say why not.
+
+Runs in a worker process. The encoded file lands in `OUT/.staging/<key>.<ext>`
+with a `<key>.json` record (written last, atomically); a resumed run reuses
+both instead of encoding again. Rejections are recorded the same way, so a
+file that timed out is not retried on every resume.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import os
+import signal
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from pipeline.ffmpeg import EncodeSettings, FFmpegError, SourceSpec, probe_encoded, run_ffmpeg, transcode_argv
+from pipeline.layouts import WorkItem, frames_pattern
+from pipeline.wds import atomic_write_text
+
+
+@dataclass
+class Outcome:
+    """What happened to one work item; `video` is set when it was encoded."""
+
+    key: str
+    reason: str | None = None  # None: encoded
+    message: str = ""
+    video: str | None = None  # staged file
+    frames: int = 0
+    fps: float = 0.0
+    width: int = 0
+    height: int = 0
+    duration: float = 0.0
+    codec: str = ""
+    sha256: str = ""
+    bytes: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.reason is None
+
+
+def die_with_parent() -> None:
+    """Worker initializer: get SIGKILL when the parent dies, so a killed run leaves no workers behind."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        pass
+
+
+def source_spec(item: WorkItem) -> SourceSpec:
+    """Check the input exists and is non-empty; raise FFmpegError with a reject reason otherwise."""
+    path = Path(item.path)
+    if item.kind == "frames":
+        if not path.is_dir():
+            raise FFmpegError("missing_file", f"frame folder {item.rel} does not exist")
+        try:
+            pattern, first, _count = frames_pattern(path)
+        except FileNotFoundError as err:
+            raise FFmpegError("missing_file", str(err)) from None
+        return SourceSpec(str(path), kind="frames", fps=item.fps, pattern=pattern, start_number=first)
+    if not path.is_file():
+        raise FFmpegError("missing_file", f"{item.rel} does not exist")
+    if path.stat().st_size == 0:
+        raise FFmpegError("unreadable", f"{item.rel} is empty (0 bytes)")
+    return SourceSpec(str(path))
+
+
+def _staged(staging: Path, key: str, s: EncodeSettings) -> tuple[Path, Path]:
+    return staging / f"{key}.{s.ext}", staging / f"{key}.json"
+
+
+def load_staged(staging: Path, key: str, s: EncodeSettings) -> Outcome | None:
+    """A previous run's outcome for `key`, if its record (and video) survived."""
+    video, record = _staged(staging, key, s)
+    try:
+        outcome = Outcome(**json.loads(record.read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+    if outcome.ok and (not video.is_file() or video.stat().st_size != outcome.bytes):
+        return None
+    return outcome
+
+
+def encode_item(item: WorkItem, s: EncodeSettings, staging: str, timeout: float, min_frames: int) -> Outcome:
+    """Transcode `item` into `staging` (reusing a staged result) and return the outcome."""
+    staging_dir = Path(staging)
+    cached = load_staged(staging_dir, item.key, s)
+    if cached is not None:
+        return cached
+    video, record = _staged(staging_dir, item.key, s)
+    tmp = staging_dir / f".{item.key}.tmp-{os.getpid()}.{s.ext}"
+    try:
+        outcome = _encode(item, s, tmp, timeout, min_frames)
+        if outcome.ok:
+            os.replace(tmp, video)
+            outcome.video = str(video)
+    except FFmpegError as err:
+        outcome = Outcome(item.key, reason=err.reason, message=err.message)
+    finally:
+        tmp.unlink(missing_ok=True)
+    atomic_write_text(record, json.dumps(asdict(outcome)))
+    return outcome
+
+
+def _encode(item: WorkItem, s: EncodeSettings, tmp: Path, timeout: float, min_frames: int) -> Outcome:
+    run_ffmpeg(transcode_argv(source_spec(item), tmp, s), timeout)
+    try:
+        info = probe_encoded(tmp)
+    except FFmpegError:
+        raise
+    except Exception as err:  # PyAV raises its own error family
+        raise FFmpegError("ffmpeg_error", f"encoded output of {item.rel} cannot be read back: {err}") from None
+    if info.frames < min_frames:
+        raise FFmpegError("too_short", f"{item.rel} has {info.frames} frame(s); at least {min_frames} are needed")
+    data = tmp.read_bytes()
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())  # the staged copy is reused on resume: make it durable first
+    return Outcome(
+        item.key,
+        frames=info.frames,
+        fps=info.fps,
+        width=info.width,
+        height=info.height,
+        duration=info.duration,
+        codec=info.codec,
+        sha256=hashlib.sha256(data).hexdigest(),
+        bytes=len(data),
+    )
+
+
+def reject_without_encoding(item: WorkItem) -> Outcome | None:
+    """Inputs the main process can reject at once (listed but absent)."""
+    if item.missing:
+        return Outcome(item.key, reason="missing_file", message=f"{item.rel} is listed in the annotations but not on disk")
+    return None

@@ -1,0 +1,177 @@
+"""What `pipeline.shard` writes besides the shards: manifest, classes, rejections, resume state.
+
+`manifest.json` is the contract with the loader and `pipeline.verify`:
+`settings.codec` ("vp9" | "h264"), every shard's file, sample count, byte
+size and sha256, per-split and per-class counts. Everything but the `run`
+section is a pure function of inputs and settings, so an interrupted and
+resumed run writes the same manifest as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from pipeline.wds import atomic_write_text
+
+FORMAT_VERSION = 1
+TOOL = "pipeline.shard"
+MANIFEST = "manifest.json"
+CLASSES = "classes.json"
+REJECTED = "rejected.jsonl"
+STATE = ".shard-state.json"
+STAGING = ".staging"
+SHARD_RE = re.compile(r"^(?P<split>[a-z]+)-(?P<n>\d{6})\.(?P<ext>tar|idx)$")
+
+
+def tool_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("tpn-toolkit")
+    except Exception:  # not installed: running from a checkout
+        return "0.1.0"
+
+
+def shard_name(split: str, n: int) -> str:
+    return f"{split}-{n:06d}.tar"
+
+
+@dataclass
+class ShardRecord:
+    """One finished shard as the manifest lists it."""
+
+    split: str
+    file: str
+    index: str
+    samples: int
+    bytes: int
+    sha256: str
+    per_class: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class SplitProgress:
+    """Resume state of one split: shards committed and the last input they cover."""
+
+    shards: list[ShardRecord] = field(default_factory=list)
+    rejected: list[dict] = field(default_factory=list)
+    through: int = -1  # ordinal of the last work item covered by committed shards
+
+
+def fingerprint(payload: dict) -> str:
+    """Hash of everything that decides the output: a resumed run must match it exactly."""
+    blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def save_state(out: Path, fp: str, splits: dict[str, SplitProgress]) -> None:
+    data = {"fingerprint": fp, "splits": {k: asdict(v) for k, v in splits.items()}}
+    atomic_write_text(out / STATE, json.dumps(data))
+
+
+def load_state(out: Path, fp: str) -> dict[str, SplitProgress] | None:
+    """Committed progress of an earlier run with the same fingerprint, or None."""
+    try:
+        data = json.loads((out / STATE).read_text())
+    except (OSError, ValueError):
+        return None
+    if data.get("fingerprint") != fp:
+        return None
+    splits = {}
+    for name, sp in data["splits"].items():
+        shards = [ShardRecord(**r) for r in sp["shards"]]
+        splits[name] = SplitProgress(shards, sp["rejected"], sp["through"])
+    return splits
+
+
+def existing_fingerprint(out: Path) -> str | None:
+    """The fingerprint of whatever a previous run left in `out` (state or manifest)."""
+    for name in (STATE, MANIFEST):
+        try:
+            return json.loads((out / name).read_text())["fingerprint"]
+        except (OSError, ValueError, KeyError):
+            continue
+    return None
+
+
+def shards_intact(out: Path, records: list[ShardRecord]) -> bool:
+    """Cheap resume check: every committed shard and index is on disk at its recorded size."""
+    for r in records:
+        tar, idx = out / r.file, out / r.index
+        if not (tar.is_file() and idx.is_file() and tar.stat().st_size == r.bytes):
+            return False
+    return True
+
+
+def split_summary(records: list[ShardRecord]) -> dict:
+    per_class: Counter[str] = Counter()
+    for r in records:
+        per_class.update(r.per_class)
+    return {
+        "samples": sum(r.samples for r in records),
+        "shards": len(records),
+        "bytes": sum(r.bytes for r in records),
+        "per_class": dict(sorted(per_class.items())),
+    }
+
+
+def build_manifest(*, fp: str, source: dict, settings: dict, classes: list[str], records: list[ShardRecord],
+                   rejected: list[dict], inputs: int, run: dict) -> dict:
+    """The manifest dict (pure): counts are derived from the shard records and rejections."""
+    splits = sorted({r.split for r in records}, key=lambda s: (s != "train", s != "val", s))
+    by_split = {s: split_summary([r for r in records if r.split == s]) for s in splits}
+    reasons = Counter(r["reason"] for r in rejected)
+    shards = [{k: v for k, v in asdict(r).items() if k != "per_class"} for r in records]
+    return {
+        "format": FORMAT_VERSION,
+        "tool": {"name": TOOL, "version": tool_version()},
+        "fingerprint": fp,
+        "source": source,
+        "settings": settings,
+        "classes": {"file": CLASSES, "count": len(classes)},
+        "splits": by_split,
+        "shards": shards,
+        "rejected": {"file": REJECTED, "count": len(rejected), "by_reason": dict(sorted(reasons.items()))},
+        "totals": {
+            "inputs": inputs,
+            "samples": sum(r.samples for r in records),
+            "rejected": len(rejected),
+            "shards": len(records),
+            "bytes": sum(r.bytes for r in records),
+        },
+        "run": run,
+    }
+
+
+def write_outputs(out: Path, manifest: dict, classes: list[str], rejected: list[dict]) -> None:
+    """classes.json and rejected.jsonl first, manifest last: a manifest means the set is complete."""
+    atomic_write_text(out / CLASSES, json.dumps(classes, ensure_ascii=False, indent=1) + "\n")
+    lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejected)
+    atomic_write_text(out / REJECTED, lines)
+    atomic_write_text(out / MANIFEST, json.dumps(manifest, ensure_ascii=False, indent=1) + "\n")
+
+
+def read_manifest(out: Path) -> dict:
+    path = Path(out) / MANIFEST
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} not found: is {out} a folder written by `python -m pipeline.shard`?") from None
+    except ValueError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); re-run `python -m pipeline.shard`") from None
+
+
+def read_classes(path: Path) -> list[str]:
+    """A classes.json (list of names in label order), validated."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cannot read class list {path}: {err}") from None
+    if not isinstance(data, list) or not all(isinstance(c, str) for c in data) or len(set(data)) != len(data):
+        raise ValueError(f"{path} must be a JSON list of distinct class names in label order")
+    return data

@@ -1,0 +1,207 @@
+"""WebDataset tar shards with DALI index files, written atomically.
+
+A shard is written to a hidden temporary name next to its final name, then
+fsync'ed and renamed, so a kill at any moment leaves either nothing or a
+complete file under the final name. The `.idx` (DALI's `wds2idx` format:
+`v1.2 N`, then per sample `ext offset size name ...`) is computed from the
+offsets we write, renamed into place before the tar, so a final `.tar` always
+has its index beside it.
+
+Tar headers are fixed (mtime 0, uid/gid 0, no user names, USTAR), so the
+same samples give byte-identical shards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+IDX_VERSION = "v1.2"
+BLOCK = tarfile.BLOCKSIZE  # 512
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """'dir/key.a.b' -> ('dir/key', 'a.b'): the extension starts at the first dot (as DALI and webdataset)."""
+    slash = name.rfind("/") + 1
+    dot = name.find(".", slash)
+    if dot < 0:
+        return name, ""
+    return name[:dot], name[dot + 1 :]
+
+
+def check_key(key: str) -> None:
+    """Keys become tar member names: ASCII, no dots, no slashes, short enough for a USTAR header."""
+    if not key or "." in key or "/" in key or not key.isascii() or len(key) > 80 or key.startswith("-"):
+        raise ValueError(f"invalid sample key {key!r}: need 1-80 ASCII chars without '.' or '/'")
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename durable: fsync the directory that holds it."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` via a temp file + fsync + rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def temp_name(final: Path) -> Path:
+    return final.with_name(f".{final.name}.tmp-{os.getpid()}")
+
+
+def is_temp_name(name: str) -> bool:
+    return name.startswith(".") and ".tmp-" in name
+
+
+def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mtime = 0
+    info.mode = 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+def format_index(samples: list[list[tuple[str, int, int, str]]]) -> str:
+    """DALI index text for samples given as [(ext, data_offset, size, member_name), ...]."""
+    lines = [f"{IDX_VERSION} {len(samples)}"]
+    lines += [" ".join(f"{e} {o} {s} {n}" for e, o, s, n in comps) for comps in samples]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class ShardInfo:
+    """A finished shard: what the manifest records about it."""
+
+    file: str
+    index: str
+    samples: int
+    bytes: int
+    sha256: str
+    keys: list[str] = field(default_factory=list)
+
+
+class ShardWriter:
+    """Write one tar shard + `.idx`; nothing appears under the final names until `close()`."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.idx_path = self.path.with_suffix(".idx")
+        self._tmp = temp_name(self.path)
+        self._file = open(self._tmp, "wb")
+        self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)
+        self._index: list[list[tuple[str, int, int, str]]] = []
+        self.keys: list[str] = []
+
+    @property
+    def size(self) -> int:
+        """Bytes written so far (before the end-of-archive blocks)."""
+        return self._file.tell()
+
+    def add(self, key: str, components: dict[str, bytes]) -> None:
+        """Append one sample; `components` maps extension (no dot) -> bytes, in tar order."""
+        check_key(key)
+        entry = []
+        for ext, data in components.items():
+            name = f"{key}.{ext}"
+            header_at = self._file.tell()
+            self._tar.addfile(_tarinfo(name, len(data)), io.BytesIO(data))
+            # One 512-byte USTAR header per member: the data follows it directly.
+            assert self._file.tell() == header_at + BLOCK + -(-len(data) // BLOCK) * BLOCK
+            entry.append((ext, header_at + BLOCK, len(data), name))
+        self._index.append(entry)
+        self.keys.append(key)
+
+    def close(self) -> ShardInfo:
+        """Finish the archive, fsync, rename idx then tar into place; return its record."""
+        self._tar.close()
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        atomic_write_text(self.idx_path, format_index(self._index))
+        os.replace(self._tmp, self.path)
+        fsync_dir(self.path.parent)
+        return ShardInfo(
+            file=self.path.name,
+            index=self.idx_path.name,
+            samples=len(self.keys),
+            bytes=self.path.stat().st_size,
+            sha256=sha256_file(self.path),
+            keys=list(self.keys),
+        )
+
+    def abort(self) -> None:
+        """Drop the partial shard (used on errors; a kill leaves only the hidden temp file)."""
+        try:
+            self._tar.close()
+            self._file.close()
+        finally:
+            self._tmp.unlink(missing_ok=True)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def index_of_tar(path: Path) -> str:
+    """The DALI index of an existing tar, computed independently of the writer (for verify)."""
+    samples: list[list[tuple[str, int, int, str]]] = []
+    last = None
+    with tarfile.open(path, mode="r:") as tar:
+        for member in tar:
+            if not member.isreg():
+                continue
+            base, ext = split_name(member.name)
+            if not base or base.endswith("/"):
+                continue
+            if base != last:
+                samples.append([])
+                last = base
+            samples[-1].append((ext, member.offset_data, member.size, member.name))
+    return format_index(samples)
+
+
+def iter_samples(path: Path) -> Iterator[dict[str, bytes | str]]:
+    """Samples of a tar in order, as {'__key__': key, ext: bytes, ...} (consecutive members grouped)."""
+    current: dict[str, bytes | str] | None = None
+    with tarfile.open(path, mode="r:") as tar:
+        for member in tar:
+            if not member.isreg():
+                continue
+            base, ext = split_name(member.name)
+            if current is None or current["__key__"] != base:
+                if current is not None:
+                    yield current
+                current = {"__key__": base}
+            fobj = tar.extractfile(member)
+            current[ext] = fobj.read() if fobj else b""
+    if current is not None:
+        yield current
