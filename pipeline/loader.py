@@ -1,0 +1,425 @@
+"""`ClipLoader`: WebDataset shards -> DALI video decoding and augmentation -> torch batches.
+
+The host side decides *what* every batch holds: sample order, frame indices,
+crop boxes, flips and jitter are pure functions of (seed, epoch, sample)
+(`pipeline.batching`, `pipeline.sampling`), fed to DALI through one
+`external_source` that reads the encoded video straight out of the tar by its
+`.idx` offset. DALI does the work: `fn.decoders.video` (NVDEC through
+`device="mixed"` on a GPU, libavcodec on CPU) decodes each distinct frame
+once, then resize / crop / flip / normalise run on the same device.
+
+Feeding DALI this way, rather than through `fn.readers.webdataset`, buys
+three things the trainer relies on: an epoch is a true permutation of all
+samples, batch k of epoch e can be produced without decoding batches
+0..k-1 (exact mid-epoch resume), and test mode sees every sample exactly
+once with no reader padding to strip.
+
+Test-mode views come back as (N, V, 3, F, H, W) with V ordered clips-major,
+then spatial crops (left/top, centre, right/bottom), then flips (unflipped
+first): view = (clip * crops + crop) * flips + flip.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from nvidia.dali import fn, pipeline_def, types
+from nvidia.dali.backend import TensorListGPU
+
+from pipeline import batching, sampling
+from pipeline.clip import ClipSpec
+from pipeline.shardset import VERIFY_HINT, ShardError, ShardSet
+
+Mode = Literal["train", "test"]
+Device = Literal["auto", "cpu", "gpu"]
+
+
+class DataError(RuntimeError):
+    """Decoding failed on a sample during iteration (corrupt video or wrong frame count)."""
+
+
+# ----------------------------------------------------------------------------- DALI graph
+
+
+def feed_fields(mode: Mode, spec: ClipSpec) -> tuple[str, ...]:
+    """Per-sample inputs the host hands DALI, in `external_source` output order."""
+    common = ("video", "label", "index", "frames", "order")
+    if mode == "train":
+        return common + ("box", "flip") + (("jitter",) if spec.color_jitter else ())
+    return common + (() if spec.test_crops == "full" else ("positions",))
+
+
+@pipeline_def(exec_dynamic=True)
+def clip_pipeline(source, mode: Mode, spec: ClipSpec, device: str):
+    """The loader's DALI graph; train and test differ only by `mode`.
+
+    `source` is a batch-mode callable returning one list per `feed_fields`
+    entry. Outputs: one (N, 3, C*F, H, W) float tensor per spatial view
+    (C temporal clips in a row), then labels (N,) and sample indices (N,).
+    """
+    fields = feed_fields(mode, spec)
+    feed = dict(zip(fields, fn.external_source(source=source, batch=True, batch_info=True, num_outputs=len(fields))))
+    decoder = {"device": "mixed", "affine": False} if device == "gpu" else {"device": "cpu"}
+    # pad_mode="none": a frame count that disagrees with the video is an error, not black frames.
+    x = fn.decoders.video(feed["video"], frames=feed["frames"], pad_mode="none", **decoder)
+    views = _train_views(x, feed, spec) if mode == "train" else _test_views(x, feed, spec)
+    return (*views, feed["label"], feed["index"])
+
+
+def _train_views(x, feed: dict, spec: ClipSpec) -> list:
+    """One random resized crop per clip (same box on every frame), jitter, frame order, flip."""
+    box = feed["box"]
+    x = fn.resize(x, roi_start=box[0:2], roi_end=box[2:4], size=[spec.crop_size] * 2, antialias=False)
+    if spec.color_jitter:
+        j = feed["jitter"]
+        x = fn.hsv(x, hue=j[0], saturation=j[1])
+        x = fn.brightness_contrast(x, contrast=j[2], brightness_shift=j[3])
+    x = fn.sequence_rearrange(x, new_order=feed["order"])
+    return [_normalise(x, spec, mirror=feed["flip"])]
+
+
+def _test_views(x, feed: dict, spec: ClipSpec) -> list:
+    """Short side to test_scale, frames in clip order, then one output per (crop, flip)."""
+    x = fn.resize(x, resize_shorter=spec.test_scale, antialias=False)
+    x = fn.sequence_rearrange(x, new_order=feed["order"])
+    crops = 3 if spec.test_crops == "three" else 1
+    flips = (0, 1) if spec.test_flip else (0,)
+    views = []
+    for c in range(crops):
+        window = {}
+        if spec.test_crops != "full":
+            pos = feed["positions"]
+            window = {"crop": [spec.test_crop] * 2, "crop_pos_x": pos[c, 0], "crop_pos_y": pos[c, 1]}
+        views += [_normalise(x, spec, mirror=f, **window) for f in flips]
+    return views
+
+
+@pipeline_def
+def decode_probe(source, device: str):
+    """Decode one sample alone: how a failed batch is narrowed down to the bad video."""
+    video, frames = fn.external_source(source=source, num_outputs=2, batch=True)
+    return fn.decoders.video(video, frames=frames, pad_mode="none", device="mixed" if device == "gpu" else "cpu")
+
+
+def _normalise(x, spec: ClipSpec, **kwargs):
+    return fn.crop_mirror_normalize(
+        x, mean=list(spec.mean), std=list(spec.std), output_layout="CFHW", dtype=types.FLOAT, **kwargs
+    )
+
+
+# ----------------------------------------------------------------------------- host side
+
+
+class _Feed:
+    """DALI's `external_source`: batch i of the current pass -> encoded videos + per-sample plans."""
+
+    def __init__(self, loader: ClipLoader, batches: Sequence[np.ndarray], epoch: int):
+        self.loader = loader
+        self.batches = batches
+        self.epoch = epoch
+        self.fields = feed_fields(loader.mode, loader.clip)
+        self.pending: list[int] = []  # batches handed to DALI, not yet returned
+
+    def __call__(self, info) -> tuple[list[np.ndarray], ...]:
+        if info.iteration >= len(self.batches):
+            raise StopIteration
+        self.pending.append(info.iteration)
+        rows = [self.loader._sample_feed(int(i), self.epoch) for i in self.batches[info.iteration]]
+        return tuple([row[f] for row in rows] for f in self.fields)
+
+
+def resolve_device(device: Device) -> str:
+    """'auto' -> 'gpu' when torch and DALI both see a CUDA device, else 'cpu'."""
+    if device not in ("auto", "cpu", "gpu"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'gpu', got {device!r}")
+    if device != "auto":
+        return device
+    return "gpu" if torch.cuda.is_available() and _dali_gpu_count() > 0 else "cpu"
+
+
+def _dali_gpu_count() -> int:
+    from nvidia.dali import backend
+
+    try:
+        return int(backend.GetCUDADeviceCount())
+    except RuntimeError:
+        return 0
+
+
+def resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """Explicit arguments win; otherwise torch.distributed's, when it is initialised."""
+    dist = torch.distributed
+    live = dist.is_available() and dist.is_initialized()
+    if rank is None:
+        rank = dist.get_rank() if live else 0
+    if world_size is None:
+        world_size = dist.get_world_size() if live else 1
+    batching.check_rank(rank, world_size)
+    return rank, world_size
+
+
+def _check_spec(spec: ClipSpec) -> None:
+    if not isinstance(spec, ClipSpec):
+        raise TypeError(f"clip must be a pipeline.ClipSpec, got {type(spec).__name__}")
+    if spec.test_crops != "full" and spec.test_crop > spec.test_scale:
+        raise ValueError(
+            f"ClipSpec.test_crop ({spec.test_crop}) is larger than the short side after "
+            f"test resizing (test_scale={spec.test_scale}): lower test_crop or raise test_scale"
+        )
+
+
+class ClipLoader:
+    """Batches of clips from WebDataset video shards, decoded and augmented by DALI.
+
+    shards: a shard directory (all `*.tar`, or `<split>-*.tar` with `split`)
+        or a list of tar paths, each with its `.idx` beside it.
+    clip: what the model wants (`tpn.get_config(name).clip`).
+    mode: "train" yields (N, 3, F, H, W) float32 normalised clips and int64
+        labels, last partial batch dropped, the same batch count on every rank;
+        "test" yields (N, V, 3, F, H, W) with V = clip.num_test_views (see the
+        module docstring for the view order), every sample once over all ranks.
+    device: "gpu" decodes with NVDEC and returns CUDA tensors; "cpu" decodes
+        VP9 with libavcodec; "auto" picks the GPU when torch and DALI see one.
+    seed: with the epoch (`set_epoch`) it fixes every batch bit for bit.
+    rank, world_size: default to torch.distributed's when initialised.
+    return_keys: also yield the list of sample keys of each batch.
+    num_threads: DALI worker threads (default: the CPUs this process may use).
+    prefetch: batches DALI prepares ahead.
+    """
+
+    def __init__(
+        self,
+        shards: str | Path | Sequence[str | Path],
+        clip: ClipSpec,
+        *,
+        mode: Mode = "train",
+        batch_size: int,
+        device: Device = "auto",
+        seed: int = 0,
+        num_threads: int | None = None,
+        rank: int | None = None,
+        world_size: int | None = None,
+        return_keys: bool = False,
+        split: str | None = None,
+        prefetch: int = 2,
+    ):
+        if mode not in ("train", "test"):
+            raise ValueError(f"mode must be 'train' or 'test', got {mode!r}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        _check_spec(clip)
+        self.clip, self.mode, self.batch_size, self.seed = clip, mode, batch_size, seed
+        self.return_keys, self.prefetch = return_keys, prefetch
+        self.num_threads = num_threads or len(os.sched_getaffinity(0))
+        self.device = resolve_device(device)
+        self.rank, self.world_size = resolve_rank(rank, world_size)
+        self.data = ShardSet.open(shards, split)
+        self._check_codec()
+        self._check_length()
+        self._epoch, self._start = 0, 0
+
+    # -- public API
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.data.classes)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.data.classes)
+
+    def __len__(self) -> int:
+        n = len(self.data)
+        if self.mode == "train":
+            return batching.num_train_batches(n, self.batch_size, self.world_size)
+        return batching.num_test_batches(n, self.batch_size, self.rank, self.world_size)
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Choose the epoch the next iteration yields, starting at batch `start_batch`.
+
+        Batches start_batch.. are identical to those of an uninterrupted epoch;
+        the skipped ones are not decoded. `start_batch` applies to the next
+        iteration only; iterating again without `set_epoch` repeats the
+        epoch from batch 0 (like DistributedSampler).
+        """
+        if epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        if not 0 <= start_batch <= len(self):
+            raise ValueError(f"start_batch must be in [0, {len(self)}], got {start_batch}")
+        self._epoch, self._start = epoch, start_batch
+
+    def __iter__(self) -> Iterator[tuple]:
+        epoch, start = self._epoch, self._start
+        self._start = 0
+        batches = self._plan(epoch)[start:]
+        if len(batches) == 0:
+            return
+        feed = _Feed(self, batches, epoch)
+        # A fresh pipeline per pass (a few ms) so an abandoned pass never leaks prefetched batches.
+        pipe = self._build(feed)
+        for number in range(len(batches)):
+            outputs = self._run(pipe, feed)
+            feed.pending.remove(number)
+            yield self._to_torch(outputs)
+
+    def plan(self, epoch: int) -> list[np.ndarray]:
+        """Sample indices of every batch of `epoch` on this rank (keys: `loader.data.key(i)`)."""
+        return list(self._plan(epoch))
+
+    # -- host-side planning
+
+    def _plan(self, epoch: int) -> Sequence[np.ndarray]:
+        n = len(self.data)
+        if self.mode == "train":
+            return batching.train_batches(n, self.batch_size, self.seed, epoch, self.rank, self.world_size)
+        return [
+            batching.test_batch(n, self.batch_size, b, self.rank, self.world_size) for b in range(len(self))
+        ]
+
+    def _sample_feed(self, index: int, epoch: int) -> dict[str, np.ndarray]:
+        """One sample's inputs to DALI (see `feed_fields`): bytes, label, frames and view plan."""
+        data, spec = self.data, self.clip
+        count = data.frame_count(index)
+        if count < 1:
+            raise ShardError(f"{data.where(index)}: its .frames says {count} frames; "
+                             + VERIFY_HINT.format(dir=data.tars[0].parent))
+        height, width = self._frame_size(index)
+        label = data.label(index)
+        if self.mode == "train":
+            view = sampling.draw_train_view(spec, count, height, width, sampling.sample_rng(self.seed, epoch, index))
+            indices, extra = view.indices, _train_inputs(view)
+            if view.flip:
+                label = sampling.flip_label(label, spec.flip_label_map)
+        else:
+            indices = sampling.clip_indices(spec, count, "test")
+            extra = {"positions": _test_positions(spec, height, width)}
+        frames, order = sampling.decode_plan(indices)
+        return {"video": data.video(index), "label": np.array(label, np.int64), "index": np.array(index, np.int64),
+                "frames": frames, "order": order, **extra}
+
+    def _frame_size(self, index: int) -> tuple[int, int]:
+        meta = self.data.meta(index)
+        try:
+            return int(meta["height"]), int(meta["width"])
+        except (KeyError, TypeError, ValueError):
+            raise ShardError(
+                f"{self.data.where(index)}: its .json lacks integer 'width'/'height'; "
+                "re-create the shard with `python -m pipeline.shard`"
+            ) from None
+
+    # -- checks at construction
+
+    def _check_codec(self) -> None:
+        if self.data.codec == "h264" and self.device == "cpu":
+            folder = self.data.tars[0].parent
+            raise ValueError(
+                f"the shards in {folder} hold H.264 video, which DALI cannot decode on the CPU "
+                "(its CPU decoder handles VP9/VP8/MJPEG only; H.264 needs NVDEC on a GPU). "
+                f"Use device='gpu', or re-shard as VP9: `python -m pipeline.shard SRC --out OUT --codec vp9`"
+            )
+
+    def _check_length(self) -> None:
+        if len(self) == 0:
+            raise ValueError(
+                f"{len(self.data)} samples give no full batch of {self.batch_size} on each of "
+                f"{self.world_size} rank(s) in train mode: lower batch_size or add data"
+            )
+
+    # -- running DALI
+
+    def _device_id(self) -> int | None:
+        return torch.cuda.current_device() if self.device == "gpu" else None
+
+    def _build(self, feed: _Feed):
+        pipe = clip_pipeline(
+            feed, self.mode, self.clip, self.device, batch_size=self.batch_size, num_threads=self.num_threads,
+            device_id=self._device_id(), prefetch_queue_depth=self.prefetch, seed=self.seed,
+        )
+        pipe.build()
+        return pipe
+
+    def _run(self, pipe, feed: _Feed):
+        try:
+            return pipe.run()
+        except ShardError:
+            raise
+        except RuntimeError as err:
+            candidates = [int(i) for b in feed.pending for i in feed.batches[b]]
+            raise self._decode_error(err, candidates, feed.epoch) from err
+
+    def _decode_error(self, err: Exception, candidates: list[int], epoch: int) -> DataError:
+        """Name the sample(s) DALI failed on, by re-decoding each candidate alone."""
+        bad = [i for i in candidates if not self._decodes(i, epoch)] or candidates
+        names = "; ".join(self.data.where(i) for i in bad[:8]) + (" ..." if len(bad) > 8 else "")
+        folder = self.data.tars[self.data.samples[bad[0]].shard].parent
+        return DataError(
+            f"DALI could not decode {names}: {_dali_reason(err)}. DALI aborts the whole pipeline "
+            "on a corrupt video; " + VERIFY_HINT.format(dir=folder)
+        )
+
+    def _decodes(self, index: int, epoch: int) -> bool:
+        """Whether one sample decodes alone with the frames the loader asks of it."""
+        row = self._sample_feed(index, epoch)
+        probe = decode_probe(
+            lambda: ([row["video"]], [row["frames"]]), device=self.device,
+            batch_size=1, num_threads=1, device_id=self._device_id(),
+        )
+        try:
+            probe.build()
+            probe.run()
+            return True
+        except RuntimeError:
+            return False
+
+    def _to_torch(self, outputs) -> tuple:
+        *views, labels, indices = [_as_torch(o) for o in outputs]
+        clips = views[0] if self.mode == "train" else self._stack_views(views)
+        labels = labels.to(clips.device, non_blocking=True)
+        if not self.return_keys:
+            return clips, labels
+        return clips, labels, [self.data.key(int(i)) for i in indices]
+
+    def _stack_views(self, views: list[torch.Tensor]) -> torch.Tensor:
+        """V' tensors (N, 3, C*F, H, W) -> (N, C*V', 3, F, H, W), clips-major."""
+        n, channels, frames, h, w = views[0].shape
+        clips, f = self.clip.num_test_clips, frames // self.clip.num_test_clips
+        out = views[0].new_empty((n, clips, len(views), channels, f, h, w))
+        for v, view in enumerate(views):
+            out[:, :, v] = view.view(n, channels, clips, f, h, w).permute(0, 2, 1, 3, 4, 5)
+        return out.view(n, clips * len(views), channels, f, h, w)
+
+
+def _dali_reason(err: Exception) -> str:
+    """The operator's own words from a DALI pipeline error, on one line."""
+    text = str(err)
+    found = re.search(r"encountered:\s*\n(.*?)(?:\nC\+\+ context|\nCurrent pipeline|$)", text, re.S)
+    return " ".join((found.group(1) if found else text).split())[:400]
+
+
+def _train_inputs(view: sampling.TrainView) -> dict[str, np.ndarray]:
+    b = view.box
+    inputs = {"box": np.array([b.y, b.x, b.y + b.h, b.x + b.w], np.float32), "flip": np.array(int(view.flip), np.int32)}
+    if view.jitter is not None:
+        j = view.jitter  # brightness goes to DALI as a fraction of the 0-255 range
+        inputs["jitter"] = np.array([j.hue, j.saturation, j.contrast, j.brightness / 255.0], np.float32)
+    return inputs
+
+
+def _test_positions(spec: ClipSpec, height: int, width: int) -> np.ndarray:
+    """(crops, 2) normalised (x, y) crop positions (unused by "full")."""
+    return np.array(sampling.test_crop_positions(spec, height, width), np.float32)
+
+
+def _as_torch(output) -> torch.Tensor:
+    """A DALI TensorList -> torch tensor on the same device, without a copy."""
+    tensor = output.as_tensor()
+    if isinstance(output, TensorListGPU):
+        with torch.cuda.device(torch.cuda.current_device()):
+            return torch.from_dlpack(tensor)
+    return torch.from_dlpack(tensor)

@@ -1,0 +1,353 @@
+"""`pipeline.ClipLoader` end to end on CPU: tiny VP9 shards whose frames encode what they are.
+
+"Coded" videos paint frame i in one flat colour that spells i (red = 16 * (i % 16) + 8,
+green = 16 * (i // 16) + 8), which survives lossy coding, resizing and cropping, so every
+returned frame can be mapped back to its index. "Gradient" videos ramp red along x and
+green along y, so a crop's mean colour tells where it was taken and whether it was flipped.
+"""
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline import ClipLoader, ClipSpec, sampling
+from pipeline.ffmpeg import find_ffmpeg
+from pipeline.shard import shard_dataset
+from pipeline.shardset import ShardError
+
+# class -> frame counts; 9, 12 and 23 are shorter than some clip spans below
+CODED = {"a": [70, 40, 23], "b": [64, 9, 33], "c": [50, 12]}
+SIZE = (64, 48)  # W, H
+SMALL = ClipSpec(frames=4, stride=3, crop_size=32, test_scale=48, test_crop=48, test_clips=3)
+
+
+def coded_frames(n: int, size=SIZE) -> np.ndarray:
+    i = np.arange(n)
+    frames = np.full((n, size[1], size[0], 3), 128, np.uint8)
+    frames[..., 0] = (16 * (i % 16) + 8)[:, None, None]
+    frames[..., 1] = (16 * (i // 16) + 8)[:, None, None]
+    return frames
+
+
+def gradient_frames(n: int, size: tuple[int, int]) -> np.ndarray:
+    w, h = size
+    frames = np.full((n, h, w, 3), 128, np.uint8)
+    frames[..., 0] = np.round(np.linspace(0, 255, w))[None, None, :]
+    frames[..., 1] = np.round(np.linspace(0, 255, h))[None, :, None]
+    return frames
+
+
+def to_rgb(clips: torch.Tensor, spec: ClipSpec) -> torch.Tensor:
+    """Undo the normalisation of (..., 3, F, H, W) clips -> 0-255 RGB."""
+    shape = (3, 1, 1, 1)
+    return clips * torch.tensor(spec.std).view(shape) + torch.tensor(spec.mean).view(shape)
+
+
+def frame_codes(clips: torch.Tensor, spec: ClipSpec) -> np.ndarray:
+    """(..., 3, F, H, W) normalised coded clips -> (..., F) frame indices."""
+    rgb = to_rgb(clips, spec).mean(dim=(-1, -2))  # (..., 3, F)
+    r = torch.round((rgb[..., 0, :] - 8) / 16)
+    g = torch.round((rgb[..., 1, :] - 8) / 16)
+    return (r + 16 * g).long().numpy()
+
+
+def source_argv(dst: Path, width: int, height: int) -> list[str]:
+    """Near-lossless H.264 source from raw RGB on stdin (pipeline.shard re-encodes it to VP9)."""
+    return [
+        find_ffmpeg(), "-hide_banner", "-loglevel", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24",
+        "-s", f"{width}x{height}", "-r", "25", "-i", "pipe:", "-c:v", "libx264", "-crf", "4",
+        "-pix_fmt", "yuv420p", str(dst),
+    ]
+
+
+def write_source(dst: Path, frames: np.ndarray) -> None:
+    _, h, w, _ = frames.shape
+    subprocess.run(source_argv(dst, w, h), input=frames.tobytes(), check=True, timeout=60)
+
+
+def make_shards(tmp: Path, videos: dict[str, list[tuple[str, np.ndarray]]], **kw) -> Path:
+    src, out = tmp / "src", tmp / "shards"
+    for cls, items in videos.items():
+        (src / cls).mkdir(parents=True)
+        for name, frames in items:
+            write_source(src / cls / f"{name}.mp4", frames)
+    shard_dataset(src, out, short_side=None, workers=1, **kw)
+    return out
+
+
+@pytest.fixture(scope="module")
+def coded(tmp_path_factory) -> Path:
+    videos = {c: [(f"{c}{j}_{n}", coded_frames(n)) for j, n in enumerate(ns)] for c, ns in CODED.items()}
+    return make_shards(tmp_path_factory.mktemp("coded"), videos, shard_samples=3)
+
+
+@pytest.fixture(scope="module")
+def gradient(tmp_path_factory) -> Path:
+    videos = {"wide": [("wide", gradient_frames(12, (96, 64)))], "tall": [("tall", gradient_frames(12, (64, 96)))]}
+    return make_shards(tmp_path_factory.mktemp("gradient"), videos)
+
+
+def loader(shards, spec=SMALL, **kw) -> ClipLoader:
+    kw.setdefault("batch_size", 2)
+    return ClipLoader(shards, spec, device="cpu", return_keys=True, **kw)
+
+
+def expected_train_view(ld: ClipLoader, key: str, epoch: int) -> sampling.TrainView:
+    index = [ld.data.key(i) for i in range(len(ld.data))].index(key)
+    meta = ld.data.meta(index)
+    rng = sampling.sample_rng(ld.seed, epoch, index)
+    return sampling.draw_train_view(ld.clip, ld.data.frame_count(index), meta["height"], meta["width"], rng)
+
+
+def all_batches(ld: ClipLoader) -> list:
+    return [(c.clone(), l.clone(), k) for c, l, k in ld]
+
+
+# -- shapes, values, labels -------------------------------------------------------------------
+
+
+def test_train_batches_shape_dtype_and_value_range(coded):
+    ld = loader(coded)
+    batches = all_batches(ld)
+    assert len(batches) == len(ld) == 4  # 8 videos, batch 2
+    lo = (0 - max(SMALL.mean)) / min(SMALL.std)
+    hi = (255 - min(SMALL.mean)) / min(SMALL.std)
+    for clips, labels, keys in batches:
+        assert clips.shape == (2, 3, 4, 32, 32) and clips.dtype == torch.float32
+        assert labels.shape == (2,) and labels.dtype == torch.int64
+        assert lo <= clips.min() and clips.max() <= hi and len(keys) == 2
+    assert ld.classes == ["a", "b", "c"] and ld.num_classes == 3
+
+
+def test_labels_follow_classes_json(coded):
+    ld = loader(coded, mode="test", batch_size=3)
+    for _, labels, keys in ld:
+        assert [ld.classes[int(label)] for label in labels] == [k[0] for k in keys]
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        SMALL,  # span 10: the 9-frame video loops
+        SMALL.replace(frames=8, stride=8, short_video="edge"),  # span 57: most videos are short
+        SMALL.replace(frames=5, sampling="segments"),
+    ],
+    ids=["dense4x3", "dense8x8-edge", "segments5"],
+)
+def test_train_clips_hold_exactly_the_sampled_frames(coded, spec):
+    ld = loader(coded, spec, seed=5)
+    ld.set_epoch(2)
+    for clips, _, keys in ld:
+        got = frame_codes(clips, spec)
+        want = [expected_train_view(ld, k, 2).indices for k in keys]
+        np.testing.assert_array_equal(got, np.stack(want))
+
+
+@pytest.mark.parametrize(
+    "spec,clips",
+    [
+        (SMALL.replace(test_crops="three", test_flip=True), 3),
+        (SMALL.replace(frames=4, sampling="segments", twice_sample=True, test_crops="center"), 2),
+    ],
+    ids=["dense-3clips-3crops-flip", "segments-twice"],
+)
+def test_test_views_are_clips_major_with_the_spread_frames(coded, spec, clips):
+    ld = loader(coded, spec, mode="test", batch_size=3)
+    views = spec.num_test_views
+    for batch, _, keys in ld:
+        assert batch.shape[1:] == (views, 3, spec.frames, 48, 48)
+        got = frame_codes(batch, spec)  # (N, V, F)
+        for sample, key in zip(got, keys):
+            count = int(key.split("-")[0].split("_")[1])  # frame count is in the source file name
+            want = sampling.clip_indices(spec, count, "test")
+            assert want.shape[0] == clips
+            np.testing.assert_array_equal(sample, np.repeat(want, views // clips, axis=0))
+
+
+def test_test_mode_keeps_the_last_partial_batch(coded):
+    ld = loader(coded, mode="test", batch_size=3)
+    sizes = [len(k) for _, _, k in ld]
+    assert sizes == [3, 3, 2] and len(ld) == 3
+
+
+# -- determinism, resume, ranks ---------------------------------------------------------------
+
+
+def test_same_seed_same_batches_whatever_ran_before(coded):
+    first = loader(coded, seed=11)
+    first.set_epoch(1)
+    reference = all_batches(first)
+    other = loader(coded, seed=11)
+    for _ in other:  # epoch 0 first, then epoch 1
+        pass
+    other.set_epoch(1)
+    for (a, la, ka), (b, lb, kb) in zip(reference, all_batches(other), strict=True):
+        assert ka == kb and torch.equal(la, lb) and torch.equal(a, b)
+    changed = loader(coded, seed=12)
+    changed.set_epoch(1)
+    assert any(not torch.equal(a, b) for (a, _, _), (b, _, _) in zip(reference, all_batches(changed)))
+
+
+def test_resume_mid_epoch_is_bit_identical(coded):
+    ld = loader(coded, seed=3)
+    ld.set_epoch(4)
+    full = all_batches(ld)
+    ld.set_epoch(4, start_batch=2)
+    resumed = all_batches(ld)
+    assert len(resumed) == len(full) - 2
+    for (a, la, ka), (b, lb, kb) in zip(full[2:], resumed, strict=True):
+        assert ka == kb and torch.equal(la, lb) and torch.equal(a, b)
+    assert len(all_batches(ld)) == len(full)  # start_batch applies once
+
+
+def test_epochs_reshuffle(coded):
+    ld = loader(coded)
+    order0 = [k for _, _, keys in ld for k in keys]
+    ld.set_epoch(1)
+    assert order0 != [k for _, _, keys in ld for k in keys]
+
+
+def test_two_ranks_see_disjoint_samples(coded):
+    train = [loader(coded, rank=r, world_size=2) for r in (0, 1)]
+    keys = [[k for _, _, ks in ld for k in ks] for ld in train]
+    assert len(train[0]) == len(train[1]) == 2
+    assert not set(keys[0]) & set(keys[1]) and len(keys[0]) == len(keys[1]) == 4
+    test = [loader(coded, mode="test", batch_size=3, rank=r, world_size=2) for r in (0, 1)]
+    seen = [k for ld in test for _, _, ks in ld for k in ks]
+    assert sorted(seen) == sorted(loader(coded).data.key(i) for i in range(8))
+
+
+# -- crops and flips ------------------------------------------------------------------------
+
+
+def test_train_crop_box_and_flip_with_label_swap(gradient):
+    spec = ClipSpec(frames=2, stride=1, crop_size=32, flip_label_map=((0, 1),))
+    ld = loader(gradient, spec, batch_size=1, seed=0)
+    flips = set()
+    for epoch in range(6):
+        ld.set_epoch(epoch)
+        for clips, labels, keys in ld:
+            view = expected_train_view(ld, keys[0], epoch)
+            red = to_rgb(clips, spec)[0, 0].mean(dim=0)  # (H, W)
+            left, right = red[:, :4].mean(), red[:, -4:].mean()
+            assert (left > right) == view.flip  # the ramp runs left to right unless flipped
+            meta = ld.data.meta([ld.data.key(i) for i in range(2)].index(keys[0]))
+            centre_x = view.box.x + (view.box.w - 1) / 2
+            assert abs(red.mean() - 255 * centre_x / (meta["width"] - 1)) < 12
+            natural = ld.classes.index(keys[0].split("-")[0])
+            assert int(labels[0]) == (1 - natural if view.flip else natural)
+            flips.add(view.flip)
+    assert flips == {True, False}
+
+
+def test_three_test_crops_run_along_the_long_side(gradient):
+    spec = ClipSpec(frames=2, stride=1, test_clips=1, test_scale=64, test_crop=64, test_flip=True)
+    ld = loader(gradient, spec, mode="test", batch_size=1)
+    for clips, _, keys in ld:
+        rgb = to_rgb(clips[0], spec).mean(dim=(2, 3, 4))  # (V, 3)
+        along = rgb[:, 0] if keys[0].startswith("wide") else rgb[:, 1]
+        across = rgb[:, 1] if keys[0].startswith("wide") else rgb[:, 0]
+        # views: (left, flipped left, centre, flipped centre, right, flipped right)
+        assert along[0] < along[2] < along[4] and torch.allclose(along[0::2], along[1::2], atol=1)
+        assert torch.allclose(across, across[0], atol=2)
+        assert clips.shape[-2:] == (64, 64)
+
+
+def test_full_frame_test_views_keep_the_whole_resized_frame(gradient):
+    spec = ClipSpec(frames=2, stride=1, test_clips=2, test_scale=32, test_crops="full")
+    shapes = {keys[0].split("-")[0]: clips.shape for clips, _, keys in loader(gradient, spec, mode="test", batch_size=1)}
+    assert shapes == {"wide": (1, 2, 3, 2, 32, 48), "tall": (1, 2, 3, 2, 48, 32)}
+
+
+def test_colour_jitter_changes_colours_but_not_frames(coded):
+    spec = SMALL.replace(color_jitter=True, frames=2)
+    plain, jittered = (loader(coded, s, seed=1) for s in (spec.replace(color_jitter=False), spec))
+    for (a, la, ka), (b, lb, kb) in zip(plain, jittered, strict=True):
+        assert ka == kb and a.shape == b.shape and not torch.allclose(a, b, atol=0.05)
+
+
+# -- bad input ------------------------------------------------------------------------------
+
+
+def test_bad_shard_arguments_fail_at_construction(tmp_path, coded):
+    with pytest.raises(FileNotFoundError, match="does not exist.*pipeline.shard"):
+        loader(tmp_path / "nowhere")
+    with pytest.raises(ShardError, match="empty shard list"):
+        loader([])
+    with pytest.raises(ShardError, match="no shards matching 'val-\\*.tar'"):
+        loader(coded, split="val")
+    with pytest.raises(ValueError, match="no full batch"):
+        loader(coded, batch_size=9)
+    with pytest.raises(ValueError, match="test_crop"):
+        loader(coded, SMALL.replace(test_crop=64))
+
+
+def copy_shards(src: Path, dst: Path) -> list[Path]:
+    dst.mkdir()
+    for f in src.iterdir():
+        if f.is_file():
+            (dst / f.name).write_bytes(f.read_bytes())
+    return sorted(dst.glob("*.tar"))
+
+
+def test_missing_index_says_how_to_build_it(tmp_path, coded):
+    tars = copy_shards(coded, tmp_path / "s")
+    tars[1].with_suffix(".idx").unlink()
+    with pytest.raises(FileNotFoundError, match=r"missing DALI index .*wds2idx"):
+        loader(tmp_path / "s")
+
+
+def test_truncated_shard_is_named_at_construction(tmp_path, coded):
+    tars = copy_shards(coded, tmp_path / "s")
+    tars[0].write_bytes(tars[0].read_bytes()[:3000])
+    with pytest.raises(ShardError, match=rf"{tars[0].name} is truncated.*pipeline.verify"):
+        loader(tmp_path / "s")
+
+
+def test_h264_shards_on_cpu_say_how_to_reshard(tmp_path):
+    out = make_shards(tmp_path, {"a": [("x", coded_frames(10))]}, codec="h264")
+    with pytest.raises(ValueError, match=r"H\.264.*--codec vp9"):
+        loader(out)
+
+
+def test_corrupt_video_names_shard_and_key_and_does_not_hang(tmp_path, coded):
+    """Zero the back half of one video inside its tar: DALI aborts; the error must name it."""
+    tars = copy_shards(coded, tmp_path / "s")
+    line = tars[0].with_suffix(".idx").read_text().splitlines()[1].split()
+    offset, size, name = int(line[1]), int(line[2]), line[3]
+    blob = bytearray(tars[0].read_bytes())
+    blob[offset + size // 3 : offset + size] = bytes(size - size // 3)
+    tars[0].write_bytes(bytes(blob))
+    script = textwrap.dedent(f"""
+        from pipeline import ClipLoader, ClipSpec
+        from pipeline.loader import DataError
+        spec = ClipSpec(frames=8, stride=8, test_clips=2, test_scale=48, test_crop=48, test_crops="center")
+        try:
+            for _ in ClipLoader({str(tmp_path / "s")!r}, spec, mode="test", batch_size=3, device="cpu"):
+                pass
+        except DataError as err:
+            print("ERROR", err)
+    """)
+    root = Path(__file__).resolve().parents[1]
+    run = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=120)
+    assert "ERROR" in run.stdout, run.stdout + run.stderr[-2000:]
+    message = run.stdout
+    assert tars[0].name in message and name.split(".")[0] in message and "pipeline.verify" in message
+
+
+# -- GPU ------------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+def test_gpu_loader_matches_cpu_frames(coded):
+    spec = SMALL
+    gpu = ClipLoader(coded, spec, batch_size=2, device="gpu", return_keys=True, seed=2)
+    cpu = loader(coded, spec, seed=2)
+    for (a, la, ka), (b, lb, kb) in zip(gpu, cpu, strict=True):
+        assert a.is_cuda and la.is_cuda and ka == kb
+        np.testing.assert_array_equal(frame_codes(a.cpu(), spec), frame_codes(b, spec))
