@@ -1,0 +1,380 @@
+"""What every export step shares: the model being exported, tolerances, synthetic clips, reports.
+
+Tolerances are named per dtype and compared the same way everywhere
+(`compare_logits`): an exported artifact agrees with its reference when
+every logit is within `atol + rtol * max|reference logit of that clip|` and
+the predicted class is the same wherever the reference's margin between
+its top class and the artifact's choice exceeds that bound (a margin
+smaller than the tolerated error is a tie, not a disagreement).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+import tpn
+from tpn.io import atomic_write_json
+
+# Exit codes shared by the export CLIs.
+EXIT_OK = 0
+EXIT_FAILED = 1  # a check failed: parity, FP16 tolerance or the Top-1 gate
+EXIT_MISSING = 2  # a dependency is missing (TensorRT, a CUDA GPU, onnxruntime)
+EXIT_BAD_INPUT = 3  # unknown model name, unreadable or mismatched checkpoint, missing file
+
+EXIT_CODES_HELP = (
+    "exit status: 0 success; 1 a check failed (parity, FP16 tolerance or the Top-1 gate); "
+    "2 a dependency is missing (or a usage error); 3 bad input (unknown model name, "
+    "checkpoint of another model, missing file)"
+)
+
+
+class ExportError(RuntimeError):
+    """An export step that cannot go on; the message says what went wrong and what to do."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class MissingDependencyError(ExportError):
+    """An optional dependency (TensorRT, a CUDA GPU, ...) is not available here."""
+
+    exit_code = EXIT_MISSING
+
+
+class CheckFailed(ExportError):
+    """An artifact was built but does not agree with its reference; `report` says by how much."""
+
+    exit_code = EXIT_FAILED
+
+    def __init__(self, message: str, report: Any = None) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+# ----------------------------------------------------------------- tolerances
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """How close an artifact's logits must stay to its reference's.
+
+    rtol is relative to the clip's largest reference logit: reduced-precision
+    error grows with the magnitude of the activations, not with each logit's
+    own value, so a logit near zero gets the same slack as its neighbours.
+    """
+
+    name: str
+    atol: float
+    rtol: float
+    min_top1_agreement: float = 1.0  # fraction of clips, ties within tolerance counted as agreeing
+
+    def bound(self, ref: np.ndarray) -> np.ndarray:
+        """(N,) allowed absolute error per clip for (N, K) reference logits."""
+        return self.atol + self.rtol * np.abs(ref).max(axis=1)
+
+
+# ONNX Runtime FP32 vs PyTorch FP32 differ by reordered sums only (~1e-6 at full size).
+FP32 = Tolerance("fp32", atol=1e-4, rtol=1e-3)
+# NVIDIA's FP16 recipe (polygraphy --atol 1e-2 --rtol 1e-2), see EXPORT_NOTES section 4.
+FP16 = Tolerance("fp16", atol=1e-2, rtol=1e-2)
+TOLERANCES = {t.name: t for t in (FP32, FP16)}
+
+
+@dataclass
+class Agreement:
+    """Per-clip logit agreement of an artifact with its reference."""
+
+    tolerance: str
+    atol: float
+    rtol: float
+    clips: int
+    max_abs_diff: float
+    mean_abs_diff: float
+    max_ref_abs: float
+    worst_excess: float  # max over clips of (max |diff|) / (allowed error); <= 1 passes
+    top1_agreement: float  # strict argmax agreement
+    top1_agreement_tie_aware: float
+    passed: bool
+
+    def summary(self) -> str:
+        verdict = "ok" if self.passed else "FAILED"
+        return (
+            f"{verdict} ({self.tolerance}: atol {self.atol:g}, rtol {self.rtol:g}): "
+            f"max |diff| {self.max_abs_diff:.3g} over {self.clips} clips "
+            f"(logits up to {self.max_ref_abs:.3g}; {self.worst_excess:.2f}x the allowed error), "
+            f"Top-1 agreement {100 * self.top1_agreement:.1f}%"
+        )
+
+
+def compare_logits(out: np.ndarray, ref: np.ndarray, tol: Tolerance) -> Agreement:
+    """Compare (N, K) artifact logits with (N, K) reference logits under `tol`."""
+    out, ref = np.asarray(out, np.float64), np.asarray(ref, np.float64)
+    if out.shape != ref.shape or out.ndim != 2:
+        raise ValueError(f"logit shapes differ or are not (N, K): {out.shape} vs {ref.shape}")
+    diff = np.abs(out - ref)
+    if not np.isfinite(out).all():
+        diff = np.where(np.isfinite(out), diff, np.inf)
+    bound = tol.bound(ref)
+    excess = diff.max(axis=1) / bound
+    strict = out.argmax(1) == ref.argmax(1)
+    # the reference's own margin between its top class and the artifact's pick
+    picked = np.take_along_axis(ref, out.argmax(1)[:, None], axis=1)[:, 0]
+    tie_aware = strict | (ref.max(axis=1) - picked <= 2 * bound)
+    agree = float(tie_aware.mean())
+    return Agreement(
+        tolerance=tol.name,
+        atol=tol.atol,
+        rtol=tol.rtol,
+        clips=int(out.shape[0]),
+        max_abs_diff=float(diff.max()),
+        mean_abs_diff=float(diff.mean()),
+        max_ref_abs=float(np.abs(ref).max()),
+        worst_excess=float(excess.max()),
+        top1_agreement=float(strict.mean()),
+        top1_agreement_tie_aware=agree,
+        passed=bool((excess <= 1.0).all() and agree >= tol.min_top1_agreement),
+    )
+
+
+# ----------------------------------------------------------------- the model
+
+
+@dataclass
+class ModelSource:
+    """Which network and which weights an artifact was made from."""
+
+    name: str
+    num_classes: int
+    checkpoint: str | None = None
+    checkpoint_sha256: str | None = None
+    zoo_weights: bool = False  # the checkpoint's sha256 is the zoo entry's published one
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _checkpoint_classes(checkpoint: str | Path | Mapping) -> int | None:
+    """The class count an own-format checkpoint records (fine-tuned models differ from the zoo's)."""
+    if isinstance(checkpoint, Mapping):
+        obj = checkpoint
+    else:
+        from tpn.checkpoint import read_checkpoint
+
+        obj = read_checkpoint(checkpoint)
+    n = obj.get("num_classes") if obj.get("format") == "tpn-toolkit" else None
+    return int(n) if n is not None else None
+
+
+def load_model(name_or_model: str | nn.Module, checkpoint: str | Path | None = None) -> tuple[nn.Module, ModelSource]:
+    """An eval-mode zoo model with its weights, and where they came from.
+
+    Raises ExportError (with the zoo's close names, or the checkpoint
+    loader's explanation) for unknown names and unusable checkpoints.
+    """
+    if isinstance(name_or_model, nn.Module):
+        model = name_or_model
+        if not isinstance(getattr(model, "config", None), tpn.ModelConfig):
+            raise ExportError("the model has no zoo config: build it with tpn.create_model(name)")
+        if checkpoint is not None:
+            _load_weights(model, checkpoint)
+    else:
+        try:
+            tpn.get_config(name_or_model)
+        except ValueError as e:
+            raise ExportError(str(e)) from None
+        try:
+            n = _checkpoint_classes(checkpoint) if checkpoint is not None else None
+            model = tpn.create_model(name_or_model, num_classes=n)
+        except tpn.CheckpointError as e:
+            raise ExportError(f"cannot use checkpoint for {name_or_model}: {e}") from None
+        if checkpoint is not None:
+            _load_weights(model, checkpoint)
+    return model.eval(), _source(model, checkpoint)
+
+
+def _load_weights(model: nn.Module, checkpoint: str | Path) -> None:
+    try:
+        tpn.load_checkpoint(model, checkpoint)
+    except tpn.CheckpointError as e:
+        raise ExportError(f"cannot load {checkpoint} into {model.config.name}: {e}") from None
+
+
+def _source(model: nn.Module, checkpoint: str | Path | None) -> ModelSource:
+    cfg = model.config
+    src = ModelSource(name=cfg.name, num_classes=int(model.num_classes))
+    if checkpoint is not None and not isinstance(checkpoint, Mapping):
+        src.checkpoint = str(checkpoint)
+        src.checkpoint_sha256 = file_sha256(checkpoint)
+        src.zoo_weights = cfg.weights_sha256 is not None and src.checkpoint_sha256 == cfg.weights_sha256
+    return src
+
+
+# ----------------------------------------------------------------- clip shapes and synthetic clips
+
+
+def input_hw(cfg: tpn.ModelConfig, size: str | int | tuple[int, int]) -> tuple[int, int]:
+    """Spatial size of the exported input: "train" (the training crop), "test" (the test crop) or explicit.
+
+    "test" is what the test protocol feeds (and so what the Top-1 gate
+    needs); "full" test views have no fixed width, so they need an
+    explicit size.
+    """
+    clip = cfg.clip
+    if size == "train":
+        return clip.crop_size, clip.crop_size
+    if size == "test":
+        if clip.test_crops == "full":
+            raise ExportError(
+                f"{cfg.name} tests on full frames (test_crops='full'), whose width depends on the "
+                f"video: pass an explicit size (H, W), e.g. ({clip.test_scale}, {clip.test_scale * 4 // 3})"
+            )
+        return clip.test_crop, clip.test_crop
+    if isinstance(size, int):
+        return size, size
+    if isinstance(size, (tuple, list)) and len(size) == 2 and all(isinstance(s, int) and s > 0 for s in size):
+        return int(size[0]), int(size[1])
+    raise ExportError(f"size must be 'train', 'test', an int or (H, W), got {size!r}")
+
+
+def clip_shape(cfg: tpn.ModelConfig, hw: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(3, T, H, W) of one exported clip."""
+    return (3, cfg.clip.frames, hw[0], hw[1])
+
+
+def synthetic_clips(
+    n: int,
+    shape: tuple[int, int, int, int],
+    *,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    seed: int = 0,
+) -> np.ndarray:
+    """(n, 3, T, H, W) float32 normalised clips that look like video to a network.
+
+    Smooth colour fields that drift over time plus a little pixel noise, in
+    0-255 before normalisation: spatially correlated like real frames, so
+    activations have realistic ranges (white noise would not).
+    """
+    c, t, h, w = shape
+    rng = np.random.default_rng(seed)
+    coarse = rng.uniform(0.0, 255.0, size=(n, c, max(2, t // 2), max(2, h // 16), max(2, w // 16)))
+    x = torch.nn.functional.interpolate(torch.from_numpy(coarse), size=(t, h, w), mode="trilinear")
+    x = x + torch.from_numpy(rng.normal(0.0, 6.0, size=x.shape))
+    x = x.clamp(0.0, 255.0)
+    m = torch.tensor(mean, dtype=x.dtype).view(1, c, 1, 1, 1)
+    s = torch.tensor(std, dtype=x.dtype).view(1, c, 1, 1, 1)
+    return ((x - m) / s).numpy().astype(np.float32)
+
+
+def torch_logits(model: nn.Module, clips: np.ndarray, batch: int = 8) -> np.ndarray:
+    """PyTorch FP32 reference logits, on CPU, a few clips at a time."""
+    outs = []
+    with torch.inference_mode():
+        for i in range(0, len(clips), batch):
+            outs.append(model(torch.from_numpy(clips[i : i + batch])).float().numpy())
+    return np.concatenate(outs)
+
+
+# ----------------------------------------------------------------- reports and files
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Dataclasses, paths and numpy scalars as plain JSON values."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, Mapping):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+def write_json(obj: Any, path: str | os.PathLike) -> Path:
+    return atomic_write_json(to_jsonable(obj), path)
+
+
+def validated_marker(artifact: str | os.PathLike) -> Path:
+    """`<artifact>.validated.json`: written only when the Top-1 gate passes on validation shards."""
+    return Path(str(artifact) + ".validated.json")
+
+
+def fsync_file(path: str | os.PathLike) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+@contextlib.contextmanager
+def staging_dir(out_dir: str | os.PathLike) -> Iterator[Path]:
+    """A temporary folder inside `out_dir` (same filesystem, so moves out of it are atomic renames)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_dir))
+    try:
+        yield stage
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def publish(files: list[Path], dest_dir: str | os.PathLike) -> Path:
+    """Move staged files (dependencies first, the artifact last) into `dest_dir`; returns the artifact.
+
+    A new artifact is not validated yet, so a stale `.validated.json`
+    marker of an earlier file with the same name is removed first.
+    """
+    dest_dir = Path(dest_dir)
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    final = dest_dir / files[-1].name
+    validated_marker(final).unlink(missing_ok=True)
+    for f in files:
+        os.replace(f, dest_dir / f.name)
+    dir_fd = os.open(dest_dir, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the renames durable
+    finally:
+        os.close(dir_fd)
+    return final
+
+
+def default_out_dir(name: str) -> Path:
+    return Path("exports") / name
+
+
+@contextlib.contextmanager
+def quiet_exporter() -> Iterator[None]:
+    """Silence the exporter's noise that is not about this model (torchvision ops it skips, deprecations)."""
+    names = ("torch.onnx._internal.exporter._registration", "torch.onnx")
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)

@@ -1,0 +1,324 @@
+"""Zoo model -> ONNX, checked against PyTorch through ONNX Runtime.
+
+`export_onnx` traces with the dynamo exporter (`torch.onnx.export(...,
+dynamo=True)`) at opset 20 by default, with a dynamic batch dimension and
+the clip shape of the zoo config: input "clips" (batch, 3, T, H, W) float32
+normalised, output "logits" (batch, num_classes). BatchNorm folds into the
+convolutions during export (EXPORT_NOTES section 1). The file is
+self-contained below 2 GB (the exporter's default would split weights into
+a `.data` file even for small models). It must pass `onnx.checker` and
+agree with PyTorch FP32 under the `fp32` tolerance at several batch sizes,
+or it is not written under its final name.
+
+    python -m export.onnx tpn_r50_f8s8 --checkpoint ckpt.pth --out exports/tpn_r50_f8s8
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from export.common import (
+    EXIT_CODES_HELP,
+    EXIT_FAILED,
+    EXIT_OK,
+    FP32,
+    TOLERANCES,
+    Agreement,
+    CheckFailed,
+    ExportError,
+    ModelSource,
+    Tolerance,
+    clip_shape,
+    compare_logits,
+    default_out_dir,
+    input_hw,
+    load_model,
+    quiet_exporter,
+    publish,
+    staging_dir,
+    fsync_file,
+    synthetic_clips,
+    torch_logits,
+    write_json,
+)
+INPUT_NAME = "clips"
+OUTPUT_NAME = "logits"
+DEFAULT_OPSET = 20  # the exporter's default; TensorRT 10/11 parse opsets 9-25
+MIN_OPSET = 18  # the dynamo exporter's lowest
+TWO_GB = 2**31
+TRACE_BATCH = 2  # tracing at batch 1 would let the exporter specialise the batch dimension to 1
+META_PREFIX = "tpn."
+
+
+@dataclass
+class OnnxReport:
+    model: str
+    path: str
+    source: ModelSource
+    opset: int
+    ir_version: int
+    input_name: str
+    output_name: str
+    input_shape: list  # "batch" for the dynamic dimension
+    external_data: bool
+    size_bytes: int
+    num_nodes: int
+    op_types: dict[str, int]
+    checker_passed: bool
+    parity_batches: list[int]
+    parity: Agreement
+    passed: bool
+    export_seconds: float
+    versions: dict[str, str] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        return (
+            f"{self.path}: opset {self.opset}, input {self.input_name}{self.input_shape}, "
+            f"{self.num_nodes} nodes, {self.size_bytes / 2**20:.1f} MiB; parity vs PyTorch at batch "
+            f"{self.parity_batches}: {self.parity.summary()}"
+        )
+
+
+def versions() -> dict[str, str]:
+    import onnxruntime
+
+    return {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+
+
+def trace_program(model: nn.Module, shape: tuple[int, ...], *, batch: int | None, opset: int):
+    """torch.onnx.export with the dynamo exporter; `batch=None` makes the batch dimension dynamic."""
+    if opset < MIN_OPSET:
+        raise ExportError(f"opset {opset} is below {MIN_OPSET}, the lowest the dynamo exporter supports")
+    example = torch.zeros((batch or TRACE_BATCH, *shape))
+    dynamic = None if batch else {"x": {0: torch.export.Dim("batch", min=1)}}
+    with quiet_exporter():
+        return torch.onnx.export(
+            model,
+            (example,),
+            dynamo=True,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes=dynamic,
+            opset_version=opset,
+            external_data=False,
+            verbose=False,
+        )
+
+
+def add_metadata(proto: onnx.ModelProto, items: dict[str, object]) -> None:
+    """Record what the file was made from, so later steps (FP16, gate) need not be told again."""
+    for key, value in items.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = META_PREFIX + key, str(value)
+
+
+def read_metadata(path_or_proto: str | os.PathLike | onnx.ModelProto) -> dict[str, str]:
+    proto = path_or_proto
+    if not isinstance(proto, onnx.ModelProto):
+        proto = onnx.load(str(path_or_proto), load_external_data=False)
+    return {p.key[len(META_PREFIX) :]: p.value for p in proto.metadata_props if p.key.startswith(META_PREFIX)}
+
+
+def write_model(proto: onnx.ModelProto, path: Path, *, external_data: bool | None = None) -> list[Path]:
+    """Write `proto` to `path` (inside a staging folder), fsynced; returns the files written.
+
+    Single file below 2 GB (protobuf's limit); above it, or when asked,
+    the weights go to `<path name>.data` beside it.
+    """
+    if external_data is None:
+        external_data = proto.ByteSize() >= TWO_GB
+    files = [path]
+    if external_data:
+        data_name = path.name + ".data"
+        onnx.save_model(
+            proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+            location=data_name, size_threshold=1024,
+        )  # fmt: skip
+        files.insert(0, path.parent / data_name)  # data first: the .onnx never names a missing file
+    else:
+        path.write_bytes(proto.SerializeToString())
+    for f in files:
+        fsync_file(f)
+    return files
+
+
+def ort_logits(path: str | os.PathLike, clips: np.ndarray, batch: int) -> np.ndarray:
+    """ONNX Runtime (CPU) logits, `batch` clips per run."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    outs = [sess.run([OUTPUT_NAME], {INPUT_NAME: clips[i : i + batch]})[0] for i in range(0, len(clips), batch)]
+    return np.concatenate(outs)
+
+
+def check_parity(
+    path: Path, model: nn.Module, shape: tuple[int, ...], batches: list[int], tol: Tolerance, seed: int
+) -> Agreement:
+    """ORT vs PyTorch on seeded synthetic clips, one run per batch size (proves the dynamic batch)."""
+    clip = model.config.clip
+    outs, refs = [], []
+    for i, b in enumerate(batches):
+        clips = synthetic_clips(b, shape, mean=clip.mean, std=clip.std, seed=seed + i)
+        outs.append(ort_logits(path, clips, b))
+        refs.append(torch_logits(model, clips, b))
+    return compare_logits(np.concatenate(outs), np.concatenate(refs), tol)
+
+
+def export_onnx(
+    name_or_model: str | nn.Module,
+    *,
+    checkpoint: str | os.PathLike | None = None,
+    out_dir: str | os.PathLike | None = None,
+    batch: int | None = None,
+    size: str | int | tuple[int, int] = "train",
+    opset: int = DEFAULT_OPSET,
+    parity_batches: tuple[int, ...] = (1, 3),
+    tolerance: Tolerance = FP32,
+    external_data: bool | None = None,
+    seed: int = 0,
+    check: bool = True,
+) -> OnnxReport:
+    """Export a zoo model to `<out_dir>/<name>.onnx` and check it against PyTorch.
+
+    batch: None for a dynamic batch dimension, else a fixed batch size.
+    size: "train" (training crop), "test" (the test protocol's crop, what the
+        Top-1 gate feeds) or an explicit int / (H, W).
+    check: raise CheckFailed when ONNX Runtime disagrees with PyTorch beyond
+        `tolerance`; the rejected file is then kept in `<out_dir>/rejected/`.
+    """
+    model, source = load_model(name_or_model, checkpoint)
+    cfg = model.config
+    shape = clip_shape(cfg, input_hw(cfg, size))
+    if cfg.backbone == "tsm" and shape[1] != cfg.clip.frames:
+        raise ExportError(f"{cfg.name} needs exactly {cfg.clip.frames} frames (TSM segments)")
+    if batch is not None:
+        parity_batches = (batch,)
+    out_dir = Path(out_dir) if out_dir is not None else default_out_dir(cfg.name)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    t0 = time.perf_counter()
+    proto = trace_program(model, shape, batch=batch, opset=opset).model_proto
+    add_metadata(proto, {
+        "model": cfg.name, "num_classes": source.num_classes, "input_hw": f"{shape[2]}x{shape[3]}",
+        "checkpoint_sha256": source.checkpoint_sha256 or "", "precision": "fp32",
+    })  # fmt: skip
+    with staging_dir(out_dir) as stage:
+        files = write_model(proto, stage / f"{cfg.name}.onnx", external_data=external_data)
+        onnx.checker.check_model(str(files[-1]))  # by path: works above 2 GB too
+        parity = check_parity(files[-1], model, shape, list(parity_batches), tolerance, seed)
+        passed = parity.passed
+        dest = publish(files, out_dir if passed or not check else out_dir / "rejected")
+    report = OnnxReport(
+        model=cfg.name, path=str(dest), source=source, opset=opset, ir_version=proto.ir_version,
+        input_name=INPUT_NAME, output_name=OUTPUT_NAME, input_shape=[batch or "batch", *shape],
+        external_data=len(files) > 1, size_bytes=_size(dest), num_nodes=len(proto.graph.node),
+        op_types=_op_counts(proto), checker_passed=True, parity_batches=list(parity_batches),
+        parity=parity, passed=passed, export_seconds=round(time.perf_counter() - t0, 2), versions=versions(),
+    )  # fmt: skip
+    if check and not passed:
+        raise CheckFailed(f"ONNX Runtime disagrees with PyTorch: {parity.summary()}; kept as {dest}", report)
+    return report
+
+
+def _size(path: Path) -> int:
+    data = Path(str(path) + ".data")
+    return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
+
+
+def _op_counts(proto: onnx.ModelProto) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for node in proto.graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+# ----------------------------------------------------------------- CLI
+
+
+def parse_size(text: str) -> str | int | tuple[int, int]:
+    """'train', 'test', '256' or '256x340' (H x W)."""
+    if text in ("train", "test"):
+        return text
+    try:
+        parts = [int(p) for p in text.lower().split("x")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must be train, test, N or HxW, got {text!r}") from None
+    if len(parts) == 1:
+        return parts[0]
+    if len(parts) == 2:
+        return parts[0], parts[1]
+    raise argparse.ArgumentTypeError(f"size must be train, test, N or HxW, got {text!r}")
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """Arguments shared with `export.trt`."""
+    p.add_argument("name", help="zoo model name (see tpn.list_models(); tiny entries: '*tiny*')")
+    p.add_argument("--checkpoint", help="weights to export: this project's, original TPN or mmaction2 format")
+    p.add_argument("--out", help="output folder (default: exports/<name>/)")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset, >= {MIN_OPSET} (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic check clips (default %(default)s)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m export.onnx",
+        description=(
+            "Export a zoo model to ONNX (dynamo exporter, dynamic batch, single file below 2 GB), "
+            "run onnx.checker, and check ONNX Runtime against PyTorch FP32 on synthetic clips. "
+            "Writes <out>/<name>.onnx and <out>/report.json."
+        ),
+        epilog=EXIT_CODES_HELP,
+    )
+    add_model_args(p)
+    p.add_argument(
+        "--size", type=parse_size, default="train",
+        help="input H and W: 'train' (training crop, default), 'test' (test-protocol crop, as the Top-1 "
+        "gate needs), N, or HxW",
+    )  # fmt: skip
+    p.add_argument("--batch", type=int, help="fixed batch size (default: dynamic batch dimension)")
+    p.add_argument(
+        "--parity-batches", type=int, nargs="+", default=[1, 3],
+        help="batch sizes of the ONNX Runtime vs PyTorch check (default: 1 3)",
+    )  # fmt: skip
+    p.add_argument(
+        "--tolerance", choices=sorted(TOLERANCES), default="fp32",
+        help="named tolerance of the parity check (default %(default)s)",
+    )  # fmt: skip
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    out = Path(args.out) if args.out else default_out_dir(args.name)
+    settings = {k: v for k, v in vars(args).items()} | {"out": str(out)}
+    try:
+        report = export_onnx(
+            args.name, checkpoint=args.checkpoint, out_dir=out, batch=args.batch, size=args.size,
+            opset=args.opset, parity_batches=tuple(args.parity_batches),
+            tolerance=TOLERANCES[args.tolerance], seed=args.seed,
+        )  # fmt: skip
+    except CheckFailed as e:
+        write_json({"settings": settings, "onnx": e.report, "passed": False}, out / "report.json")
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    except ExportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    write_json({"settings": settings, "onnx": report, "passed": True}, out / "report.json")
+    print(report.summary())
+    print(f"report: {out / 'report.json'}")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
