@@ -13,15 +13,19 @@ from pipeline.shard.core import (
     shard_dataset,
 )
 from pipeline.shard.manifest import ShardRecord, read_classes, read_manifest
+from pipeline.shard.merge import MergeError, MergeReport, merge_parts
 
 __all__ = [
     "DEFAULT_MIN_FRAMES",
     "DEFAULT_SHARD_SIZE",
+    "MergeError",
+    "MergeReport",
     "RejectedInputsError",
     "ShardError",
     "ShardRecord",
     "ShardReport",
     "read_classes",
+    "merge_parts",
     "read_manifest",
     "shard_dataset",
 ]

@@ -17,15 +17,14 @@ import struct
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 
 from pipeline.ffmpeg import EncodeSettings, find_ffmpeg, has_encoder
 from pipeline.layouts import Dataset, WorkItem, scan
 from pipeline.shard import manifest as mf
-from pipeline.shard.encode import Outcome, die_with_parent, encode_item, reject_without_encoding
+from pipeline.shard.encode import Outcome, encode_item, reject_without_encoding
 from pipeline.shard.manifest import ShardRecord, SplitProgress
 from pipeline.wds import BLOCK, ShardWriter, is_temp_name
 
@@ -266,9 +265,9 @@ def _encode_all(todo: list[tuple[int, WorkItem]], run: _Run, s: EncodeSettings, 
     from tqdm import tqdm
 
     staging = str(run.out / mf.STAGING)
-    pool = None
-    if workers > 1 and len(todo) > 1:
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=die_with_parent)
+    # Threads, not processes: the work happens in ffmpeg subprocesses, and the Python side
+    # (probe, hash) is small. No pickling, no spawn rules for callers' scripts.
+    pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 and len(todo) > 1 else None
 
     def submit(item: WorkItem) -> Future:
         early = reject_without_encoding(item)

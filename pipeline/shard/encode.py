@@ -1,6 +1,6 @@
 """Worker side: transcode one input into the staging folder, or say why not.
 
-Runs in a worker process. The encoded file lands in `OUT/.staging/<key>.<ext>`
+Runs in a worker thread (the encoding itself is an ffmpeg subprocess). The encoded file lands in `OUT/.staging/<key>.<ext>`
 with a `<key>.json` record (written last, atomically); a resumed run reuses
 both instead of encoding again. Rejections are recorded the same way, so a
 file that timed out is not retried on every resume.
@@ -8,11 +8,9 @@ file that timed out is not retried on every resume.
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import json
 import os
-import signal
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -41,14 +39,6 @@ class Outcome:
     @property
     def ok(self) -> bool:
         return self.reason is None
-
-
-def die_with_parent() -> None:
-    """Worker initializer: get SIGKILL when the parent dies, so a killed run leaves no workers behind."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # pragma: no cover - not Linux
-        pass
 
 
 def source_spec(item: WorkItem) -> SourceSpec:
@@ -80,8 +70,15 @@ def load_staged(staging: Path, key: str, s: EncodeSettings) -> Outcome | None:
         outcome = Outcome(**json.loads(record.read_text()))
     except (OSError, ValueError, TypeError):
         return None
-    if outcome.ok and (not video.is_file() or video.stat().st_size != outcome.bytes):
-        return None
+    if outcome.ok:
+        # Staged files are not fsync'ed (that is slow, and only power loss needs it): check them instead.
+        try:
+            data = video.read_bytes()
+        except OSError:
+            return None
+        if len(data) != outcome.bytes or hashlib.sha256(data).hexdigest() != outcome.sha256:
+            return None
+        outcome.video = str(video)
     return outcome
 
 
@@ -102,7 +99,7 @@ def encode_item(item: WorkItem, s: EncodeSettings, staging: str, timeout: float,
         outcome = Outcome(item.key, reason=err.reason, message=err.message)
     finally:
         tmp.unlink(missing_ok=True)
-    atomic_write_text(record, json.dumps(asdict(outcome)))
+    atomic_write_text(record, json.dumps(asdict(outcome)), durable=False)
     return outcome
 
 
@@ -117,8 +114,6 @@ def _encode(item: WorkItem, s: EncodeSettings, tmp: Path, timeout: float, min_fr
     if info.frames < min_frames:
         raise FFmpegError("too_short", f"{item.rel} has {info.frames} frame(s); at least {min_frames} are needed")
     data = tmp.read_bytes()
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())  # the staged copy is reused on resume: make it durable first
     return Outcome(
         item.key,
         frames=info.frames,

@@ -1,0 +1,221 @@
+"""`python -m pipeline.verify OUT`: re-read a shard folder and report every problem.
+
+Checks, per shard: present, byte size and sha256 as the manifest says, `.idx`
+equal to the index of the tar as it is; per sample: all four components
+(video, lbl, frames, json) present, the json consistent with lbl, frames,
+the class list and the video's sha256; and (unless `--no-decode`) the video
+decodes to exactly its recorded frame count. Exit status 1 if anything is
+wrong, with one line per problem naming the shard and sample.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import struct
+import sys
+import tarfile
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.shard import manifest as mf
+from pipeline.wds import index_of_tar, iter_samples, sha256_file
+
+
+@dataclass
+class VerifyReport:
+    out: Path
+    problems: list[str] = field(default_factory=list)
+    shards: int = 0
+    samples: int = 0
+    decoded: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def decoded_frames(data: bytes) -> int:
+    """Frames a decoder returns for an encoded video held in memory (PyAV, full decode)."""
+    import av
+
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        return sum(1 for _ in container.decode(stream))
+
+
+def check_sample(sample: dict, classes: list[str], video_ext: str, codec: str) -> list[str]:
+    """Problems of one sample dict ({'__key__', ext: bytes}) (pure)."""
+    key = sample["__key__"]
+    expected = {video_ext, "lbl", "frames", "json"}
+    present = set(sample) - {"__key__"}
+    problems = [f"{key}: missing component .{c}" for c in sorted(expected - present)]
+    problems += [f"{key}: unexpected component .{c}" for c in sorted(present - expected)]
+    if problems:
+        return problems
+    try:
+        meta = json.loads(sample["json"])
+        (label,) = struct.unpack("<i", sample["lbl"])
+        (frames,) = struct.unpack("<i", sample["frames"])
+    except (ValueError, struct.error) as err:
+        return [f"{key}: unreadable json/lbl/frames ({err})"]
+    checks = [
+        (meta.get("key") == key, f"json key {meta.get('key')!r} != sample key"),
+        (meta.get("label") == label, f"json label {meta.get('label')} != .lbl {label}"),
+        (meta.get("frames") == frames, f"json frames {meta.get('frames')} != .frames {frames}"),
+        (0 <= label < len(classes), f"label {label} outside the {len(classes)} classes"),
+        (0 <= label < len(classes) and meta.get("class") == classes[label],
+         f"json class {meta.get('class')!r} is not classes[{label}]"),
+        (meta.get("codec") == codec, f"json codec {meta.get('codec')!r} != manifest codec {codec!r}"),
+        (hashlib.sha256(sample[video_ext]).hexdigest() == meta.get("sha256"), "video sha256 differs from its json"),
+        (frames >= 1, f"frame count {frames} < 1"),
+    ]
+    return [f"{key}: {msg}" for ok, msg in checks if not ok]
+
+
+def _json_or_none(sample: dict) -> dict | None:
+    try:
+        meta = json.loads(sample.get("json", b""))
+    except ValueError:
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def _check_shard_file(out: Path, entry: dict) -> list[str]:
+    tar, idx = out / entry["file"], out / entry["index"]
+    if not tar.is_file():
+        return [f"{entry['file']}: missing"]
+    problems = []
+    size = tar.stat().st_size
+    if size != entry["bytes"]:
+        problems.append(f"{entry['file']}: size {size} != manifest {entry['bytes']}")
+    if sha256_file(tar) != entry["sha256"]:
+        problems.append(f"{entry['file']}: sha256 differs from the manifest (file changed or corrupt)")
+    if not idx.is_file():
+        problems.append(f"{entry['index']}: missing")
+    else:
+        try:
+            if idx.read_text() != index_of_tar(tar):
+                problems.append(f"{entry['index']}: does not match the offsets in {entry['file']}")
+        except (tarfile.TarError, OSError) as err:
+            problems.append(f"{entry['file']}: not a readable tar ({err})")
+    return problems
+
+
+def _check_shard(out: Path, entry: dict, ctx: dict, pool: ThreadPoolExecutor | None, report: VerifyReport,
+                 per_class: Counter) -> None:
+    name = entry["file"]
+    problems = _check_shard_file(out, entry)
+    report.problems += problems
+    if any(p.endswith(": missing") and p.startswith(name) for p in problems):
+        return
+    count, jobs = 0, []
+    try:
+        for sample in iter_samples(out / name):
+            count += 1
+            key = sample["__key__"]
+            if key in ctx["keys"]:
+                report.problems.append(f"{name}: {key}: key also in {ctx['keys'][key]}")
+            ctx["keys"][key] = name
+            sample_problems = check_sample(sample, ctx["classes"], ctx["ext"], ctx["codec"])
+            report.problems += [f"{name}: {p}" for p in sample_problems]
+            meta = _json_or_none(sample)
+            if meta is not None:
+                per_class[(entry["split"], meta.get("class"))] += 1
+            if not sample_problems and pool is not None:
+                jobs.append((key, meta["frames"], pool.submit(decoded_frames, sample[ctx["ext"]])))
+    except (tarfile.TarError, OSError) as err:
+        report.problems.append(f"{name}: cannot read samples ({err})")
+    if count != entry["samples"]:
+        report.problems.append(f"{name}: {count} samples, manifest says {entry['samples']}")
+    report.samples += count
+    for key, frames, job in jobs:
+        try:
+            got = job.result()
+        except Exception as err:  # any decoder failure is a finding, not a crash
+            report.problems.append(f"{name}: {key}: video does not decode ({err})")
+            continue
+        report.decoded += 1
+        if got != frames:
+            report.problems.append(f"{name}: {key}: decodes to {got} frames, recorded {frames}")
+
+
+def verify_dataset(out: str | Path, *, decode: bool = True, workers: int | None = None,
+                   progress: bool = False) -> VerifyReport:
+    """Check every shard in `out` against its manifest; the report lists each problem found."""
+    from tqdm import tqdm
+
+    out = Path(out)
+    manifest = mf.read_manifest(out)
+    report = VerifyReport(out)
+    try:
+        classes = mf.read_classes(out / mf.CLASSES)
+    except ValueError as err:
+        report.problems.append(str(err))
+        return report
+    if len(classes) != manifest["classes"]["count"]:
+        report.problems.append(f"{mf.CLASSES}: {len(classes)} classes, manifest says {manifest['classes']['count']}")
+    listed = {s["file"] for s in manifest["shards"]} | {s["index"] for s in manifest["shards"]}
+    report.problems += [f"{p.name}: on disk but not in the manifest" for p in sorted(out.iterdir())
+                        if mf.SHARD_RE.match(p.name) and p.name not in listed]
+    settings = manifest["settings"]
+    ctx = {"classes": classes, "ext": settings["container"], "codec": settings["codec"], "keys": {}}
+    per_class: Counter = Counter()
+    pool = ThreadPoolExecutor(max_workers=workers or 2) if decode else None
+    try:
+        for entry in tqdm(manifest["shards"], unit="shard", disable=not progress, desc="verify"):
+            _check_shard(out, entry, ctx, pool, report, per_class)
+            report.shards += 1
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    report.problems += _check_counts(manifest, per_class)
+    return report
+
+
+def _check_counts(manifest: dict, per_class: Counter) -> list[str]:
+    problems = []
+    for split, summary in manifest["splits"].items():
+        found = {c: n for (s, c), n in per_class.items() if s == split}
+        if found != summary["per_class"]:
+            problems.append(f"manifest: per-class counts of split {split} do not match the shards")
+    return problems
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m pipeline.verify",
+        description="Re-read every shard written by `python -m pipeline.shard`: sizes and sha256 against "
+        "manifest.json, .idx files, complete and consistent samples, and (by default) a full decode of every "
+        "video checked against its recorded frame count. Exits 1 naming each problem.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("out", type=Path, help="shard folder (holds manifest.json)")
+    p.add_argument("--no-decode", action="store_true", help="skip decoding the videos (checksums and structure only)")
+    p.add_argument("--workers", type=int, default=None, help="decoding threads (default: 2)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        report = verify_dataset(args.out, decode=not args.no_decode, workers=args.workers,
+                                progress=not args.no_progress)
+    except (OSError, ValueError, KeyError) as err:
+        print(f"pipeline.verify: error: {err}", file=sys.stderr)
+        return 2
+    for problem in report.problems:
+        print(f"PROBLEM {problem}")
+    status = "OK" if report.ok else f"FAILED with {len(report.problems)} problem(s)"
+    print(f"{status}: {report.shards} shard(s), {report.samples} sample(s), {report.decoded} decoded, in {report.out}")
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""Tiny video fixtures for the shard / synth / verify tests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.ffmpeg import find_ffmpeg, pipe_frames, run_ffmpeg
+
+# Small enough to keep every test quick on 2 cores; even, so the default encoder settings apply.
+SMALL = {"short_side": 48, "workers": 2, "min_frames": 8}
+
+
+def write_video(path: Path, frames: np.ndarray, fps: int = 25, vcodec: str = "libx264",
+                pix_fmt: str = "yuv420p", extra: tuple[str, ...] = ()) -> Path:
+    """Encode (T, H, W, 3) uint8 frames to `path` (container from the extension)."""
+    t, h, w, _ = frames.shape
+    path.parent.mkdir(parents=True, exist_ok=True)
+    argv = [
+        find_ffmpeg(), "-hide_banner", "-loglevel", "error", "-y",
+        "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", str(fps), "-i", "pipe:",
+        "-c:v", vcodec, "-pix_fmt", pix_fmt, "-threads", "1", *extra, str(path),
+    ]
+    pipe_frames(argv, [frames.tobytes()], timeout=60)
+    return path
+
+
+def noise_frames(n: int, w: int, h: int, seed: int = 0) -> np.ndarray:
+    """Smooth-ish moving pattern: compresses well, never a flat frame."""
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+    return np.stack([np.roll(base, 2 * t, axis=1) for t in range(n)])
+
+
+def level_frames(n: int, w: int, h: int) -> np.ndarray:
+    """Frame i is flat gray at level 20 + 8 i: a decoded frame's mean tells its index."""
+    levels = (20 + 8 * np.arange(n)).clip(0, 255).astype(np.uint8)
+    return np.broadcast_to(levels[:, None, None, None], (n, h, w, 3)).copy()
+
+
+def write_audio_only(path: Path) -> Path:
+    argv = [find_ffmpeg(), "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i", "sine=d=0.5",
+            "-c:a", "aac", str(path)]
+    run_ffmpeg(argv, timeout=60)
+    return path
+
+
+def manifest_without_run(out: Path) -> dict:
+    m = json.loads((out / "manifest.json").read_text())
+    m.pop("run")
+    return m
+
+
+def rejected(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "rejected.jsonl").read_text().splitlines() if line.strip()]

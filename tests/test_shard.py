@@ -1,0 +1,265 @@
+"""pipeline.shard end to end on a tiny synthetic dataset: format, DALI, determinism, resume, parts."""
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from pipeline.shard import RejectedInputsError, ShardError, merge_parts, shard_dataset
+from pipeline.synth import make_dataset
+from pipeline.verify import verify_dataset
+from pipeline.wds import index_of_tar, iter_samples
+from tests.shard_helpers import SMALL, level_frames, manifest_without_run, noise_frames, rejected, write_video
+
+REPO = Path(__file__).resolve().parents[1]
+OPTS = {**SMALL, "shard_samples": 2}
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("synth"), classes=3, train_per_class=2, val_per_class=1,
+                        frames=24, size=(64, 48), seed=3)
+
+
+@pytest.fixture(scope="module")
+def sharded(synth, tmp_path_factory):
+    out = tmp_path_factory.mktemp("shards")
+    report = shard_dataset(synth, out, **OPTS)
+    return out, report
+
+
+def _all_samples(out: Path):
+    manifest = json.loads((out / "manifest.json").read_text())
+    for entry in manifest["shards"]:
+        for sample in iter_samples(out / entry["file"]):
+            yield entry, sample
+
+
+def test_layout_of_outputs(sharded):
+    out, report = sharded
+    names = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    assert names == [
+        "classes.json", "manifest.json", "rejected.jsonl",
+        "train-000000.idx", "train-000000.tar", "train-000001.idx", "train-000001.tar",
+        "train-000002.idx", "train-000002.tar", "val-000000.idx", "val-000000.tar", "val-000001.idx", "val-000001.tar",
+    ]
+    assert report.samples == 9 and report.per_split == {"train": 6, "val": 3} and not report.rejected
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["settings"]["codec"] == "vp9" and m["settings"]["gop"] == 16
+    assert m["splits"]["train"]["per_class"] == {"left_slow": 2, "right_slow": 2, "down_slow": 2}
+    assert m["totals"] == {"inputs": 9, "samples": 9, "rejected": 0, "shards": 5,
+                           "bytes": sum((out / s["file"]).stat().st_size for s in m["shards"])}
+    for s in m["shards"]:
+        data = (out / s["file"]).read_bytes()
+        assert s["bytes"] == len(data) and s["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+def test_classes_and_labels_round_trip(sharded, synth):
+    out, _ = sharded
+    classes = json.loads((out / "classes.json").read_text())
+    assert classes == sorted(p.name for p in (synth / "train").iterdir())
+    keys = set()
+    for entry, sample in _all_samples(out):
+        assert set(sample) == {"__key__", "webm", "lbl", "frames", "json"}
+        meta = json.loads(sample["json"])
+        assert set(meta) == {"key", "class", "label", "frames", "fps", "width", "height", "duration", "source",
+                             "sha256", "codec"}
+        (label,) = struct.unpack("<i", sample["lbl"])
+        (frames,) = struct.unpack("<i", sample["frames"])
+        split, folder_class, _ = meta["source"].split("/")
+        assert entry["split"] == split and meta["class"] == folder_class == classes[label] and meta["label"] == label
+        assert meta["key"] == sample["__key__"] and "." not in meta["key"]
+        assert meta["sha256"] == hashlib.sha256(sample["webm"]).hexdigest()
+        assert (meta["width"], meta["height"], meta["fps"], meta["codec"]) == (64, 48, 25.0, "vp9")
+        assert frames == meta["frames"] == 24 and meta["duration"] == pytest.approx(24 / 25)
+        keys.add(meta["key"])
+    assert len(keys) == 9
+
+
+def test_frame_count_and_keyframes_match_a_decoder(sharded, tmp_path):
+    out, _ = sharded
+    _, sample = next(_all_samples(out))
+    path = tmp_path / "v.webm"
+    path.write_bytes(sample["webm"])
+    with av.open(str(path)) as c:
+        keyframes = [i for i, p in enumerate(p for p in c.demux(c.streams.video[0]) if p.size) if p.is_keyframe]
+    with av.open(str(path)) as c:
+        decoded = sum(1 for _ in c.decode(video=0))
+    assert decoded == struct.unpack("<i", sample["frames"])[0]
+    assert keyframes == [0, 16]
+
+
+def test_index_equals_wds2idx(sharded, tmp_path):
+    out, _ = sharded
+    tool = shutil.which("wds2idx")
+    if tool is None:
+        pytest.skip("wds2idx (installed with nvidia-dali) is not on PATH")
+    for tar in sorted(out.glob("*.tar")):
+        ref = tmp_path / f"{tar.stem}.idx"
+        subprocess.run([tool, str(tar), str(ref)], check=True, capture_output=True)
+        assert (out / f"{tar.stem}.idx").read_text() == ref.read_text() == index_of_tar(tar)
+
+
+def test_dali_reads_shards_and_decodes_exact_frames(tmp_path):
+    dali = pytest.importorskip("nvidia.dali")
+    from nvidia.dali import fn, types
+
+    src = tmp_path / "src"
+    write_video(src / "levels" / "ramp.mp4", level_frames(30, 64, 48))
+    write_video(src / "noise" / "n.mp4", noise_frames(30, 64, 48))
+    out = tmp_path / "out"
+    shard_dataset(src, out, **SMALL)
+    wanted = [0, 7, 16, 29]
+
+    @dali.pipeline_def(batch_size=2, num_threads=1, device_id=None)
+    def pipe():
+        video, label, frames = fn.readers.webdataset(
+            paths=[str(out / "train-000000.tar")], index_paths=[str(out / "train-000000.idx")],
+            ext=["webm", "lbl", "frames"], dtypes=[types.UINT8, types.INT32, types.INT32])
+        return fn.decoders.video(video, device="cpu", frames=wanted), label, frames
+
+    p = pipe()
+    p.build()
+    clips, labels, counts = (np.array(x.as_tensor()) for x in p.run())
+    classes = json.loads((out / "classes.json").read_text())
+    assert sorted(labels.ravel().tolist()) == [0, 1] and counts.ravel().tolist() == [30, 30]
+    ramp = clips[list(labels.ravel()).index(classes.index("levels"))]  # (F, H, W, C)
+    assert ramp.shape == (4, 48, 64, 3)
+    means = ramp.reshape(4, -1).mean(axis=1)
+    np.testing.assert_allclose(means, [20 + 8 * i for i in wanted], atol=3)
+
+
+def test_same_shards_whatever_the_worker_count(sharded, synth, tmp_path):
+    out, _ = sharded
+    other = tmp_path / "w1"
+    shard_dataset(synth, other, **{**OPTS, "workers": 1})
+    assert manifest_without_run(other) == {**manifest_without_run(out), "source": manifest_without_run(other)["source"]}
+    assert manifest_without_run(other)["shards"] == manifest_without_run(out)["shards"]  # same sha256, same order
+
+
+def test_rerun_of_a_finished_command_does_nothing(sharded, synth):
+    out, _ = sharded
+    before = manifest_without_run(out)
+    report = shard_dataset(synth, out, **OPTS)
+    assert report.encoded == 0 and report.resumed_shards == 5
+    assert manifest_without_run(out) == before
+
+
+def test_other_settings_into_the_same_out_are_refused(synth, tmp_path):
+    out = tmp_path / "o"
+    shard_dataset(synth, out, **SMALL, part="0/3")
+    with pytest.raises(ShardError, match="--overwrite"):
+        shard_dataset(synth, out, **{**SMALL, "short_side": 32}, part="0/3")
+    report = shard_dataset(synth, out, **{**SMALL, "short_side": 32}, part="0/3", overwrite=True)
+    assert {json.loads(s["json"])["height"] for _, s in _all_samples(out)} == {32}
+    assert report.samples == 3
+
+
+def test_kill_9_then_rerun_gives_the_uninterrupted_manifest(sharded, synth, tmp_path):
+    out, _ = sharded
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "pipeline.shard", str(synth), "--out", str(killed), "--short-side", "48",
+           "--shard-samples", "2", "--workers", "1", "--no-progress"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    # Kill once the first shard is committed (its resume record is written right after the rename).
+    while not (killed / ".shard-state.json").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "manifest.json").exists(), "the run finished before it could be killed"
+    for tar in killed.glob("*.tar"):  # whatever is under a final name is complete
+        assert (killed / f"{tar.stem}.idx").read_text() == index_of_tar(tar)
+        with tarfile.open(tar) as t:
+            assert len(t.getmembers()) % 4 == 0
+    report = shard_dataset(synth, killed, **OPTS)
+    assert report.resumed_shards >= 1
+    mine, ref = manifest_without_run(killed), manifest_without_run(out)
+    assert mine == {**ref, "source": mine["source"]}
+    assert not any(p.name.startswith(".") and ".tmp-" in p.name for p in killed.rglob("*"))
+
+
+def test_parts_merge_into_the_full_set(sharded, synth, tmp_path):
+    out, _ = sharded
+    parts = [tmp_path / f"p{i}" for i in range(2)]
+    for i, p in enumerate(parts):
+        shard_dataset(synth, p, **OPTS, part=f"{i}/2")
+    keys = [{s["__key__"] for _, s in _all_samples(p)} for p in parts]
+    assert not keys[0] & keys[1]
+    with pytest.raises(ValueError, match="missing"):
+        merge_parts(parts[:1], tmp_path / "merged")
+    report = merge_parts(list(reversed(parts)), tmp_path / "merged")
+    merged = tmp_path / "merged"
+    assert keys[0] | keys[1] == {s["__key__"] for _, s in _all_samples(out)} == {s["__key__"] for _, s in _all_samples(merged)}
+    full = json.loads((out / "manifest.json").read_text())
+    assert report.manifest["splits"] == {k: {**v, "shards": report.manifest["splits"][k]["shards"]}
+                                         for k, v in full["splits"].items()}
+    assert json.loads((merged / "classes.json").read_text()) == json.loads((out / "classes.json").read_text())
+    assert verify_dataset(merged).ok
+
+
+def test_h264_option(synth, tmp_path):
+    out = tmp_path / "h264"
+    shard_dataset(synth, out, **SMALL, part="1/3", codec="h264")
+    assert json.loads((out / "manifest.json").read_text())["settings"]["codec"] == "h264"
+    _, sample = next(_all_samples(out))
+    assert set(sample) == {"__key__", "mp4", "lbl", "frames", "json"}
+    path = tmp_path / "v.mp4"
+    path.write_bytes(sample["mp4"])
+    with av.open(str(path)) as c:
+        packets = [p for p in c.demux(c.streams.video[0]) if p.size]
+    assert [i for i, p in enumerate(packets) if p.is_keyframe] == [0, 16]
+    assert all(p.pts == p.dts for p in packets)  # no B-frames: decode order is display order
+    assert len(packets) == struct.unpack("<i", sample["frames"])[0] == 24
+
+
+def test_fixed_size_and_class_list_reuse(synth, tmp_path):
+    out = tmp_path / "fixed"
+    classes = tmp_path / "classes.json"
+    classes.write_text(json.dumps(["right_slow", "left_slow"]))  # no down_slow, other order
+    report = shard_dataset(synth, out, **SMALL, size=(32, 32), classes=classes)
+    assert json.loads((out / "classes.json").read_text()) == ["right_slow", "left_slow"]
+    assert {r["reason"] for r in rejected(out)} == {"unknown_class"} and len(report.rejected) == 3
+    for _, s in _all_samples(out):
+        meta = json.loads(s["json"])
+        assert (meta["width"], meta["height"]) == (32, 32)
+        assert meta["label"] == ["right_slow", "left_slow"].index(meta["class"])
+    with pytest.raises(RejectedInputsError):
+        shard_dataset(synth, out, **SMALL, size=(32, 32), classes=classes, strict=True)
+
+
+def test_cli_help_and_bad_source(tmp_path, capsys):
+    from pipeline.shard.__main__ import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    assert "--shard-size" in capsys.readouterr().out
+    assert main([str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) != 0
+    assert "not a directory" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main([str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) != 0
+    assert "no videos found" in capsys.readouterr().err
+
+
+def test_merge_cli(sharded, synth, tmp_path, capsys):
+    from pipeline.shard.__main__ import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["merge", "--help"])
+    assert e.value.code == 0
+    out, _ = sharded
+    assert main(["merge", str(out), "--out", str(tmp_path / "m")]) != 0
+    assert "--part" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []
