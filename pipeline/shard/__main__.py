@@ -116,11 +116,12 @@ def main(argv: list[str] | None = None) -> int:
             fps=args.fps, gop=args.gop, crf=args.crf, threads=args.threads, workers=args.workers,
             shard_size=args.shard_size, shard_samples=args.shard_samples, classes=args.classes, part=args.part,
             split=args.split, annotations=args.annotations, min_frames=args.min_frames, timeout=args.timeout,
-            seed=args.seed, overwrite=args.overwrite, progress=not args.no_progress,
+            seed=args.seed, overwrite=args.overwrite, strict=args.strict, progress=not args.no_progress,
         )
     except RejectedInputsError as err:
         print(summary_table(err.report))
-        return _fail(str(err)) - 1
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 1
     except (ShardError, LayoutError, FFmpegError, ValueError, OSError) as err:
         return _fail(str(err))
     print(summary_table(report))

@@ -1,0 +1,109 @@
+"""Messy inputs: each bad file is listed with its reason, every good one is sharded."""
+
+import json
+import struct
+
+import pytest
+
+from pipeline.ffmpeg import EncodeSettings, output_geometry
+from pipeline.shard import shard_dataset
+from pipeline.shard.__main__ import main
+from pipeline.wds import iter_samples
+from tests.shard_helpers import SMALL, noise_frames, rejected, write_audio_only, write_video
+
+GOOD = {  # relative path -> source (W, H)
+    "mixed/normal.mp4": (64, 48),
+    "mixed/odd size.mkv": (63, 47),
+    "mixed/portrait.mp4": (48, 96),
+    "mixed/odd portrait.mkv": (35, 61),
+    "mixed/vidéo été 1.mp4": (64, 48),
+    "mixed/日本 クリップ.webm": (64, 48),
+}
+BAD = {
+    "mixed/zero.mp4": "unreadable",
+    "mixed/truncated.mp4": "unreadable",
+    "mixed/text.mp4": "unreadable",
+    "mixed/audio only.mp4": "no_video_stream",
+    "mixed/one frame.mp4": "too_short",
+}
+
+
+@pytest.fixture(scope="module")
+def messy(tmp_path_factory):
+    src = tmp_path_factory.mktemp("messy")
+    for k, (rel, (w, h)) in enumerate(GOOD.items()):
+        path = src / rel
+        if path.suffix == ".mkv":  # odd sizes: x264 4:2:0 cannot hold them, lossless FFV1 can
+            write_video(path, noise_frames(12, w, h, k), vcodec="ffv1", pix_fmt="yuv444p")
+        elif path.suffix == ".webm":
+            write_video(path, noise_frames(12, w, h, k), vcodec="libvpx-vp9", extra=("-deadline", "realtime"))
+        else:
+            write_video(path, noise_frames(12, w, h, k))
+    (src / "mixed/zero.mp4").write_bytes(b"")
+    full = write_video(src / "mixed/truncated.mp4", noise_frames(40, 64, 48, 9)).read_bytes()
+    (src / "mixed/truncated.mp4").write_bytes(full[: len(full) * 6 // 10])  # an interrupted download
+    (src / "mixed/text.mp4").write_text("404 Not Found\n")
+    write_audio_only(src / "mixed/audio only.mp4")
+    write_video(src / "mixed/one frame.mp4", noise_frames(1, 64, 48))
+    return src
+
+
+@pytest.fixture(scope="module")
+def messy_out(messy, tmp_path_factory):
+    out = tmp_path_factory.mktemp("messy_out")
+    report = shard_dataset(messy, out, **SMALL)
+    return out, report
+
+
+def test_bad_inputs_are_listed_with_reasons(messy_out):
+    out, report = messy_out
+    got = {r["source"]: r["reason"] for r in rejected(out)}
+    assert got == BAD
+    for r in rejected(out):
+        assert set(r) == {"source", "reason", "message", "split"} and r["message"]
+    assert report.manifest["rejected"]["by_reason"] == {"no_video_stream": 1, "too_short": 1, "unreadable": 3}
+
+
+def test_every_good_input_is_sharded_with_even_sizes(messy_out):
+    out, report = messy_out
+    m = json.loads((out / "manifest.json").read_text())
+    samples = [json.loads(s["json"]) for e in m["shards"] for s in iter_samples(out / e["file"])]
+    assert sorted(s["source"] for s in samples) == sorted(GOOD)
+    settings = EncodeSettings(short_side=SMALL["short_side"])
+    for s in samples:
+        assert (s["width"], s["height"]) == output_geometry(*GOOD[s["source"]], settings)
+        assert s["width"] % 2 == 0 and s["height"] % 2 == 0 and min(s["width"], s["height"]) == 48
+        assert s["frames"] == 12 and "." not in s["key"] and s["key"].isascii()
+    assert report.samples == len(GOOD) and report.inputs == len(GOOD) + len(BAD)
+
+
+def test_cli_exit_codes(messy, tmp_path, capsys):
+    args = [str(messy), "--out", str(tmp_path / "o"), "--short-side", "48", "--no-progress"]
+    assert main(args) == 0  # some rejected, but videos were sharded
+    text = capsys.readouterr().out
+    assert "rejected 5" in text and "6 of 11 inputs sharded" in text
+    assert main([*args, "--strict"]) == 1  # resumes (nothing to redo) and reports the rejections
+    assert "strict" in capsys.readouterr().err
+
+
+def test_timeout_and_nothing_sharded(tmp_path, capsys):
+    write_video(tmp_path / "src" / "c" / "slow.mp4", noise_frames(12, 64, 48))
+    assert main([str(tmp_path / "src"), "--out", str(tmp_path / "o"), "--timeout", "0.001", "--no-progress"]) != 0
+    assert "no video was sharded" in capsys.readouterr().err
+    [r] = rejected(tmp_path / "o")
+    assert r["reason"] == "timeout" and "0.001" in r["message"]
+
+
+def test_min_frames(messy, tmp_path):
+    report = shard_dataset(messy, tmp_path / "o", **{**SMALL, "min_frames": 13})
+    assert report.samples == 0
+    assert {r["reason"] for r in report.rejected} >= {"too_short"}
+    assert sum(r["reason"] == "too_short" for r in report.rejected) == len(GOOD) + 1
+
+
+def test_frames_record_is_int32(messy_out):
+    out, _ = messy_out
+    m = json.loads((out / "manifest.json").read_text())
+    s = next(iter_samples(out / m["shards"][0]["file"]))
+    assert len(s["frames"]) == 4 and struct.unpack("<i", s["frames"])[0] == json.loads(s["json"])["frames"]
+    assert len(s["lbl"]) == 4

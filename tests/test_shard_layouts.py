@@ -1,0 +1,192 @@
+"""Each input layout on a small generated fixture: detection, labels, splits, missing files."""
+
+import json
+import struct
+from pathlib import Path
+
+import pytest
+
+from pipeline.ffmpeg import find_ffmpeg, pipe_frames
+from pipeline.layouts import LayoutError, detect_layout, frames_pattern, scan
+from pipeline.shard import shard_dataset
+from pipeline.wds import iter_samples
+from tests.shard_helpers import SMALL, noise_frames, rejected, write_video
+
+
+def _samples(out: Path) -> list[dict]:
+    m = json.loads((out / "manifest.json").read_text())
+    return [{**json.loads(s["json"]), "split": e["split"], "lbl": struct.unpack("<i", s["lbl"])[0]}
+            for e in m["shards"] for s in iter_samples(out / e["file"])]
+
+
+def _clip(path: Path, seed: int = 0, n: int = 12) -> Path:
+    return write_video(path, noise_frames(n, 64, 48, seed))
+
+
+# ---- class-per-folder --------------------------------------------------------
+
+
+def test_folder_without_split_level_goes_to_the_named_split(tmp_path):
+    for c in ("b_cls", "a_cls"):
+        _clip(tmp_path / "src" / c / "x.mp4")
+    (tmp_path / "src" / "a_cls" / "notes.txt").write_text("not a video, ignored")
+    assert detect_layout(tmp_path / "src") == "folder"
+    with pytest.raises(LayoutError, match="split"):
+        scan(tmp_path / "src", split="holdout")
+    shard_dataset(tmp_path / "src", tmp_path / "out", **SMALL, split="validation")
+    got = _samples(tmp_path / "out")
+    assert sorted((s["split"], s["class"], s["lbl"]) for s in got) == [("val", "a_cls", 0), ("val", "b_cls", 1)]
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.tar")) == ["val-000000.tar"]
+
+
+def test_folder_with_validation_alias(tmp_path):
+    _clip(tmp_path / "train" / "c1" / "a.mp4")
+    _clip(tmp_path / "validation" / "c1" / "b.mp4")
+    ds = scan(tmp_path)
+    assert ds.layout == "folder" and sorted(i.split for i in ds.items) == ["train", "val"]
+
+
+# ---- Kinetics CSV -------------------------------------------------------------
+
+
+@pytest.fixture
+def kinetics(tmp_path):
+    src = tmp_path / "k400"
+    (src / "annotations").mkdir(parents=True)
+    (src / "annotations" / "train.csv").write_text(
+        "label,youtube_id,time_start,time_end,split,is_cc\n"
+        "abseiling,--aaa,0,10,train,0\n"
+        '"air drumming",bbb,13,23,train,0\n'
+        "abseiling,gone,5,15,train,0\n"
+    )
+    (src / "annotations" / "validate.csv").write_text(
+        "label,youtube_id,time_start,time_end,split\nair drumming,ccc,1,11,val\n"
+    )
+    (src / "annotations" / "test.csv").write_text("label,youtube_id,time_start,time_end,split\n,ddd,0,10,test\n")
+    _clip(src / "train" / "abseiling" / "--aaa_000000_000010.mp4", 1)
+    _clip(src / "train" / "air drumming" / "bbb_000013_000023.mp4", 2)
+    _clip(src / "val" / "ccc_000001_000011.mp4", 3)
+    return src
+
+
+def test_kinetics_csv(kinetics, tmp_path):
+    assert detect_layout(kinetics) == "kinetics"
+    ds = scan(kinetics)
+    assert ds.classes == ["abseiling", "air drumming"] and len(ds.items) == 4
+    assert ds.notes and "ignored 1" in ds.notes[0]
+    out = tmp_path / "out"
+    report = shard_dataset(kinetics, out, **SMALL)
+    got = {s["source"]: (s["split"], s["class"], s["lbl"]) for s in _samples(out)}
+    assert got == {
+        "train/abseiling/--aaa_000000_000010.mp4": ("train", "abseiling", 0),
+        "train/air drumming/bbb_000013_000023.mp4": ("train", "air drumming", 1),
+        "val/ccc_000001_000011.mp4": ("val", "air drumming", 1),
+    }
+    assert [(r["source"], r["reason"]) for r in rejected(out)] == [("gone_000005_000015.mp4", "missing_file")]
+    assert report.manifest["rejected"]["by_reason"] == {"missing_file": 1}
+    assert report.manifest["totals"]["inputs"] == 4
+
+
+def test_val_with_classes_of_train(kinetics, tmp_path):
+    """Sharding val alone with the train run's classes.json keeps the label indices."""
+    (kinetics / "annotations" / "train.csv").unlink()
+    out = tmp_path / "val_only"
+    classes = tmp_path / "classes.json"
+    classes.write_text(json.dumps(["abseiling", "air drumming", "zumba"]))
+    shard_dataset(kinetics, out, **SMALL, classes=classes)
+    assert [(s["class"], s["lbl"]) for s in _samples(out)] == [("air drumming", 1)]
+    assert json.loads((out / "classes.json").read_text()) == ["abseiling", "air drumming", "zumba"]
+
+
+# ---- Something-Something V2 ---------------------------------------------------
+
+
+@pytest.fixture
+def sthv2(tmp_path):
+    src = tmp_path / "sthv2"
+    (src / "labels").mkdir(parents=True)
+    # The dataset's own indices (not alphabetical) must be kept.
+    (src / "labels" / "something-something-v2-labels.json").write_text(json.dumps(
+        {"Putting something on something": "0", "Holding something": "1"}))
+    (src / "labels" / "something-something-v2-train.json").write_text(json.dumps([
+        {"id": "11", "label": "holding a cup", "template": "Holding [something]", "placeholders": ["a cup"]},
+        {"id": "12", "label": "putting a pen on a book", "template": "Putting [something] on [something]",
+         "placeholders": ["a pen", "a book"]},
+        {"id": "99", "label": "holding air", "template": "Holding [something]", "placeholders": ["air"]},
+    ]))
+    (src / "labels" / "something-something-v2-validation.json").write_text(json.dumps([
+        {"id": "13", "label": "holding a mug", "template": "Holding [something]", "placeholders": ["a mug"]},
+    ]))
+    videos = src / "20bn-something-something-v2"
+    for i in ("11", "12", "13"):
+        write_video(videos / f"{i}.webm", noise_frames(12, 64, 48, int(i)), vcodec="libvpx-vp9",
+                    extra=("-deadline", "realtime", "-cpu-used", "8"))
+    return src
+
+
+def test_sthv2(sthv2, tmp_path):
+    assert detect_layout(sthv2) == "sthv2"
+    out = tmp_path / "out"
+    shard_dataset(sthv2, out, **SMALL)
+    assert json.loads((out / "classes.json").read_text()) == ["Putting something on something", "Holding something"]
+    got = {s["source"]: (s["split"], s["lbl"]) for s in _samples(out)}
+    assert got == {
+        "20bn-something-something-v2/11.webm": ("train", 1),
+        "20bn-something-something-v2/12.webm": ("train", 0),
+        "20bn-something-something-v2/13.webm": ("val", 1),
+    }
+    assert [(r["source"], r["reason"]) for r in rejected(out)] == [("20bn-something-something-v2/99.webm", "missing_file")]
+
+
+def test_sthv2_unknown_template_is_a_clear_error(sthv2):
+    bad = sthv2 / "labels" / "something-something-v2-validation.json"
+    bad.write_text(json.dumps([{"id": "13", "template": "Dancing with [something]"}]))
+    with pytest.raises(LayoutError, match="Dancing with"):
+        scan(sthv2)
+
+
+# ---- Something-Something V1 ---------------------------------------------------
+
+
+def _jpegs(folder: Path, n: int, seed: int) -> None:
+    folder.mkdir(parents=True)
+    frames = noise_frames(n, 64, 48, seed)
+    argv = [find_ffmpeg(), "-hide_banner", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24",
+            "-s", "64x48", "-i", "pipe:", "-start_number", "1", str(folder / "%05d.jpg")]
+    pipe_frames(argv, [frames.tobytes()], timeout=60)
+
+
+@pytest.fixture
+def sthv1(tmp_path):
+    src = tmp_path / "sthv1"
+    src.mkdir()
+    (src / "something-something-v1-labels.csv").write_text("Holding something\nPutting something on something\n")
+    (src / "something-something-v1-train.csv").write_text("21;Putting something on something\n22;Holding something\n")
+    (src / "something-something-v1-validation.csv").write_text("23;Holding something\n")
+    frames = src / "20bn-something-something-v1"
+    _jpegs(frames / "21", 12, 1)
+    _jpegs(frames / "22", 10, 2)
+    (frames / "23").mkdir()  # listed, but its frames were never extracted
+    return src
+
+
+def test_sthv1_frames_are_encoded_at_12_fps(sthv1, tmp_path):
+    assert detect_layout(sthv1) == "sthv1"
+    assert frames_pattern(sthv1 / "20bn-something-something-v1" / "21") == ("%05d.jpg", 1, 12)
+    out = tmp_path / "out"
+    shard_dataset(sthv1, out, **SMALL)
+    got = {s["source"]: (s["split"], s["lbl"], s["frames"], s["fps"]) for s in _samples(out)}
+    assert got == {
+        "20bn-something-something-v1/21": ("train", 1, 12, 12.0),
+        "20bn-something-something-v1/22": ("train", 0, 10, 12.0),
+    }
+    assert [(r["source"], r["reason"]) for r in rejected(out)] == [("20bn-something-something-v1/23", "missing_file")]
+
+
+def test_layout_override_and_errors(sthv1, tmp_path):
+    with pytest.raises(LayoutError, match="unknown layout"):
+        scan(sthv1, layout="ucf101")
+    with pytest.raises(LayoutError, match="Kinetics CSV"):
+        scan(sthv1, layout="kinetics")
+    with pytest.raises(LayoutError, match="not a directory"):
+        scan(tmp_path / "missing")
