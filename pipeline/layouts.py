@@ -78,6 +78,14 @@ def is_video(path: Path) -> bool:
     return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in VIDEO_EXTS
 
 
+def videos_under(folder: Path) -> list[Path]:
+    """Video files below `folder`, sorted, skipping hidden files and folders (e.g. a shard run's staging)."""
+    return sorted(
+        p for p in folder.rglob("*")
+        if is_video(p) and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+
+
 def _visible_dirs(path: Path) -> list[Path]:
     return sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
 
@@ -103,7 +111,7 @@ def scan_folder(root: Path, split: str = "train") -> Dataset:
     items = []
     for split_name, split_dir in groups:
         for class_dir in _visible_dirs(split_dir):
-            files = sorted(p for p in class_dir.rglob("*") if is_video(p))
+            files = videos_under(class_dir)
             items += [_item(root, p, split_name, class_dir.name) for p in files]
     if not items:
         raise LayoutError(
@@ -139,9 +147,8 @@ def scan_kinetics(root: Path, annotations: list[Path] | None = None) -> Dataset:
     if not csvs:
         raise LayoutError(f"{root}: no Kinetics CSV with columns {sorted(KINETICS_COLUMNS)} in SRC or SRC/annotations")
     on_disk: dict[str, Path] = {}
-    for p in sorted(root.rglob("*")):
-        if is_video(p):
-            on_disk.setdefault(p.stem, p)
+    for p in videos_under(root):
+        on_disk.setdefault(p.stem, p)
     items, ignored = [], 0
     for csv_path in csvs:
         with open(csv_path, newline="", encoding="utf-8") as f:

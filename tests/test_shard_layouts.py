@@ -30,6 +30,7 @@ def test_folder_without_split_level_goes_to_the_named_split(tmp_path):
     for c in ("b_cls", "a_cls"):
         _clip(tmp_path / "src" / c / "x.mp4")
     (tmp_path / "src" / "a_cls" / "notes.txt").write_text("not a video, ignored")
+    _clip(tmp_path / "src" / "a_cls" / ".cache" / "hidden.mp4")  # hidden folders are skipped
     assert detect_layout(tmp_path / "src") == "folder"
     with pytest.raises(LayoutError, match="split"):
         scan(tmp_path / "src", split="holdout")

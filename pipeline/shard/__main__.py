@@ -124,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except (ShardError, LayoutError, FFmpegError, ValueError, OSError) as err:
         return _fail(str(err))
+    except KeyboardInterrupt:
+        print(f"\n{PROG}: interrupted; finished shards are kept, run the same command again to resume",
+              file=sys.stderr)
+        return 130
     print(summary_table(report))
     if report.samples == 0:
         return _fail(f"no video was sharded; see {report.out / 'rejected.jsonl'}")

@@ -356,7 +356,7 @@ def shard_dataset(
     todo = [(n, it) for n, it in enumerate(items) if n > done.get(it.split, SplitProgress()).through]
     (out / mf.STAGING).mkdir(exist_ok=True)
     run = _Run(out, s, {c: i for i, c in enumerate(class_list)}, done, fp, shard_size, shard_samples)
-    n_workers = max(1, workers or os.cpu_count() or 1)
+    n_workers = max(1, workers or len(os.sched_getaffinity(0)))
     encoded = _encode_all(todo, run, s, workers=n_workers, timeout=timeout, min_frames=min_frames, progress=progress)
     report = _finalize(out, run, ds, class_list, items, fp, source, settings_json, t0,
                        {"workers": n_workers, "resumed_shards": resumed, "encoded": encoded})
