@@ -341,11 +341,14 @@ def probe_encoded(path: str | os.PathLike) -> VideoInfo:
         )
 
 
-def count_decoded_frames(path: str | os.PathLike) -> int:
-    """Frames a decoder returns for the file (full decode with PyAV)."""
+def count_decoded_frames(video: str | os.PathLike | bytes) -> int:
+    """Frames a decoder returns for a file or in-memory video (full decode with PyAV)."""
+    import io
+
     import av
 
-    with av.open(str(path)) as container:
+    source = io.BytesIO(video) if isinstance(video, bytes) else str(video)
+    with av.open(source) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         return sum(1 for _ in container.decode(stream))

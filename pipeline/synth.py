@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline._cli import HelpFormatter
 from pipeline.ffmpeg import FFmpegError, find_ffmpeg, parse_size, pipe_frames
 from pipeline.wds import atomic_write_text
 
@@ -253,14 +254,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write a synthetic action dataset (class = direction x speed of a moving textured object) "
         "as H.264 MP4 files in OUT/{train,val}/<class>/. Deterministic for a seed; an existing complete "
         "dataset with the same settings is reused.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("out", type=Path, help="output folder")
     p.add_argument("--classes", type=int, default=8, help=f"number of classes (2..{len(CLASS_NAMES)})")
     p.add_argument("--train-per-class", type=int, default=24, help="training videos per class")
     p.add_argument("--val-per-class", type=int, default=8, help="validation videos per class")
     p.add_argument("--frames", type=int, default=48, help="frames per video")
-    p.add_argument("--size", type=parse_size, default=(160, 120), help="frame size WxH (even)")
+    p.add_argument("--size", type=parse_size, default=(160, 120), help="frame size WxH, even (default: 160x120)")
     p.add_argument("--fps", type=int, default=25, help="frame rate")
     p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same files")
     p.add_argument("--workers", type=int, default=None, help="parallel encodes (default: all cores)")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import json
 import struct
 import sys
@@ -22,6 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline._cli import HelpFormatter
+from pipeline.ffmpeg import count_decoded_frames
 from pipeline.shard import manifest as mf
 from pipeline.wds import index_of_tar, iter_samples, sha256_file
 
@@ -37,16 +38,6 @@ class VerifyReport:
     @property
     def ok(self) -> bool:
         return not self.problems
-
-
-def decoded_frames(data: bytes) -> int:
-    """Frames a decoder returns for an encoded video held in memory (PyAV, full decode)."""
-    import av
-
-    with av.open(io.BytesIO(data)) as container:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        return sum(1 for _ in container.decode(stream))
 
 
 def check_sample(sample: dict, classes: list[str], video_ext: str, codec: str) -> list[str]:
@@ -128,7 +119,7 @@ def _check_shard(out: Path, entry: dict, ctx: dict, pool: ThreadPoolExecutor | N
             if meta is not None:
                 per_class[(entry["split"], meta.get("class"))] += 1
             if not sample_problems and pool is not None:
-                jobs.append((key, meta["frames"], pool.submit(decoded_frames, sample[ctx["ext"]])))
+                jobs.append((key, meta["frames"], pool.submit(count_decoded_frames, sample[ctx["ext"]])))
     except (tarfile.TarError, OSError) as err:
         report.problems.append(f"{name}: cannot read samples ({err})")
     if count != entry["samples"]:
@@ -193,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Re-read every shard written by `python -m pipeline.shard`: sizes and sha256 against "
         "manifest.json, .idx files, complete and consistent samples, and (by default) a full decode of every "
         "video checked against its recorded frame count. Exits 1 naming each problem.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("out", type=Path, help="shard folder (holds manifest.json)")
     p.add_argument("--no-decode", action="store_true", help="skip decoding the videos (checksums and structure only)")

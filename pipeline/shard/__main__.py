@@ -7,6 +7,7 @@ import re
 import sys
 from pathlib import Path
 
+from pipeline._cli import HelpFormatter
 from pipeline.ffmpeg import FFmpegError, parse_size
 from pipeline.layouts import LAYOUTS, LayoutError
 from pipeline.shard.core import (
@@ -51,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
         "index files, classes.json, manifest.json and rejected.jsonl. Re-running the same command resumes.",
         epilog=f"Joining the outputs of --part runs: {PROG} merge OUT_0 ... OUT_N-1 --out OUT "
         f"(see `{PROG} merge --help`).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("src", type=Path, help="dataset folder (class-per-folder, Kinetics CSV, Something-Something V1/V2)")
     p.add_argument("--out", type=Path, required=True, help="output folder for shards and manifest")
@@ -91,7 +92,7 @@ def build_merge_parser() -> argparse.ArgumentParser:
         prog=f"{PROG} merge",
         description="Join the outputs of `--part I/N` runs into one folder: shards renumbered per split "
         "(hard links when possible, else copies), manifests, classes and rejections merged.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("parts", type=Path, nargs="+", help="output folders of the part runs")
     p.add_argument("--out", type=Path, required=True, help="merged output folder")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pipeline.shard import manifest as mf
 from pipeline.shard.core import human_bytes
-from pipeline.wds import atomic_write_text, fsync_dir, temp_name
+from pipeline.wds import fsync_dir, temp_name
 
 
 class MergeError(ValueError):
