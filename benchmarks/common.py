@@ -1,0 +1,94 @@
+"""Shared benchmark helpers: where results go, what machine made them, CPU accounting.
+
+Every benchmark writes `benchmarks/results/<name>.json` (atomically, with the
+machine it ran on) and, when it has one, a PNG plot beside it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine_info() -> dict:
+    """CPU, cores, GPU and library versions: the context a number needs to mean anything."""
+    import torch
+
+    info = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu": _cpu_model(),
+        "cores": len(os.sched_getaffinity(0)),
+        "load_avg_1m": os.getloadavg()[0],
+        "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
+    try:
+        import nvidia.dali
+
+        info["dali"] = nvidia.dali.__version__
+    except ImportError:
+        info["dali"] = None
+    return info
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def results_path(name: str, suffix: str = ".json") -> Path:
+    return RESULTS / f"{name}{suffix}"
+
+
+def write_results(name: str, payload: dict) -> Path:
+    """Write `payload` plus `machine_info()` to results/<name>.json via temp + fsync + rename."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = results_path(name)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump({"machine": machine_info(), **payload}, f, indent=1)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def tree_cpu_seconds(pid: int | None = None) -> float:
+    """User + system CPU seconds of a process and all its live descendants (Linux /proc).
+
+    Worker processes (torch DataLoader) and threads (DALI) are both counted,
+    so loaders can be compared by CPU spent per clip, which a busy shared
+    machine distorts far less than wall-clock throughput.
+    """
+    pid = os.getpid() if pid is None else pid
+    tick = os.sysconf("SC_CLK_TCK")
+    children: dict[int, list[int]] = {}
+    times: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+        times[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        total += times.get(p, 0.0)
+        todo += children.get(p, [])
+    return total
