@@ -1,0 +1,183 @@
+"""One call signature for exported artifacts: `runner(clips) -> logits`, torch in and out.
+
+    runner = export.runtime.load("exports/tpn_r50_f8s8/tpn_r50_f8s8.fp16.onnx")
+    logits = runner(clips)  # (N, 3, T, H, W) float32 -> (N, num_classes) float32
+
+`.onnx` files run in ONNX Runtime (the CUDA provider when onnxruntime-gpu
+and a GPU are present, else the CPU provider); `.engine` / `.plan` files
+run in TensorRT. Outputs live on the runner's device (the GPU when there
+is one); inputs may live anywhere. Batches larger than an engine's
+optimisation profile are split.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from export.common import ExportError, MissingDependencyError
+
+Backend = Literal["auto", "ort-cpu", "ort-cuda", "trt"]
+ENGINE_SUFFIXES = (".engine", ".plan")
+TRT_INSTALL = (
+    "install TensorRT with `pip install --extra-index-url https://pypi.nvidia.com tensorrt` "
+    "(it needs an NVIDIA GPU with a recent driver)"
+)
+
+
+def pick_backend(path: str | os.PathLike, backend: Backend, *, ort_providers: list[str], cuda: bool) -> str:
+    """The concrete backend for `path`: engines need TensorRT; ONNX prefers CUDA when usable."""
+    is_engine = str(path).endswith(ENGINE_SUFFIXES)
+    if backend == "auto":
+        if is_engine:
+            return "trt"
+        return "ort-cuda" if cuda and "CUDAExecutionProvider" in ort_providers else "ort-cpu"
+    if backend == "trt" and not is_engine:
+        raise ExportError(f"{path} is not a TensorRT engine (.engine/.plan): build one with python -m export.trt")
+    if backend.startswith("ort") and is_engine:
+        raise ExportError(f"{path} is a TensorRT engine; ONNX Runtime runs .onnx files")
+    if backend == "ort-cuda" and not (cuda and "CUDAExecutionProvider" in ort_providers):
+        raise MissingDependencyError(
+            "ONNX Runtime's CUDA provider is not available: install onnxruntime-gpu (instead of onnxruntime) "
+            "on a machine with an NVIDIA GPU, or use backend='ort-cpu'"
+        )
+    return backend
+
+
+class Runner:
+    """Base of the runners: `__call__(x) -> logits` plus what callers need to know."""
+
+    backend: str
+    device: torch.device
+    input_shape: tuple  # (None or batch, 3, T, H, W)
+    max_batch: int | None = None
+    precision: str = "fp32"
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 5 or tuple(x.shape[1:]) != tuple(self.input_shape[1:]):
+            raise ValueError(f"{self.backend} artifact takes clips of shape (N, {self.input_shape[1:]}), got {tuple(x.shape)}")
+        step = self.max_batch or x.shape[0]
+        outs = [self._run(x[i : i + step].float().contiguous()) for i in range(0, x.shape[0], step)]
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def ort_session_options(threads: int | None = None, level: str = "all"):
+    """Session options: all graph optimisations, one intra-op thread per core (the CPU speed knobs)."""
+    import onnxruntime as ort
+
+    levels = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }
+    so = ort.SessionOptions()
+    so.graph_optimization_level = levels[level]
+    so.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return so
+
+
+class OrtRunner(Runner):
+    def __init__(self, path: str | os.PathLike, *, cuda: bool, threads: int | None = None, level: str = "all") -> None:
+        import onnxruntime as ort
+
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
+        self.session = ort.InferenceSession(str(path), ort_session_options(threads, level), providers=providers)
+        self.backend = "ort-cuda" if cuda else "ort-cpu"
+        self.device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+        inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]
+        self.input_name, self.output_name = inp.name, out.name
+        self.input_shape = tuple(d if isinstance(d, int) else None for d in inp.shape)
+        self.max_batch = self.input_shape[0]
+        self.num_classes = out.shape[-1] if isinstance(out.shape[-1], int) else None
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.precision = "fp16" if meta.get("tpn.precision", "fp32").startswith("fp16") else "fp32"
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        if self.device.type == "cpu":
+            y = self.session.run([self.output_name], {self.input_name: x.cpu().numpy()})[0]
+            return torch.from_numpy(y)
+        return self._run_bound(x.to(self.device))
+
+    def _run_bound(self, x: torch.Tensor) -> torch.Tensor:
+        """Zero-copy on the GPU: bind torch's buffers to the session's input and output."""
+        out = torch.empty((x.shape[0], self.num_classes), dtype=torch.float32, device=self.device)
+        b = self.session.io_binding()
+        idx = self.device.index or 0
+        b.bind_input(self.input_name, "cuda", idx, np.float32, tuple(x.shape), x.data_ptr())
+        b.bind_output(self.output_name, "cuda", idx, np.float32, tuple(out.shape), out.data_ptr())
+        torch.cuda.current_stream(self.device).synchronize()  # x must be written before ORT reads it
+        self.session.run_with_iobinding(b)
+        return out
+
+
+class TrtRunner(Runner):
+    """A deserialised TensorRT engine run on a side CUDA stream (TensorRT warns against the default one)."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        trt = import_tensorrt()
+        if not torch.cuda.is_available():
+            raise MissingDependencyError(f"running {path} needs a CUDA GPU; torch sees none")
+        self.trt = trt
+        logger = trt.Logger(trt.Logger.WARNING)
+        self.engine = trt.Runtime(logger).deserialize_cuda_engine(Path(path).read_bytes())
+        if self.engine is None:
+            raise ExportError(f"TensorRT could not load {path}: it was built by another TensorRT version or GPU; rebuild it")
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.input_name = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
+        self.output_name = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
+        _, _, hi = self.engine.get_tensor_profile_shape(self.input_name, 0)  # (min, opt, max)
+        self.input_shape = (None, *tuple(hi)[1:])
+        self.max_batch = int(hi[0])
+        self.backend, self.precision = "trt", "fp16"
+        self.device = torch.device("cuda", torch.cuda.current_device())
+        self.stream = torch.cuda.Stream(self.device)
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device)
+        self.context.set_input_shape(self.input_name, tuple(x.shape))
+        out = torch.empty(tuple(self.context.get_tensor_shape(self.output_name)), dtype=torch.float32, device=self.device)
+        self.context.set_tensor_address(self.input_name, x.data_ptr())
+        self.context.set_tensor_address(self.output_name, out.data_ptr())
+        self.stream.wait_stream(torch.cuda.current_stream(self.device))
+        if not self.context.execute_async_v3(self.stream.cuda_stream):
+            raise ExportError("TensorRT failed to run the engine (see its log above)")
+        torch.cuda.current_stream(self.device).wait_stream(self.stream)
+        x.record_stream(self.stream)  # keep x alive until the engine has read it
+        return out
+
+
+def import_tensorrt():
+    try:
+        import tensorrt
+    except ImportError:
+        raise MissingDependencyError(f"TensorRT is not installed: {TRT_INSTALL}") from None
+    return tensorrt
+
+
+def ort_providers() -> list[str]:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise MissingDependencyError("onnxruntime is not installed: pip install onnxruntime (or onnxruntime-gpu)") from None
+    return ort.get_available_providers()
+
+
+def load(path: str | os.PathLike, *, backend: Backend = "auto", threads: int | None = None, level: str = "all") -> Runner:
+    """A runner for an `.onnx` file or a TensorRT `.engine`; see the module docstring."""
+    if not Path(path).is_file():
+        raise ExportError(f"{path} does not exist")
+    chosen = pick_backend(path, backend, ort_providers=ort_providers(), cuda=torch.cuda.is_available())
+    if chosen == "trt":
+        return TrtRunner(path)
+    return OrtRunner(path, cuda=chosen == "ort-cuda", threads=threads, level=level)
+
