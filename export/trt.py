@@ -1,0 +1,322 @@
+"""FP16 ONNX -> TensorRT engine, and the whole export: ONNX -> FP16 ONNX -> engine -> Top-1 gate.
+
+    python -m export.trt tpn_r50_f8s8 --checkpoint ckpt.pth --val-shards shards/k400 --split val
+
+Precision comes from the mixed-precision ONNX (`export.fp16`), never from
+a blanket builder flag, so what the gate validated in ONNX Runtime is what
+TensorRT builds:
+  - TensorRT 11 has no BuilderFlag.FP16: every network is strongly typed
+    (`builder.create_network(0)`), tensor types come from the ONNX;
+  - TensorRT 10 gets the same behaviour from
+    NetworkDefinitionCreationFlag.STRONGLY_TYPED (precision flags are not
+    allowed with it). `typing="weak"` instead sets BuilderFlag.FP16 on a
+    weakly typed network, as TensorRT 10 used to: the builder may then run
+    any layer in FP16, including those the ONNX keeps in FP32.
+See EXPORT_NOTES sections 0 and 2. One optimisation profile covers batch
+1..max_batch, tuned for opt_batch. The timing cache is loaded when present
+and saved after the build, so rebuilds skip most kernel timing.
+
+Without TensorRT or a CUDA GPU the CLI still writes the ONNX and FP16 ONNX,
+then exits with status 2 and says what is missing; it never claims an
+engine it did not build.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+from export.common import (
+    EXIT_CODES_HELP,
+    EXIT_FAILED,
+    EXIT_OK,
+    CheckFailed,
+    ExportError,
+    MissingDependencyError,
+    default_out_dir,
+    load_model,
+    publish,
+    staging_dir,
+    write_json,
+)
+from export.onnx import add_model_args, export_onnx, parse_size
+from export.runtime import TRT_INSTALL, import_tensorrt
+from tpn.io import atomic_write_bytes
+
+NO_GPU = (
+    "no CUDA GPU is visible (torch.cuda.is_available() is False): TensorRT builds and runs engines on an "
+    "NVIDIA GPU; run this on a machine with one and its driver installed"
+)
+
+
+@dataclass(frozen=True)
+class BuildMode:
+    """How to ask a given TensorRT for a network whose precision is the ONNX's."""
+
+    typing: str  # "strong" or "weak"
+    network_flags: int
+    builder_flags: tuple[str, ...]
+    note: str
+
+
+@dataclass
+class TrtReport:
+    onnx: str
+    path: str
+    tensorrt: str
+    device: str
+    typing: str
+    builder_flags: list[str]
+    profile: dict[str, list[int]]
+    timing_cache: str
+    timing_cache_loaded: bool
+    timing_cache_bytes: int
+    workspace_gib: float
+    size_bytes: int
+    build_seconds: float
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (
+            f"{self.path}: TensorRT {self.tensorrt} on {self.device}, {self.typing}ly typed, profile batch "
+            f"{self.profile['min'][0]}..{self.profile['max'][0]} (opt {self.profile['opt'][0]}), "
+            f"{self.size_bytes / 2**20:.1f} MiB, built in {self.build_seconds:.0f}s"
+            f"{' (timing cache reused)' if self.timing_cache_loaded else ''}"
+        )
+
+
+# ----------------------------------------------------------------- pure parts
+
+
+def build_mode(trt: ModuleType, typing: str = "auto") -> BuildMode:
+    """Network and builder flags for this TensorRT module (real, or a stand-in in tests)."""
+    if typing not in ("auto", "strong", "weak"):
+        raise ExportError(f"typing must be 'auto', 'strong' or 'weak', got {typing!r}")
+    version = getattr(trt, "__version__", "?")
+    if not hasattr(trt.BuilderFlag, "FP16"):  # TensorRT 11+
+        if typing == "weak":
+            raise ExportError(f"TensorRT {version} has no weak typing (BuilderFlag.FP16 was removed in 11)")
+        return BuildMode("strong", 0, (), f"TensorRT {version}: always strongly typed; precision from the ONNX")
+    strong = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    if typing != "weak" and strong is not None:
+        return BuildMode(
+            "strong", 1 << int(strong), (), f"TensorRT {version}: STRONGLY_TYPED network; precision from the ONNX"
+        )
+    if typing == "strong":
+        raise ExportError(f"TensorRT {version} has no NetworkDefinitionCreationFlag.STRONGLY_TYPED")
+    return BuildMode(
+        "weak", 0, ("FP16",),
+        f"TensorRT {version}: weakly typed with BuilderFlag.FP16; layers the ONNX keeps FP32 may still run in FP16",
+    )  # fmt: skip
+
+
+def profile_shapes(
+    clip_shape: tuple[int, ...], *, opt_batch: int, max_batch: int, min_batch: int = 1
+) -> dict[str, tuple[int, ...]]:
+    """min / opt / max input shapes of the optimisation profile for (3, T, H, W) clips."""
+    if not 1 <= min_batch <= opt_batch <= max_batch:
+        raise ExportError(f"need 1 <= min_batch <= opt_batch <= max_batch, got {min_batch}, {opt_batch}, {max_batch}")
+    return {k: (b, *clip_shape) for k, b in (("min", min_batch), ("opt", opt_batch), ("max", max_batch))}
+
+
+def missing_requirements(trt_import=import_tensorrt, cuda: bool | None = None) -> str | None:
+    """What stops an engine build here, in words, or None when nothing does."""
+    missing = []
+    try:
+        trt_import()
+    except MissingDependencyError as e:
+        missing.append(str(e))
+    if not (torch.cuda.is_available() if cuda is None else cuda):
+        missing.append(NO_GPU)
+    return "; ".join(missing) or None
+
+
+def onnx_clip_shape(path: str | Path) -> tuple[int, ...]:
+    from export.fp16 import input_shape
+
+    import onnx
+
+    return input_shape(onnx.load(str(path), load_external_data=False))
+
+
+# ----------------------------------------------------------------- the build
+
+
+def build_engine(
+    fp16_onnx: str | Path,
+    *,
+    max_batch: int = 32,
+    opt_batch: int = 8,
+    timing_cache: str | Path | None = None,
+    out: str | Path | None = None,
+    workspace_gib: float = 4.0,
+    typing: str = "auto",
+) -> TrtReport:
+    """Build `<name>.fp16.engine` (default: beside the ONNX) from a mixed-precision ONNX file.
+
+    Raises MissingDependencyError without TensorRT or a CUDA GPU, and
+    ExportError when TensorRT cannot parse or build the network.
+    """
+    src = Path(fp16_onnx)
+    if not src.is_file():
+        raise ExportError(f"{src} does not exist: make it with export.fp16.to_fp16")
+    missing = missing_requirements()
+    if missing:
+        raise MissingDependencyError(missing)
+    trt = import_tensorrt()
+    out = Path(out) if out else src.with_name(src.name.removesuffix(".onnx") + ".engine")
+    cache_path = Path(timing_cache) if timing_cache else out.parent / "timing.cache"
+    mode = build_mode(trt, typing)
+    shapes = profile_shapes(onnx_clip_shape(src), opt_batch=opt_batch, max_batch=max_batch)
+    t0 = time.perf_counter()
+    plan, cache_loaded, cache_bytes = _build(trt, src, mode, shapes, cache_path, workspace_gib)
+    with staging_dir(out.parent) as stage:
+        staged = stage / out.name
+        staged.write_bytes(plan)
+        publish([staged], out.parent)
+    atomic_write_bytes(cache_bytes, cache_path)
+    return TrtReport(
+        onnx=str(src), path=str(out), tensorrt=trt.__version__, device=torch.cuda.get_device_name(),
+        typing=mode.typing, builder_flags=list(mode.builder_flags), profile={k: list(v) for k, v in shapes.items()},
+        timing_cache=str(cache_path), timing_cache_loaded=cache_loaded, timing_cache_bytes=len(cache_bytes),
+        workspace_gib=workspace_gib, size_bytes=out.stat().st_size,
+        build_seconds=round(time.perf_counter() - t0, 1), notes=[mode.note],
+    )  # fmt: skip
+
+
+def _build(trt, src: Path, mode: BuildMode, shapes: dict, cache_path: Path, workspace_gib: float):
+    """The TensorRT calls (EXPORT_NOTES section 2); returns (plan bytes, cache reused?, cache bytes)."""
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(mode.network_flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(src)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise ExportError(f"TensorRT cannot parse {src}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * 2**30))
+    for flag in mode.builder_flags:
+        config.set_flag(getattr(trt.BuilderFlag, flag))
+    profile = builder.create_optimization_profile()
+    profile.set_shape(network.get_input(0).name, shapes["min"], shapes["opt"], shapes["max"])
+    config.add_optimization_profile(profile)
+    previous = cache_path.read_bytes() if cache_path.is_file() else b""
+    cache = config.create_timing_cache(previous)
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise ExportError(f"TensorRT failed to build an engine from {src} (its log above says why)")
+    return bytes(plan), bool(previous), bytes(config.get_timing_cache().serialize())
+
+
+# ----------------------------------------------------------------- the whole export
+
+
+def resolve_size(size: str | int | tuple[int, int], val_shards: str | None) -> str | int | tuple[int, int]:
+    """'auto': the test-protocol crop when the gate will run on shards (it feeds test views), else the training crop."""
+    if size == "auto":
+        return "test" if val_shards else "train"
+    return size
+
+
+def export_engine(args: argparse.Namespace, out: Path, log=print) -> tuple[dict, int]:
+    """ONNX -> FP16 ONNX -> engine -> gate; returns (report of every step, exit status)."""
+    from export.fp16 import to_fp16
+    from export.validate import validate
+
+    steps: dict = {}
+    missing = missing_requirements()
+    if missing:
+        log(f"note: no engine can be built here ({missing}); the ONNX and FP16 steps still run")
+    # One model for every step: without a checkpoint its random weights must be the same throughout.
+    model, source = load_model(args.name, args.checkpoint)
+    size = resolve_size(args.size, args.val_shards)
+    steps["onnx"] = export_onnx(model, source=source, out_dir=out, size=size, opset=args.opset, seed=args.seed)
+    log(steps["onnx"].summary())
+    steps["fp16"] = to_fp16(steps["onnx"].path, calibration=args.val_shards, num_clips=args.calib_clips, seed=args.seed)
+    log(steps["fp16"].summary())
+    try:
+        steps["engine"] = build_engine(
+            steps["fp16"].path, max_batch=args.max_batch, opt_batch=args.opt_batch, typing=args.typing,
+            workspace_gib=args.workspace_gib,
+        )  # fmt: skip
+    except MissingDependencyError as e:
+        steps["engine"] = {"built": False, "missing": str(e)}
+        return steps, e.exit_code
+    log(steps["engine"].summary())
+    steps["gate"] = validate(
+        steps["engine"].path, model_name=model, val_shards=args.val_shards, max_drop=args.max_drop,
+        zoo_checkpoint=args.zoo_checkpoint, split=args.split, batch_size=args.batch_size, max_videos=args.max_videos,
+    )  # fmt: skip
+    log(steps["gate"].summary())
+    return steps, EXIT_OK if steps["gate"].passed else EXIT_FAILED
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from export.validate import add_gate_args
+
+    p = argparse.ArgumentParser(
+        prog="python -m export.trt",
+        description=(
+            "Export a zoo model to a TensorRT FP16 engine and gate it: ONNX (checked against PyTorch), "
+            "mixed-precision FP16 ONNX (checked against the FP32 ONNX), engine (TensorRT 10 or 11), then "
+            "the Top-1 gate (with --val-shards) or a synthetic-clip logit check. Writes <out>/<name>.onnx, "
+            "<name>.fp16.onnx, <name>.fp16.engine, timing.cache and report.json; "
+            "<name>.fp16.engine.validated.json only when the gate passes on shards."
+        ),
+        epilog=EXIT_CODES_HELP + f". TensorRT: {TRT_INSTALL}.",
+    )
+    add_model_args(p)
+    p.add_argument(
+        "--size", type=parse_size_auto, default="auto",
+        help="input H and W: auto (test crop with --val-shards, else training crop), train, test, N or HxW",
+    )  # fmt: skip
+    p.add_argument("--max-batch", type=int, default=32, help="largest batch of the engine's profile (default %(default)s)")
+    p.add_argument("--opt-batch", type=int, default=8, help="batch the engine is tuned for (default %(default)s)")
+    p.add_argument(
+        "--typing", choices=["auto", "strong", "weak"], default="auto",
+        help="auto/strong: precision from the FP16 ONNX (TensorRT 11, or 10's STRONGLY_TYPED); "
+        "weak: TensorRT 10's BuilderFlag.FP16 (default %(default)s)",
+    )  # fmt: skip
+    p.add_argument("--workspace-gib", type=float, default=4.0, help="builder workspace in GiB (default %(default)s)")
+    p.add_argument(
+        "--calib-clips", type=int, default=4,
+        help="FP16 calibration clips (from --val-shards, else synthetic; default %(default)s)",
+    )  # fmt: skip
+    add_gate_args(p)
+    return p
+
+
+def parse_size_auto(text: str):
+    return "auto" if text == "auto" else parse_size(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    out = Path(args.out) if args.out else default_out_dir(args.name)
+    settings = {**vars(args), "out": str(out), "size": resolve_size(args.size, args.val_shards)}
+    try:
+        steps, status = export_engine(args, out)
+    except CheckFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        write_json({"settings": settings, "failed": str(e), "report": e.report, "passed": False}, out / "report.json")
+        return EXIT_FAILED
+    except ExportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    write_json({"settings": settings, **steps, "passed": status == EXIT_OK}, out / "report.json")
+    if isinstance(steps["engine"], dict):
+        print(f"error: no engine was built: {steps['engine']['missing']}", file=sys.stderr)
+        print(f"kept: {steps['onnx'].path}, {steps['fp16'].path}", file=sys.stderr)
+    print(f"report: {out / 'report.json'}")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
