@@ -1,0 +1,304 @@
+"""FP16 conversion, the runtime and the Top-1 gate, on a tiny TPN whose classifier is fitted to synthetic shards.
+
+One export (at the test-protocol size, as the gate needs) and one FP16
+conversion are shared by the module; every damaged artifact is a copy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper
+
+import tpn
+from export import runtime
+from export.common import (
+    FP16,
+    CheckFailed,
+    ExportError,
+    MissingDependencyError,
+    ModelSource,
+    file_sha256,
+    load_model,
+    validated_marker,
+)
+from export.fp16 import head_nodes, node_precisions, tidy_casts, to_fp16
+from export.onnx import export_onnx, read_metadata
+from export.validate import (
+    GateReport,
+    check_view_size,
+    is_validated,
+    judge_shards,
+    main as validate_main,
+    validate,
+    zoo_target,
+)
+from tpn.checkpoint import save_checkpoint
+from tests.export_helpers import TINY, damage, make_val_shards, scale_initializer, trained_tiny
+
+DAMAGED_CONV = "backbone.layer3.0.conv1.weight"
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gate")
+    shards = make_val_shards(root)
+    ckpt = trained_tiny(root, shards)
+    onnx_report = export_onnx(TINY, checkpoint=ckpt, out_dir=root / "out", size="test", parity_batches=(2,))
+    fp16_report = to_fp16(onnx_report.path, calibration=shards)
+    return dict(root=root, shards=shards, ckpt=ckpt, onnx=onnx_report, fp16=fp16_report)
+
+
+# ----------------------------------------------------------------- FP16
+
+
+def test_fp16_keeps_sensitive_ops_and_classifier_in_fp32(work):
+    model = onnx.load(work["fp16"].path)
+    prec = node_precisions(model)
+    by_op = {}
+    for node in model.graph.node:
+        if node.name in prec:
+            by_op.setdefault(node.op_type, set()).add(prec[node.name])
+    assert by_op["ReduceMean"] == {TensorProto.FLOAT}  # the global pool
+    assert by_op["Gemm"] == {TensorProto.FLOAT}  # the classifier
+    assert by_op["Conv"] == {TensorProto.FLOAT16}
+    assert model.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    assert model.graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    kept = {k.op_type: k.reason for k in work["fp16"].kept_fp32}
+    assert "sensitive" in kept["ReduceMean"] and "classifier" in kept["Gemm"]
+    # no lossy FP32 -> FP16 -> FP32 round trip left between the pool and the classifier
+    assert work["fp16"].casts == 2  # the input to FP16, the last features to FP32
+    assert read_metadata(model)["precision"] == "fp16-mixed"
+
+
+def test_fp16_stays_within_fp16_tolerance(work):
+    r = work["fp16"]
+    assert r.passed and r.agreement.tolerance == "fp16"
+    assert r.agreement.worst_excess <= 1.0 and r.agreement.top1_agreement == 1.0
+    assert r.calibration["kind"] == "shards" and r.calibration["clips"] == 4
+    assert r.agreement.max_ref_abs > 1.0  # a fitted classifier: the tolerance is not trivially met
+
+
+@pytest.mark.parametrize(
+    "factor, reason",
+    [(1e6, "weights overflow FP16"), (1e-7, "weights underflow FP16")],
+)
+def test_fp16_keeps_layers_whose_weights_leave_fp16_range(work, tmp_path, factor, reason):
+    model = onnx.load(work["onnx"].path)
+    scale_initializer(model, DAMAGED_CONV, factor)
+    src = tmp_path / "m.onnx"
+    onnx.save(model, str(src))
+    r = to_fp16(src, check=False)
+    conv = next(n.name for n in model.graph.node if DAMAGED_CONV in n.input)
+    kept = {k.name: k.reason for k in r.kept_fp32}
+    assert kept[conv].startswith(reason)
+    assert node_precisions(onnx.load(r.path))[conv] == TensorProto.FLOAT
+
+
+def test_fp16_keeps_layers_whose_activations_exceed_data_max(work, tmp_path):
+    r = to_fp16(work["onnx"].path, out=tmp_path / "m.fp16.onnx", data_max=1.0, check=False)
+    large = [k for k in r.kept_fp32 if k.reason.startswith("activations too large")]
+    assert large and all(k.op_type != "ReduceMean" for k in large)
+    assert r.fp16_nodes < work["fp16"].fp16_nodes
+
+
+def test_fp16_refuses_what_it_cannot_convert(work, tmp_path):
+    with pytest.raises(ExportError, match="already holds FP16"):
+        to_fp16(work["fp16"].path, out=tmp_path / "x.onnx")
+    with pytest.raises(ExportError, match="calibration clips must be"):
+        to_fp16(work["onnx"].path, out=tmp_path / "x.onnx", calibration=np.zeros((2, 3, 8, 64, 64), np.float32))
+    with pytest.raises(ExportError, match="does not exist"):
+        to_fp16(tmp_path / "missing.onnx")
+
+
+def test_fp16_failure_is_enforced_and_not_published(work, tmp_path):
+    zero = dataclasses.replace(FP16, name="zero", atol=0.0, rtol=0.0)
+    with pytest.raises(CheckFailed) as err:
+        to_fp16(work["onnx"].path, out=tmp_path / "m.fp16.onnx", tolerance=zero)
+    assert not err.value.report.passed
+    assert not (tmp_path / "m.fp16.onnx").exists()
+    assert (tmp_path / "rejected" / "m.fp16.onnx").exists()
+
+
+def _graph(nodes, outputs):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])
+    ys = [helper.make_tensor_value_info(o, TensorProto.FLOAT, [2, 4]) for o in outputs]
+    w = helper.make_tensor("w", TensorProto.FLOAT, [4, 4], np.eye(4, dtype=np.float32).ravel())
+    return helper.make_model(helper.make_graph(nodes, "g", [x], ys, [w]), opset_imports=[helper.make_opsetid("", 20)])
+
+
+def test_head_nodes_are_those_after_the_last_global_reduction():
+    nodes = [
+        helper.make_node("ReduceMean", ["x"], ["m1"], name="pool1", keepdims=1),
+        helper.make_node("Add", ["m1", "x"], ["a"], name="mid"),
+        helper.make_node("ReduceMean", ["a"], ["m2"], name="pool2", keepdims=1),
+        helper.make_node("MatMul", ["m2", "w"], ["y"], name="fc"),
+    ]
+    assert head_nodes(_graph(nodes, ["y"]).graph) == {"fc"}
+
+
+def test_tidy_casts_removes_round_trips_and_keeps_output_names():
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["a"], name="fc"),
+        helper.make_node("Cast", ["a"], ["a16"], name="down", to=TensorProto.FLOAT16),
+        helper.make_node("Cast", ["a16"], ["y"], name="up", to=TensorProto.FLOAT),
+        helper.make_node("Cast", ["x"], ["z"], name="noop", to=TensorProto.FLOAT),
+    ]
+    model = _graph(nodes, ["y", "z"])
+    tidy_casts(model)
+    ops = [n.op_type for n in model.graph.node]
+    assert "Cast" not in ops
+    assert {o.name for o in model.graph.output} == {"y", "z"}
+    onnx.checker.check_model(model)
+    import onnxruntime as ort
+
+    x = np.arange(8, dtype=np.float32).reshape(2, 4) / 3
+    y, z = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})
+    np.testing.assert_array_equal(y, x)  # exact: no FP16 rounding left
+    np.testing.assert_array_equal(z, x)
+
+
+# ----------------------------------------------------------------- runtime
+
+
+def test_runtime_runs_onnx_with_torch_in_and_out(work):
+    runner = runtime.load(work["onnx"].path)
+    model = tpn.create_model(TINY, checkpoint=work["ckpt"]).eval()
+    x = torch.randn(3, 3, 8, 128, 128, generator=torch.Generator().manual_seed(0))
+    y = runner(x)
+    assert isinstance(y, torch.Tensor) and y.shape == (3, 8) and y.dtype == torch.float32
+    with torch.inference_mode():
+        torch.testing.assert_close(y, model(x), atol=1e-4, rtol=1e-3)
+    assert runner.backend == "ort-cpu" and runner.precision == "fp32"
+    assert runtime.load(work["fp16"].path).precision == "fp16"
+    with pytest.raises(ValueError, match="takes clips of shape"):
+        runner(torch.zeros(1, 3, 8, 112, 112))
+
+
+def test_pick_backend():
+    cpu = ["CPUExecutionProvider"]
+    gpu = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert runtime.pick_backend("m.onnx", "auto", ort_providers=gpu, cuda=True) == "ort-cuda"
+    assert runtime.pick_backend("m.onnx", "auto", ort_providers=gpu, cuda=False) == "ort-cpu"
+    assert runtime.pick_backend("m.onnx", "auto", ort_providers=cpu, cuda=True) == "ort-cpu"
+    assert runtime.pick_backend("m.fp16.engine", "auto", ort_providers=cpu, cuda=True) == "trt"
+    with pytest.raises(MissingDependencyError, match="onnxruntime-gpu"):
+        runtime.pick_backend("m.onnx", "ort-cuda", ort_providers=cpu, cuda=True)
+    with pytest.raises(ExportError, match="not a TensorRT engine"):
+        runtime.pick_backend("m.onnx", "trt", ort_providers=cpu, cuda=True)
+
+
+def test_runtime_names_missing_files_and_tensorrt(tmp_path):
+    with pytest.raises(ExportError, match="does not exist"):
+        runtime.load(tmp_path / "nope.onnx")
+    engine = tmp_path / "m.fp16.engine"
+    engine.write_bytes(b"not an engine")
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        with pytest.raises(MissingDependencyError, match="pip install --extra-index-url https://pypi.nvidia.com tensorrt"):
+            runtime.load(engine)
+    else:
+        pytest.skip("TensorRT is installed: the missing-TensorRT message cannot be shown")
+
+
+# ----------------------------------------------------------------- the gate without shards
+
+
+def test_synthetic_gate_passes_faithful_artifacts_and_says_no_accuracy(work):
+    for key in ("onnx", "fp16"):
+        r = validate(work[key].path, model_name=TINY, checkpoint=work["ckpt"], synthetic=4)
+        assert r.passed and r.mode == "synthetic" and not r.accuracy_validated
+        assert "no accuracy was validated" in r.notes[0]
+        assert r.agreement.tolerance == ("fp16" if key == "fp16" else "fp32")
+        assert r.marker is None  # nothing is marked validated without accuracy
+
+
+def test_synthetic_gate_fails_a_damaged_artifact(work, tmp_path):
+    bad = damage(work["fp16"].path, tmp_path / f"{TINY}.fp16.onnx", DAMAGED_CONV, 1.5)
+    r = validate(bad, model_name=TINY, checkpoint=work["ckpt"], synthetic=4)
+    assert not r.passed and r.failures and r.agreement.worst_excess > 1.0
+    assert not validated_marker(bad).exists()
+
+
+def test_gate_needs_the_weights_the_artifact_came_from(work, tmp_path):
+    with pytest.raises(ExportError, match="--checkpoint"):
+        validate(work["onnx"].path, model_name=TINY)
+    other = tpn.create_model(TINY)
+    with pytest.raises(ExportError, match="other weights"):
+        validate(work["onnx"].path, model_name=TINY, checkpoint=save_checkpoint(tmp_path / "other.pth", other))
+    with pytest.raises(ExportError, match="exported from tpn_tiny_f8s4, not baseline_tiny_f8s4"):
+        validate(work["onnx"].path, model_name="baseline_tiny_f8s4", checkpoint=work["ckpt"])
+
+
+# ----------------------------------------------------------------- the gate on shards
+
+
+def test_shard_gate_passes_a_faithful_fp16_artifact_and_marks_it(work):
+    r = validate(work["fp16"].path, model_name=TINY, checkpoint=work["ckpt"], val_shards=work["shards"])
+    assert r.passed and r.accuracy_validated and r.mode == "shards"
+    assert r.torch_top1 == 100.0  # the fitted classifier
+    assert r.drop <= r.max_drop and r.videos == 8 and r.views_per_video == 6
+    marker = json.loads(validated_marker(work["fp16"].path).read_text())
+    assert marker["sha256"] == file_sha256(work["fp16"].path) and is_validated(work["fp16"].path)
+
+
+def test_shard_gate_fails_a_damaged_artifact(work, tmp_path):
+    bad = damage(work["onnx"].path, tmp_path / f"{TINY}.onnx", DAMAGED_CONV, -1.0)
+    validated_marker(bad).write_text('{"sha256": "stale"}')
+    argv = [str(bad), "--model", TINY, "--checkpoint", str(work["ckpt"]), "--val-shards", str(work["shards"])]
+    assert validate_main(argv) == 1
+    gate = json.loads((tmp_path / f"{TINY}.onnx.gate.json").read_text())["gate"]
+    assert not gate["passed"] and gate["drop"] > gate["max_drop"] and "below PyTorch" in gate["failures"][0]
+    assert not validated_marker(bad).exists() and not is_validated(bad)
+
+
+def test_shard_gate_refuses_views_of_another_size():
+    class Fake:
+        input_shape = (None, 3, 8, 112, 112)
+
+    with pytest.raises(ExportError, match="--size test"):
+        check_view_size(Fake(), torch.zeros(2, 3, 8, 128, 128), TINY)
+
+
+def _report(**kw) -> GateReport:
+    return GateReport(artifact="a", model=TINY, source=ModelSource(name=TINY, num_classes=4), backend="ort-cpu", precision="fp32", mode="shards",
+                      accuracy_validated=False, max_drop=0.3, **kw)  # fmt: skip
+
+
+def test_judge_shards_drop_and_zoo_target():
+    labels = torch.arange(10) % 4
+    right = torch.nn.functional.one_hot(labels, 4).float()
+    wrong = right.clone()
+    wrong[0] = torch.tensor([0.0, 1.0, 0.0, 0.0])  # one of ten videos lost: 10 points
+    r = _report()
+    judge_shards(r, right, right, labels, zoo_top1=None)
+    assert r.passed and r.drop == 0.0 and r.artifact_top1 == 100.0
+    r = _report()
+    judge_shards(r, wrong, right, labels, zoo_top1=None)
+    assert not r.passed and r.drop == pytest.approx(10.0) and r.prediction_agreement == pytest.approx(0.9)
+    r = _report()
+    judge_shards(r, right, right, labels, zoo_top1=100.2)  # within 0.3 of the zoo
+    assert r.passed and r.zoo_checked
+    r = _report()
+    judge_shards(r, wrong, wrong, labels, zoo_top1=95.0)  # same as PyTorch, 5 points below the zoo
+    assert not r.passed and "zoo" in r.failures[0]
+
+
+def test_zoo_target_only_for_the_zoo_weights(work):
+    model, ckpt = tpn.create_model(TINY), work["ckpt"]
+    _, source = load_model(TINY, ckpt)
+    assert not source.zoo_weights
+    r = _report()
+    assert zoo_target(model, source, None, r) is None and "not checked" in r.notes[0]
+    # a zoo entry that records this checkpoint's sha256 (and a published Top-1)
+    model.config = dataclasses.replace(model.config, weights_sha256=file_sha256(ckpt), top1=70.0)
+    _, source = load_model(model, ckpt)
+    assert source.zoo_weights
+    assert zoo_target(model, source, None, _report()) == 70.0
+    assert zoo_target(model, source, False, _report()) is None
