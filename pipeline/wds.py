@@ -25,6 +25,11 @@ IDX_VERSION = "v1.2"
 BLOCK = tarfile.BLOCKSIZE  # 512
 
 
+def tar_file_size(content: int) -> int:
+    """Final size of a tar whose members take `content` bytes: end blocks, then padding to a full record."""
+    return -(-(content + 2 * BLOCK) // tarfile.RECORDSIZE) * tarfile.RECORDSIZE
+
+
 def split_name(name: str) -> tuple[str, str]:
     """'dir/key.a.b' -> ('dir/key', 'a.b'): the extension starts at the first dot (as DALI and webdataset)."""
     slash = name.rfind("/") + 1

@@ -209,6 +209,42 @@ def test_parts_merge_into_the_full_set(sharded, synth, tmp_path):
     assert verify_dataset(merged).ok
 
 
+def test_shard_size_bounds_every_shard(sharded, synth, tmp_path):
+    out, _ = sharded
+    sizes = [len(s["webm"]) for _, s in _all_samples(out)]
+    limit = 10240 + 3 * max(sizes)  # room for two to three samples per shard
+    report = shard_dataset(synth, tmp_path / "sized", **SMALL, shard_size=limit)
+    assert len(report.shards) >= 3
+    for r in report.shards:
+        assert r.bytes == (tmp_path / "sized" / r.file).stat().st_size <= limit
+    assert sum(r.samples for r in report.shards) == 9
+
+
+def test_interrupted_size_bounded_run_resumes_identically(sharded, synth, tmp_path, monkeypatch):
+    from pipeline.shard import core
+
+    out, _ = sharded
+    limit = 10240 + 2 * max(len(s["webm"]) for _, s in _all_samples(out))
+    opts = {**SMALL, "shard_size": limit}
+    shard_dataset(synth, tmp_path / "ref", **opts)
+    real, calls = core.sample_components, []
+
+    def interrupted_at_the_sixth(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 6:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(core, "sample_components", interrupted_at_the_sixth)
+    with pytest.raises(KeyboardInterrupt):
+        shard_dataset(synth, tmp_path / "cut", **opts)
+    monkeypatch.undo()
+    assert not (tmp_path / "cut" / "manifest.json").exists()
+    report = shard_dataset(synth, tmp_path / "cut", **opts)
+    assert report.resumed_shards >= 1
+    assert manifest_without_run(tmp_path / "cut") == manifest_without_run(tmp_path / "ref")
+
+
 def test_h264_option(synth, tmp_path):
     out = tmp_path / "h264"
     shard_dataset(synth, out, **SMALL, part="1/3", codec="h264")

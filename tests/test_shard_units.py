@@ -18,7 +18,7 @@ from pipeline.ffmpeg import (
 from pipeline.layouts import WorkItem, canonical_order, kinetics_name, make_key, sth_template_key
 from pipeline.shard.__main__ import parse_bytes
 from pipeline.shard.core import parse_part, select_part, tar_bytes
-from pipeline.wds import ShardWriter, format_index, index_of_tar, split_name
+from pipeline.wds import ShardWriter, format_index, index_of_tar, split_name, tar_file_size
 
 
 @pytest.mark.parametrize(
@@ -168,6 +168,17 @@ def test_writer_index_matches_independent_reader(tmp_path):
     with tarfile.open(tar) as t:
         assert [m.name for m in t] == ["a-1.webm", "a-1.lbl", "a-1.json", "b-2.webm", "b-2.lbl", "b-2.json"]
         assert all(m.mtime == 0 and m.uid == 0 for m in t)
+
+
+def test_tar_file_size_predicts_the_writer(tmp_path):
+    w = ShardWriter(tmp_path / "t.tar")
+    content = 0
+    for i, n in enumerate([10, 700, 9000, 0]):
+        comps = {"bin": b"z" * n}
+        content += tar_bytes(comps)
+        w.add(f"k{i}", comps)
+    assert w.size == content
+    assert w.close().bytes == tar_file_size(content)
 
 
 def test_tar_bytes_counts_headers_and_padding():

@@ -26,7 +26,7 @@ from pipeline.layouts import Dataset, WorkItem, scan
 from pipeline.shard import manifest as mf
 from pipeline.shard.encode import Outcome, encode_item, reject_without_encoding
 from pipeline.shard.manifest import ShardRecord, SplitProgress
-from pipeline.wds import BLOCK, ShardWriter, is_temp_name
+from pipeline.wds import BLOCK, ShardWriter, is_temp_name, tar_file_size
 
 DEFAULT_SHARD_SIZE = 1_000_000_000
 DEFAULT_MIN_FRAMES = 8
@@ -197,17 +197,17 @@ class _Run:
         return self.progress.setdefault(name, SplitProgress())
 
     def take(self, ordinal: int, item: WorkItem, o: Outcome) -> None:
-        self.last[item.split] = ordinal
-        self.staged.setdefault(item.split, []).append(self.out / mf.STAGING / f"{item.key}.json")
+        record = self.out / mf.STAGING / f"{item.key}.json"
         if not o.ok:
             self.rejected_count += 1
             rec = {"source": item.rel, "reason": o.reason, "message": o.message, "split": item.split}
             self.pending_rejects.setdefault(item.split, []).append(rec)
+            self._taken(item.split, ordinal, [record])
             return
         comps = sample_components(item, o, self.labels[item.class_name], self.s.ext, self.s.codec)
         w = self.writers.get(item.split)
-        if w is not None and w.keys and w.size + tar_bytes(comps) > self.shard_size:
-            self.commit(item.split)
+        if w is not None and w.keys and tar_file_size(w.size + tar_bytes(comps)) > self.shard_size:
+            self.commit(item.split)  # before taking this item: it opens the next shard
             w = None
         if w is None:
             name = mf.shard_name(item.split, len(self.split(item.split).shards))
@@ -215,9 +215,14 @@ class _Run:
             self.per_class[item.split] = Counter()
         w.add(item.key, comps)
         self.per_class[item.split][item.class_name] += 1
-        self.staged[item.split].append(Path(o.video))
+        self._taken(item.split, ordinal, [record, Path(o.video)])
         if self.shard_samples and len(w.keys) >= self.shard_samples:
             self.commit(item.split)  # close now so the shard is on disk as early as possible
+
+    def _taken(self, split: str, ordinal: int, staged: list[Path]) -> None:
+        """Mark an item as part of the split's pending work; its staged files go when that is committed."""
+        self.last[split] = ordinal
+        self.staged.setdefault(split, []).extend(staged)
 
     def commit(self, split: str) -> None:
         """Finish the split's open shard (if any) and record everything taken so far as done."""
@@ -289,11 +294,15 @@ def _encode_all(todo: list[tuple[int, WorkItem]], run: _Run, s: EncodeSettings, 
         run.finish()
     except BaseException:
         run.abort()
+        if pool is not None:
+            # Let running encodes finish (Ctrl-C has already stopped their ffmpeg): a caller that
+            # retries in this process must not race with them over the same staged files.
+            pool.shutdown(wait=True, cancel_futures=True)
         raise
     finally:
         bar.close()
         if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+            pool.shutdown(wait=True)
     return len(todo)
 
 

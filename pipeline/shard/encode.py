@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -89,7 +90,7 @@ def encode_item(item: WorkItem, s: EncodeSettings, staging: str, timeout: float,
     if cached is not None:
         return cached
     video, record = _staged(staging_dir, item.key, s)
-    tmp = staging_dir / f".{item.key}.tmp-{os.getpid()}.{s.ext}"
+    tmp = staging_dir / f".{item.key}.tmp-{os.getpid()}-{secrets.token_hex(4)}.{s.ext}"
     try:
         outcome = _encode(item, s, tmp, timeout, min_frames)
         if outcome.ok:
