@@ -92,3 +92,25 @@ def tree_cpu_seconds(pid: int | None = None) -> float:
         total += times.get(p, 0.0)
         todo += children.get(p, [])
     return total
+
+
+def bar_plot(path: Path, labels: list[str], values: list[float], *, errors: list[tuple[float, float]] | None = None,
+             ylabel: str = "", title: str = "") -> Path:
+    """A small bar chart (optional (low, high) error bars) saved as PNG via temp + rename."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.4 * len(labels)), 3.5))
+    yerr = None if errors is None else [[lo for lo, _ in errors], [hi for _, hi in errors]]
+    ax.bar(labels, values, yerr=yerr, capsize=6, color=["#888888", "#3b75af", "#d9822b", "#4c9a2a"][: len(labels)])
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
