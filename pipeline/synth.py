@@ -258,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("out", type=Path, help="output folder")
     p.add_argument("--classes", type=int, default=8, help=f"number of classes (2..{len(CLASS_NAMES)})")
-    p.add_argument("--train-per-class", type=int, default=24, help="training videos per class")
+    p.add_argument("--train-per-class", "--videos-per-class", type=int, default=24, help="training videos per class")
     p.add_argument("--val-per-class", type=int, default=8, help="validation videos per class")
     p.add_argument("--frames", type=int, default=48, help="frames per video")
     p.add_argument("--size", type=parse_size, default=(160, 120), help="frame size WxH, even (default: 160x120)")

@@ -260,10 +260,6 @@ def _resolve_classes(ds: Dataset, classes: str | os.PathLike | list[str] | None)
     return list(classes) if isinstance(classes, list) else mf.read_classes(Path(classes))
 
 
-def _settings_json(s: EncodeSettings, **extra) -> dict:
-    return {**s.to_json(), **extra}
-
-
 def _encode_all(todo: list[tuple[int, WorkItem]], run: _Run, s: EncodeSettings, *, workers: int,
                 timeout: float, min_frames: int, progress: bool) -> int:
     """Encode `todo` on `workers` processes and feed results to `run` in input order; return encodes done."""
@@ -304,6 +300,30 @@ def _encode_all(todo: list[tuple[int, WorkItem]], run: _Run, s: EncodeSettings, 
         if pool is not None:
             pool.shutdown(wait=True)
     return len(todo)
+
+
+@dataclass
+class _Plan:
+    """What a run will produce, fixed before any encoding: its fingerprint decides resume."""
+
+    layout: str
+    classes: list[str]
+    items: list[WorkItem]
+    settings: dict
+    source: dict
+    fingerprint: str
+
+
+def _plan(ds: Dataset, s: EncodeSettings, classes, part: tuple[int, int] | None, **options) -> _Plan:
+    class_list = _resolve_classes(ds, classes)
+    items = select_part(ds.items, part)
+    settings = {**s.to_json(), **options}
+    part_text = None if part is None else f"{part[0]}/{part[1]}"
+    source = {"layout": ds.layout, "root": str(ds.root), "part": part_text, "notes": ds.notes}
+    fp = mf.fingerprint({"format": mf.FORMAT_VERSION, "settings": settings, "classes": class_list,
+                         "layout": ds.layout, "part": part_text,
+                         "items": [(i.key, i.split, i.class_name, i.rel) for i in items]})
+    return _Plan(ds.layout, class_list, items, settings, source, fp)
 
 
 def shard_dataset(
@@ -348,48 +368,40 @@ def shard_dataset(
     if shard_size < 1 or (shard_samples is not None and shard_samples < 1) or min_frames < 1:
         raise ValueError("shard_size, shard_samples and min_frames must be >= 1")
     ds = scan(src, layout, split=split, annotations=[Path(a) for a in annotations or []] or None, seed=seed)
-    class_list = _resolve_classes(ds, classes)
-    part_t = parse_part(part)
-    items = select_part(ds.items, part_t)
+    plan = _plan(ds, s, classes, parse_part(part), min_frames=min_frames, shard_size=shard_size,
+                 shard_samples=shard_samples, seed=seed, timeout=timeout)
     out = Path(out).resolve()
-    settings_json = _settings_json(s, min_frames=min_frames, shard_size=shard_size, shard_samples=shard_samples,
-                                   seed=seed, timeout=timeout)
-    source = {"layout": ds.layout, "root": str(ds.root), "part": None if part_t is None else f"{part_t[0]}/{part_t[1]}",
-              "notes": ds.notes}
-    fp = mf.fingerprint({"format": mf.FORMAT_VERSION, "settings": settings_json, "classes": class_list,
-                         "layout": ds.layout, "part": source["part"],
-                         "items": [(i.key, i.split, i.class_name, i.rel) for i in items]})
-    _prepare_out(out, fp, overwrite)
-    done = _restore(out, fp)
+    _prepare_out(out, plan.fingerprint, overwrite)
+    done = _restore(out, plan.fingerprint)
     resumed = sum(len(sp.shards) for sp in done.values())
-    todo = [(n, it) for n, it in enumerate(items) if n > done.get(it.split, SplitProgress()).through]
+    todo = [(n, it) for n, it in enumerate(plan.items) if n > done.get(it.split, SplitProgress()).through]
     (out / mf.STAGING).mkdir(exist_ok=True)
-    run = _Run(out, s, {c: i for i, c in enumerate(class_list)}, done, fp, shard_size, shard_samples)
+    run = _Run(out, s, {c: i for i, c in enumerate(plan.classes)}, done, plan.fingerprint, shard_size, shard_samples)
     n_workers = max(1, workers or len(os.sched_getaffinity(0)))
     encoded = _encode_all(todo, run, s, workers=n_workers, timeout=timeout, min_frames=min_frames, progress=progress)
-    report = _finalize(out, run, ds, class_list, items, fp, source, settings_json, t0,
-                       {"workers": n_workers, "resumed_shards": resumed, "encoded": encoded})
+    report = _finalize(out, run, plan, t0, {"workers": n_workers, "resumed_shards": resumed, "encoded": encoded})
     report.resumed_shards, report.encoded = resumed, encoded
     if strict and report.rejected:
         raise RejectedInputsError(report)
     return report
 
 
-def _finalize(out: Path, run: _Run, ds: Dataset, classes: list[str], items: list[WorkItem], fp: str,
-              source: dict, settings_json: dict, t0: float, run_info: dict) -> ShardReport:
+def _finalize(out: Path, run: _Run, plan: _Plan, t0: float, run_info: dict) -> ShardReport:
     order = sorted(run.progress, key=lambda s: (s != "train", s != "val", s))
     records = [r for split in order for r in run.progress[split].shards]
     rejected = [r for split in order for r in run.progress[split].rejected]
     wall = time.perf_counter() - t0
     info = {"created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "wall_s": round(wall, 3),
             "ffmpeg": find_ffmpeg(), **run_info}
-    manifest = mf.build_manifest(fp=fp, source=source, settings=settings_json, classes=classes, records=records,
-                                 rejected=rejected, inputs=len(items), run=info)
-    mf.write_outputs(out, manifest, classes, rejected)
+    manifest = mf.build_manifest(fp=plan.fingerprint, source=plan.source, settings=plan.settings,
+                                 classes=plan.classes, records=records, rejected=rejected, inputs=len(plan.items),
+                                 run=info)
+    mf.write_outputs(out, manifest, plan.classes, rejected)
     _remove_stale_shards(out, records)
     # The state file stays: re-running a finished command then has nothing left to do.
     shutil.rmtree(out / mf.STAGING, ignore_errors=True)
-    return ShardReport(out, ds.layout, classes, records, rejected, len(items), wall_s=wall, manifest=manifest)
+    return ShardReport(out, plan.layout, plan.classes, records, rejected, len(plan.items), wall_s=wall,
+                       manifest=manifest)
 
 
 def human_bytes(n: float) -> str:
