@@ -149,16 +149,17 @@ def scan_kinetics(root: Path, annotations: list[Path] | None = None) -> Dataset:
     on_disk: dict[str, Path] = {}
     for p in videos_under(root):
         on_disk.setdefault(p.stem, p)
-    items, ignored = [], 0
+    items, ignored, seen = [], 0, set()
     for csv_path in csvs:
         with open(csv_path, newline="", encoding="utf-8") as f:
             for row in csv.DictReader(f):
                 split = normalize_split(row.get("split", ""))
                 label = (row.get("label") or "").strip()
-                if split is None or not label:
-                    ignored += 1  # test rows: no label to train or score on
-                    continue
                 stem = kinetics_name(row["youtube_id"], row["time_start"], row["time_end"])
+                if split is None or not label or stem in seen:
+                    ignored += 1  # test rows (no label to learn or score) and repeated rows
+                    continue
+                seen.add(stem)
                 path = on_disk.get(stem)
                 if path is None:
                     rel = f"{stem}.mp4"
@@ -167,7 +168,7 @@ def scan_kinetics(root: Path, annotations: list[Path] | None = None) -> Dataset:
                     )
                 else:
                     items.append(_item(root, path, split, label))
-    notes = [f"ignored {ignored} CSV rows without a train/val split or label"] if ignored else []
+    notes = [f"ignored {ignored} CSV rows without a train/val split or label, or repeated"] if ignored else []
     return Dataset("kinetics", root, items, sorted({i.class_name for i in items}), notes)
 
 

@@ -59,6 +59,7 @@ def kinetics(tmp_path):
         "abseiling,--aaa,0,10,train,0\n"
         '"air drumming",bbb,13,23,train,0\n'
         "abseiling,gone,5,15,train,0\n"
+        "abseiling,--aaa,0,10,train,0\n"  # listed twice: sharded once
     )
     (src / "annotations" / "validate.csv").write_text(
         "label,youtube_id,time_start,time_end,split\nair drumming,ccc,1,11,val\n"
@@ -74,7 +75,7 @@ def test_kinetics_csv(kinetics, tmp_path):
     assert detect_layout(kinetics) == "kinetics"
     ds = scan(kinetics)
     assert ds.classes == ["abseiling", "air drumming"] and len(ds.items) == 4
-    assert ds.notes and "ignored 1" in ds.notes[0]
+    assert ds.notes and "ignored 2" in ds.notes[0]
     out = tmp_path / "out"
     report = shard_dataset(kinetics, out, **SMALL)
     got = {s["source"]: (s["split"], s["class"], s["lbl"]) for s in _samples(out)}
