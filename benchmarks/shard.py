@@ -4,7 +4,7 @@
 `transcode_argv`, same settings), `--workers` at a time, writing loose files:
 the cost of the transcode alone. `pipeline.shard` adds probing, hashing, tar
 and index writing, resume bookkeeping and ordered assembly on top. Rounds
-alternate the two so that a busy machine hurts both alike; medians are
+alternate the two (and which goes first) so that a busy machine hurts both alike; medians are
 reported, and CPU seconds (this process plus its ffmpeg children) beside wall
 time, because CPU time is far less sensitive to other load.
 
@@ -73,9 +73,14 @@ def run(args: argparse.Namespace) -> dict:
     rounds = []
     try:
         for r in range(args.rounds):
-            plain = measure(lambda: plain_ffmpeg(data, scratch / f"plain{r}", settings, args.workers))
-            shard = measure(lambda: shard_dataset(data, scratch / f"shard{r}", codec=args.codec,
-                                                  short_side=args.short_side, workers=args.workers))
+            runs = {
+                "plain": lambda: plain_ffmpeg(data, scratch / f"plain{r}", settings, args.workers),
+                "shard": lambda: shard_dataset(data, scratch / f"shard{r}", codec=args.codec,
+                                               short_side=args.short_side, workers=args.workers),
+            }
+            order = ["plain", "shard"] if r % 2 == 0 else ["shard", "plain"]  # neither always goes first
+            got = {name: measure(runs[name]) for name in order}
+            plain, shard = got["plain"], got["shard"]
             rounds.append({"plain_wall_s": plain[0], "plain_cpu_s": plain[1],
                            "shard_wall_s": shard[0], "shard_cpu_s": shard[1]})
             print(f"round {r + 1}/{args.rounds}: plain {plain[0]:.2f} s, shard {shard[0]:.2f} s "
