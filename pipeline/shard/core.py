@@ -1,7 +1,8 @@
 """`shard_dataset`: a dataset folder -> WebDataset shards + DALI indices + manifest.
 
-Flow: scan the layout into an ordered work list -> encode items in a process
-pool (results consumed strictly in input order) -> append samples to the
+Flow: scan the layout into an ordered work list -> encode items with
+`workers` ffmpeg processes at a time (driven by threads; results consumed
+strictly in input order) -> append samples to the
 split's open shard -> commit each finished shard (atomic rename, then the
 resume state). Shard membership therefore depends only on the inputs and
 settings, never on the worker count or on timing.
@@ -56,7 +57,7 @@ class ShardReport:
     rejected: list[dict]
     inputs: int
     resumed_shards: int = 0
-    encoded: int = 0  # inputs transcoded by this run (not taken from a previous one)
+    encoded: int = 0  # inputs this call processed (those not covered by shards kept from an earlier run)
     wall_s: float = 0.0
     manifest: dict = field(default_factory=dict)
 
