@@ -152,11 +152,8 @@ def write_model(proto: onnx.ModelProto, path: Path, *, external_data: bool | Non
     return files
 
 
-def ort_logits(path: str | os.PathLike, clips: np.ndarray, batch: int) -> np.ndarray:
-    """ONNX Runtime (CPU) logits, `batch` clips per run."""
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+def ort_logits(sess, clips: np.ndarray, batch: int) -> np.ndarray:
+    """ONNX Runtime logits, `batch` clips per run."""
     outs = [sess.run([OUTPUT_NAME], {INPUT_NAME: clips[i : i + batch]})[0] for i in range(0, len(clips), batch)]
     return np.concatenate(outs)
 
@@ -164,12 +161,15 @@ def ort_logits(path: str | os.PathLike, clips: np.ndarray, batch: int) -> np.nda
 def check_parity(
     path: Path, model: nn.Module, shape: tuple[int, ...], batches: list[int], tol: Tolerance, seed: int
 ) -> Agreement:
-    """ORT vs PyTorch on seeded synthetic clips, one run per batch size (proves the dynamic batch)."""
+    """ORT (CPU) vs PyTorch on seeded synthetic clips, one run per batch size (proves the dynamic batch)."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     clip = model.config.clip
     outs, refs = [], []
     for i, b in enumerate(batches):
         clips = synthetic_clips(b, shape, mean=clip.mean, std=clip.std, seed=seed + i)
-        outs.append(ort_logits(path, clips, b))
+        outs.append(ort_logits(sess, clips, b))
         refs.append(torch_logits(model, clips, b))
     return compare_logits(np.concatenate(outs), np.concatenate(refs), tol)
 
@@ -187,6 +187,7 @@ def export_onnx(
     external_data: bool | None = None,
     seed: int = 0,
     check: bool = True,
+    source: ModelSource | None = None,
 ) -> OnnxReport:
     """Export a zoo model to `<out_dir>/<name>.onnx` and check it against PyTorch.
 
@@ -195,8 +196,11 @@ def export_onnx(
         Top-1 gate feeds) or an explicit int / (H, W).
     check: raise CheckFailed when ONNX Runtime disagrees with PyTorch beyond
         `tolerance`; the rejected file is then kept in `<out_dir>/rejected/`.
+    source: where a model passed in already loaded (by `load_model`) got its
+        weights, for the report and the file's metadata.
     """
-    model, source = load_model(name_or_model, checkpoint)
+    model, loaded = load_model(name_or_model, checkpoint)
+    source = source or loaded
     cfg = model.config
     shape = clip_shape(cfg, input_hw(cfg, size))
     if cfg.backbone == "tsm" and shape[1] != cfg.clip.frames:
