@@ -66,6 +66,40 @@ def write_results(name: str, payload: dict) -> Path:
     return path
 
 
+def _process_tree() -> dict[int, list[int]]:
+    """ppid -> child pids, for every live process."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    return children
+
+
+def thread_schedstats(pid: int | None = None) -> dict[tuple[int, int], tuple[str, bool, int, int]]:
+    """(pid, tid) -> (thread name, is a descendant process, ns running, ns runnable but waiting for a CPU).
+
+    Over an interval, 1 - (running + waiting) / wall is the time a thread slept
+    with nothing to do: pipeline stalls, as opposed to a busy machine.
+    """
+    root = os.getpid() if pid is None else pid
+    tree, todo, stats = _process_tree(), [root], {}
+    while todo:
+        p = todo.pop()
+        todo += tree.get(p, [])
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            try:
+                run, wait = map(int, (task / "schedstat").read_text().split()[:2])
+                name = (task / "comm").read_text().strip()
+            except OSError:
+                continue
+            stats[(p, int(task.name))] = (name, p != root, run, wait)
+    return stats
+
+
 def tree_cpu_seconds(pid: int | None = None) -> float:
     """User + system CPU seconds of a process and all its live descendants (Linux /proc).
 

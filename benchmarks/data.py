@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import results_path, tree_cpu_seconds, write_results
+from benchmarks.common import results_path, thread_schedstats, tree_cpu_seconds, write_results
 from pipeline import ClipSpec, sampling
 from pipeline.shardset import ShardSet
 
@@ -50,7 +50,7 @@ class Settings:
     tiny: bool = False
     configs: tuple[str, ...] = tuple(CONFIGS)
     batch_size: int = 8
-    batches: int = 12
+    batches: int = 12  # timed; with 2 warm-up batches they fit in one DALI epoch of the default data
     rounds: int = 3
     workers: int = len(os.sched_getaffinity(0))
     device: str = "cpu"
@@ -60,7 +60,7 @@ class Settings:
         """make_dataset arguments: long enough for 32x2 (span 63), 320x240 like the seed's K400 copy."""
         if self.tiny:
             return {"classes": 4, "train_per_class": 2, "frames": 64, "size": (160, 120)}
-        return {"classes": 8, "train_per_class": 8, "frames": 96, "size": (320, 240)}
+        return {"classes": 8, "train_per_class": 16, "frames": 96, "size": (320, 240)}
 
 
 # ----------------------------------------------------------------------------- data
@@ -170,11 +170,31 @@ def reference_batches(shards: Path, spec: ClipSpec, s: Settings):
     yield from reference_loader(tars, spec, batch_size=s.batch_size, workers=s.workers)
 
 
-def measure(batches, s: Settings, warmup: int = 2) -> dict:
-    """clips/s and CPU ms per clip over `s.batches` batches after `warmup` (start-up excluded)."""
+def is_worker(who: str, key: tuple[int, int], name: str, in_child: bool) -> bool:
+    """The threads that do a loader's work: DALI's thread pool, or the DataLoader workers' main threads."""
+    return name.startswith("[DALI][TP") if who == "dali" else in_child and key[0] == key[1]
+
+
+def worker_time_split(before: dict, after: dict, who: str, wall: float) -> dict:
+    """Share of the workers' time spent running, waiting for a CPU, and idle (nothing to do)."""
+    run = wait = 0.0
+    workers = 0
+    for key, (name, in_child, r1, w1) in after.items():
+        if key in before and is_worker(who, key, name, in_child):
+            _, _, r0, w0 = before[key]
+            run, wait, workers = run + (r1 - r0) / 1e9, wait + (w1 - w0) / 1e9, workers + 1
+    if not workers:
+        return {}
+    span = wall * workers
+    return {"worker_running": run / span, "worker_waiting_for_cpu": wait / span,
+            "worker_idle": max(0.0, 1 - (run + wait) / span)}
+
+
+def measure(batches, who: str, s: Settings, warmup: int = 2) -> dict:
+    """clips/s, CPU ms per clip and the workers' time split over `s.batches` batches after `warmup`."""
     for _ in range(warmup):
         next(batches)
-    cpu0, t0 = tree_cpu_seconds(), time.perf_counter()
+    sched0, cpu0, t0 = thread_schedstats(), tree_cpu_seconds(), time.perf_counter()
     for _ in range(s.batches):
         clips, _ = next(batches)
     if clips.is_cuda:
@@ -182,8 +202,9 @@ def measure(batches, s: Settings, warmup: int = 2) -> dict:
 
         torch.cuda.synchronize()
     wall, cpu = time.perf_counter() - t0, tree_cpu_seconds() - cpu0
+    split = worker_time_split(sched0, thread_schedstats(), who, wall)
     n = s.batches * s.batch_size
-    return {"clips_per_s": n / wall, "cpu_ms_per_clip": 1000 * cpu / n}
+    return {"clips_per_s": n / wall, "cpu_ms_per_clip": 1000 * cpu / n, **split}
 
 
 def bench_config(name: str, shards: Path, data: ShardSet, decoder: dict, s: Settings) -> dict:
@@ -193,9 +214,10 @@ def bench_config(name: str, shards: Path, data: ShardSet, decoder: dict, s: Sett
     for _ in range(s.rounds):  # interleaved, so load from other processes hits both alike
         for who, make in (("dali", dali_batches), ("reference", reference_batches)):
             gen = make(shards, spec, s)
-            runs[who].append(measure(gen, s))
+            runs[who].append(measure(gen, who, s))
             gen.close()
-    med = {who: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for who, rs in runs.items()}
+    med = {who: {k: statistics.median(r[k] for r in rs) for k in set.intersection(*map(set, rs))}
+           for who, rs in runs.items()}
     per_clip = mean_frames_decoded(data, spec)
     limit = s.workers * decoder["frames_per_cpu_s"] / per_clip
     cpu_rate = {who: s.workers * 1000 / m["cpu_ms_per_clip"] for who, m in med.items()}
@@ -231,6 +253,12 @@ def print_table(rows: list[dict], decoder: dict, workers: int) -> None:
               f"{r['dali_vs_limit_cpu']:5.0%} {r['reference_vs_limit_cpu']:5.0%}")
     print(f"limit = {workers} cores x decoder frames per CPU-second / frames per clip; DALI/ref % of it use "
           f"{workers} cores / CPU time per clip")
+    for r in rows:
+        split = " | ".join(
+            f"{who}: running {r.get(f'{who}_worker_running', float('nan')):.0%}, waiting for a CPU "
+            f"{r.get(f'{who}_worker_waiting_for_cpu', float('nan')):.0%}, idle {r.get(f'{who}_worker_idle', float('nan')):.0%}"
+            for who in ("dali", "reference"))
+        print(f"{r['config']:>5} worker time: {split}")
 
 
 def plot(rows: list[dict], path: Path, title: str) -> None:
