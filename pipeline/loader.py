@@ -29,7 +29,7 @@ from typing import Literal
 
 import numpy as np
 import torch
-from nvidia.dali import fn, pipeline_def, types
+from nvidia.dali import backend, fn, pipeline_def, types
 from nvidia.dali.backend import TensorListGPU
 
 from pipeline import batching, sampling
@@ -138,14 +138,17 @@ def resolve_device(device: Device) -> str:
     """'auto' -> 'gpu' when torch and DALI both see a CUDA device, else 'cpu'."""
     if device not in ("auto", "cpu", "gpu"):
         raise ValueError(f"device must be 'auto', 'cpu' or 'gpu', got {device!r}")
+    has_gpu = torch.cuda.is_available() and _dali_gpu_count() > 0
+    if device == "gpu" and not has_gpu:
+        raise RuntimeError(
+            "device='gpu' but torch and DALI see no CUDA GPU: use device='cpu' (VP9 shards) or device='auto'"
+        )
     if device != "auto":
         return device
-    return "gpu" if torch.cuda.is_available() and _dali_gpu_count() > 0 else "cpu"
+    return "gpu" if has_gpu else "cpu"
 
 
 def _dali_gpu_count() -> int:
-    from nvidia.dali import backend
-
     try:
         return int(backend.GetCUDADeviceCount())
     except RuntimeError:
@@ -191,6 +194,10 @@ class ClipLoader:
     return_keys: also yield the list of sample keys of each batch.
     num_threads: DALI worker threads (default: the CPUs this process may use).
     prefetch: batches DALI prepares ahead.
+
+    Bad shards raise at construction (FileNotFoundError, `ShardError`,
+    ValueError for H.264 on CPU); a video DALI cannot decode raises
+    `DataError` during iteration, naming its shard and key.
     """
 
     def __init__(

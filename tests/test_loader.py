@@ -219,6 +219,12 @@ def test_bad_shard_arguments_fail_at_construction(tmp_path, coded):
         loader(coded, SMALL.replace(test_crop=64))
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without a GPU")
+def test_gpu_without_a_gpu_says_what_to_use(coded):
+    with pytest.raises(RuntimeError, match="no CUDA GPU.*device='cpu'"):
+        ClipLoader(coded, SMALL, batch_size=2, device="gpu")
+
+
 def copy_shards(src: Path, dst: Path) -> list[Path]:
     dst.mkdir()
     for f in src.iterdir():
