@@ -154,6 +154,20 @@ def test_two_ranks_see_disjoint_samples(coded):
     assert sorted(seen) == sorted(loader(coded).data.key(i) for i in range(8))
 
 
+def test_rank_and_world_size_come_from_torch_distributed(monkeypatch):
+    from pipeline.loader import resolve_rank
+
+    assert resolve_rank(None, None) == (0, 1)
+    dist = torch.distributed
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_rank", lambda: 3)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 4)
+    assert resolve_rank(None, None) == (3, 4)
+    assert resolve_rank(0, 2) == (0, 2)  # explicit arguments win
+    with pytest.raises(ValueError, match="rank"):
+        resolve_rank(4, None)
+
+
 # -- crops and flips ------------------------------------------------------------------------
 
 
