@@ -77,7 +77,7 @@ def plan(p: DemoPaths, size: str, seed: int) -> list[Stage]:
     stages = [
         Stage("synth", py("pipeline.synth", str(p.data), "--train-per-class", str(s["train"]),
                           "--val-per-class", str(s["val"]), "--seed", str(seed))),
-        Stage("shard", py("pipeline.shard", str(p.data), "--out", str(p.shards), "--short-side", "128")),
+        Stage("shard", py("pipeline.shard", str(p.data), "--out", str(p.shards), "--short-side", "keep")),
         Stage("verify", py("pipeline.verify", str(p.shards))),
     ]  # fmt: skip
     for m in MODELS:
