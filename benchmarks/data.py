@@ -254,11 +254,14 @@ def print_table(rows: list[dict], decoder: dict, workers: int) -> None:
     print(f"limit = {workers} cores x decoder frames per CPU-second / frames per clip; DALI/ref % of it use "
           f"{workers} cores / CPU time per clip")
     for r in rows:
-        split = " | ".join(
-            f"{who}: running {r.get(f'{who}_worker_running', float('nan')):.0%}, waiting for a CPU "
-            f"{r.get(f'{who}_worker_waiting_for_cpu', float('nan')):.0%}, idle {r.get(f'{who}_worker_idle', float('nan')):.0%}"
-            for who in ("dali", "reference"))
-        print(f"{r['config']:>5} worker time: {split}")
+        print(f"{r['config']:>5} worker time: " + " | ".join(_time_split(r, who) for who in ("dali", "reference")))
+
+
+def _time_split(row: dict, who: str) -> str:
+    if f"{who}_worker_running" not in row:  # DALI threads are replaced each epoch; tiny runs span epochs
+        return f"{who}: n/a"
+    return (f"{who}: running {row[f'{who}_worker_running']:.0%}, waiting for a CPU "
+            f"{row[f'{who}_worker_waiting_for_cpu']:.0%}, idle {row[f'{who}_worker_idle']:.0%}")
 
 
 def plot(rows: list[dict], path: Path, title: str) -> None:
