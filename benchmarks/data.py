@@ -229,7 +229,7 @@ def bench_config(name: str, shards: Path, data: ShardSet, decoder: dict, s: Sett
         "decode_limit_clips_per_s_wall": decoder["frames_per_s_wall"] / per_clip,
         "dali_vs_reference_wall": med["dali"]["clips_per_s"] / med["reference"]["clips_per_s"],
         "dali_vs_reference_cpu": cpu_rate["dali"] / cpu_rate["reference"],
-        "dali_vs_limit_wall": med["dali"]["clips_per_s"] / limit,
+        "dali_vs_limit_wall": med["dali"]["clips_per_s"] * per_clip / decoder["frames_per_s_wall"],
         "dali_vs_limit_cpu": cpu_rate["dali"] / limit,
         "reference_vs_limit_cpu": cpu_rate["reference"] / limit,
     }
