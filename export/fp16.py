@@ -9,9 +9,10 @@ What stays FP32, and why (each kept node is listed in the report with its reason
     L2 error (mostly subnormal or flushed values; e.g. a BN folded into a
     conv with a tiny running variance). A few tiny weights in a conv are
     harmless, so single subnormals are counted, not acted on;
-  - nodes whose outputs on calibration clips exceed `data_max` (as ModelOpt
-    AutoCast's data_max: later sums of such values overflow) or lose more
-    than `act_rel_err` to FP16 rounding (underflow).
+  - the producer and the consumers of every activation that, on the
+    calibration clips, exceeds `data_max` (as ModelOpt AutoCast's data_max:
+    later sums of such values overflow) or loses more than `act_rel_err`
+    to FP16 rounding (underflow), so that tensor is never cast to FP16.
 Inputs and outputs stay FP32, so callers feed the same tensors as before.
 
 The rewrite itself is ONNX Runtime's maintained converter
@@ -161,9 +162,7 @@ def head_nodes(graph: onnx.GraphProto) -> set[str]:
     return head
 
 
-def weight_verdicts(
-    graph: onnx.GraphProto, init_rel_err: float
-) -> dict[str, str]:
+def weight_verdicts(graph: onnx.GraphProto, init_rel_err: float) -> dict[str, str]:
     """{node name: reason} for nodes whose float initializers overflow or underflow in FP16."""
     inits = {t.name: t for t in graph.initializer if t.data_type == TensorProto.FLOAT}
     stats = {name: fp16_stats(numpy_helper.to_array(t)) for name, t in inits.items()}
@@ -186,17 +185,23 @@ def weight_verdicts(
 def activation_verdicts(
     graph: onnx.GraphProto, stats: dict[str, TensorStats], data_max: float, act_rel_err: float
 ) -> dict[str, str]:
-    """{node name: reason} for nodes whose calibration outputs leave FP16's comfortable range."""
+    """{node name: reason} for the producer and the consumers of every activation that leaves FP16's range.
+
+    Both sides stay FP32 so that the tensor itself is never cast to FP16:
+    keeping only its producer would still round it on the way out.
+    """
+    flagged: dict[str, str] = {}
+    for name, s in stats.items():
+        if s.max_abs > data_max:
+            flagged[name] = f"activations too large: max |{name}| = {s.max_abs:.4g} > data_max {data_max:g}"
+        elif s.rel_err > act_rel_err:
+            flagged[name] = f"activations underflow FP16: {name} loses {s.rel_err:.2g} (relative L2) to rounding"
     out: dict[str, str] = {}
     for node in graph.node:
-        for name in node.output:
-            s = stats.get(name)
-            if s is None:
-                continue
-            if s.max_abs > data_max:
-                out[node.name] = f"activations too large: max |{name}| = {s.max_abs:.4g} > data_max {data_max:g}"
-            elif s.rel_err > act_rel_err:
-                out[node.name] = f"activations underflow FP16: {name} loses {s.rel_err:.2g} (relative L2) to rounding"
+        for name in (*node.output, *node.input):
+            if name in flagged:
+                out[node.name] = flagged[name]
+                break
     return out
 
 
@@ -258,6 +263,7 @@ def calibration_clips(
     *,
     num_clips: int,
     seed: int,
+    split: str | None = None,
 ) -> tuple[np.ndarray, dict]:
     """Clips to calibrate on, and a description of where they came from."""
     shape = input_shape(model)
@@ -269,8 +275,8 @@ def calibration_clips(
         if calibration.ndim != 5 or tuple(calibration.shape[1:]) != shape:
             raise ExportError(f"calibration clips must be (N, {', '.join(map(str, shape))}), got {calibration.shape}")
         return np.ascontiguousarray(calibration, np.float32), {"kind": "array", "clips": len(calibration)}
-    clips = shard_clips(calibration, clip, shape, num_clips)
-    return clips, {"kind": "shards", "path": str(calibration), "clips": len(clips)}
+    clips = shard_clips(calibration, clip, shape, num_clips, split=split)
+    return clips, {"kind": "shards", "path": str(calibration), "split": split, "clips": len(clips)}
 
 
 def _clip_spec(model: onnx.ModelProto):
@@ -291,14 +297,19 @@ def center_crop(x: np.ndarray, h: int, w: int) -> np.ndarray:
     return x[..., top : top + h, left : left + w]
 
 
-def shard_clips(shards: str | os.PathLike, clip, shape: tuple[int, ...], num_clips: int) -> np.ndarray:
+def shard_clips(
+    shards: str | os.PathLike, clip, shape: tuple[int, ...], num_clips: int, split: str | None = None
+) -> np.ndarray:
     """The first `num_clips` test views of validation shards, cropped to the model input."""
     from pipeline import ClipLoader
+    from pipeline.shardset import ShardError
 
-    if not Path(shards).exists():
-        raise ExportError(f"calibration shards {shards} do not exist")
+    try:
+        loader = ClipLoader(shards, clip, mode="test", batch_size=1, split=split)
+    except (ShardError, FileNotFoundError) as e:
+        raise ExportError(f"cannot read calibration shards {shards}: {e}") from None
     out: list[np.ndarray] = []
-    for clips, _ in ClipLoader(shards, clip, mode="test", batch_size=1):
+    for clips, _ in loader:
         views = clips.flatten(0, 1).cpu().numpy()  # (V, 3, T, H, W)
         out.extend(center_crop(views, shape[2], shape[3]))
         if len(out) >= num_clips:
@@ -429,7 +440,7 @@ def node_precisions(model: onnx.ModelProto) -> dict[str, int]:
     types = tensor_types(model)
     out: dict[str, int] = {}
     for node in model.graph.node:
-        if node.op_type == "Cast":
+        if node.op_type in ("Cast", "Identity"):
             continue
         for name in (*node.input, *node.output):
             if types.get(name) in FLOAT_TYPES:
@@ -489,11 +500,13 @@ def to_fp16(
     tolerance: Tolerance = FP16,
     seed: int = 0,
     check: bool = True,
+    split: str | None = None,
 ) -> Fp16Report:
     """Write a mixed-precision copy of an FP32 ONNX file (default `<name>.fp16.onnx` beside it).
 
     calibration: None (seeded synthetic clips), an (N, 3, T, H, W) array of
-        normalised clips, or a folder of validation shards.
+        normalised clips, or a folder of validation shards (`split` picks
+        `<split>-*.tar` in it).
     check: raise CheckFailed when the FP16 model disagrees with the FP32 one
         beyond `tolerance` (the file then goes to `rejected/` beside `out`).
     """
@@ -505,7 +518,7 @@ def to_fp16(
     if any(t.data_type == TensorProto.FLOAT16 for t in model.graph.initializer):
         raise ExportError(f"{src} already holds FP16 weights: convert the FP32 export instead")
     out = Path(out) if out is not None else src.with_name(src.name.removesuffix(".onnx") + ".fp16.onnx")
-    clips, calib = calibration_clips(calibration, model, num_clips=num_clips, seed=seed)
+    clips, calib = calibration_clips(calibration, model, num_clips=num_clips, seed=seed, split=split)
     acts = activation_stats(model, clips)
     reasons = block_reasons(model, acts, data_max=data_max, init_rel_err=init_rel_err, act_rel_err=act_rel_err)
     block = [n for n, why in reasons.items() if not why.startswith("numerically sensitive op")]

@@ -69,7 +69,12 @@ class Runner:
 
 
 def ort_session_options(threads: int | None = None, level: str = "all"):
-    """Session options: all graph optimisations, one intra-op thread per core (the CPU speed knobs)."""
+    """Session options: graph optimisation level, one intra-op thread per core, no spinning.
+
+    ORT's intra-op threads spin-wait after each run by default, holding
+    the cores that whatever runs next (the PyTorch reference in the gate,
+    the next backend in the benchmark) needs; spinning is turned off.
+    """
     import onnxruntime as ort
 
     levels = {
@@ -82,6 +87,7 @@ def ort_session_options(threads: int | None = None, level: str = "all"):
     so.graph_optimization_level = levels[level]
     so.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return so
 
 

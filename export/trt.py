@@ -225,37 +225,66 @@ def resolve_size(size: str | int | tuple[int, int], val_shards: str | None) -> s
     return size
 
 
-def export_engine(args: argparse.Namespace, out: Path, log=print) -> tuple[dict, int]:
-    """ONNX -> FP16 ONNX -> engine -> gate; returns (report of every step, exit status)."""
+@dataclass
+class EngineExport:
+    """Every step of `export_engine`; `engine` says what was missing when none could be built."""
+
+    onnx: object
+    fp16: object
+    engine: TrtReport | dict
+    gate: object | None
+    status: int
+
+
+def export_engine(
+    name: str,
+    *,
+    checkpoint: str | Path | None = None,
+    out_dir: str | Path | None = None,
+    size: str | int | tuple[int, int] = "auto",
+    opset: int = 20,
+    seed: int = 0,
+    calib_clips: int = 4,
+    max_batch: int = 32,
+    opt_batch: int = 8,
+    typing: str = "auto",
+    workspace_gib: float = 4.0,
+    val_shards: str | Path | None = None,
+    split: str | None = None,
+    max_drop: float = 0.3,
+    zoo_checkpoint: bool | None = None,
+    batch_size: int = 4,
+    max_videos: int | None = None,
+    log=print,
+) -> EngineExport:
+    """ONNX -> FP16 ONNX -> engine -> gate, each step's report kept; `status` is the CLI's exit code."""
     from export.fp16 import to_fp16
     from export.validate import validate
 
-    steps: dict = {}
     missing = missing_requirements()
     if missing:
         log(f"note: no engine can be built here ({missing}); the ONNX and FP16 steps still run")
     # One model for every step: without a checkpoint its random weights must be the same throughout.
-    model, source = load_model(args.name, args.checkpoint)
-    size = resolve_size(args.size, args.val_shards)
-    steps["onnx"] = export_onnx(model, source=source, out_dir=out, size=size, opset=args.opset, seed=args.seed)
-    log(steps["onnx"].summary())
-    steps["fp16"] = to_fp16(steps["onnx"].path, calibration=args.val_shards, num_clips=args.calib_clips, seed=args.seed)
-    log(steps["fp16"].summary())
+    model, source = load_model(name, checkpoint)
+    out_dir = Path(out_dir) if out_dir else default_out_dir(name)
+    size = resolve_size(size, val_shards)
+    onnx_r = export_onnx(model, source=source, out_dir=out_dir, size=size, opset=opset, seed=seed)
+    log(onnx_r.summary())
+    fp16_r = to_fp16(onnx_r.path, calibration=val_shards, split=split, num_clips=calib_clips, seed=seed)
+    log(fp16_r.summary())
     try:
-        steps["engine"] = build_engine(
-            steps["fp16"].path, max_batch=args.max_batch, opt_batch=args.opt_batch, typing=args.typing,
-            workspace_gib=args.workspace_gib,
-        )  # fmt: skip
+        engine = build_engine(
+            fp16_r.path, max_batch=max_batch, opt_batch=opt_batch, typing=typing, workspace_gib=workspace_gib
+        )
     except MissingDependencyError as e:
-        steps["engine"] = {"built": False, "missing": str(e)}
-        return steps, e.exit_code
-    log(steps["engine"].summary())
-    steps["gate"] = validate(
-        steps["engine"].path, model_name=model, val_shards=args.val_shards, max_drop=args.max_drop,
-        zoo_checkpoint=args.zoo_checkpoint, split=args.split, batch_size=args.batch_size, max_videos=args.max_videos,
+        return EngineExport(onnx_r, fp16_r, {"built": False, "missing": str(e)}, None, e.exit_code)
+    log(engine.summary())
+    gate = validate(
+        engine.path, model_name=model, val_shards=val_shards, max_drop=max_drop, zoo_checkpoint=zoo_checkpoint,
+        split=split, batch_size=batch_size, max_videos=max_videos,
     )  # fmt: skip
-    log(steps["gate"].summary())
-    return steps, EXIT_OK if steps["gate"].passed else EXIT_FAILED
+    log(gate.summary())
+    return EngineExport(onnx_r, fp16_r, engine, gate, EXIT_OK if gate.passed else EXIT_FAILED)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -297,12 +326,18 @@ def parse_size_auto(text: str):
     return "auto" if text == "auto" else parse_size(text)
 
 
+ENGINE_ARGS = (
+    "checkpoint", "size", "opset", "seed", "calib_clips", "max_batch", "opt_batch", "typing", "workspace_gib",
+    "val_shards", "split", "max_drop", "zoo_checkpoint", "batch_size", "max_videos",
+)  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = Path(args.out) if args.out else default_out_dir(args.name)
     settings = {**vars(args), "out": str(out), "size": resolve_size(args.size, args.val_shards)}
     try:
-        steps, status = export_engine(args, out)
+        r = export_engine(args.name, out_dir=out, **{k: getattr(args, k) for k in ENGINE_ARGS})
     except CheckFailed as e:
         print(f"error: {e}", file=sys.stderr)
         write_json({"settings": settings, "failed": str(e), "report": e.report, "passed": False}, out / "report.json")
@@ -310,12 +345,13 @@ def main(argv: list[str] | None = None) -> int:
     except ExportError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
-    write_json({"settings": settings, **steps, "passed": status == EXIT_OK}, out / "report.json")
-    if isinstance(steps["engine"], dict):
-        print(f"error: no engine was built: {steps['engine']['missing']}", file=sys.stderr)
-        print(f"kept: {steps['onnx'].path}, {steps['fp16'].path}", file=sys.stderr)
+    steps = {"onnx": r.onnx, "fp16": r.fp16, "engine": r.engine, "gate": r.gate}
+    write_json({"settings": settings, **steps, "passed": r.status == EXIT_OK}, out / "report.json")
+    if isinstance(r.engine, dict):
+        print(f"error: no engine was built: {r.engine['missing']}", file=sys.stderr)
+        print(f"kept: {r.onnx.path}, {r.fp16.path}", file=sys.stderr)
     print(f"report: {out / 'report.json'}")
-    return status
+    return r.status
 
 
 if __name__ == "__main__":

@@ -204,7 +204,7 @@ def shard_gate(
     views = clip.num_test_views
     meter = AgreementMeter(artifact_tolerance(runner))
     art, ref, labels = [], [], []
-    for clips, y in test_batches(val_shards, clip, split=split, batch_size=batch_size):
+    for clips, y in view_batches(val_shards, clip, split=split, batch_size=batch_size):
         x = clips.flatten(0, 1)  # (N * V, 3, T, H, W), video by video
         check_view_size(runner, x, model.config.name)
         a, r = runner(x).float().cpu(), _torch_forward(model, x).cpu()
@@ -221,7 +221,7 @@ def shard_gate(
     return torch.cat(art)[:cut], torch.cat(ref)[:cut], torch.cat(labels)[:cut]
 
 
-def test_batches(val_shards: str | os.PathLike, clip, *, split: str | None, batch_size: int) -> Iterator:
+def view_batches(val_shards: str | os.PathLike, clip, *, split: str | None, batch_size: int) -> Iterator:
     """ClipLoader test-mode batches, with the loader's data errors turned into gate errors."""
     from pipeline import ClipLoader
     from pipeline.loader import DataError
