@@ -12,7 +12,8 @@ import os
 import platform
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+# TPN_BENCH_RESULTS redirects every benchmark's output (smoke runs write outside the repo).
+RESULTS = Path(os.environ.get("TPN_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
 
 
 def machine_info() -> dict:

@@ -290,13 +290,13 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def run(s: Settings) -> dict:
+def run(s: Settings, name: str | None = None) -> dict:
     shards = bench_shards(s)
     data = ShardSet.open(shards)
     decoder = decode_limit_fps(data, s.workers, s.rounds)
     rows = [bench_config(name, shards, data, decoder, s) for name in s.configs]
     print_table(rows, decoder, s.workers)
-    name = "data_tiny" if s.tiny else "data"
+    name = name or ("data_tiny" if s.tiny else "data")
     payload = {"settings": {**asdict(s), "data": str(s.data)}, "decoder": decoder,
                "videos": len(data), "results": rows}
     path = write_results(name, payload)
@@ -319,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)),
                    help="DALI threads = DataLoader workers = ffmpeg processes (default: usable cores)")
     p.add_argument("--device", choices=["cpu", "gpu"], default="cpu", help="where the DALI loader decodes")
+    p.add_argument("--name", default=None, help="results name under benchmarks/results/ (default: data, or data_tiny)")
     return p
 
 
@@ -329,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
                  batches=args.batches or (2 if args.tiny else 12), rounds=args.rounds or (1 if args.tiny else 3),
                  workers=args.workers, device=args.device)
     try:
-        run(s)
+        run(s, args.name)
     except (FileNotFoundError, ValueError, subprocess.CalledProcessError) as err:
         print(f"benchmarks.data: {err}", file=sys.stderr)
         return 1

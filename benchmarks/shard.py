@@ -146,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), help="parallel ffmpeg runs")
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds (medians reported)")
     p.add_argument("--data", type=Path, default=None, help="where to keep the synthetic source videos")
+    p.add_argument("--name", default=None, help="results name under benchmarks/results/ (default: shard-<date>-cpu<cores>)")
     return p
 
 
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     res = run(args)
     print(table(res))
     device = f"cpu{len(os.sched_getaffinity(0))}"
-    name = f"shard-{dt.date.today().isoformat()}-{device}"
+    name = args.name or f"shard-{dt.date.today().isoformat()}-{device}"
     path = write_results(name, res)
     plot(res, results_path(name, ".png"))
     print(f"results: {path} and {results_path(name, '.png')}")

@@ -1,0 +1,39 @@
+"""`python -m benchmarks --tiny`: every benchmark runs and lands in one report (figures not asserted)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks.__main__ import BENCHES, speedups
+
+
+@pytest.mark.timeout(900)
+def test_benchmark_suite_tiny_writes_one_report(tmp_path):
+    out = tmp_path / "results"
+    run = subprocess.run([sys.executable, "-m", "benchmarks", "--tiny", "--results", str(out)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    (report,) = out.glob("*-tiny.json")
+    data = json.loads(report.read_text())
+    assert set(data["benchmarks"]) == set(BENCHES) and not data["failed"]
+    assert data["machine"]["cores"] >= 1 and data["machine"]["torch"]
+    md = report.with_suffix(".md").read_text()
+    for bench in BENCHES:
+        assert f"## {bench}" in md and f"python -m benchmarks.{bench}" in md
+    assert list(out.glob("*-speedups.png"))
+
+
+def test_speedups_pick_same_run_ratios():
+    payloads = {
+        "shard": {"ratio_wall": 1.25},
+        "data": {"results": [{"config": "8x8", "dali_vs_reference_wall": 1.5}]},
+        "infer": {"rows": [
+            {"batch": 1, "tiny": False, "backend": "ort-cpu", "ratio_vs_torch_fp32": 2.0},
+            {"batch": 8, "tiny": False, "backend": "ort-cpu", "ratio_vs_torch_fp32": 3.0},
+            {"batch": 1, "tiny": True, "backend": "ort-cpu", "ratio_vs_torch_fp32": 9.0},
+        ]},
+    }  # fmt: skip
+    assert speedups(payloads) == {
+        "plain ffmpeg / shard (wall)": 0.8, "DALI / reference 8x8": 1.5, "ort-cpu / torch fp32, b1": 2.0,
+    }  # fmt: skip
