@@ -108,7 +108,9 @@ def goal_lines(rows: list[dict], device: str) -> list[str]:
 # ----------------------------------------------------------------- timing
 
 
-def interleaved(fns: dict[str, Callable[[], object]], *, rounds: int, warmup: int, sync: bool) -> dict[str, list[float]]:
+def interleaved(
+    fns: dict[str, Callable[[], object]], *, rounds: int, warmup: int, sync: bool
+) -> dict[str, list[float]]:
     """Seconds per call of each function, one call of each per round."""
     times: dict[str, list[float]] = {k: [] for k in fns}
     for i in range(warmup + rounds):
@@ -182,7 +184,9 @@ def agreement(outs: dict[str, torch.Tensor]) -> dict[str, dict]:
     return res
 
 
-def bench_model(name: str, batches: list[int], *, rounds: int, warmup: int, bf16: bool, threads: int, log) -> list[dict]:
+def bench_model(
+    name: str, batches: list[int], *, rounds: int, warmup: int, bf16: bool, threads: int, log
+) -> list[dict]:
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
     model, source = load_model(name)
@@ -233,28 +237,38 @@ def table(rows: list[dict]) -> str:
 
 
 def plot(rows: list[dict], path: Path) -> Path:
-    """Clips/s per backend, one panel per model, batches side by side (log scale: backends differ 100x)."""
+    """Clips/s per backend, one panel per model, batches side by side, each bar labelled with its ratio.
+
+    One colour per backend across panels; log scale, as backends differ by 100x.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    key = "ratio_vs_" + BASELINE.replace("-", "_")
+    backends = list(dict.fromkeys(r["backend"] for r in rows))
+    colour = {b: plt.get_cmap("tab10")(i % 10) for i, b in enumerate(backends)}
     models = list(dict.fromkeys(r["model"] for r in rows))
     fig, axes = plt.subplots(1, len(models), figsize=(6.5 * len(models), 4.5), squeeze=False)
     for ax, name in zip(axes[0], models):
         sub = [r for r in rows if r["model"] == name]
         batches = sorted({r["batch"] for r in sub})
-        backends = list(dict.fromkeys(r["backend"] for r in sub))
-        width = 0.8 / len(backends)
-        for i, b in enumerate(backends):
-            vals = [next((r["clips_per_s"] for r in sub if r["backend"] == b and r["batch"] == n), 0) for n in batches]
-            ax.bar(np.arange(len(batches)) + i * width, vals, width, label=b)
-        ax.set_xticks(np.arange(len(batches)) + 0.4 - width / 2, [f"batch {n}" for n in batches])
+        for g, n in enumerate(batches):
+            group = [r for b in backends for r in sub if r["backend"] == b and r["batch"] == n]
+            width = 0.8 / len(group)
+            for i, r in enumerate(group):
+                x = g - 0.4 + (i + 0.5) * width
+                ax.bar(x, r["clips_per_s"], width, color=colour[r["backend"]], label=r["backend"])
+                if r.get(key):
+                    ax.text(x, r["clips_per_s"], f"{r[key]:.1f}x", ha="center", va="bottom", fontsize=6)
+        ax.set_xticks(range(len(batches)), [f"batch {n}" for n in batches])
         ax.set_yscale("log")
-        ax.set_ylabel("clips/s")
+        ax.set_ylabel("clips/s (ratio: vs PyTorch FP32 eager)")
         ax.set_title(name)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
+    handles = {lbl: h for ax in axes[0] for h, lbl in zip(*ax.get_legend_handles_labels())}
+    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=min(6, len(handles)), fontsize=8)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
     fig.savefig(tmp, dpi=110)

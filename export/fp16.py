@@ -485,7 +485,8 @@ def ort_run(model: onnx.ModelProto | str | os.PathLike, clips: np.ndarray, batch
 
     src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
     sess = ort.InferenceSession(src, providers=["CPUExecutionProvider"])
-    return np.concatenate([sess.run([OUTPUT_NAME], {INPUT_NAME: clips[i : i + batch]})[0] for i in range(0, len(clips), batch)])
+    outs = [sess.run([OUTPUT_NAME], {INPUT_NAME: clips[i : i + batch]})[0] for i in range(0, len(clips), batch)]
+    return np.concatenate(outs)
 
 
 def to_fp16(
@@ -539,7 +540,8 @@ def to_fp16(
         passed=agreement.passed, size_bytes=dest.stat().st_size, seconds=round(time.perf_counter() - t0, 2),
     )  # fmt: skip
     if check and not agreement.passed:
-        raise CheckFailed(f"the FP16 model disagrees with the FP32 one: {agreement.summary()}; kept as {dest}", report)
+        msg = f"the FP16 model disagrees with the FP32 one: {agreement.summary()}; kept as {dest}"
+        raise CheckFailed(msg, report)
     return report
 
 

@@ -269,7 +269,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", help="zoo model name (see tpn.list_models(); tiny entries: '*tiny*')")
     p.add_argument("--checkpoint", help="weights to export: this project's, original TPN or mmaction2 format")
     p.add_argument("--out", help="output folder (default: exports/<name>/)")
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset, >= {MIN_OPSET} (default %(default)s)")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset >= {MIN_OPSET} (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic check clips (default %(default)s)")
 
 

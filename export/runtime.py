@@ -59,7 +59,8 @@ class Runner:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 5 or tuple(x.shape[1:]) != tuple(self.input_shape[1:]):
-            raise ValueError(f"{self.backend} artifact takes clips of shape (N, {self.input_shape[1:]}), got {tuple(x.shape)}")
+            want = ", ".join(map(str, self.input_shape[1:]))
+            raise ValueError(f"{self.backend} artifact takes clips of shape (N, {want}), got {tuple(x.shape)}")
         step = self.max_batch or x.shape[0]
         outs = [self._run(x[i : i + step].float().contiguous()) for i in range(0, x.shape[0], step)]
         return outs[0] if len(outs) == 1 else torch.cat(outs)
@@ -92,7 +93,9 @@ def ort_session_options(threads: int | None = None, level: str = "all"):
 
 
 class OrtRunner(Runner):
-    def __init__(self, path: str | os.PathLike, *, cuda: bool, threads: int | None = None, level: str = "all") -> None:
+    def __init__(
+        self, path: str | os.PathLike, *, cuda: bool, threads: int | None = None, level: str = "all"
+    ) -> None:
         import onnxruntime as ort
 
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
@@ -136,7 +139,9 @@ class TrtRunner(Runner):
         logger = trt.Logger(trt.Logger.WARNING)
         self.engine = trt.Runtime(logger).deserialize_cuda_engine(Path(path).read_bytes())
         if self.engine is None:
-            raise ExportError(f"TensorRT could not load {path}: it was built by another TensorRT version or GPU; rebuild it")
+            raise ExportError(
+                f"TensorRT could not load {path}: it was built by another TensorRT version or GPU; rebuild it"
+            )
         self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.input_name = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
@@ -151,7 +156,8 @@ class TrtRunner(Runner):
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device)
         self.context.set_input_shape(self.input_name, tuple(x.shape))
-        out = torch.empty(tuple(self.context.get_tensor_shape(self.output_name)), dtype=torch.float32, device=self.device)
+        shape = tuple(self.context.get_tensor_shape(self.output_name))
+        out = torch.empty(shape, dtype=torch.float32, device=self.device)
         self.context.set_tensor_address(self.input_name, x.data_ptr())
         self.context.set_tensor_address(self.output_name, out.data_ptr())
         self.stream.wait_stream(torch.cuda.current_stream(self.device))
@@ -174,11 +180,15 @@ def ort_providers() -> list[str]:
     try:
         import onnxruntime as ort
     except ImportError:
-        raise MissingDependencyError("onnxruntime is not installed: pip install onnxruntime (or onnxruntime-gpu)") from None
+        raise MissingDependencyError(
+            "onnxruntime is not installed: pip install onnxruntime (or onnxruntime-gpu)"
+        ) from None
     return ort.get_available_providers()
 
 
-def load(path: str | os.PathLike, *, backend: Backend = "auto", threads: int | None = None, level: str = "all") -> Runner:
+def load(
+    path: str | os.PathLike, *, backend: Backend = "auto", threads: int | None = None, level: str = "all"
+) -> Runner:
     """A runner for an `.onnx` file or a TensorRT `.engine`; see the module docstring."""
     if not Path(path).is_file():
         raise ExportError(f"{path} does not exist")

@@ -219,7 +219,7 @@ def _build(trt, src: Path, mode: BuildMode, shapes: dict, cache_path: Path, work
 
 
 def resolve_size(size: str | int | tuple[int, int], val_shards: str | None) -> str | int | tuple[int, int]:
-    """'auto': the test-protocol crop when the gate will run on shards (it feeds test views), else the training crop."""
+    """'auto': the test-protocol crop when the gate runs on shards (it feeds test views), else the training crop."""
     if size == "auto":
         return "test" if val_shards else "train"
     return size

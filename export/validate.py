@@ -233,7 +233,9 @@ def view_batches(val_shards: str | os.PathLike, clip, *, split: str | None, batc
         raise ExportError(f"cannot read validation shards {val_shards}: {e}") from None
 
 
-def judge_shards(report: GateReport, art: torch.Tensor, ref: torch.Tensor, labels: torch.Tensor, zoo_top1: float | None) -> None:
+def judge_shards(
+    report: GateReport, art: torch.Tensor, ref: torch.Tensor, labels: torch.Tensor, zoo_top1: float | None
+) -> None:
     """Fill in Top-1s and the verdict from per-video scores (pure: no models involved)."""
     report.videos = len(labels)
     report.artifact_top1 = accuracy(art, labels)["top1"]
@@ -261,7 +263,9 @@ def judge_shards(report: GateReport, art: torch.Tensor, ref: torch.Tensor, label
     report.passed = not report.failures
 
 
-def zoo_target(model: nn.Module, source: ModelSource, zoo_checkpoint: bool | None, report: GateReport) -> float | None:
+def zoo_target(
+    model: nn.Module, source: ModelSource, zoo_checkpoint: bool | None, report: GateReport
+) -> float | None:
     """The zoo Top-1 to hold the artifact to, or None when the weights are not the zoo's."""
     cfg = model.config
     if zoo_checkpoint is False:
@@ -328,8 +332,9 @@ def validate(
         else:
             target = zoo_target(model, source, zoo_checkpoint, report)
             scores = shard_gate(
-                runner, model, report, val_shards=val_shards, split=split, batch_size=batch_size, max_videos=max_videos
-            )
+                runner, model, report, val_shards=val_shards, split=split, batch_size=batch_size,
+                max_videos=max_videos,
+            )  # fmt: skip
             judge_shards(report, *scores, zoo_top1=target)
             report.accuracy_validated = report.passed
     report.seconds = round(time.perf_counter() - t0, 2)
@@ -395,7 +400,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("artifact", help="the .onnx file or .engine to check")
     p.add_argument("--model", required=True, help="zoo model name the artifact was exported from")
     p.add_argument("--checkpoint", required=True, help="the weights the artifact was exported from")
-    p.add_argument("--backend", choices=["auto", "ort-cpu", "ort-cuda", "trt"], default="auto", help="runtime (default %(default)s)")
+    p.add_argument(
+        "--backend", choices=["auto", "ort-cpu", "ort-cuda", "trt"], default="auto",
+        help="runtime: auto picks TensorRT for engines, ONNX Runtime CUDA or CPU for .onnx (default %(default)s)",
+    )  # fmt: skip
     add_gate_args(p)
     return p
 

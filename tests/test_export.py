@@ -166,5 +166,6 @@ def test_cli_writes_onnx_and_report(tmp_path, capsys):
     assert main(argv) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["passed"] and report["settings"]["checkpoint"] == str(ckpt)
-    assert report["onnx"]["source"]["checkpoint_sha256"] == read_metadata(out / "baseline_tiny_f8s4.onnx")["checkpoint_sha256"]
+    recorded = read_metadata(out / "baseline_tiny_f8s4.onnx")["checkpoint_sha256"]
+    assert report["onnx"]["source"]["checkpoint_sha256"] == recorded
     assert "parity vs PyTorch" in capsys.readouterr().out

@@ -201,7 +201,7 @@ def test_runtime_names_missing_files_and_tensorrt(tmp_path):
     try:
         import tensorrt  # noqa: F401
     except ImportError:
-        with pytest.raises(MissingDependencyError, match="pip install --extra-index-url https://pypi.nvidia.com tensorrt"):
+        with pytest.raises(MissingDependencyError, match="pip install --extra-index-url https://pypi.nvidia.com"):
             runtime.load(engine)
     else:
         pytest.skip("TensorRT is installed: the missing-TensorRT message cannot be shown")
@@ -267,8 +267,10 @@ def test_shard_gate_refuses_views_of_another_size():
 
 
 def _report(**kw) -> GateReport:
-    return GateReport(artifact="a", model=TINY, source=ModelSource(name=TINY, num_classes=4), backend="ort-cpu", precision="fp32", mode="shards",
-                      accuracy_validated=False, max_drop=0.3, **kw)  # fmt: skip
+    return GateReport(
+        artifact="a", model=TINY, source=ModelSource(name=TINY, num_classes=4), backend="ort-cpu",
+        precision="fp32", mode="shards", accuracy_validated=False, max_drop=0.3, **kw,
+    )  # fmt: skip
 
 
 def test_judge_shards_drop_and_zoo_target():

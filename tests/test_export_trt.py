@@ -1,4 +1,4 @@
-"""TensorRT: the version-dependent build flags and profile shapes (pure), the CLI without TensorRT, and a real build where possible."""
+"""TensorRT: version-dependent build flags and profile shapes (pure), the CLI without TensorRT, a real build on a GPU."""
 
 from __future__ import annotations
 
@@ -121,7 +121,7 @@ def test_cli_bad_input_exits_3_before_any_work(tmp_path, capsys):
 
 @pytest.mark.gpu
 def test_engine_builds_and_matches_the_fp16_onnx(tmp_path):
-    pytest.importorskip("tensorrt", reason="TensorRT is not installed (pip install --extra-index-url https://pypi.nvidia.com tensorrt)")
+    pytest.importorskip("tensorrt", reason="TensorRT is not installed (see export.runtime.TRT_INSTALL)")
     from export import runtime
     from export.fp16 import to_fp16
     from export.onnx import export_onnx
