@@ -1,0 +1,207 @@
+"""`tpn.train` end to end on CPU with real shards: exact resume (stopped and killed), NaN stop, CLI."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline import ClipLoader
+from tests.train_helpers import synthetic_shards
+from tpn import rundir
+from tpn.checkpoint import read_checkpoint
+from tpn.train import NonFiniteLoss, TrainSettings, build_parser, main, train
+
+MODEL = "tpn_tiny_f8s4"  # has the auxiliary head, so its loss is part of every step
+
+
+@pytest.fixture(scope="session")
+def shards(tmp_path_factory) -> Path:
+    return synthetic_shards(tmp_path_factory.getbasetemp())
+
+
+def small_run(shards: Path, out: Path, **changes) -> TrainSettings:
+    """2 epochs x 16 steps of 8 clips on one 128-video shard, validation on 96 videos."""
+    base = dict(
+        model=MODEL, train=(str(shards / "train-000000.tar"),), val=(str(shards / "val-000000.tar"),),
+        out=str(out), epochs=2, batch_size=8, lr=0.02, momentum=0.9, nesterov=True, weight_decay=1e-4,
+        clip_grad=40.0, lr_steps=(1,), lr_gamma=0.1, warmup_epochs=0.5, aux_weight=0.5,
+        device="cpu", threads=2, workers=2, log_every=5, progress=False, seed=0,
+    )  # fmt: skip
+    return TrainSettings(**{**base, **changes})
+
+
+def step_losses(run_dir: Path) -> dict[int, float]:
+    losses = {r["step"]: r["loss"] for r in rundir.read_metrics(run_dir) if r["type"] == "train"}
+    return losses
+
+
+def final_state(run_dir: Path) -> dict:
+    return read_checkpoint(rundir.list_checkpoints(run_dir)[-1])
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(shards, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("uninterrupted")
+    summary = train(small_run(shards, out, save_every=4))
+    assert summary.stopped == "completed" and summary.steps == 32
+    return out
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    la, lb = step_losses(a), step_losses(b)
+    assert sorted(la) == list(range(1, 33))
+    assert la == lb  # bit-identical floats, step by step
+    sa, sb = final_state(a), final_state(b)
+    assert sa["progress"]["step"] == sb["progress"]["step"] == 32
+    for k, v in sa["model"].items():
+        assert torch.equal(v, sb["model"][k]), k
+    for pa, pb in zip(sa["optimizer"]["state"].values(), sb["optimizer"]["state"].values()):
+        assert torch.equal(pa["momentum_buffer"], pb["momentum_buffer"])
+    epochs_a = [r for r in rundir.read_metrics(a) if r["type"] == "epoch"]
+    epochs_b = [r for r in rundir.read_metrics(b) if r["type"] == "epoch"]
+    assert [r["val_top1"] for r in epochs_a] == [r["val_top1"] for r in epochs_b]
+
+
+def test_uninterrupted_run_writes_its_outputs(uninterrupted):
+    names = {p.name for p in uninterrupted.iterdir()}
+    assert {"settings.json", "metrics.jsonl", "summary.json", "curves.png", "best.pth"} <= names
+    # save-every 4 and epoch ends (16, 32): the newest 3 are kept
+    assert [p.name for p in rundir.list_checkpoints(uninterrupted)] == [
+        "step_00000024.pth", "step_00000028.pth", "step_00000032.pth",
+    ]  # fmt: skip
+    settings = json.loads((uninterrupted / "settings.json").read_text())
+    assert settings["derived"]["steps_per_epoch"] == 16 and settings["derived"]["num_classes"] == 8
+    summary = json.loads((uninterrupted / "summary.json").read_text())
+    assert summary["steps"] == 32 and summary["epochs_done"] == 2 and summary["clips_per_s"] > 0
+    epochs = [r for r in rundir.read_metrics(uninterrupted) if r["type"] == "epoch"]
+    assert [r["epoch"] for r in epochs] == [1, 2] and all(r["val_videos"] == 96 for r in epochs)
+    best = read_checkpoint(uninterrupted / "best.pth")
+    assert best["val"]["top1"] == max(r["val_top1"] for r in epochs) == summary["best_top1"]
+    lrs = {r["step"]: r["lr"] for r in rundir.read_metrics(uninterrupted) if r["type"] == "train"}
+    assert lrs[1] == pytest.approx(0.02 / 8) and lrs[16] == pytest.approx(0.02) and lrs[17] == pytest.approx(0.002)
+
+
+def test_resume_after_a_mid_epoch_stop_is_bit_identical(shards, uninterrupted, tmp_path):
+    first = train(small_run(shards, tmp_path, save_every=4, max_steps=11))
+    assert first.stopped == "max_steps" and first.steps == 11
+    assert rundir.list_checkpoints(tmp_path)[-1].name == "step_00000011.pth"
+    assert main(["--resume", str(tmp_path), "--no-progress"]) == 0  # --max-steps is not carried over
+    assert_same_run(uninterrupted, tmp_path)
+
+
+def wait_for_checkpoint(proc: subprocess.Popen, run_dir: Path, min_step: int, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended before it could be killed:\n{proc.stderr.read().decode()[-3000:]}")
+        if any(int(p.stem.split("_")[1]) >= min_step for p in rundir.list_checkpoints(run_dir)):
+            return
+        time.sleep(0.02)
+    raise AssertionError("no checkpoint appeared in time")
+
+
+def cli_args(s: TrainSettings) -> list[str]:
+    return [
+        s.model, "--train", *s.train, "--val", *s.val, "--out", s.out, "--epochs", str(s.epochs),
+        "--batch-size", str(s.batch_size), "--lr", str(s.lr), "--lr-steps", *map(str, s.lr_steps),
+        "--warmup-epochs", str(s.warmup_epochs), "--device", "cpu", "--threads", "2", "--workers", "2",
+        "--log-every", str(s.log_every), "--save-every", str(s.save_every), "--no-progress",
+    ]  # fmt: skip
+
+
+def test_killed_run_resumes_bit_identically(shards, uninterrupted, tmp_path):
+    argv = cli_args(small_run(shards, tmp_path, save_every=3))
+    proc = subprocess.Popen([sys.executable, "-m", "tpn.train", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_for_checkpoint(proc, tmp_path, min_step=6)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    killed_at = max(step_losses(tmp_path), default=0)
+    assert 6 <= killed_at < 32
+    assert main(["--resume", str(tmp_path), "--no-progress"]) == 0
+    assert_same_run(uninterrupted, tmp_path)
+
+
+class PoisonedLoader:
+    """The real loader, except that training batch `at` carries a NaN (a bad clip or a blown-up input)."""
+
+    def __init__(self, loader: ClipLoader, at: int) -> None:
+        self.loader, self.at = loader, at
+
+    def __getattr__(self, name):
+        return getattr(self.loader, name)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for i, (x, y) in enumerate(self.loader):
+            if i == self.at:
+                x = x.clone()
+                x[0, 0, 0, 0, 0] = float("nan")
+            yield x, y
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(shards, tmp_path):
+    def make_loader(source, clip, *, mode, **kw):
+        loader = ClipLoader(source, clip, mode=mode, **kw)
+        return PoisonedLoader(loader, at=4) if mode == "train" else loader
+
+    s = small_run(shards, tmp_path, val=(), save_every=2, log_every=1, epochs=1)
+    with pytest.raises(NonFiniteLoss, match=r"became nan at step 5 .*step_00000004\.pth"):
+        train(s, make_loader=make_loader)
+    assert [p.name for p in rundir.list_checkpoints(tmp_path)] == ["step_00000002.pth", "step_00000004.pth"]
+    good = read_checkpoint(tmp_path / "step_00000004.pth")
+    assert all(torch.isfinite(v).all() for v in good["model"].values() if v.is_floating_point())
+    assert step_losses(tmp_path)[5] is None  # recorded (as null) for diagnosis
+
+
+def test_cli_reports_a_diverged_run(shards, tmp_path, capsys):
+    argv = cli_args(small_run(shards, tmp_path, lr=1e30, save_every=0, epochs=1))
+    assert main([*argv, "--log-every", "1", "--max-steps", "6"]) == 2
+    err = capsys.readouterr().err
+    assert "training loss became" in err and "no checkpoint had been written yet" in err
+    assert rundir.list_checkpoints(tmp_path) == []
+
+
+# ---------------------------------------------------------------------- CLI
+
+
+def test_help_documents_every_flag():
+    parser = build_parser()
+    undocumented = [a.dest for a in parser._actions if not a.help]
+    assert undocumented == []
+    text = parser.format_help()
+    for flag in ("--epochs", "--batch-size", "--lr", "--resume", "--device", "--save-every", "--keep-last",
+                 "--pretrained", "--checkpoint", "--cuda-graph", "--amp", "--warmup-epochs", "--clip-grad"):  # fmt: skip
+        assert flag in text
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["no_such_model", "--train", "x", "--out", "y"], "unknown model"),
+        ([MODEL, "--out", "y"], "--train is required"),
+        ([], "give a model name"),
+        ([MODEL, "--train", "/nonexistent/shards", "--out", "y", "--device", "cpu"], "does not exist"),
+        (["--resume", "/nonexistent/run"], "no such run directory"),
+        ([MODEL, "--train", "x", "--out", "y", "--epochs", "0"], "--epochs must be >= 1"),
+    ],
+)
+def test_cli_errors_name_the_problem(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_resume_refuses_a_different_batch_size(uninterrupted, capsys):
+    assert main(["--resume", str(uninterrupted), "--batch-size", "4"]) == 1
+    assert "exact resume needs the same data order" in capsys.readouterr().err

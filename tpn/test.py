@@ -1,0 +1,277 @@
+"""`python -m tpn.test NAME --checkpoint CKPT --shards SHARDS`: the seed's test protocol.
+
+Every video is seen through the config's views (Kinetics: 10 clips x 3
+crops of 256, the whole frame height, fully convolutional; Something-
+Something: twice-sample 2 clips x 3 crops; `--flip` doubles them with
+mirrored views); the softmax probabilities of a video's views are averaged
+and scored as Top-1, Top-5 and mean class accuracy. Under torchrun each
+rank evaluates its share and the results are gathered and deduplicated by
+sample key. `evaluate` is the library function behind this CLI, the
+trainer's validation and the export gate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from tpn.distributed import DistEnv, env_from_environ, gather_objects, init_distributed, resolve_device, shutdown
+from tpn.io import atomic_write_bytes, atomic_write_json
+from tpn.metrics import accuracy, average_views
+
+log = logging.getLogger("tpn.test")
+
+
+@dataclass
+class VideoScore:
+    key: str
+    label: int
+    probs: list[float]
+
+
+@dataclass
+class EvalReport:
+    """Accuracies in percent over `num_videos` videos of `views` views each."""
+
+    top1: float
+    top5: float
+    mean_class_acc: float
+    num_videos: int
+    views: int
+    time_s: float
+    model: str | None = None
+    target_top1: float | None = None  # the zoo's published Top-1
+    scores: list[VideoScore] | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("scores")
+        return d
+
+    def table(self) -> str:
+        target = "-" if self.target_top1 is None else f"{self.target_top1:.1f}"
+        return (
+            f"{self.model or 'model'}: {self.num_videos} videos x {self.views} views\n"
+            f"  Top-1 {self.top1:6.2f}   Top-5 {self.top5:6.2f}   mean class {self.mean_class_acc:6.2f}"
+            f"   (zoo Top-1 {target})"
+        )
+
+
+def _unpack(batch: Sequence) -> tuple[Tensor, Tensor, list[str] | None]:
+    if len(batch) == 3:
+        clips, labels, keys = batch
+        return clips, labels, [str(k) for k in keys]
+    clips, labels = batch
+    return clips, labels, None
+
+
+@torch.no_grad()
+def video_scores(
+    model: nn.Module, clips: Tensor, *, device: torch.device, max_clips: int,
+    amp_dtype: torch.dtype | None = None, channels_last: bool = False,
+) -> Tensor:
+    """(N, V, 3, F, H, W) views -> (N, K) per-video mean softmax probabilities (on the CPU)."""
+    n, v = clips.shape[:2]
+    flat = clips.flatten(0, 1)  # (N*V, 3, F, H, W), video by video
+    logits = []
+    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
+    for chunk in flat.split(max_clips):
+        chunk = chunk.to(device, non_blocking=True)
+        if channels_last:
+            chunk = chunk.contiguous(memory_format=torch.channels_last_3d)
+        with autocast:
+            logits.append(model(chunk).float())
+    return average_views(torch.cat(logits), v).cpu()
+
+
+def evaluate(
+    model: nn.Module,
+    loader: Iterable,
+    *,
+    device: torch.device | None = None,
+    env: DistEnv | None = None,
+    amp_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+    max_clips: int = 32,
+    keep_scores: bool = False,
+) -> EvalReport:
+    """Score a test-mode loader's batches ((N, V, 3, F, H, W) clips, labels[, keys]).
+
+    Under torch.distributed every rank must call this with its share; all
+    ranks get the same report, built from the gathered videos with
+    duplicate keys dropped. Without keys, videos are numbered per rank
+    (fine for one process; a distributed run needs `return_keys=True`).
+    """
+    env = env or DistEnv()
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    t0 = time.perf_counter()
+    keys, labels, probs, views = [], [], [], 0
+    try:
+        for batch in loader:
+            clips, y, k = _unpack(batch)
+            if k is None:
+                if env.distributed:
+                    raise ValueError("distributed evaluation needs sample keys: build the loader with return_keys=True")
+                k = [str(len(keys) + i) for i in range(clips.shape[0])]
+            views = clips.shape[1]
+            probs.append(video_scores(model, clips, device=device, max_clips=max_clips,
+                                      amp_dtype=amp_dtype, channels_last=channels_last))  # fmt: skip
+            labels += [int(v) for v in y.tolist()]
+            keys += k
+    finally:
+        model.train(was_training)
+    local = (keys, labels, torch.cat(probs) if probs else torch.empty(0, 0), views)
+    return _report(gather_objects(local, env), time.perf_counter() - t0, keep_scores, model)
+
+
+def _report(parts: list[tuple], elapsed: float, keep_scores: bool, model: nn.Module) -> EvalReport:
+    """Merge the ranks' (keys, labels, probs, views), first occurrence of each key wins."""
+    seen: dict[str, tuple[int, Tensor]] = {}
+    views = max((p[3] for p in parts), default=0)
+    for keys, labels, probs, _ in parts:
+        for i, key in enumerate(keys):
+            seen.setdefault(key, (labels[i], probs[i]))
+    if not seen:
+        raise ValueError("no videos were evaluated: are the shards empty?")
+    order = sorted(seen)
+    scores = torch.stack([seen[k][1] for k in order])
+    labels = torch.tensor([seen[k][0] for k in order])
+    acc = accuracy(scores, labels)
+    cfg = getattr(model, "config", None)
+    per_video = [VideoScore(k, seen[k][0], seen[k][1].tolist()) for k in order] if keep_scores else None
+    return EvalReport(
+        **acc, num_videos=len(order), views=views, time_s=elapsed,
+        model=getattr(cfg, "name", None), target_top1=getattr(cfg, "top1", None), scores=per_video,
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------------- shards
+
+
+def shard_source(paths: Sequence[str], split: str | None) -> tuple[str | list[str], str | None]:
+    """CLI shard arguments -> (ClipLoader source, split): a directory uses its `<split>-*.tar`
+    when it has any (a `pipeline.shard` output holds train- and val- shards), else all tars."""
+    if len(paths) == 1 and Path(paths[0]).is_dir():
+        folder = Path(paths[0])
+        return str(folder), split if split and any(folder.glob(f"{split}-*.tar")) else None
+    return [str(p) for p in paths], None
+
+
+def protocol_spec(clip, *, flip: bool | None = None, clips: int | None = None, crops: str | None = None):
+    """The config's test views, with the CLI's changes (flip views, clip count, crop mode)."""
+    changes = {}
+    if flip is not None:
+        changes["test_flip"] = flip
+    if clips is not None:
+        changes["test_clips"] = clips
+    if crops is not None:
+        changes["test_crops"] = crops
+    return clip.replace(**changes) if changes else clip
+
+
+# ---------------------------------------------------------------------- CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m tpn.test",
+        description="Evaluate a zoo model on shards with the seed's test protocol "
+        "(per-video mean of softmax probabilities over all views); prints Top-1, Top-5 "
+        "and mean class accuracy next to the zoo's published Top-1. "
+        "Runs under `torchrun --nproc-per-node N -m tpn.test ...` too.",
+    )
+    p.add_argument("name", help="zoo model name (see `python -m tpn`)")
+    p.add_argument("--checkpoint", required=True, help="weights: this toolkit's, original TPN's or mmaction2's .pth")
+    p.add_argument("--shards", required=True, nargs="+",
+                   help="a shard directory (its val-*.tar if present, else every *.tar) or .tar paths")  # fmt: skip
+    p.add_argument("--split", default="val", help="which <split>-*.tar of a shard directory to use (default: val)")
+    p.add_argument("--flip", action="store_true", help="add horizontally flipped views (doubles the views)")
+    p.add_argument("--clips", type=int, help="temporal clips per video for dense sampling (default: the config's)")
+    p.add_argument("--crops", choices=["three", "center", "full"], help="spatial views (default: the config's)")
+    p.add_argument("--batch-size", type=int, default=1, help="videos per batch and process (default: 1)")
+    p.add_argument("--max-clips", type=int, default=32, help="views per forward pass, to bound memory (default: 32)")
+    p.add_argument("--num-classes", type=int, help="classifier size (default: from the checkpoint, else the config)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--loader-device", choices=["auto", "cpu", "gpu"], default="auto",
+                   help="where DALI decodes (default: auto = the GPU when there is one)")  # fmt: skip
+    p.add_argument("--amp", action="store_true", help="bf16 autocast on a GPU (default: fp32, as the seed)")
+    p.add_argument("--workers", type=int, help="DALI decoding threads (default: the usable CPUs)")
+    p.add_argument("--out", type=Path, help="write the report as JSON here")
+    p.add_argument("--per-video", type=Path, help="write per-video probabilities as JSONL here")
+    return p
+
+
+def _checkpoint_classes(path: str) -> int | None:
+    from tpn.checkpoint import OWN_FORMAT, read_checkpoint
+
+    obj = read_checkpoint(path)
+    return int(obj["num_classes"]) if obj.get("format") == OWN_FORMAT and "num_classes" in obj else None
+
+
+def run_test(args: argparse.Namespace, env: DistEnv) -> EvalReport:
+    import tpn
+    from pipeline import ClipLoader
+
+    cfg = tpn.get_config(args.name)
+    device = resolve_device(args.device, env)
+    init_distributed(device, env)
+    num_classes = args.num_classes or _checkpoint_classes(args.checkpoint) or cfg.num_classes
+    model = tpn.create_model(args.name, num_classes=num_classes)
+    report = tpn.load_checkpoint(model, args.checkpoint)
+    for note in report.notes:
+        log.info(note)
+    model.to(device)
+    spec = protocol_spec(cfg.clip, flip=args.flip or None, clips=args.clips, crops=args.crops)
+    source, split = shard_source(args.shards, args.split)
+    loader = ClipLoader(
+        source, spec, mode="test", batch_size=args.batch_size, device=args.loader_device,
+        num_threads=args.workers, rank=env.rank, world_size=env.world_size, return_keys=True, split=split,
+    )  # fmt: skip
+    if env.is_main:
+        log.info("%s: %d views per video (%d clips), shards %s", args.name, spec.num_test_views, spec.num_test_clips, source)
+    amp = torch.bfloat16 if args.amp and device.type == "cuda" else None
+    return evaluate(model, loader, device=device, env=env, amp_dtype=amp, max_clips=args.max_clips,
+                    keep_scores=args.per_video is not None)  # fmt: skip
+
+
+def write_outputs(report: EvalReport, args: argparse.Namespace) -> None:
+    if args.out:
+        settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+        atomic_write_json({**report.to_dict(), "settings": settings}, args.out)
+    if args.per_video and report.scores is not None:
+        lines = [json.dumps({"key": s.key, "label": s.label, "pred": max(range(len(s.probs)), key=s.probs.__getitem__),
+                             "probs": s.probs}) for s in report.scores]  # fmt: skip
+        atomic_write_bytes(("\n".join(lines) + "\n").encode(), args.per_video)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = build_parser().parse_args(argv)
+    env = env_from_environ()
+    try:
+        report = run_test(args, env)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:  # bad names, paths, checkpoints, shards
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        shutdown()
+    if env.is_main:
+        print(report.table())
+        write_outputs(report, args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
