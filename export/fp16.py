@@ -300,18 +300,22 @@ def center_crop(x: np.ndarray, h: int, w: int) -> np.ndarray:
 def shard_clips(
     shards: str | os.PathLike, clip, shape: tuple[int, ...], num_clips: int, split: str | None = None
 ) -> np.ndarray:
-    """The first `num_clips` test views of validation shards, cropped to the model input."""
+    """One test view from each of the first `num_clips` videos of the shards, cropped to the model input.
+
+    A view per video (the middle one: a central crop of a central clip)
+    spreads calibration over different videos rather than one video's views.
+    """
     from pipeline import ClipLoader
     from pipeline.shardset import ShardError
 
     try:
-        loader = ClipLoader(shards, clip, mode="test", batch_size=1, split=split)
+        loader = ClipLoader(shards, clip, mode="test", batch_size=min(num_clips, 8), split=split)
     except (ShardError, FileNotFoundError) as e:
         raise ExportError(f"cannot read calibration shards {shards}: {e}") from None
     out: list[np.ndarray] = []
-    for clips, _ in loader:
-        views = clips.flatten(0, 1).cpu().numpy()  # (V, 3, T, H, W)
-        out.extend(center_crop(views, shape[2], shape[3]))
+    for clips, _ in loader:  # (N, V, 3, T, H, W)
+        middle = clips[:, clips.shape[1] // 2].cpu().numpy()
+        out.extend(center_crop(middle, shape[2], shape[3]))
         if len(out) >= num_clips:
             break
     if not out:
