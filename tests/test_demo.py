@@ -13,7 +13,7 @@ def test_plan_is_the_documented_flow(tmp_path):
     modules = [s.argv[2] for s in stages]
     assert modules == [
         "pipeline.synth", "pipeline.shard", "pipeline.verify", "tpn.train", "tpn.train", "tpn.test", "tpn.test",
-        "export.onnx", "export.validate", "export.trt", "export.validate",
+        "export.onnx", "export.trt", "export.validate", "export.validate",
     ]  # fmt: skip
     assert [s.argv[3] for s in stages if s.argv[2] == "tpn.train"] == list(MODELS)
     trt = next(s for s in stages if s.argv[2] == "export.trt")

@@ -92,11 +92,14 @@ def plan(p: DemoPaths, size: str, seed: int) -> list[Stage]:
         )))  # fmt: skip
     ckpt = str(p.run(EXPORTED) / "best.pth")
     gate = ["--model", EXPORTED, "--checkpoint", ckpt, "--val-shards", str(p.shards), "--split", "val"]
+    # export.trt redoes the ONNX step, then calibrates the FP16 ONNX on validation clips; the gates
+    # run last so that no later export replaces a gated file.
     stages += [
         Stage("export onnx", py("export.onnx", EXPORTED, "--checkpoint", ckpt, "--out", str(p.export), "--size", "test")),
-        Stage("gate onnx", py("export.validate", str(p.onnx()), *gate)),
-        Stage("export trt", py("export.trt", EXPORTED, "--checkpoint", ckpt, "--out", str(p.export), "--size", "test"),
+        Stage("export trt", py("export.trt", EXPORTED, "--checkpoint", ckpt, "--out", str(p.export),
+                               "--val-shards", str(p.shards), "--split", "val"),
               ok_codes=(0, 2), note="TensorRT not available: ONNX and FP16 ONNX kept, no engine built"),
+        Stage("gate onnx", py("export.validate", str(p.onnx()), *gate)),
         Stage("gate fp16", py("export.validate", str(p.onnx(fp16=True)), *gate)),
     ]  # fmt: skip
     return stages
