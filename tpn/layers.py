@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint as cp
 from torch import Tensor, nn
 
 Triple = tuple[int, int, int]
@@ -27,6 +28,26 @@ class ConvBNReLU3d(nn.Sequential):
         self.bn = nn.BatchNorm3d(out_ch)
         if relu:
             self.relu = nn.ReLU(inplace=True)
+
+
+class ResidualBlock(nn.Module):
+    """relu(residual(x)): subclasses define `_residual` (branch + shortcut) and set `with_cp`.
+
+    With `with_cp` the residual is recomputed in the backward pass instead of
+    kept (gradient checkpointing, as the 16- and 32-frame configs use).
+    """
+
+    with_cp: bool = False
+
+    def _residual(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.with_cp and self.training:
+            out = cp.checkpoint(self._residual, x, use_reentrant=False)
+        else:
+            out = self._residual(x)
+        return self.relu(out)
 
 
 def temporal_shift(x: Tensor, segments: int, fold_div: int = 8) -> Tensor:

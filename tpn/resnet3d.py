@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch.utils.checkpoint as cp
 from torch import Tensor, nn
 
-from tpn.layers import init_backbone_
+from tpn.layers import ResidualBlock, init_backbone_
 
 STAGE_BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 SPATIAL_STRIDES = (1, 2, 2, 2)
@@ -35,7 +34,7 @@ def stage_channels(width: int) -> tuple[int, int, int, int]:
     return tuple(width * 2**i * EXPANSION for i in range(4))  # type: ignore[return-value]
 
 
-class Bottleneck3d(nn.Module):
+class Bottleneck3d(ResidualBlock):
     def __init__(self, in_ch: int, planes: int, stride: int, inflate: bool, with_cp: bool) -> None:
         super().__init__()
         out_ch = planes * EXPANSION
@@ -60,13 +59,6 @@ class Bottleneck3d(nn.Module):
         out = self.bn3(self.conv3(out))
         shortcut = x if self.downsample is None else self.downsample(x)
         return out + shortcut
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.with_cp and self.training:
-            out = cp.checkpoint(self._residual, x, use_reentrant=False)
-        else:
-            out = self._residual(x)
-        return self.relu(out)
 
 
 class SlowOnly(nn.Module):

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch.utils.checkpoint as cp
 from torch import Tensor, nn
 
-from tpn.layers import init_backbone_, temporal_shift
+from tpn.layers import ResidualBlock, init_backbone_, temporal_shift
 from tpn.resnet3d import EXPANSION, SPATIAL_STRIDES, stage_blocks, stage_channels
 
 
-class ShiftBottleneck(nn.Module):
+class ShiftBottleneck(ResidualBlock):
     def __init__(
         self,
         in_ch: int,
@@ -60,13 +59,6 @@ class ShiftBottleneck(nn.Module):
         else:
             shortcut = self.downsample(shifted if self.shift_shortcut else x)
         return out + shortcut
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.with_cp and self.training:
-            out = cp.checkpoint(self._residual, x, use_reentrant=False)
-        else:
-            out = self._residual(x)
-        return self.relu(out)
 
 
 def unfold_time(x: Tensor, segments: int) -> Tensor:
