@@ -160,11 +160,21 @@ def report(stem: str, payloads: dict[str, dict], commands: dict[str, str], faile
 # --------------------------------------------------------------------- run
 
 
+def previous(stem: str) -> tuple[dict, dict, list]:
+    """Payloads of an earlier `--only` run today on this device, so partial runs add up to one report."""
+    path = common.results_path(stem)
+    if not path.exists():
+        return {}, {}, []
+    old = json.loads(path.read_text())
+    return old.get("benchmarks", {}), old.get("commands", {}), []
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--tiny", action="store_true", help="smoke run: every benchmark at its smallest size")
-    p.add_argument("--only", nargs="+", choices=BENCHES, default=list(BENCHES), help="run only these benchmarks")
+    p.add_argument("--only", nargs="+", choices=BENCHES, default=list(BENCHES),
+                   help="run only these benchmarks; their results join today's report for this device")
     p.add_argument("--results", type=Path, default=None,
                    help="output folder (default: benchmarks/results; also TPN_BENCH_RESULTS)")  # fmt: skip
     return p
@@ -177,11 +187,12 @@ def main(argv: list[str] | None = None) -> int:
         common.RESULTS = args.results.resolve()
     size = "tiny" if args.tiny else "full"
     stem = f"{dt.date.today().isoformat()}-{device_slug()}{'-tiny' if args.tiny else ''}"
-    payloads, commands, failed = {}, {}, []
+    payloads, commands, failed = previous(stem) if set(args.only) != set(BENCHES) else ({}, {}, [])
     for bench in args.only:
         argv_b = command(bench, size, f"{stem}-{bench}")
         commands[bench] = printable(argv_b)
         print(f"\n== {bench}: {commands[bench]}", flush=True)
+        payloads.pop(bench, None)
         if subprocess.run(argv_b, env=os.environ).returncode != 0:
             failed.append(bench)
             continue
