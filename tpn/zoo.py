@@ -231,8 +231,11 @@ def _register_sth() -> None:
 
 # Tiny entries: width 8, one block per stage, 8 classes (the synthetic demo
 # set), 112 crops. Same modules and code paths as the full models.
+# The demo's classes are motion directions: a horizontal flip would turn
+# "left" into "right" under the same label, so tiny clips are never flipped,
+# and crops keep at least half the frame so the moving object stays in view.
 _TINY_CLIP = ClipSpec(
-    frames=8, stride=4, crop_size=112, scale_range=(0.3, 1.0), test_scale=128, test_crop=128,
+    frames=8, stride=4, crop_size=112, scale_range=(0.5, 1.0), flip=False, test_scale=128, test_crop=128,
     test_clips=2,
 )  # fmt: skip
 _TINY = dict(width=8, blocks=(1, 1, 1, 1), num_classes=8, dataset="synthetic", tiny=True)
