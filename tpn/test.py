@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+import tpn
 from tpn.distributed import DistEnv, env_from_environ, gather_objects, init_distributed, resolve_device, shutdown
 from tpn.io import atomic_write_bytes, atomic_write_json
 from tpn.metrics import accuracy, average_views
@@ -221,8 +222,7 @@ def _checkpoint_classes(path: str) -> int | None:
 
 
 def run_test(args: argparse.Namespace, env: DistEnv) -> EvalReport:
-    import tpn
-    from pipeline import ClipLoader
+    from pipeline import ClipLoader  # imports DALI
 
     cfg = tpn.get_config(args.name)
     device = resolve_device(args.device, env)

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
+import tpn
 from tpn import rundir
 from tpn.distributed import DistEnv, barrier, env_from_environ, gather_objects, init_distributed, resolve_device, shutdown
 from tpn.engine import (
@@ -126,8 +127,6 @@ class TrainSettings:
 
 def resolve_settings(model: str, overrides: dict[str, Any]) -> TrainSettings:
     """The zoo config's recipe, with the explicitly given settings on top."""
-    import tpn
-
     recipe = tpn.get_config(model).recipe
     base = {k: getattr(recipe, k) for k in RECIPE_FIELDS}
     return TrainSettings.from_dict({**base, "model": model, **overrides})
@@ -137,8 +136,6 @@ def effective_lr(s: TrainSettings, world_size: int) -> float:
     """--lr as given, else the recipe's lr scaled linearly to the global batch."""
     if s.lr is not None:
         return s.lr
-    import tpn
-
     recipe = tpn.get_config(s.model).recipe
     return scaled_lr(recipe.lr, recipe.lr_batch, s.batch_size * world_size)
 
@@ -215,7 +212,7 @@ class Trainer:
         self.train_loader = self._loader(make_loader, "train")
         self.val_loader = self._loader(make_loader, "val") if s.val else None
         self.num_classes = s.num_classes or self.train_loader.num_classes
-        self.model = self._build_model()
+        self.model = self._build_model(initialise=resume is None)
         self.lr0 = effective_lr(s, env.world_size)
         self.schedule = StepSchedule(
             base_lr=self.lr0, steps_per_epoch=len(self.train_loader), milestones=s.lr_steps,
@@ -239,8 +236,6 @@ class Trainer:
 
     def _loader(self, make_loader: LoaderFactory, which: str):
         s = self.s
-        import tpn
-
         clip = tpn.get_config(s.model).clip
         paths, split = (s.train, s.train_split) if which == "train" else (s.val, s.val_split)
         source, split = shard_source(paths, split)
@@ -252,18 +247,17 @@ class Trainer:
             return make_loader(source, clip, mode="train", **kwargs)
         return make_loader(source, val_clip_spec(clip, s.val_views), mode="test", return_keys=True, **kwargs)
 
-    def _build_model(self) -> nn.Module:
-        import tpn
-
+    def _build_model(self, initialise: bool) -> nn.Module:
+        """The zoo model for the shards' classes; --pretrained/--checkpoint unless resuming."""
         s, cfg = self.s, tpn.get_config(self.s.model)
         if self.num_classes != cfg.num_classes and self.env.is_main:
             log.info("%s: %d classes in the shards (the config has %d): building the classifier for %d",
                      s.model, self.num_classes, cfg.num_classes, self.num_classes)  # fmt: skip
         extra = {} if s.dropout is None else {"dropout": s.dropout}
         model = tpn.create_model(s.model, num_classes=self.num_classes, **extra)
-        if s.pretrained:
+        if initialise and s.pretrained:
             tpn.init_from_imagenet(model, s.pretrained)
-        if s.checkpoint:
+        if initialise and s.checkpoint:
             for note in tpn.load_checkpoint(model, s.checkpoint, drop_classifier=True).notes:
                 log.info(note)
         model.to(self.device)
@@ -277,8 +271,6 @@ class Trainer:
 
     def _channels_last(self) -> bool:
         """NDHWC for 3D models on a GPU, unless the cuDNN build mis-computes bf16 3D convs."""
-        import tpn
-
         if self.device.type != "cuda":
             return False
         wanted = self.s.channels_last
@@ -314,8 +306,6 @@ class Trainer:
         return net
 
     def _restore(self, ckpt: dict) -> None:
-        import tpn
-
         tpn.load_checkpoint(self.model, ckpt)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         pin_device_lr(self.optimizer, self.device)
