@@ -13,7 +13,7 @@ import torch
 
 import tpn
 from pipeline import ClipLoader
-from tests.train_helpers import synthetic_shards
+from tests.train_helpers import VAL_VIDEOS, synthetic_shards
 from tpn.checkpoint import save_checkpoint
 from tpn.metrics import accuracy, average_views, topk_correct
 from tpn.test import _report, evaluate, main, protocol_spec
@@ -88,7 +88,8 @@ def test_protocol_view_counts(name, views, flipped):
     clip = tpn.get_config(name).clip
     assert protocol_spec(clip).num_test_views == views
     assert protocol_spec(clip, flip=True).num_test_views == flipped
-    assert protocol_spec(clip, clips=1, crops="center").num_test_views == 1 if clip.sampling == "dense" else True
+    single = protocol_spec(clip, clips=1, crops="center")
+    assert single.num_test_views == (1 if clip.sampling == "dense" else 2)  # --clips is for dense sampling
 
 
 # ---------------------------------------------------------------------- real shards
@@ -151,7 +152,7 @@ def single_process(shards, checkpoint, tmp_path_factory) -> Path:
 
 def test_cli_report_and_per_video_scores(single_process, capsys):
     report, rows = read_outputs(single_process)
-    assert report["num_videos"] == 96 == len(rows) and report["views"] == 1
+    assert report["num_videos"] == VAL_VIDEOS == len(rows) and report["views"] == 1
     assert report["model"] == TINY and report["target_top1"] is None
     assert report["settings"]["crops"] == "center"
     for r in rows.values():
@@ -178,7 +179,7 @@ def test_two_processes_gather_every_video_once(shards, checkpoint, single_proces
     assert proc.returncode == 0, proc.stderr[-3000:]
     report, rows = read_outputs(tmp_path)
     ref_report, ref_rows = read_outputs(single_process)
-    assert report["num_videos"] == 96 and sorted(rows) == sorted(ref_rows)
+    assert report["num_videos"] == VAL_VIDEOS and sorted(rows) == sorted(ref_rows)
     for key, row in rows.items():
         assert row["label"] == ref_rows[key]["label"]
         assert row["probs"] == pytest.approx(ref_rows[key]["probs"], abs=1e-5)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from pipeline import ClipLoader
-from tests.train_helpers import synthetic_shards
+from tests.train_helpers import TRAIN_VIDEOS, VAL_VIDEOS, synthetic_shards
 from tpn import rundir
 from tpn.checkpoint import read_checkpoint
 from tpn.train import NonFiniteLoss, TrainSettings, build_parser, main, train
@@ -25,7 +25,7 @@ def shards(tmp_path_factory) -> Path:
 
 
 def small_run(shards: Path, out: Path, **changes) -> TrainSettings:
-    """2 epochs x 16 steps of 8 clips on one 128-video shard, validation on 96 videos."""
+    """2 epochs x 16 steps of 8 clips on one 128-video shard, validation on the val shard."""
     base = dict(
         model=MODEL, train=(str(shards / "train-000000.tar"),), val=(str(shards / "val-000000.tar"),),
         out=str(out), epochs=2, batch_size=8, lr=0.02, momentum=0.9, nesterov=True, weight_decay=1e-4,
@@ -79,7 +79,7 @@ def test_uninterrupted_run_writes_its_outputs(uninterrupted):
     summary = json.loads((uninterrupted / "summary.json").read_text())
     assert summary["steps"] == 32 and summary["epochs_done"] == 2 and summary["clips_per_s"] > 0
     epochs = [r for r in rundir.read_metrics(uninterrupted) if r["type"] == "epoch"]
-    assert [r["epoch"] for r in epochs] == [1, 2] and all(r["val_videos"] == 96 for r in epochs)
+    assert [r["epoch"] for r in epochs] == [1, 2] and all(r["val_videos"] == VAL_VIDEOS for r in epochs)
     best = read_checkpoint(uninterrupted / "best.pth")
     assert best["val"]["top1"] == max(r["val_top1"] for r in epochs) == summary["best_top1"]
     lrs = {r["step"]: r["lr"] for r in rundir.read_metrics(uninterrupted) if r["type"] == "train"}
@@ -215,7 +215,7 @@ def test_tiny_tpn_learns_the_synthetic_set(shards, tmp_path):
     s = small_run(shards, tmp_path, train=(str(shards),), val=(str(shards),), epochs=5, lr=None, lr_steps=(4,),
                   warmup_epochs=1.0, dropout=0.0, log_every=16)  # recipe lr: 0.05 per 16 clips
     summary = train(s)
-    assert summary.steps == 5 * 64  # 512 videos, batch 8
+    assert summary.steps == 5 * TRAIN_VIDEOS // 8
     assert summary.best_top1 >= 50.0, rundir.read_metrics(tmp_path)[-1]
     best = read_checkpoint(tmp_path / "best.pth")
-    assert best["val"]["top1"] == summary.best_top1 and best["val"]["num_videos"] == 96
+    assert best["val"]["top1"] == summary.best_top1 and best["val"]["num_videos"] == VAL_VIDEOS

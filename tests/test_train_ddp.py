@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.train_helpers import synthetic_shards
+from tests.train_helpers import VAL_VIDEOS, synthetic_shards
 from tpn import rundir
 from tpn.checkpoint import read_checkpoint
 from tpn.train import TrainSettings, main, train
@@ -87,8 +87,8 @@ def test_per_step_losses_agree(runs):
 def test_distributed_validation_sees_every_video_once(runs):
     ea = [r for r in rundir.read_metrics(runs["one"]) if r["type"] == "epoch"]
     eb = [r for r in rundir.read_metrics(runs["two"]) if r["type"] == "epoch"]
-    assert ea[0]["val_videos"] == eb[0]["val_videos"] == 96
-    assert abs(ea[0]["val_top1"] - eb[0]["val_top1"]) <= 100 / 96 + 1e-9  # at most one borderline video
+    assert ea[0]["val_videos"] == eb[0]["val_videos"] == VAL_VIDEOS
+    assert abs(ea[0]["val_top1"] - eb[0]["val_top1"]) <= 100 / VAL_VIDEOS + 1e-9  # at most one borderline video
 
 
 def test_resume_needs_the_same_number_of_processes(runs, capsys):

@@ -125,3 +125,17 @@ def test_a_kill_during_a_save_leaves_the_previous_checkpoint_intact(tmp_path):
     leftovers = [p.name for p in tmp_path.iterdir() if p != path]
     assert all(name.startswith(".") for name in leftovers)
     assert rundir.list_checkpoints(tmp_path) == [path]
+
+
+def test_scalars_go_to_tensorboard_when_installed(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    w = rundir.MetricsWriter(tmp_path)
+    w.write([{"type": "train", "step": s, "epoch": 0, "loss": 3.0 - s, "lr": 0.1} for s in (1, 2)])
+    w.write([{"type": "epoch", "epoch": 1, "step": 2, "val_top1": 40.0, "val_top5": 90.0}])
+    w.close()
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [(1, 2.0), (2, 1.0)]
+    assert [(e.step, e.value) for e in events.Scalars("epoch/val_top1")] == [(2, 40.0)]

@@ -13,8 +13,9 @@ from pathlib import Path
 from pipeline.shard import shard_dataset
 from pipeline.synth import make_dataset
 
-# 8 classes; 64 train and 12 val videos per class (512 / 96), 96x72, 32 frames.
-SYNTH = dict(classes=8, train_per_class=64, val_per_class=12, frames=32, size=(96, 72), seed=0)
+# 8 classes; 64 train and 8 val videos per class, 96x72, 32 frames.
+SYNTH = dict(classes=8, train_per_class=64, val_per_class=8, frames=32, size=(96, 72), seed=0)
+TRAIN_VIDEOS, VAL_VIDEOS = 8 * 64, 8 * 8
 SHARD_SAMPLES = 128  # train-000000.tar .. train-000003.tar, val-000000.tar
 
 

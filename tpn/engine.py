@@ -157,11 +157,15 @@ class TrainStep:
         self.optimizer.step()
         return loss.detach()
 
-    def __call__(self, x: Tensor, y: Tensor) -> Tensor:
+    def _prepare(self, x: Tensor) -> Tensor:
         if self.opts.channels_last and x.dim() == 5:
-            x = x.contiguous(memory_format=torch.channels_last_3d)
+            return x.contiguous(memory_format=torch.channels_last_3d)
+        return x
+
+    def __call__(self, x: Tensor, y: Tensor) -> Tensor:
         if self.graph is not None:
-            return self._replay(x, y)
+            return self._replay(x, y)  # copy_ into the NDHWC buffer converts the layout itself
+        x = self._prepare(x)
         if not self.capture_wanted:
             return self._step(x, y)
         if self._warm < self.opts.warmup_iters:
@@ -201,7 +205,7 @@ class TrainStep:
         static_x, static_y, static_loss, _ = self._static
         if x.shape != static_x.shape or y.shape != static_y.shape:
             self._log_once(f"batch shape {tuple(x.shape)} differs from the captured {tuple(static_x.shape)}: running it eagerly")
-            return self._step(x, y)
+            return self._step(self._prepare(x), y)
         static_x.copy_(x, non_blocking=True)
         static_y.copy_(y, non_blocking=True)
         self.graph.replay()

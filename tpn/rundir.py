@@ -152,9 +152,9 @@ class MetricsWriter:
                 self._to_tensorboard(r)
 
     def _to_tensorboard(self, r: dict) -> None:
-        prefix = "train" if r["type"] == "train" else "val"
+        prefix = r["type"]  # "train" (per step) or "epoch"
         for k, v in r.items():
-            if k not in ("type", "step", "epoch") and isinstance(v, (int, float)) and v is not None:
+            if k not in ("type", "step", "epoch") and isinstance(v, (int, float)):
                 self.tb.add_scalar(f"{prefix}/{k}", v, r["step"])
 
     def close(self) -> None:
