@@ -211,7 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--out", type=Path, default=Path("demo_out"), help="working folder (default: demo_out)")
     parser.add_argument("--size", choices=sorted(SIZES), default="default",
-                        help="'default' (about 10 minutes on 2 CPU cores) or 'smoke' (a tiny run that only proves the flow)")  # fmt: skip
+                        help="'default' (24 train / 8 val videos per class, 12 epochs) or 'smoke' (2 / 1 videos per class, "
+                             "1 epoch: only proves the flow)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="seed for the data and the training runs (default: 0)")
     parser.add_argument("--fresh", action="store_true", help="redo every stage instead of reusing finished ones")
     parser.add_argument("--dry-run", action="store_true", help="print the commands without running them")
