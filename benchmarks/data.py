@@ -14,7 +14,7 @@ and cores, in interleaved rounds (medians reported):
   nothing but decode.
 
 Wall-clock clips/s depends on what else the machine runs; CPU time per clip
-does much less, so the goals (issue 4: DALI >= 1.0x the reference and >= 70%
+does much less, so the goals (DALI >= 1.0x the reference and >= 70%
 of the decode limit) are judged both ways: "wall" from measured clips/s,
 "cpu" from cores / CPU time per clip (what the loader reaches with the cores
 to itself). Results go to benchmarks/results/data[_tiny].json and .png.

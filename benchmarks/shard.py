@@ -8,7 +8,7 @@ alternate the two (and which goes first) so that a busy machine hurts both alike
 reported, and CPU seconds (this process plus its ffmpeg children) beside wall
 time, because CPU time is far less sensitive to other load.
 
-Goal (issue 3): shard wall time <= 1.10x plain ffmpeg.
+Goal: shard wall time <= 1.10x plain ffmpeg.
 Results: benchmarks/results/shard-<date>-<device>.json and .png.
 """
 

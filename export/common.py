@@ -91,7 +91,7 @@ class Tolerance:
 # otherwise rtol times the clip's largest logit sets the bound.
 # ONNX Runtime FP32 vs PyTorch FP32 differ by reordered sums only (~1e-6 at full size).
 FP32 = Tolerance("fp32", atol=1e-5, rtol=1e-3)
-# rtol as NVIDIA's FP16 recipe (polygraphy --rtol 1e-2, EXPORT_NOTES section 4), but relative to
+# rtol as NVIDIA's FP16 recipe (polygraphy --rtol 1e-2), but relative to
 # the clip's largest logit rather than to each logit, which makes it stricter on small logits.
 FP16 = Tolerance("fp16", atol=1e-4, rtol=1e-2)
 TOLERANCES = {t.name: t for t in (FP32, FP16)}

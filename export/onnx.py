@@ -4,7 +4,7 @@
 dynamo=True)`) at opset 20 by default, with a dynamic batch dimension and
 the clip shape of the zoo config: input "clips" (batch, 3, T, H, W) float32
 normalised, output "logits" (batch, num_classes). BatchNorm folds into the
-convolutions during export (EXPORT_NOTES section 1). The file is
+convolutions during export. The file is
 self-contained below 2 GB (the exporter's default would split weights into
 a `.data` file even for small models). It must pass `onnx.checker` and
 agree with PyTorch FP32 under the `fp32` tolerance at several batch sizes,

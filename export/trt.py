@@ -12,7 +12,7 @@ TensorRT builds:
     allowed with it). `typing="weak"` instead sets BuilderFlag.FP16 on a
     weakly typed network, as TensorRT 10 used to: the builder may then run
     any layer in FP16, including those the ONNX keeps in FP32.
-See EXPORT_NOTES sections 0 and 2. One optimisation profile covers batch
+TensorRT 11 removed the FP16 builder flag (strong typing only). One optimisation profile covers batch
 1..max_batch, tuned for opt_batch. The timing cache is loaded when present
 and saved after the build, so rebuilds skip most kernel timing.
 
@@ -191,7 +191,7 @@ def build_engine(
 
 
 def _build(trt, src: Path, mode: BuildMode, shapes: dict, cache_path: Path, workspace_gib: float):
-    """The TensorRT calls (EXPORT_NOTES section 2); returns (plan bytes, cache reused?, cache bytes)."""
+    """The TensorRT Python API calls; returns (plan bytes, cache reused?, cache bytes)."""
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(mode.network_flags)

@@ -121,7 +121,7 @@ def test_parameter_count_matches_arithmetic(name):
 
 
 def test_parameter_counts_equal_the_published_reference_counts():
-    # mmaction2 metafile: 91.50M / 82.45M (TPN_SPEC "Parameter check"), aux head included.
+    # mmaction2 metafile: 91.50M / 82.45M aux head included.
     assert n_params(meta_model("tpn_r50_f8s8")) == 91_498_336
     assert n_params(meta_model("tsm50_tpn_sthv1")) == 82_445_724
     # Inference-only counts drop the auxiliary head.

@@ -1,8 +1,8 @@
 """The training step: forward, losses, backward, clipping and SGD, eager or as one CUDA graph.
 
 On a GPU the whole step is captured once and replayed with the batch copied
-into static input buffers (PyTorch "whole network capture", EXPORT_NOTES
-section 5): a few eager warm-up steps on a side stream first (they create
+into static input buffers (PyTorch's "whole network capture" recipe): a
+few eager warm-up steps on a side stream first (they create
 SGD's momentum buffers and run cuDNN's algorithm search outside the
 capture), `zero_grad(set_to_none=True)` before capture so backward
 allocates the static `.grad` tensors inside the graph's pool, fused SGD
@@ -32,7 +32,7 @@ from tpn.distributed import DistEnv, mean_over_ranks
 
 log = logging.getLogger("tpn.engine")
 
-MIN_CUDNN = 91500  # cuDNN 9.8-9.14 computes bf16/fp16 3D convs wrongly (EXPORT_NOTES section 6)
+MIN_CUDNN = 91500  # cuDNN 9.8-9.14 computes bf16/fp16 3D convs wrongly (pytorch/pytorch#163539)
 BROKEN_CUDNN = range(90800, 91500)
 
 

@@ -28,7 +28,7 @@ ONE: Triple = (1, 1, 1)
 
 @dataclass(frozen=True, kw_only=True)
 class NeckConfig:
-    """Per-config TPN settings (TPN_SPEC section 1 table)."""
+    """Per-config TPN settings (the reference configs' neck parameters)."""
 
     temporal_scales: tuple[int, int]  # max-pool rate of each level after temporal modulation
     downsample_scale: Triple = ONE  # bottom-up: pool after the 3x1x1 conv

@@ -30,7 +30,7 @@ Backbone = Literal["slowonly", "tsm"]
 
 @dataclass(frozen=True, kw_only=True)
 class TrainRecipe:
-    """The seed configs' optimisation settings (TPN_SPEC sections 1 and 5)."""
+    """The seed configs' optimisation settings."""
 
     lr: float = 0.01  # for `lr_batch` clips; scaled linearly with the global batch
     lr_batch: int = 64
