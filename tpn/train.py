@@ -427,6 +427,8 @@ class Trainer:
     def train_epoch(self, epoch: int, bar) -> bool:
         """Run the rest of `epoch`; True when --max-steps stopped the run."""
         p, s = self.progress, self.s
+        if s.max_steps and p.step >= s.max_steps:  # resumed past the stop point: nothing to do
+            return True
         self.train_loader.set_epoch(epoch, start_batch=p.batch)
         self.train_mode()
         gb = s.batch_size * self.env.world_size
@@ -462,7 +464,6 @@ class Trainer:
         p, s = self.progress, self.s
         record: dict[str, Any] = {"type": "epoch", "epoch": epoch + 1, "step": p.step,
                                   "train_time_s": round(p.train_time_s, 3)}  # fmt: skip
-        report = None
         if self.val_loader is not None and ((epoch + 1) % s.val_every == 0 or epoch + 1 == s.epochs):
             self._sync_buffers()
             report = evaluate(self.model, self.val_loader, device=self.device, env=self.env,
