@@ -211,11 +211,16 @@ def test_resume_refuses_a_different_batch_size(uninterrupted, capsys):
 
 
 def test_tiny_tpn_learns_the_synthetic_set(shards, tmp_path):
-    """Only motion separates the 8 classes (chance 12.5%); the tiny TPN gets well above it in 5 epochs."""
-    s = small_run(shards, tmp_path, train=(str(shards),), val=(str(shards),), epochs=5, lr=None, lr_steps=(4,),
-                  warmup_epochs=1.0, dropout=0.0, log_every=16)  # recipe lr: 0.05 per 16 clips
+    """Only motion separates the 8 classes (chance 12.5%); the tiny TPN gets far above it in 4 epochs.
+
+    The recipe is the tiny config's (lr 0.05 per 16 clips, warmup 1 epoch) with dropout off: with
+    the config's dropout 0.5 on the 256-d tiny features, when learning starts depended on the seed
+    (5-epoch runs: 77% Top-1 for seed 0, 23% for seed 1); without it seeds 0-2 reach 80-84% here.
+    """
+    s = small_run(shards, tmp_path, train=(str(shards),), val=(str(shards),), epochs=4, lr=None, lr_steps=(3,),
+                  warmup_epochs=1.0, dropout=0.0, log_every=16)
     summary = train(s)
-    assert summary.steps == 5 * TRAIN_VIDEOS // 8
+    assert summary.steps == 4 * TRAIN_VIDEOS // 8
     assert summary.best_top1 >= 50.0, rundir.read_metrics(tmp_path)[-1]
     best = read_checkpoint(tmp_path / "best.pth")
     assert best["val"]["top1"] == summary.best_top1 and best["val"]["num_videos"] == VAL_VIDEOS

@@ -23,7 +23,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -174,7 +174,6 @@ class TrainSummary:
     clips_per_s: float
     wall_time_s: float
     step_mode: str = "eager"
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def text(self) -> str:
         best = "-" if self.best_top1 is None else f"{self.best_top1:.2f}% (epoch {self.best_epoch})"
