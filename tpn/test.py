@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 import tpn
+from pipeline import ClipSpec
 from tpn.distributed import DistEnv, env_from_environ, gather_objects, init_distributed, resolve_device, shutdown
 from tpn.io import atomic_write_bytes, atomic_write_json
 from tpn.metrics import accuracy, average_views
@@ -170,7 +171,9 @@ def shard_source(paths: Sequence[str], split: str | None) -> tuple[str | list[st
     return [str(p) for p in paths], None
 
 
-def protocol_spec(clip, *, flip: bool | None = None, clips: int | None = None, crops: str | None = None):
+def protocol_spec(
+    clip: ClipSpec, *, flip: bool | None = None, clips: int | None = None, crops: str | None = None
+) -> ClipSpec:
     """The config's test views, with the CLI's changes (flip views, clip count, crop mode)."""
     changes = {}
     if flip is not None:

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 import tpn
+from pipeline import ClipSpec
 from tpn import rundir
 from tpn.distributed import DistEnv, barrier, env_from_environ, gather_objects, init_distributed, resolve_device, shutdown
 from tpn.engine import (
@@ -140,7 +141,7 @@ def effective_lr(s: TrainSettings, world_size: int) -> float:
     return scaled_lr(recipe.lr, recipe.lr_batch, s.batch_size * world_size)
 
 
-def val_clip_spec(clip, views: str):
+def val_clip_spec(clip: ClipSpec, views: str) -> ClipSpec:
     """Validation views: one centre-cropped clip (fast, as mmaction2's val pipeline) or the test protocol."""
     if views == "protocol":
         return clip
