@@ -123,6 +123,30 @@ TABLES: dict[str, Callable[[dict], list[str]]] = {
 }  # fmt: skip
 
 
+GOAL_LOADER_VS_TRAIN = 1.5  # on a GPU: the loader feeds >= 1.5x what training consumes
+
+
+def loader_vs_training(payloads: dict[str, dict]) -> dict | None:
+    """DALI 8x8 clips/s over the fastest training mode's clips/s (the trained model reads 8x8 clips)."""
+    data = next((r for r in payloads.get("data", {}).get("results", []) if r["config"] == "8x8"), None)
+    rows = [r for r in payloads.get("train", {}).get("rows", []) if isinstance(r, dict) and r.get("clips_per_s")]
+    if data is None or not rows:
+        return None
+    best = max(rows, key=lambda r: r["clips_per_s"])
+    device = payloads["data"].get("settings", {}).get("device", "cpu")
+    return {"loader": f"DALI {device}, 8x8", "loader_clips_per_s": data["dali_clips_per_s"],
+            "train": f"{best['model']} {best['mode']}, batch {best['batch']}", "train_clips_per_s": best["clips_per_s"],
+            "ratio": data["dali_clips_per_s"] / best["clips_per_s"], "goal": GOAL_LOADER_VS_TRAIN}  # fmt: skip
+
+
+def loader_lines(d: dict | None) -> list[str]:
+    if d is None:
+        return []
+    verdict = "met" if d["ratio"] >= d["goal"] else "NOT met"
+    return ["", f"Loader vs training: {d['loader']} {d['loader_clips_per_s']:.1f} clips/s / {d['train']} "
+            f"{d['train_clips_per_s']:.1f} clips/s = **{d['ratio']:.2f}x** (goal on a GPU >= {d['goal']}x: {verdict})"]
+
+
 def speedups(payloads: dict[str, dict]) -> dict[str, float]:
     """The headline same-run ratios, for one bar chart."""
     out = {}
@@ -142,13 +166,16 @@ def speedups(payloads: dict[str, dict]) -> dict[str, float]:
 def report(stem: str, payloads: dict[str, dict], commands: dict[str, str], failed: list[str]) -> str:
     machine = common.machine_info()
     lines = [f"# Benchmarks {stem}", "", f"Machine: {machine['cpu']}, {machine['cores']} cores, GPU: {machine['gpu'] or 'none'}; "
-             f"torch {machine['torch']}, DALI {machine['dali']}; {machine['date']}.", ""]  # fmt: skip
+             f"torch {machine['torch']}, CUDA {machine.get('cuda')}, cuDNN {machine.get('cudnn')}, DALI {machine['dali']}; "
+             f"{machine['date']}.", ""]  # fmt: skip
     for bench in BENCHES:
         if bench not in commands:
             continue
         lines += [f"## {bench}", "", f"`{commands[bench]}`", ""]
         if bench in payloads:
             lines += TABLES[bench](payloads[bench])
+            if bench == "train":
+                lines += loader_lines(loader_vs_training(payloads))
         else:
             lines.append("did not complete (see the command's output)")
         lines.append("")
@@ -197,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
             failed.append(bench)
             continue
         payloads[bench] = json.loads(common.results_path(f"{stem}-{bench}").read_text())
-    common.write_results(stem, {"commands": commands, "failed": failed, "benchmarks": payloads})
+    common.write_results(stem, {"commands": commands, "failed": failed, "benchmarks": payloads,
+                                "loader_vs_training": loader_vs_training(payloads)})  # fmt: skip
     md = common.results_path(stem, ".md")
     md.write_text(report(stem, payloads, commands, failed) + "\n")
     ratios = speedups(payloads)

@@ -29,6 +29,8 @@ def machine_info() -> dict:
         "load_avg_1m": os.getloadavg()[0],
         "torch": torch.__version__,
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+        "cudnn": torch.backends.cudnn.version() if torch.cuda.is_available() else None,
     }
     try:
         import nvidia.dali

@@ -318,17 +318,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=None, help="interleaved runs per loader (default 3, tiny 1)")
     p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)),
                    help="DALI threads = DataLoader workers = ffmpeg processes (default: usable cores)")
-    p.add_argument("--device", choices=["cpu", "gpu"], default="cpu", help="where the DALI loader decodes")
+    p.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto",
+                   help="where the DALI loader decodes (default: the GPU when there is one)")
     p.add_argument("--name", default=None, help="results name under benchmarks/results/ (default: data, or data_tiny)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from pipeline.loader import resolve_device
+
+    device = resolve_device(args.device)
     data = args.data or Path(tempfile.gettempdir()) / ("tpn-bench-data-tiny" if args.tiny else "tpn-bench-data")
     s = Settings(data=data, tiny=args.tiny, configs=tuple(args.configs), batch_size=args.batch_size,
                  batches=args.batches or (2 if args.tiny else 12), rounds=args.rounds or (1 if args.tiny else 3),
-                 workers=args.workers, device=args.device)
+                 workers=args.workers, device=device)
     try:
         run(s, args.name)
     except (FileNotFoundError, ValueError, subprocess.CalledProcessError) as err:

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from benchmarks.__main__ import BENCHES, speedups
+from benchmarks.__main__ import BENCHES, loader_lines, loader_vs_training, speedups
 
 
 @pytest.mark.timeout(900)
@@ -37,3 +37,17 @@ def test_speedups_pick_same_run_ratios():
     assert speedups(payloads) == {
         "plain ffmpeg / shard (wall)": 0.8, "DALI / reference 8x8": 1.5, "ort-cpu / torch fp32, b1": 2.0,
     }  # fmt: skip
+
+
+def test_loader_vs_training_compares_8x8_loading_with_the_fastest_training_mode():
+    payloads = {
+        "data": {"settings": {"device": "gpu"}, "results": [
+            {"config": "8x8", "dali_clips_per_s": 300.0}, {"config": "32x2", "dali_clips_per_s": 90.0}]},
+        "train": {"rows": [
+            {"mode": "fp32-eager", "model": "tpn_r50_f8s8", "batch": 16, "clips_per_s": 50.0},
+            {"mode": "bf16-cl3d-graph", "model": "tpn_r50_f8s8", "batch": 16, "clips_per_s": 240.0}]},
+    }  # fmt: skip
+    d = loader_vs_training(payloads)
+    assert d["ratio"] == pytest.approx(1.25) and "bf16-cl3d-graph" in d["train"] and "gpu" in d["loader"]
+    assert "NOT met" in loader_lines(d)[-1]
+    assert loader_vs_training({"data": payloads["data"]}) is None
