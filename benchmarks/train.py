@@ -5,7 +5,9 @@
     python -m benchmarks.train --tiny       # CI smoke run: the tiny TPN, batch 2, a few steps
 
 Modes (same model, batch and synthetic clips, one run):
-  fp32-eager      fp32, NCTHW, eager: the peer toolkits' recipe (mmaction2, the original TPN code)
+  fp32-eager      fp32, NCTHW, eager: the peer toolkits' recipe (mmaction2, the original TPN code),
+                  with PyTorch's defaults (cuDNN convolutions may use TF32 on a GPU); the baseline
+  fp32-notf32-eager  the same with TF32 off everywhere (strict fp32, GPU only; for reference)
   bf16-cl3d       bf16 autocast + channels_last_3d, eager
   bf16-cl3d-graph the same step captured in one CUDA graph (tpn.engine.TrainStep), GPU only
 On a CPU only the eager paths run: fp32, and bf16 where the CPU has native bf16.
@@ -43,7 +45,7 @@ GOAL_SPEEDUP, GOAL_MFU = 3.0, 0.35  # the goals on an H100
 
 def modes_for(device: str, native_bf16_cpu: bool) -> list[str]:
     if device == "cuda":
-        return ["fp32-eager", "bf16-cl3d", "bf16-cl3d-graph"]
+        return ["fp32-eager", "fp32-notf32-eager", "bf16-cl3d", "bf16-cl3d-graph"]
     return ["fp32-eager", "bf16-eager"] if native_bf16_cpu else ["fp32-eager"]
 
 
@@ -135,7 +137,18 @@ def make_step(name: str, mode: str, device: torch.device, batch: int) -> Callabl
     g = torch.Generator().manual_seed(1)
     x = torch.randn(batch, *cfg.input_shape, generator=g).to(device)  # drawn on the CPU, then moved
     y = torch.randint(0, cfg.num_classes, (batch,), generator=g).to(device)
-    return lambda: step(x, y)
+    if "notf32" not in mode:
+        return lambda: step(x, y)
+
+    def strict() -> None:
+        conv, mm = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+        try:
+            step(x, y)
+        finally:
+            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = conv, mm
+
+    return strict
 
 
 def time_modes(steps: dict[str, Callable[[], None]], device: torch.device, warmup: int, rounds: int,
@@ -223,6 +236,8 @@ def run(args: argparse.Namespace) -> dict:
         "rows": rows, "flops_per_step": flops, "gflops_per_clip": flops / batch / 1e9,
         "peak_matmul_tflops": peak / 1e12, "peak_dtype": str(peak_dtype),
         "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
+        "tf32_defaults": {"cudnn_conv": torch.backends.cudnn.allow_tf32,
+                          "matmul": torch.backends.cuda.matmul.allow_tf32},  # what fp32-eager ran with
         "goals": goal_lines(rows, device_name), "notes": notes,
     }  # fmt: skip
 

@@ -38,6 +38,7 @@ from pipeline.shardset import VERIFY_HINT, ShardError, ShardSet
 
 Mode = Literal["train", "test"]
 Device = Literal["auto", "cpu", "gpu"]
+Decoder = Literal["auto", "nvdec", "cpu"]
 
 
 class DataError(RuntimeError):
@@ -56,18 +57,23 @@ def feed_fields(mode: Mode, spec: ClipSpec) -> tuple[str, ...]:
 
 
 @pipeline_def(exec_dynamic=True)
-def clip_pipeline(source, mode: Mode, spec: ClipSpec, device: str):
+def clip_pipeline(source, mode: Mode, spec: ClipSpec, device: str, decoder: str = "nvdec"):
     """The loader's DALI graph; train and test differ only by `mode`.
 
     `source` is a batch-mode callable returning one list per `feed_fields`
-    entry. Outputs: one (N, 3, C*F, H, W) float tensor per spatial view
-    (C temporal clips in a row), then labels (N,) and sample indices (N,).
+    entry. On device "gpu", `decoder` "nvdec" decodes on the GPU and "cpu"
+    decodes with libavcodec and moves the frames to the GPU for the rest.
+    Outputs: one (N, 3, C*F, H, W) float tensor per spatial view (C temporal
+    clips in a row), then labels (N,) and sample indices (N,).
     """
     fields = feed_fields(mode, spec)
     feed = dict(zip(fields, fn.external_source(source=source, batch=True, batch_info=True, num_outputs=len(fields))))
-    decoder = {"device": "mixed", "affine": False} if device == "gpu" else {"device": "cpu"}
+    nvdec = device == "gpu" and decoder == "nvdec"
     # pad_mode="none": a frame count that disagrees with the video is an error, not black frames.
-    x = fn.decoders.video(feed["video"], frames=feed["frames"], pad_mode="none", **decoder)
+    x = fn.decoders.video(feed["video"], frames=feed["frames"], pad_mode="none",
+                          **({"device": "mixed", "affine": False} if nvdec else {"device": "cpu"}))  # fmt: skip
+    if device == "gpu" and not nvdec:
+        x = x.gpu()
     views = _train_views(x, feed, spec) if mode == "train" else _test_views(x, feed, spec)
     return (*views, feed["label"], feed["index"])
 
@@ -101,10 +107,10 @@ def _test_views(x, feed: dict, spec: ClipSpec) -> list:
 
 
 @pipeline_def
-def decode_probe(source, device: str):
+def decode_probe(source, nvdec: bool):
     """Decode one sample alone: how a failed batch is narrowed down to the bad video."""
     video, frames = fn.external_source(source=source, num_outputs=2, batch=True)
-    return fn.decoders.video(video, frames=frames, pad_mode="none", device="mixed" if device == "gpu" else "cpu")
+    return fn.decoders.video(video, frames=frames, pad_mode="none", device="mixed" if nvdec else "cpu")
 
 
 def _normalise(x, spec: ClipSpec, **kwargs):
@@ -187,8 +193,11 @@ class ClipLoader:
         labels, last partial batch dropped, the same batch count on every rank;
         "test" yields (N, V, 3, F, H, W) with V = clip.num_test_views (see the
         module docstring for the view order), every sample once over all ranks.
-    device: "gpu" decodes with NVDEC and returns CUDA tensors; "cpu" decodes
+    device: "gpu" augments on the GPU and returns CUDA tensors; "cpu" decodes
         VP9 with libavcodec; "auto" picks the GPU when torch and DALI see one.
+    decoder: on the GPU, "nvdec" decodes with NVDEC (any codec it supports)
+        and "cpu" decodes VP9 on the CPU threads, then augments on the GPU;
+        "auto" is "nvdec". On device "cpu" decoding is always on the CPU.
     seed: with the epoch (`set_epoch`) it fixes every batch bit for bit.
     rank, world_size: default to torch.distributed's when initialised.
     return_keys: also yield the list of sample keys of each batch.
@@ -215,6 +224,7 @@ class ClipLoader:
         return_keys: bool = False,
         split: str | None = None,
         prefetch: int = 2,
+        decoder: Decoder = "auto",
     ):
         if mode not in ("train", "test"):
             raise ValueError(f"mode must be 'train' or 'test', got {mode!r}")
@@ -225,6 +235,9 @@ class ClipLoader:
         self.return_keys, self.prefetch = return_keys, prefetch
         self.num_threads = num_threads or len(os.sched_getaffinity(0))
         self.device = resolve_device(device)
+        if decoder not in ("auto", "nvdec", "cpu"):
+            raise ValueError(f"decoder must be 'auto', 'nvdec' or 'cpu', got {decoder!r}")
+        self.decoder = "nvdec" if self.device == "gpu" and decoder != "cpu" else "cpu"
         self.rank, self.world_size = resolve_rank(rank, world_size)
         self.data = ShardSet.open(shards, split)
         self._check_codec()
@@ -323,12 +336,12 @@ class ClipLoader:
     # -- checks at construction
 
     def _check_codec(self) -> None:
-        if self.data.codec == "h264" and self.device == "cpu":
+        if self.data.codec == "h264" and self.decoder == "cpu":
             folder = self.data.tars[0].parent
             raise ValueError(
                 f"the shards in {folder} hold H.264 video, which DALI cannot decode on the CPU "
                 "(its CPU decoder handles VP9/VP8/MJPEG only; H.264 needs NVDEC on a GPU). "
-                f"Use device='gpu', or re-shard as VP9: `python -m pipeline.shard SRC --out OUT --codec vp9`"
+                f"Use device='gpu' with NVDEC, or re-shard as VP9: `python -m pipeline.shard SRC --out OUT --codec vp9`"
             )
 
     def _check_length(self) -> None:
@@ -345,7 +358,7 @@ class ClipLoader:
 
     def _build(self, feed: _Feed):
         pipe = clip_pipeline(
-            feed, self.mode, self.clip, self.device, batch_size=self.batch_size, num_threads=self.num_threads,
+            feed, self.mode, self.clip, self.device, self.decoder, batch_size=self.batch_size, num_threads=self.num_threads,
             device_id=self._device_id(), prefetch_queue_depth=self.prefetch, seed=self.seed,
         )
         pipe.build()
@@ -374,7 +387,7 @@ class ClipLoader:
         """Whether one sample decodes alone with the frames the loader asks of it."""
         row = self._sample_feed(index, epoch)
         probe = decode_probe(
-            lambda: ([row["video"]], [row["frames"]]), device=self.device,
+            lambda: ([row["video"]], [row["frames"]]), nvdec=self.decoder == "nvdec",
             batch_size=1, num_threads=1, device_id=self._device_id(),
         )
         try:

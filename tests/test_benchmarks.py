@@ -1,6 +1,7 @@
 """`python -m benchmarks --tiny`: every benchmark runs and lands in one report (figures not asserted)."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -51,3 +52,18 @@ def test_loader_vs_training_compares_8x8_loading_with_the_fastest_training_mode(
     assert d["ratio"] == pytest.approx(1.25) and "bf16-cl3d-graph" in d["train"] and "gpu" in d["loader"]
     assert "NOT met" in loader_lines(d)[-1]
     assert loader_vs_training({"data": payloads["data"]}) is None
+
+
+def test_loader_variants_start_with_the_loaders_default_and_run_on_cpu(tmp_path):
+    from benchmarks.loader_variants import variants
+
+    gpu = variants(True)
+    assert gpu[0].decoder == "nvdec" and gpu[0].batch_size == 8 and gpu[0].loaders == 1
+    assert {v.codec for v in gpu} == {"vp9", "h264"} and {v.decoder for v in gpu} == {"nvdec", "cpu"}
+    assert all(v.decoder == "cpu" and v.codec == "vp9" for v in variants(False) + variants(False, tiny=True))
+    run = subprocess.run([sys.executable, "-m", "benchmarks.loader_variants", "--tiny", "--data", str(tmp_path / "d"),
+                          "--name", "lv"], env={**os.environ, "TPN_BENCH_RESULTS": str(tmp_path)},
+                         capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    rows = json.loads((tmp_path / "lv.json").read_text())["rows"]
+    assert len(rows) == 3 and all(r["clips_per_s"] > 0 for r in rows) and rows[0]["vs_default"] == 1.0

@@ -231,6 +231,8 @@ def test_bad_shard_arguments_fail_at_construction(tmp_path, coded):
         loader(coded, batch_size=9)
     with pytest.raises(ValueError, match="test_crop"):
         loader(coded, SMALL.replace(test_crop=64))
+    with pytest.raises(ValueError, match="decoder must be 'auto', 'nvdec' or 'cpu'"):
+        loader(coded, decoder="gpu")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without a GPU")
@@ -296,19 +298,20 @@ def test_corrupt_video_names_shard_and_key_and_does_not_hang(tmp_path, coded):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("codec", ["vp9", "h264"])
-def test_gpu_loader_decodes_the_sampled_frames_with_nvdec(tmp_path, codec):
+@pytest.mark.parametrize("codec, decoder", [("vp9", "nvdec"), ("h264", "nvdec"), ("vp9", "cpu")])
+def test_gpu_loader_decodes_the_sampled_frames(tmp_path, codec, decoder):
     # NVDEC's smallest VP9 frame is 128x128, so these videos are larger than the CPU fixtures.
     videos = {c: [(f"{c}{j}_{n}", coded_frames(n, (192, 144))) for j, n in enumerate(ns)] for c, ns in
               {"a": [70, 9], "b": [40, 23]}.items()}
     shards = make_shards(tmp_path, videos, codec=codec)
-    train = ClipLoader(shards, SMALL, batch_size=2, device="gpu", return_keys=True, seed=2)
+    train = ClipLoader(shards, SMALL, batch_size=2, device="gpu", decoder=decoder, return_keys=True, seed=2)
     for clips, labels, keys in train:
         assert clips.is_cuda and labels.is_cuda and clips.shape == (2, 3, 4, 32, 32)
         want = np.stack([expected_train_view(train, k, 0).indices for k in keys])
         np.testing.assert_array_equal(frame_codes(clips.cpu(), SMALL), want)
     spec = SMALL.replace(test_scale=144, test_crop=144)
-    for clips, _, keys in ClipLoader(shards, spec, mode="test", batch_size=3, device="gpu", return_keys=True):
+    test = ClipLoader(shards, spec, mode="test", batch_size=3, device="gpu", decoder=decoder, return_keys=True)
+    for clips, _, keys in test:
         assert clips.is_cuda and clips.shape[1:] == (spec.num_test_views, 3, 4, 144, 144)
         for sample, key in zip(frame_codes(clips.cpu(), spec), keys):
             want = sampling.clip_indices(spec, int(key.split("-")[0].split("_")[1]), "test")

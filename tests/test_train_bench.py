@@ -7,7 +7,7 @@ from benchmarks.train import add_speedups, count_step_flops, goal_lines, mfu, mo
 
 
 def test_modes_per_device():
-    assert modes_for("cuda", False) == ["fp32-eager", "bf16-cl3d", "bf16-cl3d-graph"]
+    assert modes_for("cuda", False) == ["fp32-eager", "fp32-notf32-eager", "bf16-cl3d", "bf16-cl3d-graph"]
     assert modes_for("cpu", False) == ["fp32-eager"]
     assert modes_for("cpu", True) == ["fp32-eager", "bf16-eager"]
 

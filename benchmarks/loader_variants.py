@@ -1,0 +1,182 @@
+"""`python -m benchmarks.loader_variants`: which ClipLoader configuration feeds training fastest here.
+
+    python -m benchmarks.loader_variants            # every variant this machine can run, 8x8 clips at 224
+    python -m benchmarks.loader_variants --tiny     # CI smoke run: small videos, two batches per variant
+
+On the same synthetic videos (the shards `benchmarks.data` caches, plus an
+H.264 copy of them on a GPU) it times training batches of 8x8 clips for:
+decoder (NVDEC, or DALI's CPU decoder with GPU augmentation), codec (VP9,
+H.264), batch size, DALI threads, and several loaders running side by side
+(each takes its own share of the samples, as DDP ranks would; their clips/s
+add up). On a CPU-only machine only the CPU-decoder variants run.
+
+Each variant: two untimed batches, then `--batches` timed ones; clips/s and
+the ratio to the first variant (the loader's default) are printed and
+written to benchmarks/results/<name>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from benchmarks.common import write_results
+from benchmarks.data import Settings, bench_shards
+from pipeline import ClipSpec
+
+
+@dataclass(frozen=True)
+class Variant:
+    decoder: str  # "nvdec" or "cpu"
+    codec: str = "vp9"
+    batch_size: int = 8
+    threads: int = 0  # 0 = all usable cores
+    loaders: int = 1  # loaders running side by side
+
+    @property
+    def label(self) -> str:
+        t = f", {self.threads} threads" if self.threads else ""
+        side = f", {self.loaders} loaders side by side" if self.loaders > 1 else ""
+        return f"{self.decoder} {self.codec}, batch {self.batch_size}{t}{side}"
+
+
+def variants(gpu: bool, tiny: bool = False) -> list[Variant]:
+    """The loader's default first; on a CPU only the CPU decoder."""
+    if tiny:
+        return [Variant("cpu", batch_size=2), Variant("cpu", batch_size=4), Variant("cpu", batch_size=2, loaders=2)]
+    if not gpu:
+        return [Variant("cpu"), Variant("cpu", batch_size=32), Variant("cpu", loaders=2)]
+    return [
+        Variant("nvdec"), Variant("nvdec", batch_size=32), Variant("nvdec", threads=4),
+        Variant("nvdec", loaders=4), Variant("nvdec", codec="h264"), Variant("nvdec", codec="h264", batch_size=32),
+        Variant("nvdec", codec="h264", loaders=4),
+        Variant("cpu"), Variant("cpu", batch_size=32), Variant("cpu", loaders=4, threads=4),
+    ]  # fmt: skip
+
+
+def h264_shards(s: Settings) -> Path:
+    from pipeline.shard import shard_dataset
+
+    out = s.data / "shards-h264"
+    if not (out / "manifest.json").is_file():
+        shard_dataset(s.data / "src", out, codec="h264", short_side=None, shard_samples=8, workers=s.workers)
+    return out
+
+
+def time_variant(v: Variant, shards: Path, spec: ClipSpec, device: str, batches: int) -> dict:
+    """Clips/s of `v.loaders` loaders iterating at once, `batches` timed batches each after 2 warm-up ones."""
+    from pipeline import ClipLoader
+
+    threads = v.threads or len(os.sched_getaffinity(0))
+    loaders = [
+        ClipLoader(shards, spec, batch_size=v.batch_size, device=device, decoder=v.decoder, num_threads=threads,
+                   rank=r, world_size=v.loaders)
+        for r in range(v.loaders)
+    ]  # fmt: skip
+    barrier = threading.Barrier(v.loaders + 1)
+    done: list[float] = []
+    errors: list[BaseException] = []
+
+    def run(loader) -> None:
+        try:
+            it = _endless(loader)
+            for _ in range(2):
+                next(it)
+            _sync(device)
+            barrier.wait()
+            for _ in range(batches):
+                clips, _ = next(it)
+            _sync(device)
+            done.append(time.perf_counter())
+        except BaseException as e:  # reported by the caller
+            errors.append(e)
+            barrier.abort()
+
+    workers = [threading.Thread(target=run, args=(ld,)) for ld in loaders]
+    for w in workers:
+        w.start()
+    try:
+        barrier.wait()
+    except threading.BrokenBarrierError:
+        pass
+    t0 = time.perf_counter()
+    for w in workers:
+        w.join()
+    if errors:
+        raise errors[0]
+    wall = max(done) - t0
+    return {**asdict(v), "label": v.label, "clips_per_s": v.loaders * batches * v.batch_size / wall, "seconds": wall}
+
+
+def _endless(loader):
+    epoch = 0
+    while True:
+        loader.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
+def _sync(device: str) -> None:
+    if device == "gpu":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def run(args: argparse.Namespace) -> dict:
+    from pipeline.loader import resolve_device
+
+    device = resolve_device("auto")
+    s = Settings(data=args.data, tiny=args.tiny)
+    shards = {"vp9": bench_shards(s)}
+    todo = variants(device == "gpu", args.tiny)
+    if any(v.codec == "h264" for v in todo):
+        shards["h264"] = h264_shards(s)
+    spec = ClipSpec(frames=8, stride=8, crop_size=112 if args.tiny else 224)
+    rows = []
+    for v in todo:
+        try:
+            row = time_variant(v, shards[v.codec], spec, device, args.batches)
+        except Exception as e:  # one failing variant must not hide the others
+            row = {**asdict(v), "label": v.label, "clips_per_s": None, "error": f"{type(e).__name__}: {e}"[:500]}
+        rows.append(row)
+        print(f"{v.label:<52} " + (f"{row['clips_per_s']:8.1f} clips/s" if row["clips_per_s"] else row["error"]),
+              flush=True)  # fmt: skip
+    base = rows[0]["clips_per_s"]
+    for r in rows:
+        r["vs_default"] = r["clips_per_s"] / base if base and r["clips_per_s"] else None
+    return {"device": device, "clip": "8x8 at 224", "batches": args.batches, "rows": rows}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.loader_variants", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("--tiny", action="store_true", help="CI smoke run: small videos, two timed batches")
+    p.add_argument("--data", type=Path, default=None, help="cache of videos and shards (default: benchmarks.data's)")
+    p.add_argument("--batches", type=int, default=None, help="timed batches per loader (default 12, tiny 2)")
+    p.add_argument("--name", default="loader_variants", help="results name under benchmarks/results/")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    args.data = args.data or Path(tempfile.gettempdir()) / ("tpn-bench-data-tiny" if args.tiny else "tpn-bench-data")
+    args.batches = args.batches or (2 if args.tiny else 12)
+    payload = run(args)
+    print(f"\n{'variant':<52} {'clips/s':>8} {'x default':>10}")
+    for r in payload["rows"]:
+        cps = f"{r['clips_per_s']:8.1f}" if r["clips_per_s"] else "  failed"
+        ratio = f"{r['vs_default']:9.2f}x" if r["vs_default"] else "         -"
+        print(f"{r['label']:<52} {cps} {ratio}")
+    print(f"results: {write_results(args.name, payload)}")
+    return 0 if all(r["clips_per_s"] for r in payload["rows"]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
