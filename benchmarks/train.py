@@ -10,6 +10,7 @@ Modes (same model, batch and synthetic clips, one run):
   fp32-notf32-eager  the same with TF32 off everywhere (strict fp32, GPU only; for reference)
   bf16-cl3d       bf16 autocast + channels_last_3d, eager
   bf16-cl3d-graph the same step captured in one CUDA graph (tpn.engine.TrainStep), GPU only
+  bf16-cl3d-compile-graph  the same with torch.compile'd forward + loss (compiled in the warm-up), GPU only
 On a CPU only the eager paths run: fp32, and bf16 where the CPU has native bf16.
 
 Each mode runs the full training step of tpn.train (forward, main + aux
@@ -18,7 +19,7 @@ so a busy machine slows them alike; the median round is reported.
 FLOPs are counted from the model (torch.utils.flop_counter, forward +
 backward of one step, on the meta device), and MFU is achieved FLOP/s over
 the measured bf16 (GPU) or fp32 (CPU) matmul rate of the same device.
-Goals on an H100: bf16-cl3d-graph >= 3x fp32-eager, MFU >= 35%.
+Goals on an H100, judged on the fastest captured mode: >= 3x fp32-eager, MFU >= 35%.
 Writes benchmarks/results/<name>.json and <name>.png.
 """
 
@@ -45,7 +46,7 @@ GOAL_SPEEDUP, GOAL_MFU = 3.0, 0.35  # the goals on an H100
 
 def modes_for(device: str, native_bf16_cpu: bool) -> list[str]:
     if device == "cuda":
-        return ["fp32-eager", "fp32-notf32-eager", "bf16-cl3d", "bf16-cl3d-graph"]
+        return ["fp32-eager", "fp32-notf32-eager", "bf16-cl3d", "bf16-cl3d-graph", "bf16-cl3d-compile-graph"]
     return ["fp32-eager", "bf16-eager"] if native_bf16_cpu else ["fp32-eager"]
 
 
@@ -56,6 +57,7 @@ def step_options(mode: str, device: str, is_3d: bool) -> StepOptions:
         amp_dtype=torch.bfloat16 if bf16 else None,
         channels_last="cl3d" in mode and is_3d and device == "cuda",
         cuda_graph=mode.endswith("graph"),
+        compile="compile" in mode,
     )
 
 
@@ -72,12 +74,13 @@ def add_speedups(rows: list[dict]) -> list[dict]:
 
 
 def goal_lines(rows: list[dict], device_name: str) -> list[str]:
-    graph = next((r for r in rows if r["mode"] == "bf16-cl3d-graph"), None)
+    graphs = [r for r in rows if r["mode"].endswith("graph")]
+    graph = max(graphs, key=lambda r: r["speedup"]) if graphs else None  # the fastest captured mode
     if graph is None:
         return [f"goals (H100): >= {GOAL_SPEEDUP}x fp32 eager and MFU >= {GOAL_MFU:.0%}: not measurable without a GPU"]
     where = f"on {device_name}" + ("" if "H100" in device_name else " (the goals are set for an H100)")
     return [
-        f"bf16-cl3d-graph >= {GOAL_SPEEDUP}x fp32-eager {where}: {graph['speedup']:.2f}x -> "
+        f"{graph['mode']} >= {GOAL_SPEEDUP}x fp32-eager {where}: {graph['speedup']:.2f}x -> "
         + ("met" if graph["speedup"] >= GOAL_SPEEDUP else "NOT met"),
         f"MFU >= {GOAL_MFU:.0%} {where}: {graph['mfu']:.1%} -> " + ("met" if graph["mfu"] >= GOAL_MFU else "NOT met"),
     ]

@@ -61,6 +61,7 @@ class StepOptions:
     amp_dtype: torch.dtype | None = None  # autocast dtype (bf16 on GPU); None = fp32
     channels_last: bool = False  # NDHWC activations and conv weights (3D models on GPU)
     cuda_graph: bool = True  # capture the step where possible
+    compile: bool = False  # torch.compile the forward + loss (fuses BatchNorm, ReLU and adds on a GPU)
     warmup_iters: int = 3  # eager steps before capture (DDP needs >= 11)
 
 
@@ -118,8 +119,10 @@ class TrainStep:
     """`step(x, y) -> loss` (a device tensor, detached); eager, or replayed from one CUDA graph."""
 
     def __init__(self, net: nn.Module, optimizer: torch.optim.Optimizer, opts: StepOptions, device: torch.device) -> None:
-        self.net, self.optimizer, self.opts, self.device = net, optimizer, opts, device
+        self.optimizer, self.opts, self.device = optimizer, opts, device
         self.params = [p for p in net.parameters() if p.requires_grad]
+        # Compiled code is made during the eager warm-up steps, before any capture.
+        self.net = torch.compile(net) if opts.compile else net
         self.graph: torch.cuda.CUDAGraph | None = None
         self._static: tuple[Tensor, Tensor, Tensor, list[Tensor | None]] | None = None
         self._warm = 0

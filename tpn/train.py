@@ -95,6 +95,7 @@ class TrainSettings:
     amp: bool | None = None  # None: bf16 on GPU, fp32 on CPU
     cuda_graph: bool = True
     channels_last: bool | None = None  # None: on for 3D models on GPU
+    compile: bool = False  # torch.compile the forward + loss
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -284,7 +285,7 @@ class Trainer:
     def _step_options(self) -> StepOptions:
         return StepOptions(
             clip_grad=self.s.clip_grad or None, amp_dtype=self.amp_dtype, channels_last=self.channels_last,
-            cuda_graph=self.s.cuda_graph, warmup_iters=11 if self.env.distributed else 3,
+            cuda_graph=self.s.cuda_graph, warmup_iters=11 if self.env.distributed else 3, compile=self.s.compile,
         )  # fmt: skip
 
     def _wrap(self) -> nn.Module:
@@ -577,6 +578,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--amp", action=argparse.BooleanOptionalAction, help="bf16 autocast (default: on GPU only)")
     e.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction,
                    help="capture the whole step in one CUDA graph (default: on; GPU only)")  # fmt: skip
+    e.add_argument("--compile", action=argparse.BooleanOptionalAction,
+                   help="torch.compile the forward + loss (compiled during the warm-up steps; default: off)")
     e.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
                    help="channels_last_3d memory format (default: on for 3D models on GPU)")  # fmt: skip
     return p
