@@ -316,3 +316,12 @@ def test_gpu_loader_decodes_the_sampled_frames(tmp_path, codec, decoder):
         for sample, key in zip(frame_codes(clips.cpu(), spec), keys):
             want = sampling.clip_indices(spec, int(key.split("-")[0].split("_")[1]), "test")
             np.testing.assert_array_equal(sample, np.repeat(want, 3, axis=0))
+
+
+def test_decoder_choice_per_device_and_codec():
+    from pipeline.loader import resolve_decoder
+
+    assert resolve_decoder("auto", "cpu", "vp9") == "cpu" and resolve_decoder("nvdec", "cpu", "vp9") == "cpu"
+    # on a GPU: VP9 decodes faster on the CPU threads (measured), H.264 needs NVDEC
+    assert resolve_decoder("auto", "gpu", "vp9") == "cpu" and resolve_decoder("auto", "gpu", "h264") == "nvdec"
+    assert resolve_decoder("nvdec", "gpu", "vp9") == "nvdec" and resolve_decoder("cpu", "gpu", "h264") == "cpu"

@@ -209,9 +209,9 @@ def test_resume_refuses_a_different_batch_size(uninterrupted, capsys):
 def test_tiny_tpn_learns_the_synthetic_set(shards, tmp_path):
     """Only motion separates the 8 classes (chance 12.5%); the tiny TPN gets far above it in 4 epochs.
 
-    The recipe is the tiny config's (lr 0.05 per 16 clips, warmup 1 epoch) with dropout off: with
-    the config's dropout 0.5 on the 256-d tiny features, when learning starts depended on the seed
-    (5-epoch runs: 77% Top-1 for seed 0, 23% for seed 1); without it seeds 0-2 reach 80-84% here.
+    The recipe is the tiny config's (lr 0.05 per 16 clips, warmup 1 epoch, no dropout): with
+    dropout 0.5 on the 256-d tiny features, when learning starts depended on the seed (5-epoch
+    runs: 77% Top-1 for seed 0, 23% for seed 1); without it seeds 0-2 reach 80-84% here.
     """
     s = small_run(shards, tmp_path, train=(str(shards),), val=(str(shards),), epochs=4, lr=None, lr_steps=(3,),
                   warmup_epochs=1.0, dropout=0.0, log_every=16, val_every=2)

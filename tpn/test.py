@@ -210,6 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--loader-device", choices=["auto", "cpu", "gpu"], default="auto",
                    help="where DALI decodes (default: auto = the GPU when there is one)")  # fmt: skip
+    p.add_argument("--decoder", choices=["auto", "nvdec", "cpu"], default="auto",
+                   help="with the loader on a GPU: NVDEC or the CPU threads (default: auto, CPU for VP9)")  # fmt: skip
     p.add_argument("--amp", action="store_true", help="bf16 autocast on a GPU (default: fp32, as the seed)")
     p.add_argument("--workers", type=int, help="DALI decoding threads (default: the usable CPUs)")
     p.add_argument("--out", type=Path, help="write the report as JSON here")
@@ -239,7 +241,7 @@ def run_test(args: argparse.Namespace, env: DistEnv) -> EvalReport:
     spec = protocol_spec(cfg.clip, flip=args.flip or None, clips=args.clips, crops=args.crops)
     source, split = shard_source(args.shards, args.split)
     loader = ClipLoader(
-        source, spec, mode="test", batch_size=args.batch_size, device=args.loader_device,
+        source, spec, mode="test", batch_size=args.batch_size, device=args.loader_device, decoder=args.decoder,
         num_threads=args.workers, rank=env.rank, world_size=env.world_size, return_keys=True, split=split,
     )  # fmt: skip
     if env.is_main:

@@ -90,6 +90,7 @@ class TrainSettings:
     seed: int = 0
     device: str = "auto"
     loader_device: str = "auto"
+    decoder: str = "auto"  # loader decoder on a GPU: auto, nvdec or cpu
     threads: int | None = None
     workers: int | None = None
     amp: bool | None = None  # None: bf16 on GPU, fp32 on CPU
@@ -241,7 +242,7 @@ class Trainer:
         paths, split = (s.train, s.train_split) if which == "train" else (s.val, s.val_split)
         source, split = shard_source(paths, split)
         kwargs: dict[str, Any] = dict(
-            batch_size=s.batch_size, device=s.loader_device, seed=s.seed, num_threads=s.workers,
+            batch_size=s.batch_size, device=s.loader_device, decoder=s.decoder, seed=s.seed, num_threads=s.workers,
             rank=self.env.rank, world_size=self.env.world_size, split=split,
         )  # fmt: skip
         if which == "train":
@@ -573,6 +574,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, help="seed of data order, augmentation and init (default: 0)")
     e.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: auto; torchrun: this rank's GPU)")
     e.add_argument("--loader-device", choices=["auto", "cpu", "gpu"], help="where DALI decodes (default: auto)")
+    e.add_argument("--decoder", choices=["auto", "nvdec", "cpu"],
+                   help="with the loader on a GPU: decode with NVDEC or on the CPU threads (default: auto, "
+                        "CPU for VP9, NVDEC for H.264; see pipeline.loader.resolve_decoder)")
     e.add_argument("--threads", type=int, help="torch CPU threads per process (default: torch's choice)")
     e.add_argument("--workers", type=int, help="DALI decoding threads per process (default: usable CPUs)")
     e.add_argument("--amp", action=argparse.BooleanOptionalAction, help="bf16 autocast (default: on GPU only)")
