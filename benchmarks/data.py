@@ -190,6 +190,16 @@ def worker_time_split(before: dict, after: dict, who: str, wall: float) -> dict:
             "worker_idle": max(0.0, 1 - (run + wait) / span)}
 
 
+def warmup_batches(who: str, s: Settings) -> int:
+    """Untimed batches: more than the loader can hold ready, so timing starts in the steady state.
+
+    The DataLoader keeps prefetch_factor (2) batches per worker queued; DALI keeps its
+    prefetch depth (2). Timing right after a short warm-up would count queued batches
+    as if they were produced in the timed window.
+    """
+    return (2 * s.workers if who == "reference" else 2) + 2
+
+
 def measure(batches, who: str, s: Settings, warmup: int = 2) -> dict:
     """clips/s, CPU ms per clip and the workers' time split over `s.batches` batches after `warmup`."""
     for _ in range(warmup):
@@ -214,7 +224,7 @@ def bench_config(name: str, shards: Path, data: ShardSet, decoder: dict, s: Sett
     for _ in range(s.rounds):  # interleaved, so load from other processes hits both alike
         for who, make in (("dali", dali_batches), ("reference", reference_batches)):
             gen = make(shards, spec, s)
-            runs[who].append(measure(gen, who, s))
+            runs[who].append(measure(gen, who, s, warmup=warmup_batches(who, s)))
             gen.close()
     med = {who: {k: statistics.median(r[k] for r in rs) for k in set.intersection(*map(set, rs))}
            for who, rs in runs.items()}

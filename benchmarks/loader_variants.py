@@ -5,12 +5,13 @@
 
 On the same synthetic videos (the shards `benchmarks.data` caches, plus an
 H.264 copy of them on a GPU) it times training batches of 8x8 clips for:
-decoder (NVDEC, or DALI's CPU decoder with GPU augmentation), codec (VP9,
+decoder (NVDEC, DALI's CPU decoder, or PyAV in host threads; augmentation
+on the GPU in every case), codec (VP9,
 H.264), batch size, DALI threads, and several loaders running side by side
 (each takes its own share of the samples, as DDP ranks would; their clips/s
 add up). On a CPU-only machine only the CPU-decoder variants run.
 
-Each variant: two untimed batches, then `--batches` timed ones; clips/s and
+Each variant: untimed batches past the prefetch queue, then `--batches` timed ones; clips/s and
 the ratio to the first variant (the loader's default) are printed and
 written to benchmarks/results/<name>.json.
 """
@@ -33,7 +34,7 @@ from pipeline import ClipSpec
 
 @dataclass(frozen=True)
 class Variant:
-    decoder: str  # "nvdec" or "cpu"
+    decoder: str  # "nvdec", "cpu" (DALI's CPU decoder) or "pyav"
     codec: str = "vp9"
     batch_size: int = 8
     threads: int = 0  # 0 = all usable cores
@@ -49,14 +50,17 @@ class Variant:
 def variants(gpu: bool, tiny: bool = False) -> list[Variant]:
     """The loader's default first; on a CPU only the CPU decoder."""
     if tiny:
-        return [Variant("cpu", batch_size=2), Variant("cpu", batch_size=4), Variant("cpu", batch_size=2, loaders=2)]
+        return [Variant("cpu", batch_size=2), Variant("cpu", batch_size=4), Variant("cpu", batch_size=2, loaders=2),
+                Variant("pyav", batch_size=2)]  # fmt: skip
     if not gpu:
-        return [Variant("cpu"), Variant("cpu", batch_size=32), Variant("cpu", loaders=2)]
+        return [Variant("cpu"), Variant("cpu", batch_size=32), Variant("cpu", loaders=2), Variant("pyav"),
+                Variant("pyav", batch_size=32)]  # fmt: skip
     return [
         Variant("nvdec"), Variant("nvdec", batch_size=32), Variant("nvdec", threads=4),
         Variant("nvdec", loaders=4), Variant("nvdec", codec="h264"), Variant("nvdec", codec="h264", batch_size=32),
         Variant("nvdec", codec="h264", loaders=4),
         Variant("cpu"), Variant("cpu", batch_size=32), Variant("cpu", loaders=4, threads=4),
+        Variant("pyav"), Variant("pyav", batch_size=32),
     ]  # fmt: skip
 
 
@@ -70,7 +74,7 @@ def h264_shards(s: Settings) -> Path:
 
 
 def time_variant(v: Variant, shards: Path, spec: ClipSpec, device: str, batches: int) -> dict:
-    """Clips/s of `v.loaders` loaders iterating at once, `batches` timed batches each after 2 warm-up ones."""
+    """Clips/s of `v.loaders` loaders iterating at once, `batches` timed batches each after a warm-up."""
     from pipeline import ClipLoader
 
     threads = v.threads or len(os.sched_getaffinity(0))
@@ -86,7 +90,7 @@ def time_variant(v: Variant, shards: Path, spec: ClipSpec, device: str, batches:
     def run(loader) -> None:
         try:
             it = _endless(loader)
-            for _ in range(2):
+            for _ in range(loader.prefetch + 2):  # past what DALI holds ready: timing starts in the steady state
                 next(it)
             _sync(device)
             barrier.wait()

@@ -13,15 +13,12 @@ It exists only to be measured against (`python -m benchmarks.data`).
 
 from __future__ import annotations
 
-import io
 import json
 import zlib
 from collections.abc import Sequence
-from fractions import Fraction
 from functools import partial
 from pathlib import Path
 
-import av
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -29,36 +26,9 @@ import webdataset as wds
 from torch.utils.data import DataLoader
 
 from pipeline import ClipSpec, sampling
+from pipeline.pyav import decode_frames
 
 VIDEO_EXTS = ("webm", "mp4")
-
-
-def frame_index(pts: int, start: int, time_base: Fraction, fps: Fraction) -> int:
-    """Constant-frame-rate presentation index of a frame from its timestamp."""
-    return round((pts - start) * time_base * fps)
-
-
-def decode_frames(data: bytes, indices: np.ndarray) -> np.ndarray:
-    """(len(indices), H, W, 3) uint8 RGB frames at `indices` (any order, repeats allowed)."""
-    with av.open(io.BytesIO(data)) as container:
-        stream = container.streams.video[0]
-        stream.thread_type = "NONE"  # one worker process per core: no codec threads on top
-        fps, tb, start = stream.average_rate, stream.time_base, stream.start_time or 0
-        needed = set(indices.tolist())
-        first, last = min(needed), max(needed)
-        if first > 0:
-            container.seek(start + int(first / fps / tb), stream=stream, backward=True)
-        wanted: dict[int, np.ndarray] = {}
-        for frame in container.decode(stream):
-            i = frame_index(frame.pts, start, tb, fps)
-            if i in needed:
-                wanted[i] = frame.to_ndarray(format="rgb24")
-            if i >= last:
-                break
-    missing = sorted(needed - set(wanted))
-    if missing:
-        raise ValueError(f"frames {missing[:5]} not found in the video")
-    return np.stack([wanted[int(i)] for i in indices])
 
 
 def augment(frames: np.ndarray, view: sampling.TrainView, spec: ClipSpec) -> torch.Tensor:

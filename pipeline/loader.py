@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
+import av
 import numpy as np
 import torch
 from nvidia.dali import backend, fn, pipeline_def, types
@@ -35,11 +37,13 @@ from nvidia.dali.backend import TensorListGPU
 
 from pipeline import batching, sampling
 from pipeline.clip import ClipSpec
+from pipeline.pyav import decode_frames
 from pipeline.shardset import VERIFY_HINT, ShardError, ShardSet
 
 Mode = Literal["train", "test"]
 Device = Literal["auto", "cpu", "gpu"]
-Decoder = Literal["auto", "nvdec", "cpu"]
+Decoder = Literal["auto", "nvdec", "cpu", "pyav"]
+DECODERS = ("auto", "nvdec", "cpu", "pyav")
 
 
 class DataError(RuntimeError):
@@ -49,9 +53,10 @@ class DataError(RuntimeError):
 # ----------------------------------------------------------------------------- DALI graph
 
 
-def feed_fields(mode: Mode, spec: ClipSpec) -> tuple[str, ...]:
+def feed_fields(mode: Mode, spec: ClipSpec, decoder: str = "cpu") -> tuple[str, ...]:
     """Per-sample inputs the host hands DALI, in `external_source` output order."""
-    common = ("video", "label", "index", "frames", "order")
+    frames = () if decoder == "pyav" else ("frames",)  # PyAV frames arrive decoded
+    common = ("video", "label", "index", *frames, "order")
     if mode == "train":
         return common + ("box", "flip") + (("jitter",) if spec.color_jitter else ())
     return common + (() if spec.test_crops == "full" else ("positions",))
@@ -67,12 +72,15 @@ def clip_pipeline(source, mode: Mode, spec: ClipSpec, device: str, decoder: str 
     Outputs: one (N, 3, C*F, H, W) float tensor per spatial view (C temporal
     clips in a row), then labels (N,) and sample indices (N,).
     """
-    fields = feed_fields(mode, spec)
+    fields = feed_fields(mode, spec, decoder)
     feed = dict(zip(fields, fn.external_source(source=source, batch=True, batch_info=True, num_outputs=len(fields))))
     nvdec = device == "gpu" and decoder == "nvdec"
-    # pad_mode="none": a frame count that disagrees with the video is an error, not black frames.
-    x = fn.decoders.video(feed["video"], frames=feed["frames"], pad_mode="none",
-                          **({"device": "mixed", "affine": False} if nvdec else {"device": "cpu"}))  # fmt: skip
+    if decoder == "pyav":  # the host already decoded the frames (F, H, W, 3)
+        x = fn.reshape(feed["video"], layout="FHWC")
+    else:
+        # pad_mode="none": a frame count that disagrees with the video is an error, not black frames.
+        x = fn.decoders.video(feed["video"], frames=feed["frames"], pad_mode="none",
+                              **({"device": "mixed", "affine": False} if nvdec else {"device": "cpu"}))  # fmt: skip
     if device == "gpu" and not nvdec:
         x = x.gpu()
     views = _train_views(x, feed, spec) if mode == "train" else _test_views(x, feed, spec)
@@ -126,18 +134,21 @@ def _normalise(x, spec: ClipSpec, **kwargs):
 class _Feed:
     """DALI's `external_source`: batch i of the current pass -> encoded videos + per-sample plans."""
 
-    def __init__(self, loader: ClipLoader, batches: Sequence[np.ndarray], epoch: int):
+    def __init__(self, loader: ClipLoader, batches: Sequence[np.ndarray], epoch: int, pool=None):
         self.loader = loader
         self.batches = batches
         self.epoch = epoch
-        self.fields = feed_fields(loader.mode, loader.clip)
+        self.fields = feed_fields(loader.mode, loader.clip, loader.decoder)
         self.pending: list[int] = []  # batches handed to DALI, not yet returned
+        self.pool = pool  # threads decoding with PyAV (decoder="pyav")
 
     def __call__(self, info) -> tuple[list[np.ndarray], ...]:
         if info.iteration >= len(self.batches):
             raise StopIteration
         self.pending.append(info.iteration)
-        rows = [self.loader._sample_feed(int(i), self.epoch) for i in self.batches[info.iteration]]
+        indices = [int(i) for i in self.batches[info.iteration]]
+        feed = lambda i: self.loader._sample_feed(i, self.epoch)  # noqa: E731
+        rows = list(self.pool.map(feed, indices)) if self.pool else [feed(i) for i in indices]
         return tuple([row[f] for row in rows] for f in self.fields)
 
 
@@ -167,6 +178,8 @@ def resolve_decoder(decoder: Decoder, device: str, codec: str) -> str:
     decoder 172 (batch 8) to 308 (batch 32). H.264 has no CPU decoder in DALI,
     so it stays on NVDEC.
     """
+    if decoder == "pyav":
+        return "pyav"
     if device == "cpu":
         return "cpu"
     if decoder != "auto":
@@ -218,7 +231,10 @@ class ClipLoader:
     decoder: on the GPU, "nvdec" decodes with NVDEC (any codec it supports)
         and "cpu" decodes VP9 on the CPU threads, then augments on the GPU;
         "auto" picks "cpu" for VP9 shards and "nvdec" for H.264 (see
-        `resolve_decoder`). On device "cpu" decoding is always on the CPU.
+        `resolve_decoder`). On device "cpu" DALI decodes on the CPU.
+        "pyav" (either device, any codec libavcodec reads) decodes the
+        sampled frames with PyAV in `num_threads` host threads and hands
+        DALI raw frames for the augmentation.
     seed: with the epoch (`set_epoch`) it fixes every batch bit for bit.
     rank, world_size: default to torch.distributed's when initialised.
     return_keys: also yield the list of sample keys of each batch.
@@ -256,8 +272,8 @@ class ClipLoader:
         self.return_keys, self.prefetch = return_keys, prefetch
         self.num_threads = num_threads or len(os.sched_getaffinity(0))
         self.device = resolve_device(device)
-        if decoder not in ("auto", "nvdec", "cpu"):
-            raise ValueError(f"decoder must be 'auto', 'nvdec' or 'cpu', got {decoder!r}")
+        if decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {', '.join(map(repr, DECODERS))}, got {decoder!r}")
         self.rank, self.world_size = resolve_rank(rank, world_size)
         self.data = ShardSet.open(shards, split)
         self.decoder = resolve_decoder(decoder, self.device, self.data.codec)
@@ -301,13 +317,18 @@ class ClipLoader:
         batches = self._plan(epoch)[start:]
         if len(batches) == 0:
             return
-        feed = _Feed(self, batches, epoch)
-        # A fresh pipeline per pass (a few ms) so an abandoned pass never leaks prefetched batches.
-        pipe = self._build(feed)
-        for number in range(len(batches)):
-            outputs = self._run(pipe, feed)
-            feed.pending.remove(number)
-            yield self._to_torch(outputs)
+        pool = ThreadPoolExecutor(self.num_threads, thread_name_prefix="pyav") if self.decoder == "pyav" else None
+        try:
+            feed = _Feed(self, batches, epoch, pool)
+            # A fresh pipeline per pass (a few ms) so an abandoned pass never leaks prefetched batches.
+            pipe = self._build(feed)
+            for number in range(len(batches)):
+                outputs = self._run(pipe, feed)
+                feed.pending.remove(number)
+                yield self._to_torch(outputs)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
 
     def plan(self, epoch: int) -> list[np.ndarray]:
         """Sample indices of every batch of `epoch` on this rank (keys: `loader.data.key(i)`)."""
@@ -341,8 +362,21 @@ class ClipLoader:
             indices = sampling.clip_indices(spec, count, "test")
             extra = {"positions": _test_positions(spec, height, width)}
         frames, order = sampling.decode_plan(indices)
-        return {"video": data.video(index), "label": np.array(label, np.int64), "index": np.array(index, np.int64),
+        video = data.video(index)
+        if self.decoder == "pyav":
+            video = self._pyav_frames(index, video, frames)
+        return {"video": video, "label": np.array(label, np.int64), "index": np.array(index, np.int64),
                 "frames": frames, "order": order, **extra}
+
+    def _pyav_frames(self, index: int, video: np.ndarray, frames: np.ndarray) -> np.ndarray:
+        """The sampled frames (len(frames), H, W, 3), or a DataError naming the sample."""
+        try:
+            return decode_frames(video, frames)
+        except (av.FFmpegError, ValueError, IndexError) as err:
+            raise DataError(
+                f"PyAV could not decode {self.data.where(index)}: {err}. "
+                + VERIFY_HINT.format(dir=self.data.tars[self.data.samples[index].shard].parent)
+            ) from err
 
     def _frame_size(self, index: int) -> tuple[int, int]:
         meta = self.data.meta(index)
@@ -362,7 +396,8 @@ class ClipLoader:
             raise ValueError(
                 f"the shards in {folder} hold H.264 video, which DALI cannot decode on the CPU "
                 "(its CPU decoder handles VP9/VP8/MJPEG only; H.264 needs NVDEC on a GPU). "
-                f"Use device='gpu' with NVDEC, or re-shard as VP9: `python -m pipeline.shard SRC --out OUT --codec vp9`"
+                "Use device='gpu' with NVDEC, decoder='pyav' (PyAV decodes it on the host), "
+                "or re-shard as VP9: `python -m pipeline.shard SRC --out OUT --codec vp9`"
             )
 
     def _check_length(self) -> None:
@@ -388,7 +423,7 @@ class ClipLoader:
     def _run(self, pipe, feed: _Feed):
         try:
             return pipe.run()
-        except ShardError:
+        except (ShardError, DataError):
             raise
         except RuntimeError as err:
             candidates = [int(i) for b in feed.pending for i in feed.batches[b]]

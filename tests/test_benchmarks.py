@@ -59,11 +59,11 @@ def test_loader_variants_start_with_the_loaders_default_and_run_on_cpu(tmp_path)
 
     gpu = variants(True)
     assert gpu[0].decoder == "nvdec" and gpu[0].batch_size == 8 and gpu[0].loaders == 1
-    assert {v.codec for v in gpu} == {"vp9", "h264"} and {v.decoder for v in gpu} == {"nvdec", "cpu"}
-    assert all(v.decoder == "cpu" and v.codec == "vp9" for v in variants(False) + variants(False, tiny=True))
+    assert {v.codec for v in gpu} == {"vp9", "h264"} and {v.decoder for v in gpu} == {"nvdec", "cpu", "pyav"}
+    assert all(v.decoder in ("cpu", "pyav") and v.codec == "vp9" for v in variants(False) + variants(False, tiny=True))
     run = subprocess.run([sys.executable, "-m", "benchmarks.loader_variants", "--tiny", "--data", str(tmp_path / "d"),
                           "--name", "lv"], env={**os.environ, "TPN_BENCH_RESULTS": str(tmp_path)},
                          capture_output=True, text=True, timeout=600)  # fmt: skip
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     rows = json.loads((tmp_path / "lv.json").read_text())["rows"]
-    assert len(rows) == 3 and all(r["clips_per_s"] > 0 for r in rows) and rows[0]["vs_default"] == 1.0
+    assert len(rows) == 4 and all(r["clips_per_s"] > 0 for r in rows) and rows[0]["vs_default"] == 1.0

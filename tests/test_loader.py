@@ -71,8 +71,9 @@ def test_labels_follow_classes_json(coded):
     ],
     ids=["dense4x3", "dense8x8-edge", "segments5"],
 )
-def test_train_clips_hold_exactly_the_sampled_frames(coded, spec):
-    ld = loader(coded, spec, seed=5)
+@pytest.mark.parametrize("decoder", ["cpu", "pyav"])
+def test_train_clips_hold_exactly_the_sampled_frames(coded, spec, decoder):
+    ld = loader(coded, spec, seed=5, decoder=decoder)
     ld.set_epoch(2)
     for clips, _, keys in ld:
         got = frame_codes(clips, spec)
@@ -88,8 +89,9 @@ def test_train_clips_hold_exactly_the_sampled_frames(coded, spec):
     ],
     ids=["dense-3clips-3crops-flip", "segments-twice"],
 )
-def test_test_views_are_clips_major_with_the_spread_frames(coded, spec, clips):
-    ld = loader(coded, spec, mode="test", batch_size=3)
+@pytest.mark.parametrize("decoder", ["cpu", "pyav"])
+def test_test_views_are_clips_major_with_the_spread_frames(coded, spec, clips, decoder):
+    ld = loader(coded, spec, mode="test", batch_size=3, decoder=decoder)
     views = spec.num_test_views
     for batch, _, keys in ld:
         assert batch.shape[1:] == (views, 3, spec.frames, 48, 48)
@@ -171,9 +173,10 @@ def test_rank_and_world_size_come_from_torch_distributed(monkeypatch):
 # -- crops and flips ------------------------------------------------------------------------
 
 
-def test_train_crop_box_and_flip_with_label_swap(gradient):
+@pytest.mark.parametrize("decoder", ["cpu", "pyav"])
+def test_train_crop_box_and_flip_with_label_swap(gradient, decoder):
     spec = ClipSpec(frames=2, stride=1, crop_size=32, flip_label_map=((0, 1),))
-    ld = loader(gradient, spec, batch_size=1, seed=0)
+    ld = loader(gradient, spec, batch_size=1, seed=0, decoder=decoder)
     flips = set()
     for epoch in range(6):
         ld.set_epoch(epoch)
@@ -231,7 +234,7 @@ def test_bad_shard_arguments_fail_at_construction(tmp_path, coded):
         loader(coded, batch_size=9)
     with pytest.raises(ValueError, match="test_crop"):
         loader(coded, SMALL.replace(test_crop=64))
-    with pytest.raises(ValueError, match="decoder must be 'auto', 'nvdec' or 'cpu'"):
+    with pytest.raises(ValueError, match="decoder must be one of 'auto', 'nvdec', 'cpu', 'pyav'"):
         loader(coded, decoder="gpu")
 
 
@@ -265,12 +268,20 @@ def test_truncated_shard_is_named_at_construction(tmp_path, coded):
 
 def test_h264_shards_on_cpu_say_how_to_reshard(tmp_path):
     out = make_shards(tmp_path, {"a": [("x", coded_frames(10))]}, codec="h264")
-    with pytest.raises(ValueError, match=r"H\.264.*--codec vp9"):
+    with pytest.raises(ValueError, match=r"H\.264.*decoder='pyav'.*--codec vp9"):
         loader(out)
 
 
-def test_corrupt_video_names_shard_and_key_and_does_not_hang(tmp_path, coded):
-    """Zero the back half of one video inside its tar: DALI aborts; the error must name it."""
+def test_h264_shards_decode_exactly_on_cpu_with_pyav(tmp_path):
+    out = make_shards(tmp_path, {"a": [("a0_23", coded_frames(23)), ("a1_9", coded_frames(9))]}, codec="h264")
+    ld = loader(out, decoder="pyav", seed=1)
+    for clips, _, keys in ld:
+        np.testing.assert_array_equal(frame_codes(clips, SMALL), np.stack([expected_train_view(ld, k, 0).indices for k in keys]))
+
+
+@pytest.mark.parametrize("decoder", ["cpu", "pyav"])
+def test_corrupt_video_names_shard_and_key_and_does_not_hang(tmp_path, coded, decoder):
+    """Zero the back half of one video inside its tar: the decoder fails; the error must name it."""
     tars = copy_shards(coded, tmp_path / "s")
     line = tars[0].with_suffix(".idx").read_text().splitlines()[1].split()
     offset, size, name = int(line[1]), int(line[2]), line[3]
@@ -282,7 +293,8 @@ def test_corrupt_video_names_shard_and_key_and_does_not_hang(tmp_path, coded):
         from pipeline.loader import DataError
         spec = ClipSpec(frames=8, stride=8, test_clips=2, test_scale=48, test_crop=48, test_crops="center")
         try:
-            for _ in ClipLoader({str(tmp_path / "s")!r}, spec, mode="test", batch_size=3, device="cpu"):
+            for _ in ClipLoader({str(tmp_path / "s")!r}, spec, mode="test", batch_size=3, device="cpu",
+                                decoder={decoder!r}):
                 pass
         except DataError as err:
             print("ERROR", err)
