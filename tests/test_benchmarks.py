@@ -67,3 +67,11 @@ def test_loader_variants_start_with_the_loaders_default_and_run_on_cpu(tmp_path)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     rows = json.loads((tmp_path / "lv.json").read_text())["rows"]
     assert len(rows) == 4 and all(r["clips_per_s"] > 0 for r in rows) and rows[0]["vs_default"] == 1.0
+
+
+def test_data_benchmark_warms_up_past_each_loaders_queue(tmp_path):
+    from benchmarks.data import Settings, warmup_batches
+
+    s = Settings(data=tmp_path, workers=16)
+    # DataLoader: prefetch_factor 2 per worker can be queued; DALI: its prefetch depth of 2
+    assert warmup_batches("reference", s) == 34 and warmup_batches("dali", s) == 4
