@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Everything that needs a GPU, in one go: the environment check, the GPU tests, the benchmarks on
-# the GPU paths, and a real training + test run (NVDEC loader, CUDA-graph step) on synthetic shards.
+# the GPU paths, and a real training + test run (GPU loader, CUDA-graph step) on synthetic shards.
 #
 #   benchmarks/gpu.sh OUT [STAGE ...]
 #

@@ -170,7 +170,7 @@ CPU_CODECS = ("vp9", "vp8", "mjpeg")  # what DALI's CPU video decoder handles
 
 
 def resolve_decoder(decoder: Decoder, device: str, codec: str) -> str:
-    """Where the frames are decoded: "nvdec" or "cpu".
+    """Where the frames are decoded: "nvdec", "cpu" (DALI's CPU decoder) or "pyav" (host threads).
 
     "auto" on a GPU decodes VP9 on the CPU threads and augments on the GPU:
     measured on an H100 with 16 cores (`python -m benchmarks.loader_variants`,

@@ -275,8 +275,11 @@ def test_h264_shards_on_cpu_say_how_to_reshard(tmp_path):
 def test_h264_shards_decode_exactly_on_cpu_with_pyav(tmp_path):
     out = make_shards(tmp_path, {"a": [("a0_23", coded_frames(23)), ("a1_9", coded_frames(9))]}, codec="h264")
     ld = loader(out, decoder="pyav", seed=1)
+    batches = 0
     for clips, _, keys in ld:
         np.testing.assert_array_equal(frame_codes(clips, SMALL), np.stack([expected_train_view(ld, k, 0).indices for k in keys]))
+        batches += 1
+    assert batches == len(ld) == 1
 
 
 @pytest.mark.parametrize("decoder", ["cpu", "pyav"])
@@ -303,6 +306,7 @@ def test_corrupt_video_names_shard_and_key_and_does_not_hang(tmp_path, coded, de
     run = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=120)
     assert "ERROR" in run.stdout, run.stdout + run.stderr[-2000:]
     message = run.stdout
+    assert ("PyAV could not decode" if decoder == "pyav" else "DALI could not decode") in message
     assert tars[0].name in message and name.split(".")[0] in message and "pipeline.verify" in message
 
 

@@ -187,13 +187,13 @@ def test_help_documents_every_flag():
         (["no_such_model", "--train", "x", "--out", "y"], "unknown model"),
         ([MODEL, "--out", "y"], "--train is required"),
         ([], "give a model name"),
-        ([MODEL, "--train", "/nonexistent/shards", "--out", "y", "--device", "cpu"], "does not exist"),
-        (["--resume", "/nonexistent/run"], "no such run directory"),
+        ([MODEL, "--train", "missing-shards", "--out", "y", "--device", "cpu"], "does not exist"),
+        (["--resume", "missing-run"], "no such run directory"),
         ([MODEL, "--train", "x", "--out", "y", "--epochs", "0"], "--epochs must be >= 1"),
     ],
 )
 def test_cli_errors_name_the_problem(argv, message, capsys, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.chdir(tmp_path)  # relative paths below name nothing that exists
     assert main(argv) == 1
     assert message in capsys.readouterr().err
 
@@ -220,3 +220,12 @@ def test_tiny_tpn_learns_the_synthetic_set(shards, tmp_path):
     assert summary.best_top1 >= 50.0, rundir.read_metrics(tmp_path)[-1]
     best = read_checkpoint(tmp_path / "best.pth")
     assert best["val"]["top1"] == summary.best_top1 and best["val"]["num_videos"] == VAL_VIDEOS
+
+
+def test_loader_decoder_and_compile_flags_reach_the_settings():
+    from tpn.train import build_parser, settings_from_args
+
+    s, _ = settings_from_args(build_parser().parse_args([MODEL, "--train", "x", "--out", "y", "--decoder", "pyav", "--compile"]))
+    assert (s.decoder, s.compile) == ("pyav", True)
+    s, _ = settings_from_args(build_parser().parse_args([MODEL, "--train", "x", "--out", "y"]))
+    assert (s.decoder, s.compile) == ("auto", False)

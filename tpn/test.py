@@ -210,8 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--loader-device", choices=["auto", "cpu", "gpu"], default="auto",
                    help="where DALI decodes (default: auto = the GPU when there is one)")  # fmt: skip
-    p.add_argument("--decoder", choices=["auto", "nvdec", "cpu"], default="auto",
-                   help="with the loader on a GPU: NVDEC or the CPU threads (default: auto, CPU for VP9)")  # fmt: skip
+    p.add_argument("--decoder", choices=["auto", "nvdec", "cpu", "pyav"], default="auto",
+                   help="with the loader on a GPU: NVDEC or the CPU threads (default: auto, CPU for VP9); "
+                        "pyav: PyAV in host threads on either device")  # fmt: skip
     p.add_argument("--amp", action="store_true", help="bf16 autocast on a GPU (default: fp32, as the seed)")
     p.add_argument("--workers", type=int, help="DALI decoding threads (default: the usable CPUs)")
     p.add_argument("--out", type=Path, help="write the report as JSON here")

@@ -90,7 +90,7 @@ class TrainSettings:
     seed: int = 0
     device: str = "auto"
     loader_device: str = "auto"
-    decoder: str = "auto"  # loader decoder on a GPU: auto, nvdec or cpu
+    decoder: str = "auto"  # loader decoder: auto, nvdec, cpu or pyav
     threads: int | None = None
     workers: int | None = None
     amp: bool | None = None  # None: bf16 on GPU, fp32 on CPU
@@ -574,9 +574,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, help="seed of data order, augmentation and init (default: 0)")
     e.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: auto; torchrun: this rank's GPU)")
     e.add_argument("--loader-device", choices=["auto", "cpu", "gpu"], help="where DALI decodes (default: auto)")
-    e.add_argument("--decoder", choices=["auto", "nvdec", "cpu"],
+    e.add_argument("--decoder", choices=["auto", "nvdec", "cpu", "pyav"],
                    help="with the loader on a GPU: decode with NVDEC or on the CPU threads (default: auto, "
-                        "CPU for VP9, NVDEC for H.264; see pipeline.loader.resolve_decoder)")
+                        "CPU for VP9, NVDEC for H.264; see pipeline.loader.resolve_decoder); pyav: PyAV in "
+                        "host threads on either device (H.264 on a CPU too)")
     e.add_argument("--threads", type=int, help="torch CPU threads per process (default: torch's choice)")
     e.add_argument("--workers", type=int, help="DALI decoding threads per process (default: usable CPUs)")
     e.add_argument("--amp", action=argparse.BooleanOptionalAction, help="bf16 autocast (default: on GPU only)")
