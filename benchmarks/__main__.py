@@ -3,9 +3,10 @@
 Runs the shard, data, train and infer benchmarks (each as its own
 `python -m benchmarks.X` command, printed before it runs), then writes
 `benchmarks/results/<date>-<device>.json` (all payloads plus the machine),
-`<date>-<device>.md` (the tables, each under the command that produced it)
-and `<date>-<device>-speedups.png`. Every figure is a ratio between
-contenders measured in the same run. `--tiny` is a smoke run for CI.
+and `<date>-<device>.md` (the tables, each under the command that produced it).
+Every figure is a ratio between contenders measured in the same run. `--tiny`
+is a smoke run for CI. `python -m benchmarks report` regenerates the README's
+performance tables and charts from the result files (see `benchmarks.report`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks import common
+from benchmarks.tables import data_table, goal_lines, infer_table, shard_table, train_table
 
 BENCHES = ("shard", "data", "train", "infer")
 # Arguments per benchmark: "full" fits a 2-core CPU box in minutes (a GPU box runs the GPU paths
@@ -64,62 +66,9 @@ def printable(argv: list[str]) -> str:
 # ------------------------------------------------------------------ tables
 
 
-def _f(v, digits: int = 2) -> str:
-    return "-" if v is None else f"{v:.{digits}f}"
-
-
-def shard_table(d: dict) -> list[str]:
-    m = d["median"]
-    return [
-        "| | plain ffmpeg | pipeline.shard | shard / plain |",
-        "|---|---|---|---|",
-        f"| videos/s | {_f(d['plain_videos_per_s'])} | {_f(d['shard_videos_per_s'])} | |",
-        f"| wall s (median) | {_f(m['plain_wall_s'])} | {_f(m['shard_wall_s'])} | **{_f(d['ratio_wall'], 3)}** (goal <= {d['goal_ratio_wall']}) |",
-        f"| CPU s (median) | {_f(m['plain_cpu_s'])} | {_f(m['shard_cpu_s'])} | {_f(d['ratio_cpu'], 3)} |",
-    ]  # fmt: skip
-
-
-def data_table(d: dict) -> list[str]:
-    rows = [
-        "| clip | DALI clips/s | reference clips/s | DALI / reference (wall) | DALI / reference (CPU basis) "
-        "| frames decoded per clip | decode limit clips/s | DALI % of decode limit (CPU basis) |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in d["results"]:
-        pct = r.get("dali_vs_limit_cpu")
-        rows.append(
-            f"| {r['config']} | {_f(r['dali_clips_per_s'], 1)} | {_f(r['reference_clips_per_s'], 1)} "
-            f"| {_f(r['dali_vs_reference_wall'])}x | {_f(r['dali_vs_reference_cpu'])}x "
-            f"| {_f(r['frames_decoded_per_clip'], 1)} | {_f(r['decode_limit_clips_per_s'], 1)} "
-            f"| {'-' if pct is None else f'{100 * pct:.0f}%'} |"
-        )
-    return rows
-
-
-def infer_table(d: dict) -> list[str]:
-    rows = ["| model | batch | backend | clips/s | median latency ms | x PyTorch FP32 |", "|---|---|---|---|---|---|"]
-    for r in d["rows"]:
-        rows.append(
-            f"| {r['model']} | {r['batch']} | {r['backend']} | {_f(r['clips_per_s'])} | {_f(r['median_ms'], 1)} "
-            f"| {_f(r.get('ratio_vs_torch_fp32'))}x |"
-        )
-    return rows + [""] + [f"- {g}" for g in d.get("goals", [])] + [f"- note: {n}" for n in d.get("notes", [])]
-
-
-def generic_table(d: dict) -> list[str]:
-    """Any payload with a list of flat row dicts (used for benchmarks without a dedicated table)."""
-    rows = next((v for v in d.values() if isinstance(v, list) and v and isinstance(v[0], dict)), None)
-    if rows is None:
-        return ["```", json.dumps({k: v for k, v in d.items() if k != "machine"}, indent=1)[:3000], "```"]
-    keys = [k for k, v in rows[0].items() if isinstance(v, (int, float, str, bool)) or v is None]
-    out = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    for r in rows:
-        out.append("| " + " | ".join(_f(r.get(k)) if isinstance(r.get(k), float) else str(r.get(k)) for k in keys) + " |")
-    return out + [f"- {g}" for g in d.get("goals", [])]
-
-
 TABLES: dict[str, Callable[[dict], list[str]]] = {
-    "shard": shard_table, "data": data_table, "infer": infer_table, "train": generic_table,
+    "shard": shard_table, "data": data_table, "infer": infer_table,
+    "train": lambda d: [*train_table(d), *goal_lines(d)],
 }  # fmt: skip
 
 
@@ -145,22 +94,6 @@ def loader_lines(d: dict | None) -> list[str]:
     verdict = "met" if d["ratio"] >= d["goal"] else "NOT met"
     return ["", f"Loader vs training: {d['loader']} {d['loader_clips_per_s']:.1f} clips/s / {d['train']} "
             f"{d['train_clips_per_s']:.1f} clips/s = **{d['ratio']:.2f}x** (goal on a GPU >= {d['goal']}x: {verdict})"]
-
-
-def speedups(payloads: dict[str, dict]) -> dict[str, float]:
-    """The headline same-run ratios, for one bar chart."""
-    out = {}
-    if "shard" in payloads:
-        out["plain ffmpeg / shard (wall)"] = 1 / payloads["shard"]["ratio_wall"]
-    for r in payloads.get("data", {}).get("results", []):
-        out[f"DALI / reference {r['config']}"] = r["dali_vs_reference_wall"]
-    for r in payloads.get("infer", {}).get("rows", []):
-        if r["batch"] == 1 and not r.get("tiny") and r["backend"] != "torch-fp32" and r.get("ratio_vs_torch_fp32"):
-            out[f"{r['backend']} / torch fp32, b1"] = r["ratio_vs_torch_fp32"]
-    for r in payloads.get("train", {}).get("rows", []):
-        if isinstance(r, dict) and r.get("speedup") and r.get("mode"):
-            out[f"train {r['mode']}"] = r["speedup"]
-    return out
 
 
 def report(stem: str, payloads: dict[str, dict], commands: dict[str, str], failed: list[str]) -> str:
@@ -208,6 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["report"]:  # `python -m benchmarks report`: the README's tables and charts
+        from benchmarks import report as readme_report
+
+        return readme_report.main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.results is not None:
         os.environ["TPN_BENCH_RESULTS"] = str(args.results.resolve())
@@ -228,10 +166,6 @@ def main(argv: list[str] | None = None) -> int:
                                 "loader_vs_training": loader_vs_training(payloads)})  # fmt: skip
     md = common.results_path(stem, ".md")
     md.write_text(report(stem, payloads, commands, failed) + "\n")
-    ratios = speedups(payloads)
-    if ratios:
-        common.bar_plot(common.results_path(f"{stem}-speedups", ".png"), list(ratios), list(ratios.values()),
-                        ylabel="x (same-run ratio)", title=f"speedups, {stem}")  # fmt: skip
     print(f"\nreport: {md}\ndata: {common.results_path(stem)}")
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)

@@ -10,6 +10,8 @@ import datetime
 import json
 import os
 import platform
+import shlex
+import sys
 from pathlib import Path
 
 # TPN_BENCH_RESULTS redirects every benchmark's output (smoke runs write outside the repo).
@@ -55,13 +57,22 @@ def results_path(name: str, suffix: str = ".json") -> Path:
     return RESULTS / f"{name}{suffix}"
 
 
+def invoking_command() -> str | None:
+    """`python -m benchmarks.X ...` as typed, when a benchmark module runs as the program (else None)."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is None or not spec.name.startswith("benchmarks."):
+        return None
+    return shlex.join(["python", "-m", spec.name.removesuffix(".__main__"), *sys.argv[1:]])
+
+
 def write_results(name: str, payload: dict) -> Path:
-    """Write `payload` plus `machine_info()` to results/<name>.json via temp + fsync + rename."""
+    """Write `payload` plus `machine_info()` (and the command that ran) to results/<name>.json atomically."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = results_path(name)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    context = {"machine": machine_info(), "command": invoking_command()}
     with open(tmp, "w") as f:
-        json.dump({"machine": machine_info(), **payload}, f, indent=1)
+        json.dump({**context, **payload}, f, indent=1)
         f.write("\n")
         f.flush()
         os.fsync(f.fileno())

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from benchmarks.__main__ import BENCHES, loader_lines, loader_vs_training, speedups
+from benchmarks.__main__ import BENCHES, loader_lines, loader_vs_training
 
 
 @pytest.mark.timeout(900)
@@ -22,22 +22,7 @@ def test_benchmark_suite_tiny_writes_one_report(tmp_path):
     md = report.with_suffix(".md").read_text()
     for bench in BENCHES:
         assert f"## {bench}" in md and f"python -m benchmarks.{bench}" in md
-    assert list(out.glob("*-speedups.png"))
-
-
-def test_speedups_pick_same_run_ratios():
-    payloads = {
-        "shard": {"ratio_wall": 1.25},
-        "data": {"results": [{"config": "8x8", "dali_vs_reference_wall": 1.5}]},
-        "infer": {"rows": [
-            {"batch": 1, "tiny": False, "backend": "ort-cpu", "ratio_vs_torch_fp32": 2.0},
-            {"batch": 8, "tiny": False, "backend": "ort-cpu", "ratio_vs_torch_fp32": 3.0},
-            {"batch": 1, "tiny": True, "backend": "ort-cpu", "ratio_vs_torch_fp32": 9.0},
-        ]},
-    }  # fmt: skip
-    assert speedups(payloads) == {
-        "plain ffmpeg / shard (wall)": 0.8, "DALI / reference 8x8": 1.5, "ort-cpu / torch fp32, b1": 2.0,
-    }  # fmt: skip
+    assert data["benchmarks"]["train"]["command"].startswith("python -m benchmarks.train --tiny")
 
 
 def test_loader_vs_training_compares_8x8_loading_with_the_fastest_training_mode():

@@ -1,0 +1,264 @@
+"""One chart per question, from benchmark result payloads.
+
+Each `*_chart` function is pure: it picks what may be drawn from one run's
+payload (plus, for the loader, the training rate of the same machine) and
+returns a `Chart`; `draw` is the only place that touches matplotlib. Rules
+the selection enforces:
+
+- A figure marked invalid is never drawn: a row carrying `"invalid": "why"`,
+  a payload's `"invalid": {"series": "why"}`, or an entry of `KNOWN_INVALID`
+  for files written before the flag existed.
+- A ratio is computed only between rows of one payload (one run).
+- Figures of two payloads share an axis only when both ran on the same
+  machine (`same_machine`), and then as absolute rates, never as a ratio.
+- Every title names the machine and the date of the run.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# Result files measured before payloads could flag figures: stem -> {series: why it is invalid}.
+KNOWN_INVALID: dict[str, dict[str, str]] = {
+    "2026-11-25-h100-data": {
+        "reference": "warm-up of 2 batches while 16 DataLoader workers held up to 32 batches ready",
+    },
+}
+
+GOAL_LOADER_VS_TRAIN = 1.5  # a GPU loader should feed 1.5x what the fastest training step consumes
+GOAL_TRAIN_SPEEDUP = 3.0  # the fastest training mode against fp32 eager, on an H100
+
+
+class ChartError(ValueError):
+    """The payloads cannot be drawn together (e.g. two machines on one axis)."""
+
+
+@dataclass(frozen=True)
+class Series:
+    name: str
+    values: list[float | None]  # one per category; None = not measured for that category
+
+
+@dataclass(frozen=True)
+class RefLine:
+    value: float
+    label: str
+    goal: bool = False  # drawn dashed red: the line to reach
+
+
+@dataclass(frozen=True)
+class Chart:
+    title: str
+    axis: str  # what the bars measure, with the unit
+    categories: list[str]  # one bar group each, top to bottom
+    series: list[Series]
+    lines: list[RefLine] = field(default_factory=list)
+    annotations: list[str] | None = None  # one text per category, drawn beside its bars
+    log: bool = False
+    footnote: str = ""
+
+
+# ---------------------------------------------------------------- selection
+
+
+def machine_label(payload: dict) -> str:
+    m = payload.get("machine", {})
+    where = m.get("gpu") or f"{m.get('cpu', 'unknown CPU')}, {m.get('cores', '?')} cores, no GPU"
+    return f"{where}, {str(m.get('date', '?'))[:10]}"
+
+
+def same_machine(a: dict, b: dict) -> bool:
+    ma, mb = a.get("machine", {}), b.get("machine", {})
+    return all(ma.get(k) == mb.get(k) for k in ("gpu", "cpu", "cores", "platform"))
+
+
+def invalid_series(stem: str, payload: dict) -> dict[str, str]:
+    """Series of this result file that must not be drawn, with the reason."""
+    return {**KNOWN_INVALID.get(stem, {}), **payload.get("invalid", {})}
+
+
+def valid_rows(rows: list[dict]) -> list[dict]:
+    return [r for r in rows if not r.get("invalid")]
+
+
+def fastest_training(train: dict) -> dict:
+    rows = valid_rows(train.get("rows", []))
+    if not rows:
+        raise ChartError("the training result has no valid rows")
+    return max(rows, key=lambda r: r["clips_per_s"])
+
+
+def loader_chart(loader: dict, train: dict) -> Chart:
+    """Loader configurations (clips/s) against the fastest training step of the same machine."""
+    if not same_machine(loader, train):
+        raise ChartError(f"loader ({machine_label(loader)}) and training ({machine_label(train)}) ran on "
+                         "different machines: their rates cannot share an axis")  # fmt: skip
+    rows = valid_rows(loader["rows"])
+    best = fastest_training(train)
+    rate = best["clips_per_s"]
+    return Chart(
+        title=f"Clip loading against the training rate ({loader.get('clip', 'clips')})\n{machine_label(loader)}",
+        axis="clips/s (higher is better)",
+        categories=[r["label"] for r in rows],
+        series=[Series(f"{codec.upper()} shards", [r["clips_per_s"] if r.get("codec") == codec else None for r in rows])
+                for codec in dict.fromkeys(r.get("codec", "?") for r in rows)],  # fmt: skip
+        lines=[RefLine(rate, f"training, {best['mode']} batch {best['batch']}: {rate:.0f} clips/s"),
+               RefLine(GOAL_LOADER_VS_TRAIN * rate, f"goal {GOAL_LOADER_VS_TRAIN}x training: "
+                                                    f"{GOAL_LOADER_VS_TRAIN * rate:.0f} clips/s", goal=True)],  # fmt: skip
+        footnote="loader and training measured in separate runs on this machine",
+    )
+
+
+def train_chart(train: dict) -> Chart:
+    """Training modes (clips/s) with the goal line at 3x the fp32-eager rate of the same run."""
+    rows = valid_rows(train["rows"])
+    base = next((r for r in rows if r.get("speedup") == 1.0), None)
+    lines = []
+    if base is not None:
+        goal = GOAL_TRAIN_SPEEDUP * base["clips_per_s"]
+        lines.append(RefLine(goal, f"goal {GOAL_TRAIN_SPEEDUP:g}x {base['mode']}: {goal:.0f} clips/s", goal=True))
+    first = rows[0]
+    return Chart(
+        title=f"Training step by mode ({first['model']}, batch {first['batch']})\n{machine_label(train)}",
+        axis="training clips/s (higher is better)",
+        categories=[r["mode"] for r in rows],
+        series=[Series("clips/s", [r["clips_per_s"] for r in rows])],
+        lines=lines,
+        annotations=[f"({r['speedup']:.2f}x {base['mode']})" if r.get("speedup") and base else "" for r in rows],
+    )
+
+
+def infer_chart(infer: dict, model: str, backends: list[str] | None = None) -> Chart:
+    """Inference clips/s per batch size, one bar per backend; ratios only within a batch of this run."""
+    rows = [r for r in valid_rows(infer["rows"]) if r["model"] == model and (backends is None or r["backend"] in backends)]
+    if not rows:
+        raise ChartError(f"no inference rows for {model}")
+    batches = sorted({r["batch"] for r in rows})
+    names = list(dict.fromkeys(r["backend"] for r in rows))
+    by = {(r["batch"], r["backend"]): r["clips_per_s"] for r in rows}
+    spread = max(by.values()) / min(by.values())
+    return Chart(
+        title=f"Inference by backend and batch ({model})\n{machine_label(infer)}",
+        axis="clips/s (higher is better)" + (", log scale" if spread > 20 else ""),
+        categories=[f"batch {b}" for b in batches],
+        series=[Series(n, [by.get((b, n)) for b in batches]) for n in names],
+        log=spread > 20,
+    )
+
+
+def data_chart(stem: str, data: dict) -> Chart:
+    """DALI against the reference loader and the decode limit per clip shape; invalid series left out."""
+    skip = invalid_series(stem, data)
+    rows = valid_rows(data["results"])
+    columns = {"DALI ClipLoader": "dali_clips_per_s", "reference loader": "reference_clips_per_s",
+               "decode limit": "decode_limit_clips_per_s"}  # fmt: skip
+    keep = {name: key for name, key in columns.items() if key.rsplit("_clips", 1)[0] not in skip}
+    dropped = sorted(set(columns) - set(keep))
+    return Chart(
+        title=f"Clip loading by clip shape ({data.get('videos', '?')} videos, batch "
+              f"{data.get('settings', {}).get('batch_size', '?')})\n{machine_label(data)}",
+        axis="clips/s (higher is better)",
+        categories=[r["config"] for r in rows],
+        series=[Series(name, [r.get(key) for r in rows]) for name, key in keep.items()],
+        footnote=f"not drawn (invalid): {', '.join(dropped)}" if dropped else "",
+    )  # fmt: skip
+
+
+def format_rows(data: dict) -> list[dict]:
+    """Rows of a data payload that name their shard format (the frame-shard comparison)."""
+    return [r for r in valid_rows(data.get("results", [])) if r.get("format")]
+
+
+def format_chart(data: dict, baseline: str = "vp9") -> Chart:
+    """Clips/s per clip shape and shard format; the annotation is each format against VP9 of this run."""
+    rows = format_rows(data)
+    if not rows:
+        raise ChartError("no per-format rows (results[*].format) in this data result")
+    configs = list(dict.fromkeys(r["config"] for r in rows))
+    formats = list(dict.fromkeys(r["format"] for r in rows))
+    rate = {(r["config"], r["format"]): r.get("clips_per_s", r.get("dali_clips_per_s")) for r in rows}
+
+    def versus(config: str) -> str:
+        base = rate.get((config, baseline))
+        others = [f"{f} {rate[(config, f)] / base:.2f}x" for f in formats if f != baseline and base and rate.get((config, f))]
+        return "(" + ", ".join(others) + f" vs {baseline})" if others else ""
+
+    return Chart(
+        title=f"Frame shards against {baseline.upper()} shards\n{machine_label(data)}",
+        axis="clips/s (higher is better)",
+        categories=configs,
+        series=[Series(f, [rate.get((c, f)) for c in configs]) for f in formats],
+        annotations=[versus(c) for c in configs],
+    )
+
+
+# ------------------------------------------------------------------ drawing
+
+COLORS = ["#3b75af", "#d9822b", "#4c9a2a", "#8e5ea2", "#888888", "#c44e52"]
+
+
+def draw(chart: Chart, path: Path) -> Path:
+    """Horizontal grouped bars (labels stay readable at any length), reference lines, PNG via temp + rename."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    drawn = [s for s in chart.series if any(v is not None for v in s.values)]
+    slots = _slots(chart, drawn)
+    per_group = max(1, *(len(s) for s in slots))
+    height = 0.8 / per_group
+    groups = len(chart.categories)
+    # constrained layout keeps the legend, placed outside below the axes, clear of bars and labels
+    fig, ax = plt.subplots(figsize=(9, 1.8 + 0.3 * groups * per_group + 0.2 * len(chart.lines)), layout="constrained")
+    for i, s in enumerate(drawn):
+        at = [g for g in range(groups) if i in slots[g]]
+        ys = [g + (slots[g].index(i) - (len(slots[g]) - 1) / 2) * height for g in at]
+        xs = [s.values[g] for g in at]
+        bars = ax.barh(ys, xs, height=height * 0.9, color=COLORS[i % len(COLORS)],
+                       label=s.name if len(drawn) > 1 else None)
+        ax.bar_label(bars, labels=[_bar_text(chart, g, i, slots, x) for g, x in zip(at, xs)], padding=3, fontsize=8)
+    for line in chart.lines:
+        ax.axvline(line.value, color="#c44e52" if line.goal else "#333333", linestyle="--" if line.goal else "-",
+                   linewidth=1.2, label=line.label)  # fmt: skip
+    ax.set_yticks(range(groups), chart.categories, fontsize=9)
+    ax.invert_yaxis()  # first category on top, as in the table
+    ax.set_xlabel(chart.axis + (f"\n{chart.footnote}" if chart.footnote else ""), fontsize=9)
+    top = max([x for s in drawn for x in s.values if x is not None] + [ln.value for ln in chart.lines])
+    if chart.log:
+        ax.set_xscale("log")
+    else:
+        ax.set_xlim(0, 1.22 * top)  # room for the value labels
+    ax.set_title(chart.title, fontsize=10)
+    if len(drawn) > 1 or chart.lines:
+        fig.legend(loc="outside lower center", ncol=2, fontsize=8, frameon=False)
+    return _save(fig, path)
+
+
+def _bar_text(chart: Chart, group: int, series: int, slots: list[list[int]], value: float) -> str:
+    """The value, plus the category's annotation on its last bar."""
+    note = chart.annotations[group] if chart.annotations and slots[group][-1] == series else ""
+    return f"{_num(value)}  {note}" if note else _num(value)
+
+
+def _slots(chart: Chart, drawn: list[Series]) -> list[list[int]]:
+    """Per category, the indices of the series that have a bar there (bars share a group only when measured)."""
+    return [[i for i, s in enumerate(drawn) if s.values[g] is not None] for g in range(len(chart.categories))]
+
+
+def _num(x: float) -> str:
+    return f"{x:.0f}" if x >= 100 else f"{x:.1f}" if x >= 1 else f"{x:.2f}"
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")  # keeps the legend below the axes
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path

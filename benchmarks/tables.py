@@ -1,0 +1,128 @@
+"""Markdown tables of benchmark payloads (pure: a payload dict in, lines out).
+
+Used by `python -m benchmarks` (the per-run report) and `benchmarks.report`
+(the README's generated blocks), so one result file reads the same in both.
+"""
+
+from __future__ import annotations
+
+import json
+
+# Modes whose names alone would mislead a reader: what PyTorch actually did in them on a GPU.
+MODE_NOTES = {
+    "fp32-eager": "PyTorch defaults: TF32 convolutions",
+    "fp32-notf32-eager": "strict fp32, for reference",
+}
+
+
+def _f(v, digits: int = 2) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def _rate(v) -> str:
+    """1 decimal from 10 up, else 2: keeps three significant figures on a GPU and on a 2-core CPU."""
+    return "-" if v is None else f"{v:.1f}" if abs(v) >= 10 else f"{v:.2f}"
+
+
+def _pct(v, digits: int = 1) -> str:
+    return "-" if v is None else f"{100 * v:.{digits}f}%"
+
+
+def shard_table(d: dict) -> list[str]:
+    m = d["median"]
+    return [
+        "| | plain ffmpeg | pipeline.shard | shard / plain |",
+        "|---|---|---|---|",
+        f"| videos/s | {_f(d['plain_videos_per_s'])} | {_f(d['shard_videos_per_s'])} | |",
+        f"| wall s (median) | {_f(m['plain_wall_s'])} | {_f(m['shard_wall_s'])} | **{_f(d['ratio_wall'], 3)}** (goal <= {d['goal_ratio_wall']}) |",
+        f"| CPU s (median) | {_f(m['plain_cpu_s'])} | {_f(m['shard_cpu_s'])} | {_f(d['ratio_cpu'], 3)} |",
+    ]  # fmt: skip
+
+
+def data_table(d: dict) -> list[str]:
+    rows = [
+        "| clip | DALI clips/s | reference clips/s | DALI / reference (wall) | DALI / reference (CPU basis) "
+        "| frames decoded per clip | decode limit clips/s | DALI % of decode limit (CPU basis) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in d["results"]:
+        rows.append(
+            f"| {r['config']} | {_f(r['dali_clips_per_s'], 1)} | {_f(r['reference_clips_per_s'], 1)} "
+            f"| {_f(r['dali_vs_reference_wall'])}x | {_f(r['dali_vs_reference_cpu'])}x "
+            f"| {_f(r['frames_decoded_per_clip'], 1)} | {_f(r['decode_limit_clips_per_s'], 1)} "
+            f"| {_pct(r.get('dali_vs_limit_cpu'), 0)} |"
+        )
+    return rows
+
+
+def goal_lines(d: dict) -> list[str]:
+    """The payload's goal verdicts and notes as bullets (they were judged in the run itself)."""
+    return [f"- {g}" for g in d.get("goals", [])] + [f"- note: {n}" for n in d.get("notes", [])]
+
+
+def infer_table(d: dict) -> list[str]:
+    rows = ["| model | batch | backend | clips/s | median latency ms | x PyTorch FP32 |", "|---|---|---|---|---|---|"]
+    for r in d["rows"]:
+        rows.append(
+            f"| {r['model']} | {r['batch']} | {r['backend']} | {_f(r['clips_per_s'])} | {_f(r['median_ms'], 1)} "
+            f"| {_f(r.get('ratio_vs_torch_fp32'))}x |"
+        )
+    return rows + [""] + goal_lines(d)
+
+
+def train_table(d: dict) -> list[str]:
+    """One row per training mode; the speedup is against fp32-eager of the same run."""
+    base = next((r["mode"] for r in d["rows"] if r.get("speedup") == 1.0), "fp32-eager")
+    rows = [f"| mode | clips/s | step ms | TFLOP/s | MFU | x {base} |", "|---|---|---|---|---|---|"]
+    for r in d["rows"]:
+        note = f" ({MODE_NOTES[r['mode']]})" if r["mode"] in MODE_NOTES and r.get("device") == "cuda" else ""
+        rows.append(
+            f"| {r['mode']}{note} | {_rate(r['clips_per_s'])} | {_f(r['median_step_ms'], 1)} "
+            f"| {_rate(r.get('tflops_per_s'))} | {_pct(r.get('mfu'))} | {_f(r.get('speedup'))}x |"
+        )
+    return rows
+
+
+def loader_variants_table(d: dict) -> list[str]:
+    base = next((r["label"] for r in d["rows"] if r.get("vs_default") == 1.0), "the first row")
+    rows = [f"| ClipLoader configuration | clips/s | x {base} |", "|---|---|---|"]
+    rows += [f"| {r['label']} | {_f(r['clips_per_s'], 1)} | {_f(r['vs_default'])}x |" for r in d["rows"]]
+    return rows
+
+
+def precision_table(d: dict, model: str, backends: tuple[str, str] = ("torch-fp32", "torch-bf16")) -> list[str]:
+    """Two backends of one model side by side per batch (the rows where both ran), with their ratio."""
+    by = {(r["model"], r["batch"], r["backend"]): r for r in d["rows"]}
+    a, b = backends
+    rows = [f"| model | batch | {a.replace('-', ' ')} clips/s | {b.replace('-', ' ')} clips/s "
+            f"| {b.split('-')[-1]} / {a.split('-')[-1]} |", "|---|---|---|---|---|"]  # fmt: skip
+    for batch in sorted({r["batch"] for r in d["rows"] if r["model"] == model}):
+        ra, rb = by.get((model, batch, a)), by.get((model, batch, b))
+        if ra and rb:
+            rows.append(f"| {model} | {batch} | {_f(ra['clips_per_s'], 1)} | {_f(rb['clips_per_s'], 1)} "
+                        f"| {_f(rb['clips_per_s'] / ra['clips_per_s'])}x |")  # fmt: skip
+    return rows
+
+
+def generic_table(d: dict) -> list[str]:
+    """Any payload with a list of flat row dicts (used for benchmarks without a dedicated table)."""
+    rows = next((v for v in d.values() if isinstance(v, list) and v and isinstance(v[0], dict)), None)
+    if rows is None:
+        return ["```", json.dumps({k: v for k, v in d.items() if k != "machine"}, indent=1)[:3000], "```"]
+    keys = [k for k, v in rows[0].items() if isinstance(v, (int, float, str, bool)) or v is None]
+    out = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    for r in rows:
+        out.append("| " + " | ".join(_f(r.get(k)) if isinstance(r.get(k), float) else str(r.get(k)) for k in keys) + " |")
+    return out + [f"- {g}" for g in d.get("goals", [])]
+
+
+def format_table(d: dict, baseline: str = "vp9") -> list[str]:
+    """Per clip shape and shard format: clips/s and the ratio to the baseline format of the same run."""
+    rows = [r for r in d["results"] if r.get("format") and not r.get("invalid")]
+    rate = {(r["config"], r["format"]): r.get("clips_per_s", r.get("dali_clips_per_s")) for r in rows}
+    out = [f"| clip | shard format | clips/s | x {baseline} |", "|---|---|---|---|"]
+    for r in rows:
+        base, mine = rate.get((r["config"], baseline)), rate[(r["config"], r["format"])]
+        ratio = f"{mine / base:.2f}x" if base and mine is not None else "-"
+        out.append(f"| {r['config']} | {r['format']} | {_f(mine, 1)} | {ratio} |")
+    return out
