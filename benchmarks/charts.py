@@ -20,6 +20,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from benchmarks.common import machine_line
+
 # Result files measured before payloads could flag figures: stem -> {series: why it is invalid}.
 KNOWN_INVALID: dict[str, dict[str, str]] = {
     "2026-11-25-h100-data": {
@@ -64,9 +66,7 @@ class Chart:
 
 
 def machine_label(payload: dict) -> str:
-    m = payload.get("machine", {})
-    where = m.get("gpu") or f"{m.get('cpu', 'unknown CPU')}, {m.get('cores', '?')} cores, no GPU"
-    return f"{where}, {str(m.get('date', '?'))[:10]}"
+    return machine_line(payload.get("machine", {}))
 
 
 def same_machine(a: dict, b: dict) -> bool:

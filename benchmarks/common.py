@@ -142,20 +142,31 @@ def tree_cpu_seconds(pid: int | None = None) -> float:
     return total
 
 
+def machine_line(info: dict | None = None) -> str:
+    """'<GPU or CPU, cores>, <date>': the context every chart title carries."""
+    m = machine_info() if info is None else info
+    where = m.get("gpu") or f"{m.get('cpu', 'unknown CPU')}, {m.get('cores', '?')} cores, no GPU"
+    return f"{where}, {str(m.get('date', '?'))[:10]}"
+
+
 def bar_plot(path: Path, labels: list[str], values: list[float], *, errors: list[tuple[float, float]] | None = None,
              ylabel: str = "", title: str = "") -> Path:
-    """A small bar chart (optional (low, high) error bars) saved as PNG via temp + rename."""
+    """Horizontal bars (long labels stay readable), optional (low, high) error bars, this machine and
+    date under the title; saved as PNG via temp + rename. `ylabel` names the measured axis."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.4 * len(labels)), 3.5))
-    yerr = None if errors is None else [[lo for lo, _ in errors], [hi for _, hi in errors]]
-    ax.bar(labels, values, yerr=yerr, capsize=6, color=["#888888", "#3b75af", "#d9822b", "#4c9a2a"][: len(labels)])
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
+    fig, ax = plt.subplots(figsize=(8, 1.6 + 0.45 * len(labels)), layout="constrained")
+    xerr = None if errors is None else [[lo for lo, _ in errors], [hi for _, hi in errors]]
+    colors = ["#888888"] + ["#3b75af"] * (len(labels) - 1)  # the first bar is the baseline
+    bars = ax.barh(labels, values, xerr=xerr, capsize=5, color=colors)
+    ax.bar_label(bars, labels=[f"{v:.3g}" for v in values], padding=4, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel(ylabel)
+    ax.set_xlim(0, 1.2 * max(values + [hi + v for v, (_, hi) in zip(values, errors or [(0, 0)] * len(values))]))
+    ax.set_title(f"{title}\n{machine_line()}" if title else machine_line(), fontsize=9)
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
     fig.savefig(tmp, dpi=100)
