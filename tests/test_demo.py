@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from tpn.demo import MODELS, DemoPaths, plan, held_out_seed
+from tpn.demo import MODELS, DemoPaths, held_out_seed, plan, verdict
 
 
 def _option(argv: list[str], flag: str) -> str:
@@ -42,6 +42,21 @@ def test_plan_keeps_the_test_split_out_of_training_and_selection(tmp_path, seed)
         if s.argv[2] == "tpn.test":
             assert _option(s.argv, "--shards") == str(p.test_shards)
             assert _option(s.argv, "--checkpoint").endswith("best.pth")
+
+
+@pytest.mark.parametrize(
+    "tpn, base, videos, says",
+    [
+        (80.0, 60.0, 64, ["beat the baseline by 20.0 points", "one video = 1.6 points", "one seed"]),
+        (60.0, 70.0, 64, ["did NOT beat", "60.0% vs 70.0%", "one video = 1.6 points"]),
+        (20.0, 15.0, 64, ["Neither model got far above chance"]),
+        (80.0, 60.0, None, ["beat the baseline by 20.0 points on the held-out test videos."]),
+    ],
+)
+def test_verdict_states_the_gap_and_how_coarse_it_is(tpn, base, videos, says):
+    text = verdict({MODELS[0]: tpn, MODELS[1]: base}, chance=0.125, videos=videos)
+    assert all(s in text for s in says), text
+    assert verdict({MODELS[0]: tpn}, 0.125, videos).startswith("Not every model was tested")
 
 
 def _digests(folder) -> set[str]:

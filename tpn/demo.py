@@ -170,20 +170,20 @@ def _pct(v: float | None) -> str:
     return "-" if v is None else f"{v:.1f}%"
 
 
-def model_rows(p: DemoPaths, chance: float) -> tuple[list[str], dict[str, float]]:
+def model_rows(p: DemoPaths, chance: float) -> tuple[list[str], dict[str, float], int | None]:
     rows = ["| model | test Top-1 (test protocol) | Top-5 | test videos | val Top-1 of best.pth | train time | train clips/s |",
             "|---|---|---|---|---|---|---|"]  # fmt: skip
-    top1 = {}
+    top1, videos = {}, None
     for m in MODELS:
         train, test = read_json(p.run(m) / "summary.json") or {}, read_json(p.run(m) / "test.json") or {}
         if test.get("top1") is not None:
-            top1[m] = test["top1"]
+            top1[m], videos = test["top1"], test.get("num_videos")
         rows.append(
             f"| {m} | {_pct(test.get('top1'))} | {_pct(test.get('top5'))} | {test.get('num_videos', '-')} "
             f"| {_pct(train.get('best_top1'))} | {train.get('train_time_s', 0):.0f} s | {train.get('clips_per_s', 0):.1f} |"
         )
     rows.append(f"\nchance level: {100 * chance:.1f}%")
-    return rows, top1
+    return rows, top1, videos
 
 
 def split_line(p: DemoPaths, seed: int) -> str:
@@ -198,17 +198,19 @@ def split_line(p: DemoPaths, seed: int) -> str:
             f"seed {seed}, test videos drawn with seed {held_out_seed(seed)})")
 
 
-def verdict(top1: dict[str, float], chance: float) -> str:
-    """An honest sentence on whether TPN beat the baseline (or anything beat chance)."""
+def verdict(top1: dict[str, float], chance: float, videos: int | None = None) -> str:
+    """An honest sentence on whether TPN beat the baseline (or anything beat chance), with its resolution."""
     if len(top1) < len(MODELS):
         return "Not every model was tested; see the stage list above."
     tpn_acc, base_acc = top1[MODELS[0]], top1[MODELS[1]]
     if max(tpn_acc, base_acc) < 2 * 100 * chance:
         return f"Neither model got far above chance ({100 * chance:.1f}%): train longer (--epochs) or check the data."
+    # one seed and a few dozen videos: say how coarse the gap is before anyone reads much into it
+    caveat = f" (one video = {100 / videos:.1f} points; one seed: try other --seed values)" if videos else ""
     if tpn_acc > base_acc:
-        return f"TPN beat the baseline by {tpn_acc - base_acc:.1f} points on this synthetic set."
+        return f"TPN beat the baseline by {tpn_acc - base_acc:.1f} points on the held-out test videos{caveat}."
     return (
-        f"TPN did NOT beat the baseline here ({tpn_acc:.1f}% vs {base_acc:.1f}%): on this small synthetic "
+        f"TPN did NOT beat the baseline here ({tpn_acc:.1f}% vs {base_acc:.1f}%){caveat}: on this small synthetic "
         "set a short tiny-model run does not show the paper's gain."
     )
 
@@ -239,9 +241,9 @@ def summary(p: DemoPaths, results: list[StageResult], seed: int) -> str:
     for r in results:
         status = "reused" if r.skipped else f"{r.returncode}"
         lines.append(f"| {r.name} | {status}{' (' + r.note + ')' if r.note else ''} | {r.seconds:.1f} s |")
-    mrows, top1 = model_rows(p, chance)
+    mrows, top1, videos = model_rows(p, chance)
     lines += ["", f"Models (held-out synthetic test videos; seed {seed}):", *mrows, "", split_line(p, seed),
-              "", verdict(top1, chance)]
+              "", verdict(top1, chance, videos)]
     lines += ["", f"Exported {EXPORTED} (Top-1 gate on the validation shards):", *export_rows(p)]
     lines += ["", "Outputs:", f"  data    {p.data} (test: {p.test_data})",
               f"  shards  {p.shards} (test: {p.test_shards})", f"  runs    {p.runs}", f"  export  {p.export}"]  # fmt: skip
