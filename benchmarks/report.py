@@ -31,7 +31,11 @@ folder that holds a data payload with per-format rows, e.g.
 (`clips_per_s` or `dali_clips_per_s` per row; a row with `"invalid": "why"`
 is left out), as `report/formats-<stem>.png`; without such a file the report
 prints a note and draws nothing. Its README table is then one `Block` with
-`table=format_table, chart=format_block_chart`.
+`table=format_table, chart=format_block_chart("<stem>")`.
+
+A figure found invalid after its run is marked, not deleted: `"invalid": "why"`
+on its row, `"invalid": {"<series>": "why"}` on the payload, or an entry in
+`benchmarks.charts.KNOWN_INVALID`; charts then leave it out.
 """
 
 from __future__ import annotations
