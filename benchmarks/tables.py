@@ -28,6 +28,11 @@ def _pct(v, digits: int = 1) -> str:
     return "-" if v is None else f"{100 * v:.{digits}f}%"
 
 
+def _name(r: dict, text: str) -> str:
+    """A row's first cell; a row flagged invalid after its run says so (charts leave it out)."""
+    return f"{text} (**invalid**: {r['invalid']})" if r.get("invalid") else str(text)
+
+
 def shard_table(d: dict) -> list[str]:
     m = d["median"]
     return [
@@ -47,7 +52,7 @@ def data_table(d: dict) -> list[str]:
     ]
     for r in d["results"]:
         rows.append(
-            f"| {r['config']} | {_f(r['dali_clips_per_s'], 1)} | {_f(r['reference_clips_per_s'], 1)} "
+            f"| {_name(r, r['config'])} | {_f(r['dali_clips_per_s'], 1)} | {_f(r['reference_clips_per_s'], 1)} "
             f"| {_f(r['dali_vs_reference_wall'])}x | {_f(r['dali_vs_reference_cpu'])}x "
             f"| {_f(r['frames_decoded_per_clip'], 1)} | {_f(r['decode_limit_clips_per_s'], 1)} "
             f"| {_pct(r.get('dali_vs_limit_cpu'), 0)} |"
@@ -64,7 +69,7 @@ def infer_table(d: dict) -> list[str]:
     rows = ["| model | batch | backend | clips/s | median latency ms | x PyTorch FP32 |", "|---|---|---|---|---|---|"]
     for r in d["rows"]:
         rows.append(
-            f"| {r['model']} | {r['batch']} | {r['backend']} | {_f(r['clips_per_s'])} | {_f(r['median_ms'], 1)} "
+            f"| {_name(r, r['model'])} | {r['batch']} | {r['backend']} | {_f(r['clips_per_s'])} | {_f(r['median_ms'], 1)} "
             f"| {_f(r.get('ratio_vs_torch_fp32'))}x |"
         )
     return rows + [""] + goal_lines(d)
@@ -77,7 +82,7 @@ def train_table(d: dict) -> list[str]:
     for r in d["rows"]:
         note = f" ({MODE_NOTES[r['mode']]})" if r["mode"] in MODE_NOTES and r.get("device") == "cuda" else ""
         rows.append(
-            f"| {r['mode']}{note} | {_rate(r['clips_per_s'])} | {_f(r['median_step_ms'], 1)} "
+            f"| {_name(r, r['mode'] + note)} | {_rate(r['clips_per_s'])} | {_f(r['median_step_ms'], 1)} "
             f"| {_rate(r.get('tflops_per_s'))} | {_pct(r.get('mfu'))} | {_f(r.get('speedup'))}x |"
         )
     return rows
@@ -86,7 +91,7 @@ def train_table(d: dict) -> list[str]:
 def loader_variants_table(d: dict) -> list[str]:
     base = next((r["label"] for r in d["rows"] if r.get("vs_default") == 1.0), "the first row")
     rows = [f"| ClipLoader configuration | clips/s | x {base} |", "|---|---|---|"]
-    rows += [f"| {r['label']} | {_f(r['clips_per_s'], 1)} | {_f(r['vs_default'])}x |" for r in d["rows"]]
+    rows += [f"| {_name(r, r['label'])} | {_f(r['clips_per_s'], 1)} | {_f(r['vs_default'])}x |" for r in d["rows"]]
     return rows
 
 

@@ -199,6 +199,7 @@ def test_train_table_notes_tf32_only_where_a_gpu_ran_and_precision_table_pairs_r
     cpu = _train_payload()
     cpu["rows"] = [{**cpu["rows"][0], "device": "cpu", "clips_per_s": 0.21}]
     assert train_table(cpu)[2].startswith("| fp32-eager | 0.21 |")
+    assert train_table(_train_payload())[4].startswith("| bf16-cl3d-compile-graph (**invalid**: fell back to eager) |")
     infer = {"rows": [{"model": "m", "batch": 1, "backend": "torch-fp32", "clips_per_s": 10.0},
                       {"model": "m", "batch": 1, "backend": "torch-bf16", "clips_per_s": 15.0},
                       {"model": "m", "batch": 8, "backend": "torch-fp32", "clips_per_s": 40.0}]}  # fmt: skip
