@@ -57,7 +57,7 @@ class Chart:
     categories: list[str]  # one bar group each, top to bottom
     series: list[Series]
     lines: list[RefLine] = field(default_factory=list)
-    annotations: list[str] | None = None  # one text per category, drawn beside its bars
+    annotations: list[str] | None = None  # one text per category, after the value on its last bar
     log: bool = False
     footnote: str = ""
 
