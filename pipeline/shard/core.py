@@ -11,6 +11,7 @@ settings, never on the worker count or on timing.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
 import shutil
@@ -23,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.ffmpeg import EncodeSettings, find_ffmpeg, has_encoder
+from pipeline.jpeg import mjpeg_packets
+from pipeline.shardset import INDEX_DIR
 from pipeline.layouts import Dataset, WorkItem, scan
 from pipeline.shard import manifest as mf
 from pipeline.shard.encode import Outcome, encode_item, reject_without_encoding
@@ -98,7 +101,13 @@ def select_part(items: list[WorkItem], part: tuple[int, int] | None) -> list[Wor
     return items[i::n]
 
 
-def sample_components(item: WorkItem, o: Outcome, label: int, ext: str, codec: str) -> dict[str, bytes]:
+def sample_components(item: WorkItem, o: Outcome, label: int, s: EncodeSettings) -> dict[str, bytes]:
+    """A sample's tar members, extension -> bytes, in tar order.
+
+    Video shards: `<key>.webm|mp4`, `.lbl`, `.frames`, `.json`. Frame shards:
+    `.lbl`, `.frames`, `.json`, then one `<key>.NNNNNN.jpg` per frame, so a
+    reader fetches exactly the frames it samples by their index offsets.
+    """
     meta = {
         "key": item.key,
         "class": item.class_name,
@@ -110,14 +119,31 @@ def sample_components(item: WorkItem, o: Outcome, label: int, ext: str, codec: s
         "duration": o.duration,
         "source": item.rel,
         "sha256": o.sha256,
-        "codec": codec,
+        "codec": s.codec,
     }
-    return {
-        ext: Path(o.video).read_bytes(),
-        "lbl": struct.pack("<i", label),
-        "frames": struct.pack("<i", o.frames),
-        "json": json.dumps(meta, ensure_ascii=False, sort_keys=True).encode("utf-8"),
-    }
+    small = {"lbl": struct.pack("<i", label), "frames": struct.pack("<i", o.frames)}
+    if not s.is_frames:
+        meta_json = json.dumps(meta, ensure_ascii=False, sort_keys=True).encode("utf-8")
+        return {s.ext: Path(o.video).read_bytes(), **small, "json": meta_json}
+    images = mjpeg_packets(o.video)
+    if len(images) != o.frames:
+        raise ShardError(f"{o.video}: {len(images)} JPEG frames read back, {o.frames} counted; re-run to re-encode it")
+    # The checksum covers the frames as stored (their concatenation), so verify can recompute it.
+    meta.update(sha256=frames_sha256(images), jpeg_q=None if o.copied else s.quality, copied=o.copied)
+    meta_json = json.dumps(meta, ensure_ascii=False, sort_keys=True).encode("utf-8")
+    return {**small, "json": meta_json, **{frame_ext(i): image for i, image in enumerate(images)}}
+
+
+def frames_sha256(images: list[bytes]) -> str:
+    h = hashlib.sha256()
+    for image in images:
+        h.update(image)
+    return h.hexdigest()
+
+
+def frame_ext(index: int) -> str:
+    """Extension of frame `index` in a frame shard: '000042.jpg'."""
+    return f"{index:06d}.jpg"
 
 
 def tar_bytes(components: dict[str, bytes]) -> int:
@@ -171,6 +197,7 @@ def remove_outputs(out: Path) -> None:
         if mf.SHARD_RE.match(p.name) or p.name in (mf.MANIFEST, mf.CLASSES, mf.REJECTED, mf.STATE):
             p.unlink()
     shutil.rmtree(out / mf.STAGING, ignore_errors=True)
+    shutil.rmtree(out / INDEX_DIR, ignore_errors=True)  # the loader's index cache of the old shards
 
 
 def _remove_stale_shards(out: Path, records: list[ShardRecord]) -> None:
@@ -205,7 +232,7 @@ class _Run:
             self.pending_rejects.setdefault(item.split, []).append(rec)
             self._taken(item.split, ordinal, [record])
             return
-        comps = sample_components(item, o, self.labels[item.class_name], self.s.ext, self.s.codec)
+        comps = sample_components(item, o, self.labels[item.class_name], self.s)
         w = self.writers.get(item.split)
         if w is not None and w.keys and tar_file_size(w.size + tar_bytes(comps)) > self.shard_size:
             self.commit(item.split)  # before taking this item: it opens the next shard

@@ -15,7 +15,17 @@ import secrets
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from pipeline.ffmpeg import EncodeSettings, FFmpegError, SourceSpec, probe_encoded, run_ffmpeg, transcode_argv
+from pipeline.ffmpeg import (
+    EncodeSettings,
+    FFmpegError,
+    SourceSpec,
+    copy_frames_argv,
+    output_geometry,
+    probe_encoded,
+    run_ffmpeg,
+    transcode_argv,
+)
+from pipeline.jpeg import JpegError, decode_check
 from pipeline.layouts import WorkItem, frames_pattern
 from pipeline.wds import atomic_write_text
 
@@ -36,6 +46,7 @@ class Outcome:
     codec: str = ""
     sha256: str = ""
     bytes: int = 0
+    copied: bool = False  # frame shards: source JPEGs stored as they were, not re-encoded
 
     @property
     def ok(self) -> bool:
@@ -105,7 +116,9 @@ def encode_item(item: WorkItem, s: EncodeSettings, staging: str, timeout: float,
 
 
 def _encode(item: WorkItem, s: EncodeSettings, tmp: Path, timeout: float, min_frames: int) -> Outcome:
-    run_ffmpeg(transcode_argv(source_spec(item), tmp, s), timeout)
+    src = source_spec(item)
+    copied = copyable_frames(src, s)
+    run_ffmpeg(copy_frames_argv(src, tmp) if copied else transcode_argv(src, tmp, s), timeout)
     try:
         info = probe_encoded(tmp)
     except FFmpegError:
@@ -125,7 +138,33 @@ def _encode(item: WorkItem, s: EncodeSettings, tmp: Path, timeout: float, min_fr
         codec=info.codec,
         sha256=hashlib.sha256(data).hexdigest(),
         bytes=len(data),
+        copied=copied,
     )
+
+
+def copyable_frames(src: SourceSpec, s: EncodeSettings) -> bool:
+    """Whether a JPEG frame folder already is what `--codec jpeg` would write, so it is stored, not re-encoded.
+
+    True when the frame rate stays, every frame decodes and all share one size
+    that the size rules keep as it is (e.g. Something-Something V1's frames with
+    `--short-side keep`). A frame that does not decode rejects the input.
+    """
+    if not s.is_frames or src.kind != "frames" or (s.fps is not None and s.fps != src.fps):
+        return False
+    folder = Path(src.path)
+    sizes = set()
+    for path in sorted(folder.iterdir()):
+        if not path.name.lower().endswith((".jpg", ".jpeg")):
+            continue
+        try:
+            info = decode_check(path.read_bytes())
+        except JpegError as err:
+            raise FFmpegError("unreadable", f"frame {path.name} of {folder.name}: {err}") from None
+        sizes.add((info.width, info.height))
+    if len(sizes) != 1:
+        return False
+    (size,) = sizes
+    return output_geometry(*size, s) == size
 
 
 def reject_without_encoding(item: WorkItem) -> Outcome | None:
