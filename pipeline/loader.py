@@ -504,8 +504,8 @@ class ClipLoader:
             gather.append(len(inputs["jpeg"]) + order)
             images = self.data.frame_bytes(index, unique)
             inputs["jpeg"] += [np.frombuffer(b, dtype=np.uint8) for b in images]
-            for name, value in extra.items():
-                inputs[name] += [value] * len(images)
+            for name in fields[1:]:
+                inputs[name] += [extra[name]] * len(images)
             labels.append(label)
         host = {"labels": np.array(labels, np.int64), "indices": np.array(indices, np.int64),
                 "gather": np.stack(gather)}

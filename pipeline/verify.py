@@ -1,10 +1,12 @@
 """`python -m pipeline.verify OUT`: re-read a shard folder and report every problem.
 
 Checks, per shard: present, byte size and sha256 as the manifest says, `.idx`
-equal to the index of the tar as it is; per sample: all four components
-(video, lbl, frames, json) present, the json consistent with lbl, frames,
-the class list and the video's sha256; and (unless `--no-decode`) the video
-decodes to exactly its recorded frame count. Exit status 1 if anything is
+equal to the index of the tar as it is; per sample: all components present
+(video shards: video, lbl, frames, json; frame shards: lbl, frames, json and
+one `NNNNNN.jpg` per frame), the json consistent with lbl, frames, the class
+list and the video's (or frames') sha256; and (unless `--no-decode`) the
+video decodes to exactly its recorded frame count, or every JPEG frame
+decodes (a bad frame is named by shard, key and frame index). Exit status 1 if anything is
 wrong, with one line per problem naming the shard and sample.
 """
 
@@ -23,6 +25,7 @@ from pathlib import Path
 
 from pipeline._cli import HelpFormatter
 from pipeline.ffmpeg import count_decoded_frames
+from pipeline.jpeg import decode_check
 from pipeline.shard import manifest as mf
 from pipeline.wds import index_of_tar, iter_samples, sha256_file
 
@@ -40,21 +43,40 @@ class VerifyReport:
         return not self.problems
 
 
-def check_sample(sample: dict, classes: list[str], video_ext: str, codec: str) -> list[str]:
-    """Problems of one sample dict ({'__key__', ext: bytes}) (pure)."""
+def frame_exts(count: int) -> list[str]:
+    return [f"{i:06d}.jpg" for i in range(count)]
+
+
+def content_sha256(sample: dict, video_ext: str | None, frames: int) -> str:
+    """sha256 of a sample's video, or of its JPEG frames concatenated in order (frame shards)."""
+    if video_ext is not None:
+        return hashlib.sha256(sample[video_ext]).hexdigest()
+    h = hashlib.sha256()
+    for ext in frame_exts(frames):
+        h.update(sample[ext])
+    return h.hexdigest()
+
+
+def check_sample(sample: dict, classes: list[str], video_ext: str | None, codec: str) -> list[str]:
+    """Problems of one sample dict ({'__key__', ext: bytes}) (pure); `video_ext` None for frame shards."""
     key = sample["__key__"]
-    expected = {video_ext, "lbl", "frames", "json"}
+    try:
+        (frames,) = struct.unpack("<i", sample.get("frames", b""))
+    except struct.error as err:
+        frames = -1
+        if "frames" in sample:
+            return [f"{key}: unreadable .frames ({err})"]
+    expected = {"lbl", "frames", "json"} | ({video_ext} if video_ext else set(frame_exts(max(frames, 0))))
     present = set(sample) - {"__key__"}
-    problems = [f"{key}: missing component .{c}" for c in sorted(expected - present)]
-    problems += [f"{key}: unexpected component .{c}" for c in sorted(present - expected)]
+    problems = [f"{key}: missing component .{c}" for c in sorted(expected - present)[:8]]
+    problems += [f"{key}: unexpected component .{c}" for c in sorted(present - expected)[:8]]
     if problems:
         return problems
     try:
         meta = json.loads(sample["json"])
         (label,) = struct.unpack("<i", sample["lbl"])
-        (frames,) = struct.unpack("<i", sample["frames"])
     except (ValueError, struct.error) as err:
-        return [f"{key}: unreadable json/lbl/frames ({err})"]
+        return [f"{key}: unreadable json/lbl ({err})"]
     checks = [
         (meta.get("key") == key, f"json key {meta.get('key')!r} != sample key"),
         (meta.get("label") == label, f"json label {meta.get('label')} != .lbl {label}"),
@@ -63,7 +85,8 @@ def check_sample(sample: dict, classes: list[str], video_ext: str, codec: str) -
         (0 <= label < len(classes) and meta.get("class") == classes[label],
          f"json class {meta.get('class')!r} is not classes[{label}]"),
         (meta.get("codec") == codec, f"json codec {meta.get('codec')!r} != manifest codec {codec!r}"),
-        (hashlib.sha256(sample[video_ext]).hexdigest() == meta.get("sha256"), "video sha256 differs from its json"),
+        (content_sha256(sample, video_ext, frames) == meta.get("sha256"),
+         f"{'video' if video_ext else 'frames'} sha256 differs from its json"),
         (frames >= 1, f"frame count {frames} < 1"),
     ]
     return [f"{key}: {msg}" for ok, msg in checks if not ok]
@@ -119,21 +142,31 @@ def _check_shard(out: Path, entry: dict, ctx: dict, pool: ThreadPoolExecutor | N
             if meta is not None:
                 per_class[(entry["split"], meta.get("class"))] += 1
             if not sample_problems and pool is not None:
-                jobs.append((key, meta["frames"], pool.submit(count_decoded_frames, sample[ctx["ext"]])))
+                jobs += _decode_jobs(pool, sample, meta["frames"], ctx["ext"])
     except (tarfile.TarError, OSError) as err:
         report.problems.append(f"{name}: cannot read samples ({err})")
     if count != entry["samples"]:
         report.problems.append(f"{name}: {count} samples, manifest says {entry['samples']}")
     report.samples += count
-    for key, frames, job in jobs:
+    for key, frame, frames, job in jobs:
         try:
             got = job.result()
         except Exception as err:  # any decoder failure is a finding, not a crash
-            report.problems.append(f"{name}: {key}: video does not decode ({err})")
+            what = "video" if frame is None else f"frame {frame}"
+            report.problems.append(f"{name}: {key}: {what} does not decode ({err})")
             continue
-        report.decoded += 1
-        if got != frames:
+        if frame is None or frame == frames - 1:
+            report.decoded += 1
+        if frame is None and got != frames:
             report.problems.append(f"{name}: {key}: decodes to {got} frames, recorded {frames}")
+
+
+def _decode_jobs(pool: ThreadPoolExecutor, sample: dict, frames: int, video_ext: str | None) -> list[tuple]:
+    """(key, frame or None, frame count, future) for the decodes of one sample: its video, or every frame."""
+    key = sample["__key__"]
+    if video_ext is not None:
+        return [(key, None, frames, pool.submit(count_decoded_frames, sample[video_ext]))]
+    return [(key, i, frames, pool.submit(decode_check, sample[ext])) for i, ext in enumerate(frame_exts(frames))]
 
 
 def verify_dataset(out: str | Path, *, decode: bool = True, workers: int | None = None,
@@ -155,7 +188,9 @@ def verify_dataset(out: str | Path, *, decode: bool = True, workers: int | None 
     report.problems += [f"{p.name}: on disk but not in the manifest" for p in sorted(out.iterdir())
                         if mf.SHARD_RE.match(p.name) and p.name not in listed]
     settings = manifest["settings"]
-    ctx = {"classes": classes, "ext": settings["container"], "codec": settings["codec"], "keys": {}}
+    is_frames = settings["codec"] == "jpeg"
+    ctx = {"classes": classes, "ext": None if is_frames else settings["container"], "codec": settings["codec"],
+           "keys": {}}
     per_class: Counter = Counter()
     pool = ThreadPoolExecutor(max_workers=workers or 2) if decode else None
     try:

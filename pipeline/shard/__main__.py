@@ -48,8 +48,8 @@ def _short_side(text: str) -> int | None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
-        description="Transcode a video dataset folder into WebDataset tar shards (VP9/WebM by default) with DALI "
-        "index files, classes.json, manifest.json and rejected.jsonl. Re-running the same command resumes.",
+        description="Transcode a video dataset folder into WebDataset tar shards (VP9/WebM by default, or one "
+        "JPEG per frame with --codec jpeg) with DALI index files, classes.json, manifest.json and rejected.jsonl. Re-running the same command resumes.",
         epilog=f"Joining the outputs of --part runs: {PROG} merge OUT_0 ... OUT_N-1 --out OUT "
         f"(see `{PROG} merge --help`).",
         formatter_class=HelpFormatter,
@@ -63,14 +63,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", type=Path, default=None,
                    help="classes.json to reuse (label order), e.g. from the train run when sharding val alone")
     enc = p.add_argument_group("encoding")
-    enc.add_argument("--codec", choices=("vp9", "h264"), default="vp9",
-                     help="vp9 in WebM decodes on CPU and GPU with DALI; h264 in MP4 decodes on GPU only")
+    enc.add_argument("--codec", choices=("vp9", "h264", "jpeg"), default="vp9",
+                     help="vp9 in WebM decodes on CPU and GPU with DALI; h264 in MP4 decodes on GPU only; jpeg "
+                     "stores every frame as its own JPEG (frame shards: about 5x the bytes of vp9, but a clip "
+                     "decodes only its own frames, so loading is several times faster)")
     enc.add_argument("--short-side", type=_short_side, default=256,
                      help="resize so the short side is this (even; keeps aspect); 'keep' keeps the source size")
     enc.add_argument("--size", type=parse_size, default=None, help="fixed output size WxH (e.g. 320x240); overrides --short-side")
     enc.add_argument("--fps", type=float, default=None, help="output frame rate (default: the source's)")
-    enc.add_argument("--gop", type=int, default=16, help="keyframe every GOP frames (closed GOPs)")
-    enc.add_argument("--crf", type=int, default=None, help="quality (lower is better; default 32 for vp9, 23 for h264)")
+    enc.add_argument("--gop", type=int, default=16, help="keyframe every GOP frames (closed GOPs; video codecs)")
+    enc.add_argument("--crf", "--quality", dest="crf", type=int, default=None,
+                     help="quality, lower is better: the CRF for vp9 (default 32) and h264 (default 23); for jpeg "
+                     "ffmpeg's mjpeg quantiser scale -q:v, 2..31 (default 3: measured with "
+                     "`python -m benchmarks.jpeg_quality` as the smallest files whose frames stay within 1 dB "
+                     "PSNR of the best setting on camera-like content)")
     enc.add_argument("--threads", type=int, default=1,
                      help="encoder threads per ffmpeg (part of the output bytes; parallelism comes from --workers)")
     enc.add_argument("--min-frames", type=int, default=DEFAULT_MIN_FRAMES, help="reject videos with fewer frames")
