@@ -248,6 +248,8 @@ REJECT_REASONS = (
     "ffmpeg_error",
     "timeout",
     "unknown_class",
+    "dangling_symlink",
+    "directory_loop",
 )
 
 _PATTERNS = [

@@ -141,8 +141,8 @@ def _check_shard(out: Path, entry: dict, ctx: dict, pool: ThreadPoolExecutor | N
             meta = _json_or_none(sample)
             if meta is not None:
                 per_class[(entry["split"], meta.get("class"))] += 1
-            if not sample_problems and pool is not None:
-                jobs += _decode_jobs(pool, sample, meta["frames"], ctx["ext"])
+            if meta is not None and pool is not None:  # decode even after a checksum problem: name the frame
+                jobs += _decode_jobs(pool, sample, meta.get("frames"), ctx["ext"])
     except (tarfile.TarError, OSError) as err:
         report.problems.append(f"{name}: cannot read samples ({err})")
     if count != entry["samples"]:
@@ -164,9 +164,12 @@ def _check_shard(out: Path, entry: dict, ctx: dict, pool: ThreadPoolExecutor | N
 def _decode_jobs(pool: ThreadPoolExecutor, sample: dict, frames: int, video_ext: str | None) -> list[tuple]:
     """(key, frame or None, frame count, future) for the decodes of one sample: its video, or every frame."""
     key = sample["__key__"]
+    if not isinstance(frames, int) or frames < 1:
+        return []
     if video_ext is not None:
-        return [(key, None, frames, pool.submit(count_decoded_frames, sample[video_ext]))]
-    return [(key, i, frames, pool.submit(decode_check, sample[ext])) for i, ext in enumerate(frame_exts(frames))]
+        return [(key, None, frames, pool.submit(count_decoded_frames, sample[video_ext]))] if video_ext in sample else []
+    return [(key, i, frames, pool.submit(decode_check, sample[ext]))
+            for i, ext in enumerate(frame_exts(frames)) if ext in sample]
 
 
 def verify_dataset(out: str | Path, *, decode: bool = True, workers: int | None = None,

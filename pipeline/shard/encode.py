@@ -171,4 +171,6 @@ def reject_without_encoding(item: WorkItem) -> Outcome | None:
     """Inputs the main process can reject at once (listed but absent)."""
     if item.missing:
         return Outcome(item.key, reason="missing_file", message=f"{item.rel} is listed in the annotations but not on disk")
+    if item.problem is not None:
+        return Outcome(item.key, reason=item.problem[0], message=f"{item.rel}: {item.problem[1]}")
     return None
