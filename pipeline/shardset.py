@@ -15,9 +15,9 @@ names in label order) and `DIR/manifest.json`. Every sample has `<key>.lbl`
 
 Scale (`SampleIndex`): every per-sample number lives in flat numpy arrays,
 built once from the `.idx` files (plus one small read per sample for label,
-frame count and size) and cached as `.npy` files in `DIR/.index/`, keyed by
+frame count and size) and cached as one file in `DIR/.index/`, keyed by
 the shards' checksums in the manifest (or their sizes and times); later
-opens memory-map them, so opening millions of samples takes milliseconds
+opens memory-map them (one file), so opening millions of samples takes milliseconds
 and processes on one machine share the pages. Open files are bounded
 (`FilePool`): at most `max_open` shards are open at a time, least recently
 used closed first, whatever the number of shards.
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import re
 import resource
@@ -43,7 +44,7 @@ VIDEO_EXTS = {"webm": "vp9", "mp4": "h264"}
 FRAME_RE = re.compile(r"^(\d{6})\.jpg$")
 REQUIRED = ("lbl", "frames", "json")
 INDEX_DIR = ".index"
-INDEX_VERSION = 1
+INDEX_VERSION = 3
 VERIFY_HINT = "check the shards with `python -m pipeline.verify {dir}` and re-create bad ones with `python -m pipeline.shard`"
 
 
@@ -207,11 +208,13 @@ class FilePool:
 class SampleIndex:
     """Flat arrays describing every sample of a list of shards (see the module docstring).
 
-    Per sample (length N): shard (uint32), label, frames, width, height (int32),
-    fps (float32), video_off, video_size (int64; frame shards: -1), json_off,
-    json_size (int64), key_start (int64, N + 1 entries into key_bytes).
-    Frame shards add frame_start (int64, N + 1 entries) into frame_off and
-    frame_size (int64 per stored frame, in frame order).
+    Per sample (length N): shard (uint32), label, frames (int32), width, height
+    (uint16), fps (float32), video_off (int64), video_size (int32; frame
+    shards: -1), json_off (int64), json_size (int32), key_start (int64, N + 1
+    entries into key_bytes). Frame shards add frame_start (int64, N + 1
+    entries) into frame_off (int64) and frame_size (int32), one per stored
+    frame in frame order. About 60 bytes per sample plus the key and, for
+    frame shards, 12 bytes per stored frame.
     """
 
     ARRAYS = ("shard", "label", "frames", "width", "height", "fps", "video_off", "video_size",
@@ -235,15 +238,32 @@ class SampleIndex:
         return bytes(self.key_bytes[self.key_start[i] : self.key_start[i + 1]]).decode("utf-8")
 
     def save(self, folder: Path) -> None:
+        """One binary file of all arrays (64-byte aligned) + meta.json with their layout."""
         folder.mkdir(parents=True)
-        for name, a in self.arrays.items():
-            np.save(folder / f"{name}.npy", np.ascontiguousarray(a), allow_pickle=False)
-        (folder / "meta.json").write_text(json.dumps(self.meta))
+        layout, offset = {}, 0
+        with open(folder / "index.bin", "wb") as f:
+            for name, a in self.arrays.items():
+                a = np.ascontiguousarray(a)
+                pad = -offset % 64
+                f.write(b"\0" * pad)
+                offset += pad
+                layout[name] = {"dtype": a.dtype.str, "count": int(a.size), "offset": offset}
+                f.write(a.tobytes())
+                offset += a.nbytes
+        (folder / "meta.json").write_text(json.dumps({**self.meta, "arrays": layout}))
 
     @classmethod
     def load(cls, folder: Path) -> SampleIndex:
+        """Views on one read-only memory map of index.bin: one descriptor, pages shared between processes."""
         meta = json.loads((folder / "meta.json").read_text())
-        arrays = {name: np.load(folder / f"{name}.npy", mmap_mode="r", allow_pickle=False) for name in cls.ARRAYS}
+        layout = meta.pop("arrays")
+        with open(folder / "index.bin", "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+        arrays = {}
+        for name in cls.ARRAYS:
+            spec = layout[name]
+            arrays[name] = np.frombuffer(buf, dtype=np.dtype(spec["dtype"]), count=spec["count"], offset=spec["offset"])
         return cls(arrays, meta)
 
 
@@ -318,8 +338,8 @@ def build_index(tars: list[Path]) -> SampleIndex:
         raise ShardError(f"the shards mix sample formats {sorted(k[1] for k in kinds)}: re-shard them with one --codec")
     kind, ext = kinds.pop()
     codec = "jpeg" if kind == "frames" else VIDEO_EXTS[ext]
-    dtypes = {"shard": np.uint32, "label": np.int32, "frames": np.int32, "width": np.int32, "height": np.int32,
-              "fps": np.float32}
+    dtypes = {"shard": np.uint32, "label": np.int32, "frames": np.int32, "width": np.uint16, "height": np.uint16,
+              "fps": np.float32, "video_size": np.int32, "json_size": np.int32, "frame_size": np.int32}
     arrays = {name: np.asarray(v, dtype=dtypes.get(name, np.int64)) for name, v in cols.items()}
     arrays["key_bytes"] = np.frombuffer(bytes(keys), dtype=np.uint8)
     return SampleIndex(arrays, {"kind": kind, "codec": codec, "ext": ext, "version": INDEX_VERSION})
