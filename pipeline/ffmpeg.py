@@ -35,7 +35,7 @@ CODECS: dict[str, dict[str, str]] = {
 }
 DEFAULT_CRF = {"vp9": 32, "h264": 23}
 # ffmpeg's mjpeg quantiser scale (-q:v, 2 = finest .. 31), chosen with `python -m benchmarks.jpeg_quality`.
-DEFAULT_JPEG_Q = 3
+DEFAULT_JPEG_Q = 2
 LOGLEVEL = "error"
 
 

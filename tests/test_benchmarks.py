@@ -73,5 +73,5 @@ def test_data_benchmark_warms_up_past_each_loaders_queue(tmp_path):
     from benchmarks.data import Settings, warmup_batches
 
     s = Settings(data=tmp_path, workers=16)
-    # DataLoader: prefetch_factor 2 per worker can be queued; DALI: its prefetch depth of 2
-    assert warmup_batches("reference", s) == 34 and warmup_batches("dali", s) == 4
+    # DataLoader: prefetch_factor 2 per worker can be queued; ClipLoader: DALI's prefetch depth of 2 + its read-ahead
+    assert warmup_batches("reference", s) == 34 and warmup_batches("dali", s) == warmup_batches("frames", s) == 5

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from pipeline.ffmpeg import count_decoded_frames
+from pipeline.ffmpeg import DEFAULT_JPEG_Q, count_decoded_frames
 from pipeline.jpeg import decode_check
 from pipeline.shard import merge_parts, shard_dataset
 from pipeline.shardset import ShardSet
@@ -52,7 +52,7 @@ def test_every_frame_is_its_own_jpeg_member_with_offsets_in_the_index(frames, sy
         info = decode_check(sample[jpgs[0]])
         assert (info.width, info.height) == (meta["width"], meta["height"]) == (64, 48) and not info.progressive
         assert meta["sha256"] == hashlib.sha256(b"".join(sample[j] for j in jpgs)).hexdigest()
-        assert meta["jpeg_q"] == 3 and meta["copied"] is False
+        assert meta["jpeg_q"] == DEFAULT_JPEG_Q and meta["copied"] is False
     for tar in frames.glob("*.tar"):  # the .idx lists every frame member with its offset (wds2idx format)
         assert tar.with_suffix(".idx").read_text() == index_of_tar(tar)
 
