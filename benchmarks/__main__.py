@@ -23,13 +23,14 @@ from pathlib import Path
 
 from benchmarks import common
 
-BENCHES = ("shard", "data", "train", "infer")
+BENCHES = ("shard", "data", "pipeline", "train", "infer")
 # Arguments per benchmark: "full" fits a 2-core CPU box in minutes (a GPU box runs the GPU paths
 # of the same scripts), "tiny" only proves the commands work.
 ARGS = {
     "full": {
         "shard": ["--videos-per-class", "4", "--rounds", "3"],
         "data": [],
+        "pipeline": [],
         "train": [],
         "infer": [],
     },
@@ -37,6 +38,7 @@ ARGS = {
         "shard": ["--classes", "2", "--videos-per-class", "2", "--frames", "16", "--size", "96x64",
                   "--short-side", "64", "--rounds", "1"],
         "data": ["--tiny"],
+        "pipeline": ["--tiny"],
         "train": ["--tiny"],
         "infer": ["--tiny"],
     },
@@ -80,7 +82,7 @@ def shard_table(d: dict) -> list[str]:
 
 
 def data_table(d: dict) -> list[str]:
-    rows = [
+    rows = frames_table(d) + [""] + [
         "| clip | DALI clips/s | reference clips/s | DALI / reference (wall) | DALI / reference (CPU basis) "
         "| frames decoded per clip | decode limit clips/s | DALI % of decode limit (CPU basis) |",
         "|---|---|---|---|---|---|---|---|",
@@ -93,6 +95,31 @@ def data_table(d: dict) -> list[str]:
             f"| {_f(r['frames_decoded_per_clip'], 1)} | {_f(r['decode_limit_clips_per_s'], 1)} "
             f"| {'-' if pct is None else f'{100 * pct:.0f}%'} |"
         )
+    return rows
+
+
+def frames_table(d: dict) -> list[str]:
+    """JPEG frame shards against VP9 shards of the same videos (same run, same cores)."""
+    rows = ["| clip | VP9 clips/s | JPEG frames clips/s | frames / VP9 (wall) | frames / VP9 (CPU basis) "
+            "| KB read per clip, VP9 | KB read per clip, frames | KB per video, VP9 | KB per video, frames |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for r in d["results"]:
+        if "frames_clips_per_s" not in r:
+            return []
+        rows.append(
+            f"| {r['config']} | {_f(r['dali_clips_per_s'], 1)} | {_f(r['frames_clips_per_s'], 1)} "
+            f"| {_f(r['frames_vs_vp9_wall'])}x | {_f(r['frames_vs_vp9_cpu'])}x "
+            f"| {_f(r['bytes_read_per_clip_vp9'] / 1e3, 0)} | {_f(r['bytes_read_per_clip_frames'] / 1e3, 0)} "
+            f"| {_f(r['shard_bytes_per_video_vp9'] / 1e3, 0)} | {_f(r['shard_bytes_per_video_frames'] / 1e3, 0)} |"
+        )
+    return rows
+
+
+def pipeline_table(d: dict) -> list[str]:
+    rows = [f"{d['model']} on {d['device']}, batch {d['batch']}, step mode {d['step_mode']}"
+            + (" (compiled)" if d.get("compiled") else ""), "",
+            "| contender | clips/s | x in-memory training |", "|---|---|---|"]
+    rows += [f"| {r['contender']} | {_f(r['clips_per_s'], 1)} | {_f(r['vs_in_memory'])}x |" for r in d["rows"]]
     return rows
 
 
@@ -119,7 +146,7 @@ def generic_table(d: dict) -> list[str]:
 
 
 TABLES: dict[str, Callable[[dict], list[str]]] = {
-    "shard": shard_table, "data": data_table, "infer": infer_table, "train": generic_table,
+    "shard": shard_table, "data": data_table, "pipeline": pipeline_table, "infer": infer_table, "train": generic_table,
 }  # fmt: skip
 
 
@@ -134,9 +161,11 @@ def loader_vs_training(payloads: dict[str, dict]) -> dict | None:
         return None
     best = max(rows, key=lambda r: r["clips_per_s"])
     device = payloads["data"].get("settings", {}).get("device", "cpu")
-    return {"loader": f"DALI {device}, 8x8", "loader_clips_per_s": data["dali_clips_per_s"],
+    fmt, rate = max((("VP9", data["dali_clips_per_s"]), ("JPEG frames", data.get("frames_clips_per_s", 0.0))),
+                    key=lambda t: t[1])
+    return {"loader": f"DALI {device}, {fmt}, 8x8", "loader_clips_per_s": rate,
             "train": f"{best['model']} {best['mode']}, batch {best['batch']}", "train_clips_per_s": best["clips_per_s"],
-            "ratio": data["dali_clips_per_s"] / best["clips_per_s"], "goal": GOAL_LOADER_VS_TRAIN}  # fmt: skip
+            "ratio": rate / best["clips_per_s"], "goal": GOAL_LOADER_VS_TRAIN}  # fmt: skip
 
 
 def loader_lines(d: dict | None) -> list[str]:

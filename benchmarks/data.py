@@ -81,7 +81,8 @@ def bench_shards(s: Settings, codec: str = "vp9") -> Path:
 
     src = make_dataset(s.data / "src", val_per_class=0, **s.dataset)
     out = s.data / f"shards-{codec}"
-    shard_dataset(src, out, codec=codec, short_side=None, shard_samples=4 if s.tiny else 8, workers=s.workers)
+    shard_dataset(src, out, codec=codec, short_side=None, shard_samples=4 if s.tiny else 8, workers=s.workers,
+                  overwrite=True)  # a private cache: re-made when the settings change
     return out
 
 
