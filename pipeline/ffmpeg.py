@@ -226,8 +226,9 @@ def transcode_argv(src: SourceSpec, dst: str | os.PathLike, s: EncodeSettings, e
     if s.fps is None:
         out_kwargs["fps_mode"] = "cfr"  # constant rate at the source's rate
     args = ffmpeg_python.output(inp, str(dst), **out_kwargs).get_args()
-    # get_args adds `-map 0` only for multi-stream outputs; ours maps explicitly.
-    return [exe or find_ffmpeg(), "-nostdin", "-hide_banner", "-loglevel", LOGLEVEL, "-y", *args]
+    # get_args adds `-map 0` only for multi-stream outputs; ours maps explicitly. Info level (without the
+    # progress lines) prints the input's container duration, which `claimed_frames` reads.
+    return [exe or find_ffmpeg(), "-nostdin", "-hide_banner", "-loglevel", "info", "-nostats", "-y", *args]
 
 
 def copy_frames_argv(src: SourceSpec, dst: str | os.PathLike, exe: str | None = None) -> list[str]:
@@ -236,7 +237,24 @@ def copy_frames_argv(src: SourceSpec, dst: str | os.PathLike, exe: str | None = 
                               start_number=src.start_number)
     out_kwargs = {"map": "0:v:0", "c:v": "copy", "f": "matroska", "map_metadata": -1, "fflags": "+bitexact"}
     args = ffmpeg_python.output(inp, str(dst), **out_kwargs).get_args()
-    return [exe or find_ffmpeg(), "-nostdin", "-hide_banner", "-loglevel", LOGLEVEL, "-y", *args]
+    return [exe or find_ffmpeg(), "-nostdin", "-hide_banner", "-loglevel", "info", "-nostats", "-y", *args]
+
+
+PARTIAL_FRACTION = 0.9  # fewer decoded frames than this share of the claimed ones: partly decodable
+
+
+def claimed_frames(stderr: str, fps: float) -> int | None:
+    """Frames the input's container claims (its duration x the output rate), from ffmpeg's info log (pure)."""
+    m = re.search(r"Input #0.*?Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)", stderr, re.S)
+    if not m or fps <= 0:
+        return None
+    seconds = int(m.group(1)) * 3600 + int(m.group(2)) * 60 + float(m.group(3))
+    return int(round(seconds * fps))
+
+
+def is_partial(decoded: int, claimed: int | None) -> bool:
+    """Decoded far fewer frames than the container claims: a cut download, say (pure)."""
+    return claimed is not None and decoded < PARTIAL_FRACTION * claimed and claimed - decoded >= 2
 
 
 # Reasons an input is rejected; rejected.jsonl only ever holds these words.
@@ -250,6 +268,7 @@ REJECT_REASONS = (
     "unknown_class",
     "dangling_symlink",
     "directory_loop",
+    "partly_decodable",  # only with strict=True; otherwise such inputs are sharded and listed as warnings
 )
 
 _PATTERNS = [

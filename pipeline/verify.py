@@ -34,6 +34,7 @@ from pipeline.wds import index_of_tar, iter_samples, sha256_file
 class VerifyReport:
     out: Path
     problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # partly decodable sources, from warnings.jsonl
     shards: int = 0
     samples: int = 0
     decoded: int = 0
@@ -204,7 +205,18 @@ def verify_dataset(out: str | Path, *, decode: bool = True, workers: int | None 
         if pool is not None:
             pool.shutdown()
     report.problems += _check_counts(manifest, per_class)
+    report.warnings = _sharding_warnings(out)
     return report
+
+
+def _sharding_warnings(out: Path) -> list[str]:
+    """What pipeline.shard recorded as partly decodable (the sources are not re-read here)."""
+    path = out / mf.WARNINGS
+    if not path.is_file():
+        return []
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [f"{r['source']}: {r['decoded_frames']} of {r['claimed_frames']} claimed frames decoded "
+            f"(partly decodable source; sharded as decoded)" for r in records]
 
 
 def _check_counts(manifest: dict, per_class: Counter) -> list[str]:
@@ -241,8 +253,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for problem in report.problems:
         print(f"PROBLEM {problem}")
+    for warning in report.warnings:
+        print(f"WARNING {warning}")
     status = "OK" if report.ok else f"FAILED with {len(report.problems)} problem(s)"
-    print(f"{status}: {report.shards} shard(s), {report.samples} sample(s), {report.decoded} decoded, in {report.out}")
+    partly = f", {len(report.warnings)} from partly decodable sources" if report.warnings else ""
+    print(f"{status}: {report.shards} shard(s), {report.samples} sample(s){partly}, {report.decoded} decoded, "
+          f"in {report.out}")
     return 0 if report.ok else 1
 
 

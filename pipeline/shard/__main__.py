@@ -87,7 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--part", default=None, help="shard only part I of N (0-based, e.g. 0/4) for N machines; then merge")
     sh.add_argument("--seed", type=int, default=0, help="seed of the fixed shuffle of videos into shards")
     sh.add_argument("--workers", type=int, default=None, help="parallel ffmpeg processes (default: all cores)")
-    p.add_argument("--strict", action="store_true", help="exit non-zero if any input was rejected")
+    p.add_argument("--strict", action="store_true",
+                   help="also reject inputs that decode only partly (far fewer frames than their container claims, "
+                   "e.g. cut downloads; without --strict they are sharded and listed in warnings.jsonl), and exit "
+                   "non-zero if any input was rejected")
     p.add_argument("--overwrite", action="store_true", help="replace shards in OUT made from other inputs or settings")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p

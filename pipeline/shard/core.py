@@ -45,8 +45,10 @@ class RejectedInputsError(ShardError):
     """`strict=True` and some inputs were rejected; outputs are written all the same."""
 
     def __init__(self, report: ShardReport):
+        partly = (f"; {len(report.warnings)} sharded input(s) decode only partly (an earlier run without strict "
+                  f"mode sharded them; see {report.out / mf.WARNINGS})") if report.warnings else ""
         super().__init__(
-            f"{len(report.rejected)} input(s) rejected (strict mode); see {report.out / mf.REJECTED}"
+            f"{len(report.rejected)} input(s) rejected (strict mode); see {report.out / mf.REJECTED}{partly}"
         )
         self.report = report
 
@@ -63,6 +65,7 @@ class ShardReport:
     encoded: int = 0  # inputs this call processed (those not covered by shards kept from an earlier run)
     wall_s: float = 0.0
     manifest: dict = field(default_factory=dict)
+    warnings: list[dict] = field(default_factory=list)  # sharded, but partly decodable
 
     @property
     def samples(self) -> int:
@@ -211,9 +214,10 @@ class _Run:
     """Mutable state of one sharding pass: open writers, pending rejections, progress."""
 
     def __init__(self, out: Path, s: EncodeSettings, labels: dict[str, int], progress: dict[str, SplitProgress],
-                 fp: str, shard_size: int, shard_samples: int | None):
+                 fp: str, shard_size: int, shard_samples: int | None, strict: bool = False):
         self.out, self.s, self.labels, self.progress, self.fp = out, s, labels, progress, fp
-        self.shard_size, self.shard_samples = shard_size, shard_samples
+        self.shard_size, self.shard_samples, self.strict = shard_size, shard_samples, strict
+        self.pending_warnings: dict[str, list[dict]] = {}
         self.writers: dict[str, ShardWriter] = {}
         self.per_class: dict[str, Counter[str]] = {}
         self.staged: dict[str, list[Path]] = {}
@@ -226,6 +230,15 @@ class _Run:
 
     def take(self, ordinal: int, item: WorkItem, o: Outcome) -> None:
         record = self.out / mf.STAGING / f"{item.key}.json"
+        if o.partial:
+            note = {"source": item.rel, "reason": "partly_decodable", "split": item.split, "decoded_frames": o.frames,
+                    "claimed_frames": o.claimed_frames,
+                    "message": f"{item.rel} decodes to {o.frames} frames but its container claims "
+                               f"{o.claimed_frames} (cut or damaged file)"}
+            if self.strict:
+                o = Outcome(item.key, reason="partly_decodable", message=note["message"])
+            else:
+                self.pending_warnings.setdefault(item.split, []).append(note)
         if not o.ok:
             self.rejected_count += 1
             rec = {"source": item.rel, "reason": o.reason, "message": o.message, "split": item.split}
@@ -261,6 +274,7 @@ class _Run:
             per_class = dict(sorted(self.per_class.pop(split).items()))
             sp.shards.append(ShardRecord(split, info.file, info.index, info.samples, info.bytes, info.sha256, per_class))
         sp.rejected += self.pending_rejects.pop(split, [])
+        sp.warnings += self.pending_warnings.pop(split, [])
         sp.through = self.last.get(split, sp.through)
         mf.save_state(self.out, self.fp, self.progress)
         for p in self.staged.pop(split, []):
@@ -385,7 +399,9 @@ def shard_dataset(
 
     Re-running the same call resumes: committed shards are kept and only the
     rest is encoded again. Returns a `ShardReport`; with `strict=True` raises
-    `RejectedInputsError` (after writing everything) if any input was rejected.
+    `RejectedInputsError` (after writing everything) if any input was rejected; partly decodable
+    inputs (far fewer frames than their container claims) are then rejected too, where otherwise
+    they are sharded and listed in `warnings.jsonl`.
     """
     t0 = time.perf_counter()
     s = settings or EncodeSettings(codec=codec, short_side=short_side, size=size, fps=fps, gop=gop, crf=crf,
@@ -396,6 +412,8 @@ def shard_dataset(
     if shard_size < 1 or (shard_samples is not None and shard_samples < 1) or min_frames < 1:
         raise ValueError("shard_size, shard_samples and min_frames must be >= 1")
     ds = scan(src, layout, split=split, annotations=[Path(a) for a in annotations or []] or None, seed=seed)
+    # strict is not in the fingerprint: re-running a finished set with strict=True checks it. Partly
+    # decodable inputs that run meets are rejected; ones an earlier run sharded fail the check below.
     plan = _plan(ds, s, classes, parse_part(part), min_frames=min_frames, shard_size=shard_size,
                  shard_samples=shard_samples, seed=seed, timeout=timeout)
     out = Path(out).resolve()
@@ -404,12 +422,13 @@ def shard_dataset(
     resumed = sum(len(sp.shards) for sp in done.values())
     todo = [(n, it) for n, it in enumerate(plan.items) if n > done.get(it.split, SplitProgress()).through]
     (out / mf.STAGING).mkdir(exist_ok=True)
-    run = _Run(out, s, {c: i for i, c in enumerate(plan.classes)}, done, plan.fingerprint, shard_size, shard_samples)
+    run = _Run(out, s, {c: i for i, c in enumerate(plan.classes)}, done, plan.fingerprint, shard_size, shard_samples,
+               strict)
     n_workers = max(1, workers or len(os.sched_getaffinity(0)))
     encoded = _encode_all(todo, run, s, workers=n_workers, timeout=timeout, min_frames=min_frames, progress=progress)
     report = _finalize(out, run, plan, t0, {"workers": n_workers, "resumed_shards": resumed, "encoded": encoded})
     report.resumed_shards, report.encoded = resumed, encoded
-    if strict and report.rejected:
+    if strict and (report.rejected or report.warnings):
         raise RejectedInputsError(report)
     return report
 
@@ -418,18 +437,19 @@ def _finalize(out: Path, run: _Run, plan: _Plan, t0: float, run_info: dict) -> S
     order = sorted(run.progress, key=lambda s: (s != "train", s != "val", s))
     records = [r for split in order for r in run.progress[split].shards]
     rejected = [r for split in order for r in run.progress[split].rejected]
+    warnings = [r for split in order for r in run.progress[split].warnings]
     wall = time.perf_counter() - t0
     info = {"created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "wall_s": round(wall, 3),
             "ffmpeg": find_ffmpeg(), **run_info}
     manifest = mf.build_manifest(fp=plan.fingerprint, source=plan.source, settings=plan.settings,
                                  classes=plan.classes, records=records, rejected=rejected, inputs=len(plan.items),
-                                 run=info)
-    mf.write_outputs(out, manifest, plan.classes, rejected)
+                                 run=info, warnings=warnings)
+    mf.write_outputs(out, manifest, plan.classes, rejected, warnings)
     _remove_stale_shards(out, records)
     # The state file stays: re-running a finished command then has nothing left to do.
     shutil.rmtree(out / mf.STAGING, ignore_errors=True)
     return ShardReport(out, plan.layout, plan.classes, records, rejected, len(plan.items), wall_s=wall,
-                       manifest=manifest)
+                       manifest=manifest, warnings=warnings)
 
 
 def human_bytes(n: float) -> str:
@@ -452,6 +472,9 @@ def summary_table(report: ShardReport) -> str:
     if by_reason:
         detail = ", ".join(f"{k}: {v}" for k, v in sorted(by_reason.items()))
         lines.append(f"rejected {len(report.rejected)} ({detail}); see {report.out / mf.REJECTED}")
+    if report.warnings:
+        lines.append(f"{len(report.warnings)} sharded input(s) decode only partly (fewer frames than their container "
+                     f"claims); see {report.out / mf.WARNINGS}, or re-run with --strict to reject them")
     rate = report.encoded / report.wall_s if report.wall_s > 0 else 0.0
     lines.append(
         f"{report.samples} of {report.inputs} inputs sharded into {len(report.shards)} shard(s) in "

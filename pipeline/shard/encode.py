@@ -19,7 +19,9 @@ from pipeline.ffmpeg import (
     EncodeSettings,
     FFmpegError,
     SourceSpec,
+    claimed_frames,
     copy_frames_argv,
+    is_partial,
     output_geometry,
     probe_encoded,
     run_ffmpeg,
@@ -47,6 +49,12 @@ class Outcome:
     sha256: str = ""
     bytes: int = 0
     copied: bool = False  # frame shards: source JPEGs stored as they were, not re-encoded
+    claimed_frames: int | None = None  # frames the source container claims (duration x rate), when it says
+
+    @property
+    def partial(self) -> bool:
+        """Far fewer frames decoded than the container claims (e.g. a download cut mid-way)."""
+        return self.ok and is_partial(self.frames, self.claimed_frames)
 
     @property
     def ok(self) -> bool:
@@ -118,7 +126,7 @@ def encode_item(item: WorkItem, s: EncodeSettings, staging: str, timeout: float,
 def _encode(item: WorkItem, s: EncodeSettings, tmp: Path, timeout: float, min_frames: int) -> Outcome:
     src = source_spec(item)
     copied = copyable_frames(src, s)
-    run_ffmpeg(copy_frames_argv(src, tmp) if copied else transcode_argv(src, tmp, s), timeout)
+    log = run_ffmpeg(copy_frames_argv(src, tmp) if copied else transcode_argv(src, tmp, s), timeout)
     try:
         info = probe_encoded(tmp)
     except FFmpegError:
@@ -139,6 +147,7 @@ def _encode(item: WorkItem, s: EncodeSettings, tmp: Path, timeout: float, min_fr
         sha256=hashlib.sha256(data).hexdigest(),
         bytes=len(data),
         copied=copied,
+        claimed_frames=claimed_frames(log, info.fps),
     )
 
 
