@@ -227,8 +227,10 @@ class _Feed:
         indices = [int(i) for i in self.batches[number]]
         if self.loader.data.is_frames:
             return self.loader._frame_batch(indices, self.epoch)
-        feed = lambda i: self.loader._sample_feed(i, self.epoch)  # noqa: E731
-        rows = list(self.pool.map(feed, indices)) if self.pool else [feed(i) for i in indices]
+        videos = self.loader.data.videos(indices)  # one batch of reads (concurrent for remote shards)
+        feed = lambda iv: self.loader._sample_feed(iv[0], self.epoch, iv[1])  # noqa: E731
+        pairs = list(zip(indices, videos))
+        rows = list(self.pool.map(feed, pairs)) if self.pool else [feed(p) for p in pairs]
         fields = feed_fields(self.loader.mode, self.loader.clip, self.loader.decoder)
         return tuple([row[f] for row in rows] for f in fields), {}
 
@@ -465,12 +467,12 @@ class ClipLoader:
             batching.test_batch(n, self.batch_size, b, self.rank, self.world_size) for b in range(len(self))
         ]
 
-    def _sample_feed(self, index: int, epoch: int) -> dict[str, np.ndarray]:
+    def _sample_feed(self, index: int, epoch: int, video: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """One sample's inputs to DALI (see `feed_fields`): bytes, label, frames and view plan."""
-        data, spec = self.data, self.clip
+        data = self.data
         label, indices, extra = self._sample_plan(index, epoch)
         frames, order = sampling.decode_plan(indices)
-        video = data.video(index)
+        video = data.video(index) if video is None else video
         if self.decoder == "pyav":
             video = self._pyav_frames(index, video, frames)
         return {"video": video, "label": np.array(label, np.int64), "index": np.array(index, np.int64),
@@ -497,15 +499,15 @@ class ClipLoader:
         """
         fields = frame_feed_fields(self.mode, self.clip)
         inputs: dict[str, list[np.ndarray]] = {f: [] for f in fields}
+        plans = [self._sample_plan(index, epoch) for index in indices]
+        unique = [sampling.decode_plan(frames) for _, frames, _ in plans]
+        images = self.data.frame_bytes_many([(index, u) for index, (u, _) in zip(indices, unique)])  # one batch of reads
         labels, gather = [], []
-        for index in indices:
-            label, frames, extra = self._sample_plan(index, epoch)
-            unique, order = sampling.decode_plan(frames)
+        for (label, _, extra), (_, order), jpegs in zip(plans, unique, images):
             gather.append(len(inputs["jpeg"]) + order)
-            images = self.data.frame_bytes(index, unique)
-            inputs["jpeg"] += [np.frombuffer(b, dtype=np.uint8) for b in images]
+            inputs["jpeg"] += [np.frombuffer(b, dtype=np.uint8) for b in jpegs]
             for name in fields[1:]:
-                inputs[name] += [extra[name]] * len(images)
+                inputs[name] += [extra[name]] * len(jpegs)
             labels.append(label)
         host = {"labels": np.array(labels, np.int64), "indices": np.array(indices, np.int64),
                 "gather": np.stack(gather)}

@@ -40,6 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline import storage
+
 VIDEO_EXTS = {"webm": "vp9", "mp4": "h264"}
 FRAME_RE = re.compile(r"^(\d{6})\.jpg$")
 REQUIRED = ("lbl", "frames", "json")
@@ -52,8 +54,15 @@ class ShardError(ValueError):
     """A shard, its index or a sample in it is missing or malformed."""
 
 
-def find_shards(shards: str | Path | Sequence[str | Path], split: str | None = None) -> list[Path]:
-    """A directory (all `*.tar`, or `<split>-*.tar`, sorted) or an explicit list -> tar paths."""
+def find_shards(shards: str | Path | Sequence[str | Path], split: str | None = None) -> list:
+    """A directory (all `*.tar`, or `<split>-*.tar`, sorted) or an explicit list -> tar paths (or URLs)."""
+    if isinstance(shards, str) and storage.is_remote(shards):
+        tars = storage.list_remote_shards(shards, split)
+        if not tars:
+            present = storage.splits_in(shards)
+            there = f"the splits there are {', '.join(present)}" if present else "it holds no shards"
+            raise ShardError(f"no shards{f' of split {split!r}' if split else ''} at {shards} ({there})")
+        return tars
     if isinstance(shards, (str, Path)):
         folder = Path(shards)
         if not folder.exists():
@@ -73,29 +82,35 @@ def find_shards(shards: str | Path | Sequence[str | Path], split: str | None = N
                 f"them with `python -m pipeline.shard SRC --out {folder}`"
             )
         return tars
-    tars = [Path(t) for t in shards]
+    tars = [str(t) if storage.is_remote(t) else Path(t) for t in shards]
     if not tars:
         raise ShardError("empty shard list: pass a shard directory or at least one .tar path")
     if split is not None:
         raise ShardError("split= selects shards inside a directory; with an explicit list, pass only the tars you want")
+    if len({storage.is_remote(t) for t in tars}) > 1:
+        raise ShardError("the shard list mixes local paths and URLs: pass shards of one place")
     for tar in tars:
-        if not tar.is_file():
+        if isinstance(tar, Path) and not tar.is_file():
             raise FileNotFoundError(f"shard {tar} does not exist")
     return tars
 
 
-def index_path(tar: Path) -> Path:
-    return tar.with_suffix(".idx")
+def index_path(tar):
+    if isinstance(tar, Path):
+        return tar.with_suffix(".idx")
+    return str(tar)[: -len(".tar")] + ".idx" if str(tar).endswith(".tar") else f"{tar}.idx"
 
 
-def read_index(idx: Path, tar: Path) -> list[dict[str, tuple[int, int, str]]]:
+def read_index(idx, tar) -> list[dict[str, tuple[int, int, str]]]:
     """Parse a `wds2idx` index into per-sample {ext: (offset, size, member name)}."""
-    if not idx.is_file():
+    try:
+        text = storage.read_bytes(idx).decode("utf-8")
+    except FileNotFoundError:
         raise FileNotFoundError(
             f"missing DALI index {idx} for shard {tar}: build it with `wds2idx {tar} {idx}` "
             f"or re-run `python -m pipeline.shard`"
-        )
-    lines = idx.read_text().splitlines()
+        ) from None
+    lines = text.splitlines()
     head = lines[0].split() if lines else []
     if len(head) != 2 or not head[0].startswith("v1.") or not head[1].isdigit():
         raise ShardError(f"{idx} is not a DALI webdataset index (first line {lines[:1]}): rebuild it with `wds2idx {tar} {idx}`")
@@ -155,6 +170,10 @@ class FilePool:
         finally:
             self._release(number)
         return data
+
+    def read_many(self, requests: Sequence[tuple[int, int, int]]) -> list[bytes]:
+        """[(file number, offset, size)] -> bytes (local reads are fast enough one by one)."""
+        return [self.read(n, o, s) for n, o, s in requests]
 
     def _acquire(self, number: int) -> int:
         with self._lock:
@@ -267,37 +286,46 @@ class SampleIndex:
         return cls(arrays, meta)
 
 
-def _cache_key(tars: list[Path]) -> str:
+def _cache_key(tars: list) -> str:
     """Changes whenever a shard or its index changes: manifest checksums where listed, else size and time."""
     listed: dict[str, str] = {}
-    for folder in {t.parent for t in tars}:
+    for folder in {storage.parent(t) for t in tars}:
         try:
-            manifest = json.loads((folder / "manifest.json").read_text())
-            listed.update({str(folder / s["file"]): s["sha256"] for s in manifest.get("shards", [])})
+            manifest = json.loads(storage.read_bytes(storage.join(folder, "manifest.json")))
+            listed.update({str(storage.join(folder, s["file"])): s["sha256"] for s in manifest.get("shards", [])})
         except (OSError, ValueError, KeyError, TypeError):
             pass
     h = hashlib.sha256(f"v{INDEX_VERSION}".encode())
     for tar in tars:
-        idx = index_path(tar)
-        st, si = tar.stat(), idx.stat() if idx.is_file() else None
-        parts = [tar.name, listed.get(str(tar), ""), str(st.st_size), str(st.st_mtime_ns),
-                 str(si.st_size if si else -1), str(si.st_mtime_ns if si else -1)]
+        parts = [str(tar), listed.get(str(tar), "")]
+        if isinstance(tar, Path):  # local files: also their sizes and times (edits the manifest misses)
+            idx = index_path(tar)
+            st, si = tar.stat(), idx.stat() if idx.is_file() else None
+            parts += [str(st.st_size), str(st.st_mtime_ns), str(si.st_size if si else -1),
+                      str(si.st_mtime_ns if si else -1)]
+        elif not parts[1]:  # a remote shard the manifest does not list: its size
+            parts.append(str(storage.size_of(tar)))
         h.update(("|".join(parts) + "\n").encode())
     return h.hexdigest()[:32]
 
 
-def _cache_folder(tars: list[Path], split: str | None) -> Path:
-    """DIR/.index/ beside the shards when writable, else the user's cache directory."""
+def _cache_folder(tars: list, split: str | None) -> Path:
+    """DIR/.index/ beside local shards when writable, else the user's cache directory (always for URLs)."""
     key = _cache_key(tars)
-    name = f"{split or 'all'}-{key}" if len({t.parent for t in tars}) == 1 else f"list-{key}"
-    home = tars[0].parent / INDEX_DIR
-    if os.access(tars[0].parent, os.W_OK) or home.is_dir() and os.access(home, os.W_OK):
-        return home / name
+    folders = {str(storage.parent(t)) for t in tars}
+    name = f"{split or 'all'}-{key}" if len(folders) == 1 else f"list-{key}"
+    if isinstance(tars[0], Path):
+        home = tars[0].parent / INDEX_DIR
+        if os.access(tars[0].parent, os.W_OK) or home.is_dir() and os.access(home, os.W_OK):
+            return home / name
+        where = str(tars[0].parent.resolve())
+    else:
+        where = str(storage.parent(tars[0]))
     base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tpn-toolkit" / "index"
-    return base / hashlib.sha256(str(tars[0].parent.resolve()).encode()).hexdigest()[:16] / name
+    return base / hashlib.sha256(where.encode()).hexdigest()[:16] / name
 
 
-def load_index(tars: list[Path], split: str | None = None, cache: bool = True) -> SampleIndex:
+def load_index(tars: list, split: str | None = None, cache: bool = True) -> SampleIndex:
     """The compact index of `tars`: memory-mapped from the cache, or built (and cached atomically)."""
     folder = _cache_folder(tars, split) if cache else None
     if folder is not None and (folder / "meta.json").is_file():
@@ -319,19 +347,23 @@ def load_index(tars: list[Path], split: str | None = None, cache: bool = True) -
     return SampleIndex.load(folder)
 
 
-def build_index(tars: list[Path]) -> SampleIndex:
+def build_index(tars: list) -> SampleIndex:
     """Build the arrays from the `.idx` files, reading each sample's small members once."""
     cols: dict[str, list] = {name: [] for name in SampleIndex.ARRAYS if name not in ("key_bytes",)}
     keys = bytearray()
     cols["key_start"].append(0)
     cols["frame_start"].append(0)
     kinds: set[tuple[str, str]] = set()
-    for number, tar in enumerate(tars):
-        entries = read_index(index_path(tar), tar)
-        _check_not_truncated(tar, entries)
-        with open(tar, "rb") as f:
-            for entry in entries:
-                kinds.add(_add_sample(cols, keys, number, tar, f, entry))
+    reader = open_reader(tars, max_open=4)
+    try:
+        for number, tar in enumerate(tars):
+            entries = read_index(index_path(tar), tar)
+            _check_not_truncated(tar, entries)
+            small = _small_members(reader, number, tar, entries)
+            for entry, members in zip(entries, small):
+                kinds.add(_add_sample(cols, keys, number, tar, entry, members))
+    finally:
+        reader.close()
     if not cols["shard"]:
         raise ShardError(f"the shards {[str(t) for t in tars]} hold no samples")
     if len(kinds) > 1:
@@ -345,7 +377,7 @@ def build_index(tars: list[Path]) -> SampleIndex:
     return SampleIndex(arrays, {"kind": kind, "codec": codec, "ext": ext, "version": INDEX_VERSION})
 
 
-def _add_sample(cols: dict, keys: bytearray, number: int, tar: Path, f, entry: dict) -> tuple[str, str]:
+def _add_sample(cols: dict, keys: bytearray, number: int, tar, entry: dict, members: tuple) -> tuple[str, str]:
     name = next(iter(entry.values()))[2]
     key = key_of(name)
     frames = sorted((int(m.group(1)), v) for ext, v in entry.items() if (m := FRAME_RE.match(ext)))
@@ -360,7 +392,7 @@ def _add_sample(cols: dict, keys: bytearray, number: int, tar: Path, f, entry: d
     if problem:
         raise ShardError(f"shard {tar}, sample {key!r}: {problem} (has {sorted(entry)[:8]}); "
                          "re-create the shard with `python -m pipeline.shard`")
-    label, count, meta = _small_members(tar, f, key, entry)
+    label, count, meta = _parse_small(tar, key, members)
     kb = key.encode("utf-8")
     keys += kb
     cols["key_start"].append(len(keys))
@@ -385,37 +417,57 @@ def _add_sample(cols: dict, keys: bytearray, number: int, tar: Path, f, entry: d
     return "video", videos[0]
 
 
-def _small_members(tar: Path, f, key: str, entry: dict) -> tuple[int, int, dict]:
-    """(label, frame count, json) of one sample, read in one go (the three members lie together)."""
-    spans = [entry[ext][:2] for ext in REQUIRED]
-    start = min(o for o, _ in spans)
-    end = max(o + s for o, s in spans)
-    if end - start > 1 << 20:  # not adjacent: read them one by one
-        blobs = {ext: os.pread(f.fileno(), entry[ext][1], entry[ext][0]) for ext in REQUIRED}
-    else:
-        block = os.pread(f.fileno(), end - start, start)
-        blobs = {ext: block[entry[ext][0] - start : entry[ext][0] - start + entry[ext][1]] for ext in REQUIRED}
+def _small_members(reader, number: int, tar, entries: list[dict]) -> list[tuple]:
+    """Every sample's (lbl, frames, json) bytes, one read per sample (the three members lie together)."""
+    spans = []
+    for entry in entries:
+        if any(ext not in entry for ext in REQUIRED):
+            spans.append(None)  # reported by _add_sample
+            continue
+        start = min(entry[ext][0] for ext in REQUIRED)
+        spans.append((start, max(entry[ext][0] + entry[ext][1] for ext in REQUIRED)))
+    requests = [(number, a, b - a) for a, b in filter(None, spans)]
+    blocks = iter(reader.read_many(requests))
+    out = []
+    for entry, span in zip(entries, spans):
+        if span is None:
+            out.append(None)
+            continue
+        block = next(blocks)
+        out.append(tuple(block[entry[ext][0] - span[0] : entry[ext][0] - span[0] + entry[ext][1]] for ext in REQUIRED))
+    return out
+
+
+def _parse_small(tar, key: str, members: tuple) -> tuple[int, int, dict]:
+    """(label, frame count, geometry) from a sample's lbl, frames and json bytes."""
     where = f"shard {tar}, sample {key!r}"
     try:
-        label = int(np.frombuffer(blobs["lbl"], dtype="<i4")[0])
-        count = int(np.frombuffer(blobs["frames"], dtype="<i4")[0])
-        meta = json.loads(blobs["json"])
+        label = int(np.frombuffer(members[0], dtype="<i4")[0])
+        count = int(np.frombuffer(members[1], dtype="<i4")[0])
+        meta = json.loads(members[2])
         info = {"width": int(meta["width"]), "height": int(meta["height"]), "fps": float(meta.get("fps") or 0.0)}
     except (ValueError, IndexError, KeyError, TypeError) as err:
         raise ShardError(f"{where}: unreadable .lbl, .frames or .json ({err}); "
-                         + VERIFY_HINT.format(dir=tar.parent)) from None
+                         + VERIFY_HINT.format(dir=storage.parent(tar))) from None
     if count < 1:
-        raise ShardError(f"{where}: its .frames says {count} frames; " + VERIFY_HINT.format(dir=tar.parent))
+        raise ShardError(f"{where}: its .frames says {count} frames; " + VERIFY_HINT.format(dir=storage.parent(tar)))
     return label, count, info
 
 
-def _check_not_truncated(tar: Path, entries: list[dict[str, tuple[int, int, str]]]) -> None:
+def open_reader(tars: list, max_open: int | None = None):
+    """A byte-range reader for the shards: bounded local descriptors, or concurrent remote requests."""
+    if tars and not isinstance(tars[0], Path):
+        return storage.RemoteReader(tars)
+    return FilePool(tars, max_open)
+
+
+def _check_not_truncated(tar, entries: list[dict[str, tuple[int, int, str]]]) -> None:
     end = max((o + s for entry in entries for o, s, _ in entry.values()), default=0)
-    size = tar.stat().st_size
+    size = storage.size_of(tar)
     if size < end:
         raise ShardError(
             f"shard {tar} is truncated: {size} bytes but its index needs {end}; "
-            + VERIFY_HINT.format(dir=tar.parent)
+            + VERIFY_HINT.format(dir=storage.parent(tar))
         )
 
 
@@ -429,14 +481,14 @@ class ShardSet:
     they are released when the object is collected in any case.
     """
 
-    def __init__(self, tars: list[Path], index: SampleIndex, classes: list[str], max_open: int | None = None):
-        self.tars = tars
+    def __init__(self, tars: list, index: SampleIndex, classes: list[str], max_open: int | None = None):
+        self.tars = tars  # Paths, or URLs (str) for remote shards
         self.index = index
         self.kind: str = index.meta["kind"]  # "video" | "frames"
         self.codec: str = index.meta["codec"]  # "vp9" | "h264" | "jpeg"
         self.video_ext: str = index.meta["ext"]
         self.classes = classes
-        self.files = FilePool(tars, max_open)
+        self.files = open_reader(tars, max_open)
 
     @classmethod
     def open(cls, shards: str | Path | Sequence[str | Path], split: str | None = None, *,
@@ -467,14 +519,22 @@ class ShardSet:
         return self.kind == "frames"
 
     def read(self, index: int, offset: int, size: int, what: str) -> bytes:
-        shard = int(self.index.shard[index])
-        data = self.files.read(shard, offset, size)
-        if len(data) != size:
-            raise ShardError(
-                f"{self.where(index)}: {what} ends past the end of the file (truncated shard); "
-                + VERIFY_HINT.format(dir=self.folder(index))
-            )
-        return data
+        return self.read_many([(index, offset, size, what)])[0]
+
+    def read_many(self, requests: Sequence[tuple[int, int, int, str]]) -> list[bytes]:
+        """[(sample index, offset, size, what)] -> bytes; remote shards fetch them concurrently."""
+        try:
+            blobs = self.files.read_many([(int(self.index.shard[i]), o, s) for i, o, s, _ in requests])
+        except OSError as err:
+            i, _, _, what = requests[0]
+            raise type(err)(f"{err} (reading {what} of {self.where(i)}, in a batch of {len(requests)} reads)") from err
+        for (i, _, size, what), data in zip(requests, blobs):
+            if len(data) != size:
+                raise ShardError(
+                    f"{self.where(i)}: {what} ends past the end of the file (truncated shard); "
+                    + VERIFY_HINT.format(dir=self.folder(i))
+                )
+        return blobs
 
     def member(self, index: int, name: str) -> bytes:
         """Bytes of one member: "video", "meta" (the json), "lbl" or "frames"."""
@@ -493,18 +553,32 @@ class ShardSet:
 
     def frame_bytes(self, index: int, frames: Sequence[int]) -> list[bytes]:
         """The stored JPEGs of frames `frames` of a frame-shard sample (only those bytes are read)."""
+        return self.frame_bytes_many([(index, frames)])[0]
+
+    def frame_bytes_many(self, wanted: Sequence[tuple[int, Sequence[int]]]) -> list[list[bytes]]:
+        """[(sample, frames)] -> per sample its frames' JPEGs, read in one batch of requests."""
         ix = self.index
-        start, stop = int(ix.frame_start[index]), int(ix.frame_start[index + 1])
-        out = []
-        for f in frames:
-            if not 0 <= f < stop - start:
-                raise ShardError(f"{self.where(index)}: frame {f} asked, the sample stores {stop - start}")
-            j = start + int(f)
-            out.append(self.read(index, int(ix.frame_off[j]), int(ix.frame_size[j]), f"frame {int(f)}"))
-        return out
+        requests = []
+        for index, frames in wanted:
+            start, stop = int(ix.frame_start[index]), int(ix.frame_start[index + 1])
+            for f in frames:
+                if not 0 <= f < stop - start:
+                    raise ShardError(f"{self.where(index)}: frame {f} asked, the sample stores {stop - start}")
+                j = start + int(f)
+                requests.append((index, int(ix.frame_off[j]), int(ix.frame_size[j]), f"frame {int(f)}"))
+        blobs = iter(self.read_many(requests))
+        return [[next(blobs) for _ in frames] for _, frames in wanted]
+
+    def videos(self, indices: Sequence[int]) -> list[np.ndarray]:
+        """The encoded videos of several samples, read in one batch of requests."""
+        if self.is_frames:
+            raise ShardError(f"{self.where(indices[0])} is a frame-shard sample: read its frames with frame_bytes")
+        ix = self.index
+        blobs = self.read_many([(i, int(ix.video_off[i]), int(ix.video_size[i]), "member .video") for i in indices])
+        return [np.frombuffer(b, dtype=np.uint8) for b in blobs]
 
     def video(self, index: int) -> np.ndarray:
-        return np.frombuffer(self.member(index, "video"), dtype=np.uint8)
+        return self.videos([index])[0]
 
     def label(self, index: int) -> int:
         return int(self.index.label[index])
@@ -522,24 +596,25 @@ class ShardSet:
     def key(self, index: int) -> str:
         return self.index.key(index)
 
-    def folder(self, index: int) -> Path:
-        return self.tars[int(self.index.shard[index])].parent
+    def folder(self, index: int):
+        return storage.parent(self.tars[int(self.index.shard[index])])
 
     def where(self, index: int) -> str:
         """'shard file, sample key' for error messages."""
         return f"shard {self.tars[int(self.index.shard[index])]}, sample {self.key(index)!r}"
 
 
-def read_classes(tars: list[Path]) -> list[str]:
+def read_classes(tars: list) -> list[str]:
     """Class names from `classes.json` beside the shards (one list for all of them)."""
-    found: dict[Path, list[str]] = {}
-    for folder in sorted({t.parent for t in tars}):
-        path = folder / "classes.json"
-        if not path.is_file():
+    found: dict[str, list[str]] = {}
+    for folder in sorted({str(storage.parent(t)) for t in tars}):
+        path = storage.join(folder, "classes.json")
+        try:
+            classes = json.loads(storage.read_bytes(path))
+        except FileNotFoundError:
             raise FileNotFoundError(
                 f"missing {path}: the shard directory needs the class list written by `python -m pipeline.shard`"
-            )
-        classes = json.loads(path.read_text())
+            ) from None
         if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
             raise ShardError(f"{path} must hold a JSON list of class names")
         found[folder] = classes
