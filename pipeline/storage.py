@@ -134,16 +134,17 @@ class RemoteReader:
             failed = []
             for i, data in zip(todo, got):
                 if isinstance(data, BaseException) or len(data) != requests[i][2]:
+                    if not failed:  # the error reported is the first failed request's
+                        last = data if isinstance(data, BaseException) else EOFError(
+                            f"got {len(data)} of {requests[i][2]} bytes (truncated object?)")
                     failed.append(i)
-                    last = data if isinstance(data, BaseException) else EOFError(
-                        f"got {len(data)} of {requests[i][2]} bytes (truncated object?)")
                 else:
                     out[i] = data
             if not failed:
                 return out  # type: ignore[return-value]
+            todo = failed
             if isinstance(last, (FileNotFoundError, PermissionError)):
                 break  # retrying cannot help
-            todo = failed
             time.sleep(0.2 * 2**attempt)
         number, offset, size = requests[todo[0]]
         raise remote_error(self.urls[number], f"bytes {offset}-{offset + size - 1}", last)
