@@ -117,3 +117,33 @@ def test_unreachable_endpoint_fails_with_the_url_after_retries(shards, monkeypat
             ShardSet.open(url, cache=False)
     finally:
         fsspec.AbstractFileSystem.clear_instance_cache()
+
+
+def test_train_and_test_clis_take_a_bucket_url(shards, tmp_path):
+    """tpn.test on s3:// shards scores the same videos as on the local copy."""
+    import json
+    import subprocess
+    import sys
+
+    from tpn.test import shard_source
+
+    import tpn
+
+    local, url = shards
+    assert shard_source([url], "val") == (url, None)  # no val split there: all shards
+    assert shard_source([url], "train") == (url, "train")
+    checkpoint = tmp_path / "tiny.pth"
+    torch.manual_seed(0)
+    torch.save(tpn.create_model("tpn_tiny_f8s4", num_classes=3).state_dict(), checkpoint)
+    reports = {}
+    for name, where in (("local", str(local)), ("s3", url)):
+        out = tmp_path / f"{name}.json"
+        cmd = [sys.executable, "-m", "tpn.test", "tpn_tiny_f8s4", "--checkpoint", str(checkpoint), "--shards", where,
+               "--out", str(out), "--batch-size", "4", "--device", "cpu", "--num-classes", "3"]
+        run = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True,
+                             timeout=300, env=os.environ)
+        assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+        reports[name] = json.loads(out.read_text())
+    assert reports["local"]["num_videos"] == reports["s3"]["num_videos"] == 8
+    for key in ("top1", "top5", "mean_class_acc"):
+        assert reports["local"][key] == reports["s3"][key]
