@@ -82,6 +82,22 @@ def size_of(location: str | Path) -> int:
     return int(_with_retries(lambda: fs.info(path), str(location), "its size")["size"])
 
 
+def download(url: str, path: Path) -> bool:
+    """Copy a remote object to a local file (False if it does not exist)."""
+    fs, remote = filesystem(url)
+    try:
+        _with_retries(lambda: fs.get_file(remote, str(path)), url, "the whole object")
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def list_names(folder: str) -> list[str]:
+    """Names of the objects directly in a remote folder."""
+    fs, path = filesystem(folder)
+    return sorted(name_of(p) for p in fs.ls(path.rstrip("/"), detail=False))
+
+
 def list_remote_shards(folder: str, split: str | None) -> list[str]:
     """Shard URLs of a remote folder: from its manifest.json when there is one, else by listing."""
     manifest_url = join(folder, "manifest.json")

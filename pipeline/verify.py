@@ -18,6 +18,7 @@ import json
 import struct
 import sys
 import tarfile
+import tempfile
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from pathlib import Path
 
 from pipeline._cli import HelpFormatter
 from pipeline.ffmpeg import count_decoded_frames
+from pipeline import storage
 from pipeline.jpeg import decode_check
 from pipeline.shard import manifest as mf
 from pipeline.wds import index_of_tar, iter_samples, sha256_file
@@ -32,7 +34,7 @@ from pipeline.wds import index_of_tar, iter_samples, sha256_file
 
 @dataclass
 class VerifyReport:
-    out: Path
+    out: Path | str  # a folder or the URL of one
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # partly decodable sources, from warnings.jsonl
     shards: int = 0
@@ -175,10 +177,28 @@ def _decode_jobs(pool: ThreadPoolExecutor, sample: dict, frames: int, video_ext:
 
 def verify_dataset(out: str | Path, *, decode: bool = True, workers: int | None = None,
                    progress: bool = False) -> VerifyReport:
-    """Check every shard in `out` against its manifest; the report lists each problem found."""
+    """Check every shard in `out` (a folder or a URL) against its manifest; the report lists each problem found.
+
+    Shards on object storage are fetched one at a time into a temporary folder,
+    checked like local ones and deleted.
+    """
+    if not storage.is_remote(out):
+        return _verify(Path(out), decode, workers, progress)
+    with tempfile.TemporaryDirectory(prefix="tpn-verify-") as tmp:
+        local = Path(tmp)
+        for name in (mf.MANIFEST, mf.CLASSES, mf.WARNINGS):
+            storage.download(str(storage.join(out, name)), local / name)
+        if not (local / mf.MANIFEST).is_file():
+            raise FileNotFoundError(f"{storage.join(out, mf.MANIFEST)} not found: is {out} a folder written by "
+                                    "`python -m pipeline.shard`?")
+        report = _verify(local, decode, workers, progress, remote=str(out))
+    report.out = out
+    return report
+
+
+def _verify(out: Path, decode: bool, workers: int | None, progress: bool, remote: str | None = None) -> VerifyReport:
     from tqdm import tqdm
 
-    out = Path(out)
     manifest = mf.read_manifest(out)
     report = VerifyReport(out)
     try:
@@ -189,8 +209,9 @@ def verify_dataset(out: str | Path, *, decode: bool = True, workers: int | None 
     if len(classes) != manifest["classes"]["count"]:
         report.problems.append(f"{mf.CLASSES}: {len(classes)} classes, manifest says {manifest['classes']['count']}")
     listed = {s["file"] for s in manifest["shards"]} | {s["index"] for s in manifest["shards"]}
-    report.problems += [f"{p.name}: on disk but not in the manifest" for p in sorted(out.iterdir())
-                        if mf.SHARD_RE.match(p.name) and p.name not in listed]
+    present = storage.list_names(remote) if remote else [p.name for p in sorted(out.iterdir())]
+    report.problems += [f"{name}: on disk but not in the manifest" for name in present
+                        if mf.SHARD_RE.match(name) and name not in listed]
     settings = manifest["settings"]
     is_frames = settings["codec"] == "jpeg"
     ctx = {"classes": classes, "ext": None if is_frames else settings["container"], "codec": settings["codec"],
@@ -199,8 +220,14 @@ def verify_dataset(out: str | Path, *, decode: bool = True, workers: int | None 
     pool = ThreadPoolExecutor(max_workers=workers or 2) if decode else None
     try:
         for entry in tqdm(manifest["shards"], unit="shard", disable=not progress, desc="verify"):
+            if remote:  # one shard at a time in the temporary folder
+                for name in (entry["file"], entry["index"]):
+                    storage.download(str(storage.join(remote, name)), out / name)
             _check_shard(out, entry, ctx, pool, report, per_class)
             report.shards += 1
+            if remote:
+                for name in (entry["file"], entry["index"]):
+                    (out / name).unlink(missing_ok=True)
     finally:
         if pool is not None:
             pool.shutdown()
@@ -236,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
         "video checked against its recorded frame count. Exits 1 naming each problem.",
         formatter_class=HelpFormatter,
     )
-    p.add_argument("out", type=Path, help="shard folder (holds manifest.json)")
+    p.add_argument("out", help="shard folder (holds manifest.json), or its URL (s3://bucket/k400, gs://..., https://...)")
     p.add_argument("--no-decode", action="store_true", help="skip decoding the videos (checksums and structure only)")
     p.add_argument("--workers", type=int, default=None, help="decoding threads (default: 2)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -147,3 +147,19 @@ def test_train_and_test_clis_take_a_bucket_url(shards, tmp_path):
     assert reports["local"]["num_videos"] == reports["s3"]["num_videos"] == 8
     for key in ("top1", "top5", "mean_class_acc"):
         assert reports["local"][key] == reports["s3"][key]
+
+
+def test_verify_reads_a_bucket_and_names_a_damaged_shard(s3, shards):
+    from pipeline.verify import main as verify_main
+    from pipeline.verify import verify_dataset
+
+    local, url = shards
+    report = verify_dataset(url)
+    assert report.ok and report.samples == 8 and report.decoded == 8, report.problems
+    damaged = upload(s3, local, f"damaged-{local.parent.name}")
+    blob = bytearray((local / "train-000001.tar").read_bytes())
+    blob[3000] ^= 0xFF
+    s3.pipe(f"{BUCKET}/damaged-{local.parent.name}/train-000001.tar", bytes(blob))
+    assert verify_main([damaged, "--no-progress"]) == 1
+    problems = verify_dataset(damaged).problems
+    assert any(p.startswith("train-000001.tar: sha256 differs") for p in problems), problems
