@@ -72,6 +72,7 @@ def exists(location: str | Path) -> bool:
     if not is_remote(location):
         return Path(location).exists()
     fs, path = filesystem(str(location))
+    fs.invalidate_cache(path)  # listings are cached per filesystem object; ask the store itself
     return bool(fs.exists(path))
 
 
@@ -79,6 +80,7 @@ def size_of(location: str | Path) -> int:
     if not is_remote(location):
         return Path(location).stat().st_size
     fs, path = filesystem(str(location))
+    fs.invalidate_cache(path)
     return int(_with_retries(lambda: fs.info(path), str(location), "its size")["size"])
 
 
@@ -92,9 +94,17 @@ def download(url: str, path: Path) -> bool:
     return True
 
 
+def upload(path: Path, url: str) -> None:
+    """Put a local file at `url` with bounded retries. Object stores show the object only once the
+    upload completes, so an interrupted upload never leaves a partial object under `url`."""
+    fs, remote = filesystem(url)
+    _with_retries(lambda: fs.put_file(str(path), remote), url, "the upload")
+
+
 def list_names(folder: str) -> list[str]:
     """Names of the objects directly in a remote folder."""
     fs, path = filesystem(folder)
+    fs.invalidate_cache(path.rstrip("/"))
     return sorted(name_of(p) for p in fs.ls(path.rstrip("/"), detail=False))
 
 

@@ -163,3 +163,34 @@ def test_verify_reads_a_bucket_and_names_a_damaged_shard(s3, shards):
     assert verify_main([damaged, "--no-progress"]) == 1
     problems = verify_dataset(damaged).problems
     assert any(p.startswith("train-000001.tar: sha256 differs") for p in problems), problems
+
+
+def test_shard_uploads_to_a_bucket_and_resumes_from_what_is_there(s3, tmp_path):
+    """pipeline.shard --out s3://...: shards go up as they finish; a rerun uploads only what is missing."""
+    from pipeline.shard import shard_dataset
+    from pipeline.shard.__main__ import main as shard_main
+    from pipeline.verify import verify_dataset
+    from tests.shard_helpers import noise_frames, write_video
+
+    src = tmp_path / "src"
+    for c in ("a", "b"):
+        for i in range(3):
+            write_video(src / c / f"{c}{i}.mp4", noise_frames(10, 64, 48, seed=i))
+    url = f"s3://{BUCKET}/made"
+    work = tmp_path / "work"
+    args = [str(src), "--out", url, "--work", str(work), "--short-side", "48", "--shard-samples", "2",
+            "--codec", "jpeg", "--no-progress", "--workers", "1"]
+    assert shard_main(args) == 0
+    names = set(s3.ls(f"{BUCKET}/made", detail=False))
+    assert {f"{BUCKET}/made/{n}" for n in ("manifest.json", "classes.json", "rejected.jsonl",
+                                           "train-000000.tar", "train-000000.idx", "train-000002.tar")} <= names
+    assert not list(work.glob("*.tar"))  # uploaded shards are not kept locally
+    assert verify_dataset(url).ok
+    s3.rm(f"{BUCKET}/made/train-000001.tar")  # lost in the bucket: the rerun cannot re-upload it...
+    s3.rm(f"{BUCKET}/made/manifest.json")
+    report = shard_dataset(src, url, work=work, short_side=48, shard_samples=2, codec="jpeg", workers=1)
+    assert report.resumed_shards < 3 and verify_dataset(url).ok  # ...so its split is made again
+    local = tmp_path / "local"
+    shard_dataset(src, local, short_side=48, shard_samples=2, codec="jpeg", workers=1)
+    for tar in sorted(local.glob("*.tar")):
+        assert s3.cat_file(f"{BUCKET}/made/{tar.name}") == tar.read_bytes()

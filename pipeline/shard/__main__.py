@@ -55,7 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
     p.add_argument("src", type=Path, help="dataset folder (class-per-folder, Kinetics CSV, Something-Something V1/V2)")
-    p.add_argument("--out", type=Path, required=True, help="output folder for shards and manifest")
+    p.add_argument("--out", required=True,
+                   help="output folder for shards and manifest, or a URL (s3://bucket/k400, gs://..., az://...): "
+                   "shards are then made in --work and uploaded one by one as they are finished")
+    p.add_argument("--work", type=Path, default=None,
+                   help="with a URL --out: local folder where shards are made before upload (default: one in "
+                   "~/.cache/tpn-toolkit/shard-work); keep it to resume after a crash")
     p.add_argument("--layout", choices=LAYOUTS, default="auto", help="input layout; auto detects it from marker files")
     p.add_argument("--annotations", type=Path, nargs="+", default=None,
                    help="Kinetics CSV file(s) (default: CSVs with the Kinetics columns in SRC or SRC/annotations)")
@@ -127,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             shard_size=args.shard_size, shard_samples=args.shard_samples, classes=args.classes, part=args.part,
             split=args.split, annotations=args.annotations, min_frames=args.min_frames, timeout=args.timeout,
             seed=args.seed, overwrite=args.overwrite, strict=args.strict, progress=not args.no_progress,
+            work=args.work,
         )
     except RejectedInputsError as err:
         print(summary_table(err.report))

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from pipeline.ffmpeg import EncodeSettings, find_ffmpeg, has_encoder
 from pipeline.jpeg import mjpeg_packets
+from pipeline import storage
 from pipeline.shardset import INDEX_DIR
 from pipeline.layouts import Dataset, WorkItem, scan
 from pipeline.shard import manifest as mf
@@ -66,6 +67,7 @@ class ShardReport:
     wall_s: float = 0.0
     manifest: dict = field(default_factory=dict)
     warnings: list[dict] = field(default_factory=list)  # sharded, but partly decodable
+    destination: str | None = None  # the URL the shards were uploaded to (out is then the local work folder)
 
     @property
     def samples(self) -> int:
@@ -214,8 +216,9 @@ class _Run:
     """Mutable state of one sharding pass: open writers, pending rejections, progress."""
 
     def __init__(self, out: Path, s: EncodeSettings, labels: dict[str, int], progress: dict[str, SplitProgress],
-                 fp: str, shard_size: int, shard_samples: int | None, strict: bool = False):
+                 fp: str, shard_size: int, shard_samples: int | None, strict: bool = False, remote: str | None = None):
         self.out, self.s, self.labels, self.progress, self.fp = out, s, labels, progress, fp
+        self.remote = remote  # upload each finished shard there
         self.shard_size, self.shard_samples, self.strict = shard_size, shard_samples, strict
         self.pending_warnings: dict[str, list[dict]] = {}
         self.writers: dict[str, ShardWriter] = {}
@@ -271,6 +274,8 @@ class _Run:
         w = self.writers.pop(split, None)
         if w is not None:
             info = w.close()
+            if self.remote is not None:
+                _upload_shard(self.out, self.remote, info.file, info.index)
             per_class = dict(sorted(self.per_class.pop(split).items()))
             sp.shards.append(ShardRecord(split, info.file, info.index, info.samples, info.bytes, info.sha256, per_class))
         sp.rejected += self.pending_rejects.pop(split, [])
@@ -290,10 +295,54 @@ class _Run:
         self.writers.clear()
 
 
-def _restore(out: Path, fp: str) -> dict[str, SplitProgress]:
-    """Committed progress of an interrupted run, dropping any split whose shards are not intact."""
+def _restore(out: Path, fp: str, remote: str | None = None) -> dict[str, SplitProgress]:
+    """Committed progress of an interrupted run, dropping any split whose shards are not intact.
+
+    With a remote `out`, committed shards live in the bucket (the local copies are deleted
+    once uploaded): each is checked there by size, and one still only local is uploaded now.
+    """
     state = mf.load_state(out, fp) or {}
-    return {name: sp for name, sp in state.items() if mf.shards_intact(out, sp.shards)}
+    if remote is None:
+        return {name: sp for name, sp in state.items() if mf.shards_intact(out, sp.shards)}
+    return {name: sp for name, sp in state.items() if all(_uploaded(out, remote, r) for r in sp.shards)}
+
+
+def _uploaded(work: Path, remote: str, record: ShardRecord) -> bool:
+    """Whether a committed shard is in the bucket at its size (uploading it now if it is still local)."""
+    url = str(storage.join(remote, record.file))
+    try:
+        if storage.size_of(url) == record.bytes:
+            return True
+    except FileNotFoundError:
+        pass
+    if (work / record.file).is_file() and (work / record.file).stat().st_size == record.bytes:
+        _upload_shard(work, remote, record.file, record.index)
+        return True
+    return False
+
+
+def _upload_shard(work: Path, remote: str, tar: str, idx: str) -> None:
+    """Index first, then the tar (as locally: a final tar always has its index), then drop the local copies."""
+    for name in (idx, tar):
+        storage.upload(work / name, str(storage.join(remote, name)))
+    for name in (idx, tar):
+        (work / name).unlink(missing_ok=True)
+
+
+def default_work_dir(remote: str) -> Path:
+    """Where shards bound for `remote` are made: the user's cache, one folder per destination."""
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tpn-toolkit" / "shard-work"
+    return base / hashlib.sha256(remote.encode()).hexdigest()[:16]
+
+
+def _check_remote_out(remote: str, fp: str, overwrite: bool) -> None:
+    try:
+        manifest = json.loads(storage.read_bytes(str(storage.join(remote, mf.MANIFEST))))
+    except FileNotFoundError:
+        return
+    if manifest.get("fingerprint") != fp and not overwrite:
+        raise ShardError(f"{remote} already holds shards made from other inputs or settings; use a new --out, "
+                         "or pass --overwrite to replace them")
 
 
 def _resolve_classes(ds: Dataset, classes: str | os.PathLike | list[str] | None) -> list[str]:
@@ -394,11 +443,17 @@ def shard_dataset(
     overwrite: bool = False,
     progress: bool = False,
     settings: EncodeSettings | None = None,
+    work: str | os.PathLike | None = None,
 ) -> ShardReport:
     """Transcode every video under `src` into WebDataset shards in `out`; resumable, deterministic.
 
     Re-running the same call resumes: committed shards are kept and only the
-    rest is encoded again. Returns a `ShardReport`; with `strict=True` raises
+    rest is encoded again. `out` may be a URL (s3://, gs://, az://, ...): shards
+    are then written in the local `work` folder (default: one in the user's
+    cache), uploaded as each is finished (object stores make an object visible
+    only once complete, so no partial upload has a final name), and deleted
+    locally; a resumed run re-uploads a committed shard the bucket lacks, and
+    manifest.json goes up last. Returns a `ShardReport`; with `strict=True` raises
     `RejectedInputsError` (after writing everything) if any input was rejected; partly decodable
     inputs (far fewer frames than their container claims) are then rejected too, where otherwise
     they are sharded and listed in `warnings.jsonl`.
@@ -416,17 +471,24 @@ def shard_dataset(
     # decodable inputs that run meets are rejected; ones an earlier run sharded fail the check below.
     plan = _plan(ds, s, classes, parse_part(part), min_frames=min_frames, shard_size=shard_size,
                  shard_samples=shard_samples, seed=seed, timeout=timeout)
-    out = Path(out).resolve()
+    remote = str(out) if storage.is_remote(out) else None
+    out = Path(work or default_work_dir(remote)).resolve() if remote else Path(out).resolve()
+    if remote:
+        _check_remote_out(remote, plan.fingerprint, overwrite)
     _prepare_out(out, plan.fingerprint, overwrite)
-    done = _restore(out, plan.fingerprint)
+    done = _restore(out, plan.fingerprint, remote)
     resumed = sum(len(sp.shards) for sp in done.values())
     todo = [(n, it) for n, it in enumerate(plan.items) if n > done.get(it.split, SplitProgress()).through]
     (out / mf.STAGING).mkdir(exist_ok=True)
     run = _Run(out, s, {c: i for i, c in enumerate(plan.classes)}, done, plan.fingerprint, shard_size, shard_samples,
-               strict)
+               strict, remote)
     n_workers = max(1, workers or len(os.sched_getaffinity(0)))
     encoded = _encode_all(todo, run, s, workers=n_workers, timeout=timeout, min_frames=min_frames, progress=progress)
     report = _finalize(out, run, plan, t0, {"workers": n_workers, "resumed_shards": resumed, "encoded": encoded})
+    if remote:
+        for name in (mf.CLASSES, mf.REJECTED, mf.WARNINGS, mf.MANIFEST):  # the manifest last: the set is complete
+            storage.upload(out / name, str(storage.join(remote, name)))
+        report.destination = remote
     report.resumed_shards, report.encoded = resumed, encoded
     if strict and (report.rejected or report.warnings):
         raise RejectedInputsError(report)
@@ -481,5 +543,5 @@ def summary_table(report: ShardReport) -> str:
         f"{report.wall_s:.1f} s ({rate:.1f} videos/s encoded this run"
         + (f", {report.resumed_shards} shard(s) kept from an earlier run)" if report.resumed_shards else ")")
     )
-    lines.append(f"manifest: {report.manifest_path}")
+    lines.append(f"manifest: {storage.join(report.destination, mf.MANIFEST) if report.destination else report.manifest_path}")
     return "\n".join(lines)
