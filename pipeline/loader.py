@@ -208,7 +208,8 @@ class _Feed:
         self.host: deque[dict] = deque()
         self.pool = pool  # threads decoding with PyAV (decoder="pyav")
         self.ahead = max(1, ahead)
-        self._reader = ThreadPoolExecutor(1, thread_name_prefix="clip-feed")
+        # Two batches in flight: one batch's reads wait on storage while the next one's are planned and sent.
+        self._reader = ThreadPoolExecutor(2, thread_name_prefix="clip-feed")
         self._futures: dict[int, Future] = {}
 
     def __call__(self, info) -> tuple[list[np.ndarray], ...]:
