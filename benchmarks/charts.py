@@ -167,31 +167,24 @@ def data_chart(stem: str, data: dict) -> Chart:
 
 
 def format_rows(data: dict) -> list[dict]:
-    """Rows of a data payload that name their shard format (the frame-shard comparison)."""
-    return [r for r in valid_rows(data.get("results", [])) if r.get("format")]
+    """Rows of a `benchmarks.data` payload that measured JPEG frame shards beside VP9 shards."""
+    return [r for r in valid_rows(data.get("results", [])) if r.get("frames_clips_per_s") is not None]
 
 
-def format_chart(data: dict, baseline: str = "vp9") -> Chart:
-    """Clips/s per clip shape and shard format; the annotation is each format against VP9 of this run."""
+def format_chart(data: dict) -> Chart:
+    """Clips/s per clip shape, VP9 shards against JPEG frame shards of the same videos in one run."""
     rows = format_rows(data)
     if not rows:
-        raise ChartError("no per-format rows (results[*].format) in this data result")
-    configs = list(dict.fromkeys(r["config"] for r in rows))
-    formats = list(dict.fromkeys(r["format"] for r in rows))
-    rate = {(r["config"], r["format"]): r.get("clips_per_s", r.get("dali_clips_per_s")) for r in rows}
-
-    def versus(config: str) -> str:
-        base = rate.get((config, baseline))
-        others = [f"{f} {rate[(config, f)] / base:.2f}x" for f in formats if f != baseline and base and rate.get((config, f))]
-        return "(" + ", ".join(others) + f" vs {baseline})" if others else ""
-
+        raise ChartError("no frame-shard rows (results[*].frames_clips_per_s) in this data result")
+    vp9, frames = [r["dali_clips_per_s"] for r in rows], [r["frames_clips_per_s"] for r in rows]
     return Chart(
-        title=f"Frame shards against {baseline.upper()} shards\n{machine_label(data)}",
+        title=f"JPEG frame shards against VP9 shards ({data.get('videos', '?')} videos, batch "
+              f"{data.get('settings', {}).get('batch_size', '?')})\n{machine_label(data)}",
         axis="clips/s (higher is better)",
-        categories=configs,
-        series=[Series(f, [rate.get((c, f)) for c in configs]) for f in formats],
-        annotations=[versus(c) for c in configs],
-    )
+        categories=[r["config"] for r in rows],
+        series=[Series("VP9 shards", vp9), Series("JPEG frame shards", frames)],
+        annotations=[f"({f / v:.2f}x VP9)" if v else "" for v, f in zip(vp9, frames)],
+    )  # fmt: skip
 
 
 # ------------------------------------------------------------------ drawing

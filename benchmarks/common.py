@@ -40,7 +40,24 @@ def machine_info() -> dict:
         info["dali"] = nvidia.dali.__version__
     except ImportError:
         info["dali"] = None
+    info["git_commit"] = git_commit()
     return info
+
+
+def git_commit() -> str | None:
+    """The checkout's commit (with '+dirty' when files differ from it), or None outside a git checkout."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        if head.returncode:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return head.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def _cpu_model() -> str:

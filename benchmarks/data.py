@@ -3,8 +3,12 @@
 For 8x8, 16x4 and 32x2 training clips at 224 it measures, on the same shards
 and cores, in interleaved rounds (medians reported):
 
-* clips/s of `pipeline.ClipLoader` (device="cpu", or "gpu" with --device gpu)
-  and of `benchmarks.reference_loader` (PyAV in DataLoader workers);
+* clips/s of `pipeline.ClipLoader` on VP9 video shards ("dali") and on JPEG
+  frame shards of the same videos ("frames"), device="cpu" (or "gpu" with
+  --device gpu), and of `benchmarks.reference_loader` (PyAV in DataLoader
+  workers, VP9);
+* bytes read per clip (the video member for VP9, the sampled frames' JPEGs
+  for frame shards) and shard bytes per video of both formats;
 * CPU milliseconds per clip of each (all threads and worker processes);
 * frames decoded per clip: from the keyframe at or before a clip's first
   frame through its last frame (both loaders decode exactly that);
@@ -57,26 +61,52 @@ class Settings:
 
     @property
     def dataset(self) -> dict:
-        """make_dataset arguments: long enough for 32x2 (span 63), 320x240 like the seed's K400 copy."""
+        """make_dataset arguments: long enough for 32x2 (span 63), 320x240 like the seed's K400 copy.
+
+        Camera-like grain: smooth synthetic frames compress far better than footage and make
+        GOP decoding look cheap, which would flatter the VP9 rows.
+        """
         if self.tiny:
-            return {"classes": 4, "train_per_class": 2, "frames": 64, "size": (160, 120)}
-        return {"classes": 8, "train_per_class": 16, "frames": 96, "size": (320, 240)}
+            return {"classes": 4, "train_per_class": 2, "frames": 64, "size": (160, 120), "grain": 6.0}
+        return {"classes": 8, "train_per_class": 16, "frames": 96, "size": (320, 240), "grain": 6.0}
 
 
 # ----------------------------------------------------------------------------- data
 
 
-def bench_shards(s: Settings) -> Path:
-    """Synthetic videos sharded as VP9 (cached in s.data; rebuilt only if missing)."""
+def bench_shards(s: Settings, codec: str = "vp9") -> Path:
+    """Synthetic videos sharded as `codec` (cached in s.data; the sharder resumes or reuses a finished set)."""
     from pipeline.shard import shard_dataset
     from pipeline.synth import make_dataset
 
-    out = s.data / "shards"
-    if (out / "manifest.json").is_file():
-        return out
     src = make_dataset(s.data / "src", val_per_class=0, **s.dataset)
-    shard_dataset(src, out, short_side=None, shard_samples=4 if s.tiny else 8, workers=s.workers)
+    out = s.data / f"shards-{codec}"
+    shard_dataset(src, out, codec=codec, short_side=None, shard_samples=4 if s.tiny else 8, workers=s.workers,
+                  overwrite=True)  # a private cache: re-made when the settings change
     return out
+
+
+def bytes_per_clip(data: ShardSet, spec: ClipSpec, epochs: int = 2) -> float:
+    """Mean bytes a loader reads for one training clip: the whole video, or the sampled frames' JPEGs."""
+    total, clips = 0, 0
+    for i in range(len(data)):
+        h, w = data.frame_size(i)
+        for epoch in range(epochs):
+            if not data.is_frames:
+                total += int(data.index.video_size[i])
+            else:
+                view = sampling.draw_train_view(spec, data.frame_count(i), h, w, sampling.sample_rng(0, epoch, i))
+                start = int(data.index.frame_start[i])
+                total += int(data.index.frame_size[start + np.unique(view.indices)].sum())
+            clips += 1
+    return total / clips
+
+
+def shard_bytes_per_video(shards: Path) -> float:
+    import json
+
+    totals = json.loads((shards / "manifest.json").read_text())["totals"]
+    return totals["bytes"] / totals["samples"]
 
 
 def keyframes(video: bytes) -> np.ndarray:
@@ -153,6 +183,7 @@ def _children_cpu() -> float:
 
 
 def dali_batches(shards: Path, spec: ClipSpec, s: Settings):
+    """ClipLoader batches forever (the shards decide the format: VP9 video or JPEG frames)."""
     from pipeline import ClipLoader
 
     loader = ClipLoader(shards, spec, batch_size=s.batch_size, device=s.device, num_threads=s.workers)
@@ -172,7 +203,7 @@ def reference_batches(shards: Path, spec: ClipSpec, s: Settings):
 
 def is_worker(who: str, key: tuple[int, int], name: str, in_child: bool) -> bool:
     """The threads that do a loader's work: DALI's thread pool, or the DataLoader workers' main threads."""
-    return name.startswith("[DALI][TP") if who == "dali" else in_child and key[0] == key[1]
+    return name.startswith("[DALI][TP") if who in ("dali", "frames") else in_child and key[0] == key[1]
 
 
 def worker_time_split(before: dict, after: dict, who: str, wall: float) -> dict:
@@ -197,7 +228,7 @@ def warmup_batches(who: str, s: Settings) -> int:
     prefetch depth (2). Timing right after a short warm-up would count queued batches
     as if they were produced in the timed window.
     """
-    return (2 * s.workers if who == "reference" else 2) + 2
+    return (2 * s.workers if who == "reference" else 3) + 2  # ClipLoader: DALI's 2 + the host's read-ahead
 
 
 def measure(batches, who: str, s: Settings, warmup: int = 2) -> dict:
@@ -217,18 +248,20 @@ def measure(batches, who: str, s: Settings, warmup: int = 2) -> dict:
     return {"clips_per_s": n / wall, "cpu_ms_per_clip": 1000 * cpu / n, **split}
 
 
-def bench_config(name: str, shards: Path, data: ShardSet, decoder: dict, s: Settings) -> dict:
+def bench_config(name: str, shards: dict[str, Path], data: dict[str, ShardSet], decoder: dict,
+                 s: Settings) -> dict:
     frames, stride = CONFIGS[name]
     spec = ClipSpec(frames=frames, stride=stride, crop_size=224)
-    runs: dict[str, list[dict]] = {"dali": [], "reference": []}
-    for _ in range(s.rounds):  # interleaved, so load from other processes hits both alike
-        for who, make in (("dali", dali_batches), ("reference", reference_batches)):
-            gen = make(shards, spec, s)
+    contenders = (("dali", dali_batches, "vp9"), ("frames", dali_batches, "jpeg"), ("reference", reference_batches, "vp9"))
+    runs: dict[str, list[dict]] = {who: [] for who, _, _ in contenders}
+    for _ in range(s.rounds):  # interleaved, so load from other processes hits all alike
+        for who, make, codec in contenders:
+            gen = make(shards[codec], spec, s)
             runs[who].append(measure(gen, who, s, warmup=warmup_batches(who, s)))
             gen.close()
     med = {who: {k: statistics.median(r[k] for r in rs) for k in set.intersection(*map(set, rs))}
            for who, rs in runs.items()}
-    per_clip = mean_frames_decoded(data, spec)
+    per_clip = mean_frames_decoded(data["vp9"], spec)
     limit = s.workers * decoder["frames_per_cpu_s"] / per_clip
     cpu_rate = {who: s.workers * 1000 / m["cpu_ms_per_clip"] for who, m in med.items()}
     return {
@@ -237,6 +270,12 @@ def bench_config(name: str, shards: Path, data: ShardSet, decoder: dict, s: Sett
         "frames_decoded_per_clip": per_clip,
         "decode_limit_clips_per_s": limit,
         "decode_limit_clips_per_s_wall": decoder["frames_per_s_wall"] / per_clip,
+        "frames_vs_vp9_wall": med["frames"]["clips_per_s"] / med["dali"]["clips_per_s"],
+        "frames_vs_vp9_cpu": cpu_rate["frames"] / cpu_rate["dali"],
+        "bytes_read_per_clip_vp9": bytes_per_clip(data["vp9"], spec),
+        "bytes_read_per_clip_frames": bytes_per_clip(data["jpeg"], spec),
+        "shard_bytes_per_video_vp9": shard_bytes_per_video(shards["vp9"]),
+        "shard_bytes_per_video_frames": shard_bytes_per_video(shards["jpeg"]),
         "dali_vs_reference_wall": med["dali"]["clips_per_s"] / med["reference"]["clips_per_s"],
         "dali_vs_reference_cpu": cpu_rate["dali"] / cpu_rate["reference"],
         "dali_vs_limit_wall": med["dali"]["clips_per_s"] * per_clip / decoder["frames_per_s_wall"],
@@ -263,8 +302,16 @@ def print_table(rows: list[dict], decoder: dict, workers: int) -> None:
               f"{r['dali_vs_limit_cpu']:5.0%} {r['reference_vs_limit_cpu']:5.0%}")
     print(f"limit = {workers} cores x decoder frames per CPU-second / frames per clip; DALI/ref % of it use "
           f"{workers} cores / CPU time per clip")
+    print(f"\n{'clip':>5} | {'VP9':>6} {'frames':>6} {'x':>5} (wall clips/s) | {'x cpu':>5} | "
+          f"{'KB read/clip VP9':>16} {'frames':>7} | {'KB/video VP9':>12} {'frames':>7}")
     for r in rows:
-        print(f"{r['config']:>5} worker time: " + " | ".join(_time_split(r, who) for who in ("dali", "reference")))
+        print(f"{r['config']:>5} | {r['dali_clips_per_s']:6.1f} {r['frames_clips_per_s']:6.1f} "
+              f"{r['frames_vs_vp9_wall']:4.2f}x {'':15} | {r['frames_vs_vp9_cpu']:4.2f}x | "
+              f"{r['bytes_read_per_clip_vp9'] / 1e3:16.1f} {r['bytes_read_per_clip_frames'] / 1e3:7.1f} | "
+              f"{r['shard_bytes_per_video_vp9'] / 1e3:12.1f} {r['shard_bytes_per_video_frames'] / 1e3:7.1f}")
+    for r in rows:
+        print(f"{r['config']:>5} worker time: "
+              + " | ".join(_time_split(r, who) for who in ("dali", "frames", "reference")))
 
 
 def _time_split(row: dict, who: str) -> str:
@@ -282,7 +329,8 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
 
     x = np.arange(len(rows))
     fig, ax = plt.subplots(figsize=(7, 4))
-    bars = [("dali_clips_per_s", "DALI, wall"), ("reference_clips_per_s", "reference, wall"),
+    bars = [("dali_clips_per_s", "DALI VP9, wall"), ("frames_clips_per_s", "DALI JPEG frames, wall"),
+            ("reference_clips_per_s", "reference VP9, wall"),
             ("dali_clips_per_s_cpu", "DALI, cores / CPU per clip"),
             ("reference_clips_per_s_cpu", "reference, cores / CPU per clip"),
             ("decode_limit_clips_per_s", "decode limit (ffmpeg)")]
@@ -301,17 +349,17 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
 
 
 def run(s: Settings, name: str | None = None) -> dict:
-    shards = bench_shards(s)
-    data = ShardSet.open(shards)
-    decoder = decode_limit_fps(data, s.workers, s.rounds)
+    shards = {codec: bench_shards(s, codec) for codec in ("vp9", "jpeg")}
+    data = {codec: ShardSet.open(path) for codec, path in shards.items()}
+    decoder = decode_limit_fps(data["vp9"], s.workers, s.rounds)
     rows = [bench_config(name, shards, data, decoder, s) for name in s.configs]
     print_table(rows, decoder, s.workers)
     name = name or ("data_tiny" if s.tiny else "data")
     payload = {"settings": {**asdict(s), "data": str(s.data)}, "decoder": decoder,
-               "videos": len(data), "results": rows}
+               "videos": len(data["vp9"]), "results": rows}
     path = write_results(name, payload)
     plot(rows, results_path(name, ".png"), f"{s.device} loader, {s.workers} cores, batch {s.batch_size}, "
-                                          f"{s.dataset['size'][0]}x{s.dataset['size'][1]} VP9")
+                                          f"{s.dataset['size'][0]}x{s.dataset['size'][1]} VP9 vs JPEG frames")
     print(f"wrote {path} and {results_path(name, '.png')}")
     return payload
 
@@ -339,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.loader import resolve_device
 
     device = resolve_device(args.device)
-    data = args.data or Path(tempfile.gettempdir()) / ("tpn-bench-data-tiny" if args.tiny else "tpn-bench-data")
+    data = args.data or Path(tempfile.gettempdir()) / ("tpn-bench-data-tiny" if args.tiny else "tpn-bench-data-grain")
     s = Settings(data=data, tiny=args.tiny, configs=tuple(args.configs), batch_size=args.batch_size,
                  batches=args.batches or (2 if args.tiny else 12), rounds=args.rounds or (1 if args.tiny else 3),
                  workers=args.workers, device=device)

@@ -4,7 +4,7 @@
 #
 #   benchmarks/gpu.sh OUT [STAGE ...]
 #
-# Stages (default: all, in this order): env tests train infer data variants trainrun demo.
+# Stages (default: all, in this order): env tests train infer data pipeline variants trainrun demo.
 # Logs go to OUT/<stage>.log, benchmark results to OUT/results/ (the same files `python -m benchmarks`
 # writes), the training run to OUT/run/ (on the shards the data stage made). Each stage has its own time limit; a failed stage is
 # reported and the next one still runs. With GPU_ARCHIVE=FILE.tgz, OUT is packed into FILE after
@@ -12,9 +12,9 @@
 set -uo pipefail
 OUT=${1:?usage: benchmarks/gpu.sh OUT [STAGE ...]}
 shift
-STAGES=${*:-env tests train infer data variants trainrun demo}
+STAGES=${*:-env tests train infer data pipeline variants trainrun demo}
 PY=${PYTHON:-python3}
-DATA=/tmp/tpn-bench-data  # where benchmarks.data caches its shards
+DATA=/tmp/tpn-bench-data-grain  # where benchmarks.data caches its shards (shards-vp9, shards-jpeg)
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
@@ -56,15 +56,15 @@ for s in $STAGES; do
     tests) stage tests 240 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/test_loader.py \
              tests/test_train_engine.py tests/test_export_trt.py ;;
     # one report per day and device: each --only run joins the report in OUT/results
-    train|infer|data) stage "$s" 360 "$PY" -m benchmarks --only "$s" --results "$OUT/results" ;;
+    train|infer|data|pipeline) stage "$s" 360 "$PY" -m benchmarks --only "$s" --results "$OUT/results" ;;
     variants) stage variants 300 "$PY" -m benchmarks.loader_variants \
                 --name "$(date +%F)-$("$PY" -c 'from benchmarks.__main__ import device_slug; print(device_slug())')-loader_variants" ;;
-    trainrun) stage trainrun 420 "$PY" -m tpn.train tpn_r50_f8s8 --train "$DATA/shards" --val "$DATA/shards" \
+    trainrun) stage trainrun 420 "$PY" -m tpn.train tpn_r50_f8s8 --train "$DATA/shards-jpeg" --val "$DATA/shards-jpeg" \
                 --out "$OUT/run" --epochs 2 --batch-size 16 --no-progress
               stage testrun 300 "$PY" -m tpn.test tpn_r50_f8s8 --checkpoint "$OUT/run/best.pth" \
-                --shards "$DATA/shards" --out "$OUT/run/test.json" ;;
+                --shards "$DATA/shards-jpeg" --out "$OUT/run/test.json" ;;
     demo) stage demo 420 "$PY" -m tpn.demo --size smoke --out /tmp/tpn-demo-gpu ;;
-    *) echo "unknown stage $s (env tests train infer data variants trainrun demo)"; status=2 ;;
+    *) echo "unknown stage $s (env tests train infer data pipeline variants trainrun demo)"; status=2 ;;
   esac
 done
 cat "$OUT/stages.txt"

@@ -34,17 +34,19 @@ from pipeline import ClipSpec
 
 @dataclass(frozen=True)
 class Variant:
-    decoder: str  # "nvdec", "cpu" (DALI's CPU decoder) or "pyav"
-    codec: str = "vp9"
+    decoder: str  # "nvdec", "cpu" (DALI's CPU decoder), "pyav", or for JPEG frame shards "nvjpeg" / "cpu"
+    codec: str = "vp9"  # "vp9", "h264" or "jpeg" (frame shards)
     batch_size: int = 8
     threads: int = 0  # 0 = all usable cores
     loaders: int = 1  # loaders running side by side
+    hw_load: float | None = None  # nvjpeg: share sent to the hardware JPEG decoder (None: the loader's default)
 
     @property
     def label(self) -> str:
         t = f", {self.threads} threads" if self.threads else ""
         side = f", {self.loaders} loaders side by side" if self.loaders > 1 else ""
-        return f"{self.decoder} {self.codec}, batch {self.batch_size}{t}{side}"
+        hw = f", hw load {self.hw_load:g}" if self.hw_load is not None else ""
+        return f"{self.decoder} {self.codec}, batch {self.batch_size}{t}{side}{hw}"
 
 
 def variants(gpu: bool, tiny: bool = False) -> list[Variant]:
@@ -54,14 +56,17 @@ def variants(gpu: bool, tiny: bool = False) -> list[Variant]:
                 Variant("pyav", batch_size=2)]  # fmt: skip
     if not gpu:
         return [Variant("cpu"), Variant("cpu", batch_size=32), Variant("cpu", loaders=2), Variant("pyav"),
-                Variant("pyav", batch_size=32)]  # fmt: skip
+                Variant("pyav", batch_size=32), Variant("cpu", codec="jpeg"), Variant("cpu", codec="jpeg", batch_size=32)]  # fmt: skip
+    frames = [Variant("nvjpeg", codec="jpeg"), Variant("nvjpeg", codec="jpeg", batch_size=32)]
+    frames += [Variant("nvjpeg", codec="jpeg", batch_size=32, hw_load=h) for h in (0.0, 0.9, 1.0)]
+    frames += [Variant("nvjpeg", codec="jpeg", loaders=4, threads=4), Variant("cpu", codec="jpeg", batch_size=32)]
     return [
         Variant("nvdec"), Variant("nvdec", batch_size=32), Variant("nvdec", threads=4),
         Variant("nvdec", loaders=4), Variant("nvdec", codec="h264"), Variant("nvdec", codec="h264", batch_size=32),
         Variant("nvdec", codec="h264", loaders=4),
         Variant("cpu"), Variant("cpu", batch_size=32), Variant("cpu", loaders=4, threads=4),
         Variant("pyav"), Variant("pyav", batch_size=32),
-    ]  # fmt: skip
+    ] + frames  # fmt: skip
 
 
 def h264_shards(s: Settings) -> Path:
@@ -80,7 +85,7 @@ def time_variant(v: Variant, shards: Path, spec: ClipSpec, device: str, batches:
     threads = v.threads or len(os.sched_getaffinity(0))
     loaders = [
         ClipLoader(shards, spec, batch_size=v.batch_size, device=device, decoder=v.decoder, num_threads=threads,
-                   rank=r, world_size=v.loaders)
+                   rank=r, world_size=v.loaders, **({} if v.hw_load is None else {"hw_decoder_load": v.hw_load}))
         for r in range(v.loaders)
     ]  # fmt: skip
     barrier = threading.Barrier(v.loaders + 1)
@@ -138,7 +143,7 @@ def run(args: argparse.Namespace) -> dict:
 
     device = resolve_device("auto")
     s = Settings(data=args.data, tiny=args.tiny)
-    shards = {"vp9": bench_shards(s)}
+    shards = {"vp9": bench_shards(s), "jpeg": bench_shards(s, "jpeg")}
     todo = variants(device == "gpu", args.tiny)
     if any(v.codec == "h264" for v in todo):
         shards["h264"] = h264_shards(s)

@@ -20,18 +20,18 @@ stem, a table function from `benchmarks.tables`, optionally a chart function
 from `benchmarks.charts`), then the two marker lines in the README where the
 table belongs, then `python -m benchmarks report`.
 
-Frame shards against VP9: drawn for every result file under the results
-folder that holds a data payload with per-format rows, e.g.
+JPEG frame shards against VP9 shards: drawn for every result file under the
+results folder that holds a `benchmarks.data` payload whose rows measured both
+formats on the same videos in one run, i.e.
 
     {"machine": {...}, "command": "python -m benchmarks.data ...",
      "settings": {"batch_size": 8, ...}, "videos": 128,
-     "results": [{"config": "8x8", "format": "vp9", "clips_per_s": 47.2},
-                 {"config": "8x8", "format": "jpeg", "clips_per_s": 95.0}, ...]}
+     "results": [{"config": "8x8", "dali_clips_per_s": 47.2,      # VP9 shards
+                  "frames_clips_per_s": 95.0, ...}, ...]}         # JPEG frame shards
 
-(`clips_per_s` or `dali_clips_per_s` per row; a row with `"invalid": "why"`
-is left out), as `report/formats-<stem>.png`; without such a file the report
-prints a note and draws nothing. Its README table is then one `Block` with
-`table=format_table, chart=format_block_chart("<stem>")`.
+(a row with `"invalid": "why"` is left out), as `report/formats-<stem>.png`;
+without such a file the report prints a note and draws nothing. Its README
+table is one `Block` with `table=frames_table, chart=format_block_chart("<stem>")`.
 
 A figure found invalid after its run is marked, not deleted: `"invalid": "why"`
 on its row, `"invalid": {"<series>": "why"}` on the payload, or an entry in
@@ -52,7 +52,6 @@ from pathlib import Path
 from benchmarks import charts, common
 from benchmarks.tables import (
     data_table,
-    format_table,
     goal_lines,
     infer_table,
     loader_variants_table,
@@ -202,7 +201,7 @@ def draw_format_charts(results: Results) -> tuple[list[Path], list[str]]:
     """Frame shards vs VP9 for every data result with per-format rows; a note when there is none."""
     stems = [s for s in results.stems() if charts.format_rows(results[s])]
     if not stems:
-        return [], ["frame shards vs VP9: no result file holds data rows with a 'format' key yet; chart skipped"]
+        return [], ["frame shards vs VP9: no data result with frames_clips_per_s rows yet; chart skipped"]
     return [charts.draw(charts.format_chart(results[s]), chart_path(results, f"formats-{s}")) for s in stems], []
 
 

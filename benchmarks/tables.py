@@ -45,7 +45,8 @@ def shard_table(d: dict) -> list[str]:
 
 
 def data_table(d: dict) -> list[str]:
-    rows = [
+    frames = frames_table(d)
+    rows = (frames + [""] if frames else []) + [
         "| clip | DALI clips/s | reference clips/s | DALI / reference (wall) | DALI / reference (CPU basis) "
         "| frames decoded per clip | decode limit clips/s | DALI % of decode limit (CPU basis) |",
         "|---|---|---|---|---|---|---|---|",
@@ -57,6 +58,31 @@ def data_table(d: dict) -> list[str]:
             f"| {_f(r['frames_decoded_per_clip'], 1)} | {_f(r['decode_limit_clips_per_s'], 1)} "
             f"| {_pct(r.get('dali_vs_limit_cpu'), 0)} |"
         )
+    return rows
+
+
+def frames_table(d: dict) -> list[str]:
+    """JPEG frame shards against VP9 shards of the same videos (same run, same cores)."""
+    rows = ["| clip | VP9 clips/s | JPEG frames clips/s | frames / VP9 (wall) | frames / VP9 (CPU basis) "
+            "| KB read per clip, VP9 | KB read per clip, frames | KB per video, VP9 | KB per video, frames |",
+            "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in d["results"]:
+        if "frames_clips_per_s" not in r:
+            return []
+        rows.append(
+            f"| {_name(r, r['config'])} | {_f(r['dali_clips_per_s'], 1)} | {_f(r['frames_clips_per_s'], 1)} "
+            f"| {_f(r['frames_vs_vp9_wall'])}x | {_f(r['frames_vs_vp9_cpu'])}x "
+            f"| {_f(r['bytes_read_per_clip_vp9'] / 1e3, 0)} | {_f(r['bytes_read_per_clip_frames'] / 1e3, 0)} "
+            f"| {_f(r['shard_bytes_per_video_vp9'] / 1e3, 0)} | {_f(r['shard_bytes_per_video_frames'] / 1e3, 0)} |"
+        )
+    return rows
+
+
+def pipeline_table(d: dict) -> list[str]:
+    rows = [f"{d['model']} on {d['device']}, batch {d['batch']}, step mode {d['step_mode']}"
+            + (" (compiled)" if d.get("compiled") else ""), "",
+            "| contender | clips/s | x in-memory training |", "|---|---|---|"]  # fmt: skip
+    rows += [f"| {r['contender']} | {_f(r['clips_per_s'], 1)} | {_f(r['vs_in_memory'])}x |" for r in d["rows"]]
     return rows
 
 
@@ -120,14 +146,3 @@ def generic_table(d: dict) -> list[str]:
         out.append("| " + " | ".join(_f(r.get(k)) if isinstance(r.get(k), float) else str(r.get(k)) for k in keys) + " |")
     return out + [f"- {g}" for g in d.get("goals", [])]
 
-
-def format_table(d: dict, baseline: str = "vp9") -> list[str]:
-    """Per clip shape and shard format: clips/s and the ratio to the baseline format of the same run."""
-    rows = [r for r in d["results"] if r.get("format") and not r.get("invalid")]
-    rate = {(r["config"], r["format"]): r.get("clips_per_s", r.get("dali_clips_per_s")) for r in rows}
-    out = [f"| clip | shard format | clips/s | x {baseline} |", "|---|---|---|---|"]
-    for r in rows:
-        base, mine = rate.get((r["config"], baseline)), rate[(r["config"], r["format"])]
-        ratio = f"{mine / base:.2f}x" if base and mine is not None else "-"
-        out.append(f"| {r['config']} | {r['format']} | {_f(mine, 1)} | {ratio} |")
-    return out

@@ -25,12 +25,17 @@ from typing import Literal
 
 import ffmpeg as ffmpeg_python
 
-Codec = Literal["vp9", "h264"]
+Codec = Literal["vp9", "h264", "jpeg"]
 CODECS: dict[str, dict[str, str]] = {
     "vp9": {"encoder": "libvpx-vp9", "container": "webm", "ext": "webm"},
     "h264": {"encoder": "libx264", "container": "mp4", "ext": "mp4"},
+    # Frame shards: ffmpeg's mjpeg encoder (baseline, 4:2:0) into Matroska, one JPEG per packet; the
+    # shard stores each packet as its own `<key>.NNNNNN.jpg` member (see pipeline.jpeg).
+    "jpeg": {"encoder": "mjpeg", "container": "matroska", "ext": "mkv"},
 }
 DEFAULT_CRF = {"vp9": 32, "h264": 23}
+# ffmpeg's mjpeg quantiser scale (-q:v, 2 = finest .. 31), chosen with `python -m benchmarks.jpeg_quality`.
+DEFAULT_JPEG_Q = 2
 LOGLEVEL = "error"
 
 
@@ -83,7 +88,7 @@ class EncodeSettings:
     size: tuple[int, int] | None = None  # fixed (W, H); overrides short_side
     fps: float | None = None  # None: the source's frame rate
     gop: int = 16
-    crf: int | None = None  # None: DEFAULT_CRF[codec]
+    crf: int | None = None  # None: DEFAULT_CRF[codec]; for jpeg: the mjpeg -q:v (None: DEFAULT_JPEG_Q)
     vp9_deadline: str = "realtime"
     vp9_cpu_used: int = 8
     x264_preset: str = "veryfast"
@@ -104,6 +109,8 @@ class EncodeSettings:
             raise ValueError(f"fps must be > 0, got {self.fps}")
         if self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
+        if self.codec == "jpeg" and self.crf is not None and not 2 <= self.crf <= 31:
+            raise ValueError(f"JPEG quality (mjpeg -q:v) must be in 2..31 (2 is finest), got {self.crf}")
 
     @property
     def encoder(self) -> str:
@@ -119,7 +126,14 @@ class EncodeSettings:
 
     @property
     def quality(self) -> int:
-        return DEFAULT_CRF[self.codec] if self.crf is None else self.crf
+        if self.crf is not None:
+            return self.crf
+        return DEFAULT_JPEG_Q if self.codec == "jpeg" else DEFAULT_CRF[self.codec]
+
+    @property
+    def is_frames(self) -> bool:
+        """Frame shards (one JPEG per frame) rather than one video file per sample."""
+        return self.codec == "jpeg"
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -166,12 +180,16 @@ def scale_filter(s: EncodeSettings) -> str:
 
 def video_filter(s: EncodeSettings) -> str:
     parts = [] if s.fps is None else [f"fps={s.fps:g}"]
-    parts += [scale_filter(s), "setsar=1", "format=yuv420p"]
+    # JPEG stores full-range YCbCr (JFIF); the video codecs limited-range 4:2:0.
+    parts += [scale_filter(s), "setsar=1", "format=yuvj420p" if s.is_frames else "format=yuv420p"]
     return ",".join(parts)
 
 
 def codec_options(s: EncodeSettings) -> dict[str, object]:
     """Encoder options: CRF quality, a closed GOP of exactly `gop` frames, no scene-cut keyframes."""
+    if s.is_frames:
+        # Every frame stands alone: no GOP. -q:v is the quantiser scale (2 finest .. 31).
+        return {"c:v": s.encoder, "q:v": s.quality, "threads": s.threads, "f": "matroska"}
     common: dict[str, object] = {"c:v": s.encoder, "crf": s.quality, "g": s.gop, "keyint_min": s.gop, "threads": s.threads}
     if s.codec == "vp9":
         # VP9 keyframes never reference across; min == max distance pins them every `gop` frames.
@@ -208,8 +226,35 @@ def transcode_argv(src: SourceSpec, dst: str | os.PathLike, s: EncodeSettings, e
     if s.fps is None:
         out_kwargs["fps_mode"] = "cfr"  # constant rate at the source's rate
     args = ffmpeg_python.output(inp, str(dst), **out_kwargs).get_args()
-    # get_args adds `-map 0` only for multi-stream outputs; ours maps explicitly.
-    return [exe or find_ffmpeg(), "-nostdin", "-hide_banner", "-loglevel", LOGLEVEL, "-y", *args]
+    # get_args adds `-map 0` only for multi-stream outputs; ours maps explicitly. Info level (without the
+    # progress lines) prints the input's container duration, which `claimed_frames` reads.
+    return [exe or find_ffmpeg(), "-nostdin", "-hide_banner", "-loglevel", "info", "-nostats", "-y", *args]
+
+
+def copy_frames_argv(src: SourceSpec, dst: str | os.PathLike, exe: str | None = None) -> list[str]:
+    """ffmpeg command that stores a JPEG frame folder's files as MJPEG packets unchanged (pure)."""
+    inp = ffmpeg_python.input(os.path.join(src.path, src.pattern), framerate=f"{src.fps:g}",
+                              start_number=src.start_number)
+    out_kwargs = {"map": "0:v:0", "c:v": "copy", "f": "matroska", "map_metadata": -1, "fflags": "+bitexact"}
+    args = ffmpeg_python.output(inp, str(dst), **out_kwargs).get_args()
+    return [exe or find_ffmpeg(), "-nostdin", "-hide_banner", "-loglevel", "info", "-nostats", "-y", *args]
+
+
+PARTIAL_FRACTION = 0.9  # fewer decoded frames than this share of the claimed ones: partly decodable
+
+
+def claimed_frames(stderr: str, fps: float) -> int | None:
+    """Frames the input's container claims (its duration x the output rate), from ffmpeg's info log (pure)."""
+    m = re.search(r"Input #0.*?Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)", stderr, re.S)
+    if not m or fps <= 0:
+        return None
+    seconds = int(m.group(1)) * 3600 + int(m.group(2)) * 60 + float(m.group(3))
+    return int(round(seconds * fps))
+
+
+def is_partial(decoded: int, claimed: int | None) -> bool:
+    """Decoded far fewer frames than the container claims: a cut download, say (pure)."""
+    return claimed is not None and decoded < PARTIAL_FRACTION * claimed and claimed - decoded >= 2
 
 
 # Reasons an input is rejected; rejected.jsonl only ever holds these words.
@@ -221,6 +266,9 @@ REJECT_REASONS = (
     "ffmpeg_error",
     "timeout",
     "unknown_class",
+    "dangling_symlink",
+    "directory_loop",
+    "partly_decodable",  # only with strict=True; otherwise such inputs are sharded and listed as warnings
 )
 
 _PATTERNS = [

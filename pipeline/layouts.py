@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import random
 import re
 import unicodedata
@@ -49,6 +50,7 @@ class WorkItem:
     kind: str = "video"  # "video" | "frames"
     fps: float | None = None  # frames only
     missing: bool = False  # listed by the annotations but not on disk
+    problem: tuple[str, str] | None = None  # (reject reason, message) found while scanning the folder
 
 
 @dataclass
@@ -80,10 +82,41 @@ def is_video(path: Path) -> bool:
 
 def videos_under(folder: Path) -> list[Path]:
     """Video files below `folder`, sorted, skipping hidden files and folders (e.g. a shard run's staging)."""
-    return sorted(
-        p for p in folder.rglob("*")
-        if is_video(p) and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    )
+    return walk_videos(folder)[0]
+
+
+def walk_videos(folder: Path) -> tuple[list[Path], list[tuple[Path, str, str]]]:
+    """(videos, problems) below `folder`: symlinked folders are followed once each; hidden names skipped.
+
+    Problems are (path, reject reason, message) for what cannot become a
+    sample: a dangling symlink with a video extension, a file that cannot be
+    opened, a folder that links back into itself (a loop).
+    """
+    videos, problems = [], []
+    seen: set[tuple[int, int]] = set()
+    real_root = os.path.realpath(folder) + os.sep
+    for top, dirs, files in os.walk(folder, followlinks=True):
+        st = os.stat(top)
+        ancestor = top != str(folder) and real_root.startswith(os.path.realpath(top) + os.sep)
+        if (st.st_dev, st.st_ino) in seen or ancestor:
+            problems.append((Path(top), "directory_loop",
+                             f"{Path(top).relative_to(folder).as_posix() or '.'} links back to a folder already "
+                             "scanned (a directory loop); its contents are taken once"))
+            dirs[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            path = Path(top) / name
+            if name.startswith(".") or path.suffix.lower() not in VIDEO_EXTS:
+                continue
+            if path.is_symlink() and not path.exists():
+                problems.append((path, "dangling_symlink", f"symlink to {os.readlink(path)}, which does not exist"))
+            elif not os.access(path, os.R_OK):
+                problems.append((path, "unreadable", "the file cannot be read (permissions)"))
+            else:
+                videos.append(path)
+    return sorted(videos), problems
 
 
 def _visible_dirs(path: Path) -> list[Path]:
@@ -111,8 +144,10 @@ def scan_folder(root: Path, split: str = "train") -> Dataset:
     items = []
     for split_name, split_dir in groups:
         for class_dir in _visible_dirs(split_dir):
-            files = videos_under(class_dir)
+            files, problems = walk_videos(class_dir)
             items += [_item(root, p, split_name, class_dir.name) for p in files]
+            items += [_item(root, p, split_name, class_dir.name, problem=(reason, message))
+                      for p, reason, message in problems]
     if not items:
         raise LayoutError(
             f"{root}: no videos found as <class>/<video> or <split>/<class>/<video> "

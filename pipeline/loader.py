@@ -15,6 +15,18 @@ samples, batch k of epoch e can be produced without decoding batches
 0..k-1 (exact mid-epoch resume), and test mode sees every sample exactly
 once with no reader padding to strip.
 
+Frame shards (one JPEG per frame) take the same host-side plan, but DALI
+gets only the JPEGs of the sampled frames (each distinct frame once), as one
+flat batch of images: `fn.decoders.image` decodes them (nvJPEG with the
+hardware JPEG decoder on a GPU through `device="mixed"`, libjpeg-turbo on the
+CPU threads otherwise), the same resize / crop / flip / normalise follow per
+image, and the host regroups the images into clips. Training clips of frame
+shards come back in `channels_last_3d` memory order (a view of DALI's NHWC
+output, no copy), which is the layout the training step wants.
+
+Reading is done ahead: a background thread plans the next batches and reads
+their bytes while DALI decodes the current ones.
+
 Test-mode views come back as (N, V, 3, F, H, W) with V ordered clips-major,
 then spatial crops (left/top, centre, right/bottom), then flips (unflipped
 first): view = (clip * crops + crop) * flips + flip.
@@ -24,7 +36,8 @@ from __future__ import annotations
 
 import os
 import re
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Literal
@@ -37,13 +50,17 @@ from nvidia.dali.backend import TensorListGPU
 
 from pipeline import batching, sampling
 from pipeline.clip import ClipSpec
+from pipeline.jpeg import JpegError, decode_check
 from pipeline.pyav import decode_frames
 from pipeline.shardset import VERIFY_HINT, ShardError, ShardSet
 
 Mode = Literal["train", "test"]
 Device = Literal["auto", "cpu", "gpu"]
-Decoder = Literal["auto", "nvdec", "cpu", "pyav"]
-DECODERS = ("auto", "nvdec", "cpu", "pyav")
+Decoder = Literal["auto", "nvdec", "cpu", "pyav", "nvjpeg"]
+DECODERS = ("auto", "nvdec", "cpu", "pyav", "nvjpeg")
+FRAME_DECODERS = ("auto", "cpu", "nvjpeg")  # what frame shards accept
+# Share of the JPEGs that nvJPEG gives the hardware decoder on GPUs that have one (DALI's default).
+HW_DECODER_LOAD = 0.65
 
 
 class DataError(RuntimeError):
@@ -122,34 +139,106 @@ def decode_probe(source, nvdec: bool):
     return fn.decoders.video(video, frames=frames, pad_mode="none", device="mixed" if nvdec else "cpu")
 
 
-def _normalise(x, spec: ClipSpec, **kwargs):
+def _normalise(x, spec: ClipSpec, layout: str = "CFHW", **kwargs):
     return fn.crop_mirror_normalize(
-        x, mean=list(spec.mean), std=list(spec.std), output_layout="CFHW", dtype=types.FLOAT, **kwargs
+        x, mean=list(spec.mean), std=list(spec.std), output_layout=layout, dtype=types.FLOAT, **kwargs
     )
+
+
+def frame_feed_fields(mode: Mode, spec: ClipSpec) -> tuple[str, ...]:
+    """Per-image inputs of the frame-shard graph, in `external_source` output order."""
+    if mode == "train":
+        return ("jpeg", "box", "flip") + (("jitter",) if spec.color_jitter else ())
+    return ("jpeg",) + (() if spec.test_crops == "full" else ("positions",))
+
+
+@pipeline_def(exec_dynamic=True)
+def frame_pipeline(source, mode: Mode, spec: ClipSpec, device: str, decoder: str = "cpu",
+                   hw_decoder_load: float = HW_DECODER_LOAD):
+    """The frame-shard graph: a flat batch of JPEGs (every frame of every clip) -> augmented images.
+
+    Each image carries its clip's plan (the same box, flip and jitter for all
+    frames of a clip). Outputs: train, one (images, H, W, 3) float tensor;
+    test, one such tensor per spatial view (crop, flip).
+    """
+    fields = frame_feed_fields(mode, spec)
+    feed = dict(zip(fields, fn.external_source(source=source, batch=True, batch_info=True, num_outputs=len(fields))))
+    if decoder == "nvjpeg":
+        x = fn.decoders.image(feed["jpeg"], device="mixed", output_type=types.RGB, hw_decoder_load=hw_decoder_load)
+    else:
+        x = fn.decoders.image(feed["jpeg"], device="cpu", output_type=types.RGB)
+        x = x.gpu() if device == "gpu" else x
+    if mode == "train":
+        box = feed["box"]
+        x = fn.resize(x, roi_start=box[0:2], roi_end=box[2:4], size=[spec.crop_size] * 2, antialias=False)
+        if spec.color_jitter:
+            j = feed["jitter"]
+            x = fn.hsv(x, hue=j[0], saturation=j[1])
+            x = fn.brightness_contrast(x, contrast=j[2], brightness_shift=j[3])
+        return (_normalise(x, spec, layout="HWC", mirror=feed["flip"]),)
+    x = fn.resize(x, resize_shorter=spec.test_scale, antialias=False)
+    views = []
+    for c in range(3 if spec.test_crops == "three" else 1):
+        window = {}
+        if spec.test_crops != "full":
+            pos = feed["positions"]
+            window = {"crop": [spec.test_crop] * 2, "crop_pos_x": pos[c, 0], "crop_pos_y": pos[c, 1]}
+        views += [_normalise(x, spec, layout="HWC", mirror=f, **window) for f in ((0, 1) if spec.test_flip else (0,))]
+    return tuple(views)
 
 
 # ----------------------------------------------------------------------------- host side
 
 
 class _Feed:
-    """DALI's `external_source`: batch i of the current pass -> encoded videos + per-sample plans."""
+    """DALI's `external_source`: batch i of the current pass -> encoded bytes + per-sample plans.
 
-    def __init__(self, loader: ClipLoader, batches: Sequence[np.ndarray], epoch: int, pool=None):
+    Batches are prepared (planned and read) `ahead` batches in advance on a
+    background thread, so file or network reads overlap DALI's decoding and
+    the caller's work. `pending` lists batches handed to DALI and not yet
+    returned; `host` holds, in the same order, what the host keeps of each
+    (frame shards: labels, sample indices and how images regroup into clips).
+    """
+
+    def __init__(self, loader: ClipLoader, batches: Sequence[np.ndarray], epoch: int, pool=None, ahead: int = 2):
         self.loader = loader
         self.batches = batches
         self.epoch = epoch
-        self.fields = feed_fields(loader.mode, loader.clip, loader.decoder)
-        self.pending: list[int] = []  # batches handed to DALI, not yet returned
+        self.pending: list[int] = []
+        self.host: deque[dict] = deque()
         self.pool = pool  # threads decoding with PyAV (decoder="pyav")
+        self.ahead = max(1, ahead)
+        # Two batches in flight: one batch's reads wait on storage while the next one's are planned and sent.
+        self._reader = ThreadPoolExecutor(2, thread_name_prefix="clip-feed")
+        self._futures: dict[int, Future] = {}
 
     def __call__(self, info) -> tuple[list[np.ndarray], ...]:
-        if info.iteration >= len(self.batches):
+        number = info.iteration
+        if number >= len(self.batches):
             raise StopIteration
-        self.pending.append(info.iteration)
-        indices = [int(i) for i in self.batches[info.iteration]]
-        feed = lambda i: self.loader._sample_feed(i, self.epoch)  # noqa: E731
-        rows = list(self.pool.map(feed, indices)) if self.pool else [feed(i) for i in indices]
-        return tuple([row[f] for row in rows] for f in self.fields)
+        for b in range(number, min(number + self.ahead + 1, len(self.batches))):
+            if b not in self._futures:
+                self._futures[b] = self._reader.submit(self._prepare, b)
+        inputs, host = self._futures.pop(number).result()
+        self.pending.append(number)
+        self.host.append(host)
+        return inputs
+
+    def _prepare(self, number: int) -> tuple[tuple[list[np.ndarray], ...], dict]:
+        indices = [int(i) for i in self.batches[number]]
+        if self.loader.data.is_frames:
+            return self.loader._frame_batch(indices, self.epoch)
+        videos = self.loader.data.videos(indices)  # one batch of reads (concurrent for remote shards)
+        feed = lambda iv: self.loader._sample_feed(iv[0], self.epoch, iv[1])  # noqa: E731
+        pairs = list(zip(indices, videos))
+        rows = list(self.pool.map(feed, pairs)) if self.pool else [feed(p) for p in pairs]
+        fields = feed_fields(self.loader.mode, self.loader.clip, self.loader.decoder)
+        return tuple([row[f] for row in rows] for f in fields), {}
+
+    def close(self) -> None:
+        for future in self._futures.values():
+            future.cancel()
+        self._reader.shutdown(wait=True, cancel_futures=True)
 
 
 def resolve_device(device: Device) -> str:
@@ -177,7 +266,21 @@ def resolve_decoder(decoder: Decoder, device: str, codec: str) -> str:
     320x240 VP9, 8x8 clips), DALI's NVDEC path gave 51 clips/s and the CPU
     decoder 172 (batch 8) to 308 (batch 32). H.264 has no CPU decoder in DALI,
     so it stays on NVDEC.
+
+    Frame shards ("jpeg") decode with nvJPEG ("nvjpeg", DALI's mixed image
+    decoder, which uses the GPU's hardware JPEG engines where there are some)
+    or on the CPU threads ("cpu", libjpeg-turbo); "auto" takes nvJPEG on a GPU.
     """
+    if codec == "jpeg":
+        if decoder not in FRAME_DECODERS:
+            raise ValueError(
+                f"decoder={decoder!r} decodes video; these shards hold JPEG frames, which decode with "
+                f"{', '.join(map(repr, FRAME_DECODERS))}"
+            )
+        return "cpu" if device == "cpu" or decoder == "cpu" else "nvjpeg"
+    if decoder == "nvjpeg":
+        raise ValueError(f"decoder='nvjpeg' decodes JPEG frame shards; these shards hold {codec} video: use "
+                         "'auto', 'nvdec', 'cpu' or 'pyav'")
     if decoder == "pyav":
         return "pyav"
     if device == "cpu":
@@ -217,10 +320,11 @@ def _check_spec(spec: ClipSpec) -> None:
 
 
 class ClipLoader:
-    """Batches of clips from WebDataset video shards, decoded and augmented by DALI.
+    """Batches of clips from WebDataset shards (video or JPEG frames), decoded and augmented by DALI.
 
     shards: a shard directory (all `*.tar`, or `<split>-*.tar` with `split`)
-        or a list of tar paths, each with its `.idx` beside it.
+        or a list of tar paths, each with its `.idx` beside it. The format
+        (video or frame shards) is read from the shards themselves.
     clip: what the model wants (`tpn.get_config(name).clip`).
     mode: "train" yields (N, 3, F, H, W) float32 normalised clips and int64
         labels, last partial batch dropped, the same batch count on every rank;
@@ -234,16 +338,22 @@ class ClipLoader:
         `resolve_decoder`). On device "cpu" DALI decodes on the CPU.
         "pyav" (either device, any codec libavcodec reads) decodes the
         sampled frames with PyAV in `num_threads` host threads and hands
-        DALI raw frames for the augmentation.
+        DALI raw frames for the augmentation. Frame shards take "auto",
+        "nvjpeg" (GPU) or "cpu".
     seed: with the epoch (`set_epoch`) it fixes every batch bit for bit.
     rank, world_size: default to torch.distributed's when initialised.
     return_keys: also yield the list of sample keys of each batch.
     num_threads: DALI worker threads (default: the CPUs this process may use).
-    prefetch: batches DALI prepares ahead.
+    prefetch: batches DALI prepares ahead (the host reads one more).
+    max_open: shards kept open at once (default from the descriptor limit).
+    hw_decoder_load: frame shards on a GPU: share of the JPEGs nvJPEG sends
+        to the hardware JPEG decoder (the rest decode on CUDA cores).
 
     Bad shards raise at construction (FileNotFoundError, `ShardError`,
-    ValueError for H.264 on CPU); a video DALI cannot decode raises
-    `DataError` during iteration, naming its shard and key.
+    ValueError for H.264 on CPU); a video or frame DALI cannot decode raises
+    `DataError` during iteration, naming its shard, key (and frame).
+    Open files are released by `close()`, `with ClipLoader(...) as loader:`
+    or garbage collection.
     """
 
     def __init__(
@@ -262,6 +372,8 @@ class ClipLoader:
         split: str | None = None,
         prefetch: int = 2,
         decoder: Decoder = "auto",
+        max_open: int | None = None,
+        hw_decoder_load: float = HW_DECODER_LOAD,
     ):
         if mode not in ("train", "test"):
             raise ValueError(f"mode must be 'train' or 'test', got {mode!r}")
@@ -269,19 +381,29 @@ class ClipLoader:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         _check_spec(clip)
         self.clip, self.mode, self.batch_size, self.seed = clip, mode, batch_size, seed
-        self.return_keys, self.prefetch = return_keys, prefetch
+        self.return_keys, self.prefetch, self.hw_decoder_load = return_keys, prefetch, hw_decoder_load
         self.num_threads = num_threads or len(os.sched_getaffinity(0))
         self.device = resolve_device(device)
         if decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {', '.join(map(repr, DECODERS))}, got {decoder!r}")
         self.rank, self.world_size = resolve_rank(rank, world_size)
-        self.data = ShardSet.open(shards, split)
+        self.data = ShardSet.open(shards, split, max_open=max_open)
         self.decoder = resolve_decoder(decoder, self.device, self.data.codec)
         self._check_codec()
         self._check_length()
         self._epoch, self._start = 0, 0
 
     # -- public API
+
+    def close(self) -> None:
+        """Release the shards' open files (iterating again reopens them as needed)."""
+        self.data.close()
+
+    def __enter__(self) -> ClipLoader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     @property
     def classes(self) -> list[str]:
@@ -318,15 +440,17 @@ class ClipLoader:
         if len(batches) == 0:
             return
         pool = ThreadPoolExecutor(self.num_threads, thread_name_prefix="pyav") if self.decoder == "pyav" else None
+        feed = _Feed(self, batches, epoch, pool, ahead=self.prefetch + 1)
         try:
-            feed = _Feed(self, batches, epoch, pool)
             # A fresh pipeline per pass (a few ms) so an abandoned pass never leaks prefetched batches.
             pipe = self._build(feed)
             for number in range(len(batches)):
                 outputs = self._run(pipe, feed)
                 feed.pending.remove(number)
-                yield self._to_torch(outputs)
+                host = feed.host.popleft()
+                yield self._frames_to_torch(outputs, host) if self.data.is_frames else self._to_torch(outputs)
         finally:
+            feed.close()
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
 
@@ -344,29 +468,51 @@ class ClipLoader:
             batching.test_batch(n, self.batch_size, b, self.rank, self.world_size) for b in range(len(self))
         ]
 
-    def _sample_feed(self, index: int, epoch: int) -> dict[str, np.ndarray]:
+    def _sample_feed(self, index: int, epoch: int, video: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """One sample's inputs to DALI (see `feed_fields`): bytes, label, frames and view plan."""
-        data, spec = self.data, self.clip
-        count = data.frame_count(index)
-        if count < 1:
-            raise ShardError(f"{data.where(index)}: its .frames says {count} frames; "
-                             + VERIFY_HINT.format(dir=data.tars[0].parent))
-        height, width = self._frame_size(index)
-        label = data.label(index)
-        if self.mode == "train":
-            view = sampling.draw_train_view(spec, count, height, width, sampling.sample_rng(self.seed, epoch, index))
-            indices, extra = view.indices, _train_inputs(view)
-            if view.flip:
-                label = sampling.flip_label(label, spec.flip_label_map)
-        else:
-            indices = sampling.clip_indices(spec, count, "test")
-            extra = {"positions": _test_positions(spec, height, width)}
+        data = self.data
+        label, indices, extra = self._sample_plan(index, epoch)
         frames, order = sampling.decode_plan(indices)
-        video = data.video(index)
+        video = data.video(index) if video is None else video
         if self.decoder == "pyav":
             video = self._pyav_frames(index, video, frames)
         return {"video": video, "label": np.array(label, np.int64), "index": np.array(index, np.int64),
                 "frames": frames, "order": order, **extra}
+
+    def _sample_plan(self, index: int, epoch: int) -> tuple[int, np.ndarray, dict[str, np.ndarray]]:
+        """(label after any flip, frame indices (C, F) or (F,), per-sample DALI plan inputs)."""
+        spec, data = self.clip, self.data
+        count = data.frame_count(index)
+        height, width = data.frame_size(index)
+        label = data.label(index)
+        if self.mode == "train":
+            view = sampling.draw_train_view(spec, count, height, width, sampling.sample_rng(self.seed, epoch, index))
+            if view.flip:
+                label = sampling.flip_label(label, spec.flip_label_map)
+            return label, view.indices, _train_inputs(view)
+        return label, sampling.clip_indices(spec, count, "test"), {"positions": _test_positions(spec, height, width)}
+
+    def _frame_batch(self, indices: list[int], epoch: int) -> tuple[tuple[list[np.ndarray], ...], dict]:
+        """A frame-shard batch: per-image DALI inputs and the host's regrouping plan.
+
+        Each sample contributes its distinct sampled frames (read by offset, no
+        other bytes); `gather[n]` maps clip position -> image number in the batch.
+        """
+        fields = frame_feed_fields(self.mode, self.clip)
+        inputs: dict[str, list[np.ndarray]] = {f: [] for f in fields}
+        plans = [self._sample_plan(index, epoch) for index in indices]
+        unique = [sampling.decode_plan(frames) for _, frames, _ in plans]
+        images = self.data.frame_bytes_many([(index, u) for index, (u, _) in zip(indices, unique)])  # one batch of reads
+        labels, gather = [], []
+        for (label, _, extra), (_, order), jpegs in zip(plans, unique, images):
+            gather.append(len(inputs["jpeg"]) + order)
+            inputs["jpeg"] += [np.frombuffer(b, dtype=np.uint8) for b in jpegs]
+            for name in fields[1:]:
+                inputs[name] += [extra[name]] * len(jpegs)
+            labels.append(label)
+        host = {"labels": np.array(labels, np.int64), "indices": np.array(indices, np.int64),
+                "gather": np.stack(gather)}
+        return tuple(inputs[f] for f in fields), host
 
     def _pyav_frames(self, index: int, video: np.ndarray, frames: np.ndarray) -> np.ndarray:
         """The sampled frames (len(frames), H, W, 3), or a DataError naming the sample."""
@@ -375,18 +521,8 @@ class ClipLoader:
         except (av.FFmpegError, ValueError, IndexError) as err:
             raise DataError(
                 f"PyAV could not decode {self.data.where(index)}: {err}. "
-                + VERIFY_HINT.format(dir=self.data.tars[self.data.samples[index].shard].parent)
+                + VERIFY_HINT.format(dir=self.data.folder(index))
             ) from err
-
-    def _frame_size(self, index: int) -> tuple[int, int]:
-        meta = self.data.meta(index)
-        try:
-            return int(meta["height"]), int(meta["width"])
-        except (KeyError, TypeError, ValueError):
-            raise ShardError(
-                f"{self.data.where(index)}: its .json lacks integer 'width'/'height'; "
-                "re-create the shard with `python -m pipeline.shard`"
-            ) from None
 
     # -- checks at construction
 
@@ -413,10 +549,16 @@ class ClipLoader:
         return torch.cuda.current_device() if self.device == "gpu" else None
 
     def _build(self, feed: _Feed):
-        pipe = clip_pipeline(
-            feed, self.mode, self.clip, self.device, self.decoder, batch_size=self.batch_size, num_threads=self.num_threads,
-            device_id=self._device_id(), prefetch_queue_depth=self.prefetch, seed=self.seed,
-        )
+        common = {"num_threads": self.num_threads, "device_id": self._device_id(),
+                  "prefetch_queue_depth": self.prefetch, "seed": self.seed}
+        if self.data.is_frames:
+            # One DALI sample per image: a batch holds every distinct frame of its clips.
+            per_sample = self.clip.frames * (1 if self.mode == "train" else self.clip.num_test_clips)
+            pipe = frame_pipeline(feed, self.mode, self.clip, self.device, self.decoder, self.hw_decoder_load,
+                                  batch_size=self.batch_size * per_sample, **common)
+        else:
+            pipe = clip_pipeline(feed, self.mode, self.clip, self.device, self.decoder, batch_size=self.batch_size,
+                                 **common)
         pipe.build()
         return pipe
 
@@ -431,12 +573,31 @@ class ClipLoader:
 
     def _decode_error(self, err: Exception, candidates: list[int], epoch: int) -> DataError:
         """Name the sample(s) DALI failed on, by re-decoding each candidate alone."""
+        if self.data.is_frames:
+            return self._frame_error(err, candidates, epoch)
         bad = [i for i in candidates if not self._decodes(i, epoch)] or candidates
         names = "; ".join(self.data.where(i) for i in bad[:8]) + (" ..." if len(bad) > 8 else "")
-        folder = self.data.tars[self.data.samples[bad[0]].shard].parent
         return DataError(
             f"DALI could not decode {names}: {_dali_reason(err)}. DALI aborts the whole pipeline "
-            "on a corrupt video; " + VERIFY_HINT.format(dir=folder)
+            "on a corrupt video; " + VERIFY_HINT.format(dir=self.data.folder(bad[0]))
+        )
+
+    def _frame_error(self, err: Exception, candidates: list[int], epoch: int) -> DataError:
+        """Name the frame(s) that do not decode, by decoding each sampled JPEG on the host."""
+        bad = []
+        for index in candidates:
+            unique, _ = sampling.decode_plan(self._sample_plan(index, epoch)[1])
+            for frame, image in zip(unique, self.data.frame_bytes(index, unique)):
+                try:
+                    decode_check(image)
+                except JpegError as reason:
+                    bad.append((index, int(frame), str(reason)))
+        if not bad:
+            return DataError(f"DALI failed on a batch of frames it could not name: {_dali_reason(err)}")
+        names = "; ".join(f"{self.data.where(i)}, frame {f} ({why})" for i, f, why in bad[:8])
+        return DataError(
+            f"could not decode {names}{' ...' if len(bad) > 8 else ''}. DALI aborts the whole pipeline on a "
+            "corrupt frame; " + VERIFY_HINT.format(dir=self.data.folder(bad[0][0]))
         )
 
     def _decodes(self, index: int, epoch: int) -> bool:
@@ -460,6 +621,27 @@ class ClipLoader:
         if not self.return_keys:
             return clips, labels
         return clips, labels, [self.data.key(int(i)) for i in indices]
+
+    def _frames_to_torch(self, outputs, host: dict) -> tuple:
+        """Per-image DALI outputs (images, H, W, 3) -> clips, regrouped on the host's plan."""
+        views = [_as_torch(o) for o in outputs]
+        device = views[0].device
+        order = host["gather"]  # (N, C*F) image number of every clip position
+        gather = torch.from_numpy(order).to(device)
+        labels = torch.from_numpy(host["labels"]).to(device, non_blocking=True)
+        n, f = order.shape[0], self.clip.frames
+        if self.mode == "train":
+            x = views[0]  # (images, H, W, 3); already in clip order unless a short video repeats frames
+            if not np.array_equal(order.ravel(), np.arange(order.size)):
+                x = x[gather.flatten()]
+            clips = x.view(n, f, *x.shape[1:]).permute(0, 4, 1, 2, 3)  # (N, 3, F, H, W), channels_last_3d
+        else:
+            c = self.clip.num_test_clips
+            per_view = [v[gather].view(n, c, f, *v.shape[1:]).permute(0, 1, 5, 2, 3, 4) for v in views]
+            clips = torch.stack(per_view, dim=2).flatten(1, 2)  # (N, C*V', 3, F, H, W), clips-major
+        if not self.return_keys:
+            return clips, labels
+        return clips, labels, [self.data.key(int(i)) for i in host["indices"]]
 
     def _stack_views(self, views: list[torch.Tensor]) -> torch.Tensor:
         """V' tensors (N, 3, C*F, H, W) -> (N, C*V', 3, F, H, W), clips-major."""

@@ -1,10 +1,12 @@
 """`python -m pipeline.verify OUT`: re-read a shard folder and report every problem.
 
 Checks, per shard: present, byte size and sha256 as the manifest says, `.idx`
-equal to the index of the tar as it is; per sample: all four components
-(video, lbl, frames, json) present, the json consistent with lbl, frames,
-the class list and the video's sha256; and (unless `--no-decode`) the video
-decodes to exactly its recorded frame count. Exit status 1 if anything is
+equal to the index of the tar as it is; per sample: all components present
+(video shards: video, lbl, frames, json; frame shards: lbl, frames, json and
+one `NNNNNN.jpg` per frame), the json consistent with lbl, frames, the class
+list and the video's (or frames') sha256; and (unless `--no-decode`) the
+video decodes to exactly its recorded frame count, or every JPEG frame
+decodes (a bad frame is named by shard, key and frame index). Exit status 1 if anything is
 wrong, with one line per problem naming the shard and sample.
 """
 
@@ -16,6 +18,7 @@ import json
 import struct
 import sys
 import tarfile
+import tempfile
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -23,14 +26,17 @@ from pathlib import Path
 
 from pipeline._cli import HelpFormatter
 from pipeline.ffmpeg import count_decoded_frames
+from pipeline import storage
+from pipeline.jpeg import decode_check
 from pipeline.shard import manifest as mf
 from pipeline.wds import index_of_tar, iter_samples, sha256_file
 
 
 @dataclass
 class VerifyReport:
-    out: Path
+    out: Path | str  # a folder or the URL of one
     problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # partly decodable sources, from warnings.jsonl
     shards: int = 0
     samples: int = 0
     decoded: int = 0
@@ -40,21 +46,40 @@ class VerifyReport:
         return not self.problems
 
 
-def check_sample(sample: dict, classes: list[str], video_ext: str, codec: str) -> list[str]:
-    """Problems of one sample dict ({'__key__', ext: bytes}) (pure)."""
+def frame_exts(count: int) -> list[str]:
+    return [f"{i:06d}.jpg" for i in range(count)]
+
+
+def content_sha256(sample: dict, video_ext: str | None, frames: int) -> str:
+    """sha256 of a sample's video, or of its JPEG frames concatenated in order (frame shards)."""
+    if video_ext is not None:
+        return hashlib.sha256(sample[video_ext]).hexdigest()
+    h = hashlib.sha256()
+    for ext in frame_exts(frames):
+        h.update(sample[ext])
+    return h.hexdigest()
+
+
+def check_sample(sample: dict, classes: list[str], video_ext: str | None, codec: str) -> list[str]:
+    """Problems of one sample dict ({'__key__', ext: bytes}) (pure); `video_ext` None for frame shards."""
     key = sample["__key__"]
-    expected = {video_ext, "lbl", "frames", "json"}
+    try:
+        (frames,) = struct.unpack("<i", sample.get("frames", b""))
+    except struct.error as err:
+        frames = -1
+        if "frames" in sample:
+            return [f"{key}: unreadable .frames ({err})"]
+    expected = {"lbl", "frames", "json"} | ({video_ext} if video_ext else set(frame_exts(max(frames, 0))))
     present = set(sample) - {"__key__"}
-    problems = [f"{key}: missing component .{c}" for c in sorted(expected - present)]
-    problems += [f"{key}: unexpected component .{c}" for c in sorted(present - expected)]
+    problems = [f"{key}: missing component .{c}" for c in sorted(expected - present)[:8]]
+    problems += [f"{key}: unexpected component .{c}" for c in sorted(present - expected)[:8]]
     if problems:
         return problems
     try:
         meta = json.loads(sample["json"])
         (label,) = struct.unpack("<i", sample["lbl"])
-        (frames,) = struct.unpack("<i", sample["frames"])
     except (ValueError, struct.error) as err:
-        return [f"{key}: unreadable json/lbl/frames ({err})"]
+        return [f"{key}: unreadable json/lbl ({err})"]
     checks = [
         (meta.get("key") == key, f"json key {meta.get('key')!r} != sample key"),
         (meta.get("label") == label, f"json label {meta.get('label')} != .lbl {label}"),
@@ -63,7 +88,8 @@ def check_sample(sample: dict, classes: list[str], video_ext: str, codec: str) -
         (0 <= label < len(classes) and meta.get("class") == classes[label],
          f"json class {meta.get('class')!r} is not classes[{label}]"),
         (meta.get("codec") == codec, f"json codec {meta.get('codec')!r} != manifest codec {codec!r}"),
-        (hashlib.sha256(sample[video_ext]).hexdigest() == meta.get("sha256"), "video sha256 differs from its json"),
+        (content_sha256(sample, video_ext, frames) == meta.get("sha256"),
+         f"{'video' if video_ext else 'frames'} sha256 differs from its json"),
         (frames >= 1, f"frame count {frames} < 1"),
     ]
     return [f"{key}: {msg}" for ok, msg in checks if not ok]
@@ -118,30 +144,61 @@ def _check_shard(out: Path, entry: dict, ctx: dict, pool: ThreadPoolExecutor | N
             meta = _json_or_none(sample)
             if meta is not None:
                 per_class[(entry["split"], meta.get("class"))] += 1
-            if not sample_problems and pool is not None:
-                jobs.append((key, meta["frames"], pool.submit(count_decoded_frames, sample[ctx["ext"]])))
+            if meta is not None and pool is not None:  # decode even after a checksum problem: name the frame
+                jobs += _decode_jobs(pool, sample, meta.get("frames"), ctx["ext"])
     except (tarfile.TarError, OSError) as err:
         report.problems.append(f"{name}: cannot read samples ({err})")
     if count != entry["samples"]:
         report.problems.append(f"{name}: {count} samples, manifest says {entry['samples']}")
     report.samples += count
-    for key, frames, job in jobs:
+    for key, frame, frames, job in jobs:
         try:
             got = job.result()
         except Exception as err:  # any decoder failure is a finding, not a crash
-            report.problems.append(f"{name}: {key}: video does not decode ({err})")
+            what = "video" if frame is None else f"frame {frame}"
+            report.problems.append(f"{name}: {key}: {what} does not decode ({err})")
             continue
-        report.decoded += 1
-        if got != frames:
+        if frame is None or frame == frames - 1:
+            report.decoded += 1
+        if frame is None and got != frames:
             report.problems.append(f"{name}: {key}: decodes to {got} frames, recorded {frames}")
+
+
+def _decode_jobs(pool: ThreadPoolExecutor, sample: dict, frames: int, video_ext: str | None) -> list[tuple]:
+    """(key, frame or None, frame count, future) for the decodes of one sample: its video, or every frame."""
+    key = sample["__key__"]
+    if not isinstance(frames, int) or frames < 1:
+        return []
+    if video_ext is not None:
+        return [(key, None, frames, pool.submit(count_decoded_frames, sample[video_ext]))] if video_ext in sample else []
+    return [(key, i, frames, pool.submit(decode_check, sample[ext]))
+            for i, ext in enumerate(frame_exts(frames)) if ext in sample]
 
 
 def verify_dataset(out: str | Path, *, decode: bool = True, workers: int | None = None,
                    progress: bool = False) -> VerifyReport:
-    """Check every shard in `out` against its manifest; the report lists each problem found."""
+    """Check every shard in `out` (a folder or a URL) against its manifest; the report lists each problem found.
+
+    Shards on object storage are fetched one at a time into a temporary folder,
+    checked like local ones and deleted.
+    """
+    if not storage.is_remote(out):
+        return _verify(Path(out), decode, workers, progress)
+    with tempfile.TemporaryDirectory(prefix="tpn-verify-") as tmp:
+        local = Path(tmp)
+        for name in (mf.MANIFEST, mf.CLASSES, mf.WARNINGS):
+            storage.download(str(storage.join(out, name)), local / name)
+        if not (local / mf.MANIFEST).is_file():
+            raise FileNotFoundError(f"{storage.join(out, mf.MANIFEST)} not found: is {out} a folder written by "
+                                    "`python -m pipeline.shard`?")
+        report = _verify(local, decode, workers, progress, remote=str(out))
+    report.out = out
+    return report
+
+
+def _verify(out: Path, decode: bool, workers: int | None, progress: bool, remote: str | None = None) -> VerifyReport:
     from tqdm import tqdm
 
-    out = Path(out)
     manifest = mf.read_manifest(out)
     report = VerifyReport(out)
     try:
@@ -152,21 +209,41 @@ def verify_dataset(out: str | Path, *, decode: bool = True, workers: int | None 
     if len(classes) != manifest["classes"]["count"]:
         report.problems.append(f"{mf.CLASSES}: {len(classes)} classes, manifest says {manifest['classes']['count']}")
     listed = {s["file"] for s in manifest["shards"]} | {s["index"] for s in manifest["shards"]}
-    report.problems += [f"{p.name}: on disk but not in the manifest" for p in sorted(out.iterdir())
-                        if mf.SHARD_RE.match(p.name) and p.name not in listed]
+    present = storage.list_names(remote) if remote else [p.name for p in sorted(out.iterdir())]
+    report.problems += [f"{name}: on disk but not in the manifest" for name in present
+                        if mf.SHARD_RE.match(name) and name not in listed]
     settings = manifest["settings"]
-    ctx = {"classes": classes, "ext": settings["container"], "codec": settings["codec"], "keys": {}}
+    is_frames = settings["codec"] == "jpeg"
+    ctx = {"classes": classes, "ext": None if is_frames else settings["container"], "codec": settings["codec"],
+           "keys": {}}
     per_class: Counter = Counter()
     pool = ThreadPoolExecutor(max_workers=workers or 2) if decode else None
     try:
         for entry in tqdm(manifest["shards"], unit="shard", disable=not progress, desc="verify"):
+            if remote:  # one shard at a time in the temporary folder
+                for name in (entry["file"], entry["index"]):
+                    storage.download(str(storage.join(remote, name)), out / name)
             _check_shard(out, entry, ctx, pool, report, per_class)
             report.shards += 1
+            if remote:
+                for name in (entry["file"], entry["index"]):
+                    (out / name).unlink(missing_ok=True)
     finally:
         if pool is not None:
             pool.shutdown()
     report.problems += _check_counts(manifest, per_class)
+    report.warnings = _sharding_warnings(out)
     return report
+
+
+def _sharding_warnings(out: Path) -> list[str]:
+    """What pipeline.shard recorded as partly decodable (the sources are not re-read here)."""
+    path = out / mf.WARNINGS
+    if not path.is_file():
+        return []
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [f"{r['source']}: {r['decoded_frames']} of {r['claimed_frames']} claimed frames decoded "
+            f"(partly decodable source; sharded as decoded)" for r in records]
 
 
 def _check_counts(manifest: dict, per_class: Counter) -> list[str]:
@@ -186,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
         "video checked against its recorded frame count. Exits 1 naming each problem.",
         formatter_class=HelpFormatter,
     )
-    p.add_argument("out", type=Path, help="shard folder (holds manifest.json)")
+    p.add_argument("out", help="shard folder (holds manifest.json), or its URL (s3://bucket/k400, gs://..., https://...)")
     p.add_argument("--no-decode", action="store_true", help="skip decoding the videos (checksums and structure only)")
     p.add_argument("--workers", type=int, default=None, help="decoding threads (default: 2)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -203,8 +280,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for problem in report.problems:
         print(f"PROBLEM {problem}")
+    for warning in report.warnings:
+        print(f"WARNING {warning}")
     status = "OK" if report.ok else f"FAILED with {len(report.problems)} problem(s)"
-    print(f"{status}: {report.shards} shard(s), {report.samples} sample(s), {report.decoded} decoded, in {report.out}")
+    partly = f", {len(report.warnings)} from partly decodable sources" if report.warnings else ""
+    print(f"{status}: {report.shards} shard(s), {report.samples} sample(s){partly}, {report.decoded} decoded, "
+          f"in {report.out}")
     return 0 if report.ok else 1
 
 

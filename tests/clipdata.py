@@ -1,4 +1,4 @@
-"""Tiny VP9 shards whose frames say what they are, for the clip loader tests.
+"""Tiny VP9 (or JPEG frame) shards whose frames say what they are, for the clip loader tests.
 
 "Coded" videos paint frame i in one flat colour that spells i (red = 16 * (i % 16) + 8,
 green = 16 * (i // 16) + 8), which survives lossy coding, resizing and cropping, so every
@@ -76,11 +76,12 @@ def make_shards(tmp: Path, videos: dict[str, list[tuple[str, np.ndarray]]], **kw
     return out
 
 
-def coded_shards(out: Path) -> Path:
+def coded_shards(out: Path, codec: str = "vp9") -> Path:
+    """Video shards (`codec` "vp9") or frame shards ("jpeg") of the CODED videos, three per shard."""
     videos = {c: [(f"{c}{j}_{n}", coded_frames(n)) for j, n in enumerate(ns)] for c, ns in CODED.items()}
-    return make_shards(out, videos, shard_samples=3)
+    return make_shards(out, videos, shard_samples=3, codec=codec)
 
 
-def gradient_shards(out: Path) -> Path:
+def gradient_shards(out: Path, codec: str = "vp9") -> Path:
     videos = {"wide": [("wide", gradient_frames(12, (96, 64)))], "tall": [("tall", gradient_frames(12, (64, 96)))]}
-    return make_shards(out, videos)
+    return make_shards(out, videos, codec=codec)

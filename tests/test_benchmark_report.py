@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from benchmarks import charts, report
-from benchmarks.tables import format_table, precision_table, train_table
+from benchmarks.tables import data_table, precision_table, train_table
 
 RESULTS = report.Results(report.common.RESULTS)
 
@@ -174,21 +174,22 @@ def test_infer_chart_keeps_one_model_and_the_chosen_backends():
         charts.infer_chart(RESULTS["2026-11-25-h100-infer"], "no_such_model")
 
 
-def test_frame_shard_chart_appears_only_with_per_format_rows(tmp_path):
+def test_frame_shard_chart_appears_only_with_frame_rows(tmp_path):
     res = report.Results(tmp_path)
     (tmp_path / "x-data.json").write_text(json.dumps(RESULTS["2026-11-25-cpu2-data"]))
     drawn, notes = report.draw_format_charts(res)
     assert drawn == [] and "skipped" in notes[0]
-    rows = [{"config": "8x8", "format": "vp9", "clips_per_s": 40.0}, {"config": "8x8", "format": "jpeg", "clips_per_s": 100.0},
-            {"config": "16x4", "format": "vp9", "dali_clips_per_s": 20.0},
-            {"config": "16x4", "format": "jpeg", "clips_per_s": 90.0, "invalid": "cache was warm"}]  # fmt: skip
-    payload = {"machine": _machine(gpu=None), "results": rows}
+    payload = copy.deepcopy(RESULTS["2026-11-25-cpu2-data"])
+    for r, frames in zip(payload["results"], [94.4, 50.0, 30.0]):
+        r.update(frames_clips_per_s=frames, frames_vs_vp9_wall=frames / r["dali_clips_per_s"], frames_vs_vp9_cpu=1.0,
+                 bytes_read_per_clip_vp9=1e5, bytes_read_per_clip_frames=2e5,
+                 shard_bytes_per_video_vp9=3e5, shard_bytes_per_video_frames=9e5)  # fmt: skip
+    payload["results"][2]["invalid"] = "cache was warm"
     (tmp_path / "y-data.json").write_text(json.dumps(payload))
     chart = charts.format_chart(payload)
-    assert chart.categories == ["8x8", "16x4"] and [s.name for s in chart.series] == ["vp9", "jpeg"]
-    assert chart.series[1].values == [100.0, None] and chart.annotations == ["(jpeg 2.50x vs vp9)", ""]
-    assert format_table(payload)[2:] == ["| 8x8 | vp9 | 40.0 | 1.00x |", "| 8x8 | jpeg | 100.0 | 2.50x |",
-                                         "| 16x4 | vp9 | 20.0 | 1.00x |"]  # fmt: skip
+    assert chart.categories == ["8x8", "16x4"] and [s.name for s in chart.series] == ["VP9 shards", "JPEG frame shards"]
+    assert chart.series[1].values == [94.4, 50.0] and chart.annotations[0] == "(2.00x VP9)"  # 94.4 / 47.2
+    assert data_table(payload)[2].startswith("| 8x8 | 47.2 | 94.4 | 2.00x |")
     drawn, notes = report.draw_format_charts(res)
     assert [p.name for p in drawn] == ["formats-y-data.png"] and drawn[0].is_file() and not notes
 

@@ -44,8 +44,10 @@ def test_loader_variants_start_with_the_loaders_default_and_run_on_cpu(tmp_path)
 
     gpu = variants(True)
     assert gpu[0].decoder == "nvdec" and gpu[0].batch_size == 8 and gpu[0].loaders == 1
-    assert {v.codec for v in gpu} == {"vp9", "h264"} and {v.decoder for v in gpu} == {"nvdec", "cpu", "pyav"}
-    assert all(v.decoder in ("cpu", "pyav") and v.codec == "vp9" for v in variants(False) + variants(False, tiny=True))
+    assert {v.codec for v in gpu} == {"vp9", "h264", "jpeg"} and {v.decoder for v in gpu} == {"nvdec", "cpu", "pyav", "nvjpeg"}
+    assert {v.hw_load for v in gpu if v.codec == "jpeg"} >= {0.0, 1.0}  # the hardware decoder's share is measured
+    assert all(v.decoder in ("cpu", "pyav") for v in variants(False) + variants(False, tiny=True))
+    assert {v.codec for v in variants(False)} == {"vp9", "jpeg"}
     run = subprocess.run([sys.executable, "-m", "benchmarks.loader_variants", "--tiny", "--data", str(tmp_path / "d"),
                           "--name", "lv"], env={**os.environ, "TPN_BENCH_RESULTS": str(tmp_path)},
                          capture_output=True, text=True, timeout=600)  # fmt: skip
@@ -58,5 +60,5 @@ def test_data_benchmark_warms_up_past_each_loaders_queue(tmp_path):
     from benchmarks.data import Settings, warmup_batches
 
     s = Settings(data=tmp_path, workers=16)
-    # DataLoader: prefetch_factor 2 per worker can be queued; DALI: its prefetch depth of 2
-    assert warmup_batches("reference", s) == 34 and warmup_batches("dali", s) == 4
+    # DataLoader: prefetch_factor 2 per worker can be queued; ClipLoader: DALI's prefetch depth of 2 + its read-ahead
+    assert warmup_batches("reference", s) == 34 and warmup_batches("dali", s) == warmup_batches("frames", s) == 5

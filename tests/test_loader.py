@@ -1,5 +1,9 @@
-"""`pipeline.ClipLoader` end to end on CPU, on tiny VP9 shards whose frames say what they are."""
+"""`pipeline.ClipLoader` end to end on CPU, on tiny VP9 and JPEG frame shards whose frames say what they are.
 
+Every test that takes the `coded` or `gradient` fixture runs once per shard format.
+"""
+
+import json
 import subprocess
 import sys
 import textwrap
@@ -14,18 +18,27 @@ from pipeline.shardset import ShardError
 from tests.clipdata import SMALL, coded_frames, coded_shards, frame_codes, gradient_shards, make_shards, to_rgb
 
 
-@pytest.fixture(scope="module")
-def coded(tmp_path_factory) -> Path:
-    return coded_shards(tmp_path_factory.mktemp("coded"))
+FORMATS = ["vp9", "jpeg"]
 
 
-@pytest.fixture(scope="module")
-def gradient(tmp_path_factory) -> Path:
-    return gradient_shards(tmp_path_factory.mktemp("gradient"))
+@pytest.fixture(scope="module", params=FORMATS)
+def coded(request, tmp_path_factory) -> Path:
+    return coded_shards(tmp_path_factory.mktemp(f"coded-{request.param}"), codec=request.param)
+
+
+@pytest.fixture(scope="module", params=FORMATS)
+def gradient(request, tmp_path_factory) -> Path:
+    return gradient_shards(tmp_path_factory.mktemp(f"gradient-{request.param}"), codec=request.param)
+
+
+def is_frames(shards: Path) -> bool:
+    return json.loads((shards / "manifest.json").read_text())["settings"]["codec"] == "jpeg"
 
 
 def loader(shards, spec=SMALL, **kw) -> ClipLoader:
     kw.setdefault("batch_size", 2)
+    if kw.get("decoder") == "pyav" and is_frames(Path(shards)):
+        pytest.skip("decoder='pyav' decodes video shards; frame shards decode their JPEGs in DALI")
     return ClipLoader(shards, spec, device="cpu", return_keys=True, **kw)
 
 
@@ -284,12 +297,18 @@ def test_h264_shards_decode_exactly_on_cpu_with_pyav(tmp_path):
 
 @pytest.mark.parametrize("decoder", ["cpu", "pyav"])
 def test_corrupt_video_names_shard_and_key_and_does_not_hang(tmp_path, coded, decoder):
-    """Zero the back half of one video inside its tar: the decoder fails; the error must name it."""
+    """Zero part of one video (or of one JPEG frame) inside its tar: decoding fails; the error must name it."""
+    frames = is_frames(coded)
+    if frames and decoder == "pyav":
+        pytest.skip("decoder='pyav' decodes video shards; frame shards decode their JPEGs in DALI")
     tars = copy_shards(coded, tmp_path / "s")
     line = tars[0].with_suffix(".idx").read_text().splitlines()[1].split()
-    offset, size, name = int(line[1]), int(line[2]), line[3]
+    at = line.index("000000.jpg") if frames else 0  # frame 0 is in every test clip plan below
+    offset, size, name = int(line[at + 1]), int(line[at + 2]), line[at + 3]
     blob = bytearray(tars[0].read_bytes())
-    blob[offset + size // 3 : offset + size] = bytes(size - size // 3)
+    # A JPEG loses its start (libjpeg decodes damaged data with warnings only); a video its back two thirds.
+    lo, hi = (offset, offset + size // 2) if frames else (offset + size // 3, offset + size)
+    blob[lo:hi] = bytes(hi - lo)
     tars[0].write_bytes(bytes(blob))
     script = textwrap.dedent(f"""
         from pipeline import ClipLoader, ClipSpec
@@ -306,7 +325,8 @@ def test_corrupt_video_names_shard_and_key_and_does_not_hang(tmp_path, coded, de
     run = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=120)
     assert "ERROR" in run.stdout, run.stdout + run.stderr[-2000:]
     message = run.stdout
-    assert ("PyAV could not decode" if decoder == "pyav" else "DALI could not decode") in message
+    expected = "frame 0" if frames else "PyAV could not decode" if decoder == "pyav" else "DALI could not decode"
+    assert expected in message
     assert tars[0].name in message and name.split(".")[0] in message and "pipeline.verify" in message
 
 
@@ -314,7 +334,8 @@ def test_corrupt_video_names_shard_and_key_and_does_not_hang(tmp_path, coded, de
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("codec, decoder", [("vp9", "nvdec"), ("h264", "nvdec"), ("vp9", "cpu")])
+@pytest.mark.parametrize("codec, decoder", [("vp9", "nvdec"), ("h264", "nvdec"), ("vp9", "cpu"),
+                                           ("jpeg", "nvjpeg"), ("jpeg", "cpu")])
 def test_gpu_loader_decodes_the_sampled_frames(tmp_path, codec, decoder):
     # NVDEC's smallest VP9 frame is 128x128, so these videos are larger than the CPU fixtures.
     videos = {c: [(f"{c}{j}_{n}", coded_frames(n, (192, 144))) for j, n in enumerate(ns)] for c, ns in
@@ -341,3 +362,10 @@ def test_decoder_choice_per_device_and_codec():
     # on a GPU: VP9 decodes faster on the CPU threads (measured), H.264 needs NVDEC
     assert resolve_decoder("auto", "gpu", "vp9") == "cpu" and resolve_decoder("auto", "gpu", "h264") == "nvdec"
     assert resolve_decoder("nvdec", "gpu", "vp9") == "nvdec" and resolve_decoder("cpu", "gpu", "h264") == "cpu"
+    # frame shards: nvJPEG on a GPU, libjpeg-turbo on the CPU threads; video decoders are refused by name
+    assert resolve_decoder("auto", "gpu", "jpeg") == "nvjpeg" and resolve_decoder("auto", "cpu", "jpeg") == "cpu"
+    assert resolve_decoder("cpu", "gpu", "jpeg") == "cpu" and resolve_decoder("nvjpeg", "cpu", "jpeg") == "cpu"
+    with pytest.raises(ValueError, match="JPEG frames.*'auto', 'cpu', 'nvjpeg'"):
+        resolve_decoder("nvdec", "gpu", "jpeg")
+    with pytest.raises(ValueError, match="nvjpeg.*JPEG frame shards"):
+        resolve_decoder("nvjpeg", "gpu", "vp9")

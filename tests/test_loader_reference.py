@@ -70,4 +70,4 @@ def test_benchmark_tiny_smoke(tmp_path, monkeypatch):
     code = data.main(["--tiny", "--configs", "8x8", "--batches", "1", "--rounds", "1", "--data", str(tmp_path / "d")])
     assert code == 0
     result = (tmp_path / "results" / "data_tiny.json").read_text()
-    assert '"dali_vs_reference_cpu"' in result and (tmp_path / "results" / "data_tiny.png").is_file()
+    assert '"dali_vs_reference_cpu"' in result and '"frames_vs_vp9_wall"' in result and (tmp_path / "results" / "data_tiny.png").is_file()

@@ -53,6 +53,7 @@ def test_layout_of_outputs(sharded):
         "classes.json", "manifest.json", "rejected.jsonl",
         "train-000000.idx", "train-000000.tar", "train-000001.idx", "train-000001.tar",
         "train-000002.idx", "train-000002.tar", "val-000000.idx", "val-000000.tar", "val-000001.idx", "val-000001.tar",
+        "warnings.jsonl",
     ]
     assert report.samples == 9 and report.per_split == {"train": 6, "val": 3} and not report.rejected
     m = json.loads((out / "manifest.json").read_text())

@@ -107,3 +107,26 @@ def test_frames_record_is_int32(messy_out):
     s = next(iter_samples(out / m["shards"][0]["file"]))
     assert len(s["frames"]) == 4 and struct.unpack("<i", s["frames"])[0] == json.loads(s["json"])["frames"]
     assert len(s["lbl"]) == 4
+
+
+def test_partly_decodable_input_is_sharded_with_a_warning_or_rejected_in_strict_mode(tmp_path):
+    """A download cut mid-way: the container (moov first) claims 40 frames, about half decode."""
+    from pipeline.shard import RejectedInputsError
+    from pipeline.verify import main as verify_main
+
+    src = tmp_path / "src"
+    full = write_video(src / "a" / "cut.mp4", noise_frames(40, 64, 48), extra=("-movflags", "+faststart", "-g", "4"))
+    full.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    write_video(src / "a" / "whole.mp4", noise_frames(12, 64, 48, seed=1))
+    report = shard_dataset(src, tmp_path / "out", **SMALL)
+    assert report.samples == 2 and not report.rejected
+    (warning,) = [json.loads(line) for line in (tmp_path / "out" / "warnings.jsonl").read_text().splitlines()]
+    assert warning["source"] == "a/cut.mp4" and warning["claimed_frames"] == 40
+    assert 8 <= warning["decoded_frames"] < 36
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["warnings"]["count"] == 1
+    assert verify_main([str(tmp_path / "out"), "--no-progress"]) == 0
+    with pytest.raises(RejectedInputsError):
+        shard_dataset(src, tmp_path / "strict", **SMALL, strict=True)
+    assert [r["reason"] for r in rejected(tmp_path / "strict")] == ["partly_decodable"]
+    assert (tmp_path / "strict" / "warnings.jsonl").read_text() == ""

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 import tpn
-from pipeline import ClipSpec
+from pipeline import ClipSpec, storage
 from tpn.distributed import DistEnv, env_from_environ, gather_objects, init_distributed, resolve_device, shutdown
 from tpn.io import atomic_write_bytes, atomic_write_json
 from tpn.metrics import accuracy, average_views
@@ -164,7 +164,10 @@ def _report(parts: list[tuple], elapsed: float, keep_scores: bool, model: nn.Mod
 
 def shard_source(paths: Sequence[str], split: str | None) -> tuple[str | list[str], str | None]:
     """CLI shard arguments -> (ClipLoader source, split): a directory uses its `<split>-*.tar`
-    when it has any (a `pipeline.shard` output holds train- and val- shards), else all tars."""
+    when it has any (a `pipeline.shard` output holds train- and val- shards), else all tars.
+    A URL that does not end in .tar (s3://bucket/k400, ...) is a shard folder on object storage."""
+    if len(paths) == 1 and storage.is_remote(paths[0]) and not str(paths[0]).endswith(".tar"):
+        return str(paths[0]), split if split and split in storage.splits_in(paths[0]) else None
     if len(paths) == 1 and Path(paths[0]).is_dir():
         folder = Path(paths[0])
         return str(folder), split if split and any(folder.glob(f"{split}-*.tar")) else None
@@ -210,9 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--loader-device", choices=["auto", "cpu", "gpu"], default="auto",
                    help="where DALI decodes (default: auto = the GPU when there is one)")  # fmt: skip
-    p.add_argument("--decoder", choices=["auto", "nvdec", "cpu", "pyav"], default="auto",
-                   help="with the loader on a GPU: NVDEC or the CPU threads (default: auto, CPU for VP9); "
-                        "pyav: PyAV in host threads on either device")  # fmt: skip
+    p.add_argument("--decoder", choices=["auto", "nvdec", "cpu", "pyav", "nvjpeg"], default="auto",
+                   help="with the loader on a GPU: NVDEC or the CPU threads (default: auto, CPU for VP9, nvJPEG "
+                        "for frame shards); pyav: PyAV in host threads on either device")  # fmt: skip
     p.add_argument("--amp", action="store_true", help="bf16 autocast on a GPU (default: fp32, as the seed)")
     p.add_argument("--workers", type=int, help="DALI decoding threads (default: the usable CPUs)")
     p.add_argument("--out", type=Path, help="write the report as JSON here")

@@ -574,10 +574,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, help="seed of data order, augmentation and init (default: 0)")
     e.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: auto; torchrun: this rank's GPU)")
     e.add_argument("--loader-device", choices=["auto", "cpu", "gpu"], help="where DALI decodes (default: auto)")
-    e.add_argument("--decoder", choices=["auto", "nvdec", "cpu", "pyav"],
+    e.add_argument("--decoder", choices=["auto", "nvdec", "cpu", "pyav", "nvjpeg"],
                    help="with the loader on a GPU: decode with NVDEC or on the CPU threads (default: auto, "
-                        "CPU for VP9, NVDEC for H.264; see pipeline.loader.resolve_decoder); pyav: PyAV in "
-                        "host threads on either device (H.264 on a CPU too)")
+                        "CPU for VP9, NVDEC for H.264, nvJPEG for frame shards; see "
+                        "pipeline.loader.resolve_decoder); pyav: PyAV in host threads on either device (H.264 "
+                        "on a CPU too); frame shards take auto, cpu or nvjpeg")
     e.add_argument("--threads", type=int, help="torch CPU threads per process (default: torch's choice)")
     e.add_argument("--workers", type=int, help="DALI decoding threads per process (default: usable CPUs)")
     e.add_argument("--amp", action=argparse.BooleanOptionalAction, help="bf16 autocast (default: on GPU only)")

@@ -48,14 +48,19 @@ def _short_side(text: str) -> int | None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
-        description="Transcode a video dataset folder into WebDataset tar shards (VP9/WebM by default) with DALI "
-        "index files, classes.json, manifest.json and rejected.jsonl. Re-running the same command resumes.",
+        description="Transcode a video dataset folder into WebDataset tar shards (VP9/WebM by default, or one "
+        "JPEG per frame with --codec jpeg) with DALI index files, classes.json, manifest.json and rejected.jsonl. Re-running the same command resumes.",
         epilog=f"Joining the outputs of --part runs: {PROG} merge OUT_0 ... OUT_N-1 --out OUT "
         f"(see `{PROG} merge --help`).",
         formatter_class=HelpFormatter,
     )
     p.add_argument("src", type=Path, help="dataset folder (class-per-folder, Kinetics CSV, Something-Something V1/V2)")
-    p.add_argument("--out", type=Path, required=True, help="output folder for shards and manifest")
+    p.add_argument("--out", required=True,
+                   help="output folder for shards and manifest, or a URL (s3://bucket/k400, gs://..., az://...): "
+                   "shards are then made in --work and uploaded one by one as they are finished")
+    p.add_argument("--work", type=Path, default=None,
+                   help="with a URL --out: local folder where shards are made before upload (default: one in "
+                   "~/.cache/tpn-toolkit/shard-work); keep it to resume after a crash")
     p.add_argument("--layout", choices=LAYOUTS, default="auto", help="input layout; auto detects it from marker files")
     p.add_argument("--annotations", type=Path, nargs="+", default=None,
                    help="Kinetics CSV file(s) (default: CSVs with the Kinetics columns in SRC or SRC/annotations)")
@@ -63,14 +68,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", type=Path, default=None,
                    help="classes.json to reuse (label order), e.g. from the train run when sharding val alone")
     enc = p.add_argument_group("encoding")
-    enc.add_argument("--codec", choices=("vp9", "h264"), default="vp9",
-                     help="vp9 in WebM decodes on CPU and GPU with DALI; h264 in MP4 decodes on GPU only")
+    enc.add_argument("--codec", choices=("vp9", "h264", "jpeg"), default="vp9",
+                     help="vp9 in WebM decodes on CPU and GPU with DALI; h264 in MP4 decodes on GPU only; jpeg "
+                     "stores every frame as its own JPEG (frame shards: about 5x the bytes of vp9, but a clip "
+                     "decodes only its own frames, so loading is several times faster)")
     enc.add_argument("--short-side", type=_short_side, default=256,
                      help="resize so the short side is this (even; keeps aspect); 'keep' keeps the source size")
     enc.add_argument("--size", type=parse_size, default=None, help="fixed output size WxH (e.g. 320x240); overrides --short-side")
     enc.add_argument("--fps", type=float, default=None, help="output frame rate (default: the source's)")
-    enc.add_argument("--gop", type=int, default=16, help="keyframe every GOP frames (closed GOPs)")
-    enc.add_argument("--crf", type=int, default=None, help="quality (lower is better; default 32 for vp9, 23 for h264)")
+    enc.add_argument("--gop", type=int, default=16, help="keyframe every GOP frames (closed GOPs; video codecs)")
+    enc.add_argument("--crf", "--quality", dest="crf", type=int, default=None,
+                     help="quality, lower is better: the CRF for vp9 (default 32) and h264 (default 23); for jpeg "
+                     "ffmpeg's mjpeg quantiser scale -q:v, 2..31 (default 2: `python -m benchmarks.jpeg_quality` "
+                     "on camera-like content found no larger -q:v within 1 dB PSNR of it; 3 stores 26%% fewer "
+                     "bytes at -1.4 dB)")
     enc.add_argument("--threads", type=int, default=1,
                      help="encoder threads per ffmpeg (part of the output bytes; parallelism comes from --workers)")
     enc.add_argument("--min-frames", type=int, default=DEFAULT_MIN_FRAMES, help="reject videos with fewer frames")
@@ -81,7 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--part", default=None, help="shard only part I of N (0-based, e.g. 0/4) for N machines; then merge")
     sh.add_argument("--seed", type=int, default=0, help="seed of the fixed shuffle of videos into shards")
     sh.add_argument("--workers", type=int, default=None, help="parallel ffmpeg processes (default: all cores)")
-    p.add_argument("--strict", action="store_true", help="exit non-zero if any input was rejected")
+    p.add_argument("--strict", action="store_true",
+                   help="also reject inputs that decode only partly (far fewer frames than their container claims, "
+                   "e.g. cut downloads; without --strict they are sharded and listed in warnings.jsonl), and exit "
+                   "non-zero if any input was rejected")
     p.add_argument("--overwrite", action="store_true", help="replace shards in OUT made from other inputs or settings")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -118,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             shard_size=args.shard_size, shard_samples=args.shard_samples, classes=args.classes, part=args.part,
             split=args.split, annotations=args.annotations, min_frames=args.min_frames, timeout=args.timeout,
             seed=args.seed, overwrite=args.overwrite, strict=args.strict, progress=not args.no_progress,
+            work=args.work,
         )
     except RejectedInputsError as err:
         print(summary_table(err.report))

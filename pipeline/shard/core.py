@@ -11,6 +11,7 @@ settings, never on the worker count or on timing.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
 import shutil
@@ -23,6 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.ffmpeg import EncodeSettings, find_ffmpeg, has_encoder
+from pipeline.jpeg import mjpeg_packets
+from pipeline import storage
+from pipeline.shardset import INDEX_DIR
 from pipeline.layouts import Dataset, WorkItem, scan
 from pipeline.shard import manifest as mf
 from pipeline.shard.encode import Outcome, encode_item, reject_without_encoding
@@ -42,8 +46,10 @@ class RejectedInputsError(ShardError):
     """`strict=True` and some inputs were rejected; outputs are written all the same."""
 
     def __init__(self, report: ShardReport):
+        partly = (f"; {len(report.warnings)} sharded input(s) decode only partly (an earlier run without strict "
+                  f"mode sharded them; see {report.out / mf.WARNINGS})") if report.warnings else ""
         super().__init__(
-            f"{len(report.rejected)} input(s) rejected (strict mode); see {report.out / mf.REJECTED}"
+            f"{len(report.rejected)} input(s) rejected (strict mode); see {report.out / mf.REJECTED}{partly}"
         )
         self.report = report
 
@@ -60,6 +66,8 @@ class ShardReport:
     encoded: int = 0  # inputs this call processed (those not covered by shards kept from an earlier run)
     wall_s: float = 0.0
     manifest: dict = field(default_factory=dict)
+    warnings: list[dict] = field(default_factory=list)  # sharded, but partly decodable
+    destination: str | None = None  # the URL the shards were uploaded to (out is then the local work folder)
 
     @property
     def samples(self) -> int:
@@ -98,7 +106,13 @@ def select_part(items: list[WorkItem], part: tuple[int, int] | None) -> list[Wor
     return items[i::n]
 
 
-def sample_components(item: WorkItem, o: Outcome, label: int, ext: str, codec: str) -> dict[str, bytes]:
+def sample_components(item: WorkItem, o: Outcome, label: int, s: EncodeSettings) -> dict[str, bytes]:
+    """A sample's tar members, extension -> bytes, in tar order.
+
+    Video shards: `<key>.webm|mp4`, `.lbl`, `.frames`, `.json`. Frame shards:
+    `.lbl`, `.frames`, `.json`, then one `<key>.NNNNNN.jpg` per frame, so a
+    reader fetches exactly the frames it samples by their index offsets.
+    """
     meta = {
         "key": item.key,
         "class": item.class_name,
@@ -110,14 +124,31 @@ def sample_components(item: WorkItem, o: Outcome, label: int, ext: str, codec: s
         "duration": o.duration,
         "source": item.rel,
         "sha256": o.sha256,
-        "codec": codec,
+        "codec": s.codec,
     }
-    return {
-        ext: Path(o.video).read_bytes(),
-        "lbl": struct.pack("<i", label),
-        "frames": struct.pack("<i", o.frames),
-        "json": json.dumps(meta, ensure_ascii=False, sort_keys=True).encode("utf-8"),
-    }
+    small = {"lbl": struct.pack("<i", label), "frames": struct.pack("<i", o.frames)}
+    if not s.is_frames:
+        meta_json = json.dumps(meta, ensure_ascii=False, sort_keys=True).encode("utf-8")
+        return {s.ext: Path(o.video).read_bytes(), **small, "json": meta_json}
+    images = mjpeg_packets(o.video)
+    if len(images) != o.frames:
+        raise ShardError(f"{o.video}: {len(images)} JPEG frames read back, {o.frames} counted; re-run to re-encode it")
+    # The checksum covers the frames as stored (their concatenation), so verify can recompute it.
+    meta.update(sha256=frames_sha256(images), jpeg_q=None if o.copied else s.quality, copied=o.copied)
+    meta_json = json.dumps(meta, ensure_ascii=False, sort_keys=True).encode("utf-8")
+    return {**small, "json": meta_json, **{frame_ext(i): image for i, image in enumerate(images)}}
+
+
+def frames_sha256(images: list[bytes]) -> str:
+    h = hashlib.sha256()
+    for image in images:
+        h.update(image)
+    return h.hexdigest()
+
+
+def frame_ext(index: int) -> str:
+    """Extension of frame `index` in a frame shard: '000042.jpg'."""
+    return f"{index:06d}.jpg"
 
 
 def tar_bytes(components: dict[str, bytes]) -> int:
@@ -171,6 +202,7 @@ def remove_outputs(out: Path) -> None:
         if mf.SHARD_RE.match(p.name) or p.name in (mf.MANIFEST, mf.CLASSES, mf.REJECTED, mf.STATE):
             p.unlink()
     shutil.rmtree(out / mf.STAGING, ignore_errors=True)
+    shutil.rmtree(out / INDEX_DIR, ignore_errors=True)  # the loader's index cache of the old shards
 
 
 def _remove_stale_shards(out: Path, records: list[ShardRecord]) -> None:
@@ -184,9 +216,11 @@ class _Run:
     """Mutable state of one sharding pass: open writers, pending rejections, progress."""
 
     def __init__(self, out: Path, s: EncodeSettings, labels: dict[str, int], progress: dict[str, SplitProgress],
-                 fp: str, shard_size: int, shard_samples: int | None):
+                 fp: str, shard_size: int, shard_samples: int | None, strict: bool = False, remote: str | None = None):
         self.out, self.s, self.labels, self.progress, self.fp = out, s, labels, progress, fp
-        self.shard_size, self.shard_samples = shard_size, shard_samples
+        self.remote = remote  # upload each finished shard there
+        self.shard_size, self.shard_samples, self.strict = shard_size, shard_samples, strict
+        self.pending_warnings: dict[str, list[dict]] = {}
         self.writers: dict[str, ShardWriter] = {}
         self.per_class: dict[str, Counter[str]] = {}
         self.staged: dict[str, list[Path]] = {}
@@ -199,13 +233,22 @@ class _Run:
 
     def take(self, ordinal: int, item: WorkItem, o: Outcome) -> None:
         record = self.out / mf.STAGING / f"{item.key}.json"
+        if o.partial:
+            note = {"source": item.rel, "reason": "partly_decodable", "split": item.split, "decoded_frames": o.frames,
+                    "claimed_frames": o.claimed_frames,
+                    "message": f"{item.rel} decodes to {o.frames} frames but its container claims "
+                               f"{o.claimed_frames} (cut or damaged file)"}
+            if self.strict:
+                o = Outcome(item.key, reason="partly_decodable", message=note["message"])
+            else:
+                self.pending_warnings.setdefault(item.split, []).append(note)
         if not o.ok:
             self.rejected_count += 1
             rec = {"source": item.rel, "reason": o.reason, "message": o.message, "split": item.split}
             self.pending_rejects.setdefault(item.split, []).append(rec)
             self._taken(item.split, ordinal, [record])
             return
-        comps = sample_components(item, o, self.labels[item.class_name], self.s.ext, self.s.codec)
+        comps = sample_components(item, o, self.labels[item.class_name], self.s)
         w = self.writers.get(item.split)
         if w is not None and w.keys and tar_file_size(w.size + tar_bytes(comps)) > self.shard_size:
             self.commit(item.split)  # before taking this item: it opens the next shard
@@ -231,9 +274,12 @@ class _Run:
         w = self.writers.pop(split, None)
         if w is not None:
             info = w.close()
+            if self.remote is not None:
+                _upload_shard(self.out, self.remote, info.file, info.index)
             per_class = dict(sorted(self.per_class.pop(split).items()))
             sp.shards.append(ShardRecord(split, info.file, info.index, info.samples, info.bytes, info.sha256, per_class))
         sp.rejected += self.pending_rejects.pop(split, [])
+        sp.warnings += self.pending_warnings.pop(split, [])
         sp.through = self.last.get(split, sp.through)
         mf.save_state(self.out, self.fp, self.progress)
         for p in self.staged.pop(split, []):
@@ -249,10 +295,54 @@ class _Run:
         self.writers.clear()
 
 
-def _restore(out: Path, fp: str) -> dict[str, SplitProgress]:
-    """Committed progress of an interrupted run, dropping any split whose shards are not intact."""
+def _restore(out: Path, fp: str, remote: str | None = None) -> dict[str, SplitProgress]:
+    """Committed progress of an interrupted run, dropping any split whose shards are not intact.
+
+    With a remote `out`, committed shards live in the bucket (the local copies are deleted
+    once uploaded): each is checked there by size, and one still only local is uploaded now.
+    """
     state = mf.load_state(out, fp) or {}
-    return {name: sp for name, sp in state.items() if mf.shards_intact(out, sp.shards)}
+    if remote is None:
+        return {name: sp for name, sp in state.items() if mf.shards_intact(out, sp.shards)}
+    return {name: sp for name, sp in state.items() if all(_uploaded(out, remote, r) for r in sp.shards)}
+
+
+def _uploaded(work: Path, remote: str, record: ShardRecord) -> bool:
+    """Whether a committed shard is in the bucket at its size (uploading it now if it is still local)."""
+    url = str(storage.join(remote, record.file))
+    try:
+        if storage.size_of(url) == record.bytes:
+            return True
+    except FileNotFoundError:
+        pass
+    if (work / record.file).is_file() and (work / record.file).stat().st_size == record.bytes:
+        _upload_shard(work, remote, record.file, record.index)
+        return True
+    return False
+
+
+def _upload_shard(work: Path, remote: str, tar: str, idx: str) -> None:
+    """Index first, then the tar (as locally: a final tar always has its index), then drop the local copies."""
+    for name in (idx, tar):
+        storage.upload(work / name, str(storage.join(remote, name)))
+    for name in (idx, tar):
+        (work / name).unlink(missing_ok=True)
+
+
+def default_work_dir(remote: str) -> Path:
+    """Where shards bound for `remote` are made: the user's cache, one folder per destination."""
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tpn-toolkit" / "shard-work"
+    return base / hashlib.sha256(remote.encode()).hexdigest()[:16]
+
+
+def _check_remote_out(remote: str, fp: str, overwrite: bool) -> None:
+    try:
+        manifest = json.loads(storage.read_bytes(str(storage.join(remote, mf.MANIFEST))))
+    except FileNotFoundError:
+        return
+    if manifest.get("fingerprint") != fp and not overwrite:
+        raise ShardError(f"{remote} already holds shards made from other inputs or settings; use a new --out, "
+                         "or pass --overwrite to replace them")
 
 
 def _resolve_classes(ds: Dataset, classes: str | os.PathLike | list[str] | None) -> list[str]:
@@ -353,12 +443,20 @@ def shard_dataset(
     overwrite: bool = False,
     progress: bool = False,
     settings: EncodeSettings | None = None,
+    work: str | os.PathLike | None = None,
 ) -> ShardReport:
     """Transcode every video under `src` into WebDataset shards in `out`; resumable, deterministic.
 
     Re-running the same call resumes: committed shards are kept and only the
-    rest is encoded again. Returns a `ShardReport`; with `strict=True` raises
-    `RejectedInputsError` (after writing everything) if any input was rejected.
+    rest is encoded again. `out` may be a URL (s3://, gs://, az://, ...): shards
+    are then written in the local `work` folder (default: one in the user's
+    cache), uploaded as each is finished (object stores make an object visible
+    only once complete, so no partial upload has a final name), and deleted
+    locally; a resumed run re-uploads a committed shard the bucket lacks, and
+    manifest.json goes up last. Returns a `ShardReport`; with `strict=True` raises
+    `RejectedInputsError` (after writing everything) if any input was rejected; partly decodable
+    inputs (far fewer frames than their container claims) are then rejected too, where otherwise
+    they are sharded and listed in `warnings.jsonl`.
     """
     t0 = time.perf_counter()
     s = settings or EncodeSettings(codec=codec, short_side=short_side, size=size, fps=fps, gop=gop, crf=crf,
@@ -369,20 +467,30 @@ def shard_dataset(
     if shard_size < 1 or (shard_samples is not None and shard_samples < 1) or min_frames < 1:
         raise ValueError("shard_size, shard_samples and min_frames must be >= 1")
     ds = scan(src, layout, split=split, annotations=[Path(a) for a in annotations or []] or None, seed=seed)
+    # strict is not in the fingerprint: re-running a finished set with strict=True checks it. Partly
+    # decodable inputs that run meets are rejected; ones an earlier run sharded fail the check below.
     plan = _plan(ds, s, classes, parse_part(part), min_frames=min_frames, shard_size=shard_size,
                  shard_samples=shard_samples, seed=seed, timeout=timeout)
-    out = Path(out).resolve()
+    remote = str(out) if storage.is_remote(out) else None
+    out = Path(work or default_work_dir(remote)).resolve() if remote else Path(out).resolve()
+    if remote:
+        _check_remote_out(remote, plan.fingerprint, overwrite)
     _prepare_out(out, plan.fingerprint, overwrite)
-    done = _restore(out, plan.fingerprint)
+    done = _restore(out, plan.fingerprint, remote)
     resumed = sum(len(sp.shards) for sp in done.values())
     todo = [(n, it) for n, it in enumerate(plan.items) if n > done.get(it.split, SplitProgress()).through]
     (out / mf.STAGING).mkdir(exist_ok=True)
-    run = _Run(out, s, {c: i for i, c in enumerate(plan.classes)}, done, plan.fingerprint, shard_size, shard_samples)
+    run = _Run(out, s, {c: i for i, c in enumerate(plan.classes)}, done, plan.fingerprint, shard_size, shard_samples,
+               strict, remote)
     n_workers = max(1, workers or len(os.sched_getaffinity(0)))
     encoded = _encode_all(todo, run, s, workers=n_workers, timeout=timeout, min_frames=min_frames, progress=progress)
     report = _finalize(out, run, plan, t0, {"workers": n_workers, "resumed_shards": resumed, "encoded": encoded})
+    if remote:
+        for name in (mf.CLASSES, mf.REJECTED, mf.WARNINGS, mf.MANIFEST):  # the manifest last: the set is complete
+            storage.upload(out / name, str(storage.join(remote, name)))
+        report.destination = remote
     report.resumed_shards, report.encoded = resumed, encoded
-    if strict and report.rejected:
+    if strict and (report.rejected or report.warnings):
         raise RejectedInputsError(report)
     return report
 
@@ -391,18 +499,19 @@ def _finalize(out: Path, run: _Run, plan: _Plan, t0: float, run_info: dict) -> S
     order = sorted(run.progress, key=lambda s: (s != "train", s != "val", s))
     records = [r for split in order for r in run.progress[split].shards]
     rejected = [r for split in order for r in run.progress[split].rejected]
+    warnings = [r for split in order for r in run.progress[split].warnings]
     wall = time.perf_counter() - t0
     info = {"created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "wall_s": round(wall, 3),
             "ffmpeg": find_ffmpeg(), **run_info}
     manifest = mf.build_manifest(fp=plan.fingerprint, source=plan.source, settings=plan.settings,
                                  classes=plan.classes, records=records, rejected=rejected, inputs=len(plan.items),
-                                 run=info)
-    mf.write_outputs(out, manifest, plan.classes, rejected)
+                                 run=info, warnings=warnings)
+    mf.write_outputs(out, manifest, plan.classes, rejected, warnings)
     _remove_stale_shards(out, records)
     # The state file stays: re-running a finished command then has nothing left to do.
     shutil.rmtree(out / mf.STAGING, ignore_errors=True)
     return ShardReport(out, plan.layout, plan.classes, records, rejected, len(plan.items), wall_s=wall,
-                       manifest=manifest)
+                       manifest=manifest, warnings=warnings)
 
 
 def human_bytes(n: float) -> str:
@@ -425,11 +534,14 @@ def summary_table(report: ShardReport) -> str:
     if by_reason:
         detail = ", ".join(f"{k}: {v}" for k, v in sorted(by_reason.items()))
         lines.append(f"rejected {len(report.rejected)} ({detail}); see {report.out / mf.REJECTED}")
+    if report.warnings:
+        lines.append(f"{len(report.warnings)} sharded input(s) decode only partly (fewer frames than their container "
+                     f"claims); see {report.out / mf.WARNINGS}, or re-run with --strict to reject them")
     rate = report.encoded / report.wall_s if report.wall_s > 0 else 0.0
     lines.append(
         f"{report.samples} of {report.inputs} inputs sharded into {len(report.shards)} shard(s) in "
         f"{report.wall_s:.1f} s ({rate:.1f} videos/s encoded this run"
         + (f", {report.resumed_shards} shard(s) kept from an earlier run)" if report.resumed_shards else ")")
     )
-    lines.append(f"manifest: {report.manifest_path}")
+    lines.append(f"manifest: {storage.join(report.destination, mf.MANIFEST) if report.destination else report.manifest_path}")
     return "\n".join(lines)

@@ -15,7 +15,19 @@ import secrets
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from pipeline.ffmpeg import EncodeSettings, FFmpegError, SourceSpec, probe_encoded, run_ffmpeg, transcode_argv
+from pipeline.ffmpeg import (
+    EncodeSettings,
+    FFmpegError,
+    SourceSpec,
+    claimed_frames,
+    copy_frames_argv,
+    is_partial,
+    output_geometry,
+    probe_encoded,
+    run_ffmpeg,
+    transcode_argv,
+)
+from pipeline.jpeg import JpegError, decode_check
 from pipeline.layouts import WorkItem, frames_pattern
 from pipeline.wds import atomic_write_text
 
@@ -36,6 +48,13 @@ class Outcome:
     codec: str = ""
     sha256: str = ""
     bytes: int = 0
+    copied: bool = False  # frame shards: source JPEGs stored as they were, not re-encoded
+    claimed_frames: int | None = None  # frames the source container claims (duration x rate), when it says
+
+    @property
+    def partial(self) -> bool:
+        """Far fewer frames decoded than the container claims (e.g. a download cut mid-way)."""
+        return self.ok and is_partial(self.frames, self.claimed_frames)
 
     @property
     def ok(self) -> bool:
@@ -105,7 +124,9 @@ def encode_item(item: WorkItem, s: EncodeSettings, staging: str, timeout: float,
 
 
 def _encode(item: WorkItem, s: EncodeSettings, tmp: Path, timeout: float, min_frames: int) -> Outcome:
-    run_ffmpeg(transcode_argv(source_spec(item), tmp, s), timeout)
+    src = source_spec(item)
+    copied = copyable_frames(src, s)
+    log = run_ffmpeg(copy_frames_argv(src, tmp) if copied else transcode_argv(src, tmp, s), timeout)
     try:
         info = probe_encoded(tmp)
     except FFmpegError:
@@ -125,11 +146,40 @@ def _encode(item: WorkItem, s: EncodeSettings, tmp: Path, timeout: float, min_fr
         codec=info.codec,
         sha256=hashlib.sha256(data).hexdigest(),
         bytes=len(data),
+        copied=copied,
+        claimed_frames=claimed_frames(log, info.fps),
     )
+
+
+def copyable_frames(src: SourceSpec, s: EncodeSettings) -> bool:
+    """Whether a JPEG frame folder already is what `--codec jpeg` would write, so it is stored, not re-encoded.
+
+    True when the frame rate stays, every frame decodes and all share one size
+    that the size rules keep as it is (e.g. Something-Something V1's frames with
+    `--short-side keep`). A frame that does not decode rejects the input.
+    """
+    if not s.is_frames or src.kind != "frames" or (s.fps is not None and s.fps != src.fps):
+        return False
+    folder = Path(src.path)
+    sizes = set()
+    for path in sorted(folder.iterdir()):
+        if not path.name.lower().endswith((".jpg", ".jpeg")):
+            continue
+        try:
+            info = decode_check(path.read_bytes())
+        except JpegError as err:
+            raise FFmpegError("unreadable", f"frame {path.name} of {folder.name}: {err}") from None
+        sizes.add((info.width, info.height))
+    if len(sizes) != 1:
+        return False
+    (size,) = sizes
+    return output_geometry(*size, s) == size
 
 
 def reject_without_encoding(item: WorkItem) -> Outcome | None:
     """Inputs the main process can reject at once (listed but absent)."""
     if item.missing:
         return Outcome(item.key, reason="missing_file", message=f"{item.rel} is listed in the annotations but not on disk")
+    if item.problem is not None:
+        return Outcome(item.key, reason=item.problem[0], message=f"{item.rel}: {item.problem[1]}")
     return None

@@ -23,6 +23,7 @@ TOOL = "pipeline.shard"
 MANIFEST = "manifest.json"
 CLASSES = "classes.json"
 REJECTED = "rejected.jsonl"
+WARNINGS = "warnings.jsonl"  # sharded inputs that decode only partly
 STATE = ".shard-state.json"
 STAGING = ".staging"
 SHARD_RE = re.compile(r"^(?P<split>[a-z]+)-(?P<n>\d{6})\.(?P<ext>tar|idx)$")
@@ -61,6 +62,7 @@ class SplitProgress:
     shards: list[ShardRecord] = field(default_factory=list)
     rejected: list[dict] = field(default_factory=list)
     through: int = -1  # ordinal of the last work item covered by committed shards
+    warnings: list[dict] = field(default_factory=list)
 
 
 def fingerprint(payload: dict) -> str:
@@ -85,7 +87,7 @@ def load_state(out: Path, fp: str) -> dict[str, SplitProgress] | None:
     splits = {}
     for name, sp in data["splits"].items():
         shards = [ShardRecord(**r) for r in sp["shards"]]
-        splits[name] = SplitProgress(shards, sp["rejected"], sp["through"])
+        splits[name] = SplitProgress(shards, sp["rejected"], sp["through"], sp.get("warnings", []))
     return splits
 
 
@@ -121,7 +123,7 @@ def split_summary(records: list[ShardRecord]) -> dict:
 
 
 def build_manifest(*, fp: str, source: dict, settings: dict, classes: list[str], records: list[ShardRecord],
-                   rejected: list[dict], inputs: int, run: dict) -> dict:
+                   rejected: list[dict], inputs: int, run: dict, warnings: list[dict] | None = None) -> dict:
     """The manifest dict (pure): counts are derived from the shard records and rejections."""
     splits = sorted({r.split for r in records}, key=lambda s: (s != "train", s != "val", s))
     by_split = {s: split_summary([r for r in records if r.split == s]) for s in splits}
@@ -137,6 +139,7 @@ def build_manifest(*, fp: str, source: dict, settings: dict, classes: list[str],
         "splits": by_split,
         "shards": shards,
         "rejected": {"file": REJECTED, "count": len(rejected), "by_reason": dict(sorted(reasons.items()))},
+        "warnings": {"file": WARNINGS, "count": len(warnings or [])},
         "totals": {
             "inputs": inputs,
             "samples": sum(r.samples for r in records),
@@ -148,11 +151,12 @@ def build_manifest(*, fp: str, source: dict, settings: dict, classes: list[str],
     }
 
 
-def write_outputs(out: Path, manifest: dict, classes: list[str], rejected: list[dict]) -> None:
-    """classes.json and rejected.jsonl first, manifest last: a manifest means the set is complete."""
+def write_outputs(out: Path, manifest: dict, classes: list[str], rejected: list[dict],
+                  warnings: list[dict] | None = None) -> None:
+    """classes.json, rejected.jsonl and warnings.jsonl first, manifest last: a manifest means the set is complete."""
     atomic_write_text(out / CLASSES, json.dumps(classes, ensure_ascii=False, indent=1) + "\n")
-    lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejected)
-    atomic_write_text(out / REJECTED, lines)
+    for name, records in ((REJECTED, rejected), (WARNINGS, warnings or [])):
+        atomic_write_text(out / name, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     atomic_write_text(out / MANIFEST, json.dumps(manifest, ensure_ascii=False, indent=1) + "\n")
 
 

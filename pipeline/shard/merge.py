@@ -112,11 +112,21 @@ def merge_parts(parts: list[str | os.PathLike], out: str | os.PathLike, *, copy:
     out.mkdir(parents=True, exist_ok=True)
     shards, per_split = _link_shards(folders, manifests, out, copy)
     fsync_dir(out)
-    rejected = [json.loads(line) for f in folders
-                for line in (f / mf.REJECTED).read_text(encoding="utf-8").splitlines() if line.strip()]
+    rejected, warnings = (_jsonl(folders, name) for name in (mf.REJECTED, mf.WARNINGS))
     manifest = _merged_manifest(manifests, folders, fp, shards, per_split, rejected)
-    mf.write_outputs(out, manifest, mf.read_classes(folders[0] / mf.CLASSES), rejected)
+    manifest["warnings"] = {"file": mf.WARNINGS, "count": len(warnings)}
+    mf.write_outputs(out, manifest, mf.read_classes(folders[0] / mf.CLASSES), rejected, warnings)
     return MergeReport(out, folders, manifest)
+
+
+def _jsonl(folders: list[Path], name: str) -> list[dict]:
+    """The records of `name` (rejected.jsonl, warnings.jsonl) of every part, in part order."""
+    records = []
+    for folder in folders:
+        path = folder / name
+        if path.is_file():
+            records += [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return records
 
 
 def _link_shards(folders: list[Path], manifests: list[dict], out: Path, copy: bool) -> tuple[list[dict], dict]:
