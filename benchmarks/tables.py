@@ -6,8 +6,6 @@ Used by `python -m benchmarks` (the per-run report) and `benchmarks.report`
 
 from __future__ import annotations
 
-import json
-
 # Modes whose names alone would mislead a reader: what PyTorch actually did in them on a GPU.
 MODE_NOTES = {
     "fp32-eager": "PyTorch defaults: TF32 convolutions",
@@ -133,16 +131,4 @@ def precision_table(d: dict, model: str, backends: tuple[str, str] = ("torch-fp3
             rows.append(f"| {model} | {batch} | {_f(ra['clips_per_s'], 1)} | {_f(rb['clips_per_s'], 1)} "
                         f"| {_f(rb['clips_per_s'] / ra['clips_per_s'])}x |")  # fmt: skip
     return rows
-
-
-def generic_table(d: dict) -> list[str]:
-    """Any payload with a list of flat row dicts (used for benchmarks without a dedicated table)."""
-    rows = next((v for v in d.values() if isinstance(v, list) and v and isinstance(v[0], dict)), None)
-    if rows is None:
-        return ["```", json.dumps({k: v for k, v in d.items() if k != "machine"}, indent=1)[:3000], "```"]
-    keys = [k for k, v in rows[0].items() if isinstance(v, (int, float, str, bool)) or v is None]
-    out = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    for r in rows:
-        out.append("| " + " | ".join(_f(r.get(k)) if isinstance(r.get(k), float) else str(r.get(k)) for k in keys) + " |")
-    return out + [f"- {g}" for g in d.get("goals", [])]
 
