@@ -24,6 +24,10 @@ def test_plan_is_the_documented_flow(tmp_path):
     assert [s.argv[3] for s in stages if s.argv[2] == "tpn.train"] == list(MODELS)
     trt = next(s for s in stages if s.argv[2] == "export.trt")
     assert 2 in trt.ok_codes  # "TensorRT not available" is an expected outcome, not a failure
+    shard = [s.argv for s in stages if s.argv[2] == "pipeline.shard"]
+    assert all(a[a.index("--codec") + 1] == "jpeg" for a in shard)  # frame shards unless --codec says otherwise
+    vp9 = [s.argv for s in plan(DemoPaths(tmp_path), "default", seed=0, codec="vp9") if s.argv[2] == "pipeline.shard"]
+    assert all(a[a.index("--codec") + 1] == "vp9" for a in vp9)
 
 
 @pytest.mark.parametrize("seed", [0, 7])
@@ -73,7 +77,8 @@ def test_demo_smoke_runs_end_to_end_and_reuses_finished_stages(tmp_path):
     for needle in ["tpn demo: summary", "| tpn_tiny_f8s4 |", "| baseline_tiny_f8s4 |", "chance level: 12.5%",
                    "held-out synthetic test videos; seed 0", "Videos per split: train 16, val 8, test 8",
                    f"test videos drawn with seed {held_out_seed(0)}",
-                   "tpn_tiny_f8s4.onnx | ort-cpu (fp32)", "tpn_tiny_f8s4.fp16.onnx | ort-cpu (fp16)", "TensorRT engine:"]:  # fmt: skip
+                   "tpn_tiny_f8s4.onnx | ort-cpu (fp32)", "tpn_tiny_f8s4.fp16.onnx | ort-cpu (fp16)", "TensorRT engine:",
+                   "JPEG frame shards"]:  # fmt: skip
         assert needle in text, needle
     p = DemoPaths(out)
     test_videos, seen_videos = _digests(p.test_data), _digests(p.data)

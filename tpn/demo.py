@@ -96,20 +96,27 @@ def py(*args: str) -> list[str]:
     return [sys.executable, "-m", *args]
 
 
-def plan(p: DemoPaths, size: str, seed: int) -> list[Stage]:
+# JPEG frame shards load faster than VP9 shards on a CPU too (`python -m benchmarks.data`, see the README's
+# Performance section); `--codec vp9` runs the demo on video shards instead.
+DEMO_CODEC = "jpeg"
+CODEC_NAMES = {"jpeg": "JPEG frame shards", "vp9": "VP9 video shards"}
+
+
+def plan(p: DemoPaths, size: str, seed: int, codec: str = DEMO_CODEC) -> list[Stage]:
     """The demo's commands, in order (a pure function of the settings)."""
     s = SIZES[size]
     stages = [
         Stage("synth", py("pipeline.synth", str(p.data), "--train-per-class", str(s["train"]),
                           "--val-per-class", str(s["val"]), "--seed", str(seed))),
-        Stage("shard", py("pipeline.shard", str(p.data), "--out", str(p.shards), "--short-side", "keep")),
+        Stage("shard", py("pipeline.shard", str(p.data), "--out", str(p.shards), "--short-side", "keep",
+                          "--codec", codec)),
         Stage("verify", py("pipeline.verify", str(p.shards))),
         # The held-out test set: another seed, sharded alone with the train run's label order.
         Stage("synth test", py("pipeline.synth", str(p.test_data), "--train-per-class", "0",
                                "--val-per-class", str(s["test"]), "--seed", str(held_out_seed(seed)))),
         Stage("shard test", py("pipeline.shard", str(p.test_data / "val"), "--out", str(p.test_shards),
                                "--split", TEST_SPLIT, "--classes", str(p.shards / "classes.json"),
-                               "--short-side", "keep")),
+                               "--short-side", "keep", "--codec", codec)),
         Stage("verify test", py("pipeline.verify", str(p.test_shards))),
     ]  # fmt: skip
     for m in MODELS:
@@ -245,8 +252,11 @@ def summary(p: DemoPaths, results: list[StageResult], seed: int) -> str:
     lines += ["", f"Models (held-out synthetic test videos; seed {seed}):", *mrows, "", split_line(p, seed),
               "", verdict(top1, chance, videos)]
     lines += ["", f"Exported {EXPORTED} (Top-1 gate on the validation shards):", *export_rows(p)]
+    manifest = read_json(p.shards / "manifest.json") or {}
+    codec = manifest.get("settings", {}).get("codec", "?")
     lines += ["", "Outputs:", f"  data    {p.data} (test: {p.test_data})",
-              f"  shards  {p.shards} (test: {p.test_shards})", f"  runs    {p.runs}", f"  export  {p.export}"]  # fmt: skip
+              f"  shards  {p.shards} (test: {p.test_shards}): {CODEC_NAMES.get(codec, codec)}",
+              f"  runs    {p.runs}", f"  export  {p.export}"]  # fmt: skip
     return "\n".join(lines)
 
 
@@ -261,6 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="'default' (24 train / 4 val / 8 test videos per class, 12 epochs) or 'smoke' "
                              "(2 / 1 / 1 videos per class, 1 epoch: only proves the flow)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="seed for the data and the training runs (default: 0)")
+    parser.add_argument("--codec", choices=sorted(CODEC_NAMES), default=DEMO_CODEC,
+                        help=f"shard format (default: {DEMO_CODEC}, the faster one to load on a CPU as measured "
+                             "by `python -m benchmarks.data`)")
     parser.add_argument("--fresh", action="store_true", help="redo every stage instead of reusing finished ones")
     parser.add_argument("--dry-run", action="store_true", help="print the commands without running them")
     return parser
@@ -269,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     p = DemoPaths(args.out)
-    stages = plan(p, args.size, args.seed)
+    stages = plan(p, args.size, args.seed, args.codec)
     if args.dry_run:
         print("\n".join(shlex.join(s.argv).replace(sys.executable, "python") for s in stages))
         return 0
