@@ -29,6 +29,7 @@ options that matter for conv + BatchNorm training; the step is captured by
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -185,7 +186,7 @@ class StepReport:
         return self.requested != self.mode
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+        return dataclasses.asdict(self)
 
 
 class TrainStep:
