@@ -36,7 +36,9 @@ PyTorch profiler (CPU-side op records with shapes and strides, on either device)
 is counted, attributed to the op that made it: `layout_copies` counts the model's activations and
 gradients (the goal: zero), `input_layout_copies` the one conversion of the loader's NCDHW batch,
 `weight_layout_copies` conv weight gradients that a conv kernel computes in another layout and then
-converts (oneDNN does this on a CPU). Dtype casts (same layout) are counted apart. Inside
+converts (oneDNN does this on a CPU). Dtype casts (same layout) are counted apart. On a CPU the count
+depends on the conv backend PyTorch picks: with one torch thread small unstrided convs run its NCDHW
+reference conv3d, which copies; with two or more, oneDNN's channels-last convs. Inside
 torch.compile'd code Inductor lays tensors out itself: those rows show their copy kernels in the
 profile instead.
 

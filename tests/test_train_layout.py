@@ -18,6 +18,8 @@ from tpn.layers import global_mean, upsample_nearest
 CL3D = torch.channels_last_3d
 CPU = torch.device("cpu")
 
+pytestmark = pytest.mark.usefixtures("onednn_convolutions")  # see tests/conftest.py
+
 
 @pytest.mark.parametrize("name", ["tpn_tiny_f8s4", "tpn_tiny_pyr_f8s4"])
 def test_tiny_tpn_step_has_no_layout_copies_on_cpu(name):

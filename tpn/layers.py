@@ -145,9 +145,11 @@ class BatchNorm3d(nn.BatchNorm3d):
     """nn.BatchNorm3d (same parameters, buffers, state-dict keys and results) that keeps NDHWC fast on a GPU.
 
     Why: PyTorch's CUDA batch norm picks its channels-last kernels for 4-D
-    channels_last tensors only; a 5-D channels_last_3d tensor goes to the
-    generic path (a Welford reduction plus strided elementwise kernels),
-    measured as the largest cost of the bf16 training step. An NDHWC tensor
+    channels_last tensors only (`batch_norm_choose_impl` in
+    aten/src/ATen/native/cuda/Normalization.cu); a 5-D channels_last_3d tensor
+    goes to the generic path, a Welford reduction plus strided elementwise
+    kernels: the largest kernel in the profile of the bf16 step
+    (benchmarks/results/2026-11-25-h100-gpu_diag.txt). An NDHWC tensor
     (N, C, T, H, W) is, without a copy, the 4-D channels_last tensor
     (N, C, T*H, W); on it the batch-norm primitives that SyncBatchNorm uses
     (`torch.batch_norm_stats`, `batch_norm_elemt`, `batch_norm_backward_reduce`,
