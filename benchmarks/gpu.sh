@@ -50,13 +50,68 @@ print("DALI", nvidia.dali.__version__)
 EOF
 }
 
+# The training stage: the GPU tests of the BatchNorm and layout work, every benchmarks.train row with
+# the profiles of the uncompiled and compiled steps, every compile preset, batch 32 and cuDNN's algorithm
+# limit, within TRAIN_BUDGET_S seconds (default 470: one device call of ~8 minutes). Cold compiles run
+# first, in parallel (one process per preset, TORCHINDUCTOR_COMPILE_THREADS each), and fill Inductor's
+# caches, so the timed runs load their compiled code; their JSON records the cold compile times. Parts
+# run in order of importance; one that no longer fits the budget is skipped and listed as such.
+train_precompile() {  # DAY: one compile-only process per preset (and the default preset at batch 32)
+  local day=$1 pids=() p
+  for p in default coordesc mm1x1 autotune; do
+    "$PY" -m benchmarks.train --compile-only --modes "bf16-cl3d-compile=$p-graph" --name "$day-train-compile-$p" \
+      >"$OUT/train-compile-$p.log" 2>&1 &
+    pids+=($!)
+  done
+  "$PY" -m benchmarks.train --compile-only --batch 32 --modes bf16-cl3d-compile-graph --name "$day-train-compile-b32" \
+    >"$OUT/train-compile-b32.log" 2>&1 &
+  pids+=($!)
+  local rc=0
+  for p in "${pids[@]}"; do wait "$p" || rc=1; done
+  tail -n 3 "$OUT"/train-compile-*.log
+  return $rc
+}
+
+train_stage() {
+  local t0=$SECONDS budget=${TRAIN_BUDGET_S:-470} day presets=() profiles=() p
+  day="$(date +%F)-$("$PY" -c 'from benchmarks.__main__ import device_slug; print(device_slug())')"
+  export TORCHINDUCTOR_COMPILE_THREADS=${TORCHINDUCTOR_COMPILE_THREADS:-4}  # one value for every run: same cache keys
+  export -f train_precompile; export PY OUT
+  fits() {  # fits NAME LIMIT: the stage's limit, cut to what is left of the budget, or skip it
+    local left=$((budget - (SECONDS - t0)))
+    if [ "$left" -lt 40 ]; then echo "$1 skipped (training budget ${budget}s spent)" | tee -a "$OUT/stages.txt"; return 1; fi
+    LIMIT=$(($2 < left ? $2 : left))
+  }
+  fits train-tests 60 && stage train-tests "$LIMIT" "$PY" -m pytest -q -m gpu -p no:cacheprovider \
+    tests/test_batchnorm.py tests/test_train_layout.py
+  fits train-compile 150 && stage train-compile "$LIMIT" bash -c "train_precompile $day"
+  fits train 210 && stage train "$LIMIT" "$PY" -m benchmarks.train --name "$day-train" \
+    --modes fp32-eager bf16-cl3d-nativebn bf16-cl3d bf16-cl3d-graph bf16-cl3d-bneval-graph bf16-cl3d-compile-graph \
+    --profile bf16-cl3d-nativebn bf16-cl3d-graph bf16-cl3d-compile-graph
+  for p in coordesc mm1x1 autotune; do  # presets whose cold compile finished (the others would compile cold here)
+    if [ -f "$OUT/results/$day-train-compile-$p.json" ]; then presets+=("$p"); profiles+=("bf16-cl3d-compile=$p-graph"); fi
+  done
+  if [ ${#presets[@]} -eq 0 ]; then
+    echo "train-presets skipped (no preset's cold compile finished)" | tee -a "$OUT/stages.txt"
+  elif fits train-presets 110; then
+    stage train-presets "$LIMIT" "$PY" -m benchmarks.train --name "$day-train-presets" \
+      --modes fp32-eager bf16-cl3d-compile-graph --compile-presets "${presets[@]}" --rounds 3 --profile "${profiles[@]}"
+  fi
+  fits train-b32 80 && stage train-b32 "$LIMIT" "$PY" -m benchmarks.train --name "$day-train-b32" --batch 32 \
+    --modes fp32-eager bf16-cl3d-graph bf16-cl3d-compile-graph --rounds 3 --steps 5
+  fits train-cudnn 50 && stage train-cudnn "$LIMIT" "$PY" -m benchmarks.train --name "$day-train-cudnn0" \
+    --cudnn-benchmark-limit 0 --modes fp32-eager bf16-cl3d-graph --rounds 3 --steps 5
+  return 0
+}
+
 for s in $STAGES; do
   case $s in
     env) export -f env_check; export PY; stage env 120 bash -c env_check ;;
     tests) stage tests 240 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/test_loader.py \
              tests/test_train_engine.py tests/test_export_trt.py ;;
     # one report per day and device: each --only run joins the report in OUT/results
-    train|infer|data|pipeline) stage "$s" 360 "$PY" -m benchmarks --only "$s" --results "$OUT/results" ;;
+    train) train_stage ;;
+    infer|data|pipeline) stage "$s" 360 "$PY" -m benchmarks --only "$s" --results "$OUT/results" ;;
     variants) stage variants 300 "$PY" -m benchmarks.loader_variants \
                 --name "$(date +%F)-$("$PY" -c 'from benchmarks.__main__ import device_slug; print(device_slug())')-loader_variants" ;;
     trainrun) stage trainrun 420 "$PY" -m tpn.train tpn_r50_f8s8 --train "$DATA/shards-jpeg" --val "$DATA/shards-jpeg" \

@@ -51,12 +51,12 @@ def main() -> None:
     a = run(False, 0.05, clip=None); g = run(True, 0.05, clip=None)
     print("noclip eager", [round(v, 5) for v in a[0].tolist()]); print("noclip graph", [round(v, 5) for v in g[0].tolist()])
 
-    # profile one bf16 cl3d step of tpn_r50_f8s8
-    from benchmarks.train import make_step
+    # profile one bf16 cl3d step of tpn_r50_f8s8 (by category: python -m benchmarks.train --profile MODE)
+    from benchmarks.train import make_contender
     torch.backends.cudnn.benchmark = True
     torch.backends.cudnn.deterministic = False
     torch.backends.cudnn.allow_tf32 = True
-    fn = make_step("tpn_r50_f8s8", "bf16-cl3d", dev, 16)
+    fn = make_contender("tpn_r50_f8s8", "bf16-cl3d", dev, 16)
     for _ in range(4): fn()
     torch.cuda.synchronize()
     from torch.profiler import profile, ProfilerActivity

@@ -14,3 +14,18 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture
+def onednn_convolutions():
+    """At least 2 torch threads while a test counts layout copies on a CPU.
+
+    With one thread PyTorch runs small unstrided convs with its NCDHW reference
+    conv3d, which copies to and from NCDHW: a CPU backend choice, not the
+    model's layout. (Other tests, e.g. tpn.train runs with --threads 1, leave
+    the thread count changed.)
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(2, threads))
+    yield
+    torch.set_num_threads(threads)

@@ -78,6 +78,11 @@ def test_uninterrupted_run_writes_its_outputs(uninterrupted):
     assert settings["derived"]["steps_per_epoch"] == 16 and settings["derived"]["num_classes"] == 8
     summary = json.loads((uninterrupted / "summary.json").read_text())
     assert summary["steps"] == 32 and summary["epochs_done"] == 2 and summary["clips_per_s"] > 0
+    # what the step ran as: a CPU cannot capture the (default) requested graph, and says so
+    step = summary["step"]
+    assert (summary["step_mode"], step["requested"], step["mode"]) == ("eager", "cuda-graph", "eager")
+    assert (step["steps"], step["eager_steps"], step["graph_replays"]) == (32, 32, 0)
+    assert "need a GPU" in step["fallback"] and step["compile"] is None
     epochs = [r for r in rundir.read_metrics(uninterrupted) if r["type"] == "epoch"]
     assert [r["epoch"] for r in epochs] == [1, 2] and all(r["val_videos"] == VAL_VIDEOS for r in epochs)
     best = read_checkpoint(uninterrupted / "best.pth")
@@ -225,7 +230,26 @@ def test_tiny_tpn_learns_the_synthetic_set(shards, tmp_path):
 def test_loader_decoder_and_compile_flags_reach_the_settings():
     from tpn.train import build_parser, settings_from_args
 
+    from tpn.engine import DEFAULT_COMPILE
+
     s, _ = settings_from_args(build_parser().parse_args([MODEL, "--train", "x", "--out", "y", "--decoder", "pyav", "--compile"]))
-    assert (s.decoder, s.compile) == ("pyav", True)
+    assert (s.decoder, s.compile) == ("pyav", DEFAULT_COMPILE)
+    s, _ = settings_from_args(build_parser().parse_args([MODEL, "--train", "x", "--out", "y", "--compile", "mm1x1"]))
+    assert s.compile == "mm1x1"
+    s, _ = settings_from_args(build_parser().parse_args([MODEL, "--train", "x", "--out", "y", "--compile", "--no-compile"]))
+    assert s.compile is None
     s, _ = settings_from_args(build_parser().parse_args([MODEL, "--train", "x", "--out", "y"]))
-    assert (s.decoder, s.compile) == ("auto", False)
+    assert (s.decoder, s.compile) == ("auto", None)
+    with pytest.raises(SystemExit):  # an unknown preset is refused by the parser, naming the choices
+        build_parser().parse_args([MODEL, "--train", "x", "--out", "y", "--compile", "fastest"])
+
+
+def test_settings_saved_with_a_boolean_compile_flag_still_load():
+    # runs written before compile presets existed saved compile: true/false
+    from tpn.engine import DEFAULT_COMPILE
+    from tpn.train import resolve_settings
+
+    assert resolve_settings(MODEL, {"train": ["x"], "out": "y", "compile": True}).compile == DEFAULT_COMPILE
+    assert resolve_settings(MODEL, {"train": ["x"], "out": "y", "compile": False}).compile is None
+    with pytest.raises(ValueError, match="--compile must be one of"):
+        resolve_settings(MODEL, {"train": ["x"], "out": "y", "compile": "fastest"})

@@ -9,15 +9,19 @@ import torch.nn.functional as F
 import tpn
 from tpn.distributed import DistEnv
 from tpn.engine import (
+    COMPILE_PRESETS,
+    DEFAULT_COMPILE,
     LossLog,
     LossModule,
     StepOptions,
     TrainStep,
     build_optimizer,
+    compile_options,
     cudnn_problem,
     graph_unavailable,
     pin_device_lr,
     set_lr,
+    step_mode,
 )
 
 CPU = torch.device("cpu")
@@ -156,6 +160,87 @@ def test_channels_last_option_is_ignored_for_4d_inputs_on_cpu():
     assert last < first
 
 
+def tiny_step(opts: StepOptions) -> TrainStep:
+    torch.manual_seed(0)
+    model = tpn.create_model("baseline_tiny_f8s4", dropout=0.0)
+    opt = build_optimizer(list(model.parameters()), lr=0.01, momentum=0.9, nesterov=True, weight_decay=0, device=CPU)
+    return TrainStep(LossModule(model, 0.5), opt, opts, CPU)
+
+
+@pytest.mark.parametrize("compiled, graph, name", [(False, False, "eager"), (False, True, "cuda-graph"),
+                                                    (True, False, "compiled"), (True, True, "compiled+cuda-graph")])  # fmt: skip
+def test_step_mode_names(compiled, graph, name):
+    assert step_mode(compiled, graph) == name
+
+
+def test_report_of_an_eager_step_that_asked_for_a_graph():
+    step = tiny_step(StepOptions())  # cuda_graph=True by default: not possible on a CPU
+    for _ in range(3):
+        step(*tiny_batch())
+    r = step.report()
+    assert (r.requested, r.mode, r.steps, r.eager_steps, r.graph_replays) == ("cuda-graph", "eager", 3, 3, 0)
+    assert r.fell_back and "need a GPU" in r.fallback and r.compile is None and r.compile_s is None
+    plain = tiny_step(StepOptions(cuda_graph=False)).report()
+    assert (plain.requested, plain.fallback, plain.fell_back) == ("eager", None, False)
+
+
+class FailingCapture:
+    """Stands in for torch.cuda.graph: capture raises as a real failed capture does."""
+
+    def __init__(self, graph, **kw):
+        pass
+
+    def __enter__(self):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_a_failed_capture_falls_back_to_eager_and_says_why(monkeypatch):
+    # The GPU-only parts are replaced so the real fallback branch runs on a CPU: the step must train
+    # eagerly from then on and report eager, never a graph.
+    step = tiny_step(StepOptions(warmup_iters=2))
+    step.capture_wanted = True  # as on a GPU
+    monkeypatch.setattr(step, "_side_stream_step", step._step)
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: object())
+    monkeypatch.setattr(torch.cuda, "graph", FailingCapture)
+    losses = [step(*tiny_batch(seed=i)).item() for i in range(5)]
+    r = step.report()
+    assert (r.requested, r.mode, r.graph_replays, r.eager_steps, r.steps) == ("cuda-graph", "eager", 0, 5, 5)
+    assert r.fallback.startswith("CUDA graph capture failed (operation not permitted") and r.fell_back
+    assert step.graph is None and not step.capture_wanted and all(v == v for v in losses)
+
+
+def test_compile_presets_reach_torch_compile(monkeypatch):
+    seen = {}
+
+    def fake_compile(module, options=None):
+        seen["options"] = options
+        return module  # runs eagerly: only the plumbing is under test here
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    step = tiny_step(StepOptions(compile="mm1x1", cuda_graph=False))
+    assert seen["options"] == {"conv_1x1_as_mm": True}
+    step(*tiny_batch())
+    r = step.report()
+    assert (r.requested, r.mode, r.compile, r.compile_options) == ("compiled", "compiled", "mm1x1", {"conv_1x1_as_mm": True})
+    assert r.compile_s is not None and r.compile_s > 0  # the first step is timed
+    tiny_step(StepOptions(compile=True, cuda_graph=False))
+    assert seen["options"] == (compile_options(DEFAULT_COMPILE) or None)
+
+
+def test_compile_preset_options():
+    assert compile_options("default") == {}
+    # the mode is expanded into its options, so a preset can add to it
+    assert {"max_autotune": True, "coordinate_descent_tuning": True}.items() <= compile_options("autotune").items()
+    assert compile_options("autotune_mm1x1") == {**compile_options("autotune"), "conv_1x1_as_mm": True}
+    assert DEFAULT_COMPILE in COMPILE_PRESETS
+    assert StepOptions(compile=True).compile == DEFAULT_COMPILE and StepOptions(compile=False).compile is None
+    with pytest.raises(ValueError, match="unknown compile preset 'fastest'"):
+        StepOptions(compile="fastest")
+
+
 @pytest.mark.gpu
 def test_cuda_graph_steps_match_eager_steps(monkeypatch):
     """Same batches and lr changes: replayed graph and eager steps give the same weights.
@@ -187,6 +272,9 @@ def test_cuda_graph_steps_match_eager_steps(monkeypatch):
             x, y = tiny_batch(4, seed=i)
             losses.append(step(x.to(dev), y.to(dev)))
         runs[name] = (torch.stack(losses).cpu(), flat_params(model).cpu(), step.mode)
+        if graph:  # 2 eager warm-up steps, then the capture (trained on by its first replay) and 3 replays
+            r = step.report()
+            assert (r.eager_steps, r.graph_replays, r.fallback) == (2, 4, None)
     assert runs["graph"][2] == "cuda-graph" and runs["eager"][2] == "eager"
 
     def close(a: str, b: str) -> bool:
@@ -212,5 +300,7 @@ def test_compiled_and_captured_steps_follow_the_eager_steps(monkeypatch):
         opt = build_optimizer(list(model.parameters()), lr=0.005, momentum=0.9, nesterov=True, weight_decay=1e-4, device=dev)
         step = TrainStep(LossModule(model, 0.5), opt, StepOptions(clip_grad=40.0, compile=compiled, warmup_iters=2), dev)
         losses[compiled] = torch.stack([step(*(t.to(dev) for t in tiny_batch(4, seed=i))) for i in range(5)]).cpu()
-        assert step.mode == "cuda-graph"
+        r = step.report()
+        assert (r.mode, r.graph_replays, r.eager_steps) == ("compiled+cuda-graph" if compiled else "cuda-graph", 3, 2)
+        assert (r.compile_s is not None) == compiled
     assert torch.allclose(losses[True], losses[False], rtol=1e-3)

@@ -16,13 +16,24 @@ The warm-up and capture steps are real steps on real batches: capture
 records the step without running it, so the captured batch is trained on
 by an immediate replay. Dropout draws from the default CUDA generator,
 whose state torch.cuda.graph registers itself; no other generator is used.
+
+What ran is recorded, not assumed: `TrainStep.report()` says which mode was
+asked for, which one ran (a capture that failed falls back to eager, and
+says why), how many steps replayed the graph and how long compilation took.
+
+`torch.compile` settings are named presets (`COMPILE_PRESETS`) of Inductor
+options that matter for conv + BatchNorm training; the step is captured by
+`TrainStep` itself, so no preset lets Inductor add CUDA graphs of its own.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +43,7 @@ from tpn.distributed import DistEnv, mean_over_ranks
 
 log = logging.getLogger("tpn.engine")
 
+INPUT_TO_NDHWC = "tpn.step.input_to_ndhwc"  # profiler label of the input's layout conversion
 MIN_CUDNN = 91500  # cuDNN 9.8-9.14 computes bf16/fp16 3D convs wrongly (pytorch/pytorch#163539)
 BROKEN_CUDNN = range(90800, 91500)
 
@@ -55,14 +67,45 @@ class LossModule(nn.Module):
         return loss
 
 
+# name -> (torch.compile mode, extra Inductor options). A mode is expanded into its options
+# (torch.compile takes one or the other), so presets can add to a mode.
+COMPILE_PRESETS: dict[str, tuple[str | None, dict[str, Any]]] = {
+    "default": (None, {}),  # Inductor's defaults
+    "coordesc": (None, {"coordinate_descent_tuning": True}),  # tune each generated kernel's launch config
+    "mm1x1": (None, {"conv_1x1_as_mm": True}),  # 1x1x1 convolutions as matmuls
+    "autotune": ("max-autotune-no-cudagraphs", {}),  # + Triton conv/matmul templates; no Inductor graphs
+    "autotune_mm1x1": ("max-autotune-no-cudagraphs", {"conv_1x1_as_mm": True}),
+}
+# What `--compile` without a preset uses; set from benchmarks.train's measurement on a GPU.
+DEFAULT_COMPILE = "default"
+
+
+def compile_options(preset: str) -> dict[str, Any]:
+    """The Inductor options of a preset (its mode expanded), as passed to torch.compile."""
+    if preset not in COMPILE_PRESETS:
+        raise ValueError(f"unknown compile preset {preset!r}; choose from {', '.join(COMPILE_PRESETS)}")
+    mode, extra = COMPILE_PRESETS[preset]
+    if mode is None:
+        return dict(extra)
+    from torch._inductor import list_mode_options
+
+    return {**list_mode_options(mode), **extra}
+
+
 @dataclass(frozen=True, kw_only=True)
 class StepOptions:
     clip_grad: float | None = None  # max L2 norm of all gradients together; None = off
     amp_dtype: torch.dtype | None = None  # autocast dtype (bf16 on GPU); None = fp32
     channels_last: bool = False  # NDHWC activations and conv weights (3D models on GPU)
     cuda_graph: bool = True  # capture the step where possible
-    compile: bool = False  # torch.compile the forward + loss (fuses BatchNorm, ReLU and adds on a GPU)
+    compile: str | None = None  # a COMPILE_PRESETS name: torch.compile the forward + loss; True = DEFAULT_COMPILE
     warmup_iters: int = 3  # eager steps before capture (DDP needs >= 11)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.compile, bool):  # older callers and saved settings say True / False
+            object.__setattr__(self, "compile", DEFAULT_COMPILE if self.compile else None)
+        if self.compile is not None and self.compile not in COMPILE_PRESETS:
+            raise ValueError(f"unknown compile preset {self.compile!r}; choose from {', '.join(COMPILE_PRESETS)}")
 
 
 def graph_unavailable(device: torch.device, opts: StepOptions) -> str | None:
@@ -115,26 +158,65 @@ def pin_device_lr(optimizer: torch.optim.Optimizer, device: torch.device) -> Non
         group["lr"] = torch.tensor(float(group["lr"]), dtype=torch.float32, device=device)
 
 
+STEP_MODES = ("eager", "cuda-graph", "compiled", "compiled+cuda-graph")
+
+
+def step_mode(compiled: bool, graph: bool) -> str:
+    """The name of a step mode: one of STEP_MODES."""
+    return STEP_MODES[int(graph) + 2 * int(compiled)]
+
+
+@dataclass
+class StepReport:
+    """What the step asked for and what actually ran (a failed capture runs eagerly)."""
+
+    requested: str  # a STEP_MODES name
+    mode: str  # the mode of the latest step
+    steps: int = 0
+    graph_replays: int = 0  # steps run by replaying the captured graph
+    eager_steps: int = 0  # steps run eagerly (warm-up, fallback, odd-shaped batches)
+    fallback: str | None = None  # why a requested graph is not used
+    compile: str | None = None  # COMPILE_PRESETS name
+    compile_options: dict[str, Any] = field(default_factory=dict)
+    compile_s: float | None = None  # wall time of the first (compiling) step, synchronised
+
+    @property
+    def fell_back(self) -> bool:
+        """After the warm-up: a requested graph is not what runs."""
+        return self.requested != self.mode
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
 class TrainStep:
     """`step(x, y) -> loss` (a device tensor, detached); eager, or replayed from one CUDA graph."""
 
     def __init__(self, net: nn.Module, optimizer: torch.optim.Optimizer, opts: StepOptions, device: torch.device) -> None:
         self.optimizer, self.opts, self.device = optimizer, opts, device
         self.params = [p for p in net.parameters() if p.requires_grad]
+        options = compile_options(opts.compile) if opts.compile else {}
         # Compiled code is made during the eager warm-up steps, before any capture.
-        self.net = torch.compile(net) if opts.compile else net
+        self.net = torch.compile(net, options=options or None) if opts.compile else net
         self.graph: torch.cuda.CUDAGraph | None = None
         self._static: tuple[Tensor, Tensor, Tensor, list[Tensor | None]] | None = None
         self._warm = 0
         self._told: set[str] = set()
         reason = graph_unavailable(device, opts)
         self.capture_wanted = reason is None
-        if reason:
+        compiled = opts.compile is not None
+        self.stats = StepReport(requested=step_mode(compiled, opts.cuda_graph), mode=step_mode(compiled, False),
+                                fallback=reason if opts.cuda_graph else None, compile=opts.compile,
+                                compile_options=options)  # fmt: skip
+        if reason and opts.cuda_graph:
             self._log_once(f"running the training step eagerly: {reason}")
 
     @property
     def mode(self) -> str:
-        return "cuda-graph" if self.graph is not None else "eager"
+        return self.stats.mode
+
+    def report(self) -> StepReport:
+        return self.stats
 
     def _log_once(self, msg: str) -> None:
         if msg not in self._told:
@@ -162,19 +244,38 @@ class TrainStep:
 
     def _prepare(self, x: Tensor) -> Tensor:
         if self.opts.channels_last and x.dim() == 5:
-            return x.contiguous(memory_format=torch.channels_last_3d)
+            # named, so a profile tells this one conversion of the loader's NCDHW batch from the model's copies
+            with torch.profiler.record_function(INPUT_TO_NDHWC):
+                return x.contiguous(memory_format=torch.channels_last_3d)
         return x
 
     def __call__(self, x: Tensor, y: Tensor) -> Tensor:
+        self.stats.steps += 1
+        if self.stats.compile and self.stats.compile_s is None:
+            return self._timed_first_step(x, y)
+        return self._dispatch(x, y)
+
+    def _dispatch(self, x: Tensor, y: Tensor) -> Tensor:
         if self.graph is not None:
             return self._replay(x, y)  # copy_ into the NDHWC buffer converts the layout itself
         x = self._prepare(x)
+        if self.capture_wanted and self._warm >= self.opts.warmup_iters:
+            return self._capture(x, y)
+        self.stats.eager_steps += 1
         if not self.capture_wanted:
             return self._step(x, y)
-        if self._warm < self.opts.warmup_iters:
-            self._warm += 1
-            return self._side_stream_step(x, y)
-        return self._capture(x, y)
+        self._warm += 1
+        return self._side_stream_step(x, y)
+
+    def _timed_first_step(self, x: Tensor, y: Tensor) -> Tensor:
+        """The first compiled step compiles forward and backward: time it (one sync, once)."""
+        t0 = time.perf_counter()
+        loss = self._dispatch(x, y)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.stats.compile_s = time.perf_counter() - t0
+        log.info("compiled the training step (preset %r) in %.1f s", self.stats.compile, self.stats.compile_s)
+        return loss
 
     def _side_stream_step(self, x: Tensor, y: Tensor) -> Tensor:
         side = torch.cuda.Stream(self.device)
@@ -194,24 +295,34 @@ class TrainStep:
             with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 static_loss = self._step(static_x, static_y)
         except RuntimeError as e:
-            self.capture_wanted = False
-            self._log_once(f"CUDA graph capture failed ({e}); running the training step eagerly")
-            return self._step(x, y)
+            return self._fall_back(f"CUDA graph capture failed ({e})", x, y)
         # Keep the static grads referenced: the graph writes them on every replay.
         self._static = (static_x, static_y, static_loss, [p.grad for p in self.params])
         self.graph = graph
+        self.stats.mode = step_mode(self.stats.compile is not None, True)
         log.info("captured the training step in a CUDA graph (batch %s)", tuple(x.shape))
         graph.replay()  # capture only recorded the step: now run it on this batch
+        self.stats.graph_replays += 1
         return static_loss.clone()
+
+    def _fall_back(self, reason: str, x: Tensor, y: Tensor) -> Tensor:
+        """Give up on the graph for good; this and every later step run eagerly."""
+        self.capture_wanted = False
+        self.stats.fallback = reason
+        log.warning("%s; running the training step eagerly", reason)
+        self.stats.eager_steps += 1
+        return self._step(x, y)
 
     def _replay(self, x: Tensor, y: Tensor) -> Tensor:
         static_x, static_y, static_loss, _ = self._static
         if x.shape != static_x.shape or y.shape != static_y.shape:
             self._log_once(f"batch shape {tuple(x.shape)} differs from the captured {tuple(static_x.shape)}: running it eagerly")
+            self.stats.eager_steps += 1
             return self._step(self._prepare(x), y)
         static_x.copy_(x, non_blocking=True)
         static_y.copy_(y, non_blocking=True)
         self.graph.replay()
+        self.stats.graph_replays += 1
         return static_loss.clone()  # the next replay overwrites static_loss
 
 

@@ -17,10 +17,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tpn.layers import ConvBNReLU3d, Triple, init_neck_
+from tpn.layers import ConvBNReLU3d, Triple, global_mean, init_neck_, is_ndhwc, upsample_nearest
 
 Flow = Literal["cascade", "parallel"]
 ONE: Triple = (1, 1, 1)
@@ -75,7 +74,7 @@ class AuxHead(nn.Module):
         self.fc = nn.Linear(in_ch * 2, num_classes)
 
     def forward(self, res4: Tensor) -> Tensor:
-        x = self.conv(res4).mean(dim=(2, 3, 4))  # (N, 2*C4)
+        x = global_mean(self.conv(res4))  # (N, 2*C4)
         return self.fc(self.dropout(x))
 
 
@@ -92,7 +91,7 @@ class TPNNeck(nn.Module):
         c4, c5 = channels
         mid, out = c4, c5
         self.flow = cfg.flow
-        self.upsample_scale = tuple(float(s) for s in cfg.upsample_scale)
+        self.upsample_scale = cfg.upsample_scale
         # res4 needs log2(c5 / c4) stride-2 convs to meet res5; res5 needs none.
         self.spatial_modulation = nn.ModuleList(
             [nn.Sequential(*self._spatial_convs(c4, c5)), nn.Identity()]
@@ -121,17 +120,22 @@ class TPNNeck(nn.Module):
             c *= 2
         return convs
 
-    def _upsample(self, x: Tensor) -> Tensor:
-        if self.upsample_scale == (1.0, 1.0, 1.0):
-            return x  # nearest upsampling by 1 is the identity
-        return F.interpolate(x, scale_factor=self.upsample_scale, mode="nearest")
+    def _upsample(self, x: Tensor, frames: int) -> Tensor:
+        """Top-down: the upper level upsampled to meet a lower level of `frames` frames."""
+        if tuple(self.upsample_scale) != (1, 1, 1):
+            x = upsample_nearest(x, self.upsample_scale)
+        if is_ndhwc(x) and x.shape[2] == 1 < frames:
+            # The add would broadcast over time; its backward would then sum the gradient
+            # into an NCDHW tensor. Repeating the frame first keeps both ways NDHWC.
+            x = upsample_nearest(x, (frames, 1, 1))
+        return x
 
     def forward(self, res4: Tensor, res5: Tensor) -> Tensor:
         feats = [sm(f) for sm, f in zip(self.spatial_modulation, (res4, res5))]  # (N, C5, T, h, w) each
         feats = [tm(f) for tm, f in zip(self.temporal_modulation, feats)]  # (N, C4, T/s_i, h, w)
         # Top-down. With R101's scales (4, 8) level 0 has T=2 and level 1 T=1:
         # the add broadcasts over time, as the reference code relies on.
-        td = [feats[0] + self._upsample(feats[1]), feats[1]]
+        td = [feats[0] + self._upsample(feats[1], feats[0].shape[2]), feats[1]]
         top_down = self.top_down_fusion(td)  # (N, C5, T', h, w)
         bu = td if self.flow == "cascade" else feats
         bu = [bu[0], bu[1] + self.downsample[0](bu[0])]

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from tpn.layers import ResidualBlock, init_backbone_
+from tpn.layers import BatchNorm3d, ResidualBlock, init_backbone_
 
 STAGE_BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 SPATIAL_STRIDES = (1, 2, 2, 2)
@@ -40,16 +40,16 @@ class Bottleneck3d(ResidualBlock):
         out_ch = planes * EXPANSION
         k1, p1 = ((3, 1, 1), (1, 0, 0)) if inflate else (1, 0)
         self.conv1 = nn.Conv3d(in_ch, planes, k1, padding=p1, bias=False)
-        self.bn1 = nn.BatchNorm3d(planes)
+        self.bn1 = BatchNorm3d(planes)
         self.conv2 = nn.Conv3d(planes, planes, (1, 3, 3), (1, stride, stride), (0, 1, 1), bias=False)
-        self.bn2 = nn.BatchNorm3d(planes)
+        self.bn2 = BatchNorm3d(planes)
         self.conv3 = nn.Conv3d(planes, out_ch, 1, bias=False)
-        self.bn3 = nn.BatchNorm3d(out_ch)
+        self.bn3 = BatchNorm3d(out_ch)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = None
         if stride != 1 or in_ch != out_ch:
             self.downsample = nn.Sequential(
-                nn.Conv3d(in_ch, out_ch, 1, (1, stride, stride), bias=False), nn.BatchNorm3d(out_ch)
+                nn.Conv3d(in_ch, out_ch, 1, (1, stride, stride), bias=False), BatchNorm3d(out_ch)
             )
         self.with_cp = with_cp
 
@@ -73,7 +73,7 @@ class SlowOnly(nn.Module):
     ) -> None:
         super().__init__()
         self.conv1 = nn.Conv3d(3, width, (1, 7, 7), (1, 2, 2), (0, 3, 3), bias=False)
-        self.bn1 = nn.BatchNorm3d(width)
+        self.bn1 = BatchNorm3d(width)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool3d((1, 3, 3), (1, 2, 2), (0, 1, 1))
         in_ch = width

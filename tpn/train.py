@@ -35,7 +35,8 @@ from pipeline import ClipSpec
 from tpn import rundir
 from tpn.distributed import DistEnv, barrier, env_from_environ, gather_objects, init_distributed, resolve_device, shutdown
 from tpn.engine import (
-    LossLog, LossModule, StepOptions, TrainStep, build_optimizer, cudnn_problem, pin_device_lr, set_lr,
+    COMPILE_PRESETS, DEFAULT_COMPILE, LossLog, LossModule, StepOptions, TrainStep, build_optimizer, cudnn_problem,
+    pin_device_lr, set_lr,
 )  # fmt: skip
 from tpn.io import atomic_write_json
 from tpn.schedule import StepSchedule, scaled_lr
@@ -96,12 +97,14 @@ class TrainSettings:
     amp: bool | None = None  # None: bf16 on GPU, fp32 on CPU
     cuda_graph: bool = True
     channels_last: bool | None = None  # None: on for 3D models on GPU
-    compile: bool = False  # torch.compile the forward + loss
+    compile: str | None = None  # a tpn.engine.COMPILE_PRESETS name: torch.compile the forward + loss
     progress: bool = True
 
     def __post_init__(self) -> None:
         for name in ("train", "val", "lr_steps"):  # JSON and checkpoints give lists back
             object.__setattr__(self, name, tuple(getattr(self, name)))
+        if isinstance(self.compile, bool):  # settings saved before presets existed
+            object.__setattr__(self, "compile", DEFAULT_COMPILE if self.compile else None)
         problems = [msg for ok, msg in (
             (self.epochs >= 1, "--epochs must be >= 1"),
             (self.batch_size >= 1, "--batch-size must be >= 1"),
@@ -112,6 +115,7 @@ class TrainSettings:
             (self.max_steps is None or self.max_steps >= 1, "--max-steps must be >= 1"),
             (self.val_views in ("single", "protocol"), "--val-views must be 'single' or 'protocol'"),
             (bool(self.train), "--train needs at least one shard directory or .tar"),
+            (self.compile in (None, *COMPILE_PRESETS), f"--compile must be one of {', '.join(COMPILE_PRESETS)}"),
         ) if not ok]  # fmt: skip
         if problems:
             raise ValueError("; ".join(problems))
@@ -176,7 +180,8 @@ class TrainSummary:
     train_time_s: float
     clips_per_s: float
     wall_time_s: float
-    step_mode: str = "eager"
+    step_mode: str = "eager"  # what ran: eager, cuda-graph, compiled or compiled+cuda-graph
+    step: dict[str, Any] | None = None  # tpn.engine.StepReport: requested mode, graph replays, fallback, compile
 
     def text(self) -> str:
         best = "-" if self.best_top1 is None else f"{self.best_top1:.2f}% (epoch {self.best_epoch})"
@@ -492,12 +497,27 @@ class Trainer:
             train_time_s=p.train_time_s,
             clips_per_s=p.step * s.batch_size * self.env.world_size / max(p.train_time_s, 1e-9),
             wall_time_s=time.perf_counter() - self.wall0, step_mode=self.step_fn.mode,
+            step=self.step_fn.report().to_dict(),
         )  # fmt: skip
         if self.env.is_main:
+            log_step_report(summary.step, on_gpu=self.device.type == "cuda")
             atomic_write_json(dataclasses.asdict(summary), self.run_dir / "summary.json")
             rundir.plot_curves(rundir.read_metrics(self.run_dir), self.run_dir / "curves.png", s.model)
         barrier(self.env)
         return summary
+
+
+def log_step_report(report: dict[str, Any], on_gpu: bool) -> None:
+    """One line on what the training step ran as; a warning when a GPU run did not use its requested graph."""
+    compiled = ""
+    if report["compile"]:
+        took = "" if report["compile_s"] is None else f" in {report['compile_s']:.1f} s"
+        compiled = f", compiled with preset {report['compile']}{took}"
+    log.info("training step: %s (requested %s), %d steps: %d graph replays, %d eager%s", report["mode"],
+             report["requested"], report["steps"], report["graph_replays"], report["eager_steps"], compiled)  # fmt: skip
+    if report["requested"] != report["mode"] and report["steps"]:
+        level = logging.WARNING if on_gpu else logging.INFO
+        log.log(level, "the training step ran as %s, not %s: %s", report["mode"], report["requested"], report["fallback"])
 
 
 def train(
@@ -584,8 +604,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--amp", action=argparse.BooleanOptionalAction, help="bf16 autocast (default: on GPU only)")
     e.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction,
                    help="capture the whole step in one CUDA graph (default: on; GPU only)")  # fmt: skip
-    e.add_argument("--compile", action=argparse.BooleanOptionalAction,
-                   help="torch.compile the forward + loss (compiled during the warm-up steps; default: off)")
+    e.add_argument("--compile", nargs="?", const=DEFAULT_COMPILE, choices=list(COMPILE_PRESETS), metavar="PRESET",
+                   help=f"torch.compile the forward + loss, compiled during the warm-up steps (default: off); "
+                        f"PRESET is a set of Inductor options: {', '.join(COMPILE_PRESETS)} "
+                        f"(tpn.engine.COMPILE_PRESETS; without one: {DEFAULT_COMPILE})")  # fmt: skip
+    e.add_argument("--no-compile", dest="compile", action="store_const", const=None, help="do not compile (default)")
     e.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
                    help="channels_last_3d memory format (default: on for 3D models on GPU)")  # fmt: skip
     return p
