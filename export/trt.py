@@ -337,7 +337,7 @@ def export_engine(
         arts.append(ArtifactResult("engine", None, False, missing=str(e)))
     built = [a for a in arts if a.built]
     reports = gate(
-        [a.path for a in built], model_name=model, val_shards=val_shards, split=split,
+        [a.path for a in built], model_name=model, source=source, val_shards=val_shards, split=split,
         thresholds=thresholds or Thresholds(), zoo_checkpoint=zoo_checkpoint, batch_size=batch_size,
         max_videos=max_videos,
     )  # fmt: skip

@@ -453,12 +453,14 @@ def gate(
     max_videos: int | None = None,
     synthetic: int = 8,
     seed: int = 0,
+    source: ModelSource | None = None,
 ) -> list[GateReport]:
     """Gate every artifact of one model against PyTorch (see the module docstring); one report each.
 
     `model_name` may also be a zoo model already holding the weights (from
     `tpn.create_model` or `export.common.load_model`), as the export pipeline
-    passes it. `split` picks `<split>-*.tar` of the shard folder ("all" or
+    passes it, with `source` saying where its weights came from (else a
+    module counts as weights of unknown origin). `split` picks `<split>-*.tar` of the shard folder ("all" or
     None: every tar). Raises ExportError for unusable inputs (unknown model,
     wrong checkpoint, missing shards or split, an artifact of another model
     or input size).
@@ -474,7 +476,8 @@ def gate(
     metas = [artifact_metadata(a) for a in artifacts]
     for meta, art in zip(metas, artifacts):
         check_artifact_model(meta, art, name)
-    model, source = load_model(model_name, checkpoint)
+    model, loaded = load_model(model_name, checkpoint)
+    source = source or loaded
     for meta, art in zip(metas, artifacts):
         check_artifact_weights(meta, art, source)
     tracks = [_new_track(a, backend, source, val_shards, thresholds) for a in artifacts]
