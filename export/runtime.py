@@ -252,8 +252,8 @@ def gpu_build_hidden(providers: list[str], cuda: bool) -> str | None:
         return None
     return (
         f"onnxruntime-gpu {gpu} is installed but ONNX Runtime offers no CUDA provider: the CPU package "
-        "onnxruntime shares its files; run `pip uninstall -y onnxruntime onnxruntime-gpu && "
-        "pip install onnxruntime-gpu`"
+        "onnxruntime installs the same `onnxruntime` package and its files won; run "
+        "`pip install --force-reinstall --no-deps onnxruntime-gpu`"
     )
 
 

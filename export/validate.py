@@ -383,10 +383,14 @@ def shard_pass(
     tracks: list[_Track], model: nn.Module, *, val_shards, split: str | None, batch_size: int, max_videos: int | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run PyTorch once and every artifact over the shards; returns (PyTorch scores, labels), one row per video."""
+    from tqdm import tqdm
+
     clip = model.config.clip
     views = clip.num_test_views
     ref, labels = [], []
+    bar = tqdm(total=max_videos, unit="video", desc="gate", disable=None, file=sys.stderr)  # on a terminal only
     for clips, y in view_batches(val_shards, model, split=split, batch_size=batch_size):
+        bar.update(len(y))
         x = clips.flatten(0, 1)  # (N * V, 3, T, H, W), video by video
         r = _torch_forward(model, x).cpu()
         ref.append(average_views(r, views))
@@ -398,6 +402,7 @@ def shard_pass(
             t.scores.append(average_views(a, views))
         if max_videos and sum(len(v) for v in labels) >= max_videos:
             break
+    bar.close()
     if not labels:
         raise ExportError(f"no videos in {val_shards}" + (f" (split {split!r})" if split else ""))
     cut = max_videos or None
