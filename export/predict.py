@@ -308,7 +308,7 @@ def _artifact_classifier(source: Path, name: str) -> Classifier:
     except ValueError as e:
         raise ExportError(str(e)) from None
     runner = runtime.load(source)
-    classes = runner.num_classes if getattr(runner, "num_classes", None) else int(meta.get("num_classes", 0))
+    classes = getattr(runner, "num_classes", None) or int(meta.get("num_classes") or tpn.get_config(name).num_classes)
     note = None
     if meta.get("weights") == "random" or meta.get("checkpoint_sha256") == "":
         note = f"{source.name} was exported from random weights: its predictions mean nothing"

@@ -203,6 +203,7 @@ class TrtRunner(Runner):
         _, _, hi = self.engine.get_tensor_profile_shape(self.input_name, 0)  # (min, opt, max)
         self.input_shape = (None, *tuple(hi)[1:])
         self.max_batch = int(hi[0])
+        self.num_classes = int(self.engine.get_tensor_shape(self.output_name)[-1])
         self.backend, self.precision = "trt", "fp16"
         self.device = torch.device("cuda", torch.cuda.current_device())
         self.stream = torch.cuda.Stream(self.device)
