@@ -299,6 +299,7 @@ def load_classifier(source: Path, name: str) -> Classifier:
 def _artifact_classifier(source: Path, name: str) -> Classifier:
     import tpn
     from export import runtime
+    from export.marker import check_marker
     from export.validate import artifact_metadata, check_artifact_model
 
     meta = artifact_metadata(source)
@@ -308,11 +309,13 @@ def _artifact_classifier(source: Path, name: str) -> Classifier:
     except ValueError as e:
         raise ExportError(str(e)) from None
     runner = runtime.load(source)
+    validated = check_marker(source, model=name)
     classes = getattr(runner, "num_classes", None) or int(meta.get("num_classes") or tpn.get_config(name).num_classes)
     note = None
     if meta.get("weights") == "random" or meta.get("checkpoint_sha256") == "":
         note = f"{source.name} was exported from random weights: its predictions mean nothing"
-    return Classifier(lambda x: runner(x).float(), spec, classes, runner.backend, note)
+    status = "validated" if validated.valid else validated.summary()
+    return Classifier(lambda x: runner(x).float(), spec, classes, f"{runner.backend}, {status}", note)
 
 
 def class_names(classes: str | None, checkpoints: list[Path], num_classes: int) -> tuple[list[str], str]:
@@ -464,6 +467,7 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
     if clf.weights_note:
         print(f"WARNING: {clf.weights_note}", flush=True)
+    print(f"{source.name}: {clf.backend}; classes from {names_from}", file=sys.stderr)
     if not videos:
         print(f"error: no video files in {', '.join(args.videos)} (suffixes: {', '.join(sorted(VIDEO_SUFFIXES))})",
               file=sys.stderr)  # fmt: skip
