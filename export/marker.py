@@ -154,7 +154,8 @@ def _check_onnx_weights(art: Path, marker: dict, check: MarkerCheck) -> None:
 
 def _check_checkpoint(marker: dict, checkpoint: str | os.PathLike | None, check: MarkerCheck) -> None:
     want = marker["checkpoint"].get("sha256")
-    path = Path(checkpoint) if checkpoint is not None else _recorded(marker["checkpoint"].get("path"))
+    recorded = _recorded(marker["checkpoint"].get("path"))
+    path = Path(checkpoint) if checkpoint is not None else (Path(recorded) if recorded else None)
     if path is None:
         if want is not None:
             check.notes.append(f"checkpoint {marker['checkpoint'].get('path')} is not there: weights not re-checked")
@@ -167,7 +168,7 @@ def _check_checkpoint(marker: dict, checkpoint: str | os.PathLike | None, check:
 
 def _check_shards(marker: dict, val_shards: str | os.PathLike | None, check: MarkerCheck) -> None:
     data = marker["shards"]
-    folder = Path(val_shards) if val_shards is not None else _recorded(data.get("location"))
+    folder = val_shards if val_shards is not None else _recorded(data.get("location"))
     if folder is None:
         check.notes.append(f"validation shards {data.get('location')} are not there: data not re-checked")
         return
@@ -181,6 +182,11 @@ def _check_shards(marker: dict, val_shards: str | os.PathLike | None, check: Mar
                               "what the artifact was validated on")  # fmt: skip
 
 
-def _recorded(path: str | None) -> Path | None:
-    """A recorded path, if it still exists."""
-    return Path(path) if path and Path(path).exists() else None
+def _recorded(location: str | None) -> str | None:
+    """A recorded path or URL, if it is still there."""
+    from pipeline import storage
+
+    try:
+        return location if location and storage.exists(location) else None
+    except (OSError, ImportError):  # an unreachable store: nothing to re-check against
+        return None

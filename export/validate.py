@@ -512,7 +512,7 @@ def _new_track(artifact, backend, source: ModelSource, val_shards, thresholds: T
 def _gate_on_shards(tracks, model, source, val_shards, split, zoo_checkpoint, batch_size, max_videos) -> None:
     ref, labels = shard_pass(tracks, model, val_shards=val_shards, split=split, batch_size=batch_size,
                              max_videos=max_videos)  # fmt: skip
-    data = {"location": str(Path(val_shards).resolve()), "split": split}
+    data = {"location": _location(val_shards), "split": split}
     try:
         fp = fingerprint(val_shards, split)
         data.update(fingerprint=fp.sha256, fingerprint_kind=fp.kind)
@@ -525,6 +525,13 @@ def _gate_on_shards(tracks, model, source, val_shards, split, zoo_checkpoint, ba
         r.shards, r.protocol = data, protocol_of(model.config.clip)
         judge(r, torch.cat(t.scores)[: len(labels)], ref, labels, zoo_top1=target)
         r.accuracy_validated = r.passed
+
+
+def _location(shards: str | os.PathLike) -> str:
+    """Where the shards are, as the marker records it: a URL as given, a path made absolute."""
+    from pipeline import storage
+
+    return str(shards) if storage.is_remote(shards) else str(Path(shards).resolve())
 
 
 def validate(artifact: str | os.PathLike, **kwargs) -> GateReport:
