@@ -17,7 +17,20 @@ from tests.export_helpers import TINY, make_val_shards, trained_tiny  # noqa: E4
 from tests.test_object_storage import BUCKET, s3, upload  # noqa: E402, F401  (s3: the server fixture)
 
 
-def test_gate_on_object_storage_binds_the_remote_data(s3, tmp_path):
+@pytest.fixture
+def bucket(s3):
+    """The S3 server of the object-storage tests, left as found for the next one in this process.
+
+    moto keeps buckets per process, and fsspec caches filesystems (with the endpoint they were
+    made for): both are cleared, so a later server on another port starts clean.
+    """
+    yield s3
+    s3.rm(BUCKET, recursive=True)
+    type(s3).clear_instance_cache()
+
+
+def test_gate_on_object_storage_binds_the_remote_data(bucket, tmp_path):
+    s3 = bucket
     local = make_val_shards(tmp_path)
     ckpt = trained_tiny(tmp_path, local)
     url = upload(s3, local, "val-shards")
