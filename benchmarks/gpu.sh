@@ -4,7 +4,18 @@
 #
 #   benchmarks/gpu.sh OUT [STAGE ...]
 #
-# Stages (default: all, in this order): env tests train infer data pipeline variants trainrun demo.
+# Stages (default: all, in this order): env tests train infer data pipeline variants trainrun export demo.
+#
+# `export` measures the inference goals on the GPU in one stage: ONNX Runtime's CUDA provider (a smoke
+# test, then benchmarks.infer on tpn_r50_f8s8 at batch 1/8/32: PyTorch fp32/bf16, ORT-CUDA FP32 and
+# FP16, TensorRT FP16 when importable) and the FP16 top-1 agreement on the benchmark's clips. It uses
+# the weights of the trainrun stage (CKPT=FILE to choose others; random weights otherwise, and then the
+# agreement is flagged as meaningless) and the data stage's shards (VAL_SHARDS=DIR to choose others).
+# It needs onnxruntime-gpu, which the GPU image lacks: carry it as wheels with the default set, e.g.
+#   ../shared/tools/device-wheels nvidia-dali-cuda130==2.4.0 nvidia-nvimgcodec-cu13 nvidia-nvjpeg \
+#     nvidia-libnvcomp-cu13==5.3.0.16 astunparse gast optree nvtx makefun libcst onnxruntime-gpu==1.31.1
+# (onnxruntime-gpu 1.31 is built for CUDA 13 and cuDNN 9, as torch cu130 there; its wheel is ~250 MB,
+# so about four more parts). With /tmp/site first on PYTHONPATH its `onnxruntime` shadows the CPU one.
 # Logs go to OUT/<stage>.log, benchmark results to OUT/results/ (the same files `python -m benchmarks`
 # writes), the training run to OUT/run/ (on the shards the data stage made). Each stage has its own time limit; a failed stage is
 # reported and the next one still runs. With GPU_ARCHIVE=FILE.tgz, OUT is packed into FILE after
@@ -12,7 +23,7 @@
 set -uo pipefail
 OUT=${1:?usage: benchmarks/gpu.sh OUT [STAGE ...]}
 shift
-STAGES=${*:-env tests train infer data pipeline variants trainrun demo}
+STAGES=${*:-env tests train infer data pipeline variants trainrun export demo}
 PY=${PYTHON:-python3}
 DATA=/tmp/tpn-bench-data-grain  # where benchmarks.data caches its shards (shards-vp9, shards-jpeg)
 export PYTHONUNBUFFERED=1
@@ -104,11 +115,23 @@ train_stage() {
   return 0
 }
 
+export_check() {  # the inference goals on the GPU; see the header
+  "$PY" -c "import onnxruntime as o; print('onnxruntime', o.__version__, o.get_available_providers())"
+  "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/test_export_runtime_gpu.py || return 1
+  local ckpt=${CKPT:-$OUT/run/best.pth} shards=${VAL_SHARDS:-$DATA/shards-jpeg}
+  local slug; slug=$("$PY" -c 'from benchmarks.__main__ import device_slug; print(device_slug())')
+  local args=(--models tpn_r50_f8s8 --batches 1 8 32 --name "$(date +%F)-$slug-infer-export")
+  [ -f "$ckpt" ] && args+=(--checkpoint "$ckpt") || echo "no checkpoint at $ckpt: random weights"
+  # the trainrun stage's shards (one training split): their clips stand in for validation clips
+  [ -d "$shards" ] && args+=(--val-shards "$shards" --split all --val-videos 128) || echo "no shards at $shards"
+  "$PY" -m benchmarks.infer "${args[@]}"
+}
+
 for s in $STAGES; do
   case $s in
     env) export -f env_check; export PY; stage env 120 bash -c env_check ;;
     tests) stage tests 240 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/test_loader.py \
-             tests/test_train_engine.py tests/test_export_trt.py ;;
+             tests/test_train_engine.py tests/test_export_trt.py tests/test_export_runtime_gpu.py ;;
     # one report per day and device: each --only run joins the report in OUT/results
     train) train_stage ;;
     infer|data|pipeline) stage "$s" 360 "$PY" -m benchmarks --only "$s" --results "$OUT/results" ;;
@@ -118,8 +141,9 @@ for s in $STAGES; do
                 --out "$OUT/run" --epochs 2 --batch-size 16 --no-progress
               stage testrun 300 "$PY" -m tpn.test tpn_r50_f8s8 --checkpoint "$OUT/run/best.pth" \
                 --shards "$DATA/shards-jpeg" --out "$OUT/run/test.json" ;;
+    export) export -f export_check; export PY OUT DATA; stage export 540 bash -c export_check ;;
     demo) stage demo 420 "$PY" -m tpn.demo --size smoke --out /tmp/tpn-demo-gpu ;;
-    *) echo "unknown stage $s (env tests train infer data pipeline variants trainrun demo)"; status=2 ;;
+    *) echo "unknown stage $s (env tests train infer data pipeline variants trainrun export demo)"; status=2 ;;
   esac
 done
 cat "$OUT/stages.txt"

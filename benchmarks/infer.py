@@ -1,24 +1,39 @@
-"""Inference speed of exported models: PyTorch FP32 / BF16, ONNX Runtime, TensorRT FP16, side by side.
+"""Inference speed of exported models: PyTorch FP32 / BF16, ONNX Runtime (CPU, CUDA FP32 / FP16), TensorRT FP16.
 
     python -m benchmarks.infer            # tiny model at 1/8/32 + tpn_r50_f8s8 at 1/8 (1/8/32 on a GPU)
     python -m benchmarks.infer --full     # tpn_r50_f8s8 at 32 on CPU too, and BF16 on CPUs without native BF16
     python -m benchmarks.infer --tiny     # CI smoke run: the tiny model at batch 1 and 8, two rounds
+    python -m benchmarks.infer --models tpn_r50_f8s8 --checkpoint best.pth --val-shards shards/  # + agreement
 
 For every (model, batch) the backends run in interleaved rounds (one call
-of each per round, after warm-up), so a busy machine slows them alike and
-the ratios stay comparable; the median over rounds is reported, with clips/s
-and the ratio to PyTorch FP32 eager. Each backend's logits are compared with
-PyTorch FP32 on the same clips, so a fast wrong backend cannot hide.
+of each per round, after warm-up), so a busy machine slows them alike; the
+median over rounds is reported, with clips/s and the ratio to PyTorch FP32
+eager. PyTorch and ONNX Runtime get the same number of CPU threads
+(`--threads`, default all cores). Each backend's logits are compared with
+PyTorch FP32 on the timed clips, so a fast wrong backend cannot hide.
+
+Fairness control on a CPU: at batch 1 PyTorch and ONNX Runtime also run on
+one thread each. Multi-threaded PyTorch slower than single-threaded means
+the cores were not free (other load, or threads fighting): the CPU ratios of
+that model are then marked unreliable, and so is any goal judged on them.
 
 Backends: PyTorch FP32 eager; PyTorch BF16 autocast (CPU too); ONNX Runtime
-through `export.runtime` (CPU provider here, CUDA provider with
-onnxruntime-gpu and a GPU) at each graph-optimisation level at batch 1,
-the runtime's default level at other batches; TensorRT FP16 (mixed ONNX
-from `export.fp16`, one engine with profile 1..max batch, opt 8) where
-TensorRT and a GPU are present.
+through `export.runtime`: on a CPU the FP32 ONNX at each graph-optimisation
+level at batch 1 (the default level at other batches); on a GPU with
+onnxruntime-gpu (`pip install -e ".[gpu]"`) the CUDA provider with the FP32
+ONNX (TF32 as PyTorch's FP32 convolutions) and the mixed-precision FP16 ONNX
+from `export.fp16`, torch tensors bound in place; TensorRT FP16 where
+TensorRT and a GPU are present (one engine, profile 1..max batch, opt 8).
 
-Goals: ONNX Runtime CPU >= 1.2x PyTorch CPU eager at batch 1; TensorRT
-FP16 >= 5x PyTorch FP32 eager on an H100. Writes
+With `--val-shards`, every backend also classifies the test-protocol views
+of up to `--val-videos` validation videos (centre-cropped to the exported
+size), and its top-1 agreement with PyTorch FP32 is reported per view and
+per video. That needs trained weights (`--checkpoint`): on random weights
+the logits are near ties and agreement says little.
+
+Goals: ONNX Runtime CPU >= 1.2x PyTorch CPU eager at batch 1; ORT-CUDA FP16
+>= 3x PyTorch FP32 eager at batch 32 and FP16 top-1 agreement >= 99.5% on
+validation clips (tpn_r50_f8s8, on a GPU); TensorRT FP16 >= 5x. Writes
 benchmarks/results/infer.json and infer.png.
 """
 
@@ -44,14 +59,17 @@ from export.common import ExportError, load_model, synthetic_clips
 
 ORT_LEVELS = ("all", "extended", "basic", "disable")
 BASELINE = "torch-fp32"
+ONE_THREAD = " (1 thread)"
 ORT_CPU_ON_GPU_NOTE = (
-    "onnxruntime has no CUDA provider here (install onnxruntime-gpu for it): ONNX Runtime runs on the "
-    "CPU at batch 1 only, for reference, against PyTorch on the GPU"
+    "onnxruntime has no CUDA provider here (install onnxruntime-gpu for it: pip install -e '.[gpu]'): ONNX "
+    "Runtime runs on the CPU at batch 1 only, for reference, against PyTorch on the GPU"
 )
 GOALS = {  # backend: (device, batch or None for the best, minimum speed-up over PyTorch FP32 eager)
     "ort-cpu": ("cpu", 1, 1.2),
+    "ort-cuda-fp16": ("cuda", 32, 3.0),
     "trt-fp16": ("cuda", None, 5.0),
 }
+AGREEMENT_GOAL = ("ort-cuda-fp16", 0.995)  # video-level top-1 agreement with PyTorch FP32 on validation clips
 
 
 # ----------------------------------------------------------------- pure helpers
@@ -86,9 +104,24 @@ def add_ratios(rows: list[dict], baseline: str = BASELINE) -> list[dict]:
     return rows
 
 
+def unreliable_models(rows: list[dict]) -> dict[str, str]:
+    """model -> why its CPU ratios cannot be trusted: PyTorch on N threads slower than on one."""
+    out = {}
+    for r in rows:
+        one = next((c for c in rows if c["model"] == r["model"] and c["batch"] == r["batch"]
+                    and c["backend"] == BASELINE + ONE_THREAD), None)  # fmt: skip
+        if r["backend"] == BASELINE and r["device"] == "cpu" and one and r["median_ms"] > one["median_ms"]:
+            out[r["model"]] = (
+                f"{r['model']}: PyTorch on {r['threads']} threads took {r['median_ms']:.0f} ms, more than on 1 thread "
+                f"({one['median_ms']:.0f} ms): the cores were not free, so its CPU ratios are not trustworthy"
+            )
+    return out
+
+
 def goal_lines(rows: list[dict], device: str) -> list[str]:
-    """The issue's speed goals, judged on the default backend (what `export.runtime.load` gives)."""
+    """The speed goals, judged on the default backends (what `export.runtime.load` gives)."""
     key = "ratio_vs_" + BASELINE.replace("-", "_")
+    shaky = unreliable_models(rows)
     lines = []
     for backend, (dev, batch, target) in GOALS.items():
         hits = [
@@ -102,11 +135,27 @@ def goal_lines(rows: list[dict], device: str) -> list[str]:
             continue
         best = max(hits, key=lambda r: r[key])
         verdict = "met" if best[key] >= target else "NOT met"
+        if best["model"] in shaky:
+            verdict = f"UNRELIABLE ({verdict} in this run; see the fairness note)"
         lines.append(
             f"{backend} >= {target}x PyTorch FP32 eager ({where}, {best['model']}): {best[key]:.2f}x "
             f"at batch {best['batch']} -> {verdict}"
         )
-    return lines
+    return lines + [agreement_goal_line(rows, device)]
+
+
+def agreement_goal_line(rows: list[dict], device: str) -> str:
+    backend, target = AGREEMENT_GOAL
+    hits = [r for r in rows if r["backend"] == backend and r.get("val_video_agreement") is not None
+            and not r.get("tiny") and device == "cuda"]  # fmt: skip
+    head = f"{backend} top-1 agreement with PyTorch FP32 >= {100 * target:g}% on validation clips"
+    if not hits:
+        return f"{head}: not measured on this machine"
+    r = hits[0]
+    verdict = "met" if r["val_video_agreement"] >= target else "NOT met"
+    if r.get("weights") == "random":
+        verdict += ", but on random weights, which says little"
+    return f"{head} ({r['model']}): {100 * r['val_video_agreement']:.2f}% of {r['val_videos']} videos -> {verdict}"
 
 
 # ----------------------------------------------------------------- timing
@@ -139,41 +188,65 @@ def torch_fn(model: torch.nn.Module, x: torch.Tensor, bf16: bool) -> Callable[[]
     return run
 
 
+@contextlib.contextmanager
+def torch_threads(n: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 # ----------------------------------------------------------------- backends of one model
 
 
-def build_artifacts(model: torch.nn.Module, source, work: Path, *, want_trt: bool, max_batch: int) -> dict[str, str]:
-    """FP32 ONNX always; FP16 ONNX and an engine when TensorRT can build one here."""
+def build_artifacts(
+    model: torch.nn.Module, source, work: Path, *, want_fp16: bool, want_trt: bool, max_batch: int, calibration=None
+) -> dict[str, str]:
+    """FP32 ONNX always; FP16 ONNX for ORT-CUDA or TensorRT; an engine when TensorRT can build one here."""
     from export.onnx import export_onnx
 
     arts = {"onnx": export_onnx(model, source=source, out_dir=work, parity_batches=(1,)).path}
-    if want_trt:
+    if want_fp16 or want_trt:
         from export.fp16 import to_fp16
+
+        arts["fp16"] = to_fp16(arts["onnx"], calibration=calibration).path
+    if want_trt:
         from export.trt import build_engine
 
-        arts["fp16"] = to_fp16(arts["onnx"]).path
         arts["engine"] = build_engine(arts["fp16"], max_batch=max_batch, opt_batch=min(8, max_batch)).path
     return arts
 
 
+def runners_for(arts: dict[str, str], device: str, batch: int, *, threads: int, gpu_ort: bool) -> dict[str, Callable]:
+    """name -> runner(x) of every exported backend that runs here at this batch."""
+    run: dict[str, Callable] = {}
+    if device == "cuda":
+        if gpu_ort:
+            tf32 = torch.backends.cudnn.allow_tf32  # as PyTorch's FP32 eager convolutions
+            run["ort-cuda-fp32"] = runtime.load(arts["onnx"], backend="ort-cuda", tf32=tf32)
+            run["ort-cuda-fp16"] = runtime.load(arts["fp16"], backend="ort-cuda")
+        elif batch == 1:  # see ORT_CPU_ON_GPU_NOTE
+            run["ort-cpu"] = runtime.load(arts["onnx"], backend="ort-cpu", threads=threads)
+        if "engine" in arts:
+            run["trt-fp16"] = runtime.load(arts["engine"])
+        return run
+    for level in ORT_LEVELS if batch == 1 else ("all",):
+        label = "ort-cpu" if level == "all" else f"ort-cpu ({level})"
+        run[label] = runtime.load(arts["onnx"], backend="ort-cpu", threads=threads, level=level)
+    return run
+
+
 def backends_for(
-    model: torch.nn.Module, arts: dict[str, str], x: torch.Tensor, batch: int, *, bf16: bool, threads: int
-) -> dict[str, Callable[[], torch.Tensor]]:
-    dev = x.device
+    model: torch.nn.Module, arts: dict[str, str], x: torch.Tensor, batch: int, *, bf16: bool, threads: int,
+    gpu_ort: bool,
+) -> dict[str, Callable[[], torch.Tensor]]:  # fmt: skip
     fns = {BASELINE: torch_fn(model, x, bf16=False)}
     if bf16:
         fns["torch-bf16"] = torch_fn(model, x, bf16=True)
-    ort_dev = "cuda" if dev.type == "cuda" and "CUDAExecutionProvider" in runtime.ort_providers() else "cpu"
-    levels = ORT_LEVELS if batch == 1 and ort_dev == "cpu" else ("all",)
-    if dev.type == "cuda" and ort_dev == "cpu":
-        levels = ("all",) if batch == 1 else ()  # see ORT_CPU_ON_GPU_NOTE
-    for level in levels:
-        r = runtime.load(arts["onnx"], backend=f"ort-{ort_dev}", threads=threads, level=level)
-        label = f"ort-{ort_dev}" if level == "all" else f"ort-{ort_dev} ({level})"
-        fns[label] = lambda r=r: r(x)
-    if "engine" in arts:
-        eng = runtime.load(arts["engine"])
-        fns["trt-fp16"] = lambda: eng(x)
+    for name, r in runners_for(arts, x.device.type, batch, threads=threads, gpu_ort=gpu_ort).items():
+        fns[name] = lambda r=r: r(x)
     return fns
 
 
@@ -190,34 +263,111 @@ def agreement(outs: dict[str, torch.Tensor]) -> dict[str, dict]:
     return res
 
 
+def single_thread_control(model, arts, x: torch.Tensor, *, rounds: int, warmup: int) -> dict[str, list[float]]:
+    """PyTorch and ONNX Runtime on one thread each, interleaved: the yardstick of the fairness check."""
+    ort1 = runtime.load(arts["onnx"], backend="ort-cpu", threads=1)
+    with torch_threads(1):
+        fns = {BASELINE + ONE_THREAD: torch_fn(model, x, bf16=False), "ort-cpu" + ONE_THREAD: lambda: ort1(x)}
+        return interleaved(fns, rounds=rounds, warmup=warmup, sync=False)
+
+
+# ----------------------------------------------------------------- agreement on validation clips
+
+
+def val_batches(val_shards: str, clip, split: str | None, videos: int, hw: tuple[int, int]):
+    """(n * V, 3, T, h, w) test-protocol views of up to `videos` videos, batch by batch, centre-cropped to `hw`."""
+    from pipeline import ClipLoader
+
+    seen = 0
+    for clips, _ in ClipLoader(val_shards, clip, mode="test", batch_size=4, split=split):
+        clips = clips[: videos - seen]
+        h, w = clips.shape[-2:]
+        top, left = (h - hw[0]) // 2, (w - hw[1]) // 2
+        yield clips[..., top : top + hw[0], left : left + hw[1]].flatten(0, 1)
+        seen += len(clips)
+        if seen >= videos:
+            return
+
+
+def val_agreement(model, arts, batches, per_video: int, *, device, threads: int, gpu_ort: bool, bf16: bool,
+                  chunk: int = 32) -> dict[str, dict]:  # fmt: skip
+    """Per-view and per-video top-1 agreement of each backend with PyTorch FP32 on validation views."""
+    from tpn.metrics import average_views
+
+    fns = {BASELINE: lambda x: torch_fn(model, x, False)()}
+    if bf16:
+        fns["torch-bf16"] = lambda x: torch_fn(model, x, True)()
+    fns.update(runners_for(arts, device.type, chunk, threads=threads, gpu_ort=gpu_ort))
+    views = {k: [] for k in fns}  # per-view predicted classes
+    videos = {k: [] for k in fns}  # per-video predicted classes
+    for x in batches:
+        for name, fn in fns.items():
+            y = torch.cat([fn(x[i : i + chunk].to(device)).float().cpu() for i in range(0, len(x), chunk)])
+            views[name].append(y.argmax(1))
+            videos[name].append(average_views(y, per_video).argmax(1))
+    ref_view, ref_video = torch.cat(views[BASELINE]), torch.cat(videos[BASELINE])
+    return {
+        name: {
+            "val_view_agreement": float((torch.cat(views[name]) == ref_view).float().mean()),
+            "val_video_agreement": float((torch.cat(videos[name]) == ref_video).float().mean()),
+            "val_videos": len(ref_video),
+        }
+        for name in fns
+    }
+
+
+# ----------------------------------------------------------------- one model
+
+
 def bench_model(
-    name: str, batches: list[int], *, rounds: int, warmup: int, bf16: bool, threads: int, log
-) -> list[dict]:
+    name: str, batches: list[int], *, rounds: int, warmup: int, bf16: bool, threads: int, log,
+    checkpoint: str | None = None, val: dict | None = None, control: bool = True,
+) -> list[dict]:  # fmt: skip
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
-    model, source = load_model(name)
+    model, source = load_model(name, checkpoint)
+    if source.random_weights_warning():
+        log(source.random_weights_warning())
     cfg = model.config
+    gpu_ort = dev.type == "cuda" and "CUDAExecutionProvider" in runtime.ort_providers()
     want_trt = dev.type == "cuda" and _trt_usable()
     rows = []
     with tempfile.TemporaryDirectory(prefix="infer-bench-") as work:
-        log(f"[{name}] exporting (ONNX{', FP16 ONNX, TensorRT engine' if want_trt else ''}) ...")
+        log(f"[{name}] exporting (ONNX{', FP16 ONNX' if gpu_ort or want_trt else ''}"
+            f"{', TensorRT engine' if want_trt else ''}) ...")  # fmt: skip
         # exported from the CPU copy (the exporter's parity check runs ONNX Runtime on the CPU)
-        arts = build_artifacts(model, source, Path(work), want_trt=want_trt, max_batch=max(batches))
+        arts = build_artifacts(model, source, Path(work), want_fp16=gpu_ort, want_trt=want_trt,
+                               max_batch=max(batches), calibration=(val or {}).get("shards"))  # fmt: skip
         model = model.to(dev)
+        load_before = os.getloadavg()[0]
         for batch in batches:
             x = torch.from_numpy(
                 synthetic_clips(batch, cfg.input_shape, mean=cfg.clip.mean, std=cfg.clip.std, seed=batch)
             ).to(dev)
-            fns = backends_for(model, arts, x, batch, bf16=bf16, threads=threads)
+            fns = backends_for(model, arts, x, batch, bf16=bf16, threads=threads, gpu_ort=gpu_ort)
             outs = {k: fn() for k, fn in fns.items()}
             agree = agreement(outs)
             times = interleaved(fns, rounds=rounds, warmup=warmup, sync=dev.type == "cuda")
+            if control and dev.type == "cpu" and batch == 1 and threads > 1:
+                times |= single_thread_control(model, arts, x, rounds=rounds, warmup=warmup)
             for backend, secs in times.items():
                 rows.append({
                     "model": name, "tiny": cfg.tiny, "batch": batch, "backend": backend, "device": dev.type,
-                    **summarize(secs, batch), **agree[backend],
+                    "threads": 1 if backend.endswith(ONE_THREAD) else threads, "weights": source.weights,
+                    **summarize(secs, batch), **agree.get(backend, {}),
                 })  # fmt: skip
             log(table([r for r in rows if r["model"] == name and r["batch"] == batch]))
+        for r in rows:
+            r["load_avg_1m"] = [load_before, os.getloadavg()[0]]
+        if val:
+            batches = val_batches(val["shards"], cfg.clip, val["split"], val["videos"], cfg.input_shape[-2:])
+            res = val_agreement(model, arts, batches, cfg.clip.num_test_views, device=dev, threads=threads,
+                                gpu_ort=gpu_ort, bf16=bf16)  # fmt: skip
+            for r in rows:
+                r.update(res.get(r["backend"], {}))
+            log("agreement on validation clips: " + ", ".join(
+                f"{k} {100 * v['val_video_agreement']:.2f}% of videos ({100 * v['val_view_agreement']:.2f}% of views)"
+                for k, v in res.items() if k != BASELINE))  # fmt: skip
     return rows
 
 
@@ -233,12 +383,13 @@ def _trt_usable() -> bool:
 def table(rows: list[dict]) -> str:
     rows = add_ratios([dict(r) for r in rows])
     key = "ratio_vs_" + BASELINE.replace("-", "_")
-    lines = [f"{'model':<16} {'batch':>5}  {'backend':<22} {'median ms':>10} {'clips/s':>9} {'vs fp32':>8} {'max|diff|':>10}"]
+    lines = [f"{'model':<16} {'batch':>5}  {'backend':<24} {'median ms':>10} {'clips/s':>9} {'vs fp32':>8} {'max|diff|':>10}"]
     for r in rows:
         ratio = f"{r[key]:.2f}x" if r[key] else "-"
+        diff = f"{r['max_abs_diff']:>10.2g}" if r.get("max_abs_diff") is not None else f"{'-':>10}"
         lines.append(
-            f"{r['model']:<16} {r['batch']:>5}  {r['backend']:<22} {r['median_ms']:>10.1f} "
-            f"{r['clips_per_s']:>9.2f} {ratio:>8} {r['max_abs_diff']:>10.2g}"
+            f"{r['model']:<16} {r['batch']:>5}  {r['backend']:<24} {r['median_ms']:>10.1f} "
+            f"{r['clips_per_s']:>9.2f} {ratio:>8} {diff}"
         )
     return "\n".join(lines)
 
@@ -301,8 +452,9 @@ def plan(args: argparse.Namespace, gpu: bool) -> list[tuple[str, list[int]]]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.infer",
-        description="Clips/s and latency of PyTorch FP32/BF16, ONNX Runtime and TensorRT FP16 on the same clips; "
-        "writes benchmarks/results/infer.json and infer.png.",
+        description="Clips/s and latency of PyTorch FP32/BF16, ONNX Runtime (CPU; CUDA FP32 and FP16 with "
+        "onnxruntime-gpu) and TensorRT FP16 on the same clips, same threads, interleaved rounds; writes "
+        "benchmarks/results/infer.json and infer.png.",
     )
     p.add_argument("--model", default="tpn_r50_f8s8", help="full-size model (default %(default)s)")
     p.add_argument("--tiny-model", default="tpn_tiny_f8s4", help="tiny model (default %(default)s)")
@@ -314,8 +466,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--rounds", type=int,
         help="timed rounds per batch (default: GPU 20; CPU 5 tiny, 3 full-size; --tiny 2)",
     )  # fmt: skip
-    p.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default %(default)s)")
-    p.add_argument("--threads", type=int, help="CPU threads for PyTorch and ONNX Runtime (default: all cores)")
+    p.add_argument("--warmup", type=int, help="untimed rounds first (default: GPU 3, CPU 2; the first "
+                   "multi-threaded CPU calls build kernels and thread pools)")  # fmt: skip
+    p.add_argument("--threads", type=int, help="CPU threads for PyTorch and ONNX Runtime alike (default: all cores)")
+    p.add_argument("--no-control", action="store_true", help="skip the single-thread fairness control on a CPU")
+    p.add_argument("--checkpoint", help="weights for --models / the full model (default: random weights, said so)")
+    p.add_argument("--val-shards", help="validation shards: also report each backend's top-1 agreement on them")
+    p.add_argument("--split", default="val", help="split of --val-shards (default %(default)s; 'all': every shard)")
+    p.add_argument("--val-videos", type=int, default=200, help="validation videos for the agreement (default %(default)s)")
     p.add_argument("--name", default="infer", help="results name under benchmarks/results/ (default %(default)s)")
     return p
 
@@ -333,24 +491,36 @@ def main(argv: list[str] | None = None) -> int:
     ]  # fmt: skip
     rows: list[dict] = []
     try:
+        val = _val_settings(args)
         for name, batches in plan(args, gpu):
             tiny = tpn.get_config(name).tiny
             default_rounds = 2 if args.tiny else (20 if gpu else (5 if tiny else 3))
             rows += bench_model(
-                name, batches, rounds=args.rounds or default_rounds, warmup=args.warmup,
+                name, batches, rounds=args.rounds or default_rounds, warmup=args.warmup or (3 if gpu else 2),
                 bf16=native_bf16 or tiny or args.full, threads=threads, log=print,
+                checkpoint=None if tiny and not args.models else args.checkpoint, val=None if tiny and not args.models else val,
+                control=not args.no_control,
             )  # fmt: skip
     except (ExportError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     add_ratios(rows)
     goals = goal_lines(rows, "cuda" if gpu else "cpu")
+    notes += list(unreliable_models(rows).values())
     print("\n" + table(rows) + "\n\n" + "\n".join(goals + notes))
     settings = {k: v for k, v in vars(args).items()} | {"threads": threads}
     path = write_results(args.name, {"settings": settings, "rows": rows, "goals": goals, "notes": notes})
     png = plot(rows, results_path(args.name, ".png"))
     print(f"results: {path}\nplot: {png}")
     return 0
+
+
+def _val_settings(args: argparse.Namespace) -> dict | None:
+    if not args.val_shards:
+        return None
+    from export.shards import resolve_split
+
+    return {"shards": args.val_shards, "split": resolve_split(args.val_shards, args.split), "videos": args.val_videos}
 
 
 if __name__ == "__main__":

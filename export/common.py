@@ -192,6 +192,18 @@ class ModelSource:
     checkpoint: str | None = None
     checkpoint_sha256: str | None = None
     zoo_weights: bool = False  # the checkpoint's sha256 is the zoo entry's published one
+    weights: str = "random"  # "random" (no checkpoint), "checkpoint", "zoo" or "module" (a caller's model)
+
+    def random_weights_warning(self) -> str | None:
+        """The line every export without a checkpoint starts with (None when there are real weights)."""
+        return RANDOM_WEIGHTS.format(name=self.name) if self.weights == "random" else None
+
+
+RANDOM_WEIGHTS = (
+    "WARNING: random weights: no --checkpoint was given and the toolkit bundles no zoo weights, so {name} is "
+    "exported with its random initial weights; the files run, but Top-1 gates and accuracy figures are "
+    "meaningless for them (pass --checkpoint FILE)"
+)
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -238,7 +250,21 @@ def load_model(name_or_model: str | nn.Module, checkpoint: str | Path | None = N
             raise ExportError(f"cannot use checkpoint for {name_or_model}: {e}") from None
         if checkpoint is not None:
             _load_weights(model, checkpoint)
-    return model.eval(), _source(model, checkpoint)
+    source = _source(model, checkpoint)
+    if isinstance(name_or_model, nn.Module) and checkpoint is None:
+        source.weights = "module"  # whatever the caller's module holds: not ours to judge
+    return model.eval(), source
+
+
+def random_weights_notice(name: str, checkpoint: str | os.PathLike | None) -> str | None:
+    """The first line of an export command run without weights (None with a checkpoint or an unknown name)."""
+    if checkpoint is not None:
+        return None
+    try:
+        tpn.get_config(name)
+    except ValueError:
+        return None  # the unknown name is the error to report
+    return RANDOM_WEIGHTS.format(name=name)
 
 
 def _load_weights(model: nn.Module, checkpoint: str | Path) -> None:
@@ -255,6 +281,9 @@ def _source(model: nn.Module, checkpoint: str | Path | None) -> ModelSource:
         src.checkpoint = str(checkpoint)
         src.checkpoint_sha256 = file_sha256(checkpoint)
         src.zoo_weights = cfg.weights_sha256 is not None and src.checkpoint_sha256 == cfg.weights_sha256
+        src.weights = "zoo" if src.zoo_weights else "checkpoint"
+    elif checkpoint is not None:  # a state dict in memory
+        src.weights = "checkpoint"
     return src
 
 

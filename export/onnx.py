@@ -45,6 +45,7 @@ from export.common import (
     load_model,
     quiet_exporter,
     publish,
+    random_weights_notice,
     staging_dir,
     fsync_file,
     synthetic_clips,
@@ -214,7 +215,7 @@ def export_onnx(
     proto = trace_program(model, shape, batch=batch, opset=opset).model_proto
     add_metadata(proto, {
         "model": cfg.name, "num_classes": source.num_classes, "input_hw": f"{shape[2]}x{shape[3]}",
-        "checkpoint_sha256": source.checkpoint_sha256 or "", "precision": "fp32",
+        "checkpoint_sha256": source.checkpoint_sha256 or "", "weights": source.weights, "precision": "fp32",
     })  # fmt: skip
     with staging_dir(out_dir) as stage:
         files = write_model(proto, stage / f"{cfg.name}.onnx", external_data=external_data)
@@ -305,6 +306,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = Path(args.out) if args.out else default_out_dir(args.name)
     settings = {k: v for k, v in vars(args).items()} | {"out": str(out)}
+    warning = random_weights_notice(args.name, args.checkpoint)
+    if warning:
+        print(warning, flush=True)
+    head = {"settings": settings, "weights": "random" if warning else "checkpoint", "warning": warning}
     try:
         report = export_onnx(
             args.name, checkpoint=args.checkpoint, out_dir=out, batch=args.batch, size=args.size,
@@ -312,13 +317,13 @@ def main(argv: list[str] | None = None) -> int:
             tolerance=TOLERANCES[args.tolerance], seed=args.seed,
         )  # fmt: skip
     except CheckFailed as e:
-        write_json({"settings": settings, "onnx": e.report, "passed": False}, out / "report.json")
+        write_json({**head, "onnx": e.report, "passed": False}, out / "report.json")
         print(f"error: {e}", file=sys.stderr)
         return EXIT_FAILED
     except ExportError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
-    write_json({"settings": settings, "onnx": report, "passed": True}, out / "report.json")
+    write_json({**head, "onnx": report, "passed": True}, out / "report.json")
     print(report.summary())
     print(f"report: {out / 'report.json'}")
     return EXIT_OK

@@ -4,15 +4,20 @@
     logits = runner(clips)  # (N, 3, T, H, W) float32 -> (N, num_classes) float32
 
 `.onnx` files run in ONNX Runtime (the CUDA provider when onnxruntime-gpu
-and a GPU are present, else the CPU provider); `.engine` / `.plan` files
-run in TensorRT. Outputs live on the runner's device (the GPU when there
-is one); inputs may live anywhere. Batches larger than an engine's
-optimisation profile are split.
+and a GPU are present, `pip install -e ".[gpu]"`, else the CPU provider);
+`.engine` / `.plan` files run in TensorRT. Outputs are float32 logits on
+the runner's device (the GPU when there is one); inputs may live anywhere
+and are cast to the file's input type. On the GPU both ONNX Runtime and
+TensorRT read and write torch's CUDA tensors in place. Batches larger than
+an engine's optimisation profile are split. `load(...,
+require_validated=True)` refuses a file whose Top-1 gate marker does not
+hold.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -42,7 +47,7 @@ def pick_backend(path: str | os.PathLike, backend: Backend, *, ort_providers: li
         raise ExportError(f"{path} is a TensorRT engine; ONNX Runtime runs .onnx files")
     if backend == "ort-cuda" and not (cuda and "CUDAExecutionProvider" in ort_providers):
         raise MissingDependencyError(
-            "ONNX Runtime's CUDA provider is not available: install onnxruntime-gpu (instead of onnxruntime) "
+            "ONNX Runtime's CUDA provider is not available: install onnxruntime-gpu (pip install -e \".[gpu]\") "
             "on a machine with an NVIDIA GPU, or use backend='ort-cpu'"
         )
     return backend
@@ -92,40 +97,89 @@ def ort_session_options(threads: int | None = None, level: str = "all"):
     return so
 
 
+# ONNX element types -> torch dtypes for I/O binding
+ORT_TYPES = {"tensor(float)": torch.float32, "tensor(float16)": torch.float16}
+
+
 class OrtRunner(Runner):
+    """ONNX Runtime; on CUDA, torch's tensors are bound to the session in place (I/O binding).
+
+    On the GPU the session runs on a CUDA stream of its own that torch
+    created (ORT treats stream handle 0, torch's default stream, as "none"),
+    ordered after the caller's stream and before it again with events, and
+    the run does not synchronise the host: inputs and outputs stay on the
+    GPU, with no round trip through host memory. Convolutions run in the
+    ONNX file's precision (an FP16 ONNX computes in FP16), with TF32 off
+    unless `tf32=True`, so an FP32 file runs the arithmetic it was gated
+    with.
+    """
+
     def __init__(
-        self, path: str | os.PathLike, *, cuda: bool, threads: int | None = None, level: str = "all"
-    ) -> None:
+        self, path: str | os.PathLike, *, cuda: bool, threads: int | None = None, level: str = "all",
+        tf32: bool = False,
+    ) -> None:  # fmt: skip
         import onnxruntime as ort
 
-        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
-        self.session = ort.InferenceSession(str(path), ort_session_options(threads, level), providers=providers)
         self.backend = "ort-cuda" if cuda else "ort-cpu"
         self.device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+        self.stream = torch.cuda.Stream(self.device) if cuda else None
+        providers = cuda_providers(self.device.index or 0, self.stream, tf32) if cuda else ["CPUExecutionProvider"]
+        self.session = ort.InferenceSession(str(path), ort_session_options(threads, level), providers=providers)
+        if cuda and "CUDAExecutionProvider" not in self.session.get_providers():
+            raise MissingDependencyError(f"ONNX Runtime could not start its CUDA provider for {path} (see its log above)")
         inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]
         self.input_name, self.output_name = inp.name, out.name
+        self.input_dtype, self.output_dtype = _torch_dtype(inp.type, path), _torch_dtype(out.type, path)
         self.input_shape = tuple(d if isinstance(d, int) else None for d in inp.shape)
         self.max_batch = self.input_shape[0]
         self.num_classes = out.shape[-1] if isinstance(out.shape[-1], int) else None
         meta = self.session.get_modelmeta().custom_metadata_map
         self.precision = "fp16" if meta.get("tpn.precision", "fp32").startswith("fp16") else "fp32"
+        if self.input_dtype == torch.float16:
+            self.precision = "fp16"
+        self.run_options = ort.RunOptions()
+        # the caller orders its work after ours with an event: ORT need not block the host
+        self.run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         if self.device.type == "cpu":
-            y = self.session.run([self.output_name], {self.input_name: x.cpu().numpy()})[0]
-            return torch.from_numpy(y)
-        return self._run_bound(x.to(self.device))
+            y = self.session.run([self.output_name], {self.input_name: x.cpu().to(self.input_dtype).numpy()})[0]
+            return torch.from_numpy(y).float()
+        return self._run_bound(x.to(self.device, self.input_dtype).contiguous())
 
     def _run_bound(self, x: torch.Tensor) -> torch.Tensor:
-        """Zero-copy on the GPU: bind torch's buffers to the session's input and output."""
-        out = torch.empty((x.shape[0], self.num_classes), dtype=torch.float32, device=self.device)
+        """(N, 3, T, H, W) on the GPU -> (N, K) logits on the GPU, without leaving it."""
+        caller = torch.cuda.current_stream(self.device)
+        out = torch.empty((x.shape[0], self.num_classes), dtype=self.output_dtype, device=self.device)
         b = self.session.io_binding()
         idx = self.device.index or 0
-        b.bind_input(self.input_name, "cuda", idx, np.float32, tuple(x.shape), x.data_ptr())
-        b.bind_output(self.output_name, "cuda", idx, np.float32, tuple(out.shape), out.data_ptr())
-        torch.cuda.current_stream(self.device).synchronize()  # x must be written before ORT reads it
-        self.session.run_with_iobinding(b)
-        return out
+        b.bind_input(self.input_name, "cuda", idx, _np_dtype(self.input_dtype), tuple(x.shape), x.data_ptr())
+        b.bind_output(self.output_name, "cuda", idx, _np_dtype(self.output_dtype), tuple(out.shape), out.data_ptr())
+        self.stream.wait_stream(caller)  # x (and out's memory) are ready before ORT's kernels start
+        self.session.run_with_iobinding(b, self.run_options)
+        caller.wait_stream(self.stream)  # the caller's next kernels see the logits
+        x.record_stream(self.stream)  # x's memory is not reused before ORT has read it
+        return out.float()
+
+
+def cuda_providers(device_index: int, stream: torch.cuda.Stream, tf32: bool) -> list:
+    """CUDA provider options: our device, our stream (no host sync needed), TF32 only when asked."""
+    options = {
+        "device_id": str(device_index),
+        "user_compute_stream": str(stream.cuda_stream),
+        "use_tf32": "1" if tf32 else "0",
+    }
+    return [("CUDAExecutionProvider", options), "CPUExecutionProvider"]
+
+
+def _torch_dtype(onnx_type: str, path) -> torch.dtype:
+    if onnx_type not in ORT_TYPES:
+        raise ExportError(f"{path} has I/O of type {onnx_type}; this runtime feeds float32 or float16 clips")
+    return ORT_TYPES[onnx_type]
+
+
+def _np_dtype(dtype: torch.dtype) -> type:
+    return np.float16 if dtype == torch.float16 else np.float32
 
 
 class TrtRunner(Runner):
@@ -149,6 +203,7 @@ class TrtRunner(Runner):
         _, _, hi = self.engine.get_tensor_profile_shape(self.input_name, 0)  # (min, opt, max)
         self.input_shape = (None, *tuple(hi)[1:])
         self.max_batch = int(hi[0])
+        self.num_classes = int(self.engine.get_tensor_shape(self.output_name)[-1])
         self.backend, self.precision = "trt", "fp16"
         self.device = torch.device("cuda", torch.cuda.current_device())
         self.stream = torch.cuda.Stream(self.device)
@@ -186,14 +241,60 @@ def ort_providers() -> list[str]:
     return ort.get_available_providers()
 
 
+def gpu_build_hidden(providers: list[str], cuda: bool) -> str | None:
+    """A hint when onnxruntime-gpu is installed but the CPU build's files won (both install `onnxruntime`)."""
+    if not cuda or "CUDAExecutionProvider" in providers:
+        return None
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        gpu = version("onnxruntime-gpu")
+    except PackageNotFoundError:
+        return None
+    return (
+        f"onnxruntime-gpu {gpu} is installed but ONNX Runtime offers no CUDA provider: the CPU package "
+        "onnxruntime installs the same `onnxruntime` package and its files won; run "
+        "`pip install --force-reinstall --no-deps onnxruntime-gpu`"
+    )
+
+
+class NotValidated(ExportError):
+    """`require_validated=True` and no valid `<artifact>.validated.json` vouches for the file."""
+
+
 def load(
-    path: str | os.PathLike, *, backend: Backend = "auto", threads: int | None = None, level: str = "all"
+    path: str | os.PathLike,
+    *,
+    backend: Backend = "auto",
+    threads: int | None = None,
+    level: str = "all",
+    tf32: bool = False,
+    require_validated: bool = False,
+    checkpoint: str | os.PathLike | None = None,
+    val_shards: str | os.PathLike | None = None,
 ) -> Runner:
-    """A runner for an `.onnx` file or a TensorRT `.engine`; see the module docstring."""
+    """A runner for an `.onnx` file or a TensorRT `.engine`; see the module docstring.
+
+    require_validated: refuse (NotValidated) unless the file's Top-1 gate
+        marker still holds (`export.marker.check_marker`), against
+        `checkpoint` and `val_shards` when given, else against the ones it
+        records.
+    tf32: let ONNX Runtime's CUDA provider use TF32 in FP32 convolutions
+        (PyTorch's default on the GPU; off so FP32 files compute in FP32).
+    """
     if not Path(path).is_file():
         raise ExportError(f"{path} does not exist")
-    chosen = pick_backend(path, backend, ort_providers=ort_providers(), cuda=torch.cuda.is_available())
+    if require_validated:
+        from export.marker import check_marker
+
+        check = check_marker(path, checkpoint=checkpoint, val_shards=val_shards)
+        if not check.valid:
+            raise NotValidated(f"{path} is {check.summary()}")
+    cuda = torch.cuda.is_available()
+    providers = ort_providers() if not str(path).endswith(ENGINE_SUFFIXES) else []
+    chosen = pick_backend(path, backend, ort_providers=providers, cuda=cuda)
     if chosen == "trt":
         return TrtRunner(path)
-    return OrtRunner(path, cuda=chosen == "ort-cuda", threads=threads, level=level)
-
+    if chosen == "ort-cpu" and backend == "auto" and (hint := gpu_build_hidden(providers, cuda)):
+        warnings.warn(hint, stacklevel=2)
+    return OrtRunner(path, cuda=chosen == "ort-cuda", threads=threads, level=level, tf32=tf32)

@@ -1,6 +1,6 @@
-"""FP16 ONNX -> TensorRT engine, and the whole export: ONNX -> FP16 ONNX -> engine -> Top-1 gate.
+"""FP16 ONNX -> TensorRT engine, and the whole export: ONNX -> FP16 ONNX -> engine -> Top-1 gate of each.
 
-    python -m export.trt tpn_r50_f8s8 --checkpoint ckpt.pth --val-shards shards/k400 --split val
+    python -m export.trt tpn_r50_f8s8 --checkpoint ckpt.pth --val-shards shards/k400
 
 Precision comes from the mixed-precision ONNX (`export.fp16`), never from
 a blanket builder flag, so what the gate validated in ONNX Runtime is what
@@ -16,9 +16,14 @@ TensorRT 11 removed the FP16 builder flag (strong typing only). One optimisation
 1..max_batch, tuned for opt_batch. The timing cache is loaded when present
 and saved after the build, so rebuilds skip most kernel timing.
 
-Without TensorRT or a CUDA GPU the CLI still writes the ONNX and FP16 ONNX,
-then exits with status 2 and says what is missing; it never claims an
-engine it did not build.
+Every file made is gated in one pass over the validation shards
+(`export.validate.gate`: the data is decoded and PyTorch runs once), and
+each passing file gets its own `.validated.json`. Without TensorRT or a
+CUDA GPU the CLI still writes, gates and marks the ONNX and FP16 ONNX
+files, lists each file with its gate result, then exits with status 2
+and says what is missing (1 if a gate did not pass); it never claims an
+engine it did not build. Without --checkpoint the first line of the
+output, and report.json, say that the weights are random.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import torch
 from export.common import (
     EXIT_CODES_HELP,
     EXIT_FAILED,
+    EXIT_MISSING,
     EXIT_OK,
     CheckFailed,
     ExportError,
@@ -42,6 +48,7 @@ from export.common import (
     default_out_dir,
     load_model,
     publish,
+    random_weights_notice,
     staging_dir,
     write_json,
 )
@@ -226,14 +233,51 @@ def resolve_size(size: str | int | tuple[int, int], val_shards: str | None) -> s
 
 
 @dataclass
+class ArtifactResult:
+    """One file `export_engine` made (or could not make), and its gate."""
+
+    kind: str  # "onnx", "fp16" or "engine"
+    path: str | None
+    built: bool
+    gate: object | None = None  # export.validate.GateReport
+    missing: str | None = None  # why it was not built
+
+    def line(self) -> str:
+        if not self.built:
+            return f"  {self.kind:<6} not built: {self.missing}"
+        if self.gate is None:
+            return f"  {self.kind:<6} {self.path}: not gated"
+        g = self.gate
+        what = ("no accuracy validated (no --val-shards)" if g.mode == "synthetic" else
+                f"Top-1 {g.artifact_top1:.2f}% vs PyTorch {g.torch_top1:.2f}%, agreement "
+                f"{100 * g.prediction_agreement:.1f}% on {g.videos} videos")  # fmt: skip
+        marked = f"; marked: {Path(g.marker).name}" if g.marker else ""
+        return f"  {self.kind:<6} {self.path}: gate {g.verdict.upper()} ({g.backend}, {g.precision}; {what}){marked}"
+
+
+@dataclass
 class EngineExport:
-    """Every step of `export_engine`; `engine` says what was missing when none could be built."""
+    """Every step of `export_engine`; `status` is the CLI's exit code."""
 
     onnx: object
     fp16: object
     engine: TrtReport | dict
-    gate: object | None
+    artifacts: list[ArtifactResult]
     status: int
+    warning: str | None = None  # random weights
+
+    @property
+    def gates(self) -> list:
+        return [a.gate for a in self.artifacts if a.gate is not None]
+
+
+def export_status(artifacts: list[ArtifactResult]) -> int:
+    """1 when a gate did not pass, else 2 when the engine is missing, else 0 (pure)."""
+    if any(a.gate is not None and not a.gate.passed for a in artifacts):
+        return EXIT_FAILED
+    if any(not a.built for a in artifacts):
+        return EXIT_MISSING
+    return EXIT_OK
 
 
 def export_engine(
@@ -250,20 +294,29 @@ def export_engine(
     typing: str = "auto",
     workspace_gib: float = 4.0,
     val_shards: str | Path | None = None,
-    split: str | None = None,
-    max_drop: float = 0.3,
+    split: str | None = "val",
+    thresholds=None,
     zoo_checkpoint: bool | None = None,
     batch_size: int = 4,
     max_videos: int | None = None,
     log=print,
 ) -> EngineExport:
-    """ONNX -> FP16 ONNX -> engine -> gate, each step's report kept; `status` is the CLI's exit code."""
-    from export.fp16 import to_fp16
-    from export.validate import validate
+    """ONNX -> FP16 ONNX -> engine, then one gate over every file made (the Top-1 gate with `val_shards`).
 
+    Without TensorRT or a GPU the two ONNX files are still gated (ONNX
+    Runtime) and, on a pass with shards, marked validated.
+    """
+    from export.fp16 import to_fp16
+    from export.shards import resolve_split
+    from export.validate import Thresholds, gate
+
+    warning = random_weights_notice(name, checkpoint)
+    if warning:
+        log(warning)
+    split = resolve_split(val_shards, split) if val_shards else split
     missing = missing_requirements()
     if missing:
-        log(f"note: no engine can be built here ({missing}); the ONNX and FP16 steps still run")
+        log(f"note: no engine can be built here ({missing}); the ONNX and FP16 ONNX files are still made and gated")
     # One model for every step: without a checkpoint its random weights must be the same throughout.
     model, source = load_model(name, checkpoint)
     out_dir = Path(out_dir) if out_dir else default_out_dir(name)
@@ -272,19 +325,26 @@ def export_engine(
     log(onnx_r.summary())
     fp16_r = to_fp16(onnx_r.path, calibration=val_shards, split=split, num_clips=calib_clips, seed=seed)
     log(fp16_r.summary())
+    arts = [ArtifactResult("onnx", onnx_r.path, True), ArtifactResult("fp16", fp16_r.path, True)]
     try:
         engine = build_engine(
             fp16_r.path, max_batch=max_batch, opt_batch=opt_batch, typing=typing, workspace_gib=workspace_gib
         )
+        log(engine.summary())
+        arts.append(ArtifactResult("engine", engine.path, True))
     except MissingDependencyError as e:
-        return EngineExport(onnx_r, fp16_r, {"built": False, "missing": str(e)}, None, e.exit_code)
-    log(engine.summary())
-    gate = validate(
-        engine.path, model_name=model, val_shards=val_shards, max_drop=max_drop, zoo_checkpoint=zoo_checkpoint,
-        split=split, batch_size=batch_size, max_videos=max_videos,
+        engine = {"built": False, "missing": str(e)}
+        arts.append(ArtifactResult("engine", None, False, missing=str(e)))
+    built = [a for a in arts if a.built]
+    reports = gate(
+        [a.path for a in built], model_name=model, source=source, val_shards=val_shards, split=split,
+        thresholds=thresholds or Thresholds(), zoo_checkpoint=zoo_checkpoint, batch_size=batch_size,
+        max_videos=max_videos,
     )  # fmt: skip
-    log(gate.summary())
-    return EngineExport(onnx_r, fp16_r, engine, gate, EXIT_OK if gate.passed else EXIT_FAILED)
+    for a, r in zip(built, reports):
+        a.gate = r
+        log(r.summary())
+    return EngineExport(onnx_r, fp16_r, engine, arts, export_status(arts), warning)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -295,9 +355,10 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Export a zoo model to a TensorRT FP16 engine and gate it: ONNX (checked against PyTorch), "
             "mixed-precision FP16 ONNX (checked against the FP32 ONNX), engine (TensorRT 10 or 11), then "
-            "the Top-1 gate (with --val-shards) or a synthetic-clip logit check. Writes <out>/<name>.onnx, "
-            "<name>.fp16.onnx, <name>.fp16.engine, timing.cache and report.json; "
-            "<name>.fp16.engine.validated.json only when the gate passes on shards."
+            "the Top-1 gate of every file made (with --val-shards) or a synthetic-clip logit check. Writes "
+            "<out>/<name>.onnx, <name>.fp16.onnx, <name>.fp16.engine, timing.cache and report.json, and "
+            "<file>.validated.json for each file whose gate passes on shards. Without TensorRT the ONNX files "
+            "are still gated and the exit status is 2."
         ),
         epilog=EXIT_CODES_HELP + f". TensorRT: {TRT_INSTALL}.",
     )
@@ -328,28 +389,42 @@ def parse_size_auto(text: str):
 
 ENGINE_ARGS = (
     "checkpoint", "size", "opset", "seed", "calib_clips", "max_batch", "opt_batch", "typing", "workspace_gib",
-    "val_shards", "split", "max_drop", "zoo_checkpoint", "batch_size", "max_videos",
+    "val_shards", "split", "zoo_checkpoint", "batch_size", "max_videos",
 )  # fmt: skip
 
 
+def summary_lines(r: EngineExport) -> list[str]:
+    """The closing summary: every artifact with its gate result."""
+    lines = ["artifacts:"] + [a.line() for a in r.artifacts]
+    if r.warning:
+        lines.append("random weights: the gates above say nothing about accuracy")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
+    from export.validate import thresholds_from
+
     args = build_parser().parse_args(argv)
     out = Path(args.out) if args.out else default_out_dir(args.name)
     settings = {**vars(args), "out": str(out), "size": resolve_size(args.size, args.val_shards)}
+    warning = random_weights_notice(args.name, args.checkpoint)
+    head = {"settings": settings, "weights": "random" if warning else "checkpoint", "warning": warning}
     try:
-        r = export_engine(args.name, out_dir=out, **{k: getattr(args, k) for k in ENGINE_ARGS})
+        r = export_engine(
+            args.name, out_dir=out, thresholds=thresholds_from(args), **{k: getattr(args, k) for k in ENGINE_ARGS}
+        )
     except CheckFailed as e:
         print(f"error: {e}", file=sys.stderr)
-        write_json({"settings": settings, "failed": str(e), "report": e.report, "passed": False}, out / "report.json")
+        write_json({**head, "failed": str(e), "report": e.report, "passed": False}, out / "report.json")
         return EXIT_FAILED
     except ExportError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
-    steps = {"onnx": r.onnx, "fp16": r.fp16, "engine": r.engine, "gate": r.gate}
-    write_json({"settings": settings, **steps, "passed": r.status == EXIT_OK}, out / "report.json")
+    steps = {"onnx": r.onnx, "fp16": r.fp16, "engine": r.engine, "artifacts": r.artifacts}
+    write_json({**head, **steps, "status": r.status, "passed": r.status == EXIT_OK}, out / "report.json")
+    print("\n".join(summary_lines(r)))
     if isinstance(r.engine, dict):
         print(f"error: no engine was built: {r.engine['missing']}", file=sys.stderr)
-        print(f"kept: {r.onnx.path}, {r.fp16.path}", file=sys.stderr)
     print(f"report: {out / 'report.json'}")
     return r.status
 

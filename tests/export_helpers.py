@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import onnx
@@ -25,13 +26,17 @@ def make_val_shards(root: Path, per_class: int = 1) -> Path:
     return out
 
 
-def fit_classifier(model: torch.nn.Module, shards: Path, scale: float = 5.0) -> None:
+def fit_classifier(
+    model: torch.nn.Module, shards: Path, scale: float = 5.0, relabel: Callable[[int, int], int] | None = None
+) -> None:
     """Least-squares classifier on the shards' test views, so PyTorch gets them all right.
 
     Random features of a few dozen views are linearly separable (more
     channels than views), so the fit interpolates: every view scores
     `scale` for its label and ~0 elsewhere. Top-1 is then 100%, and any
-    damage to the features shows up as lost accuracy.
+    damage to the features shows up as lost accuracy. `relabel(video
+    number, label) -> target` fits other targets instead (a model that is
+    wrong on chosen videos).
     """
     feats, labels = [], []
     clip = model.config.clip
@@ -40,8 +45,11 @@ def fit_classifier(model: torch.nn.Module, shards: Path, scale: float = 5.0) -> 
             x = clips.flatten(0, 1)
             feat, _ = model.forward_features(x)
             feats.append(feat.mean(dim=(2, 3, 4)))
-            labels.append(y.repeat_interleave(clip.num_test_views))
-    f, y = torch.cat(feats).double(), torch.cat(labels)
+            labels.append(y)
+    y = torch.cat(labels)
+    if relabel is not None:
+        y = torch.tensor([relabel(i, int(lbl)) for i, lbl in enumerate(y)])
+    f, y = torch.cat(feats).double(), y.repeat_interleave(clip.num_test_views)
     a = torch.cat([f, torch.ones(len(f), 1, dtype=f.dtype)], dim=1)  # (n, C + 1)
     target = scale * torch.nn.functional.one_hot(y, model.num_classes).double()
     sol = torch.linalg.lstsq(a, target, driver="gelsd").solution  # (C + 1, K)
@@ -50,12 +58,14 @@ def fit_classifier(model: torch.nn.Module, shards: Path, scale: float = 5.0) -> 
         model.cls_head.fc_cls.bias.copy_(sol[-1].float())
 
 
-def trained_tiny(root: Path, shards: Path, name: str = TINY) -> Path:
-    """A checkpoint of a tiny model whose classifier is fitted to the validation shards."""
-    torch.manual_seed(0)
+def trained_tiny(
+    root: Path, shards: Path, name: str = TINY, *, seed: int = 0, relabel=None, file: str | None = None
+) -> Path:
+    """A checkpoint of a tiny model (backbone from `seed`) whose classifier is fitted to the validation shards."""
+    torch.manual_seed(seed)
     model = tpn.create_model(name).eval()
-    fit_classifier(model, shards)
-    return save_checkpoint(root / f"{name}.pth", model)
+    fit_classifier(model, shards, relabel=relabel)
+    return save_checkpoint(root / (file or f"{name}.pth"), model)
 
 
 def scale_initializer(model: onnx.ModelProto, name: str, factor: float) -> None:

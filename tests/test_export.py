@@ -169,3 +169,14 @@ def test_cli_writes_onnx_and_report(tmp_path, capsys):
     recorded = read_metadata(out / "baseline_tiny_f8s4.onnx")["checkpoint_sha256"]
     assert report["onnx"]["source"]["checkpoint_sha256"] == recorded
     assert "parity vs PyTorch" in capsys.readouterr().out
+
+
+def test_cli_without_checkpoint_says_random_weights_first(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["baseline_tiny_f8s4", "--out", str(out), "--parity-batches", "2"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("WARNING: random weights") and "baseline_tiny_f8s4" in first and "meaningless" in first
+    report = json.loads((out / "report.json").read_text())
+    assert report["weights"] == "random" and report["warning"] == first
+    assert report["onnx"]["source"]["weights"] == "random"
+    assert read_metadata(out / "baseline_tiny_f8s4.onnx")["weights"] == "random"

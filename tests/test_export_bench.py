@@ -5,7 +5,16 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.infer import add_ratios, build_parser, cpu_has_native_bf16, goal_lines, plan, summarize
+from benchmarks.infer import (
+    add_ratios,
+    agreement_goal_line,
+    build_parser,
+    cpu_has_native_bf16,
+    goal_lines,
+    plan,
+    summarize,
+    unreliable_models,
+)
 
 
 def test_summarize_uses_the_median_round():
@@ -13,8 +22,9 @@ def test_summarize_uses_the_median_round():
     assert s["median_ms"] == pytest.approx(200.0) and s["clips_per_s"] == pytest.approx(40.0) and s["rounds"] == 3
 
 
-def _row(backend, batch, cps, model="tpn_r50_f8s8", tiny=False):
-    return {"model": model, "tiny": tiny, "batch": batch, "backend": backend, "clips_per_s": cps}
+def _row(backend, batch, cps, model="tpn_r50_f8s8", tiny=False, device="cpu", threads=2):
+    return {"model": model, "tiny": tiny, "batch": batch, "backend": backend, "clips_per_s": cps,
+            "median_ms": 1e3 * batch / cps, "device": device, "threads": threads}  # fmt: skip
 
 
 def test_ratios_and_goals():
@@ -24,12 +34,39 @@ def test_ratios_and_goals():
         _row("torch-fp32", 1, 10.0, model="t", tiny=True), _row("ort-cpu", 1, 100.0, model="t", tiny=True),
     ])  # fmt: skip
     assert [r["ratio_vs_torch_fp32"] for r in rows[:5]] == pytest.approx([1.0, 1.5, 3.0, 1.0, 1.1])
-    ort, trt = goal_lines(rows, "cpu")
+    ort, ort_cuda, trt, agree = goal_lines(rows, "cpu")
     # judged on the default backend at batch 1 of the full model, not the tiny one or a variant
     assert "1.50x at batch 1 -> met" in ort
-    assert "not measured" in trt
+    assert all("not measured" in line for line in (ort_cuda, trt, agree))
     slow = add_ratios([_row("torch-fp32", 1, 1.0), _row("ort-cpu", 1, 1.1)])
     assert "NOT met" in goal_lines(slow, "cpu")[0]
+
+
+def test_gpu_goals_at_batch_32():
+    rows = add_ratios([
+        _row("torch-fp32", 32, 100.0, device="cuda"), _row("ort-cuda-fp16", 32, 320.0, device="cuda"),
+        _row("ort-cuda-fp16", 8, 500.0, device="cuda"), _row("torch-fp32", 8, 100.0, device="cuda"),
+    ])  # fmt: skip
+    assert "3.20x at batch 32 -> met" in goal_lines(rows, "cuda")[1]  # batch 32, not the better batch 8
+    for r in rows:
+        r.update(val_video_agreement=0.99, val_videos=200, weights="checkpoint")
+    assert "99.00% of 200 videos -> NOT met" in agreement_goal_line(rows, "cuda")
+    for r in rows:
+        r.update(val_video_agreement=1.0, weights="random")
+    assert "met, but on random weights" in agreement_goal_line(rows, "cuda")
+
+
+def test_a_slower_multithreaded_pytorch_marks_the_cpu_ratios_unreliable():
+    """The failure of an earlier report: PyTorch on 2 busy threads far slower than on one."""
+    rows = add_ratios([
+        _row("torch-fp32", 1, 0.2), _row("ort-cpu", 1, 0.62),
+        _row("torch-fp32 (1 thread)", 1, 0.57, threads=1), _row("ort-cpu (1 thread)", 1, 0.74, threads=1),
+    ])  # fmt: skip
+    assert "not trustworthy" in unreliable_models(rows)["tpn_r50_f8s8"]
+    assert "UNRELIABLE" in goal_lines(rows, "cpu")[0]
+    fair = add_ratios([_row("torch-fp32", 1, 0.9), _row("ort-cpu", 1, 1.2),
+                       _row("torch-fp32 (1 thread)", 1, 0.57, threads=1)])  # fmt: skip
+    assert unreliable_models(fair) == {} and "-> met" in goal_lines(fair, "cpu")[0]
 
 
 def test_native_bf16_detection():

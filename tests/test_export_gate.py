@@ -1,13 +1,17 @@
 """FP16 conversion, the runtime and the Top-1 gate, on a tiny TPN whose classifier is fitted to synthetic shards.
 
 One export (at the test-protocol size, as the gate needs) and one FP16
-conversion are shared by the module; every damaged artifact is a copy.
+conversion are shared by the module; every damaged artifact or changed
+input is a copy. The shards hold 16 videos (2 per class), so gates on them
+pass `min_videos=16` explicitly.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import shutil
 
 import numpy as np
 import onnx
@@ -27,17 +31,23 @@ from export.common import (
     load_model,
     validated_marker,
 )
-from export.fp16 import head_nodes, node_precisions, tidy_casts, to_fp16
-from export.onnx import export_onnx, read_metadata
+from export.marker import check_marker
+from export.shards import fingerprint, resolve_split
 from export.validate import (
     GateReport,
+    Thresholds,
+    binomial_tail,
+    chance_level,
     check_view_size,
+    gate,
     is_validated,
-    judge_shards,
+    judge,
     main as validate_main,
     validate,
     zoo_target,
 )
+from export.fp16 import head_nodes, node_precisions, tidy_casts, to_fp16
+from export.onnx import export_onnx, read_metadata
 from tpn.checkpoint import save_checkpoint
 from tests.export_helpers import TINY, damage, make_val_shards, scale_initializer, trained_tiny
 
@@ -47,7 +57,7 @@ DAMAGED_CONV = "backbone.layer3.0.conv1.weight"
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     root = tmp_path_factory.mktemp("gate")
-    shards = make_val_shards(root)
+    shards = make_val_shards(root, per_class=2)
     ckpt = trained_tiny(root, shards)
     onnx_report = export_onnx(TINY, checkpoint=ckpt, out_dir=root / "out", size="test", parity_batches=(2,))
     fp16_report = to_fp16(onnx_report.path, calibration=shards)
@@ -207,6 +217,8 @@ def test_runtime_names_missing_files_and_tensorrt(tmp_path):
         pytest.skip("TensorRT is installed: the missing-TensorRT message cannot be shown")
 
 
+
+
 # ----------------------------------------------------------------- the gate without shards
 
 
@@ -238,24 +250,146 @@ def test_gate_needs_the_weights_the_artifact_came_from(work, tmp_path):
 
 # ----------------------------------------------------------------- the gate on shards
 
+ENOUGH = Thresholds(min_videos=16)  # the test shards' 16 videos
 
-def test_shard_gate_passes_a_faithful_fp16_artifact_and_marks_it(work):
-    r = validate(work["fp16"].path, model_name=TINY, checkpoint=work["ckpt"], val_shards=work["shards"])
-    assert r.passed and r.accuracy_validated and r.mode == "shards"
-    assert r.torch_top1 == 100.0  # the fitted classifier
-    assert r.drop <= r.max_drop and r.videos == 8 and r.views_per_video == 6
+
+def _gate(work, artifacts, **kw):
+    kw.setdefault("thresholds", ENOUGH)
+    return gate(artifacts, model_name=TINY, checkpoint=kw.pop("checkpoint", work["ckpt"]),
+                val_shards=kw.pop("val_shards", work["shards"]), **kw)  # fmt: skip
+
+
+def test_shard_gate_passes_the_fp16_export_of_a_fitted_model_and_binds_the_marker(work):
+    onnx_r, fp16_r = _gate(work, [work["onnx"].path, work["fp16"].path])
+    for r in (onnx_r, fp16_r):
+        assert r.verdict == "passed" and r.passed and r.accuracy_validated and r.mode == "shards"
+        assert r.torch_top1 == 100.0 and r.difference == 0.0 and r.prediction_agreement == 1.0
+        assert r.videos == 16 and r.views_per_video == 6 and r.chance_top1 == 12.5 and r.chance_p_value < 1e-12
+        assert [c.key for c in r.criteria] == ["videos", "chance", "top1_difference", "agreement"]
+        assert all(c.passed and c.threshold is not None for c in r.criteria)
+    assert fp16_r.precision == "fp16" and onnx_r.precision == "fp32"
     marker = json.loads(validated_marker(work["fp16"].path).read_text())
-    assert marker["sha256"] == file_sha256(work["fp16"].path) and is_validated(work["fp16"].path)
+    assert marker["artifact"]["sha256"] == file_sha256(work["fp16"].path)
+    assert marker["checkpoint"]["sha256"] == file_sha256(work["ckpt"]) and marker["model"] == TINY
+    assert marker["shards"]["split"] == "val" and marker["shards"]["fingerprint"] == fingerprint(work["shards"], "val").sha256
+    assert marker["videos"] == 16 and marker["protocol"]["views"] == 6 and marker["thresholds"]["min_videos"] == 16
+    assert marker["results"]["prediction_agreement"] == 1.0 and marker["provenance"]["toolkit"]
+    assert is_validated(work["fp16"].path) and is_validated(work["onnx"].path, checkpoint=work["ckpt"])
+    assert runtime.load(work["fp16"].path, require_validated=True).precision == "fp16"
 
 
-def test_shard_gate_fails_a_damaged_artifact(work, tmp_path):
+def test_gate_refuses_too_few_videos_by_default(work, tmp_path):
+    art = tmp_path / f"{TINY}.onnx"
+    shutil.copy(work["onnx"].path, art)
+    validated_marker(art).write_text('{"format": 2}')
+    (r,) = _gate(work, [art], thresholds=Thresholds())
+    assert r.verdict == "refused" and not r.passed and r.thresholds.min_videos == 300
+    videos = next(c for c in r.criteria if c.key == "videos")
+    assert not videos.passed and videos.value == 16 and videos.threshold == 300
+    assert "too few" in r.failures[0] and not validated_marker(art).exists()
+
+
+def test_gate_refuses_a_reference_at_chance(work, tmp_path):
+    """An untrained checkpoint: its export is faithful, but no Top-1 statement can be made on it."""
+    untrained = save_checkpoint(tmp_path / "untrained.pth", tpn.create_model(TINY))
+    art = export_onnx(TINY, checkpoint=untrained, out_dir=tmp_path, size="test", parity_batches=(2,)).path
+    (r,) = _gate(work, [art], checkpoint=untrained)
+    assert r.verdict == "refused" and r.prediction_agreement == 1.0  # faithful, yet refused
+    chance = next(c for c in r.criteria if c.key == "chance")
+    assert not chance.passed and chance.value > 1e-3
+    assert "not clearly above chance" in r.failures[0] and "untrained checkpoint" in r.failures[0]
+
+
+def test_gate_fails_an_artifact_of_other_weights_with_a_similar_top1(work, tmp_path):
+    """Both models are right on half the videos, but not on the same half: only agreement tells them apart."""
+    half = lambda wrong_odd: (lambda i, y: (y + 1) % 8 if i % 2 == wrong_odd else y)  # noqa: E731
+    ref = trained_tiny(tmp_path, work["shards"], relabel=half(1), file="ref.pth")
+    other = trained_tiny(tmp_path, work["shards"], seed=1, relabel=half(0), file="other.pth")
+    art = export_onnx(TINY, checkpoint=other, out_dir=tmp_path, size="test", parity_batches=(2,)).path
+    _forget_weights(art)  # as an engine, which records no weights: only the gate can tell
+    (r,) = _gate(work, [art], checkpoint=ref)
+    assert r.torch_top1 == 50.0 and r.artifact_top1 == 50.0 and r.difference == 0.0
+    assert r.verdict == "failed" and r.prediction_agreement == 0.0
+    assert [c.key for c in r.criteria if not c.passed] == ["agreement"]
+
+
+def _forget_weights(path) -> None:
+    model = onnx.load(str(path))
+    for p in model.metadata_props:
+        if p.key == "tpn.checkpoint_sha256":
+            p.value = ""
+    onnx.save(model, str(path))
+
+
+def test_marker_does_not_survive_new_weights_or_new_data(work, tmp_path):
+    shards = tmp_path / "shards"
+    shutil.copytree(work["shards"], shards)
+    ckpt = tmp_path / "ckpt.pth"
+    shutil.copy(work["ckpt"], ckpt)
+    art = tmp_path / f"{TINY}.fp16.onnx"
+    shutil.copy(work["fp16"].path, art)
+    (r,) = _gate(work, [art], checkpoint=ckpt, val_shards=shards)
+    assert r.passed and is_validated(art)
+    # the same weights elsewhere still hold; other weights do not
+    assert is_validated(art, checkpoint=work["ckpt"])
+    other = save_checkpoint(tmp_path / "other.pth", tpn.create_model(TINY))
+    assert not is_validated(art, checkpoint=other)
+    # the recorded checkpoint changed in place
+    obj = torch.load(ckpt, weights_only=True)
+    obj["model"]["cls_head.fc_cls.bias"] += 1e-3
+    torch.save(obj, ckpt)
+    check = check_marker(art)
+    assert not check.valid and "weights changed" in check.problems[0]
+    with pytest.raises(runtime.NotValidated, match="weights changed"):
+        runtime.load(art, require_validated=True)
+    shutil.copy(work["ckpt"], ckpt)
+    assert is_validated(art)
+    # the data changed in place: another label order, then a shard rewritten
+    classes = json.loads((shards / "classes.json").read_text())
+    (shards / "classes.json").write_text(json.dumps(classes[::-1]))
+    check = check_marker(art)
+    assert not check.valid and "validation data changed" in check.problems[0]
+    (shards / "classes.json").write_text(json.dumps(classes))
+    assert is_validated(art)
+    with open(next(shards.glob("val-*.tar")), "ab") as f:
+        f.write(b"\0" * 512)
+    assert "validation data changed" in check_marker(art).problems[0]
+    assert is_validated(art, val_shards=work["shards"])  # an identical copy of the data still holds
+
+
+def test_marker_checks_the_artifact_and_older_markers(work, tmp_path):
+    art = tmp_path / f"{TINY}.onnx"
+    shutil.copy(work["onnx"].path, art)
+    (r,) = _gate(work, [art])
+    assert r.passed and is_validated(art)
+    with open(art, "ab") as f:
+        f.write(b"\0")
+    assert "changed since it was validated" in check_marker(art).problems[0]
+    validated_marker(art).write_text(json.dumps({"sha256": file_sha256(art), "gate": {}}))
+    assert "older toolkit" in check_marker(art).problems[0]
+
+
+def test_shard_gate_cli_fails_a_damaged_artifact(work, tmp_path):
     bad = damage(work["onnx"].path, tmp_path / f"{TINY}.onnx", DAMAGED_CONV, -1.0)
     validated_marker(bad).write_text('{"sha256": "stale"}')
-    argv = [str(bad), "--model", TINY, "--checkpoint", str(work["ckpt"]), "--val-shards", str(work["shards"])]
+    argv = [str(bad), "--model", TINY, "--checkpoint", str(work["ckpt"]), "--val-shards", str(work["shards"]),
+            "--min-videos", "16"]  # fmt: skip
     assert validate_main(argv) == 1
-    gate = json.loads((tmp_path / f"{TINY}.onnx.gate.json").read_text())["gate"]
-    assert not gate["passed"] and gate["drop"] > gate["max_drop"] and "below PyTorch" in gate["failures"][0]
+    gate_json = json.loads((tmp_path / f"{TINY}.onnx.gate.json").read_text())["gate"]
+    assert gate_json["verdict"] == "failed" and not gate_json["passed"]
+    assert abs(gate_json["difference"]) > gate_json["thresholds"]["max_drop"] and "below PyTorch" in gate_json["failures"][0]
+    assert {c["key"]: c["passed"] for c in gate_json["criteria"]}["top1_difference"] is False
     assert not validated_marker(bad).exists() and not is_validated(bad)
+
+
+def test_a_missing_split_names_the_splits_present(work, capsys):
+    assert resolve_split(work["shards"], "val") == "val" and resolve_split(work["shards"], "all") is None
+    with pytest.raises(ExportError, match=r"no 'test' split.*splits present: val"):
+        resolve_split(work["shards"], "test")
+    argv = [work["onnx"].path, "--model", TINY, "--checkpoint", str(work["ckpt"]), "--val-shards",
+            str(work["shards"]), "--split", "train"]  # fmt: skip
+    assert validate_main(argv) == 3
+    assert "splits present: val" in capsys.readouterr().err
 
 
 def test_shard_gate_refuses_views_of_another_size():
@@ -266,30 +400,70 @@ def test_shard_gate_refuses_views_of_another_size():
         check_view_size(Fake(), torch.zeros(2, 3, 8, 128, 128), TINY)
 
 
+# ----------------------------------------------------------------- the verdict (pure)
+
+
 def _report(**kw) -> GateReport:
     return GateReport(
         artifact="a", model=TINY, source=ModelSource(name=TINY, num_classes=4), backend="ort-cpu",
-        precision="fp32", mode="shards", accuracy_validated=False, max_drop=0.3, **kw,
+        precision="fp32", mode="shards", thresholds=kw.pop("thresholds", Thresholds(min_videos=10)), **kw,
     )  # fmt: skip
 
 
-def test_judge_shards_drop_and_zoo_target():
-    labels = torch.arange(10) % 4
-    right = torch.nn.functional.one_hot(labels, 4).float()
-    wrong = right.clone()
-    wrong[0] = torch.tensor([0.0, 1.0, 0.0, 0.0])  # one of ten videos lost: 10 points
+def _scores(pred: list[int], k: int = 4) -> torch.Tensor:
+    return torch.nn.functional.one_hot(torch.tensor(pred), k).float()
+
+
+def test_binomial_tail_and_chance():
+    assert binomial_tail(2, 2, 0.5) == pytest.approx(0.25)
+    assert binomial_tail(1, 3, 0.5) == pytest.approx(0.875)
+    exact = sum(math.comb(20, i) * 0.25**i * 0.75 ** (20 - i) for i in range(9, 21))
+    assert binomial_tail(9, 20, 0.25) == pytest.approx(exact, rel=1e-9)
+    assert binomial_tail(0, 5, 0.3) == 1.0
+    assert chance_level(torch.tensor([0, 1, 2, 3]), 4) == 0.25
+    assert chance_level(torch.tensor([0, 0, 0, 1]), 4) == 0.75  # always guessing 0 scores 75%
+
+
+def test_judge_table():
+    labels = torch.arange(12) % 4
+    right = _scores(labels.tolist())
     r = _report()
-    judge_shards(r, right, right, labels, zoo_top1=None)
-    assert r.passed and r.drop == 0.0 and r.artifact_top1 == 100.0
+    judge(r, right, right, labels, zoo_top1=None)
+    assert r.verdict == "passed" and r.difference == 0.0
+    # one changed video of 12 is 8.3 points, in either direction
+    worse, better = labels.clone(), labels.clone()
+    worse[0], better[0] = 1, 1
+    ref_one_wrong = _scores(better.tolist())
     r = _report()
-    judge_shards(r, wrong, right, labels, zoo_top1=None)
-    assert not r.passed and r.drop == pytest.approx(10.0) and r.prediction_agreement == pytest.approx(0.9)
+    judge(r, _scores(worse.tolist()), right, labels, zoo_top1=None)
+    assert r.verdict == "failed" and r.difference == pytest.approx(-100 / 12) and "below PyTorch" in r.failures[0]
     r = _report()
-    judge_shards(r, right, right, labels, zoo_top1=100.2)  # within 0.3 of the zoo
-    assert r.passed and r.zoo_checked
+    judge(r, right, ref_one_wrong, labels, zoo_top1=None)
+    assert r.verdict == "failed" and r.difference == pytest.approx(100 / 12) and "another model" in r.failures[0]
+    # same Top-1, other videos right: only agreement fails
+    shifted = labels.clone()
+    shifted[0], shifted[1] = 1, 2
+    r = _report(thresholds=Thresholds(min_videos=10, max_drop=50.0))
+    judge(r, _scores(shifted.tolist()), _scores(better.tolist()), labels, zoo_top1=None)
+    assert [c.key for c in r.criteria if not c.passed] == ["agreement"] and r.verdict == "failed"
+    # the zoo target
     r = _report()
-    judge_shards(r, wrong, wrong, labels, zoo_top1=95.0)  # same as PyTorch, 5 points below the zoo
-    assert not r.passed and "zoo" in r.failures[0]
+    judge(r, right, right, labels, zoo_top1=100.2)
+    assert r.passed and r.zoo_checked and r.criteria[-1].key == "zoo"
+    r = _report()
+    judge(r, right, right, labels, zoo_top1=105.0)
+    assert r.verdict == "failed" and "zoo" in r.failures[0]
+
+
+def test_judge_refuses_before_judging():
+    labels = torch.arange(12) % 4
+    r = _report(thresholds=Thresholds(min_videos=13))
+    judge(r, _scores(labels.tolist()), _scores(labels.tolist()), labels, zoo_top1=None)
+    assert r.verdict == "refused" and "too few" in r.failures[0]
+    constant = _scores([0] * 12)  # always class 0: 25%, exactly chance
+    r = _report()
+    judge(r, constant, constant, labels, zoo_top1=None)
+    assert r.verdict == "refused" and r.chance_p_value > 0.5 and "likely causes" in r.failures[0]
 
 
 def test_zoo_target_only_for_the_zoo_weights(work):

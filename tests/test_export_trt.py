@@ -11,7 +11,19 @@ import torch
 
 import tpn
 from export.common import ExportError, MissingDependencyError
-from export.trt import NO_GPU, build_engine, build_mode, main, missing_requirements, profile_shapes, resolve_size
+from export.trt import (
+    NO_GPU,
+    ArtifactResult,
+    build_engine,
+    build_mode,
+    export_status,
+    main,
+    missing_requirements,
+    profile_shapes,
+    resolve_size,
+)
+from export.validate import is_validated
+from tests.export_helpers import TINY, make_val_shards, trained_tiny
 
 
 def fake_trt(version: str, *, fp16: bool, strongly_typed: bool) -> SimpleNamespace:
@@ -97,20 +109,62 @@ def test_build_engine_refuses_without_tensorrt_or_gpu(tmp_path):
     assert err.value.exit_code == 2 and not (tmp_path / "m.fp16.engine").exists()
 
 
-def test_cli_without_tensorrt_keeps_onnx_and_fp16_and_exits_2(tmp_path, capsys):
+def test_cli_without_checkpoint_or_tensorrt_says_random_weights_first_and_exits_2(tmp_path, capsys):
     if _trt_usable():
         pytest.skip("TensorRT and a GPU are present here: the missing-dependency path cannot run")
     out = tmp_path / "out"
     assert main(["baseline_tiny_f8s4", "--out", str(out)]) == 2
-    err = capsys.readouterr().err
+    captured = capsys.readouterr()
+    first = captured.out.splitlines()[0]
+    assert first.startswith("WARNING: random weights") and "gates" in first and "meaningless" in first
+    err = captured.err
     assert "no engine was built" in err and "Traceback" not in err
     if missing_requirements(cuda=True):  # TensorRT itself is missing, not just the GPU
         assert "pip install --extra-index-url https://pypi.nvidia.com tensorrt" in err
     assert (out / "baseline_tiny_f8s4.onnx").is_file() and (out / "baseline_tiny_f8s4.fp16.onnx").is_file()
     assert not list(out.glob("*.engine")) and not list(out.glob("*.validated.json"))
     report = json.loads((out / "report.json").read_text())
-    assert report["engine"]["built"] is False and not report["passed"]
+    assert report["weights"] == "random" and report["warning"] == first
+    assert report["engine"]["built"] is False and not report["passed"] and report["status"] == 2
     assert report["onnx"]["passed"] and report["fp16"]["passed"]
+    kinds = {a["kind"]: a for a in report["artifacts"]}
+    assert kinds["engine"]["built"] is False
+    # without shards each ONNX file gets the synthetic logit check, which validates no accuracy
+    for k in ("onnx", "fp16"):
+        assert kinds[k]["gate"]["mode"] == "synthetic" and kinds[k]["gate"]["passed"]
+
+
+def test_cli_without_tensorrt_gates_and_marks_both_onnx_files_and_exits_2(tmp_path, capsys):
+    if _trt_usable():
+        pytest.skip("TensorRT and a GPU are present here: the missing-engine path cannot run")
+    shards = make_val_shards(tmp_path, per_class=2)
+    ckpt = trained_tiny(tmp_path, shards)
+    out = tmp_path / "out"
+    argv = [TINY, "--checkpoint", str(ckpt), "--out", str(out), "--val-shards", str(shards), "--min-videos", "16"]
+    assert main(argv) == 2
+    text = capsys.readouterr().out
+    assert "random weights" not in text
+    summary = text[text.index("artifacts:"):]
+    assert summary.count("gate PASSED") == 2 and "engine not built" in summary
+    for name in (f"{TINY}.onnx", f"{TINY}.fp16.onnx"):
+        assert is_validated(out / name, checkpoint=ckpt, val_shards=shards), name
+    report = json.loads((out / "report.json").read_text())
+    gates = {a["kind"]: a["gate"] for a in report["artifacts"] if a["gate"]}
+    assert set(gates) == {"onnx", "fp16"} and report["status"] == 2 and report["weights"] == "checkpoint"
+    assert all(g["verdict"] == "passed" and g["videos"] == 16 and g["marker"] for g in gates.values())
+    assert report["settings"]["split"] == "val"
+
+
+def test_export_status():
+    class Gate:
+        def __init__(self, passed):
+            self.passed = passed
+
+    ok, bad = ArtifactResult("onnx", "m.onnx", True, Gate(True)), ArtifactResult("fp16", "m.fp16.onnx", True, Gate(False))
+    missing = ArtifactResult("engine", None, False, missing="TensorRT is not installed")
+    assert export_status([ok]) == 0
+    assert export_status([ok, missing]) == 2
+    assert export_status([ok, bad, missing]) == 1  # a failed gate outranks the missing engine
 
 
 def test_cli_bad_input_exits_3_before_any_work(tmp_path, capsys):

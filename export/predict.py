@@ -1,0 +1,506 @@
+"""`python -m export.predict`: classify video files with an exported model or its checkpoint.
+
+    python -m export.predict exports/tpn_r50/tpn_r50_f8s8.fp16.onnx videos/ --model tpn_r50_f8s8 \\
+        --classes shards/k400/classes.json --json predictions.json
+
+SOURCE is an exported artifact (`.onnx`, FP16 `.onnx`, TensorRT `.engine`),
+run through `export.runtime`, or the checkpoint itself, run in PyTorch.
+Each video gets the model's test protocol, as `tpn.test` and the Top-1
+gate apply it through the loader's test mode:
+
+  - frames: `pipeline.sampling.clip_indices(spec, n, "test")` on the number
+    of frames the file holds (its packets, checked against what decodes);
+  - frames are converted to RGB as DALI converts the shards (BT.601,
+    bilinear chroma) and resized so the short side is `test_scale`: for
+    frames up to the shards' size exactly as the loader's DALI resize,
+    larger ones with an antialiased filter (see `resize_short_side`);
+  - crops at `pipeline.sampling.test_crop_positions`, with the origin at
+    pos * (extent - crop) as in DALI, optional flips, then the config's
+    mean/std; views are ordered clips, then crops, then flips;
+  - the video's score is the mean softmax over its views (`tpn.metrics`).
+
+Any container and codec PyAV's libavcodec reads works. Frames are decoded
+in order, without seeking: timestamps in user files are often irregular,
+so `pipeline.pyav` (which seeks by timestamp in the constant-rate shards)
+is not used here. Files that do not decode, or hold fewer than
+`--min-frames` frames, are listed with the reason while the others are
+classified; the exit status is then 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from export.common import EXIT_CODES_HELP, EXIT_FAILED, EXIT_OK, ExportError, load_model, write_json
+from pipeline import ClipSpec, sampling
+
+VIDEO_SUFFIXES = frozenset({
+    ".mp4", ".m4v", ".mov", ".webm", ".mkv", ".avi", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts", ".ogv", ".ogg",
+    ".flv", ".wmv", ".asf", ".3gp", ".3g2", ".gif", ".y4m", ".vob", ".mxf", ".divx", ".f4v",
+})  # fmt: skip
+ARTIFACT_SUFFIXES = (".onnx", ".engine", ".plan")
+TOP_K = 5
+
+
+class VideoError(Exception):
+    """A video that cannot be classified; the message is the reason shown to the user."""
+
+
+@dataclass
+class Prediction:
+    path: str
+    frames: int
+    views: int
+    top: list[dict]  # [{"class": name, "index": i, "prob": p}], best first
+
+
+@dataclass
+class PredictRun:
+    predictions: list[Prediction] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    skipped: int = 0  # files in folders that are not videos by their suffix
+
+
+# ----------------------------------------------------------------- finding videos
+
+
+def find_videos(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path], int, bool]:
+    """(video files, non-video files skipped in folders, whether a folder was given).
+
+    Files named on the command line are tried whatever their suffix;
+    folders are walked recursively for video suffixes.
+    """
+    videos, skipped, folder_given = [], 0, False
+    for item in map(Path, inputs):
+        if item.is_dir():
+            folder_given = True
+            for f in sorted(p for p in item.rglob("*") if p.is_file()):
+                if f.suffix.lower() in VIDEO_SUFFIXES:
+                    videos.append(f)
+                else:
+                    skipped += 1
+        elif item.exists():
+            videos.append(item)
+        else:
+            raise ExportError(f"{item} does not exist")
+    return videos, skipped, folder_given
+
+
+# ----------------------------------------------------------------- decoding
+
+
+def count_frames(path: Path) -> int:
+    """Frames in the file's first video stream, by its packets (no decoding)."""
+    import av
+
+    with av.open(str(path)) as container:
+        if not container.streams.video:
+            raise VideoError("no video stream")
+        stream = container.streams.video[0]
+        return sum(1 for packet in container.demux(stream) if packet.size > 0)
+
+
+def decode_frames(path: Path, wanted: np.ndarray, resize: Callable[[np.ndarray], np.ndarray]) -> tuple[dict, int]:
+    """({index: resized frame} for the sorted `wanted` indices, frames decoded), reading in order.
+
+    Stops after the last wanted frame; decoding errors after at least one
+    frame end the video there (a truncated file), so the caller sees how
+    many frames really decode.
+    """
+    import av
+
+    keep, last, n = set(wanted.tolist()), int(wanted.max()), 0
+    out: dict[int, np.ndarray] = {}
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        try:
+            for frame in container.decode(stream):
+                if n in keep:
+                    out[n] = resize(frame_rgb(frame))
+                n += 1
+                if n > last:
+                    break
+        except (av.FFmpegError, ValueError) as e:
+            if n == 0:
+                raise VideoError(f"does not decode: {e}") from None
+    return out, n
+
+
+def frame_rgb(frame) -> np.ndarray:
+    """(H, W, 3) uint8 RGB of a decoded frame, converted as the loader's decoder converts the shards.
+
+    DALI turns 4:2:0 video into RGB with BT.601 limited-range coefficients
+    and bilinearly upsampled chroma; libswscale's default differs by a few
+    levels, and by up to ~50 at colour edges. Other pixel formats (and odd
+    sizes) go through libswscale.
+    """
+    if frame.format.name == "yuv420p" and frame.width % 2 == 0 and frame.height % 2 == 0:
+        h, w = frame.height, frame.width
+        planes = frame.to_ndarray(format="yuv420p")  # (H * 3/2, W): Y, then U and V as (H/4, W) blocks
+        u = planes[h : h + h // 4].reshape(h // 2, w // 2)
+        v = planes[h + h // 4 :].reshape(h // 2, w // 2)
+        return rgb_from_yuv420(planes[:h], u, v)
+    return frame.to_ndarray(format="rgb24")
+
+
+def rgb_from_yuv420(y: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """BT.601 limited-range YUV 4:2:0 -> (H, W, 3) uint8 RGB, chroma upsampled bilinearly (centre-sited)."""
+    h, w = y.shape
+    chroma = torch.from_numpy(np.stack([u, v])).float()[None]  # (1, 2, H/2, W/2)
+    cu, cv = torch.nn.functional.interpolate(chroma, size=(h, w), mode="bilinear", align_corners=False)[0]
+    luma = (torch.from_numpy(y).float() - 16.0) * (255.0 / 219.0)
+    cu, cv = (cu - 128.0) * (255.0 / 224.0), (cv - 128.0) * (255.0 / 224.0)
+    kr, kb = 0.299, 0.114
+    r = luma + 2.0 * (1.0 - kr) * cv
+    b = luma + 2.0 * (1.0 - kb) * cu
+    g = (luma - kr * r - kb * b) / (1.0 - kr - kb)
+    return torch.stack([r, g, b], dim=-1).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def sampled_frames(path: Path, spec: ClipSpec, min_frames: int) -> tuple[np.ndarray, int]:
+    """(C * F, h, w, 3) uint8 frames of the test clips, resized, and the video's frame count."""
+    import av
+
+    try:
+        n = count_frames(path)
+        if n < min_frames:
+            raise VideoError(too_short(n, spec, min_frames))
+        resize = lambda f: resize_short_side(f, spec.test_scale)  # noqa: E731
+        indices = sampling.clip_indices(spec, n, "test")  # (C, F)
+        unique, order = sampling.decode_plan(indices)
+        frames, decoded = decode_frames(path, unique, resize)
+        if len(frames) < len(unique):  # fewer frames decode than the container holds: sample what is there
+            n = decoded
+            if n < min_frames:
+                raise VideoError(f"only {n} of its frames decode; " + too_short(n, spec, min_frames))
+            indices = sampling.clip_indices(spec, n, "test")
+            unique, order = sampling.decode_plan(indices)
+            frames, _ = decode_frames(path, unique, resize)
+    except av.FFmpegError as e:
+        raise VideoError(f"cannot be read: {e}") from None
+    return np.stack([frames[int(i)] for i in unique])[order], n
+
+
+def too_short(n: int, spec: ClipSpec, min_frames: int) -> str:
+    return f"too short: {n} frames, fewer than --min-frames {min_frames} (a clip has {spec.frames} frames)"
+
+
+# ----------------------------------------------------------------- the test views (pure)
+
+
+def resize_short_side(frame: np.ndarray, size: int) -> np.ndarray:
+    """(H, W, 3) uint8 -> short side `size`, aspect kept (long side rounded), rounded to uint8 levels.
+
+    Up to the shards' size (short side <= `size`) this is the loader's
+    resize exactly: DALI's linear filter keeps the scale factor size/short
+    side on both axes and centres the rounded output on the input. Larger
+    frames (user videos are often 1080p; the shards were scaled down by
+    `pipeline.shard` with ffmpeg's filtered scaler) are scaled down with an
+    antialiased bilinear filter instead of point-sampling them.
+    """
+    h, w = frame.shape[:2]
+    if min(h, w) == size:
+        return frame
+    scale = size / min(h, w)
+    out_h, out_w = round(h * scale), round(w * scale)
+    x = torch.from_numpy(frame).permute(2, 0, 1)[None].float()  # (1, 3, H, W)
+    if scale < 1.0:
+        y = torch.nn.functional.interpolate(x, size=(out_h, out_w), mode="bilinear", align_corners=False,
+                                            antialias=True)  # fmt: skip
+    else:
+        grid = torch.stack(torch.meshgrid(_norm_coords(out_h, h, scale), _norm_coords(out_w, w, scale),
+                                          indexing="ij")[::-1], dim=-1)[None]  # (1, out_h, out_w, 2): x, y
+        y = torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return y[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def _norm_coords(n_out: int, n_in: int, scale: float) -> torch.Tensor:
+    """grid_sample coordinates (-1..1 over the input) of `n_out` samples at a fixed `scale`, centred."""
+    first = (n_in - n_out / scale) / 2  # where the output's edge falls in the input
+    centres = first + (torch.arange(n_out, dtype=torch.float64) + 0.5) / scale  # in input pixels
+    return (centres / n_in * 2 - 1).float()
+
+
+def protocol_views(frames: np.ndarray, spec: ClipSpec) -> torch.Tensor:
+    """(C * F, h, w, 3) uint8 frames, clip by clip -> (V, 3, F, S, S) normalised views in the loader's order."""
+    clips = torch.from_numpy(frames).float().unflatten(0, (spec.num_test_clips, spec.frames))  # (C, F, h, w, 3)
+    clips = clips.permute(0, 4, 1, 2, 3)  # (C, 3, F, h, w)
+    h, w = clips.shape[-2:]
+    mean = torch.tensor(spec.mean).view(1, 3, 1, 1, 1)
+    std = torch.tensor(spec.std).view(1, 3, 1, 1, 1)
+    crops = [crop(clips, spec, h, w, pos) for pos in sampling.test_crop_positions(spec, h, w)]
+    flips = (False, True) if spec.test_flip else (False,)
+    views = [c.flip(-1) if f else c for c in crops for f in flips]  # crops, then flips
+    per_clip = torch.stack(views, dim=1)  # (C, crops * flips, 3, F, S, S): clips-major
+    return ((per_clip - mean[:, None]) / std[:, None]).flatten(0, 1)
+
+
+def crop(clips: torch.Tensor, spec: ClipSpec, h: int, w: int, pos: tuple[float, float]) -> torch.Tensor:
+    """The test crop at normalised (x, y) position `pos`, origin pos * (extent - crop) ("full": all of it)."""
+    if spec.test_crops == "full":
+        return clips
+    size = spec.test_crop
+    if size > min(h, w):
+        raise VideoError(f"frames of {h}x{w} after resizing are smaller than the {size} test crop")
+    y0, x0 = (math.floor(p * (extent - size) + 0.5) for p, extent in ((pos[1], h), (pos[0], w)))  # half up, as DALI
+    return clips[..., y0 : y0 + size, x0 : x0 + size]
+
+
+def top_classes(probs: torch.Tensor, names: list[str], k: int = TOP_K) -> list[dict]:
+    """The k most probable classes of (K,) probabilities, best first."""
+    values, idx = probs.topk(min(k, probs.numel()))
+    return [{"class": names[i], "index": int(i), "prob": round(float(v), 6)} for v, i in zip(values, idx.tolist())]
+
+
+# ----------------------------------------------------------------- the model
+
+
+@dataclass
+class Classifier:
+    """`logits(views) -> (V, K)` plus what the report says about it."""
+
+    logits: Callable[[torch.Tensor], torch.Tensor]
+    spec: ClipSpec
+    num_classes: int
+    backend: str
+    weights_note: str | None = None
+
+
+def load_classifier(source: Path, name: str) -> Classifier:
+    """An exported artifact through `export.runtime`, or the checkpoint itself in PyTorch."""
+    if not source.is_file():
+        raise ExportError(f"{source} does not exist: pass an exported .onnx / .engine or a checkpoint")
+    if source.name.endswith(ARTIFACT_SUFFIXES):
+        return _artifact_classifier(source, name)
+    model, _ = load_model(name, source)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = model.to(device)
+
+    def logits(x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return model(x.to(device)).float()
+
+    return Classifier(logits, model.config.clip, int(model.num_classes), f"pytorch ({device.type})")
+
+
+def _artifact_classifier(source: Path, name: str) -> Classifier:
+    import tpn
+    from export import runtime
+    from export.marker import check_marker
+    from export.validate import artifact_metadata, check_artifact_model
+
+    meta = artifact_metadata(source)
+    check_artifact_model(meta, source, name)
+    try:
+        spec = tpn.get_config(name).clip
+    except ValueError as e:
+        raise ExportError(str(e)) from None
+    runner = runtime.load(source)
+    validated = check_marker(source, model=name)
+    classes = getattr(runner, "num_classes", None) or int(meta.get("num_classes") or tpn.get_config(name).num_classes)
+    note = None
+    if meta.get("weights") == "random" or meta.get("checkpoint_sha256") == "":
+        note = f"{source.name} was exported from random weights: its predictions mean nothing"
+    status = "validated" if validated.valid else validated.summary()
+    return Classifier(lambda x: runner(x).float(), spec, classes, f"{runner.backend}, {status}", note)
+
+
+def class_names(classes: str | None, checkpoints: list[Path], num_classes: int) -> tuple[list[str], str]:
+    """Names in label order and where they came from: --classes, else the checkpoint's, else numbers."""
+    names, where = None, None
+    if classes:
+        names, where = read_class_file(Path(classes)), classes
+    else:
+        for ckpt in checkpoints:
+            names = _checkpoint_classes(ckpt)
+            if names:
+                where = str(ckpt)
+                break
+    if names is None:
+        return [f"class {i}" for i in range(num_classes)], "none found (pass --classes FILE)"
+    if len(names) != num_classes:
+        raise ExportError(f"{where} names {len(names)} classes but the model has {num_classes}")
+    return names, where
+
+
+def read_class_file(path: Path) -> list[str]:
+    """A classes.json (JSON list), a shard folder holding one, or a text file with one name per line."""
+    if path.is_dir():
+        path = path / "classes.json"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ExportError(f"cannot read class names from {path}: {e}") from None
+    if path.suffix == ".json":
+        try:
+            names = json.loads(text)
+        except ValueError as e:
+            raise ExportError(f"{path} is not valid JSON: {e}") from None
+        if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+            raise ExportError(f"{path} must be a JSON list of class names in label order")
+        return names
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _checkpoint_classes(path: Path) -> list[str] | None:
+    if not path.is_file() or path.name.endswith(ARTIFACT_SUFFIXES):
+        return None
+    from tpn.checkpoint import read_checkpoint
+
+    try:
+        names = read_checkpoint(path).get("classes")
+    except Exception:  # not a checkpoint, or unreadable: names come from elsewhere
+        return None
+    return list(names) if isinstance(names, (list, tuple)) and all(isinstance(n, str) for n in names) else None
+
+
+# ----------------------------------------------------------------- running
+
+
+def prefetched(fn: Callable, items: list, ahead: int = 2) -> Iterator[tuple[object, object]]:
+    """(item, fn(item) or the exception it raised), in order, with up to `ahead` items decoded in advance."""
+    with ThreadPoolExecutor(max_workers=ahead) as pool:
+        futures = [pool.submit(fn, it) for it in items[:ahead]]
+        for i, item in enumerate(items):
+            if i + ahead < len(items):
+                futures.append(pool.submit(fn, items[i + ahead]))
+            try:
+                yield item, futures[i].result()
+            except Exception as e:  # handed to the caller, which records the video as failed
+                yield item, e
+            futures[i] = None  # free the frames
+
+
+def classify(clf: Classifier, frames: np.ndarray, max_views: int) -> torch.Tensor:
+    """(K,) mean softmax over the video's test views."""
+    views = protocol_views(frames, clf.spec)  # (V, 3, F, S, S)
+    logits = torch.cat([clf.logits(views[i : i + max_views]).cpu() for i in range(0, len(views), max_views)])
+    return logits.softmax(dim=-1).mean(dim=0)
+
+
+def predict(
+    clf: Classifier, videos: list[Path], names: list[str], *, min_frames: int, max_views: int, log, progress: bool
+) -> PredictRun:
+    from tqdm import tqdm
+
+    run = PredictRun()
+    decode = lambda p: sampled_frames(p, clf.spec, min_frames)  # noqa: E731
+    bar = tqdm(total=len(videos), unit="video", disable=None if progress else True, file=sys.stderr)
+    say = bar.write if progress else log
+    for path, result in prefetched(decode, videos):
+        bar.update(1)
+        if isinstance(result, Exception):
+            reason = str(result) if isinstance(result, VideoError) else f"{type(result).__name__}: {result}"
+            run.failed[str(path)] = reason
+            say(f"{path}: FAILED: {reason}")
+            continue
+        frames, n = result
+        try:
+            probs = classify(clf, frames, max_views)
+        except VideoError as e:
+            run.failed[str(path)] = str(e)
+            say(f"{path}: FAILED: {e}")
+            continue
+        p = Prediction(str(path), n, clf.spec.num_test_views, top_classes(probs, names))
+        run.predictions.append(p)
+        say(f"{path}: " + " | ".join(f"{t['class']} {100 * t['prob']:.1f}%" for t in p.top))
+    bar.close()
+    return run
+
+
+# ----------------------------------------------------------------- CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m export.predict",
+        description=(
+            "Classify video files (any container and codec libavcodec reads) with an exported model (.onnx, "
+            "FP16 .onnx, TensorRT .engine) or its checkpoint (PyTorch), using the model's test protocol: prints "
+            "the top-5 classes with probabilities for each video. Unreadable or too-short files are listed with "
+            "their reason and the others classified; the exit status is then 1."
+        ),
+        epilog=EXIT_CODES_HELP,
+    )
+    p.add_argument("source", help="exported .onnx / .engine file, or a checkpoint (.pth) to run in PyTorch")
+    p.add_argument("videos", nargs="+", help="video files and/or folders (searched recursively for video files)")
+    p.add_argument("--model", required=True, help="zoo model name the source belongs to (its test protocol)")
+    p.add_argument("--checkpoint", help="checkpoint whose class names to use when SOURCE is an exported file")
+    p.add_argument(
+        "--classes",
+        help="class names in label order: a classes.json, a shard folder holding one, or a text file with one "
+        "name per line (default: the checkpoint's names, else class numbers)",
+    )
+    p.add_argument("--json", type=Path, help="write every prediction (and every failure), keyed by file, here")
+    p.add_argument(
+        "--min-frames", type=int,
+        help="videos with fewer frames are listed as too short (default: the frames of one clip)",
+    )  # fmt: skip
+    p.add_argument("--max-views", type=int, default=32, help="views per forward pass (default %(default)s)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    t0 = time.perf_counter()
+    try:
+        source = Path(args.source)
+        clf = load_classifier(source, args.model)
+        ckpts = [source] + ([Path(args.checkpoint)] if args.checkpoint else [])
+        names, names_from = class_names(args.classes, ckpts, clf.num_classes)
+        videos, skipped, folder = find_videos(args.videos)
+    except ExportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    if clf.weights_note:
+        print(f"WARNING: {clf.weights_note}", flush=True)
+    print(f"{source.name}: {clf.backend}; classes from {names_from}", file=sys.stderr)
+    if not videos:
+        print(f"error: no video files in {', '.join(args.videos)} (suffixes: {', '.join(sorted(VIDEO_SUFFIXES))})",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_FAILED
+    min_frames = args.min_frames if args.min_frames is not None else clf.spec.frames
+    run = predict(clf, videos, names, min_frames=min_frames, max_views=args.max_views, log=print,
+                  progress=folder)  # fmt: skip
+    run.skipped = skipped
+    print(closing_line(run, time.perf_counter() - t0))
+    for path, reason in run.failed.items():
+        print(f"  failed: {path}: {reason}")
+    if args.json:
+        write_json(json_payload(args, clf, names_from, run), args.json)
+        print(f"predictions: {args.json}")
+    return EXIT_FAILED if run.failed else EXIT_OK
+
+
+def closing_line(run: PredictRun, seconds: float) -> str:
+    total = len(run.predictions) + len(run.failed)
+    extra = f"; {run.skipped} non-video files skipped" if run.skipped else ""
+    return f"classified {len(run.predictions)} of {total} videos in {seconds:.1f}s; {len(run.failed)} failed{extra}"
+
+
+def json_payload(args: argparse.Namespace, clf: Classifier, names_from: str, run: PredictRun) -> dict:
+    videos = {p.path: {"top5": p.top, "frames": p.frames, "views": p.views} for p in run.predictions}
+    videos.update({path: {"error": reason} for path, reason in run.failed.items()})
+    return {
+        "model": args.model, "source": str(args.source), "backend": clf.backend, "classes_from": names_from,
+        "protocol": {"views": clf.spec.num_test_views, "frames": clf.spec.frames, "stride": clf.spec.stride,
+                     "test_scale": clf.spec.test_scale, "test_crop": clf.spec.test_crop},
+        "warning": clf.weights_note, "videos": videos, "failed": run.failed,
+    }  # fmt: skip
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""What the export needs to know about a shard folder: which splits it holds, and a fingerprint of its data.
+
+A shard folder (a local path or an object-storage URL, through
+`pipeline.storage`) written by `pipeline.shard` names its files
+`<split>-NNNNNN.tar` and describes them in `manifest.json` (every shard's
+size and sha256) and `classes.json` (label order). The Top-1 gate reads a
+split and binds its verdict to the data with `fingerprint`:
+
+  - with a manifest: sha256 of the manifest (its `run` section, which holds
+    timings, left out), the class list, and the name and size of every tar
+    and index file actually there for the split, so a shard replaced or
+    truncated behind the manifest's back changes it too;
+  - without one: sha256 of the class list and of each tar's name, size and
+    DALI index (the index lists every member's offset and size).
+
+Cheap by design (no tar is read): the manifest already holds the shards'
+sha256, and re-hashing a validation set of many gigabytes would make
+checking a marker slower than the gate itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+
+from export.common import ExportError
+
+ALL_SPLITS = "all"  # --split all: every *.tar of the folder
+
+
+@dataclass(frozen=True)
+class ShardFingerprint:
+    sha256: str
+    kind: str  # "manifest" or "index files"
+    files: int  # tars covered
+
+
+def resolve_split(shards: str | os.PathLike, split: str | None) -> str | None:
+    """The loader's `split` for a shard folder: None for every tar ("all"), else a split that must exist.
+
+    Raises ExportError naming the splits present when `split` has no shards,
+    rather than silently validating on whatever else the folder holds.
+    """
+    from pipeline import storage
+
+    if split in (None, "", ALL_SPLITS):
+        return None
+    if not storage.is_remote(shards) and not os.path.isdir(shards):
+        raise ExportError(f"validation shards {shards} is not a folder: build them with `python -m pipeline.shard`")
+    try:
+        present = storage.splits_in(shards)
+    except (OSError, ImportError) as e:
+        raise ExportError(f"cannot list the shards in {shards}: {e}") from None
+    if split in present:
+        return split
+    if not present:
+        raise ExportError(f"no <split>-NNNNNN.tar shards in {shards}: build them with `python -m pipeline.shard`")
+    raise ExportError(
+        f"{shards} has no {split!r} split (no {split}-*.tar); splits present: {', '.join(present)}. "
+        f"Pass --split with one of them (or --split {ALL_SPLITS} for every shard)"
+    )
+
+
+def fingerprint(shards: str | os.PathLike, split: str | None) -> ShardFingerprint:
+    """The data binding of a validation run on `split` of `shards` (see the module docstring)."""
+    from pipeline import storage
+    from pipeline.shardset import ShardError, find_shards, index_path
+
+    try:
+        tars = find_shards(str(shards) if storage.is_remote(shards) else os.fspath(shards), split)
+        files = [[storage.name_of(f), storage.size_of(f)] for t in tars for f in (t, index_path(t))]
+    except (ShardError, OSError) as e:
+        raise ExportError(f"cannot fingerprint the shards {shards}: {e}") from None
+    payload: dict = {"split": split, "classes": _read_json(storage.join(shards, "classes.json")), "files": files}
+    manifest = _read_json(storage.join(shards, "manifest.json"))
+    if isinstance(manifest, dict):
+        payload["manifest"] = {k: v for k, v in manifest.items() if k != "run"}
+        kind = "manifest"
+    else:
+        payload["indexes"] = [hashlib.sha256(storage.read_bytes(index_path(t))).hexdigest() for t in tars]
+        kind = "index files"
+    blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
+    return ShardFingerprint(sha256=hashlib.sha256(blob).hexdigest(), kind=kind, files=len(tars))
+
+
+def _read_json(location):
+    from pipeline import storage
+
+    try:
+        return json.loads(storage.read_bytes(location))
+    except (OSError, ValueError):
+        return None

@@ -1,0 +1,48 @@
+"""The Top-1 gate on shards in object storage (a local S3 server on loopback): the marker binds the URL's data."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("s3fs")
+pytest.importorskip("moto.server")
+
+from export.marker import check_marker  # noqa: E402
+from export.onnx import export_onnx  # noqa: E402
+from export.shards import fingerprint, resolve_split  # noqa: E402
+from export.validate import Thresholds, validate  # noqa: E402
+from tests.export_helpers import TINY, make_val_shards, trained_tiny  # noqa: E402
+from tests.test_object_storage import BUCKET, s3, upload  # noqa: E402, F401  (s3: the server fixture)
+
+
+@pytest.fixture
+def bucket(s3):
+    """The S3 server of the object-storage tests, left as found for the next one in this process.
+
+    moto keeps buckets per process, and fsspec caches filesystems (with the endpoint they were
+    made for): both are cleared, so a later server on another port starts clean.
+    """
+    yield s3
+    s3.rm(BUCKET, recursive=True)
+    type(s3).clear_instance_cache()
+
+
+def test_gate_on_object_storage_binds_the_remote_data(bucket, tmp_path):
+    s3 = bucket
+    local = make_val_shards(tmp_path)
+    ckpt = trained_tiny(tmp_path, local)
+    url = upload(s3, local, "val-shards")
+    art = export_onnx(TINY, checkpoint=ckpt, out_dir=tmp_path / "out", size="test", parity_batches=(2,)).path
+    assert resolve_split(url, "val") == "val"
+    with pytest.raises(Exception, match="splits present: val"):
+        resolve_split(url, "test")
+    assert fingerprint(url, "val").sha256 == fingerprint(local, "val").sha256  # the same data, wherever it is
+    r = validate(art, model_name=TINY, checkpoint=ckpt, val_shards=url, thresholds=Thresholds(min_videos=8))
+    assert r.passed and r.shards["location"] == url and r.videos == 8
+    assert check_marker(art).valid  # re-checked against the bucket
+    classes = json.loads((local / "classes.json").read_text())
+    s3.pipe_file(f"{BUCKET}/val-shards/classes.json", json.dumps(classes[::-1]).encode())
+    check = check_marker(art)
+    assert not check.valid and "validation data changed" in check.problems[0]
