@@ -31,7 +31,8 @@ compiled+cuda-graph), its graph replays and eager steps; a row whose requested c
 eager, or whose replays do not add up, is marked failed and excluded from the ratios (exit code 1).
 
 Layout copies: for each channels_last_3d row, one eager step of the same configuration runs under the
-PyTorch profiler (CPU-side op records with shapes and strides, on either device) and every
+PyTorch profiler (CPU-side op records with shapes and strides, read from its Chrome trace, on either
+device) and every
 `aten::copy_` between tensors of 4+ dims whose dimension order differs (NCDHW <-> NDHWC and the like)
 is counted, attributed to the op that made it: `layout_copies` counts the model's activations and
 gradients (the goal: zero), `input_layout_copies` the one conversion of the loader's NCDHW batch,
@@ -56,13 +57,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import json
 import re
 import statistics
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -232,8 +236,55 @@ def _cause(evt) -> tuple[str, object | None]:
     return (op.name if op is not None else "top level"), op
 
 
+@dataclass
+class OpRecord:
+    """One CPU-side op of a profile: what `classify_copies` reads, under FunctionEvent's names."""
+
+    name: str
+    input_shapes: list
+    structured_input_strides: list
+    input_dtypes: list
+    cpu_parent: OpRecord | None = None
+
+
+def nest_records(trace_events: list[dict]) -> list[OpRecord]:
+    """Chrome-trace events -> OpRecords, each with the innermost op of its thread that encloses it as parent."""
+    ops = sorted((e for e in trace_events if e.get("ph") == "X" and e.get("cat", "").lower() in ("cpu_op", "user_annotation")),
+                 key=lambda e: (e["pid"], e["tid"], e["ts"], -e["dur"]))  # fmt: skip
+    out: list[OpRecord] = []
+    stack: list[tuple[OpRecord, float]] = []  # (op, end) of the enclosing ops
+    thread = None
+    for e in ops:
+        if (e["pid"], e["tid"]) != thread:
+            stack, thread = [], (e["pid"], e["tid"])
+        end = e["ts"] + e["dur"]
+        while stack and stack[-1][1] < end - 1e-3:  # that op ended before this one did: not a parent
+            stack.pop()
+        args = e.get("args", {})
+        rec = OpRecord(e["name"], args.get("Input Dims", []), args.get("Input Strides", []), args.get("Input type", []),
+                       stack[-1][0] if stack else None)  # fmt: skip
+        out.append(rec)
+        stack.append((rec, end))
+    return out
+
+
+def trace_records(prof) -> list[OpRecord]:
+    """The ops of a finished profile (record_shapes=True) with shapes, strides, dtypes and parents.
+
+    Read from the exported Chrome trace, which carries input strides since
+    PyTorch 2.4; FunctionEvent itself only has them since 2.12.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "trace.json"
+        prof.export_chrome_trace(str(path))
+        records = nest_records(json.loads(path.read_text())["traceEvents"])
+    if any(r.name == "aten::copy_" and r.input_shapes and not r.structured_input_strides for r in records):
+        raise RuntimeError("this PyTorch's profiler records no input strides: layout copies cannot be counted")
+    return records
+
+
 def classify_copies(events) -> dict:
-    """Count the layout-changing copies among profiler events (see the module docstring)."""
+    """Count the layout-changing copies among profiled ops (OpRecords; see the module docstring)."""
     out = {"layout_copies": 0, "input_layout_copies": 0, "weight_layout_copies": 0, "dtype_casts": 0,
            "layout_copies_by_op": Counter()}  # fmt: skip
     for e in events:
@@ -463,7 +514,7 @@ def count_layout_copies(name: str, mode: str, device: torch.device, batch: int) 
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         c()
         _sync(device)
-    out = classify_copies(prof.events())
+    out = classify_copies(trace_records(prof))
     c.x = c.step._prepare(c.x)  # given as NDHWC: the check below sees the model's ops only
     with MixedLayoutOps() as mixed:
         c()
@@ -568,7 +619,10 @@ def finish_row(c: Contender, secs: list[float], plan: Plan, flops: float, peak: 
     if c.spec.cl3d and c.spec.compile is None:
         key = (c.spec.bf16, c.spec.notf32, c.spec.bn)
         if key not in layout:
-            layout[key] = count_layout_copies(plan.name, c.mode, plan.device, plan.batch)
+            try:
+                layout[key] = count_layout_copies(plan.name, c.mode, plan.device, plan.batch)
+            except RuntimeError as e:  # a profiler without input strides: say so, keep the timing
+                layout[key] = {"layout_copies": None, "layout_note": str(e)}
         row.update(layout[key])
     else:
         row["layout_copies"] = None
@@ -741,6 +795,8 @@ def print_table(payload: dict) -> None:
                   f"input conversions {r['input_layout_copies']}, conv weight-gradient conversions "
                   f"{r['weight_layout_copies']}, dtype casts {r['dtype_casts']}; mixed-layout ops: "
                   f"{r['mixed_layout_ops'] or '-'} (counted on {r['layout_counted_on']})")  # fmt: skip
+        if r.get("layout_note"):
+            print(f"- {r['mode']}: layout copies not counted: {r['layout_note']}")
         if r["compile_s"] is not None:
             print(f"- {r['mode']}: compile preset {r['compile']} {r['compile_options']}: first step {r['compile_s']:.1f} s")
         if not r["ok"]:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import tpn
-from benchmarks.train import classify_copies, count_layout_copies, dim_order, mixed_layouts
+from benchmarks.train import classify_copies, count_layout_copies, dim_order, mixed_layouts, nest_records
 from tpn.layers import global_mean, upsample_nearest
 
 CL3D = torch.channels_last_3d
@@ -101,6 +101,25 @@ def test_copies_are_classified_by_what_made_them():
     got = classify_copies(events)
     assert got == {"layout_copies": 1, "input_layout_copies": 1, "weight_layout_copies": 1, "dtype_casts": 1,
                    "layout_copies_by_op": {"aten::max_pool3d_with_indices_backward in MaxPool3DWithIndicesBackward0": 1}}  # fmt: skip
+
+
+def test_trace_events_nest_into_their_enclosing_ops():
+    def ev(name, tid, ts, dur, cat="cpu_op", **args):
+        return {"ph": "X", "cat": cat, "name": name, "pid": 1, "tid": tid, "ts": ts, "dur": dur, "args": args}
+
+    events = [
+        ev("aten::copy_", 1, 12.0, 2.0, **{"Input Dims": [[1], [1]], "Input Strides": [[1], [1]], "Input type": ["float"] * 2}),
+        ev("aten::clone", 1, 11.0, 4.0),
+        ev("tpn.step.input_to_ndhwc", 1, 10.0, 20.0, cat="user_annotation"),
+        ev("aten::add", 1, 16.0, 1.0),  # after clone ended: a sibling, inside the annotation
+        ev("aten::mul", 2, 12.5, 1.0),  # another thread: no parent
+        {"ph": "X", "cat": "kernel", "name": "k", "pid": 1, "tid": 1, "ts": 12.0, "dur": 1.0},  # not an op
+    ]
+    recs = {r.name: r for r in nest_records(events)}
+    assert set(recs) == {"aten::copy_", "aten::clone", "tpn.step.input_to_ndhwc", "aten::add", "aten::mul"}
+    assert recs["aten::copy_"].cpu_parent is recs["aten::clone"]
+    assert recs["aten::clone"].cpu_parent is recs["aten::add"].cpu_parent is recs["tpn.step.input_to_ndhwc"]
+    assert recs["aten::mul"].cpu_parent is None and recs["aten::copy_"].structured_input_strides == [[1], [1]]
 
 
 # ------------------------------------------------------------------ the NDHWC-keeping blocks
