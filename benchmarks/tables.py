@@ -84,6 +84,37 @@ def pipeline_table(d: dict) -> list[str]:
     return rows
 
 
+def frames_goal_lines(d: dict) -> list[str]:
+    """The frame-shard goals on a 2-core CPU: >= 2.5x VP9 for 8x8, >= 1.5x for 32x2 (wall, same run)."""
+    goals = {"8x8": 2.5, "32x2": 1.5}
+    lines = []
+    for r in d["results"]:
+        if r["config"] in goals and "frames_vs_vp9_wall" in r:
+            ratio, goal = r["frames_vs_vp9_wall"], goals[r["config"]]
+            lines.append(f"- frame shards >= {goal}x VP9 at {r['config']} (wall): {ratio:.2f}x -> "
+                         + ("met" if ratio >= goal else "NOT met"))
+    return lines
+
+
+def scale_table(d: dict) -> list[str]:
+    """Index open time and resident bytes per sample; loader clips/s from disk and from S3 on loopback."""
+    rows = ["| samples | open s | open + read every per-sample number s | resident bytes per sample | index file bytes per sample |",
+            "|---|---|---|---|---|"]  # fmt: skip
+    rows += [f"| {r['samples']:,} | {_f(r['open_s'], 3)} | {_f(r['open_and_touch_s'], 3)} "
+             f"| {_f(r['rss_bytes_per_sample'], 1)} | {_f(r['file_bytes_per_sample'], 1)} |" for r in d.get("index", [])]
+    if "python_records_bytes_per_sample" in d:
+        n = min(r["samples"] for r in d["index"])
+        rows += ["", f"The previous index (one Python record per sample) held "
+                     f"{_f(d['python_records_bytes_per_sample'], 0)} bytes per sample at {n:,} samples."]
+    st = d.get("storage")
+    if st:
+        rows += ["", "| frame shards, 8x8 clips at 224 | clips/s |", "|---|---|"]
+        rows += [f"| {k} | {_f(v, 1)} |" for k, v in st["clips_per_s"].items()]
+        rows += ["", f"- loader from S3 / plain range-read loop of the same byte ranges: "
+                     f"{_f(st['loader_vs_range_loop'])}x (goal >= 0.8); S3 on loopback / local disk: {_f(st['s3_vs_local'])}x"]
+    return rows
+
+
 def goal_lines(d: dict) -> list[str]:
     """The payload's goal verdicts and notes as bullets (they were judged in the run itself)."""
     return [f"- {g}" for g in d.get("goals", [])] + [f"- note: {n}" for n in d.get("notes", [])]
