@@ -52,6 +52,10 @@ from pathlib import Path
 from benchmarks import charts, common
 from benchmarks.tables import (
     data_table,
+    frames_goal_lines,
+    frames_table,
+    pipeline_table,
+    scale_table,
     goal_lines,
     infer_table,
     loader_variants_table,
@@ -105,7 +109,12 @@ def _non_tiny(d: dict) -> dict:
     return {**d, "rows": [r for r in d["rows"] if not r.get("tiny")]}
 
 
-H100, CPU2 = "2026-11-25-h100", "2026-11-25-cpu2"
+def format_block_chart(stem: str) -> Callable[[Results], charts.Chart]:
+    """The chart function of a frame-shard Block reading results/<stem>.json."""
+    return lambda r: charts.format_chart(r[stem])
+
+
+H100, CPU2, CPU2_DEC = "2026-11-25-h100", "2026-11-25-cpu2", "2026-12-01-cpu2"
 BLOCKS: tuple[Block, ...] = (
     Block(name="h100-train", source=f"{H100}-train-compile", table=lambda d: [*train_table(d), "", *goal_lines(d)],
           chart=lambda r: charts.train_chart(r[f"{H100}-train-compile"]),
@@ -121,17 +130,16 @@ BLOCKS: tuple[Block, ...] = (
     Block(name="cpu2-data", source=f"{CPU2}-data", table=data_table,
           chart=lambda r: charts.data_chart(f"{CPU2}-data", r[f"{CPU2}-data"]),
           command=f"python -m benchmarks.data --name {CPU2}-data"),
+    Block(name="cpu2-frames", source=f"{CPU2_DEC}-data", table=lambda d: [*frames_table(d), "", *frames_goal_lines(d)],
+          chart=format_block_chart(f"{CPU2_DEC}-data")),
+    Block(name="cpu2-pipeline", source=f"{CPU2_DEC}-pipeline", table=pipeline_table),
+    Block(name="cpu2-scale", source=f"{CPU2_DEC}-scale", table=scale_table),
     Block(name="cpu2-infer", source=f"{CPU2}-infer", table=lambda d: infer_table(_non_tiny(d)),
           chart=lambda r: charts.infer_chart(r[f"{CPU2}-infer"], "tpn_r50_f8s8"),
           command=f"python -m benchmarks.infer --name {CPU2}-infer"),
     Block(name="cpu2-train", source=f"{CPU2}-train", table=lambda d: [*train_table(d), "", *goal_lines(d)],
           command=f"python -m benchmarks.train --name {CPU2}-train"),
 )  # fmt: skip
-
-
-def format_block_chart(stem: str) -> Callable[[Results], charts.Chart]:
-    """The chart function of a frame-shard Block reading results/<stem>.json."""
-    return lambda r: charts.format_chart(r[stem])
 
 
 # ------------------------------------------------------------------ blocks
