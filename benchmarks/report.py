@@ -134,9 +134,8 @@ BLOCKS: tuple[Block, ...] = (
           chart=format_block_chart(f"{CPU2_DEC}-data")),
     Block(name="cpu2-pipeline", source=f"{CPU2_DEC}-pipeline", table=pipeline_table),
     Block(name="cpu2-scale", source=f"{CPU2_DEC}-scale", table=scale_table),
-    Block(name="cpu2-infer", source=f"{CPU2}-infer", table=lambda d: infer_table(_non_tiny(d)),
-          chart=lambda r: charts.infer_chart(r[f"{CPU2}-infer"], "tpn_r50_f8s8"),
-          command=f"python -m benchmarks.infer --name {CPU2}-infer"),
+    Block(name="cpu2-infer", source=f"{CPU2_DEC}-infer", table=lambda d: infer_table(_non_tiny(d)),
+          chart=lambda r: charts.infer_chart(r[f"{CPU2_DEC}-infer"], "tpn_r50_f8s8")),
     Block(name="cpu2-train", source=f"{CPU2}-train", table=lambda d: [*train_table(d), "", *goal_lines(d)],
           command=f"python -m benchmarks.train --name {CPU2}-train"),
 )  # fmt: skip

@@ -55,21 +55,28 @@ def test_file_pool_keeps_at_most_max_open_files(tmp_path):
     assert open_fds() == before and pool.open_count == 0
 
 
-def test_an_epoch_over_more_shards_than_the_descriptor_limit(many):
-    """A child process lowers its soft limit below the shard count and loads a whole epoch of clips."""
+def test_an_epoch_over_ten_times_more_shards_than_the_descriptor_limit(many, tmp_path):
+    """400 shards (copies of the 60 above) under a soft limit of 40 descriptors: a whole epoch loads."""
+    wide = tmp_path / "wide"
+    wide.mkdir()
+    (wide / "classes.json").write_bytes((many / "classes.json").read_bytes())
+    tars = sorted(many.glob("*.tar"))
+    for n in range(400):
+        src = tars[n % len(tars)]
+        os.link(src, wide / f"train-{n:06d}.tar")
+        os.link(src.with_suffix(".idx"), wide / f"train-{n:06d}.idx")
     script = textwrap.dedent(f"""
         import resource, os
         from pipeline import ClipLoader
         from tests.clipdata import SMALL
-        shards = {str(many)!r}
         resource.setrlimit(resource.RLIMIT_NOFILE, (40, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
-        with ClipLoader(shards, SMALL, batch_size=4, device="cpu", num_threads=1) as loader:
+        with ClipLoader({str(wide)!r}, SMALL, batch_size=8, device="cpu", num_threads=1) as loader:
             n = sum(len(labels) for _, labels in loader)
             peak = loader.data.files.max_open
-        print("CLIPS", n, "SHARDS", len(loader.data.tars), "MAX_OPEN", peak, "FDS", len(os.listdir("/proc/self/fd")))
+        print("CLIPS", n, "SHARDS", len(loader.data.tars), "MAX_OPEN", peak)
     """)
     run = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert "CLIPS 60 SHARDS 60" in run.stdout, run.stdout + run.stderr[-3000:]
+    assert "CLIPS 400 SHARDS 400" in run.stdout, run.stdout + run.stderr[-3000:]
     assert "MAX_OPEN 5" in run.stdout  # an eighth of the lowered limit of 40
 
 
