@@ -190,3 +190,12 @@ def bar_plot(path: Path, labels: list[str], values: list[float], *, errors: list
     plt.close(fig)
     os.replace(tmp, path)
     return path
+
+
+def endless(loader):
+    """A ClipLoader's batches epoch after epoch (epochs 0, 1, 2, ...), forever."""
+    epoch = 0
+    while True:
+        loader.set_epoch(epoch)
+        yield from loader
+        epoch += 1

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import results_path, thread_schedstats, tree_cpu_seconds, write_results
+from benchmarks.common import endless, results_path, thread_schedstats, tree_cpu_seconds, write_results
 from pipeline import ClipSpec, sampling
 from pipeline.shardset import ShardSet
 
@@ -187,11 +187,7 @@ def dali_batches(shards: Path, spec: ClipSpec, s: Settings):
     from pipeline import ClipLoader
 
     loader = ClipLoader(shards, spec, batch_size=s.batch_size, device=s.device, num_threads=s.workers)
-    epoch = 0
-    while True:
-        loader.set_epoch(epoch)
-        yield from loader
-        epoch += 1
+    yield from endless(loader)
 
 
 def reference_batches(shards: Path, spec: ClipSpec, s: Settings):

@@ -27,7 +27,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from benchmarks.common import write_results
+from benchmarks.common import endless, write_results
 from benchmarks.data import Settings, bench_shards
 from pipeline import ClipSpec
 
@@ -94,7 +94,7 @@ def time_variant(v: Variant, shards: Path, spec: ClipSpec, device: str, batches:
 
     def run(loader) -> None:
         try:
-            it = _endless(loader)
+            it = endless(loader)
             for _ in range(loader.prefetch + 2):  # past what DALI holds ready: timing starts in the steady state
                 next(it)
             _sync(device)
@@ -121,14 +121,6 @@ def time_variant(v: Variant, shards: Path, spec: ClipSpec, device: str, batches:
         raise errors[0]
     wall = max(done) - t0
     return {**asdict(v), "label": v.label, "clips_per_s": v.loaders * batches * v.batch_size / wall, "seconds": wall}
-
-
-def _endless(loader):
-    epoch = 0
-    while True:
-        loader.set_epoch(epoch)
-        yield from loader
-        epoch += 1
 
 
 def _sync(device: str) -> None:

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 import tpn
-from benchmarks.common import bar_plot, results_path, write_results
+from benchmarks.common import bar_plot, endless, results_path, write_results
 from benchmarks.data import Settings, bench_shards
 from tpn.engine import LossModule, StepOptions, TrainStep, build_optimizer
 
@@ -55,14 +55,6 @@ def step_for(name: str, device: torch.device, compile_: bool) -> tuple[TrainStep
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def endless(loader):
-    epoch = 0
-    while True:
-        loader.set_epoch(epoch)
-        yield from loader
-        epoch += 1
 
 
 def timed(fn, batches: int, batch_size: int, device: torch.device) -> float:

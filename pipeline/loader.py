@@ -104,22 +104,28 @@ def clip_pipeline(source, mode: Mode, spec: ClipSpec, device: str, decoder: str 
     return (*views, feed["label"], feed["index"])
 
 
-def _train_views(x, feed: dict, spec: ClipSpec) -> list:
-    """One random resized crop per clip (same box on every frame), jitter, frame order, flip."""
+def _train_views(x, feed: dict, spec: ClipSpec, layout: str = "CFHW") -> list:
+    """One random resized crop per clip (same box on every frame), jitter, frame order, flip.
+
+    Sequences (video shards) are put in clip order here; single images (frame
+    shards, layout "HWC") are regrouped into clips by the host afterwards.
+    """
     box = feed["box"]
     x = fn.resize(x, roi_start=box[0:2], roi_end=box[2:4], size=[spec.crop_size] * 2, antialias=False)
     if spec.color_jitter:
         j = feed["jitter"]
         x = fn.hsv(x, hue=j[0], saturation=j[1])
         x = fn.brightness_contrast(x, contrast=j[2], brightness_shift=j[3])
-    x = fn.sequence_rearrange(x, new_order=feed["order"])
-    return [_normalise(x, spec, mirror=feed["flip"])]
+    if "order" in feed:
+        x = fn.sequence_rearrange(x, new_order=feed["order"])
+    return [_normalise(x, spec, layout=layout, mirror=feed["flip"])]
 
 
-def _test_views(x, feed: dict, spec: ClipSpec) -> list:
-    """Short side to test_scale, frames in clip order, then one output per (crop, flip)."""
+def _test_views(x, feed: dict, spec: ClipSpec, layout: str = "CFHW") -> list:
+    """Short side to test_scale, frames in clip order (sequences), then one output per (crop, flip)."""
     x = fn.resize(x, resize_shorter=spec.test_scale, antialias=False)
-    x = fn.sequence_rearrange(x, new_order=feed["order"])
+    if "order" in feed:
+        x = fn.sequence_rearrange(x, new_order=feed["order"])
     crops = 3 if spec.test_crops == "three" else 1
     flips = (0, 1) if spec.test_flip else (0,)
     views = []
@@ -128,7 +134,7 @@ def _test_views(x, feed: dict, spec: ClipSpec) -> list:
         if spec.test_crops != "full":
             pos = feed["positions"]
             window = {"crop": [spec.test_crop] * 2, "crop_pos_x": pos[c, 0], "crop_pos_y": pos[c, 1]}
-        views += [_normalise(x, spec, mirror=f, **window) for f in flips]
+        views += [_normalise(x, spec, layout=layout, mirror=f, **window) for f in flips]
     return views
 
 
@@ -168,22 +174,7 @@ def frame_pipeline(source, mode: Mode, spec: ClipSpec, device: str, decoder: str
     else:
         x = fn.decoders.image(feed["jpeg"], device="cpu", output_type=types.RGB)
         x = x.gpu() if device == "gpu" else x
-    if mode == "train":
-        box = feed["box"]
-        x = fn.resize(x, roi_start=box[0:2], roi_end=box[2:4], size=[spec.crop_size] * 2, antialias=False)
-        if spec.color_jitter:
-            j = feed["jitter"]
-            x = fn.hsv(x, hue=j[0], saturation=j[1])
-            x = fn.brightness_contrast(x, contrast=j[2], brightness_shift=j[3])
-        return (_normalise(x, spec, layout="HWC", mirror=feed["flip"]),)
-    x = fn.resize(x, resize_shorter=spec.test_scale, antialias=False)
-    views = []
-    for c in range(3 if spec.test_crops == "three" else 1):
-        window = {}
-        if spec.test_crops != "full":
-            pos = feed["positions"]
-            window = {"crop": [spec.test_crop] * 2, "crop_pos_x": pos[c, 0], "crop_pos_y": pos[c, 1]}
-        views += [_normalise(x, spec, layout="HWC", mirror=f, **window) for f in ((0, 1) if spec.test_flip else (0,))]
+    views = _train_views(x, feed, spec, "HWC") if mode == "train" else _test_views(x, feed, spec, "HWC")
     return tuple(views)
 
 
