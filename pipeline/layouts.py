@@ -76,10 +76,6 @@ def make_key(rel: str) -> str:
     return f"{clean}-{digest}"
 
 
-def is_video(path: Path) -> bool:
-    return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in VIDEO_EXTS
-
-
 def videos_under(folder: Path) -> list[Path]:
     """Video files below `folder`, sorted, skipping hidden files and folders (e.g. a shard run's staging)."""
     return walk_videos(folder)[0]

@@ -29,6 +29,7 @@ from pipeline.ffmpeg import count_decoded_frames
 from pipeline import storage
 from pipeline.jpeg import decode_check
 from pipeline.shard import manifest as mf
+from pipeline.shard.core import frame_ext, frames_sha256
 from pipeline.wds import index_of_tar, iter_samples, sha256_file
 
 
@@ -47,17 +48,14 @@ class VerifyReport:
 
 
 def frame_exts(count: int) -> list[str]:
-    return [f"{i:06d}.jpg" for i in range(count)]
+    return [frame_ext(i) for i in range(count)]
 
 
 def content_sha256(sample: dict, video_ext: str | None, frames: int) -> str:
     """sha256 of a sample's video, or of its JPEG frames concatenated in order (frame shards)."""
     if video_ext is not None:
         return hashlib.sha256(sample[video_ext]).hexdigest()
-    h = hashlib.sha256()
-    for ext in frame_exts(frames):
-        h.update(sample[ext])
-    return h.hexdigest()
+    return frames_sha256([sample[ext] for ext in frame_exts(frames)])
 
 
 def check_sample(sample: dict, classes: list[str], video_ext: str | None, codec: str) -> list[str]:
