@@ -117,6 +117,7 @@ def list_remote_shards(folder: str, split: str | None) -> list[str]:
         return sorted(str(join(folder, n)) for n in names)
     except FileNotFoundError:
         fs, path = filesystem(folder)
+        fs.invalidate_cache(path.rstrip("/"))  # listings are cached per filesystem object
         pattern = f"{split}-*.tar" if split else "*.tar"
         protocol = folder.split("://", 1)[0]
         return sorted(f"{protocol}://{p}" for p in fs.glob(f"{path.rstrip('/')}/{pattern}"))
