@@ -29,3 +29,15 @@ def onednn_convolutions():
     torch.set_num_threads(max(2, threads))
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """One local S3 server for the whole session (moto keeps its buckets per process anyway)."""
+    pytest.importorskip("s3fs")
+    pytest.importorskip("moto.server")
+    from tests.s3_helpers import start_s3
+
+    fs, stop = start_s3()
+    yield fs
+    stop()

@@ -14,23 +14,10 @@ from export.onnx import export_onnx  # noqa: E402
 from export.shards import fingerprint, resolve_split  # noqa: E402
 from export.validate import Thresholds, validate  # noqa: E402
 from tests.export_helpers import TINY, make_val_shards, trained_tiny  # noqa: E402
-from tests.test_object_storage import BUCKET, s3, upload  # noqa: E402, F401  (s3: the server fixture)
+from tests.s3_helpers import BUCKET, upload  # noqa: E402
 
 
-@pytest.fixture
-def bucket(s3):
-    """The S3 server of the object-storage tests, left as found for the next one in this process.
-
-    moto keeps buckets per process, and fsspec caches filesystems (with the endpoint they were
-    made for): both are cleared, so a later server on another port starts clean.
-    """
-    yield s3
-    s3.rm(BUCKET, recursive=True)
-    type(s3).clear_instance_cache()
-
-
-def test_gate_on_object_storage_binds_the_remote_data(bucket, tmp_path):
-    s3 = bucket
+def test_gate_on_object_storage_binds_the_remote_data(s3, tmp_path):
     local = make_val_shards(tmp_path)
     ckpt = trained_tiny(tmp_path, local)
     url = upload(s3, local, "val-shards")

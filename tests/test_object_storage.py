@@ -12,43 +12,12 @@ import pytest
 import torch
 
 pytest.importorskip("s3fs")
-moto_server = pytest.importorskip("moto.server")
+pytest.importorskip("moto.server")
 
 from pipeline import ClipLoader  # noqa: E402
 from pipeline.shardset import ShardSet  # noqa: E402
 from tests.clipdata import SMALL, coded_shards, frame_codes  # noqa: E402
-
-BUCKET = "tpn-shards"
-
-
-@pytest.fixture(scope="module")
-def s3():
-    """An S3 endpoint on loopback; credentials and endpoint through the standard environment variables."""
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL": f"http://{host}:{port}"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    import fsspec
-
-    fs = fsspec.filesystem("s3", skip_instance_cache=True)
-    fs.mkdir(BUCKET)
-    yield fs
-    server.stop()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-
-
-def upload(fs, local: Path, prefix: str) -> str:
-    for path in sorted(local.iterdir()):
-        if path.is_file():
-            fs.put_file(str(path), f"{BUCKET}/{prefix}/{path.name}")
-    return f"s3://{BUCKET}/{prefix}"
+from tests.s3_helpers import BUCKET, upload  # noqa: E402
 
 
 @pytest.fixture(scope="module", params=["vp9", "jpeg"])
