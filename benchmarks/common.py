@@ -7,12 +7,13 @@ machine it ran on) and, when it has one, a PNG plot beside it.
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import platform
 import shlex
 import sys
 from pathlib import Path
+
+from pipeline.fileio import atomic_write, atomic_write_json
 
 # TPN_BENCH_RESULTS redirects every benchmark's output (smoke runs write outside the repo).
 RESULTS = Path(os.environ.get("TPN_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
@@ -86,15 +87,8 @@ def write_results(name: str, payload: dict) -> Path:
     """Write `payload` plus `machine_info()` (and the command that ran) to results/<name>.json atomically."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = results_path(name)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     context = {"machine": machine_info(), "command": invoking_command()}
-    with open(tmp, "w") as f:
-        json.dump({**context, **payload}, f, indent=1)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+    return atomic_write_json(path, {**context, **payload}, indent=1)
 
 
 def _process_tree() -> dict[int, list[int]]:
@@ -184,12 +178,17 @@ def bar_plot(path: Path, labels: list[str], values: list[float], *, errors: list
     ax.set_xlabel(ylabel)
     ax.set_xlim(0, 1.2 * max(values + [hi + v for v, (_, hi) in zip(values, errors or [(0, 0)] * len(values))]))
     ax.set_title(f"{title}\n{machine_line()}" if title else machine_line(), fontsize=9)
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path, dpi=100)
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int) -> Path:
+    """Save a matplotlib figure as PNG via temp + rename, then close it."""
+    import matplotlib.pyplot as plt
+
+    try:
+        return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi))
+    finally:
+        plt.close(fig)
 
 
 def endless(loader):

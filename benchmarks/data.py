@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import endless, results_path, thread_schedstats, tree_cpu_seconds, write_results
+from benchmarks.common import endless, results_path, save_figure, thread_schedstats, tree_cpu_seconds, write_results
 from pipeline import ClipSpec, sampling
 from pipeline.shardset import ShardSet
 
@@ -338,10 +338,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, path)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def run(s: Settings, name: str | None = None) -> dict:

@@ -50,6 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks import charts, common
+from pipeline.fileio import atomic_write_text
 from benchmarks.tables import (
     data_table,
     frames_goal_lines,
@@ -247,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     if new != text:
-        _write_text(args.readme, new)
+        atomic_write_text(args.readme, new, durable=False)
     print(f"{args.readme}: {len(bodies)} generated blocks {'updated' if new != text else 'already up to date'}")
     for line in [*(f"chart: {p}" for p in drawn), *(f"note: {n}" for n in notes)]:
         print(line)
@@ -257,12 +258,6 @@ def main(argv: list[str] | None = None) -> int:
 def _all_charts(results: Results) -> tuple[list[Path], list[str]]:
     formats, notes = draw_format_charts(results)
     return [*draw_charts(BLOCKS, results), *formats], notes
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

@@ -80,7 +80,7 @@ from tpn.engine import (
     COMPILE_PRESETS, DEFAULT_COMPILE, INPUT_TO_NDHWC, MIN_CUDNN, LossModule, StepOptions, TrainStep,
     build_optimizer, compile_options, step_mode,
 )  # fmt: skip
-from tpn.io import atomic_write_bytes
+from pipeline.fileio import atomic_write_bytes
 from tpn.layers import set_batchnorm_impl
 
 BASELINE = "fp32-eager"
@@ -820,7 +820,7 @@ def main(argv: list[str] | None = None) -> int:
     path = write_results(args.name, payload)
     if text:
         prof_path = results_path(f"{args.name}-profile", ".txt")
-        atomic_write_bytes(text.encode(), prof_path)  # a rendering of the JSON's "profiles"
+        atomic_write_bytes(prof_path, text.encode())  # a rendering of the JSON's "profiles"
         print(text + f"profile: {prof_path}")
     rows = [r for r in payload["rows"] if r["ok"]]
     if rows:

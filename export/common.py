@@ -12,11 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import logging
 import os
-import shutil
-import tempfile
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -28,7 +25,7 @@ import torch
 from torch import nn
 
 import tpn
-from tpn.io import atomic_write_json
+from pipeline.fileio import atomic_write_json, fsync_dir, sha256_file
 
 # Exit codes shared by the export CLIs.
 EXIT_OK = 0
@@ -206,14 +203,6 @@ RANDOM_WEIGHTS = (
 )
 
 
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _checkpoint_classes(checkpoint: str | Path | Mapping) -> int | None:
     """The class count an own-format checkpoint records (fine-tuned models differ from the zoo's)."""
     if isinstance(checkpoint, Mapping):
@@ -279,7 +268,7 @@ def _source(model: nn.Module, checkpoint: str | Path | None) -> ModelSource:
     src = ModelSource(name=cfg.name, num_classes=int(model.num_classes))
     if checkpoint is not None and not isinstance(checkpoint, Mapping):
         src.checkpoint = str(checkpoint)
-        src.checkpoint_sha256 = file_sha256(checkpoint)
+        src.checkpoint_sha256 = sha256_file(checkpoint)
         src.zoo_weights = cfg.weights_sha256 is not None and src.checkpoint_sha256 == cfg.weights_sha256
         src.weights = "zoo" if src.zoo_weights else "checkpoint"
     elif checkpoint is not None:  # a state dict in memory
@@ -371,30 +360,13 @@ def to_jsonable(obj: Any) -> Any:
     return obj
 
 
-def write_json(obj: Any, path: str | os.PathLike) -> Path:
-    return atomic_write_json(to_jsonable(obj), path)
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    return atomic_write_json(path, to_jsonable(obj))
 
 
 def validated_marker(artifact: str | os.PathLike) -> Path:
     """`<artifact>.validated.json`: written only when the Top-1 gate passes on validation shards."""
     return Path(str(artifact) + ".validated.json")
-
-
-def fsync_file(path: str | os.PathLike) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-@contextlib.contextmanager
-def staging_dir(out_dir: str | os.PathLike) -> Iterator[Path]:
-    """A temporary folder inside `out_dir` (same filesystem, so moves out of it are atomic renames)."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_dir))
-    try:
-        yield stage
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
 
 
 def publish(files: list[Path], dest_dir: str | os.PathLike) -> Path:
@@ -409,11 +381,7 @@ def publish(files: list[Path], dest_dir: str | os.PathLike) -> Path:
     validated_marker(final).unlink(missing_ok=True)
     for f in files:
         os.replace(f, dest_dir / f.name)
-    dir_fd = os.open(dest_dir, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the renames durable
-    finally:
-        os.close(dir_fd)
+    fsync_dir(dest_dir)
     return final
 
 

@@ -48,9 +48,9 @@ from export.common import (
     Tolerance,
     compare_logits,
     publish,
-    staging_dir,
     synthetic_clips,
 )
+from pipeline.fileio import staging_dir
 from export.onnx import INPUT_NAME, OUTPUT_NAME, add_metadata, read_metadata, write_model
 
 FP16_MAX = 65504.0

@@ -26,7 +26,8 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from export.common import file_sha256, validated_marker, write_json
+from export.common import validated_marker, write_json
+from pipeline.fileio import sha256_file
 from export.shards import fingerprint
 
 MARKER_FORMAT = 2
@@ -93,11 +94,11 @@ def write_marker(artifact: str | os.PathLike, payload: dict) -> Path:
     art = Path(artifact)
     body = {
         "format": MARKER_FORMAT,
-        "artifact": {"file": art.name, "sha256": file_sha256(art), "bytes": art.stat().st_size},
+        "artifact": {"file": art.name, "sha256": sha256_file(art), "bytes": art.stat().st_size},
         **payload,
         "provenance": provenance(),
     }
-    return write_json(body, validated_marker(art))
+    return write_json(validated_marker(art), body)
 
 
 def read_marker(artifact: str | os.PathLike) -> dict | None:
@@ -129,7 +130,7 @@ def check_marker(
         return MarkerCheck(False, ["the marker was written by an older toolkit and binds too little: re-run the gate"],
                            marker=marker)  # fmt: skip
     check = MarkerCheck(True, marker=marker)
-    if marker["artifact"]["sha256"] != file_sha256(art):
+    if marker["artifact"]["sha256"] != sha256_file(art):
         check.problems.append(f"{art.name} changed since it was validated (sha256 differs)")
         check.valid = False
         return check  # nothing else it records applies to another file
@@ -162,7 +163,7 @@ def _check_checkpoint(marker: dict, checkpoint: str | os.PathLike | None, check:
         return
     if not path.is_file():
         check.problems.append(f"checkpoint {path} does not exist")
-    elif file_sha256(path) != want:
+    elif sha256_file(path) != want:
         check.problems.append(f"the weights changed: {path} is not the checkpoint the artifact was validated with")
 
 

@@ -46,12 +46,11 @@ from export.common import (
     quiet_exporter,
     publish,
     random_weights_notice,
-    staging_dir,
-    fsync_file,
     synthetic_clips,
     torch_logits,
     write_json,
 )
+from pipeline.fileio import fsync_file, staging_dir
 INPUT_NAME = "clips"
 OUTPUT_NAME = "logits"
 DEFAULT_OPSET = 20  # the exporter's default; TensorRT 10/11 parse opsets 9-25
@@ -317,13 +316,13 @@ def main(argv: list[str] | None = None) -> int:
             tolerance=TOLERANCES[args.tolerance], seed=args.seed,
         )  # fmt: skip
     except CheckFailed as e:
-        write_json({**head, "onnx": e.report, "passed": False}, out / "report.json")
+        write_json(out / "report.json", {**head, "onnx": e.report, "passed": False})
         print(f"error: {e}", file=sys.stderr)
         return EXIT_FAILED
     except ExportError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
-    write_json({**head, "onnx": report, "passed": True}, out / "report.json")
+    write_json(out / "report.json", {**head, "onnx": report, "passed": True})
     print(report.summary())
     print(f"report: {out / 'report.json'}")
     return EXIT_OK

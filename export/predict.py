@@ -480,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
     for path, reason in run.failed.items():
         print(f"  failed: {path}: {reason}")
     if args.json:
-        write_json(json_payload(args, clf, names_from, run), args.json)
+        write_json(args.json, json_payload(args, clf, names_from, run))
         print(f"predictions: {args.json}")
     return EXIT_FAILED if run.failed else EXIT_OK
 

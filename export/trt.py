@@ -49,12 +49,11 @@ from export.common import (
     load_model,
     publish,
     random_weights_notice,
-    staging_dir,
     write_json,
 )
 from export.onnx import add_model_args, export_onnx, parse_size
 from export.runtime import TRT_INSTALL, import_tensorrt
-from tpn.io import atomic_write_bytes
+from pipeline.fileio import atomic_write_bytes, staging_dir
 
 NO_GPU = (
     "no CUDA GPU is visible (torch.cuda.is_available() is False): TensorRT builds and runs engines on an "
@@ -187,7 +186,7 @@ def build_engine(
         staged = stage / out.name
         staged.write_bytes(plan)
         publish([staged], out.parent)
-    atomic_write_bytes(cache_bytes, cache_path)
+    atomic_write_bytes(cache_path, cache_bytes)
     return TrtReport(
         onnx=str(src), path=str(out), tensorrt=trt.__version__, device=torch.cuda.get_device_name(),
         typing=mode.typing, builder_flags=list(mode.builder_flags), profile={k: list(v) for k, v in shapes.items()},
@@ -415,13 +414,13 @@ def main(argv: list[str] | None = None) -> int:
         )
     except CheckFailed as e:
         print(f"error: {e}", file=sys.stderr)
-        write_json({**head, "failed": str(e), "report": e.report, "passed": False}, out / "report.json")
+        write_json(out / "report.json", {**head, "failed": str(e), "report": e.report, "passed": False})
         return EXIT_FAILED
     except ExportError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
     steps = {"onnx": r.onnx, "fp16": r.fp16, "engine": r.engine, "artifacts": r.artifacts}
-    write_json({**head, **steps, "status": r.status, "passed": r.status == EXIT_OK}, out / "report.json")
+    write_json(out / "report.json", {**head, **steps, "status": r.status, "passed": r.status == EXIT_OK})
     print("\n".join(summary_lines(r)))
     if isinstance(r.engine, dict):
         print(f"error: no engine was built: {r.engine['missing']}", file=sys.stderr)

@@ -663,7 +663,7 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
     for report in reports:
         out = Path(str(report.artifact) + ".gate.json")
-        write_json({"settings": vars(args), "gate": report}, out)
+        write_json(out, {"settings": vars(args), "gate": report})
         print(report.summary())
         print(f"report: {out}" + (f"; marker: {report.marker}" if report.marker else ""))
     return EXIT_OK if all(r.passed for r in reports) else EXIT_FAILED

@@ -31,7 +31,6 @@ import mmap
 import os
 import re
 import resource
-import secrets
 import shutil
 import threading
 from collections import OrderedDict
@@ -41,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import storage
+from pipeline.fileio import temp_path
 
 VIDEO_EXTS = {"webm": "vp9", "mp4": "h264"}
 FRAME_RE = re.compile(r"^(\d{6})\.jpg$")
@@ -336,7 +336,7 @@ def load_index(tars: list, split: str | None = None, cache: bool = True) -> Samp
     index = build_index(tars)
     if folder is None:
         return index
-    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    tmp = temp_path(folder)
     try:
         index.save(tmp)
         os.replace(tmp, folder)  # one writer wins; the others' identical copies are dropped

@@ -27,7 +27,7 @@ import numpy as np
 
 from pipeline._cli import HelpFormatter
 from pipeline.ffmpeg import FFmpegError, find_ffmpeg, parse_size, pipe_frames
-from pipeline.wds import atomic_write_text
+from pipeline.fileio import atomic_write_text
 
 DIRECTIONS = {"right": (0, 1), "left": (0, -1), "down": (1, 0), "up": (-1, 0)}  # (dy, dx)
 SPEEDS = {"slow": 0.012, "fast": 0.036}  # fraction of the frame's extent per frame

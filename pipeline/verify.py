@@ -30,7 +30,8 @@ from pipeline import storage
 from pipeline.jpeg import decode_check
 from pipeline.shard import manifest as mf
 from pipeline.shard.core import frame_ext, frames_sha256
-from pipeline.wds import index_of_tar, iter_samples, sha256_file
+from pipeline.fileio import sha256_file
+from pipeline.wds import index_of_tar, iter_samples
 
 
 @dataclass

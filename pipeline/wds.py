@@ -13,13 +13,14 @@ same samples give byte-identical shards.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from pipeline.fileio import atomic_write_text, fsync_dir, sha256_file, temp_path
 
 IDX_VERSION = "v1.2"
 BLOCK = tarfile.BLOCKSIZE  # 512
@@ -43,48 +44,6 @@ def check_key(key: str) -> None:
     """Keys become tar member names: ASCII, no dots, no slashes, short enough for a USTAR header."""
     if not key or "." in key or "/" in key or not key.isascii() or len(key) > 80 or key.startswith("-"):
         raise ValueError(f"invalid sample key {key!r}: need 1-80 ASCII chars without '.' or '/'")
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename durable: fsync the directory that holds it."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes, durable: bool = True) -> None:
-    """Write `data` to `path` via a temp file + rename (+ fsync when `durable`).
-
-    The rename alone makes a kill at any moment safe; fsync adds safety
-    against power loss, which caches that are checksummed on reuse can skip.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        if durable:
-            f.flush()
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
-    if durable:
-        fsync_dir(path.parent)
-
-
-def atomic_write_text(path: Path, text: str, durable: bool = True) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"), durable)
-
-
-def temp_name(final: Path) -> Path:
-    return final.with_name(f".{final.name}.tmp-{os.getpid()}")
-
-
-def is_temp_name(name: str) -> bool:
-    return name.startswith(".") and ".tmp-" in name
 
 
 def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
@@ -122,7 +81,7 @@ class ShardWriter:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.idx_path = self.path.with_suffix(".idx")
-        self._tmp = temp_name(self.path)
+        self._tmp = temp_path(self.path)
         self._file = open(self._tmp, "wb")
         self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)
         self._index: list[list[tuple[str, int, int, str]]] = []
@@ -172,14 +131,6 @@ class ShardWriter:
             self._file.close()
         finally:
             self._tmp.unlink(missing_ok=True)
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def index_of_tar(path: Path) -> str:

@@ -128,7 +128,7 @@ def test_own_checkpoint_round_trip_and_create_model(tmp_path):
     src = fresh("tpn_tiny_f8s4", 0)
     randomize_bn_stats(src)
     path = save_checkpoint(tmp_path / "ckpt.pth", src, epoch=3)
-    assert not list(tmp_path.glob("*.tmp"))
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pth"]  # no temp file left beside it
     dst = tpn.create_model("tpn_tiny_f8s4", checkpoint=path)
     assert_same_state(src, dst)
     raw = torch.load(path, weights_only=True)

@@ -27,7 +27,7 @@ from export.common import (
     ExportError,
     MissingDependencyError,
     ModelSource,
-    file_sha256,
+    sha256_file,
     load_model,
     validated_marker,
 )
@@ -269,8 +269,8 @@ def test_shard_gate_passes_the_fp16_export_of_a_fitted_model_and_binds_the_marke
         assert all(c.passed and c.threshold is not None for c in r.criteria)
     assert fp16_r.precision == "fp16" and onnx_r.precision == "fp32"
     marker = json.loads(validated_marker(work["fp16"].path).read_text())
-    assert marker["artifact"]["sha256"] == file_sha256(work["fp16"].path)
-    assert marker["checkpoint"]["sha256"] == file_sha256(work["ckpt"]) and marker["model"] == TINY
+    assert marker["artifact"]["sha256"] == sha256_file(work["fp16"].path)
+    assert marker["checkpoint"]["sha256"] == sha256_file(work["ckpt"]) and marker["model"] == TINY
     assert marker["shards"]["split"] == "val" and marker["shards"]["fingerprint"] == fingerprint(work["shards"], "val").sha256
     assert marker["videos"] == 16 and marker["protocol"]["views"] == 6 and marker["thresholds"]["min_videos"] == 16
     assert marker["results"]["prediction_agreement"] == 1.0 and marker["provenance"]["toolkit"]
@@ -365,7 +365,7 @@ def test_marker_checks_the_artifact_and_older_markers(work, tmp_path):
     with open(art, "ab") as f:
         f.write(b"\0")
     assert "changed since it was validated" in check_marker(art).problems[0]
-    validated_marker(art).write_text(json.dumps({"sha256": file_sha256(art), "gate": {}}))
+    validated_marker(art).write_text(json.dumps({"sha256": sha256_file(art), "gate": {}}))
     assert "older toolkit" in check_marker(art).problems[0]
 
 
@@ -473,7 +473,7 @@ def test_zoo_target_only_for_the_zoo_weights(work):
     r = _report()
     assert zoo_target(model, source, None, r) is None and "not checked" in r.notes[0]
     # a zoo entry that records this checkpoint's sha256 (and a published Top-1)
-    model.config = dataclasses.replace(model.config, weights_sha256=file_sha256(ckpt), top1=70.0)
+    model.config = dataclasses.replace(model.config, weights_sha256=sha256_file(ckpt), top1=70.0)
     _, source = load_model(model, ckpt)
     assert source.zoo_weights
     assert zoo_target(model, source, None, _report()) == 70.0

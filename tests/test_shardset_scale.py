@@ -7,7 +7,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from pipeline.shardset import INDEX_DIR, FilePool, ShardSet, load_index

@@ -24,7 +24,7 @@ def touch_checkpoints(run: Path, steps: list[int]) -> None:
 def test_checkpoints_are_listed_by_step_and_pruned_to_the_newest(tmp_path):
     touch_checkpoints(tmp_path, [100, 7, 2000, 35])
     (tmp_path / "best.pth").write_bytes(b"x")
-    (tmp_path / ".step_00000999.pth.abc.tmp").write_bytes(b"x")  # a temp file is never a checkpoint
+    (tmp_path / ".step_00000999.pth.tmp-123-abcd").write_bytes(b"x")  # a temp file is never a checkpoint
     assert [p.name for p in rundir.list_checkpoints(tmp_path)] == [
         "step_00000007.pth", "step_00000035.pth", "step_00000100.pth", "step_00002000.pth",
     ]  # fmt: skip

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from tpn.io import atomic_torch_save
+from pipeline.fileio import atomic_write
 
 log = logging.getLogger("tpn.checkpoint")
 
@@ -386,4 +386,4 @@ def save_checkpoint(path: str | Path, model: nn.Module, **extra) -> Path:
     }
     if hasattr(module.backbone, "shift_shortcut"):  # TSM: which shortcut input the weights expect
         obj["shift_shortcut"] = module.backbone.shift_shortcut
-    return atomic_torch_save(obj, path)
+    return atomic_write(path, lambda f: torch.save(obj, f))

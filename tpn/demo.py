@@ -32,7 +32,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tpn.io import atomic_write_json
+from pipeline.fileio import atomic_write_json
 
 MODELS = ("tpn_tiny_f8s4", "baseline_tiny_f8s4")
 EXPORTED = MODELS[0]
@@ -183,7 +183,7 @@ def run_stage(stage: Stage, p: DemoPaths, index: int, total: int) -> StageResult
     result = StageResult(stage.name, command, rc, time.perf_counter() - t0)
     if rc in stage.ok_codes:
         result.note = stage.note if rc else ""
-        atomic_write_json(asdict(result), marker)
+        atomic_write_json(marker, asdict(result))
     return result
 
 

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tpn.io import atomic_write_bytes
+from pipeline.fileio import atomic_write_bytes
 
 log = logging.getLogger("tpn.train")
 
@@ -139,7 +139,7 @@ class MetricsWriter:
         """Drop the records past `step` (left by a run killed after its last checkpoint)."""
         keep = [r for r in read_metrics(self.path.parent) if r.get("step", 0) <= step]
         text = "".join(json.dumps(r) + "\n" for r in keep)
-        atomic_write_bytes(text.encode(), self.path)
+        atomic_write_bytes(self.path, text.encode())
 
     def write(self, records: list[dict]) -> None:
         if not records:
@@ -199,7 +199,7 @@ def plot_curves(records: list[dict], path: Path, title: str) -> Path | None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
-    return atomic_write_bytes(buf.getvalue(), path)
+    return atomic_write_bytes(path, buf.getvalue())
 
 
 def _running_mean(values: list[float], window: int) -> list[float]:

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 import tpn
 from pipeline import ClipSpec, storage
 from tpn.distributed import DistEnv, env_from_environ, gather_objects, init_distributed, resolve_device, shutdown
-from tpn.io import atomic_write_bytes, atomic_write_json
+from pipeline.fileio import atomic_write_bytes, atomic_write_json
 from tpn.metrics import accuracy, average_views
 
 log = logging.getLogger("tpn.test")
@@ -258,11 +258,11 @@ def run_test(args: argparse.Namespace, env: DistEnv) -> EvalReport:
 def write_outputs(report: EvalReport, args: argparse.Namespace) -> None:
     if args.out:
         settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-        atomic_write_json({**report.to_dict(), "settings": settings}, args.out)
+        atomic_write_json(args.out, {**report.to_dict(), "settings": settings})
     if args.per_video and report.scores is not None:
         lines = [json.dumps({"key": s.key, "label": s.label, "pred": max(range(len(s.probs)), key=s.probs.__getitem__),
                              "probs": s.probs}) for s in report.scores]  # fmt: skip
-        atomic_write_bytes(("\n".join(lines) + "\n").encode(), args.per_video)
+        atomic_write_bytes(args.per_video, ("\n".join(lines) + "\n").encode())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,7 +38,7 @@ from tpn.engine import (
     COMPILE_PRESETS, DEFAULT_COMPILE, LossLog, LossModule, StepOptions, TrainStep, build_optimizer, cudnn_problem,
     pin_device_lr, set_lr,
 )  # fmt: skip
-from tpn.io import atomic_write_json
+from pipeline.fileio import atomic_write_json
 from tpn.schedule import StepSchedule, scaled_lr
 from tpn.test import EvalReport, evaluate, shard_source
 
@@ -333,7 +333,7 @@ class Trainer:
             "device": str(self.device), "amp_dtype": str(self.amp_dtype), "channels_last": self.channels_last,
             "torch": torch.__version__, "cudnn": torch.backends.cudnn.version() if self.device.type == "cuda" else None,
         }  # fmt: skip
-        atomic_write_json({"settings": self.s.to_dict(), "derived": derived}, self.run_dir / "settings.json")
+        atomic_write_json(self.run_dir / "settings.json", {"settings": self.s.to_dict(), "derived": derived})
 
     def _sync_buffers(self) -> None:
         """Give every rank rank 0's BN statistics (buffers are not broadcast per step)."""
@@ -501,7 +501,7 @@ class Trainer:
         )  # fmt: skip
         if self.env.is_main:
             log_step_report(summary.step, on_gpu=self.device.type == "cuda")
-            atomic_write_json(dataclasses.asdict(summary), self.run_dir / "summary.json")
+            atomic_write_json(self.run_dir / "summary.json", dataclasses.asdict(summary))
             rundir.plot_curves(rundir.read_metrics(self.run_dir), self.run_dir / "curves.png", s.model)
         barrier(self.env)
         return summary

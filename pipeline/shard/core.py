@@ -31,7 +31,8 @@ from pipeline.layouts import Dataset, WorkItem, scan
 from pipeline.shard import manifest as mf
 from pipeline.shard.encode import Outcome, encode_item, reject_without_encoding
 from pipeline.shard.manifest import ShardRecord, SplitProgress
-from pipeline.wds import BLOCK, ShardWriter, is_temp_name, tar_file_size
+from pipeline.fileio import is_temp_name
+from pipeline.wds import BLOCK, ShardWriter, tar_file_size
 
 DEFAULT_SHARD_SIZE = 1_000_000_000
 DEFAULT_MIN_FRAMES = 8

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import secrets
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from pipeline.ffmpeg import (
 )
 from pipeline.jpeg import JpegError, decode_check
 from pipeline.layouts import WorkItem, frames_pattern
-from pipeline.wds import atomic_write_text
+from pipeline.fileio import atomic_write_text, temp_path
 
 
 @dataclass
@@ -109,7 +108,7 @@ def encode_item(item: WorkItem, s: EncodeSettings, staging: str, timeout: float,
     if cached is not None:
         return cached
     video, record = _staged(staging_dir, item.key, s)
-    tmp = staging_dir / f".{item.key}.tmp-{os.getpid()}-{secrets.token_hex(4)}.{s.ext}"
+    tmp = temp_path(staging_dir / item.key, f".{s.ext}")
     try:
         outcome = _encode(item, s, tmp, timeout, min_frames)
         if outcome.ok:

@@ -16,7 +16,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from pipeline.wds import atomic_write_text
+from pipeline.fileio import atomic_write_text
 
 FORMAT_VERSION = 1
 TOOL = "pipeline.shard"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pipeline.shard import manifest as mf
 from pipeline.shard.core import human_bytes
-from pipeline.wds import fsync_dir, temp_name
+from pipeline.fileio import fsync_dir, temp_path
 
 
 class MergeError(ValueError):
@@ -75,7 +75,7 @@ def _check_parts(folders: list[Path], manifests: list[dict], allow_missing: bool
 
 def _place(src: Path, dst: Path, copy: bool) -> None:
     """Link (or copy) `src` to `dst` through a temp name."""
-    tmp = temp_name(dst)
+    tmp = temp_path(dst)
     tmp.unlink(missing_ok=True)
     if not copy:
         try:
