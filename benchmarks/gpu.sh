@@ -94,7 +94,7 @@ train_stage() {
     LIMIT=$(($2 < left ? $2 : left))
   }
   fits train-tests 60 && stage train-tests "$LIMIT" "$PY" -m pytest -q -m gpu -p no:cacheprovider \
-    tests/test_batchnorm.py tests/test_train_layout.py
+    tests/tpn/test_batchnorm.py tests/tpn/test_train_layout.py
   fits train-compile 150 && stage train-compile "$LIMIT" bash -c "train_precompile $day"
   fits train 210 && stage train "$LIMIT" "$PY" -m benchmarks.train --name "$day-train" \
     --modes fp32-eager bf16-cl3d-nativebn bf16-cl3d bf16-cl3d-graph bf16-cl3d-bneval-graph bf16-cl3d-compile-graph \
@@ -117,7 +117,7 @@ train_stage() {
 
 export_check() {  # the inference goals on the GPU; see the header
   "$PY" -c "import onnxruntime as o; print('onnxruntime', o.__version__, o.get_available_providers())"
-  "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/test_export_runtime_gpu.py || return 1
+  "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/export/test_runtime_gpu.py || return 1
   local ckpt=${CKPT:-$OUT/run/best.pth} shards=${VAL_SHARDS:-$DATA/shards-jpeg}
   local slug; slug=$("$PY" -c 'from benchmarks.__main__ import device_slug; print(device_slug())')
   local args=(--models tpn_r50_f8s8 --batches 1 8 32 --name "$(date +%F)-$slug-infer-export")
@@ -130,8 +130,8 @@ export_check() {  # the inference goals on the GPU; see the header
 for s in $STAGES; do
   case $s in
     env) export -f env_check; export PY; stage env 120 bash -c env_check ;;
-    tests) stage tests 240 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/test_loader.py \
-             tests/test_train_engine.py tests/test_export_trt.py tests/test_export_runtime_gpu.py ;;
+    tests) stage tests 240 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/pipeline/test_loader.py \
+             tests/tpn/test_train_engine.py tests/export/test_trt.py tests/export/test_runtime_gpu.py ;;
     # one report per day and device: each --only run joins the report in OUT/results
     train) train_stage ;;
     infer|data|pipeline) stage "$s" 360 "$PY" -m benchmarks --only "$s" --results "$OUT/results" ;;

@@ -239,7 +239,7 @@ _TINY_CLIP = ClipSpec(
     test_clips=2,
 )  # fmt: skip
 # No dropout before the classifier: on the 256-d tiny features, dropout 0.5 made the start of
-# learning depend on the seed (tests/test_train.py, test_tiny_tpn_learns_the_synthetic_set).
+# learning depend on the seed (tests/tpn/test_train.py, test_tiny_tpn_learns_the_synthetic_set).
 _TINY = dict(width=8, blocks=(1, 1, 1, 1), num_classes=8, dataset="synthetic", tiny=True, dropout=0.0)
 _TINY_RECIPE = TrainRecipe(lr=0.05, lr_batch=16, epochs=12, lr_steps=(8, 11), warmup_epochs=1, batch_size=8)
 

@@ -109,7 +109,7 @@ def test_train_and_test_clis_take_a_bucket_url(shards, tmp_path):
         out = tmp_path / f"{name}.json"
         cmd = [sys.executable, "-m", "tpn.test", "tpn_tiny_f8s4", "--checkpoint", str(checkpoint), "--shards", where,
                "--out", str(out), "--batch-size", "4", "--device", "cpu", "--num-classes", "3"]
-        run = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True,
+        run = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True,
                              timeout=300, env=os.environ)
         assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
         reports[name] = json.loads(out.read_text())

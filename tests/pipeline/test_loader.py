@@ -321,7 +321,7 @@ def test_corrupt_video_names_shard_and_key_and_does_not_hang(tmp_path, coded, de
         except DataError as err:
             print("ERROR", err)
     """)
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     run = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=120)
     assert "ERROR" in run.stdout, run.stdout + run.stderr[-2000:]
     message = run.stdout

@@ -12,7 +12,7 @@ import pytest
 from pipeline.shardset import INDEX_DIR, FilePool, ShardSet, load_index
 from tests.clipdata import SMALL, coded_frames, make_shards
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

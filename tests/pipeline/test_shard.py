@@ -22,7 +22,7 @@ from pipeline.verify import verify_dataset
 from pipeline.wds import index_of_tar, iter_samples
 from tests.shard_helpers import SMALL, level_frames, manifest_without_run, noise_frames, rejected, write_video
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 OPTS = {**SMALL, "shard_samples": 2}
 
 
