@@ -305,8 +305,7 @@ def shard_clips(
     A view per video (the middle one: a central crop of a central clip)
     spreads calibration over different videos rather than one video's views.
     """
-    from pipeline import ClipLoader
-    from pipeline.shardset import ShardError
+    from pipeline import ClipLoader, ShardError
 
     try:
         loader = ClipLoader(shards, clip, mode="test", batch_size=min(num_clips, 8), split=split)

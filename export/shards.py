@@ -66,7 +66,8 @@ def resolve_split(shards: str | os.PathLike, split: str | None) -> str | None:
 def fingerprint(shards: str | os.PathLike, split: str | None) -> ShardFingerprint:
     """The data binding of a validation run on `split` of `shards` (see the module docstring)."""
     from pipeline import storage
-    from pipeline.shardset import ShardError, find_shards, index_path
+    from pipeline import ShardError
+    from pipeline.shardset import find_shards, index_path
 
     try:
         tars = find_shards(str(shards) if storage.is_remote(shards) else os.fspath(shards), split)

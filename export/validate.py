@@ -411,15 +411,13 @@ def shard_pass(
 
 def view_batches(val_shards: str | os.PathLike, model: nn.Module, *, split: str | None, batch_size: int) -> Iterator:
     """ClipLoader test-mode batches, with the loader's data errors turned into gate errors."""
-    from pipeline import ClipLoader
-    from pipeline.loader import DataError
-    from pipeline.shardset import ShardError
+    from pipeline import ClipLoader, ShardError
 
     try:
         loader = ClipLoader(val_shards, model.config.clip, mode="test", batch_size=batch_size, split=split)
         check_classes(model, loader.num_classes, val_shards)
         yield from loader
-    except (ShardError, DataError, FileNotFoundError) as e:
+    except (ShardError, FileNotFoundError) as e:
         raise ExportError(f"cannot read validation shards {val_shards}: {e}") from None
 
 

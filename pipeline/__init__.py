@@ -5,8 +5,12 @@
 """
 
 from pipeline.clip import IMAGENET_MEAN, IMAGENET_STD, ClipSpec
+from pipeline.errors import DataError, ShardError, ShardingError, ShardReadError
 
-__all__ = ["ClipSpec", "ClipLoader", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = [
+    "ClipSpec", "ClipLoader", "IMAGENET_MEAN", "IMAGENET_STD",
+    "ShardError", "ShardingError", "ShardReadError", "DataError",
+]  # fmt: skip
 
 
 def __getattr__(name: str):

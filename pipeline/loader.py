@@ -52,7 +52,8 @@ from pipeline import batching, sampling
 from pipeline.clip import ClipSpec
 from pipeline.jpeg import JpegError, decode_check
 from pipeline.pyav import decode_frames
-from pipeline.shardset import VERIFY_HINT, ShardError, ShardSet
+from pipeline.errors import DataError, ShardError
+from pipeline.shardset import VERIFY_HINT, ShardSet
 
 Mode = Literal["train", "test"]
 Device = Literal["auto", "cpu", "gpu"]
@@ -61,10 +62,6 @@ DECODERS = ("auto", "nvdec", "cpu", "pyav", "nvjpeg")
 FRAME_DECODERS = ("auto", "cpu", "nvjpeg")  # what frame shards accept
 # Share of the JPEGs that nvJPEG gives the hardware decoder on GPUs that have one (DALI's default).
 HW_DECODER_LOAD = 0.65
-
-
-class DataError(RuntimeError):
-    """Decoding failed on a sample during iteration (corrupt video or wrong frame count)."""
 
 
 # ----------------------------------------------------------------------------- DALI graph
@@ -340,7 +337,7 @@ class ClipLoader:
     hw_decoder_load: frame shards on a GPU: share of the JPEGs nvJPEG sends
         to the hardware JPEG decoder (the rest decode on CUDA cores).
 
-    Bad shards raise at construction (FileNotFoundError, `ShardError`,
+    Bad shards raise at construction (FileNotFoundError, `ShardReadError`,
     ValueError for H.264 on CPU); a video or frame DALI cannot decode raises
     `DataError` during iteration, naming its shard, key (and frame).
     Open files are released by `close()`, `with ClipLoader(...) as loader:`
@@ -556,7 +553,7 @@ class ClipLoader:
     def _run(self, pipe, feed: _Feed):
         try:
             return pipe.run()
-        except (ShardError, DataError):
+        except ShardError:
             raise
         except RuntimeError as err:
             candidates = [int(i) for b in feed.pending for i in feed.batches[b]]

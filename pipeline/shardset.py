@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import storage
+from pipeline.errors import ShardReadError
 from pipeline.fileio import temp_path
 
 VIDEO_EXTS = {"webm": "vp9", "mp4": "h264"}
@@ -50,10 +51,6 @@ INDEX_VERSION = 3
 VERIFY_HINT = "check the shards with `python -m pipeline.verify {dir}` and re-create bad ones with `python -m pipeline.shard`"
 
 
-class ShardError(ValueError):
-    """A shard, its index or a sample in it is missing or malformed."""
-
-
 def find_shards(shards: str | Path | Sequence[str | Path], split: str | None = None) -> list:
     """A directory (all `*.tar`, or `<split>-*.tar`, sorted) or an explicit list -> tar paths (or URLs)."""
     if isinstance(shards, str) and storage.is_remote(shards):
@@ -61,7 +58,7 @@ def find_shards(shards: str | Path | Sequence[str | Path], split: str | None = N
         if not tars:
             present = storage.splits_in(shards)
             there = f"the splits there are {', '.join(present)}" if present else "it holds no shards"
-            raise ShardError(f"no shards{f' of split {split!r}' if split else ''} at {shards} ({there})")
+            raise ShardReadError(f"no shards{f' of split {split!r}' if split else ''} at {shards} ({there})")
         return tars
     if isinstance(shards, (str, Path)):
         folder = Path(shards)
@@ -71,24 +68,24 @@ def find_shards(shards: str | Path | Sequence[str | Path], split: str | None = N
                 f"`python -m pipeline.shard SRC --out {folder}`"
             )
         if not folder.is_dir():
-            raise ShardError(f"{folder} is not a directory: pass a shard directory or a list of .tar paths")
+            raise ShardReadError(f"{folder} is not a directory: pass a shard directory or a list of .tar paths")
         pattern = f"{split}-*.tar" if split else "*.tar"
         tars = sorted(folder.glob(pattern))
         if not tars:
             present = sorted({p.name.split("-")[0] for p in folder.glob("*-*.tar")})
             there = f"the splits there are {', '.join(present)}" if present else "it holds no shards"
-            raise ShardError(
+            raise ShardReadError(
                 f"no shards matching {pattern!r} in {folder} ({there}): pass one of those splits, or build "
                 f"them with `python -m pipeline.shard SRC --out {folder}`"
             )
         return tars
     tars = [str(t) if storage.is_remote(t) else Path(t) for t in shards]
     if not tars:
-        raise ShardError("empty shard list: pass a shard directory or at least one .tar path")
+        raise ShardReadError("empty shard list: pass a shard directory or at least one .tar path")
     if split is not None:
-        raise ShardError("split= selects shards inside a directory; with an explicit list, pass only the tars you want")
+        raise ShardReadError("split= selects shards inside a directory; with an explicit list, pass only the tars you want")
     if len({storage.is_remote(t) for t in tars}) > 1:
-        raise ShardError("the shard list mixes local paths and URLs: pass shards of one place")
+        raise ShardReadError("the shard list mixes local paths and URLs: pass shards of one place")
     for tar in tars:
         if isinstance(tar, Path) and not tar.is_file():
             raise FileNotFoundError(f"shard {tar} does not exist")
@@ -113,19 +110,19 @@ def read_index(idx, tar) -> list[dict[str, tuple[int, int, str]]]:
     lines = text.splitlines()
     head = lines[0].split() if lines else []
     if len(head) != 2 or not head[0].startswith("v1.") or not head[1].isdigit():
-        raise ShardError(f"{idx} is not a DALI webdataset index (first line {lines[:1]}): rebuild it with `wds2idx {tar} {idx}`")
+        raise ShardReadError(f"{idx} is not a DALI webdataset index (first line {lines[:1]}): rebuild it with `wds2idx {tar} {idx}`")
     samples = []
     for number, line in enumerate(lines[1:], start=2):
         parts = line.split()
         if not parts:
             continue
         if len(parts) % 4:
-            raise ShardError(f"{idx} line {number} is malformed: rebuild it with `wds2idx {tar} {idx}`")
+            raise ShardReadError(f"{idx} line {number} is malformed: rebuild it with `wds2idx {tar} {idx}`")
         samples.append(
             {parts[i]: (int(parts[i + 1]), int(parts[i + 2]), parts[i + 3]) for i in range(0, len(parts), 4)}
         )
     if len(samples) != int(head[1]):
-        raise ShardError(f"{idx} announces {head[1]} samples but lists {len(samples)}: rebuild it with `wds2idx {tar} {idx}`")
+        raise ShardReadError(f"{idx} announces {head[1]} samples but lists {len(samples)}: rebuild it with `wds2idx {tar} {idx}`")
     return samples
 
 
@@ -365,9 +362,9 @@ def build_index(tars: list) -> SampleIndex:
     finally:
         reader.close()
     if not cols["shard"]:
-        raise ShardError(f"the shards {[str(t) for t in tars]} hold no samples")
+        raise ShardReadError(f"the shards {[str(t) for t in tars]} hold no samples")
     if len(kinds) > 1:
-        raise ShardError(f"the shards mix sample formats {sorted(k[1] for k in kinds)}: re-shard them with one --codec")
+        raise ShardReadError(f"the shards mix sample formats {sorted(k[1] for k in kinds)}: re-shard them with one --codec")
     kind, ext = kinds.pop()
     codec = "jpeg" if kind == "frames" else VIDEO_EXTS[ext]
     dtypes = {"shard": np.uint32, "label": np.int32, "frames": np.int32, "width": np.uint16, "height": np.uint16,
@@ -390,7 +387,7 @@ def _add_sample(cols: dict, keys: bytearray, number: int, tar, entry: dict, memb
     elif frames and [i for i, _ in frames] != list(range(len(frames))):
         problem = "its .NNNNNN.jpg frames are not numbered 0, 1, 2, ... without gaps"
     if problem:
-        raise ShardError(f"shard {tar}, sample {key!r}: {problem} (has {sorted(entry)[:8]}); "
+        raise ShardReadError(f"shard {tar}, sample {key!r}: {problem} (has {sorted(entry)[:8]}); "
                          "re-create the shard with `python -m pipeline.shard`")
     label, count, meta = _parse_small(tar, key, members)
     kb = key.encode("utf-8")
@@ -447,10 +444,10 @@ def _parse_small(tar, key: str, members: tuple) -> tuple[int, int, dict]:
         meta = json.loads(members[2])
         info = {"width": int(meta["width"]), "height": int(meta["height"]), "fps": float(meta.get("fps") or 0.0)}
     except (ValueError, IndexError, KeyError, TypeError) as err:
-        raise ShardError(f"{where}: unreadable .lbl, .frames or .json ({err}); "
+        raise ShardReadError(f"{where}: unreadable .lbl, .frames or .json ({err}); "
                          + VERIFY_HINT.format(dir=storage.parent(tar))) from None
     if count < 1:
-        raise ShardError(f"{where}: its .frames says {count} frames; " + VERIFY_HINT.format(dir=storage.parent(tar)))
+        raise ShardReadError(f"{where}: its .frames says {count} frames; " + VERIFY_HINT.format(dir=storage.parent(tar)))
     return label, count, info
 
 
@@ -465,7 +462,7 @@ def _check_not_truncated(tar, entries: list[dict[str, tuple[int, int, str]]]) ->
     end = max((o + s for entry in entries for o, s, _ in entry.values()), default=0)
     size = storage.size_of(tar)
     if size < end:
-        raise ShardError(
+        raise ShardReadError(
             f"shard {tar} is truncated: {size} bytes but its index needs {end}; "
             + VERIFY_HINT.format(dir=storage.parent(tar))
         )
@@ -494,7 +491,7 @@ class ShardSet:
     def open(cls, shards: str | Path | Sequence[str | Path], split: str | None = None, *,
              max_open: int | None = None, cache: bool = True) -> ShardSet:
         tars = find_shards(shards, split)
-        classes = read_classes(tars)
+        classes = classes_of_shards(tars)
         return cls(tars, load_index(tars, split, cache), classes, max_open)
 
     def __len__(self) -> int:
@@ -530,7 +527,7 @@ class ShardSet:
             raise type(err)(f"{err} (reading {what} of {self.where(i)}, in a batch of {len(requests)} reads)") from err
         for (i, _, size, what), data in zip(requests, blobs):
             if len(data) != size:
-                raise ShardError(
+                raise ShardReadError(
                     f"{self.where(i)}: {what} ends past the end of the file (truncated shard); "
                     + VERIFY_HINT.format(dir=self.folder(i))
                 )
@@ -541,7 +538,7 @@ class ShardSet:
         ix = self.index
         if name == "video":
             if self.is_frames:
-                raise ShardError(f"{self.where(index)} is a frame-shard sample: read its frames with frame_bytes")
+                raise ShardReadError(f"{self.where(index)} is a frame-shard sample: read its frames with frame_bytes")
             return self.read(index, int(ix.video_off[index]), int(ix.video_size[index]), "member .video")
         if name == "meta":
             return self.read(index, int(ix.json_off[index]), int(ix.json_size[index]), "member .json")
@@ -563,7 +560,7 @@ class ShardSet:
             start, stop = int(ix.frame_start[index]), int(ix.frame_start[index + 1])
             for f in frames:
                 if not 0 <= f < stop - start:
-                    raise ShardError(f"{self.where(index)}: frame {f} asked, the sample stores {stop - start}")
+                    raise ShardReadError(f"{self.where(index)}: frame {f} asked, the sample stores {stop - start}")
                 j = start + int(f)
                 requests.append((index, int(ix.frame_off[j]), int(ix.frame_size[j]), f"frame {int(f)}"))
         blobs = iter(self.read_many(requests))
@@ -572,7 +569,7 @@ class ShardSet:
     def videos(self, indices: Sequence[int]) -> list[np.ndarray]:
         """The encoded videos of several samples, read in one batch of requests."""
         if self.is_frames:
-            raise ShardError(f"{self.where(indices[0])} is a frame-shard sample: read its frames with frame_bytes")
+            raise ShardReadError(f"{self.where(indices[0])} is a frame-shard sample: read its frames with frame_bytes")
         ix = self.index
         blobs = self.read_many([(i, int(ix.video_off[i]), int(ix.video_size[i]), "member .video") for i in indices])
         return [np.frombuffer(b, dtype=np.uint8) for b in blobs]
@@ -604,21 +601,29 @@ class ShardSet:
         return f"shard {self.tars[int(self.index.shard[index])]}, sample {self.key(index)!r}"
 
 
-def read_classes(tars: list) -> list[str]:
+def parse_classes(data: bytes | str, where: str) -> list[str]:
+    """A classes.json body (JSON list of distinct names in label order), validated; `where` names it in errors."""
+    try:
+        classes = json.loads(data)
+    except ValueError as err:
+        raise ShardReadError(f"{where} is not valid JSON ({err}); re-create it with `python -m pipeline.shard`") from None
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes) or len(set(classes)) != len(classes):
+        raise ShardReadError(f"{where} must be a JSON list of distinct class names in label order")
+    return classes
+
+
+def classes_of_shards(tars: list) -> list[str]:
     """Class names from `classes.json` beside the shards (one list for all of them)."""
     found: dict[str, list[str]] = {}
     for folder in sorted({str(storage.parent(t)) for t in tars}):
         path = storage.join(folder, "classes.json")
         try:
-            classes = json.loads(storage.read_bytes(path))
+            found[folder] = parse_classes(storage.read_bytes(path), str(path))
         except FileNotFoundError:
             raise FileNotFoundError(
                 f"missing {path}: the shard directory needs the class list written by `python -m pipeline.shard`"
             ) from None
-        if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
-            raise ShardError(f"{path} must hold a JSON list of class names")
-        found[folder] = classes
     lists = list(found.values())
     if any(c != lists[0] for c in lists[1:]):
-        raise ShardError(f"the shard directories {sorted(map(str, found))} have different classes.json")
+        raise ShardReadError(f"the shard directories {sorted(map(str, found))} have different classes.json")
     return lists[0]

@@ -201,7 +201,7 @@ def _verify(out: Path, decode: bool, workers: int | None, progress: bool, remote
     manifest = mf.read_manifest(out)
     report = VerifyReport(out)
     try:
-        classes = mf.read_classes(out / mf.CLASSES)
+        classes = mf.read_class_file(out / mf.CLASSES)
     except ValueError as err:
         report.problems.append(str(err))
         return report

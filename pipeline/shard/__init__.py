@@ -8,11 +8,11 @@ from pipeline.shard.core import (
     DEFAULT_MIN_FRAMES,
     DEFAULT_SHARD_SIZE,
     RejectedInputsError,
-    ShardError,
     ShardReport,
     shard_dataset,
 )
-from pipeline.shard.manifest import ShardRecord, read_classes, read_manifest
+from pipeline.errors import ShardingError
+from pipeline.shard.manifest import ShardRecord, read_class_file, read_manifest
 from pipeline.shard.merge import MergeError, MergeReport, merge_parts
 
 __all__ = [
@@ -21,10 +21,10 @@ __all__ = [
     "MergeError",
     "MergeReport",
     "RejectedInputsError",
-    "ShardError",
+    "ShardingError",
     "ShardRecord",
     "ShardReport",
-    "read_classes",
+    "read_class_file",
     "merge_parts",
     "read_manifest",
     "shard_dataset",

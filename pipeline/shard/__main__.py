@@ -15,7 +15,7 @@ from pipeline.shard.core import (
     DEFAULT_SHARD_SIZE,
     DEFAULT_TIMEOUT,
     RejectedInputsError,
-    ShardError,
+    ShardingError,
     shard_dataset,
     summary_table,
 )
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         print(summary_table(err.report))
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 1
-    except (ShardError, LayoutError, FFmpegError, ValueError, OSError) as err:
+    except (ShardingError, LayoutError, FFmpegError, ValueError, OSError) as err:
         return _fail(str(err))
     except KeyboardInterrupt:
         print(f"\n{PROG}: interrupted; finished shards are kept, run the same command again to resume",

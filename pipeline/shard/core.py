@@ -23,6 +23,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.errors import ShardingError
 from pipeline.ffmpeg import EncodeSettings, find_ffmpeg, has_encoder
 from pipeline.jpeg import mjpeg_packets
 from pipeline import storage
@@ -39,11 +40,7 @@ DEFAULT_MIN_FRAMES = 8
 DEFAULT_TIMEOUT = 600.0
 
 
-class ShardError(RuntimeError):
-    """A problem with the request as a whole (bad source, output folder in use, no encoder)."""
-
-
-class RejectedInputsError(ShardError):
+class RejectedInputsError(ShardingError):
     """`strict=True` and some inputs were rejected; outputs are written all the same."""
 
     def __init__(self, report: ShardReport):
@@ -133,7 +130,7 @@ def sample_components(item: WorkItem, o: Outcome, label: int, s: EncodeSettings)
         return {s.ext: Path(o.video).read_bytes(), **small, "json": meta_json}
     images = mjpeg_packets(o.video)
     if len(images) != o.frames:
-        raise ShardError(f"{o.video}: {len(images)} JPEG frames read back, {o.frames} counted; re-run to re-encode it")
+        raise ShardingError(f"{o.video}: {len(images)} JPEG frames read back, {o.frames} counted; re-run to re-encode it")
     # The checksum covers the frames as stored (their concatenation), so verify can recompute it.
     meta.update(sha256=frames_sha256(images), jpeg_q=None if o.copied else s.quality, copied=o.copied)
     meta_json = json.dumps(meta, ensure_ascii=False, sort_keys=True).encode("utf-8")
@@ -185,7 +182,7 @@ def _prepare_out(out: Path, fp: str, overwrite: bool) -> None:
     previous = mf.existing_fingerprint(out)
     if previous is not None and previous != fp:
         if not overwrite:
-            raise ShardError(
+            raise ShardingError(
                 f"{out} already holds shards made from other inputs or settings; "
                 "use a new --out, or pass --overwrite to replace them"
             )
@@ -342,14 +339,14 @@ def _check_remote_out(remote: str, fp: str, overwrite: bool) -> None:
     except FileNotFoundError:
         return
     if manifest.get("fingerprint") != fp and not overwrite:
-        raise ShardError(f"{remote} already holds shards made from other inputs or settings; use a new --out, "
+        raise ShardingError(f"{remote} already holds shards made from other inputs or settings; use a new --out, "
                          "or pass --overwrite to replace them")
 
 
 def _resolve_classes(ds: Dataset, classes: str | os.PathLike | list[str] | None) -> list[str]:
     if classes is None:
         return ds.classes
-    return list(classes) if isinstance(classes, list) else mf.read_classes(Path(classes))
+    return list(classes) if isinstance(classes, list) else mf.read_class_file(Path(classes))
 
 
 def _encode_all(todo: list[tuple[int, WorkItem]], run: _Run, s: EncodeSettings, *, workers: int,
@@ -464,7 +461,7 @@ def shard_dataset(
                                    threads=threads)
     exe = find_ffmpeg()
     if not has_encoder(exe, s.encoder):
-        raise ShardError(f"{exe} has no {s.encoder} encoder; install an ffmpeg built with it or set TPN_FFMPEG")
+        raise ShardingError(f"{exe} has no {s.encoder} encoder; install an ffmpeg built with it or set TPN_FFMPEG")
     if shard_size < 1 or (shard_samples is not None and shard_samples < 1) or min_frames < 1:
         raise ValueError("shard_size, shard_samples and min_frames must be >= 1")
     ds = scan(src, layout, split=split, annotations=[Path(a) for a in annotations or []] or None, seed=seed)

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pipeline.fileio import atomic_write_text
+from pipeline.shardset import parse_classes
 
 FORMAT_VERSION = 1
 TOOL = "pipeline.shard"
@@ -170,12 +171,10 @@ def read_manifest(out: Path) -> dict:
         raise ValueError(f"{path} is not valid JSON ({err}); re-run `python -m pipeline.shard`") from None
 
 
-def read_classes(path: Path) -> list[str]:
-    """A classes.json (list of names in label order), validated."""
+def read_class_file(path: Path) -> list[str]:
+    """A classes.json file (list of names in label order), validated."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
+        data = Path(path).read_bytes()
+    except OSError as err:
         raise ValueError(f"cannot read class list {path}: {err}") from None
-    if not isinstance(data, list) or not all(isinstance(c, str) for c in data) or len(set(data)) != len(data):
-        raise ValueError(f"{path} must be a JSON list of distinct class names in label order")
-    return data
+    return parse_classes(data, str(path))

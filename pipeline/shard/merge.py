@@ -15,12 +15,13 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.errors import ShardingError
 from pipeline.shard import manifest as mf
 from pipeline.shard.core import human_bytes
 from pipeline.fileio import fsync_dir, temp_path
 
 
-class MergeError(ValueError):
+class MergeError(ShardingError, ValueError):
     """The part folders cannot be merged (different settings or classes, duplicate or missing parts)."""
 
 
@@ -66,7 +67,7 @@ def _check_parts(folders: list[Path], manifests: list[dict], allow_missing: bool
             raise MergeError(f"{f} was encoded with other settings than {folders[0]}; re-run it with the same options")
         if m["source"]["layout"] != ref["source"]["layout"]:
             raise MergeError(f"{f} has layout {m['source']['layout']}, {folders[0]} has {ref['source']['layout']}")
-    classes = [mf.read_classes(f / mf.CLASSES) for f in folders]
+    classes = [mf.read_class_file(f / mf.CLASSES) for f in folders]
     for f, c in zip(folders[1:], classes[1:]):
         if c != classes[0]:
             raise MergeError(f"{f / mf.CLASSES} differs from {folders[0] / mf.CLASSES}; shard all parts with one --classes file")
@@ -115,7 +116,7 @@ def merge_parts(parts: list[str | os.PathLike], out: str | os.PathLike, *, copy:
     rejected, warnings = (_jsonl(folders, name) for name in (mf.REJECTED, mf.WARNINGS))
     manifest = _merged_manifest(manifests, folders, fp, shards, per_split, rejected)
     manifest["warnings"] = {"file": mf.WARNINGS, "count": len(warnings)}
-    mf.write_outputs(out, manifest, mf.read_classes(folders[0] / mf.CLASSES), rejected, warnings)
+    mf.write_outputs(out, manifest, mf.read_class_file(folders[0] / mf.CLASSES), rejected, warnings)
     return MergeReport(out, folders, manifest)
 
 

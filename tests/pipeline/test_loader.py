@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from pipeline import ClipLoader, ClipSpec, sampling
-from pipeline.shardset import ShardError
+from pipeline import ShardReadError
 from tests.clipdata import SMALL, coded_frames, coded_shards, frame_codes, gradient_shards, make_shards, to_rgb
 
 
@@ -239,9 +239,9 @@ def test_colour_jitter_changes_colours_but_not_frames(coded):
 def test_bad_shard_arguments_fail_at_construction(tmp_path, coded):
     with pytest.raises(FileNotFoundError, match="does not exist.*pipeline.shard"):
         loader(tmp_path / "nowhere")
-    with pytest.raises(ShardError, match="empty shard list"):
+    with pytest.raises(ShardReadError, match="empty shard list"):
         loader([])
-    with pytest.raises(ShardError, match="no shards matching 'val-\\*.tar'"):
+    with pytest.raises(ShardReadError, match="no shards matching 'val-\\*.tar'"):
         loader(coded, split="val")
     with pytest.raises(ValueError, match="no full batch"):
         loader(coded, batch_size=9)
@@ -275,7 +275,7 @@ def test_missing_index_says_how_to_build_it(tmp_path, coded):
 def test_truncated_shard_is_named_at_construction(tmp_path, coded):
     tars = copy_shards(coded, tmp_path / "s")
     tars[0].write_bytes(tars[0].read_bytes()[:3000])
-    with pytest.raises(ShardError, match=rf"{tars[0].name} is truncated.*pipeline.verify"):
+    with pytest.raises(ShardReadError, match=rf"{tars[0].name} is truncated.*pipeline.verify"):
         loader(tmp_path / "s")
 
 
@@ -312,7 +312,7 @@ def test_corrupt_video_names_shard_and_key_and_does_not_hang(tmp_path, coded, de
     tars[0].write_bytes(bytes(blob))
     script = textwrap.dedent(f"""
         from pipeline import ClipLoader, ClipSpec
-        from pipeline.loader import DataError
+        from pipeline import DataError
         spec = ClipSpec(frames=8, stride=8, test_clips=2, test_scale=48, test_crop=48, test_crops="center")
         try:
             for _ in ClipLoader({str(tmp_path / "s")!r}, spec, mode="test", batch_size=3, device="cpu",

@@ -16,7 +16,7 @@ import av
 import numpy as np
 import pytest
 
-from pipeline.shard import RejectedInputsError, ShardError, merge_parts, shard_dataset
+from pipeline.shard import RejectedInputsError, ShardingError, merge_parts, shard_dataset
 from pipeline.synth import make_dataset
 from pipeline.verify import verify_dataset
 from pipeline.wds import index_of_tar, iter_samples
@@ -160,7 +160,7 @@ def test_rerun_of_a_finished_command_does_nothing(sharded, synth):
 def test_other_settings_into_the_same_out_are_refused(synth, tmp_path):
     out = tmp_path / "o"
     shard_dataset(synth, out, **SMALL, part="0/3")
-    with pytest.raises(ShardError, match="--overwrite"):
+    with pytest.raises(ShardingError, match="--overwrite"):
         shard_dataset(synth, out, **{**SMALL, "short_side": 32}, part="0/3")
     report = shard_dataset(synth, out, **{**SMALL, "short_side": 32}, part="0/3", overwrite=True)
     assert {json.loads(s["json"])["height"] for _, s in _all_samples(out)} == {32}

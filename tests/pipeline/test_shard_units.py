@@ -205,3 +205,14 @@ def test_tar_readable_by_stdlib_stream(tmp_path):
     data = (tmp_path / "s.tar").read_bytes()
     with tarfile.open(fileobj=io.BytesIO(data), mode="r|") as t:
         assert [m.name for m in t] == ["k.lbl"]
+
+
+def test_error_family_has_one_base_and_keeps_the_builtin_bases():
+    from pipeline import DataError, ShardError, ShardingError, ShardReadError
+    from pipeline.shard import MergeError, RejectedInputsError
+
+    for cls in (ShardingError, ShardReadError, DataError, MergeError, RejectedInputsError):
+        assert issubclass(cls, ShardError)
+    assert issubclass(ShardReadError, ValueError) and issubclass(MergeError, ValueError)
+    assert issubclass(ShardingError, RuntimeError) and issubclass(DataError, RuntimeError)
+    assert not issubclass(ShardReadError, ShardingError) and not issubclass(DataError, ShardReadError)
