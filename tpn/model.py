@@ -12,10 +12,15 @@ it to the averaged features, which is what the head does.)
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from torch import Tensor, nn
 
 from tpn.layers import global_mean
 from tpn.neck import TPNNeck
+
+if TYPE_CHECKING:  # tpn.zoo builds Recognizers, so it imports this module
+    from tpn.zoo import ModelConfig
 
 
 class ClsHead(nn.Module):
@@ -33,14 +38,22 @@ class ClsHead(nn.Module):
 
 
 class Recognizer(nn.Module):
-    """Backbone + optional TPN neck + head. Built by `tpn.create_model`."""
+    """Backbone + optional TPN neck + head. Built by `tpn.create_model`.
 
-    def __init__(self, backbone: nn.Module, neck: TPNNeck | None, num_classes: int, dropout: float = 0.5) -> None:
+    `config` is the model's description: its class count and dropout size
+    the head, and its name, backbone kind and clip spec are what checkpoints,
+    the test protocol and export read. A model assembled from parts takes a
+    zoo config, changed where it differs:
+    `Recognizer(backbone, neck, dataclasses.replace(tpn.get_config(name), name="mine", num_classes=10))`.
+    """
+
+    def __init__(self, backbone: nn.Module, neck: TPNNeck | None, config: ModelConfig) -> None:
         super().__init__()
+        self.config = config
         self.backbone = backbone
         self.neck = neck
-        self.cls_head = ClsHead(backbone.channels[-1], num_classes, dropout)
-        self.num_classes = num_classes
+        self.cls_head = ClsHead(backbone.channels[-1], config.num_classes, config.dropout)
+        self.num_classes = config.num_classes
 
     @property
     def has_aux(self) -> bool:

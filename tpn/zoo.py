@@ -135,9 +135,7 @@ def build_model(cfg: ModelConfig) -> Recognizer:
     neck = None
     if cfg.neck is not None:
         neck = TPNNeck(backbone.channels[2:], cfg.num_classes, cfg.neck)
-    model = Recognizer(backbone, neck, cfg.num_classes, cfg.dropout)
-    model.config = cfg
-    return model
+    return Recognizer(backbone, neck, cfg)
 
 
 def create_model(

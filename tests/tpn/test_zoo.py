@@ -1,5 +1,7 @@
 """The zoo: names, configs, exact parameter counts, shapes, FCN testing, gradients."""
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
@@ -147,6 +149,31 @@ def test_tiny_shapes_train_and_fully_convolutional(name):
     assert (aux is None) == (not cfg.with_tpn)
     if aux is not None:
         assert aux.shape == (2, cfg.num_classes)
+
+
+def test_a_recognizer_built_from_parts_round_trips_a_checkpoint(tmp_path):
+    # the zoo's builder is one way to make a Recognizer; one assembled by hand carries its config too
+    from tpn.checkpoint import save_checkpoint
+    from tpn.model import Recognizer
+    from tpn.neck import TPNNeck
+    from tpn.resnet3d import SlowOnly
+
+    cfg = dataclasses.replace(tpn.get_config("tpn_tiny_f8s4"), name="hand_built", num_classes=5)
+
+    def build(seed: int) -> Recognizer:
+        torch.manual_seed(seed)
+        backbone = SlowOnly(width=8, blocks=(1, 1, 1, 1))
+        return Recognizer(backbone, TPNNeck(backbone.channels[2:], 5, cfg.neck), cfg).eval()
+
+    src, dst = build(0), build(1)
+    assert src.config is cfg and src.num_classes == 5 and src.cls_head.fc_cls.out_features == 5
+    path = save_checkpoint(tmp_path / "hand_built.pth", src)
+    report = tpn.load_checkpoint(dst, path)
+    assert report.format == "own" and report.missing == [] and report.notes == []
+    x = torch.randn(1, 3, 8, 112, 112)
+    with torch.no_grad():
+        assert torch.equal(src(x), dst(x))
+    assert torch.load(path, weights_only=True)["name"] == "hand_built"
 
 
 def test_full_size_tpn_r50_forward_shapes():
