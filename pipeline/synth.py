@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline._cli import HelpFormatter
+from pipeline.cli import HelpFormatter
 from pipeline.ffmpeg import FFmpegError, find_ffmpeg, parse_size, pipe_frames
 from pipeline.fileio import atomic_write_text
 

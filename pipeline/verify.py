@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline._cli import HelpFormatter
+from pipeline.cli import HelpFormatter
 from pipeline.ffmpeg import count_decoded_frames
 from pipeline import storage
 from pipeline.jpeg import decode_check

@@ -7,7 +7,7 @@ import re
 import sys
 from pathlib import Path
 
-from pipeline._cli import HelpFormatter
+from pipeline.cli import HelpFormatter
 from pipeline.ffmpeg import FFmpegError, parse_size
 from pipeline.layouts import LAYOUTS, LayoutError
 from pipeline.shard.core import (
