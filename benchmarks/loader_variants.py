@@ -131,9 +131,9 @@ def _sync(device: str) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from pipeline.loader import resolve_device
+    from pipeline.loader import resolve_loader_device
 
-    device = resolve_device("auto")
+    device = resolve_loader_device("auto")
     s = Settings(data=args.data, tiny=args.tiny)
     shards = {"vp9": bench_shards(s), "jpeg": bench_shards(s, "jpeg")}
     todo = variants(device == "gpu", args.tiny)

@@ -1,8 +1,15 @@
-"""Small shared pieces of the pipeline's command-line tools."""
+"""Shared pieces of the command-line tools: the help formatter and the loader's vocabulary.
+
+`LOADER_DEVICES` and `DECODERS` are what `ClipLoader` accepts. This module
+imports neither DALI nor torch, so `--help` stays fast.
+"""
 
 from __future__ import annotations
 
 import argparse
+
+LOADER_DEVICES = ("auto", "cpu", "gpu", "cuda")  # "cuda" is another name for "gpu"
+DECODERS = ("auto", "nvdec", "cpu", "pyav", "nvjpeg")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

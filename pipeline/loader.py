@@ -49,6 +49,7 @@ from nvidia.dali import backend, fn, pipeline_def, types
 from nvidia.dali.backend import TensorListGPU
 
 from pipeline import batching, sampling
+from pipeline.cli import DECODERS, LOADER_DEVICES
 from pipeline.clip import ClipSpec
 from pipeline.jpeg import JpegError, decode_check
 from pipeline.pyav import decode_frames
@@ -56,9 +57,8 @@ from pipeline.errors import DataError, ShardError
 from pipeline.shardset import VERIFY_HINT, ShardSet
 
 Mode = Literal["train", "test"]
-Device = Literal["auto", "cpu", "gpu"]
-Decoder = Literal["auto", "nvdec", "cpu", "pyav", "nvjpeg"]
-DECODERS = ("auto", "nvdec", "cpu", "pyav", "nvjpeg")
+Device = Literal["auto", "cpu", "gpu", "cuda"]  # LOADER_DEVICES; "cuda" is another name for "gpu"
+Decoder = Literal["auto", "nvdec", "cpu", "pyav", "nvjpeg"]  # DECODERS
 FRAME_DECODERS = ("auto", "cpu", "nvjpeg")  # what frame shards accept
 # Share of the JPEGs that nvJPEG gives the hardware decoder on GPUs that have one (DALI's default).
 HW_DECODER_LOAD = 0.65
@@ -229,18 +229,18 @@ class _Feed:
         self._reader.shutdown(wait=True, cancel_futures=True)
 
 
-def resolve_device(device: Device) -> str:
-    """'auto' -> 'gpu' when torch and DALI both see a CUDA device, else 'cpu'."""
-    if device not in ("auto", "cpu", "gpu"):
-        raise ValueError(f"device must be 'auto', 'cpu' or 'gpu', got {device!r}")
+def resolve_loader_device(device: Device) -> str:
+    """Where the loader runs: "gpu" or "cpu". 'auto' -> 'gpu' when torch and DALI both see a CUDA device."""
+    if device not in LOADER_DEVICES:
+        raise ValueError(f"device must be 'auto', 'cpu', 'gpu' or 'cuda' (the same as 'gpu'), got {device!r}")
     has_gpu = torch.cuda.is_available() and _dali_gpu_count() > 0
-    if device == "gpu" and not has_gpu:
+    if device in ("gpu", "cuda") and not has_gpu:
         raise RuntimeError(
-            "device='gpu' but torch and DALI see no CUDA GPU: use device='cpu' (VP9 shards) or device='auto'"
+            f"device={device!r} but torch and DALI see no CUDA GPU: use device='cpu' (VP9 shards) or device='auto'"
         )
-    if device != "auto":
-        return device
-    return "gpu" if has_gpu else "cpu"
+    if device == "auto":
+        return "gpu" if has_gpu else "cpu"
+    return "cpu" if device == "cpu" else "gpu"
 
 
 CPU_CODECS = ("vp9", "vp8", "mjpeg")  # what DALI's CPU video decoder handles
@@ -318,7 +318,7 @@ class ClipLoader:
         labels, last partial batch dropped, the same batch count on every rank;
         "test" yields (N, V, 3, F, H, W) with V = clip.num_test_views (see the
         module docstring for the view order), every sample once over all ranks.
-    device: "gpu" augments on the GPU and returns CUDA tensors; "cpu" decodes
+    device: "gpu" (or "cuda") augments on the GPU and returns CUDA tensors; "cpu" decodes
         VP9 with libavcodec; "auto" picks the GPU when torch and DALI see one.
     decoder: on the GPU, "nvdec" decodes with NVDEC (any codec it supports)
         and "cpu" decodes VP9 on the CPU threads, then augments on the GPU;
@@ -371,7 +371,7 @@ class ClipLoader:
         self.clip, self.mode, self.batch_size, self.seed = clip, mode, batch_size, seed
         self.return_keys, self.prefetch, self.hw_decoder_load = return_keys, prefetch, hw_decoder_load
         self.num_threads = num_threads or len(os.sched_getaffinity(0))
-        self.device = resolve_device(device)
+        self.device = resolve_loader_device(device)
         if decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {', '.join(map(repr, DECODERS))}, got {decoder!r}")
         self.rank, self.world_size = resolve_rank(rank, world_size)

@@ -43,8 +43,12 @@ def env_from_environ(environ: Mapping[str, str] = os.environ) -> DistEnv:
         raise ValueError(f"bad torchrun environment (RANK/WORLD_SIZE/LOCAL_RANK): {e}") from None
 
 
-def resolve_device(spec: str, env: DistEnv) -> torch.device:
-    """'auto' | 'cpu' | 'cuda' | 'cuda:N' -> a device; under torchrun, 'cuda' means this rank's GPU."""
+def resolve_torch_device(spec: str, env: DistEnv) -> torch.device:
+    """Where the model runs: 'auto' | 'cpu' | 'cuda' | 'cuda:N' -> a torch.device (made current).
+
+    Under torchrun, 'cuda' means this rank's GPU (LOCAL_RANK). The loader's
+    device is another question, answered by `pipeline.loader.resolve_loader_device`.
+    """
     if spec == "auto":
         spec = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(spec)

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 import tpn
 from pipeline import ClipSpec, storage
-from tpn.distributed import DistEnv, env_from_environ, gather_objects, init_distributed, resolve_device, shutdown
+from tpn.distributed import DistEnv, env_from_environ, gather_objects, init_distributed, resolve_torch_device, shutdown
 from pipeline.fileio import atomic_write_bytes, atomic_write_json
 from tpn.metrics import accuracy, average_views
 
@@ -234,7 +234,7 @@ def run_test(args: argparse.Namespace, env: DistEnv) -> EvalReport:
     from pipeline import ClipLoader  # imports DALI
 
     cfg = tpn.get_config(args.name)
-    device = resolve_device(args.device, env)
+    device = resolve_torch_device(args.device, env)
     init_distributed(device, env)
     num_classes = args.num_classes or _checkpoint_classes(args.checkpoint) or cfg.num_classes
     model = tpn.create_model(args.name, num_classes=num_classes)

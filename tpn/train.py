@@ -33,7 +33,7 @@ from torch import nn
 import tpn
 from pipeline import ClipSpec
 from tpn import rundir
-from tpn.distributed import DistEnv, barrier, env_from_environ, gather_objects, init_distributed, resolve_device, shutdown
+from tpn.distributed import DistEnv, barrier, env_from_environ, gather_objects, init_distributed, resolve_torch_device, shutdown
 from tpn.engine import (
     COMPILE_PRESETS, DEFAULT_COMPILE, LossLog, LossModule, StepOptions, TrainStep, build_optimizer, cudnn_problem,
     pin_device_lr, set_lr,
@@ -532,7 +532,7 @@ def train(
     env = env_from_environ()
     if s.threads:
         torch.set_num_threads(s.threads)
-    device = resolve_device(s.device, env)
+    device = resolve_torch_device(s.device, env)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # static clip shapes: search conv algorithms once
     init_distributed(device, env, cuda_graphs=s.cuda_graph)

@@ -257,6 +257,25 @@ def test_gpu_without_a_gpu_says_what_to_use(coded):
         ClipLoader(coded, SMALL, batch_size=2, device="gpu")
 
 
+@pytest.mark.parametrize("has_gpu", [False, True])
+def test_loader_device_vocabulary(has_gpu, monkeypatch):
+    # "cuda" names the same place as "gpu"; what comes back is always "gpu" or "cpu"
+    from pipeline import loader
+
+    monkeypatch.setattr(loader.torch.cuda, "is_available", lambda: has_gpu)
+    monkeypatch.setattr(loader, "_dali_gpu_count", lambda: int(has_gpu))
+    assert loader.resolve_loader_device("cpu") == "cpu"
+    assert loader.resolve_loader_device("auto") == ("gpu" if has_gpu else "cpu")
+    for name in ("gpu", "cuda"):
+        if has_gpu:
+            assert loader.resolve_loader_device(name) == "gpu"
+        else:
+            with pytest.raises(RuntimeError, match=f"device='{name}' but torch and DALI see no CUDA GPU"):
+                loader.resolve_loader_device(name)
+    with pytest.raises(ValueError, match="'auto', 'cpu', 'gpu' or 'cuda'.*got 'cuda:0'"):
+        loader.resolve_loader_device("cuda:0")
+
+
 def copy_shards(src: Path, dst: Path) -> list[Path]:
     dst.mkdir()
     for f in src.iterdir():
