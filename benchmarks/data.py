@@ -5,7 +5,7 @@ and cores, in interleaved rounds (medians reported):
 
 * clips/s of `pipeline.ClipLoader` on VP9 video shards ("dali") and on JPEG
   frame shards of the same videos ("frames"), device="cpu" (or "gpu" with
-  --device gpu), and of `benchmarks.reference_loader` (PyAV in DataLoader
+  --loader-device gpu), and of `benchmarks.reference_loader` (PyAV in DataLoader
   workers, VP9);
 * bytes read per clip (the video member for VP9, the sampled frames' JPEGs
   for frame shards) and shard bytes per video of both formats;
@@ -43,6 +43,7 @@ import numpy as np
 
 from benchmarks.common import endless, results_path, save_figure, thread_schedstats, tree_cpu_seconds, write_results
 from pipeline import ClipSpec, sampling
+from pipeline.cli import add_loader_device_arg
 from pipeline.shardset import ShardSet
 
 CONFIGS = {"8x8": (8, 8), "16x4": (16, 4), "32x2": (32, 2)}
@@ -369,8 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=None, help="interleaved runs per loader (default 3, tiny 1)")
     p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)),
                    help="DALI threads = DataLoader workers = ffmpeg processes (default: usable cores)")
-    p.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto",
-                   help="where the DALI loader decodes (default: the GPU when there is one)")
+    add_loader_device_arg(p, flags=("--loader-device", "--device"))  # --device: its older name
     p.add_argument("--name", default=None, help="results name under benchmarks/results/ (default: data, or data_tiny)")
     return p
 
@@ -379,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from pipeline.loader import resolve_loader_device
 
-    device = resolve_loader_device(args.device)
+    device = resolve_loader_device(args.loader_device)
     data = args.data or Path(tempfile.gettempdir()) / ("tpn-bench-data-tiny" if args.tiny else "tpn-bench-data-grain")
     s = Settings(data=data, tiny=args.tiny, configs=tuple(args.configs), batch_size=args.batch_size,
                  batches=args.batches or (2 if args.tiny else 12), rounds=args.rounds or (1 if args.tiny else 3),

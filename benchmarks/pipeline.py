@@ -32,6 +32,7 @@ import torch
 import tpn
 from benchmarks.common import bar_plot, endless, results_path, write_results
 from benchmarks.data import Settings, bench_shards
+from pipeline.cli import add_workers_arg
 from tpn.engine import LossModule, StepOptions, TrainStep, build_optimizer
 
 FORMATS = ("vp9", "jpeg")
@@ -73,9 +74,9 @@ def run(args: argparse.Namespace) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     name = args.model or ("tpn_r50_f8s8" if device.type == "cuda" else "tpn_tiny_f8s4")
     spec = tpn.get_config(name).clip
-    s = Settings(data=args.data, tiny=args.tiny, workers=args.threads)
+    s = Settings(data=args.data, tiny=args.tiny, workers=args.workers)
     shards = {fmt: bench_shards(s, fmt) for fmt in FORMATS}
-    loaders = {fmt: ClipLoader(shards[fmt], spec, batch_size=args.batch, num_threads=args.threads, seed=1)
+    loaders = {fmt: ClipLoader(shards[fmt], spec, batch_size=args.batch, num_threads=args.workers, seed=1)
                for fmt in FORMATS}
     streams = {fmt: endless(ld) for fmt, ld in loaders.items()}
     step, opts = step_for(name, device, args.compile)
@@ -108,7 +109,7 @@ def run(args: argparse.Namespace) -> dict:
              "runs": runs[who]} for who in contenders]
     for ld in loaders.values():
         ld.close()
-    return {"model": name, "device": str(device), "batch": args.batch, "threads": args.threads,
+    return {"model": name, "device": str(device), "batch": args.batch, "threads": args.workers,
             "step_mode": step.mode, "compiled": opts.compile, "amp": str(opts.amp_dtype),
             "decoders": {fmt: ld.decoder for fmt, ld in loaders.items()}, "rows": rows}
 
@@ -129,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batches", type=int, default=None, help="timed batches per contender and round (default 12)")
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 3)")
     p.add_argument("--warmup", type=int, default=6, help="untimed steps and batches before timing")
-    p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="loader threads")
+    add_workers_arg(p, len(os.sched_getaffinity(0)), flags=("--workers", "--threads"))  # --threads: its older name
     p.add_argument("--compile", action="store_true", help="torch.compile the step (GPU)")
     p.add_argument("--tiny", action="store_true", help="CI smoke run: few small videos and batches")
     p.add_argument("--data", type=Path, default=None, help="video and shard cache (default: benchmarks.data's)")

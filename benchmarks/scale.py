@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import write_results
+from pipeline.cli import add_workers_arg
 
 SIZES = (300_000, 3_000_000)
 
@@ -205,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the storage part")
     p.add_argument("--batches", type=int, default=10, help="timed batches per storage contender")
     p.add_argument("--batch-size", type=int, default=8, help="clips per batch")
-    p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="loader threads")
+    add_workers_arg(p, len(os.sched_getaffinity(0)), flags=("--workers", "--threads"))  # --threads: its older name
     p.add_argument("--name", default="scale", help="results name under benchmarks/results/")
     return p
 
@@ -225,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"previous index (Python records), {min(args.sizes)} samples: "
                   f"{payload['python_records_bytes_per_sample']:.0f} B/sample")
         if args.only in (None, "storage"):
-            st = bench_storage(Path(tmp), args.rounds, args.batches, args.batch_size, args.threads)
+            st = bench_storage(Path(tmp), args.rounds, args.batches, args.batch_size, args.workers)
             payload["storage"] = st
             print("frame shards, 8x8 clips at 224, clips/s: " + ", ".join(f"{k} {v:.1f}" for k, v in st["clips_per_s"].items()))
             print(f"loader from S3 / plain range-read loop: {st['loader_vs_range_loop']:.2f}x (goal >= 0.8); "

@@ -81,6 +81,7 @@ from tpn.engine import (
     build_optimizer, compile_options, step_mode,
 )  # fmt: skip
 from pipeline.fileio import atomic_write_bytes
+from tpn.cli import add_device_arg
 from tpn.layers import set_batchnorm_impl
 
 BASELINE = "fp32-eager"
@@ -697,7 +698,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="steps per round (default: 10 on GPU, 1 on CPU)")
     p.add_argument("--warmup", type=int, help="untimed steps per mode first (default: 5 on GPU, >= 4 for the graph "
                    "capture; 1 on CPU)")  # fmt: skip
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default %(default)s)")
+    add_device_arg(p)
     p.add_argument("--modes", nargs="+", metavar="MODE", help="the rows to run (default: every mode of the device)")
     p.add_argument("--compile-presets", nargs="+", default=[], metavar="P", choices=list(COMPILE_PRESETS),
                    help=f"add a bf16-cl3d-compile=P-graph row per preset ({', '.join(COMPILE_PRESETS)})")

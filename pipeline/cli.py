@@ -1,15 +1,22 @@
-"""Shared pieces of the command-line tools: the help formatter and the loader's vocabulary.
+"""Shared pieces of the command-line tools: the help formatter and the loader's flags.
 
-`LOADER_DEVICES` and `DECODERS` are what `ClipLoader` accepts. This module
-imports neither DALI nor torch, so `--help` stays fast.
+The loader's flags (`--loader-device`, `--decoder`, `--workers`) are defined
+once here, with one help text each, and added by every tool that builds a
+`ClipLoader` (`tpn.train`, `tpn.test`, the benchmarks). Their vocabularies
+(`LOADER_DEVICES`, `DECODERS`) are the ones `ClipLoader` accepts. This
+module imports neither DALI nor torch, so `--help` stays fast.
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
+from typing import Any
 
 LOADER_DEVICES = ("auto", "cpu", "gpu", "cuda")  # "cuda" is another name for "gpu"
 DECODERS = ("auto", "nvdec", "cpu", "pyav", "nvjpeg")
+
+ArgContainer = argparse.ArgumentParser | argparse._ArgumentGroup
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -21,3 +28,37 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
                 or "default" in text:
             return text
         return super()._get_help_string(action)
+
+
+def add_loader_device_arg(
+    parser: ArgContainer, default: Any = "auto", flags: Sequence[str] = ("--loader-device",)
+) -> None:
+    """Where DALI decodes and augments. `flags` keeps an older name of the flag working."""
+    parser.add_argument(
+        *flags, dest="loader_device", choices=LOADER_DEVICES, default=default,
+        help="where the DALI loader decodes and augments: auto (the GPU when torch and DALI see one), cpu, "
+             "or gpu (also spelt cuda) (default: auto)",
+    )  # fmt: skip
+
+
+def add_decoder_arg(parser: ArgContainer, default: Any = "auto") -> None:
+    parser.add_argument(
+        "--decoder", choices=DECODERS, default=default,
+        help="with the loader on a GPU: decode with NVDEC or on the CPU threads (default: auto, CPU for VP9, "
+             "NVDEC for H.264, nvJPEG for frame shards; see pipeline.loader.resolve_decoder); pyav: PyAV in "
+             "host threads on either device (H.264 on a CPU too); frame shards take auto, cpu or nvjpeg",
+    )  # fmt: skip
+
+
+def add_workers_arg(parser: ArgContainer, default: Any = None, flags: Sequence[str] = ("--workers",)) -> None:
+    """DALI's decoding threads. `flags` keeps an older name of the flag working."""
+    parser.add_argument(*flags, dest="workers", type=int, default=default,
+                        help="DALI decoding threads per process (default: the usable CPUs)")  # fmt: skip
+
+
+def add_loader_args(parser: ArgContainer, defaults: bool = True) -> None:
+    """--loader-device, --decoder and --workers; `defaults=False` leaves unset flags out of the namespace."""
+    unset = argparse.SUPPRESS
+    add_loader_device_arg(parser, "auto" if defaults else unset)
+    add_decoder_arg(parser, "auto" if defaults else unset)
+    add_workers_arg(parser, None if defaults else unset)

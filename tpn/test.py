@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 import tpn
 from pipeline import ClipSpec, storage
+from tpn.cli import add_device_args
 from tpn.distributed import DistEnv, env_from_environ, gather_objects, init_distributed, resolve_torch_device, shutdown
 from pipeline.fileio import atomic_write_bytes, atomic_write_json
 from tpn.metrics import accuracy, average_views
@@ -197,7 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Evaluate a zoo model on shards with the seed's test protocol "
         "(per-video mean of softmax probabilities over all views); prints Top-1, Top-5 "
         "and mean class accuracy next to the zoo's published Top-1. "
-        "Runs under `torchrun --nproc-per-node N -m tpn.test ...` too.",
+        "Runs under `torchrun --nproc-per-node N -m tpn.test ...` too (--device cuda is then each "
+        "process's GPU, its LOCAL_RANK).",
     )
     p.add_argument("name", help="zoo model name (see `python -m tpn`)")
     p.add_argument("--checkpoint", required=True, help="weights: this toolkit's, original TPN's or mmaction2's .pth")
@@ -210,14 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=1, help="videos per batch and process (default: 1)")
     p.add_argument("--max-clips", type=int, default=32, help="views per forward pass, to bound memory (default: 32)")
     p.add_argument("--num-classes", type=int, help="classifier size (default: from the checkpoint, else the config)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    p.add_argument("--loader-device", choices=["auto", "cpu", "gpu"], default="auto",
-                   help="where DALI decodes (default: auto = the GPU when there is one)")  # fmt: skip
-    p.add_argument("--decoder", choices=["auto", "nvdec", "cpu", "pyav", "nvjpeg"], default="auto",
-                   help="with the loader on a GPU: NVDEC or the CPU threads (default: auto, CPU for VP9, nvJPEG "
-                        "for frame shards); pyav: PyAV in host threads on either device")  # fmt: skip
+    add_device_args(p)  # --device, --loader-device, --decoder, --workers, as tpn.train has them
     p.add_argument("--amp", action="store_true", help="bf16 autocast on a GPU (default: fp32, as the seed)")
-    p.add_argument("--workers", type=int, help="DALI decoding threads (default: the usable CPUs)")
     p.add_argument("--out", type=Path, help="write the report as JSON here")
     p.add_argument("--per-video", type=Path, help="write per-video probabilities as JSONL here")
     return p

@@ -33,6 +33,7 @@ from torch import nn
 import tpn
 from pipeline import ClipSpec
 from tpn import rundir
+from tpn.cli import add_device_args, add_threads_arg
 from tpn.distributed import DistEnv, barrier, env_from_environ, gather_objects, init_distributed, resolve_torch_device, shutdown
 from tpn.engine import (
     COMPILE_PRESETS, DEFAULT_COMPILE, LossLog, LossModule, StepOptions, TrainStep, build_optimizer, cudnn_problem,
@@ -590,17 +591,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="validation views: one centre clip (default) or the full test protocol")  # fmt: skip
     c.add_argument("--max-steps", type=int, help="stop after this many steps in total, with a checkpoint")
     c.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    e = p.add_argument_group("execution")
+    e = p.add_argument_group("execution", "under torchrun, --device cuda is each process's GPU (its LOCAL_RANK)")
     e.add_argument("--seed", type=int, help="seed of data order, augmentation and init (default: 0)")
-    e.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: auto; torchrun: this rank's GPU)")
-    e.add_argument("--loader-device", choices=["auto", "cpu", "gpu"], help="where DALI decodes (default: auto)")
-    e.add_argument("--decoder", choices=["auto", "nvdec", "cpu", "pyav", "nvjpeg"],
-                   help="with the loader on a GPU: decode with NVDEC or on the CPU threads (default: auto, "
-                        "CPU for VP9, NVDEC for H.264, nvJPEG for frame shards; see "
-                        "pipeline.loader.resolve_decoder); pyav: PyAV in host threads on either device (H.264 "
-                        "on a CPU too); frame shards take auto, cpu or nvjpeg")
-    e.add_argument("--threads", type=int, help="torch CPU threads per process (default: torch's choice)")
-    e.add_argument("--workers", type=int, help="DALI decoding threads per process (default: usable CPUs)")
+    add_device_args(e, defaults=False)  # --device, --loader-device, --decoder, --workers, as tpn.test has them
+    add_threads_arg(e, argparse.SUPPRESS)
     e.add_argument("--amp", action=argparse.BooleanOptionalAction, help="bf16 autocast (default: on GPU only)")
     e.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction,
                    help="capture the whole step in one CUDA graph (default: on; GPU only)")  # fmt: skip

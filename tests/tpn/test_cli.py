@@ -1,0 +1,78 @@
+"""One device vocabulary on every command line: tpn.train, tpn.test and the benchmarks share their flags."""
+
+import argparse
+import importlib
+import typing
+
+import pytest
+
+from pipeline import loader
+from pipeline.cli import DECODERS, LOADER_DEVICES
+
+SHARED = ("device", "loader_device", "decoder", "workers")  # dests of --device, --loader-device, --decoder, --workers
+
+
+def train_parser() -> argparse.ArgumentParser:
+    from tpn.train import build_parser
+
+    return build_parser()
+
+
+def eval_parser() -> argparse.ArgumentParser:
+    from tpn.test import build_parser
+
+    return build_parser()
+
+
+def actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    return {a.dest: a for a in parser._actions}
+
+
+def test_train_and_test_take_the_same_device_and_loader_flags():
+    train, test = actions(train_parser()), actions(eval_parser())
+    for dest in SHARED:
+        a, b = train[dest], test[dest]
+        assert (a.option_strings, a.choices, a.type, a.help) == (b.option_strings, b.choices, b.type, b.help), dest
+    assert tuple(train["loader_device"].choices) == LOADER_DEVICES and tuple(train["decoder"].choices) == DECODERS
+    argv = ["--device", "cpu", "--loader-device", "cuda", "--decoder", "pyav", "--workers", "3"]
+    got_train = vars(train_parser().parse_args(["tpn_tiny_f8s4", "--train", "x", "--out", "y", *argv]))
+    got_test = vars(eval_parser().parse_args(["tpn_tiny_f8s4", "--checkpoint", "c", "--shards", "s", *argv]))
+    assert {k: got_train[k] for k in SHARED} == {k: got_test[k] for k in SHARED} == {
+        "device": "cpu", "loader_device": "cuda", "decoder": "pyav", "workers": 3}
+
+
+def test_unset_flags_stay_out_of_a_training_namespace():
+    # how a resumed run tells "not given" (keep the saved value) from "given"
+    train = vars(train_parser().parse_args(["--resume", "run"]))
+    assert not set(SHARED) & set(train) and "threads" not in train
+    test = vars(eval_parser().parse_args(["tpn_tiny_f8s4", "--checkpoint", "c", "--shards", "s"]))
+    assert {k: test[k] for k in SHARED} == {"device": "auto", "loader_device": "auto", "decoder": "auto", "workers": None}
+
+
+def test_the_flags_offer_what_the_loader_accepts():
+    assert typing.get_args(loader.Device) == LOADER_DEVICES
+    assert typing.get_args(loader.Decoder) == DECODERS
+
+
+@pytest.mark.parametrize("bad", [["--loader-device", "tpu"], ["--decoder", "gpu"]])
+def test_values_outside_the_vocabulary_are_refused_by_the_parser(bad, capsys):
+    with pytest.raises(SystemExit):
+        eval_parser().parse_args(["tpn_tiny_f8s4", "--checkpoint", "c", "--shards", "s", *bad])
+    assert "invalid choice" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "module, argv, dest, value",
+    [
+        ("benchmarks.data", ["--device", "cpu"], "loader_device", "cpu"),  # older name of --loader-device
+        ("benchmarks.data", ["--loader-device", "cuda"], "loader_device", "cuda"),
+        ("benchmarks.pipeline", ["--threads", "3"], "workers", 3),  # older name of --workers
+        ("benchmarks.scale", ["--workers", "3"], "workers", 3),
+        ("benchmarks.scale", ["--threads", "3"], "workers", 3),
+        ("benchmarks.train", ["--device", "cuda:1"], "device", "cuda:1"),
+    ],
+)
+def test_benchmarks_take_the_shared_flags_and_keep_their_older_names(module, argv, dest, value):
+    parser = importlib.import_module(module).build_parser()
+    assert getattr(parser.parse_args(argv), dest) == value
+    assert actions(parser)[dest].help == actions(eval_parser())[dest].help  # one flag, one help text

@@ -1,0 +1,37 @@
+"""Command-line flags that `tpn.train`, `tpn.test` and the benchmarks share: one definition, one help text.
+
+The model's flags are here: where it runs (`--device`) and torch's CPU
+threads (`--threads`). The loader's (`--loader-device`, `--decoder`,
+`--workers`) live with the loader, in `pipeline.cli`. `add_device_args`
+gives a tool the model's and the loader's device flags together, so the
+tools that train and test cannot drift apart.
+
+A builder's `default` is what an unset flag holds; `argparse.SUPPRESS`
+leaves an unset flag out of the namespace (how `tpn.train` tells "given"
+from "not given" when it resumes a run).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from pipeline.cli import ArgContainer, add_loader_args
+
+
+def add_device_arg(parser: ArgContainer, default: Any = "auto") -> None:
+    """Where the model runs (see `tpn.distributed.resolve_torch_device`)."""
+    parser.add_argument("--device", default=default,
+                        help="where the model runs: auto (the GPU when there is one), cpu, cuda or cuda:N "
+                             "(default: auto)")  # fmt: skip
+
+
+def add_threads_arg(parser: ArgContainer, default: Any = None) -> None:
+    parser.add_argument("--threads", type=int, default=default,
+                        help="torch CPU threads per process (default: torch's choice)")  # fmt: skip
+
+
+def add_device_args(parser: ArgContainer, defaults: bool = True) -> None:
+    """--device, --loader-device, --decoder and --workers; `defaults=False` leaves unset flags out of the namespace."""
+    add_device_arg(parser, "auto" if defaults else argparse.SUPPRESS)
+    add_loader_args(parser, defaults)
