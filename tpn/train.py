@@ -10,14 +10,13 @@ On a GPU the step runs under bf16 autocast with channels_last_3d for 3D
 models and is replayed from one CUDA graph (`tpn.engine`). Checkpoints are
 atomic; `--resume RUN_DIR` continues exactly where the last one was taken
 (on CPU a resumed run's losses are bit-identical to an uninterrupted run's).
-The files a run writes are listed in `tpn.rundir`.
+The files a run writes are listed in `tpn.rundir`; the run's settings and the
+resume rules are in `tpn.train_settings`, the command line in `tpn.train_cli`.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import logging
 import math
 import sys
@@ -31,128 +30,21 @@ import torch
 from torch import nn
 
 import tpn
-from pipeline import ClipSpec
 from tpn import rundir
-from tpn.cli import add_device_args, add_threads_arg
 from tpn.distributed import DistEnv, barrier, env_from_environ, gather_objects, init_distributed, resolve_torch_device, shutdown
 from tpn.engine import (
-    COMPILE_PRESETS, DEFAULT_COMPILE, LossLog, LossModule, StepOptions, TrainStep, build_optimizer, cudnn_problem,
+    LossLog, LossModule, StepOptions, TrainStep, build_optimizer, cudnn_problem,
     pin_device_lr, set_lr,
 )  # fmt: skip
 from pipeline.fileio import atomic_write_json
-from tpn.schedule import StepSchedule, scaled_lr
+from tpn.schedule import StepSchedule
 from tpn.test import EvalReport, evaluate, shard_source
+from tpn.train_settings import TrainSettings, effective_lr, val_clip_spec
 
 log = logging.getLogger("tpn.train")
 
-RECIPE_FIELDS = ("epochs", "batch_size", "momentum", "nesterov", "weight_decay", "clip_grad",
-                 "lr_steps", "lr_gamma", "warmup_epochs", "aux_weight")  # fmt: skip
-
-
 class NonFiniteLoss(RuntimeError):
     """The training loss became NaN or inf; the run stopped and kept its last good checkpoint."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class TrainSettings:
-    """Everything that defines a run; saved as settings.json and in every checkpoint."""
-
-    model: str
-    train: tuple[str, ...]
-    out: str
-    val: tuple[str, ...] = ()
-    train_split: str = "train"
-    val_split: str = "val"
-    # recipe (defaults: the zoo config's TrainRecipe, see `resolve_settings`)
-    epochs: int
-    batch_size: int  # per process
-    lr: float | None = None  # None: recipe lr * global batch / recipe lr_batch
-    momentum: float
-    nesterov: bool
-    weight_decay: float
-    clip_grad: float  # 0 turns clipping off
-    lr_steps: tuple[int, ...]
-    lr_gamma: float
-    warmup_epochs: float
-    aux_weight: float
-    dropout: float | None = None  # None: the config's (0.5)
-    bn_eval: bool = False  # BN layers use and keep their running statistics (the seed's `bn_eval`)
-    # initialisation
-    num_classes: int | None = None  # None: the shards' class count
-    pretrained: str | None = None  # torchvision-style 2D ImageNet ResNet
-    checkpoint: str | None = None  # initial weights (any supported format)
-    # checkpoints and logging
-    save_every: int = 0  # steps; 0 = only at epoch ends
-    keep_last: int = 3
-    log_every: int = 20
-    val_every: int = 1
-    val_views: str = "single"  # "single" (1 clip, centre crop) or "protocol" (the test protocol)
-    max_steps: int | None = None  # stop (with a checkpoint) after this many steps in total
-    # execution
-    seed: int = 0
-    device: str = "auto"
-    loader_device: str = "auto"
-    decoder: str = "auto"  # loader decoder: auto, nvdec, cpu or pyav
-    threads: int | None = None
-    workers: int | None = None
-    amp: bool | None = None  # None: bf16 on GPU, fp32 on CPU
-    cuda_graph: bool = True
-    channels_last: bool | None = None  # None: on for 3D models on GPU
-    compile: str | None = None  # a tpn.engine.COMPILE_PRESETS name: torch.compile the forward + loss
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        for name in ("train", "val", "lr_steps"):  # JSON and checkpoints give lists back
-            object.__setattr__(self, name, tuple(getattr(self, name)))
-        if isinstance(self.compile, bool):  # settings saved before presets existed
-            object.__setattr__(self, "compile", DEFAULT_COMPILE if self.compile else None)
-        problems = [msg for ok, msg in (
-            (self.epochs >= 1, "--epochs must be >= 1"),
-            (self.batch_size >= 1, "--batch-size must be >= 1"),
-            (self.lr is None or self.lr > 0, "--lr must be > 0"),
-            (self.clip_grad >= 0, "--clip-grad must be >= 0 (0 = off)"),
-            (self.log_every >= 1, "--log-every must be >= 1"),
-            (self.save_every >= 0, "--save-every must be >= 0"),
-            (self.max_steps is None or self.max_steps >= 1, "--max-steps must be >= 1"),
-            (self.val_views in ("single", "protocol"), "--val-views must be 'single' or 'protocol'"),
-            (bool(self.train), "--train needs at least one shard directory or .tar"),
-            (self.compile in (None, *COMPILE_PRESETS), f"--compile must be one of {', '.join(COMPILE_PRESETS)}"),
-        ) if not ok]  # fmt: skip
-        if problems:
-            raise ValueError("; ".join(problems))
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainSettings:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown training setting(s) {sorted(unknown)}")
-        return cls(**d)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-
-
-def resolve_settings(model: str, overrides: dict[str, Any]) -> TrainSettings:
-    """The zoo config's recipe, with the explicitly given settings on top."""
-    recipe = tpn.get_config(model).recipe
-    base = {k: getattr(recipe, k) for k in RECIPE_FIELDS}
-    return TrainSettings.from_dict({**base, "model": model, **overrides})
-
-
-def effective_lr(s: TrainSettings, world_size: int) -> float:
-    """--lr as given, else the recipe's lr scaled linearly to the global batch."""
-    if s.lr is not None:
-        return s.lr
-    recipe = tpn.get_config(s.model).recipe
-    return scaled_lr(recipe.lr, recipe.lr_batch, s.batch_size * world_size)
-
-
-def val_clip_spec(clip: ClipSpec, views: str) -> ClipSpec:
-    """Validation views: one centre-cropped clip (fast, as mmaction2's val pipeline) or the test protocol."""
-    if views == "protocol":
-        return clip
-    return clip.replace(test_clips=1, test_crops="center", twice_sample=False, test_flip=False)
 
 
 @dataclass
@@ -543,127 +435,7 @@ def train(
         shutdown()
 
 
-# ---------------------------------------------------------------------- CLI
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m tpn.train",
-        description="Train a zoo model on WebDataset shards (one process, or one per GPU under "
-        "`torchrun --nproc-per-node N -m tpn.train ...`). Unset recipe flags take the zoo config's "
-        "recipe; with --resume, unset flags keep the resumed run's settings.",
-        argument_default=argparse.SUPPRESS,  # only flags given on the command line override
-    )
-    p.add_argument("name", nargs="?", help="zoo model name (see `python -m tpn`); optional with --resume")
-    g = p.add_argument_group("data and outputs")
-    g.add_argument("--train", nargs="+", help="training shards: a shard directory (its train-*.tar if any) or .tar paths")
-    g.add_argument("--val", nargs="+", help="validation shards (a directory's val-*.tar if any); omit to skip validation")
-    g.add_argument("--train-split", help="split prefix used inside a --train directory (default: train)")
-    g.add_argument("--val-split", help="split prefix used inside a --val directory (default: val)")
-    g.add_argument("--out", help="RUN_DIR for checkpoints, metrics, curves and summary (default with --resume: its run)")
-    g.add_argument("--resume", help="continue exactly from RUN_DIR (its newest checkpoint) or a step_*.pth file")
-    r = p.add_argument_group("recipe (defaults from the zoo config's TrainRecipe)")
-    r.add_argument("--epochs", type=int, help="epochs to train")
-    r.add_argument("--batch-size", type=int, help="clips per process and step (global batch = this x processes)")
-    r.add_argument("--lr", type=float, help="learning rate (default: recipe lr x global batch / recipe lr_batch)")
-    r.add_argument("--momentum", type=float, help="SGD momentum")
-    r.add_argument("--nesterov", action=argparse.BooleanOptionalAction, help="Nesterov momentum")
-    r.add_argument("--weight-decay", type=float, help="L2 weight decay")
-    r.add_argument("--clip-grad", type=float, help="max L2 norm of the gradients (0 = no clipping)")
-    r.add_argument("--lr-steps", type=int, nargs="*", help="epochs at which the lr is multiplied by --lr-gamma")
-    r.add_argument("--lr-gamma", type=float, help="step-decay factor")
-    r.add_argument("--warmup-epochs", type=float, help="linear lr warmup length in epochs (0 = none)")
-    r.add_argument("--aux-weight", type=float, help="TPN auxiliary loss weight")
-    r.add_argument("--dropout", type=float, help="dropout before the classifier (default: the config's, 0.5)")
-    r.add_argument("--bn-eval", action=argparse.BooleanOptionalAction,
-                   help="keep BatchNorm in eval mode: fixed running statistics, trained affine (default: off)")  # fmt: skip
-    i = p.add_argument_group("initialisation")
-    i.add_argument("--num-classes", type=int, help="classifier size (default: the shards' classes.json count)")
-    i.add_argument("--pretrained", help="2D ImageNet ResNet (torchvision-style .pth) to inflate into the backbone")
-    i.add_argument("--checkpoint", help="initial weights (this toolkit's, original TPN's or mmaction2's); a "
-                   "classifier of another size is left freshly initialised")  # fmt: skip
-    c = p.add_argument_group("checkpoints and logging")
-    c.add_argument("--save-every", type=int, help="also checkpoint every N steps (default: 0 = epoch ends only)")
-    c.add_argument("--keep-last", type=int, help="rolling checkpoints to keep (default: 3; 0 = all)")
-    c.add_argument("--log-every", type=int, help="read the loss back every N steps (default: 20)")
-    c.add_argument("--val-every", type=int, help="validate every N epochs, and after the last (default: 1)")
-    c.add_argument("--val-views", choices=["single", "protocol"],
-                   help="validation views: one centre clip (default) or the full test protocol")  # fmt: skip
-    c.add_argument("--max-steps", type=int, help="stop after this many steps in total, with a checkpoint")
-    c.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    e = p.add_argument_group("execution", "under torchrun, --device cuda is each process's GPU (its LOCAL_RANK)")
-    e.add_argument("--seed", type=int, help="seed of data order, augmentation and init (default: 0)")
-    add_device_args(e, defaults=False)  # --device, --loader-device, --decoder, --workers, as tpn.test has them
-    add_threads_arg(e, argparse.SUPPRESS)
-    e.add_argument("--amp", action=argparse.BooleanOptionalAction, help="bf16 autocast (default: on GPU only)")
-    e.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction,
-                   help="capture the whole step in one CUDA graph (default: on; GPU only)")  # fmt: skip
-    e.add_argument("--compile", nargs="?", const=DEFAULT_COMPILE, choices=list(COMPILE_PRESETS), metavar="PRESET",
-                   help=f"torch.compile the forward + loss, compiled during the warm-up steps (default: off); "
-                        f"PRESET is a set of Inductor options: {', '.join(COMPILE_PRESETS)} "
-                        f"(tpn.engine.COMPILE_PRESETS; without one: {DEFAULT_COMPILE})")  # fmt: skip
-    e.add_argument("--no-compile", dest="compile", action="store_const", const=None, help="do not compile (default)")
-    e.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
-                   help="channels_last_3d memory format (default: on for 3D models on GPU)")  # fmt: skip
-    return p
-
-
-_LIST_FLAGS = ("train", "val", "lr_steps")
-
-
-def settings_from_args(args: argparse.Namespace) -> tuple[TrainSettings, dict | None]:
-    """Resolve the CLI into settings (and the checkpoint to resume from, loaded)."""
-    given = {k: v for k, v in vars(args).items() if k not in ("name", "resume")}
-    if "resume" not in vars(args):
-        if not getattr(args, "name", None):
-            raise ValueError("give a model name (see `python -m tpn`), or --resume RUN_DIR")
-        for needed in ("train", "out"):
-            if needed not in given:
-                raise ValueError(f"--{needed} is required for a new run")
-        return resolve_settings(args.name, given), None
-    return _resume_settings(args, given)
-
-
-def _resume_settings(args: argparse.Namespace, given: dict[str, Any]) -> tuple[TrainSettings, dict]:
-    from tpn.checkpoint import read_checkpoint
-
-    path = rundir.resume_checkpoint(args.resume)
-    ckpt = read_checkpoint(path)
-    if "settings" not in ckpt or "progress" not in ckpt:
-        raise ValueError(f"{path} is not a training checkpoint of tpn.train (no settings/progress): use --checkpoint to start from its weights")
-    saved = dict(ckpt["settings"])
-    saved.pop("max_steps", None)  # a stop point of the earlier invocation, not of the run
-    if getattr(args, "name", None) and args.name != saved["model"]:
-        raise ValueError(f"{path} trains {saved['model']!r}, not {args.name!r}")
-    for fixed in ("batch_size", "seed"):
-        if fixed in given and given[fixed] != saved[fixed]:
-            raise ValueError(f"--{fixed.replace('_', '-')} {given[fixed]} differs from the resumed run's {saved[fixed]}; "
-                             "an exact resume needs the same data order")  # fmt: skip
-    if "out" not in given:  # the run continues where its checkpoint lies
-        saved["out"] = str(path.parent)
-    changed = {k: v for k, v in given.items() if saved.get(k) != v}
-    if changed:
-        log.info("resuming with changed settings: %s", changed)
-    return TrainSettings.from_dict({**saved, **given}), ckpt
-
-
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    args = build_parser().parse_args(argv)
-    try:
-        settings, ckpt = settings_from_args(args)
-        summary = train(settings, resume=ckpt)
-    except NonFiniteLoss as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except (ValueError, FileNotFoundError, RuntimeError, TypeError) as e:  # bad names, paths, shards, checkpoints
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    if env_from_environ().is_main:
-        print(summary.text())
-        print(json.dumps(dataclasses.asdict(summary)))
-    return 0
-
-
 if __name__ == "__main__":
+    from tpn.train_cli import main  # the command line lives in its own module
+
     sys.exit(main())

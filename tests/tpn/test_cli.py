@@ -13,7 +13,7 @@ SHARED = ("device", "loader_device", "decoder", "workers")  # dests of --device,
 
 
 def train_parser() -> argparse.ArgumentParser:
-    from tpn.train import build_parser
+    from tpn.train_cli import build_parser
 
     return build_parser()
 

@@ -14,7 +14,9 @@ from pipeline import ClipLoader
 from tests.train_helpers import TRAIN_VIDEOS, VAL_VIDEOS, synthetic_shards
 from tpn import rundir
 from tpn.checkpoint import read_checkpoint
-from tpn.train import NonFiniteLoss, TrainSettings, build_parser, main, train
+from tpn.train import NonFiniteLoss, train
+from tpn.train_cli import build_parser, main, settings_from_args
+from tpn.train_settings import TrainSettings, resolve_settings
 
 MODEL = "tpn_tiny_f8s4"  # has the auxiliary head, so its loss is part of every step
 
@@ -228,8 +230,6 @@ def test_tiny_tpn_learns_the_synthetic_set(shards, tmp_path):
 
 
 def test_loader_decoder_and_compile_flags_reach_the_settings():
-    from tpn.train import build_parser, settings_from_args
-
     from tpn.engine import DEFAULT_COMPILE
 
     s, _ = settings_from_args(build_parser().parse_args([MODEL, "--train", "x", "--out", "y", "--decoder", "pyav", "--compile"]))
@@ -247,7 +247,6 @@ def test_loader_decoder_and_compile_flags_reach_the_settings():
 def test_settings_saved_with_a_boolean_compile_flag_still_load():
     # runs written before compile presets existed saved compile: true/false
     from tpn.engine import DEFAULT_COMPILE
-    from tpn.train import resolve_settings
 
     assert resolve_settings(MODEL, {"train": ["x"], "out": "y", "compile": True}).compile == DEFAULT_COMPILE
     assert resolve_settings(MODEL, {"train": ["x"], "out": "y", "compile": False}).compile is None
