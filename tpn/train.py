@@ -10,8 +10,14 @@ On a GPU the step runs under bf16 autocast with channels_last_3d for 3D
 models and is replayed from one CUDA graph (`tpn.engine`). Checkpoints are
 atomic; `--resume RUN_DIR` continues exactly where the last one was taken
 (on CPU a resumed run's losses are bit-identical to an uninterrupted run's).
-The files a run writes are listed in `tpn.rundir`; the run's settings and the
-resume rules are in `tpn.train_settings`, the command line in `tpn.train_cli`.
+The files a run writes are listed in `tpn.rundir`.
+
+Where things live: the run's settings and the resume rules in
+`tpn.train_settings`, the command line in `tpn.train_cli`, the building of
+loaders, model and step in `tpn.train_setup`, and here the loop,
+`Trainer.fit`, whose every decision after a step (read the losses back,
+end the epoch, validate, checkpoint, stop) is made by the pure function
+`step_actions`.
 """
 
 from __future__ import annotations
@@ -31,17 +37,21 @@ from torch import nn
 
 import tpn
 from tpn import rundir
-from tpn.distributed import DistEnv, barrier, env_from_environ, gather_objects, init_distributed, resolve_torch_device, shutdown
-from tpn.engine import (
-    LossLog, LossModule, StepOptions, TrainStep, build_optimizer, cudnn_problem,
-    pin_device_lr, set_lr,
+from tpn.distributed import (
+    DistEnv, barrier, env_from_environ, gather_objects, init_distributed, resolve_torch_device, shutdown,
 )  # fmt: skip
+from tpn.engine import LossLog, TrainStep, build_optimizer, pin_device_lr, set_lr
 from pipeline.fileio import atomic_write_json
 from tpn.schedule import StepSchedule
-from tpn.test import EvalReport, evaluate, shard_source
-from tpn.train_settings import TrainSettings, effective_lr, val_clip_spec
+from tpn.test import EvalReport, evaluate
+from tpn.train_settings import TrainSettings, effective_lr
+from tpn.train_setup import (
+    LoaderFactory, amp_dtype, build_loader, build_model, default_loader_factory, step_net, step_options,
+    use_channels_last,
+)  # fmt: skip
 
 log = logging.getLogger("tpn.train")
+
 
 class NonFiniteLoss(RuntimeError):
     """The training loss became NaN or inf; the run stopped and kept its last good checkpoint."""
@@ -85,17 +95,74 @@ class TrainSummary:
         )
 
 
-LoaderFactory = Callable[..., Any]
+# ---------------------------------------------------------------------- the loop's decisions
 
 
-def _default_loader_factory() -> LoaderFactory:
-    from pipeline import ClipLoader
+@dataclass(frozen=True)
+class Actions:
+    """What the loop does where the run stands, in this order."""
 
-    return ClipLoader
+    flush: bool = False  # read the pending losses back (the loop's one host sync), log them, stop on NaN/inf
+    end_epoch: bool = False  # the epoch's batches are done: move on to the next, write its record
+    validate: bool = False  # score the validation shards (at an epoch's end)
+    save: bool = False  # write a rolling checkpoint (after the flush, so never one of a diverged run)
+    stop: bool = False  # --max-steps reached: the run ends here
+
+
+def at_max_steps(step: int, s: TrainSettings) -> bool:
+    return bool(s.max_steps) and step >= s.max_steps
+
+
+def step_actions(step: int, batch: int, epoch: int, steps_per_epoch: int, pending: int, s: TrainSettings) -> Actions:
+    """The loop's decisions after `step` steps in all, `batch` of them in `epoch`, with `pending` losses unread.
+
+    | where the run stands                       | flush | end_epoch | validate | save | stop |
+    |--------------------------------------------|:-----:|:---------:|:--------:|:----:|:----:|
+    | --max-steps reached                        |   x   |           |          |  x   |  x   |
+    | the epoch's end (batch == steps_per_epoch) |   x   |     x     |   (1)    |  x   |      |
+    | a multiple of --save-every                 |   x   |           |          |  x   |      |
+    | --log-every losses pending                 |   x   |           |          |      |      |
+
+    (1) with --val: every --val-every epochs, and after the last one.
+    A stop on an epoch's last batch leaves the epoch open (no validation);
+    a run resumed there starts by ending it. The loop asks about an epoch's
+    end once its loader has run out.
+    """
+    stop = at_max_steps(step, s)
+    end_epoch = batch == steps_per_epoch and not stop
+    validate = end_epoch and bool(s.val) and ((epoch + 1) % s.val_every == 0 or epoch + 1 == s.epochs)
+    save = stop or end_epoch or (bool(s.save_every) and step % s.save_every == 0)
+    flush = save or pending >= s.log_every
+    return Actions(flush=flush, end_epoch=end_epoch, validate=validate, save=save, stop=stop)
+
+
+class Throughput:
+    """Clips per second over the current logging window; the windows' seconds add up to the training time."""
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.clock = clock
+        self.restart()
+
+    def restart(self) -> None:
+        """Open a new window now: the time since the last lap (validation, checkpoints) is not training time."""
+        self.start, self.clips = self.clock(), 0
+
+    def add(self, clips: int) -> None:
+        self.clips += clips
+
+    def lap(self) -> tuple[float, float]:
+        """(seconds, clips/s) of the window; the next one opens now."""
+        now = self.clock()
+        seconds, rate = now - self.start, self.clips / max(now - self.start, 1e-9)
+        self.start, self.clips = now, 0
+        return seconds, rate
+
+
+# ---------------------------------------------------------------------- the run
 
 
 class Trainer:
-    """One run: model, optimizer, step, loaders and RUN_DIR bookkeeping."""
+    """One run: model, optimizer, step, loaders and RUN_DIR bookkeeping; `fit` is the loop."""
 
     def __init__(
         self, s: TrainSettings, env: DistEnv, device: torch.device, *,
@@ -104,15 +171,17 @@ class Trainer:
         self.s, self.env, self.device = s, env, device
         self.run_dir = Path(s.out)
         self.wall0 = time.perf_counter()
-        self.amp_dtype = self._amp_dtype()
-        self.channels_last = self._channels_last()
+        self.amp_dtype = amp_dtype(s, device)
+        self.channels_last = use_channels_last(s, device, self.amp_dtype is not None, env.is_main)
         self._rng_to_restore: dict | None = None
-        make_loader = make_loader or _default_loader_factory()
+        make_loader = make_loader or default_loader_factory()
         rundir.seed_everything(s.seed + env.rank)  # dropout differs per rank; DDP syncs the weights
-        self.train_loader = self._loader(make_loader, "train")
-        self.val_loader = self._loader(make_loader, "val") if s.val else None
+        self.train_loader = build_loader(make_loader, s, env, "train")
+        self.val_loader = build_loader(make_loader, s, env, "val") if s.val else None
         self.num_classes = s.num_classes or self.train_loader.num_classes
-        self.model = self._build_model(initialise=resume is None)
+        self.global_batch = s.batch_size * env.world_size
+        self.model = build_model(s, self.num_classes, device, self.channels_last, initialise=resume is None,
+                                 is_main=env.is_main)  # fmt: skip
         self.lr0 = effective_lr(s, env.world_size)
         self.schedule = StepSchedule(
             base_lr=self.lr0, steps_per_epoch=len(self.train_loader), milestones=s.lr_steps,
@@ -124,86 +193,155 @@ class Trainer:
         self.progress = Progress()
         if resume is not None:
             self._restore(resume)
-        self.step_fn = TrainStep(self._wrap(), self.optimizer, self._step_options(), device)
+        net = step_net(self.model, s.aux_weight, env, device)
+        self.step_fn = TrainStep(net, self.optimizer, step_options(s, self.amp_dtype, self.channels_last, env.distributed),
+                                 device)  # fmt: skip
         self.losses = LossLog(s.log_every, device)
         self.metrics = rundir.MetricsWriter(self.run_dir) if env.is_main else None
         if resume is not None and self.metrics:
             self.metrics.truncate_after(self.progress.step)
+        self.bar = None  # the progress bar, on the main process while fitting
         self._lr_set: float | None = None
-        self._window = (time.perf_counter(), 0)  # (start, clips) of the current logging window
+        self.throughput = Throughput()
 
-    # ---------------------------------------------------------------- setup
+    # ---------------------------------------------------------------- the loop
 
-    def _loader(self, make_loader: LoaderFactory, which: str):
-        s = self.s
-        clip = tpn.get_config(s.model).clip
-        paths, split = (s.train, s.train_split) if which == "train" else (s.val, s.val_split)
-        source, split = shard_source(paths, split)
-        kwargs: dict[str, Any] = dict(
-            batch_size=s.batch_size, device=s.loader_device, decoder=s.decoder, seed=s.seed, num_threads=s.workers,
-            rank=self.env.rank, world_size=self.env.world_size, split=split,
-        )  # fmt: skip
-        if which == "train":
-            return make_loader(source, clip, mode="train", **kwargs)
-        return make_loader(source, val_clip_spec(clip, s.val_views), mode="test", return_keys=True, **kwargs)
+    def fit(self) -> TrainSummary:
+        """Train to the last epoch or --max-steps; after each step, do what `step_actions` decides."""
+        s, p, steps_per_epoch = self.s, self.progress, len(self.train_loader)
+        self.begin()  # settings.json, a resumed run's RNG states, the progress bar
+        stop = False
+        try:
+            for epoch in range(p.epoch, s.epochs):
+                if at_max_steps(p.step, s):  # resumed at (or past) its stop point: nothing to do
+                    stop = True
+                    break
+                self.train_loader.set_epoch(epoch, start_batch=p.batch)  # a resumed run continues mid-epoch
+                self.train_mode()
+                for x, y in self.train_loader:
+                    lr = self.schedule(p.step)
+                    self._set_lr(lr)  # on a GPU: fills the device tensor the graph reads, no host sync
+                    loss = self.step_fn(*self._to_device(x, y))  # on a GPU: one CUDA-graph replay, nothing read back
+                    p.step, p.batch = p.step + 1, p.batch + 1
+                    self.losses.add(loss, p.step, epoch, lr)  # stays on the device until a flush reads it
+                    self.throughput.add(self.global_batch)
+                    if self.bar is not None:
+                        self.bar.update(self.global_batch)
+                    if p.batch < steps_per_epoch:  # the last step's decisions wait for the loader to close
+                        stop = self.carry_out(epoch).stop
+                        if stop:
+                            break
+                else:  # the epoch's end (where a run resumed at it starts)
+                    stop = self.carry_out(epoch).stop
+                if stop:
+                    break
+        finally:
+            self.end()
+        return self.finish("max_steps" if stop else "completed")
 
-    def _build_model(self, initialise: bool) -> nn.Module:
-        """The zoo model for the shards' classes; --pretrained/--checkpoint unless resuming."""
-        s, cfg = self.s, tpn.get_config(self.s.model)
-        if self.num_classes != cfg.num_classes and self.env.is_main:
-            log.info("%s: %d classes in the shards (the config has %d): building the classifier for %d",
-                     s.model, self.num_classes, cfg.num_classes, self.num_classes)  # fmt: skip
-        extra = {} if s.dropout is None else {"dropout": s.dropout}
-        model = tpn.create_model(s.model, num_classes=self.num_classes, **extra)
-        if initialise and s.pretrained:
-            tpn.init_from_imagenet(model, s.pretrained)
-        if initialise and s.checkpoint:
-            for note in tpn.load_checkpoint(model, s.checkpoint, drop_classifier=True).notes:
-                log.info(note)
-        model.to(self.device)
-        if self.channels_last:
-            model.to(memory_format=torch.channels_last_3d)
-        return model
+    def carry_out(self, epoch: int) -> Actions:
+        """Do what `step_actions` decides for where the run stands now."""
+        p = self.progress
+        act = step_actions(p.step, p.batch, epoch, len(self.train_loader), len(self.losses), self.s)
+        if act.flush:
+            self.flush()  # the loop's only host sync (DDP: the losses are averaged over ranks)
+        if act.end_epoch:
+            p.epoch, p.batch = epoch + 1, 0
+            self.end_epoch(epoch, act.validate)
+        if act.save:
+            self.save()  # every rank: RNG states gathered, rank 0's BN buffers sent to all
+        if act.end_epoch:
+            self.throughput.restart()  # validation and checkpoint time are not training time
+        return act
 
-    def _amp_dtype(self) -> torch.dtype | None:
-        amp = self.s.amp if self.s.amp is not None else self.device.type == "cuda"
-        return torch.bfloat16 if amp else None
+    def _set_lr(self, lr: float) -> None:
+        if lr != self._lr_set:
+            set_lr(self.optimizer, lr)
+            self._lr_set = lr
 
-    def _channels_last(self) -> bool:
-        """NDHWC for 3D models on a GPU, unless the cuDNN build mis-computes bf16 3D convs."""
-        if self.device.type != "cuda":
-            return False
-        wanted = self.s.channels_last
-        if wanted is None:
-            wanted = tpn.get_config(self.s.model).backbone == "slowonly"
-        problem = cudnn_problem(torch.backends.cudnn.version(), self.amp_dtype is not None)
-        if problem and self.env.is_main:
-            log.warning(problem)
-        return bool(wanted) and not (problem and "turned off" in problem)
+    def _to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
-    def _step_options(self) -> StepOptions:
-        return StepOptions(
-            clip_grad=self.s.clip_grad or None, amp_dtype=self.amp_dtype, channels_last=self.channels_last,
-            cuda_graph=self.s.cuda_graph, warmup_iters=11 if self.env.distributed else 3, compile=self.s.compile,
-        )  # fmt: skip
+    def train_mode(self) -> None:
+        self.model.train()
+        if self.s.bn_eval:
+            for m in self.model.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
 
-    def _wrap(self) -> nn.Module:
-        """LossModule, in DDP when distributed (built on a side stream, as graph capture requires)."""
-        net: nn.Module = LossModule(self.model, self.s.aux_weight)
-        if not self.env.distributed:
-            return net
-        from torch.nn.parallel import DistributedDataParallel as DDP
+    def begin(self) -> None:
+        self.write_settings()
+        if self._rng_to_restore is not None:
+            rundir.set_rng_state(self._rng_to_restore, self.device)
+        self.bar = self._bar()
 
-        # broadcast_buffers=False: no per-forward BN-buffer broadcast inside the captured
-        # step; rank 0's buffers are sent to all ranks before validation and checkpoints.
-        if self.device.type != "cuda":
-            return DDP(net, broadcast_buffers=False)
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
-            net = DDP(net, device_ids=[self.device.index], broadcast_buffers=False)
-        torch.cuda.current_stream(self.device).wait_stream(side)
-        return net
+    def end(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.metrics:
+            self.metrics.close()
+
+    def _bar(self):
+        if not (self.env.is_main and self.s.progress):
+            return None
+        from tqdm import tqdm
+
+        total = self.s.epochs * len(self.train_loader)
+        if self.s.max_steps:
+            total = min(total, self.s.max_steps)
+        gb = self.global_batch
+        return tqdm(total=total * gb, initial=self.progress.step * gb, unit="clip", unit_scale=True,
+                    desc=self.s.model, dynamic_ncols=True)  # fmt: skip
+
+    # ---------------------------------------------------------------- what the actions do
+
+    def flush(self) -> None:
+        """Read back the pending losses (one sync), log them, stop on NaN/inf."""
+        records = self.losses.drain(self.env)
+        if not records:
+            return
+        seconds, rate = self.throughput.lap()
+        self.progress.train_time_s += seconds
+        if self.metrics:
+            self.metrics.write(records)
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{records[-1]['loss']:.4f}", lr=f"{records[-1]['lr']:.3g}", clips_s=f"{rate:.1f}")
+        bad = next((r for r in records if not math.isfinite(r["loss"])), None)
+        if bad is not None:
+            last = rundir.list_checkpoints(self.run_dir)
+            kept = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint had been written yet"
+            raise NonFiniteLoss(
+                f"training loss became {bad['loss']} at step {bad['step']} (epoch {bad['epoch']}, lr {bad['lr']:.3g}); "
+                f"stopped. {kept}. Lower --lr or --warmup-epochs up, or check the data, then --resume {self.run_dir}."
+            )
+
+    def end_epoch(self, epoch: int, validate: bool) -> None:
+        """The epoch's record in metrics.jsonl, with the validation scores when `validate`."""
+        p = self.progress
+        record: dict[str, Any] = {"type": "epoch", "epoch": epoch + 1, "step": p.step,
+                                  "train_time_s": round(p.train_time_s, 3)}  # fmt: skip
+        if validate:
+            record.update(self.validate(epoch))
+        if self.metrics:
+            self.metrics.write([record])
+
+    def validate(self, epoch: int) -> dict[str, Any]:
+        """Scores on the validation shards; a new best Top-1 is saved as best.pth."""
+        p = self.progress
+        self._sync_buffers()  # DDP: every rank evaluates with rank 0's BN statistics
+        report = evaluate(self.model, self.val_loader, device=self.device, env=self.env,
+                          amp_dtype=self.amp_dtype, channels_last=self.channels_last)  # fmt: skip
+        p.last_top1 = report.top1
+        if p.best_top1 is None or report.top1 > p.best_top1:
+            p.best_top1, p.best_epoch = report.top1, epoch + 1
+            self._save_best(report)
+        if self.env.is_main:
+            log.info("epoch %d: val Top-1 %.2f Top-5 %.2f (best %.2f, epoch %d)",
+                     epoch + 1, report.top1, report.top5, p.best_top1, p.best_epoch)  # fmt: skip
+        return dict(val_top1=report.top1, val_top5=report.top5, val_mean_class=report.mean_class_acc,
+                    val_videos=report.num_videos)  # fmt: skip
+
+    # ---------------------------------------------------------------- checkpoints
 
     def _restore(self, ckpt: dict) -> None:
         tpn.load_checkpoint(self.model, ckpt)
@@ -215,13 +353,11 @@ class Trainer:
             raise ValueError(f"the checkpoint was written by {len(states)} process(es); resume with the same number")
         self._rng_to_restore = states[self.env.rank]
 
-    # ---------------------------------------------------------------- bookkeeping
-
     def write_settings(self) -> None:
         if not self.env.is_main:
             return
         derived = {
-            "world_size": self.env.world_size, "global_batch": self.s.batch_size * self.env.world_size,
+            "world_size": self.env.world_size, "global_batch": self.global_batch,
             "effective_lr": self.lr0, "num_classes": self.num_classes, "steps_per_epoch": len(self.train_loader),
             "device": str(self.device), "amp_dtype": str(self.amp_dtype), "channels_last": self.channels_last,
             "torch": torch.__version__, "cudnn": torch.backends.cudnn.version() if self.device.type == "cuda" else None,
@@ -258,137 +394,13 @@ class Trainer:
         save_checkpoint(self.run_dir / "best.pth", self.model, epoch=self.progress.epoch, step=self.progress.step,
                         val=report.to_dict(), classes=list(self.train_loader.classes))  # fmt: skip
 
-    def flush(self, bar) -> None:
-        """Read back the pending losses (one sync), log them, stop on NaN/inf."""
-        records = self.losses.drain(self.env)
-        if not records:
-            return
-        now = time.perf_counter()
-        start, clips = self._window
-        self.progress.train_time_s += now - start
-        rate = clips / max(now - start, 1e-9)
-        self._window = (now, 0)
-        if self.metrics:
-            self.metrics.write(records)
-        if bar is not None:
-            bar.set_postfix(loss=f"{records[-1]['loss']:.4f}", lr=f"{records[-1]['lr']:.3g}", clips_s=f"{rate:.1f}")
-        bad = next((r for r in records if not math.isfinite(r["loss"])), None)
-        if bad is not None:
-            last = rundir.list_checkpoints(self.run_dir)
-            kept = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint had been written yet"
-            raise NonFiniteLoss(
-                f"training loss became {bad['loss']} at step {bad['step']} (epoch {bad['epoch']}, lr {bad['lr']:.3g}); "
-                f"stopped. {kept}. Lower --lr or --warmup-epochs up, or check the data, then --resume {self.run_dir}."
-            )
-
-    # ---------------------------------------------------------------- loop
-
-    def fit(self) -> TrainSummary:
-        self.write_settings()
-        if self._rng_to_restore is not None:
-            rundir.set_rng_state(self._rng_to_restore, self.device)
-        bar = self._bar()
-        stopped = "completed"
-        try:
-            for epoch in range(self.progress.epoch, self.s.epochs):
-                if self.train_epoch(epoch, bar):
-                    stopped = "max_steps"
-                    break
-                self.end_epoch(epoch)
-        finally:
-            if bar is not None:
-                bar.close()
-            if self.metrics:
-                self.metrics.close()
-        return self.finish(stopped)
-
-    def _bar(self):
-        if not (self.env.is_main and self.s.progress):
-            return None
-        from tqdm import tqdm
-
-        total = self.s.epochs * len(self.train_loader)
-        if self.s.max_steps:
-            total = min(total, self.s.max_steps)
-        gb = self.s.batch_size * self.env.world_size
-        return tqdm(total=total * gb, initial=self.progress.step * gb, unit="clip", unit_scale=True,
-                    desc=self.s.model, dynamic_ncols=True)  # fmt: skip
-
-    def train_mode(self) -> None:
-        self.model.train()
-        if self.s.bn_eval:
-            for m in self.model.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
-
-    def _to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-
-    def train_epoch(self, epoch: int, bar) -> bool:
-        """Run the rest of `epoch`; True when --max-steps stopped the run."""
-        p, s = self.progress, self.s
-        if s.max_steps and p.step >= s.max_steps:  # resumed past the stop point: nothing to do
-            return True
-        self.train_loader.set_epoch(epoch, start_batch=p.batch)
-        self.train_mode()
-        gb = s.batch_size * self.env.world_size
-        for x, y in self.train_loader:
-            lr = self.schedule(p.step)
-            if lr != self._lr_set:
-                set_lr(self.optimizer, lr)
-                self._lr_set = lr
-            loss = self.step_fn(*self._to_device(x, y))
-            p.step, p.batch = p.step + 1, p.batch + 1
-            self.losses.add(loss, p.step, epoch, lr)
-            self._window = (self._window[0], self._window[1] + gb)
-            if bar is not None:
-                bar.update(gb)
-            if self.losses.full:
-                self.flush(bar)
-            at_end = p.batch == len(self.train_loader)  # end_epoch checkpoints it anyway
-            saved = bool(s.save_every) and p.step % s.save_every == 0 and not at_end
-            if saved:
-                self.flush(bar)
-                self.save()
-            if s.max_steps and p.step >= s.max_steps:
-                self.flush(bar)
-                if not saved:
-                    self.save()
-                return True
-        self.flush(bar)
-        p.epoch, p.batch = epoch + 1, 0
-        return False
-
-    def end_epoch(self, epoch: int) -> None:
-        """Validate (every --val-every epochs and at the last), record, checkpoint."""
-        p, s = self.progress, self.s
-        record: dict[str, Any] = {"type": "epoch", "epoch": epoch + 1, "step": p.step,
-                                  "train_time_s": round(p.train_time_s, 3)}  # fmt: skip
-        if self.val_loader is not None and ((epoch + 1) % s.val_every == 0 or epoch + 1 == s.epochs):
-            self._sync_buffers()
-            report = evaluate(self.model, self.val_loader, device=self.device, env=self.env,
-                              amp_dtype=self.amp_dtype, channels_last=self.channels_last)  # fmt: skip
-            record.update(val_top1=report.top1, val_top5=report.top5, val_mean_class=report.mean_class_acc,
-                          val_videos=report.num_videos)  # fmt: skip
-            p.last_top1 = report.top1
-            if p.best_top1 is None or report.top1 > p.best_top1:
-                p.best_top1, p.best_epoch = report.top1, epoch + 1
-                self._save_best(report)
-            if self.env.is_main:
-                log.info("epoch %d: val Top-1 %.2f Top-5 %.2f (best %.2f, epoch %d)",
-                         epoch + 1, report.top1, report.top5, p.best_top1, p.best_epoch)  # fmt: skip
-        if self.metrics:
-            self.metrics.write([record])
-        self.save()
-        self._window = (time.perf_counter(), 0)  # validation time is not training time
-
     def finish(self, stopped: str) -> TrainSummary:
         p, s = self.progress, self.s
         summary = TrainSummary(
             model=s.model, run_dir=str(self.run_dir), stopped=stopped, epochs_done=p.epoch, steps=p.step,
             best_top1=p.best_top1, best_epoch=p.best_epoch, last_top1=p.last_top1,
             train_time_s=p.train_time_s,
-            clips_per_s=p.step * s.batch_size * self.env.world_size / max(p.train_time_s, 1e-9),
+            clips_per_s=p.step * self.global_batch / max(p.train_time_s, 1e-9),
             wall_time_s=time.perf_counter() - self.wall0, step_mode=self.step_fn.mode,
             step=self.step_fn.report().to_dict(),
         )  # fmt: skip
