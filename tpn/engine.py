@@ -327,7 +327,10 @@ class TrainStep:
 
 
 class LossLog:
-    """Per-step losses kept on the device and read back in one transfer (no per-step sync)."""
+    """Per-step losses kept on the device and read back in one transfer (no per-step sync).
+
+    Holds up to `capacity` losses; the trainer drains it when that many are pending.
+    """
 
     def __init__(self, capacity: int, device: torch.device) -> None:
         self.buf = torch.zeros(max(1, capacity), dtype=torch.float32, device=device)
@@ -335,10 +338,6 @@ class LossLog:
 
     def __len__(self) -> int:
         return len(self.meta)
-
-    @property
-    def full(self) -> bool:
-        return len(self.meta) >= self.buf.numel()
 
     def add(self, loss: Tensor, step: int, epoch: int, lr: float) -> None:
         self.buf[len(self.meta)].copy_(loss)
