@@ -40,18 +40,12 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from export.common import (
-    FP16,
-    Agreement,
-    CheckFailed,
-    ExportError,
-    Tolerance,
-    compare_logits,
-    publish,
-    synthetic_clips,
-)
-from pipeline.fileio import staging_dir
+from export.errors import CheckFailed, ExportError
 from export.onnx import INPUT_NAME, OUTPUT_NAME, add_metadata, read_metadata, write_model
+from export.outputs import publish
+from export.source import synthetic_clips
+from export.tolerance import FP16, Agreement, Tolerance, compare_logits
+from pipeline.fileio import staging_dir
 
 FP16_MAX = 65504.0
 FP16_TINY = 6.1035e-05  # smallest normal FP16; below it values are subnormal (fewer bits), then zero

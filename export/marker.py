@@ -26,9 +26,9 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from export.common import validated_marker, write_json
-from pipeline.fileio import sha256_file
+from export.outputs import validated_marker, write_json
 from export.shards import fingerprint
+from pipeline.fileio import sha256_file
 
 MARKER_FORMAT = 2
 

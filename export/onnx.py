@@ -16,9 +16,13 @@ or it is not written under its final name.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import os
 import sys
 import time
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,30 +31,20 @@ import onnx
 import torch
 from torch import nn
 
-from export.common import (
-    EXIT_CODES_HELP,
-    EXIT_FAILED,
-    EXIT_OK,
-    FP32,
-    TOLERANCES,
-    Agreement,
-    CheckFailed,
-    ExportError,
+from export.errors import EXIT_CODES_HELP, EXIT_FAILED, EXIT_OK, CheckFailed, ExportError
+from export.outputs import default_out_dir, publish, write_json
+from export.source import (
     ModelSource,
-    Tolerance,
     clip_shape,
-    compare_logits,
-    default_out_dir,
     input_hw,
     load_model,
-    quiet_exporter,
-    publish,
     random_weights_notice,
     synthetic_clips,
     torch_logits,
-    write_json,
 )
+from export.tolerance import FP32, TOLERANCES, Agreement, Tolerance, compare_logits
 from pipeline.fileio import fsync_file, staging_dir
+
 INPUT_NAME = "clips"
 OUTPUT_NAME = "logits"
 DEFAULT_OPSET = 20  # the exporter's default; TensorRT 10/11 parse opsets 9-25
@@ -93,6 +87,24 @@ def versions() -> dict[str, str]:
     import onnxruntime
 
     return {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+
+
+@contextlib.contextmanager
+def quiet_exporter() -> Iterator[None]:
+    """Silence the exporter's noise that is not about this model (torchvision ops it skips, deprecations)."""
+    names = ("torch.onnx._internal.exporter._registration", "torch.onnx")
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def trace_program(model: nn.Module, shape: tuple[int, ...], *, batch: int | None, opset: int):

@@ -43,7 +43,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from export.common import EXIT_CODES_HELP, EXIT_FAILED, EXIT_OK, ExportError, load_model, write_json
+from export.errors import EXIT_CODES_HELP, EXIT_FAILED, EXIT_OK, ExportError
+from export.outputs import write_json
+from export.source import load_model
 from pipeline import ClipSpec, sampling
 
 VIDEO_SUFFIXES = frozenset({

@@ -24,7 +24,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from export.common import ExportError, MissingDependencyError
+from export.errors import ExportError, MissingDependencyError
 
 Backend = Literal["auto", "ort-cpu", "ort-cuda", "trt"]
 ENGINE_SUFFIXES = (".engine", ".plan")

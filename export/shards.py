@@ -25,7 +25,7 @@ import json
 import os
 from dataclasses import dataclass
 
-from export.common import ExportError
+from export.errors import ExportError
 
 ALL_SPLITS = "all"  # --split all: every *.tar of the folder
 

@@ -37,7 +37,7 @@ from types import ModuleType
 
 import torch
 
-from export.common import (
+from export.errors import (
     EXIT_CODES_HELP,
     EXIT_FAILED,
     EXIT_MISSING,
@@ -45,14 +45,11 @@ from export.common import (
     CheckFailed,
     ExportError,
     MissingDependencyError,
-    default_out_dir,
-    load_model,
-    publish,
-    random_weights_notice,
-    write_json,
 )
 from export.onnx import add_model_args, export_onnx, parse_size
+from export.outputs import default_out_dir, publish, write_json
 from export.runtime import TRT_INSTALL, import_tensorrt
+from export.source import load_model, random_weights_notice
 from pipeline.fileio import atomic_write_bytes, staging_dir
 
 NO_GPU = (

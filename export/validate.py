@@ -58,24 +58,12 @@ import torch
 from torch import nn
 
 from export import runtime
-from export.common import (
-    EXIT_CODES_HELP,
-    EXIT_FAILED,
-    EXIT_OK,
-    FP16,
-    FP32,
-    Agreement,
-    AgreementMeter,
-    ExportError,
-    ModelSource,
-    Tolerance,
-    load_model,
-    synthetic_clips,
-    validated_marker,
-    write_json,
-)
+from export.errors import EXIT_CODES_HELP, EXIT_FAILED, EXIT_OK, ExportError
 from export.marker import check_marker, write_marker
+from export.outputs import validated_marker, write_json
 from export.shards import fingerprint, resolve_split
+from export.source import ModelSource, load_model, synthetic_clips
+from export.tolerance import FP16, FP32, Agreement, AgreementMeter, Tolerance
 from tpn.metrics import accuracy, average_views
 
 NO_ACCURACY = (
@@ -461,7 +449,7 @@ def gate(
     """Gate every artifact of one model against PyTorch (see the module docstring); one report each.
 
     `model_name` may also be a zoo model already holding the weights (from
-    `tpn.create_model` or `export.common.load_model`), as the export pipeline
+    `tpn.create_model` or `export.source.load_model`), as the export pipeline
     passes it, with `source` saying where its weights came from (else a
     module counts as weights of unknown origin). `split` picks `<split>-*.tar` of the shard folder ("all" or
     None: every tar). Raises ExportError for unusable inputs (unknown model,

@@ -21,18 +21,12 @@ from onnx import TensorProto, helper
 
 import tpn
 from export import runtime
-from export.common import (
-    FP16,
-    CheckFailed,
-    ExportError,
-    MissingDependencyError,
-    ModelSource,
-    sha256_file,
-    load_model,
-    validated_marker,
-)
+from export.errors import CheckFailed, ExportError, MissingDependencyError
 from export.marker import check_marker
+from export.outputs import validated_marker
 from export.shards import fingerprint, resolve_split
+from export.source import ModelSource, load_model
+from export.tolerance import FP16
 from export.validate import (
     GateReport,
     Thresholds,
@@ -48,6 +42,7 @@ from export.validate import (
 )
 from export.fp16 import head_nodes, node_precisions, tidy_casts, to_fp16
 from export.onnx import export_onnx, read_metadata
+from pipeline.fileio import sha256_file
 from tpn.checkpoint import save_checkpoint
 from tests.export_helpers import TINY, damage, make_val_shards, scale_initializer, trained_tiny
 

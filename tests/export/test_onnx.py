@@ -12,18 +12,10 @@ import pytest
 import torch
 
 import tpn
-from export.common import (
-    FP16,
-    FP32,
-    CheckFailed,
-    ExportError,
-    Tolerance,
-    compare_logits,
-    input_hw,
-    load_model,
-    synthetic_clips,
-)
+from export.errors import CheckFailed, ExportError
 from export.onnx import export_onnx, main, parse_size, read_metadata, write_model
+from export.source import input_hw, load_model, synthetic_clips
+from export.tolerance import FP16, FP32, Tolerance, compare_logits
 from tpn.checkpoint import save_checkpoint
 
 TINY = tpn.list_models("*tiny*")
