@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import tpn
 from export.errors import EXIT_CODES_HELP, EXIT_FAILED, EXIT_OK, ExportError
 from export.outputs import write_json
 from export.source import load_model
@@ -299,7 +300,6 @@ def load_classifier(source: Path, name: str) -> Classifier:
 
 
 def _artifact_classifier(source: Path, name: str) -> Classifier:
-    import tpn
     from export import runtime
     from export.marker import check_marker
     from export.validate import artifact_metadata, check_artifact_model
@@ -327,7 +327,7 @@ def class_names(classes: str | None, checkpoints: list[Path], num_classes: int) 
         names, where = read_class_file(Path(classes)), classes
     else:
         for ckpt in checkpoints:
-            names = _checkpoint_classes(ckpt)
+            names = _checkpoint_names(ckpt)
             if names:
                 where = str(ckpt)
                 break
@@ -357,16 +357,14 @@ def read_class_file(path: Path) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-def _checkpoint_classes(path: Path) -> list[str] | None:
+def _checkpoint_names(path: Path) -> list[str] | None:
+    """The class names `path` records when it is a readable checkpoint (an exported file is not one)."""
     if not path.is_file() or path.name.endswith(ARTIFACT_SUFFIXES):
         return None
-    from tpn.checkpoint import read_checkpoint
-
     try:
-        names = read_checkpoint(path).get("classes")
-    except Exception:  # not a checkpoint, or unreadable: names come from elsewhere
+        return tpn.checkpoint_classes(path).names
+    except tpn.CheckpointError:  # not a checkpoint, or unreadable: names come from elsewhere
         return None
-    return list(names) if isinstance(names, (list, tuple)) and all(isinstance(n, str) for n in names) else None
 
 
 # ----------------------------------------------------------------- running

@@ -46,18 +46,6 @@ RANDOM_WEIGHTS = (
 )
 
 
-def _checkpoint_classes(checkpoint: str | Path | Mapping) -> int | None:
-    """The class count an own-format checkpoint records (fine-tuned models differ from the zoo's)."""
-    if isinstance(checkpoint, Mapping):
-        obj = checkpoint
-    else:
-        from tpn.checkpoint import read_checkpoint
-
-        obj = read_checkpoint(checkpoint)
-    n = obj.get("num_classes") if obj.get("format") == "tpn-toolkit" else None
-    return int(n) if n is not None else None
-
-
 def load_model(name_or_model: str | nn.Module, checkpoint: str | Path | None = None) -> tuple[nn.Module, ModelSource]:
     """An eval-mode zoo model with its weights, and where they came from.
 
@@ -76,7 +64,8 @@ def load_model(name_or_model: str | nn.Module, checkpoint: str | Path | None = N
         except ValueError as e:
             raise ExportError(str(e)) from None
         try:
-            n = _checkpoint_classes(checkpoint) if checkpoint is not None else None
+            # a fine-tuned checkpoint's class count differs from the zoo config's
+            n = tpn.checkpoint_classes(checkpoint).num_classes if checkpoint is not None else None
             model = tpn.create_model(name_or_model, num_classes=n)
         except tpn.CheckpointError as e:
             raise ExportError(f"cannot use checkpoint for {name_or_model}: {e}") from None

@@ -171,6 +171,28 @@ def read_checkpoint(path: str | Path) -> dict:
     return obj
 
 
+@dataclass(frozen=True)
+class ClassInfo:
+    """What a checkpoint records about its classes; None where it records nothing."""
+
+    num_classes: int | None  # this project's files record it (a fine-tuned model differs from its zoo config)
+    names: list[str] | None  # label order, as `tpn.train` saves it from the shards' classes.json
+
+
+def checkpoint_classes(source: str | Path | Mapping) -> ClassInfo:
+    """The class count and names a checkpoint (a file, read by `read_checkpoint`, or its loaded dict) records.
+
+    Only this project's format records a class count; names are taken
+    from any checkpoint dict with a `classes` list of strings.
+    """
+    obj = read_checkpoint(source) if isinstance(source, (str, Path)) else source
+    n = obj.get("num_classes") if obj.get("format") == OWN_FORMAT else None
+    names = obj.get("classes")
+    if not (isinstance(names, (list, tuple)) and all(isinstance(c, str) for c in names)):
+        names = None
+    return ClassInfo(int(n) if n is not None else None, list(names) if names is not None else None)
+
+
 def extract_state_dict(obj: Mapping) -> tuple[dict[str, Tensor], Mapping]:
     """(state dict, outer dict) from the usual wrappers: ours ('model'), mmcv ('state_dict'), bare."""
     if obj.get("format") == OWN_FORMAT:
