@@ -45,7 +45,7 @@ from export.onnx import INPUT_NAME, OUTPUT_NAME, add_metadata, read_metadata, wr
 from export.outputs import publish
 from export.source import synthetic_clips
 from export.tolerance import FP16, Agreement, Tolerance, compare_logits
-from pipeline.fileio import staging_dir
+from pipeline import staging_dir
 
 FP16_MAX = 65504.0
 FP16_TINY = 6.1035e-05  # smallest normal FP16; below it values are subnormal (fewer bits), then zero

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from export.outputs import validated_marker, write_json
 from export.shards import fingerprint
-from pipeline.fileio import sha256_file
+from pipeline import location_exists, sha256_file
 
 MARKER_FORMAT = 2
 
@@ -185,9 +185,7 @@ def _check_shards(marker: dict, val_shards: str | os.PathLike | None, check: Mar
 
 def _recorded(location: str | None) -> str | None:
     """A recorded path or URL, if it is still there."""
-    from pipeline import storage
-
     try:
-        return location if location and storage.exists(location) else None
+        return location if location and location_exists(location) else None
     except (OSError, ImportError):  # an unreachable store: nothing to re-check against
         return None

@@ -43,7 +43,7 @@ from export.source import (
     torch_logits,
 )
 from export.tolerance import FP32, TOLERANCES, Agreement, Tolerance, compare_logits
-from pipeline.fileio import fsync_file, staging_dir
+from pipeline import fsync_file, staging_dir
 
 INPUT_NAME = "clips"
 OUTPUT_NAME = "logits"

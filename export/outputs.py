@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.fileio import atomic_write_json, fsync_dir
+from pipeline import atomic_write_json, fsync_dir
 
 
 def to_jsonable(obj: Any) -> Any:

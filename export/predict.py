@@ -8,13 +8,13 @@ run through `export.runtime`, or the checkpoint itself, run in PyTorch.
 Each video gets the model's test protocol, as `tpn.test` and the Top-1
 gate apply it through the loader's test mode:
 
-  - frames: `pipeline.sampling.clip_indices(spec, n, "test")` on the number
+  - frames: `pipeline.clip_indices(spec, n, "test")` on the number
     of frames the file holds (its packets, checked against what decodes);
   - frames are converted to RGB as DALI converts the shards (BT.601,
     bilinear chroma) and resized so the short side is `test_scale`: for
     frames up to the shards' size exactly as the loader's DALI resize,
     larger ones with an antialiased filter (see `resize_short_side`);
-  - crops at `pipeline.sampling.test_crop_positions`, with the origin at
+  - crops at `pipeline.test_crop_positions`, with the origin at
     pos * (extent - crop) as in DALI, optional flips, then the config's
     mean/std; views are ordered clips, then crops, then flips;
   - the video's score is the mean softmax over its views (`tpn.metrics`).
@@ -47,7 +47,7 @@ import tpn
 from export.errors import EXIT_CODES_HELP, EXIT_FAILED, EXIT_OK, ExportError
 from export.outputs import write_json
 from export.source import load_model
-from pipeline import ClipSpec, sampling
+from pipeline import ClipSpec, clip_indices, decode_plan, test_crop_positions
 
 VIDEO_SUFFIXES = frozenset({
     ".mp4", ".m4v", ".mov", ".webm", ".mkv", ".avi", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts", ".ogv", ".ogg",
@@ -182,15 +182,15 @@ def sampled_frames(path: Path, spec: ClipSpec, min_frames: int) -> tuple[np.ndar
         if n < min_frames:
             raise VideoError(too_short(n, spec, min_frames))
         resize = lambda f: resize_short_side(f, spec.test_scale)  # noqa: E731
-        indices = sampling.clip_indices(spec, n, "test")  # (C, F)
-        unique, order = sampling.decode_plan(indices)
+        indices = clip_indices(spec, n, "test")  # (C, F)
+        unique, order = decode_plan(indices)
         frames, decoded = decode_frames(path, unique, resize)
         if len(frames) < len(unique):  # fewer frames decode than the container holds: sample what is there
             n = decoded
             if n < min_frames:
                 raise VideoError(f"only {n} of its frames decode; " + too_short(n, spec, min_frames))
-            indices = sampling.clip_indices(spec, n, "test")
-            unique, order = sampling.decode_plan(indices)
+            indices = clip_indices(spec, n, "test")
+            unique, order = decode_plan(indices)
             frames, _ = decode_frames(path, unique, resize)
     except av.FFmpegError as e:
         raise VideoError(f"cannot be read: {e}") from None
@@ -244,7 +244,7 @@ def protocol_views(frames: np.ndarray, spec: ClipSpec) -> torch.Tensor:
     h, w = clips.shape[-2:]
     mean = torch.tensor(spec.mean).view(1, 3, 1, 1, 1)
     std = torch.tensor(spec.std).view(1, 3, 1, 1, 1)
-    crops = [crop(clips, spec, h, w, pos) for pos in sampling.test_crop_positions(spec, h, w)]
+    crops = [crop(clips, spec, h, w, pos) for pos in test_crop_positions(spec, h, w)]
     flips = (False, True) if spec.test_flip else (False,)
     views = [c.flip(-1) if f else c for c in crops for f in flips]  # crops, then flips
     per_clip = torch.stack(views, dim=1)  # (C, crops * flips, 3, F, S, S): clips-major

@@ -20,7 +20,7 @@ from torch import nn
 
 import tpn
 from export.errors import ExportError
-from pipeline.fileio import sha256_file
+from pipeline import sha256_file
 
 
 @dataclass

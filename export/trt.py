@@ -50,7 +50,7 @@ from export.onnx import add_model_args, export_onnx, parse_size
 from export.outputs import default_out_dir, publish, write_json
 from export.runtime import TRT_INSTALL, import_tensorrt
 from export.source import load_model, random_weights_notice
-from pipeline.fileio import atomic_write_bytes, staging_dir
+from pipeline import atomic_write_bytes, staging_dir
 
 NO_GPU = (
     "no CUDA GPU is visible (torch.cuda.is_available() is False): TensorRT builds and runs engines on an "

@@ -64,7 +64,8 @@ from export.outputs import validated_marker, write_json
 from export.shards import fingerprint, resolve_split
 from export.source import ModelSource, load_model, synthetic_clips
 from export.tolerance import FP16, FP32, Agreement, AgreementMeter, Tolerance
-from tpn.metrics import accuracy, average_views
+from pipeline import is_remote
+from tpn import accuracy, average_views
 
 NO_ACCURACY = (
     "no accuracy was validated: only per-clip logit agreement with PyTorch on {n} synthetic clips; "
@@ -515,9 +516,7 @@ def _gate_on_shards(tracks, model, source, val_shards, split, zoo_checkpoint, ba
 
 def _location(shards: str | os.PathLike) -> str:
     """Where the shards are, as the marker records it: a URL as given, a path made absolute."""
-    from pipeline import storage
-
-    return str(shards) if storage.is_remote(shards) else str(Path(shards).resolve())
+    return str(shards) if is_remote(shards) else str(Path(shards).resolve())
 
 
 def validate(artifact: str | os.PathLike, **kwargs) -> GateReport:

@@ -42,7 +42,7 @@ from export.validate import (
 )
 from export.fp16 import head_nodes, node_precisions, tidy_casts, to_fp16
 from export.onnx import export_onnx, read_metadata
-from pipeline.fileio import sha256_file
+from pipeline import sha256_file
 from tpn.checkpoint import save_checkpoint
 from tests.export_helpers import TINY, damage, make_val_shards, scale_initializer, trained_tiny
 
