@@ -33,6 +33,7 @@ from torch import nn
 
 from export.errors import EXIT_CODES_HELP, EXIT_FAILED, EXIT_OK, CheckFailed, ExportError
 from export.outputs import default_out_dir, publish, write_json
+from export.runtime import open_session
 from export.source import (
     ModelSource,
     clip_shape,
@@ -174,9 +175,7 @@ def check_parity(
     path: Path, model: nn.Module, shape: tuple[int, ...], batches: list[int], tol: Tolerance, seed: int
 ) -> Agreement:
     """ORT (CPU) vs PyTorch on seeded synthetic clips, one run per batch size (proves the dynamic batch)."""
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    sess = open_session(path, threads=0)  # ONNX Runtime's own thread count, on the CPU
     clip = model.config.clip
     outs, refs = [], []
     for i, b in enumerate(batches):
