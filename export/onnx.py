@@ -260,19 +260,28 @@ def _op_counts(proto: onnx.ModelProto) -> dict[str, int]:
 # ----------------------------------------------------------------- CLI
 
 
-def parse_size(text: str) -> str | int | tuple[int, int]:
-    """'train', 'test', '256' or '256x340' (H x W)."""
-    if text in ("train", "test"):
+SIZE_WORDS = ("train", "test")
+
+
+def parse_input_size(text: str, words: tuple[str, ...] = SIZE_WORDS) -> str | int | tuple[int, int]:
+    """An exported input's spatial size: one of `words`, 'N' (N x N) or 'HxW', height first.
+
+    Height first as in the clips tensor (N, 3, T, H, W); frame sizes given
+    to ffmpeg when sharding are width x height instead.
+    """
+    if text in words:
         return text
     try:
         parts = [int(p) for p in text.lower().split("x")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"size must be train, test, N or HxW, got {text!r}") from None
+        parts = []
     if len(parts) == 1:
         return parts[0]
     if len(parts) == 2:
         return parts[0], parts[1]
-    raise argparse.ArgumentTypeError(f"size must be train, test, N or HxW, got {text!r}")
+    raise argparse.ArgumentTypeError(
+        f"size must be {', '.join(words)}, N or HxW (height x width, e.g. 256x340), got {text!r}"
+    )
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -296,9 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_model_args(p)
     p.add_argument(
-        "--size", type=parse_size, default="train",
-        help="input H and W: 'train' (training crop, default), 'test' (test-protocol crop, as the Top-1 "
-        "gate needs), N, or HxW",
+        "--size", type=parse_input_size, default="train",
+        help="input size, height x width: 'train' (training crop, default), 'test' (test-protocol crop, as "
+        "the Top-1 gate needs), N (N x N) or HxW (e.g. 256x340: height 256, width 340)",
     )  # fmt: skip
     p.add_argument("--batch", type=int, help="fixed batch size (default: dynamic batch dimension)")
     p.add_argument(

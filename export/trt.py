@@ -46,7 +46,7 @@ from export.errors import (
     ExportError,
     MissingDependencyError,
 )
-from export.onnx import add_model_args, export_onnx, parse_size
+from export.onnx import SIZE_WORDS, add_model_args, export_onnx, parse_input_size
 from export.outputs import default_out_dir, publish, write_json
 from export.runtime import TRT_INSTALL, import_tensorrt
 from export.source import load_model, random_weights_notice
@@ -360,8 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_model_args(p)
     p.add_argument(
-        "--size", type=parse_size_auto, default="auto",
-        help="input H and W: auto (test crop with --val-shards, else training crop), train, test, N or HxW",
+        "--size", type=parse_input_size_or_auto, default="auto",
+        help="input size, height x width: auto (test crop with --val-shards, else training crop), train, "
+        "test, N (N x N) or HxW (e.g. 256x340: height 256, width 340)",
     )  # fmt: skip
     p.add_argument("--max-batch", type=int, default=32, help="largest batch of the engine's profile (default %(default)s)")
     p.add_argument("--opt-batch", type=int, default=8, help="batch the engine is tuned for (default %(default)s)")
@@ -379,8 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_size_auto(text: str):
-    return "auto" if text == "auto" else parse_size(text)
+def parse_input_size_or_auto(text: str) -> str | int | tuple[int, int]:
+    """`export.onnx.parse_input_size`, plus 'auto' (see `resolve_size`)."""
+    return parse_input_size(text, ("auto", *SIZE_WORDS))
 
 
 ENGINE_ARGS = (

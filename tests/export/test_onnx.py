@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 
@@ -13,7 +14,8 @@ import torch
 
 import tpn
 from export.errors import CheckFailed, ExportError
-from export.onnx import export_onnx, main, parse_size, read_metadata, write_model
+from export.onnx import export_onnx, main, parse_input_size, read_metadata, write_model
+from export.trt import parse_input_size_or_auto
 from export.source import input_hw, load_model, synthetic_clips
 from export.tolerance import FP16, FP32, Tolerance, compare_logits
 from tpn.checkpoint import save_checkpoint
@@ -61,7 +63,17 @@ def test_input_sizes_and_size_parsing():
     full = dataclasses.replace(cfg, clip=cfg.clip.replace(test_crops="full"))
     with pytest.raises(ExportError, match="explicit size"):
         input_hw(full, "test")
-    assert parse_size("test") == "test" and parse_size("256x340") == (256, 340) and parse_size("128") == 128
+
+
+def test_input_sizes_are_height_by_width():
+    assert parse_input_size("test") == "test" and parse_input_size("128") == 128
+    assert parse_input_size("256x340") == (256, 340)  # height 256, width 340: the tensor's (H, W)
+    for bad in ("auto", "256x", "1x2x3", "wide"):
+        with pytest.raises(argparse.ArgumentTypeError, match=r"HxW \(height x width"):
+            parse_input_size(bad)
+    assert parse_input_size_or_auto("auto") == "auto" and parse_input_size_or_auto("112x160") == (112, 160)
+    with pytest.raises(argparse.ArgumentTypeError, match="auto, train, test"):
+        parse_input_size_or_auto("big")
 
 
 def test_synthetic_clips_are_seeded_and_normalised():
