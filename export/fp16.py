@@ -41,7 +41,7 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from export.errors import CheckFailed, ExportError
-from export.onnx import INPUT_NAME, add_metadata, ort_logits, read_metadata, write_model
+from export.onnx import INPUT_NAME, add_metadata, onnx_clip_shape, ort_logits, read_metadata, write_model
 from export.outputs import publish
 from export.runtime import open_session
 from export.source import synthetic_clips
@@ -244,12 +244,6 @@ def _accumulate(a: list, value: np.ndarray) -> None:
     a[4] += int(ax.size)
 
 
-def input_shape(model: onnx.ModelProto) -> tuple[int, ...]:
-    """(3, T, H, W) of the model's clip input (the batch dimension dropped)."""
-    dims = model.graph.input[0].type.tensor_type.shape.dim
-    return tuple(int(d.dim_value) for d in dims[1:])
-
-
 def calibration_clips(
     calibration: None | np.ndarray | str | os.PathLike,
     model: onnx.ModelProto,
@@ -259,7 +253,7 @@ def calibration_clips(
     split: str | None = None,
 ) -> tuple[np.ndarray, dict]:
     """Clips to calibrate on, and a description of where they came from."""
-    shape = input_shape(model)
+    shape = onnx_clip_shape(model)
     clip = _clip_spec(model)
     if calibration is None:
         clips = synthetic_clips(num_clips, shape, mean=clip.mean, std=clip.std, seed=seed)

@@ -135,11 +135,22 @@ def add_metadata(proto: onnx.ModelProto, items: dict[str, object]) -> None:
         entry.key, entry.value = META_PREFIX + key, str(value)
 
 
+def _graph_only(path_or_proto: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
+    """The model as given, or its file without the weights (what the readers below need)."""
+    if isinstance(path_or_proto, onnx.ModelProto):
+        return path_or_proto
+    return onnx.load(str(path_or_proto), load_external_data=False)
+
+
 def read_metadata(path_or_proto: str | os.PathLike | onnx.ModelProto) -> dict[str, str]:
-    proto = path_or_proto
-    if not isinstance(proto, onnx.ModelProto):
-        proto = onnx.load(str(path_or_proto), load_external_data=False)
+    proto = _graph_only(path_or_proto)
     return {p.key[len(META_PREFIX) :]: p.value for p in proto.metadata_props if p.key.startswith(META_PREFIX)}
+
+
+def onnx_clip_shape(path_or_proto: str | os.PathLike | onnx.ModelProto) -> tuple[int, ...]:
+    """(3, T, H, W) of the model's clip input (the batch dimension dropped)."""
+    dims = _graph_only(path_or_proto).graph.input[0].type.tensor_type.shape.dim
+    return tuple(int(d.dim_value) for d in dims[1:])
 
 
 def write_model(proto: onnx.ModelProto, path: Path, *, external_data: bool | None = None) -> list[Path]:

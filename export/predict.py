@@ -115,7 +115,7 @@ def count_frames(path: Path) -> int:
         return sum(1 for packet in container.demux(stream) if packet.size > 0)
 
 
-def decode_frames(path: Path, wanted: np.ndarray, resize: Callable[[np.ndarray], np.ndarray]) -> tuple[dict, int]:
+def decode_in_order(path: Path, wanted: np.ndarray, resize: Callable[[np.ndarray], np.ndarray]) -> tuple[dict, int]:
     """({index: resized frame} for the sorted `wanted` indices, frames decoded), reading in order.
 
     Stops after the last wanted frame; decoding errors after at least one
@@ -184,14 +184,14 @@ def sampled_frames(path: Path, spec: ClipSpec, min_frames: int) -> tuple[np.ndar
         resize = lambda f: resize_short_side(f, spec.test_scale)  # noqa: E731
         indices = clip_indices(spec, n, "test")  # (C, F)
         unique, order = decode_plan(indices)
-        frames, decoded = decode_frames(path, unique, resize)
+        frames, decoded = decode_in_order(path, unique, resize)
         if len(frames) < len(unique):  # fewer frames decode than the container holds: sample what is there
             n = decoded
             if n < min_frames:
                 raise VideoError(f"only {n} of its frames decode; " + too_short(n, spec, min_frames))
             indices = clip_indices(spec, n, "test")
             unique, order = decode_plan(indices)
-            frames, _ = decode_frames(path, unique, resize)
+            frames, _ = decode_in_order(path, unique, resize)
     except av.FFmpegError as e:
         raise VideoError(f"cannot be read: {e}") from None
     return np.stack([frames[int(i)] for i in unique])[order], n
@@ -324,7 +324,7 @@ def class_names(classes: str | None, checkpoints: list[Path], num_classes: int) 
     """Names in label order and where they came from: --classes, else the checkpoint's, else numbers."""
     names, where = None, None
     if classes:
-        names, where = read_class_file(Path(classes)), classes
+        names, where = read_class_names(Path(classes)), classes
     else:
         for ckpt in checkpoints:
             names = _checkpoint_names(ckpt)
@@ -338,7 +338,7 @@ def class_names(classes: str | None, checkpoints: list[Path], num_classes: int) 
     return names, where
 
 
-def read_class_file(path: Path) -> list[str]:
+def read_class_names(path: Path) -> list[str]:
     """A classes.json (JSON list), a shard folder holding one, or a text file with one name per line."""
     if path.is_dir():
         path = path / "classes.json"

@@ -4,7 +4,7 @@ A shard folder (a local path or an object-storage URL, through
 `pipeline`'s location functions) written by `pipeline.shard` names its files
 `<split>-NNNNNN.tar` and describes them in `manifest.json` (every shard's
 size and sha256) and `classes.json` (label order). The Top-1 gate reads a
-split and binds its verdict to the data with `fingerprint`:
+split and binds its verdict to the data with `shard_fingerprint`:
 
   - with a manifest: sha256 of the manifest (its `run` section, which holds
     timings, left out), the class list, and the name and size of every tar
@@ -72,7 +72,7 @@ def resolve_split(shards: str | os.PathLike, split: str | None) -> str | None:
     )
 
 
-def fingerprint(shards: str | os.PathLike, split: str | None) -> ShardFingerprint:
+def shard_fingerprint(shards: str | os.PathLike, split: str | None) -> ShardFingerprint:
     """The data binding of a validation run on `split` of `shards` (see the module docstring)."""
     try:
         tars = find_shards(str(shards) if is_remote(shards) else os.fspath(shards), split)

@@ -46,7 +46,7 @@ from export.errors import (
     ExportError,
     MissingDependencyError,
 )
-from export.onnx import SIZE_WORDS, add_model_args, export_onnx, parse_input_size
+from export.onnx import SIZE_WORDS, add_model_args, export_onnx, onnx_clip_shape, parse_input_size
 from export.outputs import default_out_dir, publish, write_json
 from export.runtime import TRT_INSTALL, import_tensorrt
 from export.source import load_model, random_weights_notice
@@ -138,14 +138,6 @@ def missing_requirements(trt_import=import_tensorrt, cuda: bool | None = None) -
     if not (torch.cuda.is_available() if cuda is None else cuda):
         missing.append(NO_GPU)
     return "; ".join(missing) or None
-
-
-def onnx_clip_shape(path: str | Path) -> tuple[int, ...]:
-    from export.fp16 import input_shape
-
-    import onnx
-
-    return input_shape(onnx.load(str(path), load_external_data=False))
 
 
 # ----------------------------------------------------------------- the build

@@ -61,7 +61,7 @@ from export import runtime
 from export.errors import EXIT_CODES_HELP, EXIT_FAILED, EXIT_OK, ExportError
 from export.marker import check_marker, write_marker
 from export.outputs import validated_marker, write_json
-from export.shards import fingerprint, resolve_split
+from export.shards import resolve_split, shard_fingerprint
 from export.source import ModelSource, load_model, synthetic_clips
 from export.tolerance import FP16, FP32, Agreement, AgreementMeter, Tolerance
 from pipeline import is_remote
@@ -213,7 +213,7 @@ def judge(
         below = zoo_top1 - report.artifact_top1
         report.criteria.append(Criterion("zoo", "points below the zoo's Top-1", below, "<=", t.max_drop, below <= t.max_drop,
                                          f"zoo {zoo_top1:.2f}%"))  # fmt: skip
-    report.verdict = verdict(report.criteria)
+    report.verdict = gate_verdict(report.criteria)
     report.passed = report.verdict == "passed"
     report.failures = failure_lines(report)
 
@@ -222,7 +222,7 @@ def _videos_detail(n: int) -> str:
     return f"one video is {100.0 / n:.2f} points" if n else "no videos"
 
 
-def verdict(criteria: list[Criterion]) -> str:
+def gate_verdict(criteria: list[Criterion]) -> str:
     """'refused' when the data cannot support a Top-1 statement, else 'passed' or 'failed'."""
     by_key = {c.key: c for c in criteria}
     if not by_key["videos"].passed or not by_key["chance"].passed:
@@ -501,7 +501,7 @@ def _gate_on_shards(tracks, model, source, val_shards, split, zoo_checkpoint, ba
                              max_videos=max_videos)  # fmt: skip
     data = {"location": _location(val_shards), "split": split}
     try:
-        fp = fingerprint(val_shards, split)
+        fp = shard_fingerprint(val_shards, split)
         data.update(fingerprint=fp.sha256, fingerprint_kind=fp.kind)
     except ExportError as e:
         data.update(fingerprint=None, fingerprint_kind=str(e))

@@ -14,7 +14,7 @@ import torch
 
 import tpn
 from export.errors import CheckFailed, ExportError
-from export.onnx import export_onnx, main, parse_input_size, read_metadata, write_model
+from export.onnx import export_onnx, main, onnx_clip_shape, parse_input_size, read_metadata, write_model
 from export.trt import parse_input_size_or_auto
 from export.source import input_hw, load_model, synthetic_clips
 from export.tolerance import FP16, FP32, Tolerance, compare_logits
@@ -104,6 +104,7 @@ def test_every_family_exports_and_matches_pytorch(name, tmp_path):
     assert proto.opset_import[0].version == 20 and "BatchNormalization" not in r.op_types  # folded
     assert not r.external_data and not (tmp_path / f"{name}.onnx.data").exists()
     assert read_metadata(proto)["model"] == name
+    assert onnx_clip_shape(proto) == onnx_clip_shape(r.path) == (3, 8, 112, 112)
     assert [p.name for p in tmp_path.iterdir()] == [f"{name}.onnx"]  # nothing staged left behind
 
 
