@@ -13,6 +13,7 @@ checkpoint is ever executed.
 from __future__ import annotations
 
 import logging
+import os
 import pickle
 import re
 from collections.abc import Mapping
@@ -179,13 +180,13 @@ class ClassInfo:
     names: list[str] | None  # label order, as `tpn.train` saves it from the shards' classes.json
 
 
-def checkpoint_classes(source: str | Path | Mapping) -> ClassInfo:
+def checkpoint_classes(source: str | os.PathLike | Mapping) -> ClassInfo:
     """The class count and names a checkpoint (a file, read by `read_checkpoint`, or its loaded dict) records.
 
     Only this project's format records a class count; names are taken
     from any checkpoint dict with a `classes` list of strings.
     """
-    obj = read_checkpoint(source) if isinstance(source, (str, Path)) else source
+    obj = source if isinstance(source, Mapping) else read_checkpoint(source)
     n = obj.get("num_classes") if obj.get("format") == OWN_FORMAT else None
     names = obj.get("classes")
     if not (isinstance(names, (list, tuple)) and all(isinstance(c, str) for c in names)):
