@@ -55,7 +55,8 @@ import torch
 import tpn
 from benchmarks.common import results_path, write_results
 from export import runtime
-from export.common import ExportError, load_model, synthetic_clips
+from export.errors import ExportError
+from export.source import load_model, synthetic_clips
 
 ORT_LEVELS = ("all", "extended", "basic", "disable")
 BASELINE = "torch-fp32"

@@ -40,18 +40,13 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from export.common import (
-    FP16,
-    Agreement,
-    CheckFailed,
-    ExportError,
-    Tolerance,
-    compare_logits,
-    publish,
-    synthetic_clips,
-)
-from pipeline.fileio import staging_dir
-from export.onnx import INPUT_NAME, OUTPUT_NAME, add_metadata, read_metadata, write_model
+from export.errors import CheckFailed, ExportError
+from export.onnx import INPUT_NAME, add_metadata, onnx_clip_shape, ort_logits, read_metadata, write_model
+from export.outputs import publish
+from export.runtime import open_session
+from export.source import synthetic_clips
+from export.tolerance import FP16, Agreement, Tolerance, compare_logits
+from pipeline import staging_dir
 
 FP16_MAX = 65504.0
 FP16_TINY = 6.1035e-05  # smallest normal FP16; below it values are subnormal (fewer bits), then zero
@@ -217,15 +212,13 @@ def float_outputs(model: onnx.ModelProto) -> list[str]:
 
 def activation_stats(model: onnx.ModelProto, clips: np.ndarray, batch: int = 1) -> dict[str, TensorStats]:
     """Run the FP32 model on `clips` with every intermediate tensor exposed; merge stats over clips."""
-    import onnxruntime as ort
-
     names = float_outputs(model)
     probe = copy.deepcopy(model)
     known = {o.name for o in probe.graph.output}
     for name in names:
         if name not in known:
             probe.graph.output.append(onnx.helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
-    sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    sess = open_session(probe.SerializeToString(), threads=0)
     acc: dict[str, list[float]] = {}  # name -> [max_abs, sum sq, sum sq err, subnormal, size]
     for i in range(0, len(clips), batch):
         outs = sess.run(names, {INPUT_NAME: clips[i : i + batch]})
@@ -251,12 +244,6 @@ def _accumulate(a: list, value: np.ndarray) -> None:
     a[4] += int(ax.size)
 
 
-def input_shape(model: onnx.ModelProto) -> tuple[int, ...]:
-    """(3, T, H, W) of the model's clip input (the batch dimension dropped)."""
-    dims = model.graph.input[0].type.tensor_type.shape.dim
-    return tuple(int(d.dim_value) for d in dims[1:])
-
-
 def calibration_clips(
     calibration: None | np.ndarray | str | os.PathLike,
     model: onnx.ModelProto,
@@ -266,7 +253,7 @@ def calibration_clips(
     split: str | None = None,
 ) -> tuple[np.ndarray, dict]:
     """Clips to calibrate on, and a description of where they came from."""
-    shape = input_shape(model)
+    shape = onnx_clip_shape(model)
     clip = _clip_spec(model)
     if calibration is None:
         clips = synthetic_clips(num_clips, shape, mean=clip.mean, std=clip.std, seed=seed)
@@ -484,12 +471,9 @@ def block_reasons(
 
 
 def ort_run(model: onnx.ModelProto | str | os.PathLike, clips: np.ndarray, batch: int = 4) -> np.ndarray:
-    import onnxruntime as ort
-
-    src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-    sess = ort.InferenceSession(src, providers=["CPUExecutionProvider"])
-    outs = [sess.run([OUTPUT_NAME], {INPUT_NAME: clips[i : i + batch]})[0] for i in range(0, len(clips), batch)]
-    return np.concatenate(outs)
+    """Logits of an ONNX model (in memory or a file) in ONNX Runtime on the CPU, `batch` clips per run."""
+    src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+    return ort_logits(open_session(src, threads=0), clips, batch)
 
 
 def to_fp16(

@@ -2,7 +2,7 @@
 
 The marker binds the verdict to everything it depended on: the artifact's
 sha256, the weights' sha256 (and where they were), the model name, the
-validation data (`export.shards.fingerprint` of the split), the number of
+validation data (`export.shards.shard_fingerprint` of the split), the number of
 videos, the test protocol, the thresholds, the results, and the toolkit's
 version and git commit when known. `check_marker` refuses a marker when
 
@@ -26,9 +26,9 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from export.common import validated_marker, write_json
-from pipeline.fileio import sha256_file
-from export.shards import fingerprint
+from export.outputs import validated_marker, write_json
+from export.shards import shard_fingerprint
+from pipeline import location_exists, sha256_file
 
 MARKER_FORMAT = 2
 
@@ -174,7 +174,7 @@ def _check_shards(marker: dict, val_shards: str | os.PathLike | None, check: Mar
         check.notes.append(f"validation shards {data.get('location')} are not there: data not re-checked")
         return
     try:
-        now = fingerprint(folder, data.get("split")).sha256
+        now = shard_fingerprint(folder, data.get("split")).sha256
     except Exception as e:  # missing split, unreadable folder: the binding cannot hold
         check.problems.append(f"cannot fingerprint the validation shards {folder}: {e}")
         return
@@ -185,9 +185,7 @@ def _check_shards(marker: dict, val_shards: str | os.PathLike | None, check: Mar
 
 def _recorded(location: str | None) -> str | None:
     """A recorded path or URL, if it is still there."""
-    from pipeline import storage
-
     try:
-        return location if location and storage.exists(location) else None
+        return location if location and location_exists(location) else None
     except (OSError, ImportError):  # an unreachable store: nothing to re-check against
         return None

@@ -16,9 +16,13 @@ or it is not written under its final name.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import os
 import sys
 import time
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,30 +31,21 @@ import onnx
 import torch
 from torch import nn
 
-from export.common import (
-    EXIT_CODES_HELP,
-    EXIT_FAILED,
-    EXIT_OK,
-    FP32,
-    TOLERANCES,
-    Agreement,
-    CheckFailed,
-    ExportError,
+from export.errors import EXIT_CODES_HELP, EXIT_FAILED, EXIT_OK, CheckFailed, ExportError
+from export.outputs import default_out_dir, publish, write_json
+from export.runtime import open_session
+from export.source import (
     ModelSource,
-    Tolerance,
     clip_shape,
-    compare_logits,
-    default_out_dir,
     input_hw,
     load_model,
-    quiet_exporter,
-    publish,
     random_weights_notice,
     synthetic_clips,
     torch_logits,
-    write_json,
 )
-from pipeline.fileio import fsync_file, staging_dir
+from export.tolerance import FP32, TOLERANCES, Agreement, Tolerance, compare_logits
+from pipeline import fsync_file, staging_dir
+
 INPUT_NAME = "clips"
 OUTPUT_NAME = "logits"
 DEFAULT_OPSET = 20  # the exporter's default; TensorRT 10/11 parse opsets 9-25
@@ -95,6 +90,24 @@ def versions() -> dict[str, str]:
     return {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
 
 
+@contextlib.contextmanager
+def quiet_exporter() -> Iterator[None]:
+    """Silence the exporter's noise that is not about this model (torchvision ops it skips, deprecations)."""
+    names = ("torch.onnx._internal.exporter._registration", "torch.onnx")
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
 def trace_program(model: nn.Module, shape: tuple[int, ...], *, batch: int | None, opset: int):
     """torch.onnx.export with the dynamo exporter; `batch=None` makes the batch dimension dynamic."""
     if opset < MIN_OPSET:
@@ -122,11 +135,22 @@ def add_metadata(proto: onnx.ModelProto, items: dict[str, object]) -> None:
         entry.key, entry.value = META_PREFIX + key, str(value)
 
 
+def _graph_only(path_or_proto: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
+    """The model as given, or its file without the weights (what the readers below need)."""
+    if isinstance(path_or_proto, onnx.ModelProto):
+        return path_or_proto
+    return onnx.load(str(path_or_proto), load_external_data=False)
+
+
 def read_metadata(path_or_proto: str | os.PathLike | onnx.ModelProto) -> dict[str, str]:
-    proto = path_or_proto
-    if not isinstance(proto, onnx.ModelProto):
-        proto = onnx.load(str(path_or_proto), load_external_data=False)
+    proto = _graph_only(path_or_proto)
     return {p.key[len(META_PREFIX) :]: p.value for p in proto.metadata_props if p.key.startswith(META_PREFIX)}
+
+
+def onnx_clip_shape(path_or_proto: str | os.PathLike | onnx.ModelProto) -> tuple[int, ...]:
+    """(3, T, H, W) of the model's clip input (the batch dimension dropped)."""
+    dims = _graph_only(path_or_proto).graph.input[0].type.tensor_type.shape.dim
+    return tuple(int(d.dim_value) for d in dims[1:])
 
 
 def write_model(proto: onnx.ModelProto, path: Path, *, external_data: bool | None = None) -> list[Path]:
@@ -162,9 +186,7 @@ def check_parity(
     path: Path, model: nn.Module, shape: tuple[int, ...], batches: list[int], tol: Tolerance, seed: int
 ) -> Agreement:
     """ORT (CPU) vs PyTorch on seeded synthetic clips, one run per batch size (proves the dynamic batch)."""
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    sess = open_session(path, threads=0)  # ONNX Runtime's own thread count, on the CPU
     clip = model.config.clip
     outs, refs = [], []
     for i, b in enumerate(batches):
@@ -249,19 +271,28 @@ def _op_counts(proto: onnx.ModelProto) -> dict[str, int]:
 # ----------------------------------------------------------------- CLI
 
 
-def parse_size(text: str) -> str | int | tuple[int, int]:
-    """'train', 'test', '256' or '256x340' (H x W)."""
-    if text in ("train", "test"):
+SIZE_WORDS = ("train", "test")
+
+
+def parse_input_size(text: str, words: tuple[str, ...] = SIZE_WORDS) -> str | int | tuple[int, int]:
+    """An exported input's spatial size: one of `words`, 'N' (N x N) or 'HxW', height first.
+
+    Height first as in the clips tensor (N, 3, T, H, W); frame sizes given
+    to ffmpeg when sharding are width x height instead.
+    """
+    if text in words:
         return text
     try:
         parts = [int(p) for p in text.lower().split("x")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"size must be train, test, N or HxW, got {text!r}") from None
+        parts = []
     if len(parts) == 1:
         return parts[0]
     if len(parts) == 2:
         return parts[0], parts[1]
-    raise argparse.ArgumentTypeError(f"size must be train, test, N or HxW, got {text!r}")
+    raise argparse.ArgumentTypeError(
+        f"size must be {', '.join(words)}, N or HxW (height x width, e.g. 256x340), got {text!r}"
+    )
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -285,9 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_model_args(p)
     p.add_argument(
-        "--size", type=parse_size, default="train",
-        help="input H and W: 'train' (training crop, default), 'test' (test-protocol crop, as the Top-1 "
-        "gate needs), N, or HxW",
+        "--size", type=parse_input_size, default="train",
+        help="input size, height x width: 'train' (training crop, default), 'test' (test-protocol crop, as "
+        "the Top-1 gate needs), N (N x N) or HxW (e.g. 256x340: height 256, width 340)",
     )  # fmt: skip
     p.add_argument("--batch", type=int, help="fixed batch size (default: dynamic batch dimension)")
     p.add_argument(

@@ -8,13 +8,13 @@ run through `export.runtime`, or the checkpoint itself, run in PyTorch.
 Each video gets the model's test protocol, as `tpn.test` and the Top-1
 gate apply it through the loader's test mode:
 
-  - frames: `pipeline.sampling.clip_indices(spec, n, "test")` on the number
+  - frames: `pipeline.clip_indices(spec, n, "test")` on the number
     of frames the file holds (its packets, checked against what decodes);
   - frames are converted to RGB as DALI converts the shards (BT.601,
     bilinear chroma) and resized so the short side is `test_scale`: for
     frames up to the shards' size exactly as the loader's DALI resize,
     larger ones with an antialiased filter (see `resize_short_side`);
-  - crops at `pipeline.sampling.test_crop_positions`, with the origin at
+  - crops at `pipeline.test_crop_positions`, with the origin at
     pos * (extent - crop) as in DALI, optional flips, then the config's
     mean/std; views are ordered clips, then crops, then flips;
   - the video's score is the mean softmax over its views (`tpn.metrics`).
@@ -43,8 +43,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from export.common import EXIT_CODES_HELP, EXIT_FAILED, EXIT_OK, ExportError, load_model, write_json
-from pipeline import ClipSpec, sampling
+import tpn
+from export.errors import EXIT_CODES_HELP, EXIT_FAILED, EXIT_OK, ExportError
+from export.outputs import write_json
+from export.source import load_model
+from pipeline import ClipSpec, clip_indices, decode_plan, test_crop_positions
 
 VIDEO_SUFFIXES = frozenset({
     ".mp4", ".m4v", ".mov", ".webm", ".mkv", ".avi", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts", ".ogv", ".ogg",
@@ -112,7 +115,7 @@ def count_frames(path: Path) -> int:
         return sum(1 for packet in container.demux(stream) if packet.size > 0)
 
 
-def decode_frames(path: Path, wanted: np.ndarray, resize: Callable[[np.ndarray], np.ndarray]) -> tuple[dict, int]:
+def decode_in_order(path: Path, wanted: np.ndarray, resize: Callable[[np.ndarray], np.ndarray]) -> tuple[dict, int]:
     """({index: resized frame} for the sorted `wanted` indices, frames decoded), reading in order.
 
     Stops after the last wanted frame; decoding errors after at least one
@@ -179,16 +182,16 @@ def sampled_frames(path: Path, spec: ClipSpec, min_frames: int) -> tuple[np.ndar
         if n < min_frames:
             raise VideoError(too_short(n, spec, min_frames))
         resize = lambda f: resize_short_side(f, spec.test_scale)  # noqa: E731
-        indices = sampling.clip_indices(spec, n, "test")  # (C, F)
-        unique, order = sampling.decode_plan(indices)
-        frames, decoded = decode_frames(path, unique, resize)
+        indices = clip_indices(spec, n, "test")  # (C, F)
+        unique, order = decode_plan(indices)
+        frames, decoded = decode_in_order(path, unique, resize)
         if len(frames) < len(unique):  # fewer frames decode than the container holds: sample what is there
             n = decoded
             if n < min_frames:
                 raise VideoError(f"only {n} of its frames decode; " + too_short(n, spec, min_frames))
-            indices = sampling.clip_indices(spec, n, "test")
-            unique, order = sampling.decode_plan(indices)
-            frames, _ = decode_frames(path, unique, resize)
+            indices = clip_indices(spec, n, "test")
+            unique, order = decode_plan(indices)
+            frames, _ = decode_in_order(path, unique, resize)
     except av.FFmpegError as e:
         raise VideoError(f"cannot be read: {e}") from None
     return np.stack([frames[int(i)] for i in unique])[order], n
@@ -241,7 +244,7 @@ def protocol_views(frames: np.ndarray, spec: ClipSpec) -> torch.Tensor:
     h, w = clips.shape[-2:]
     mean = torch.tensor(spec.mean).view(1, 3, 1, 1, 1)
     std = torch.tensor(spec.std).view(1, 3, 1, 1, 1)
-    crops = [crop(clips, spec, h, w, pos) for pos in sampling.test_crop_positions(spec, h, w)]
+    crops = [crop(clips, spec, h, w, pos) for pos in test_crop_positions(spec, h, w)]
     flips = (False, True) if spec.test_flip else (False,)
     views = [c.flip(-1) if f else c for c in crops for f in flips]  # crops, then flips
     per_clip = torch.stack(views, dim=1)  # (C, crops * flips, 3, F, S, S): clips-major
@@ -297,7 +300,6 @@ def load_classifier(source: Path, name: str) -> Classifier:
 
 
 def _artifact_classifier(source: Path, name: str) -> Classifier:
-    import tpn
     from export import runtime
     from export.marker import check_marker
     from export.validate import artifact_metadata, check_artifact_model
@@ -322,10 +324,10 @@ def class_names(classes: str | None, checkpoints: list[Path], num_classes: int) 
     """Names in label order and where they came from: --classes, else the checkpoint's, else numbers."""
     names, where = None, None
     if classes:
-        names, where = read_class_file(Path(classes)), classes
+        names, where = read_class_names(Path(classes)), classes
     else:
         for ckpt in checkpoints:
-            names = _checkpoint_classes(ckpt)
+            names = _checkpoint_names(ckpt)
             if names:
                 where = str(ckpt)
                 break
@@ -336,7 +338,7 @@ def class_names(classes: str | None, checkpoints: list[Path], num_classes: int) 
     return names, where
 
 
-def read_class_file(path: Path) -> list[str]:
+def read_class_names(path: Path) -> list[str]:
     """A classes.json (JSON list), a shard folder holding one, or a text file with one name per line."""
     if path.is_dir():
         path = path / "classes.json"
@@ -355,16 +357,14 @@ def read_class_file(path: Path) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-def _checkpoint_classes(path: Path) -> list[str] | None:
+def _checkpoint_names(path: Path) -> list[str] | None:
+    """The class names `path` records when it is a readable checkpoint (an exported file is not one)."""
     if not path.is_file() or path.name.endswith(ARTIFACT_SUFFIXES):
         return None
-    from tpn.checkpoint import read_checkpoint
-
     try:
-        names = read_checkpoint(path).get("classes")
-    except Exception:  # not a checkpoint, or unreadable: names come from elsewhere
+        return tpn.checkpoint_classes(path).names
+    except tpn.CheckpointError:  # not a checkpoint, or unreadable: names come from elsewhere
         return None
-    return list(names) if isinstance(names, (list, tuple)) and all(isinstance(n, str) for n in names) else None
 
 
 # ----------------------------------------------------------------- running

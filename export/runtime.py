@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
 
-from export.common import ExportError, MissingDependencyError
+from export.errors import ExportError, MissingDependencyError
 
 Backend = Literal["auto", "ort-cpu", "ort-cuda", "trt"]
 ENGINE_SUFFIXES = (".engine", ".plan")
@@ -75,8 +76,10 @@ class Runner:
 
 
 def ort_session_options(threads: int | None = None, level: str = "all"):
-    """Session options: graph optimisation level, one intra-op thread per core, no spinning.
+    """Session options: graph optimisation level, intra-op threads, no spinning.
 
+    threads: None for one intra-op thread per usable core, 0 for ONNX
+    Runtime's own choice (one per physical core), else that many.
     ORT's intra-op threads spin-wait after each run by default, holding
     the cores that whatever runs next (the PyTorch reference in the gate,
     the next backend in the benchmark) needs; spinning is turned off.
@@ -91,10 +94,28 @@ def ort_session_options(threads: int | None = None, level: str = "all"):
     }
     so = ort.SessionOptions()
     so.graph_optimization_level = levels[level]
-    so.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
+    so.intra_op_num_threads = len(os.sched_getaffinity(0)) if threads is None else threads
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return so
+
+
+def open_session(
+    model: str | os.PathLike | bytes,
+    *,
+    providers: Sequence = ("CPUExecutionProvider",),
+    threads: int | None = None,
+    level: str = "all",
+):
+    """An ONNX Runtime session for an ONNX file or a serialised model, with `ort_session_options`.
+
+    The one place the toolkit opens a session, so every run (the export
+    checks, the gate, the runtime, the benchmarks) gets the same options.
+    """
+    import onnxruntime as ort
+
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, ort_session_options(threads, level), providers=list(providers))
 
 
 # ONNX element types -> torch dtypes for I/O binding
@@ -124,7 +145,7 @@ class OrtRunner(Runner):
         self.device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
         self.stream = torch.cuda.Stream(self.device) if cuda else None
         providers = cuda_providers(self.device.index or 0, self.stream, tf32) if cuda else ["CPUExecutionProvider"]
-        self.session = ort.InferenceSession(str(path), ort_session_options(threads, level), providers=providers)
+        self.session = open_session(path, providers=providers, threads=threads, level=level)
         if cuda and "CUDAExecutionProvider" not in self.session.get_providers():
             raise MissingDependencyError(f"ONNX Runtime could not start its CUDA provider for {path} (see its log above)")
         inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]

@@ -1,10 +1,10 @@
 """What the export needs to know about a shard folder: which splits it holds, and a fingerprint of its data.
 
 A shard folder (a local path or an object-storage URL, through
-`pipeline.storage`) written by `pipeline.shard` names its files
+`pipeline`'s location functions) written by `pipeline.shard` names its files
 `<split>-NNNNNN.tar` and describes them in `manifest.json` (every shard's
 size and sha256) and `classes.json` (label order). The Top-1 gate reads a
-split and binds its verdict to the data with `fingerprint`:
+split and binds its verdict to the data with `shard_fingerprint`:
 
   - with a manifest: sha256 of the manifest (its `run` section, which holds
     timings, left out), the class list, and the name and size of every tar
@@ -25,7 +25,18 @@ import json
 import os
 from dataclasses import dataclass
 
-from export.common import ExportError
+from export.errors import ExportError
+from pipeline import (
+    ShardError,
+    find_shards,
+    index_path,
+    is_remote,
+    join_location,
+    location_name,
+    location_size,
+    read_location,
+    splits_in,
+)
 
 ALL_SPLITS = "all"  # --split all: every *.tar of the folder
 
@@ -43,14 +54,12 @@ def resolve_split(shards: str | os.PathLike, split: str | None) -> str | None:
     Raises ExportError naming the splits present when `split` has no shards,
     rather than silently validating on whatever else the folder holds.
     """
-    from pipeline import storage
-
     if split in (None, "", ALL_SPLITS):
         return None
-    if not storage.is_remote(shards) and not os.path.isdir(shards):
+    if not is_remote(shards) and not os.path.isdir(shards):
         raise ExportError(f"validation shards {shards} is not a folder: build them with `python -m pipeline.shard`")
     try:
-        present = storage.splits_in(shards)
+        present = splits_in(shards)
     except (OSError, ImportError) as e:
         raise ExportError(f"cannot list the shards in {shards}: {e}") from None
     if split in present:
@@ -63,33 +72,27 @@ def resolve_split(shards: str | os.PathLike, split: str | None) -> str | None:
     )
 
 
-def fingerprint(shards: str | os.PathLike, split: str | None) -> ShardFingerprint:
+def shard_fingerprint(shards: str | os.PathLike, split: str | None) -> ShardFingerprint:
     """The data binding of a validation run on `split` of `shards` (see the module docstring)."""
-    from pipeline import storage
-    from pipeline import ShardError
-    from pipeline.shardset import find_shards, index_path
-
     try:
-        tars = find_shards(str(shards) if storage.is_remote(shards) else os.fspath(shards), split)
-        files = [[storage.name_of(f), storage.size_of(f)] for t in tars for f in (t, index_path(t))]
+        tars = find_shards(str(shards) if is_remote(shards) else os.fspath(shards), split)
+        files = [[location_name(f), location_size(f)] for t in tars for f in (t, index_path(t))]
     except (ShardError, OSError) as e:
         raise ExportError(f"cannot fingerprint the shards {shards}: {e}") from None
-    payload: dict = {"split": split, "classes": _read_json(storage.join(shards, "classes.json")), "files": files}
-    manifest = _read_json(storage.join(shards, "manifest.json"))
+    payload: dict = {"split": split, "classes": _read_json(join_location(shards, "classes.json")), "files": files}
+    manifest = _read_json(join_location(shards, "manifest.json"))
     if isinstance(manifest, dict):
         payload["manifest"] = {k: v for k, v in manifest.items() if k != "run"}
         kind = "manifest"
     else:
-        payload["indexes"] = [hashlib.sha256(storage.read_bytes(index_path(t))).hexdigest() for t in tars]
+        payload["indexes"] = [hashlib.sha256(read_location(index_path(t))).hexdigest() for t in tars]
         kind = "index files"
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
     return ShardFingerprint(sha256=hashlib.sha256(blob).hexdigest(), kind=kind, files=len(tars))
 
 
 def _read_json(location):
-    from pipeline import storage
-
     try:
-        return json.loads(storage.read_bytes(location))
+        return json.loads(read_location(location))
     except (OSError, ValueError):
         return None

@@ -37,7 +37,7 @@ from types import ModuleType
 
 import torch
 
-from export.common import (
+from export.errors import (
     EXIT_CODES_HELP,
     EXIT_FAILED,
     EXIT_MISSING,
@@ -45,15 +45,12 @@ from export.common import (
     CheckFailed,
     ExportError,
     MissingDependencyError,
-    default_out_dir,
-    load_model,
-    publish,
-    random_weights_notice,
-    write_json,
 )
-from export.onnx import add_model_args, export_onnx, parse_size
+from export.onnx import SIZE_WORDS, add_model_args, export_onnx, onnx_clip_shape, parse_input_size
+from export.outputs import default_out_dir, publish, write_json
 from export.runtime import TRT_INSTALL, import_tensorrt
-from pipeline.fileio import atomic_write_bytes, staging_dir
+from export.source import load_model, random_weights_notice
+from pipeline import atomic_write_bytes, staging_dir
 
 NO_GPU = (
     "no CUDA GPU is visible (torch.cuda.is_available() is False): TensorRT builds and runs engines on an "
@@ -141,14 +138,6 @@ def missing_requirements(trt_import=import_tensorrt, cuda: bool | None = None) -
     if not (torch.cuda.is_available() if cuda is None else cuda):
         missing.append(NO_GPU)
     return "; ".join(missing) or None
-
-
-def onnx_clip_shape(path: str | Path) -> tuple[int, ...]:
-    from export.fp16 import input_shape
-
-    import onnx
-
-    return input_shape(onnx.load(str(path), load_external_data=False))
 
 
 # ----------------------------------------------------------------- the build
@@ -363,8 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_model_args(p)
     p.add_argument(
-        "--size", type=parse_size_auto, default="auto",
-        help="input H and W: auto (test crop with --val-shards, else training crop), train, test, N or HxW",
+        "--size", type=parse_input_size_or_auto, default="auto",
+        help="input size, height x width: auto (test crop with --val-shards, else training crop), train, "
+        "test, N (N x N) or HxW (e.g. 256x340: height 256, width 340)",
     )  # fmt: skip
     p.add_argument("--max-batch", type=int, default=32, help="largest batch of the engine's profile (default %(default)s)")
     p.add_argument("--opt-batch", type=int, default=8, help="batch the engine is tuned for (default %(default)s)")
@@ -382,8 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_size_auto(text: str):
-    return "auto" if text == "auto" else parse_size(text)
+def parse_input_size_or_auto(text: str) -> str | int | tuple[int, int]:
+    """`export.onnx.parse_input_size`, plus 'auto' (see `resolve_size`)."""
+    return parse_input_size(text, ("auto", *SIZE_WORDS))
 
 
 ENGINE_ARGS = (

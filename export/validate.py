@@ -58,25 +58,14 @@ import torch
 from torch import nn
 
 from export import runtime
-from export.common import (
-    EXIT_CODES_HELP,
-    EXIT_FAILED,
-    EXIT_OK,
-    FP16,
-    FP32,
-    Agreement,
-    AgreementMeter,
-    ExportError,
-    ModelSource,
-    Tolerance,
-    load_model,
-    synthetic_clips,
-    validated_marker,
-    write_json,
-)
+from export.errors import EXIT_CODES_HELP, EXIT_FAILED, EXIT_OK, ExportError
 from export.marker import check_marker, write_marker
-from export.shards import fingerprint, resolve_split
-from tpn.metrics import accuracy, average_views
+from export.outputs import validated_marker, write_json
+from export.shards import resolve_split, shard_fingerprint
+from export.source import ModelSource, load_model, synthetic_clips
+from export.tolerance import FP16, FP32, Agreement, AgreementMeter, Tolerance
+from pipeline import is_remote
+from tpn import accuracy, average_views
 
 NO_ACCURACY = (
     "no accuracy was validated: only per-clip logit agreement with PyTorch on {n} synthetic clips; "
@@ -224,7 +213,7 @@ def judge(
         below = zoo_top1 - report.artifact_top1
         report.criteria.append(Criterion("zoo", "points below the zoo's Top-1", below, "<=", t.max_drop, below <= t.max_drop,
                                          f"zoo {zoo_top1:.2f}%"))  # fmt: skip
-    report.verdict = verdict(report.criteria)
+    report.verdict = gate_verdict(report.criteria)
     report.passed = report.verdict == "passed"
     report.failures = failure_lines(report)
 
@@ -233,7 +222,7 @@ def _videos_detail(n: int) -> str:
     return f"one video is {100.0 / n:.2f} points" if n else "no videos"
 
 
-def verdict(criteria: list[Criterion]) -> str:
+def gate_verdict(criteria: list[Criterion]) -> str:
     """'refused' when the data cannot support a Top-1 statement, else 'passed' or 'failed'."""
     by_key = {c.key: c for c in criteria}
     if not by_key["videos"].passed or not by_key["chance"].passed:
@@ -461,7 +450,7 @@ def gate(
     """Gate every artifact of one model against PyTorch (see the module docstring); one report each.
 
     `model_name` may also be a zoo model already holding the weights (from
-    `tpn.create_model` or `export.common.load_model`), as the export pipeline
+    `tpn.create_model` or `export.source.load_model`), as the export pipeline
     passes it, with `source` saying where its weights came from (else a
     module counts as weights of unknown origin). `split` picks `<split>-*.tar` of the shard folder ("all" or
     None: every tar). Raises ExportError for unusable inputs (unknown model,
@@ -512,7 +501,7 @@ def _gate_on_shards(tracks, model, source, val_shards, split, zoo_checkpoint, ba
                              max_videos=max_videos)  # fmt: skip
     data = {"location": _location(val_shards), "split": split}
     try:
-        fp = fingerprint(val_shards, split)
+        fp = shard_fingerprint(val_shards, split)
         data.update(fingerprint=fp.sha256, fingerprint_kind=fp.kind)
     except ExportError as e:
         data.update(fingerprint=None, fingerprint_kind=str(e))
@@ -527,9 +516,7 @@ def _gate_on_shards(tracks, model, source, val_shards, split, zoo_checkpoint, ba
 
 def _location(shards: str | os.PathLike) -> str:
     """Where the shards are, as the marker records it: a URL as given, a path made absolute."""
-    from pipeline import storage
-
-    return str(shards) if storage.is_remote(shards) else str(Path(shards).resolve())
+    return str(shards) if is_remote(shards) else str(Path(shards).resolve())
 
 
 def validate(artifact: str | os.PathLike, **kwargs) -> GateReport:

@@ -1,15 +1,35 @@
 """Data side of the toolkit: dataset folders -> WebDataset shards -> clips.
 
 `pipeline` never imports `tpn`; models describe what they need with a
-`ClipSpec`, and the loader consumes it.
+`ClipSpec`, and the loader consumes it. The names below are the package's
+public API (what `export/` and other packages may use); everything else in
+its modules is internal.
 """
 
 from pipeline.clip import IMAGENET_MEAN, IMAGENET_STD, ClipSpec
 from pipeline.errors import DataError, ShardError, ShardingError, ShardReadError
+from pipeline.fileio import atomic_write_bytes, atomic_write_json, fsync_dir, fsync_file, sha256_file, staging_dir
+from pipeline.sampling import clip_indices, decode_plan, test_crop_positions
+from pipeline.shardset import find_shards, index_path
+from pipeline.storage import is_remote, splits_in
+
+# A location is a local path or a URL (s3://, gs://, https://, ...); these read either.
+from pipeline.storage import exists as location_exists
+from pipeline.storage import join as join_location
+from pipeline.storage import name_of as location_name
+from pipeline.storage import read_bytes as read_location
+from pipeline.storage import size_of as location_size
 
 __all__ = [
     "ClipSpec", "ClipLoader", "IMAGENET_MEAN", "IMAGENET_STD",
     "ShardError", "ShardingError", "ShardReadError", "DataError",
+    # crash-safe files
+    "atomic_write_bytes", "atomic_write_json", "fsync_dir", "fsync_file", "sha256_file", "staging_dir",
+    # the test protocol's frames and crops
+    "clip_indices", "decode_plan", "test_crop_positions",
+    # shard folders, local or remote
+    "find_shards", "index_path", "splits_in", "is_remote",
+    "location_exists", "join_location", "location_name", "read_location", "location_size",
 ]  # fmt: skip
 
 

@@ -376,6 +376,7 @@ class ClipLoader:
             raise ValueError(f"decoder must be one of {', '.join(map(repr, DECODERS))}, got {decoder!r}")
         self.rank, self.world_size = resolve_rank(rank, world_size)
         self.data = ShardSet.open(shards, split, max_open=max_open)
+        self._num_samples = len(self.data)
         self.decoder = resolve_decoder(decoder, self.device, self.data.codec)
         self._check_codec()
         self._check_length()
@@ -384,7 +385,7 @@ class ClipLoader:
     # -- public API
 
     def close(self) -> None:
-        """Release the shards' open files (iterating again reopens them as needed)."""
+        """Release the shards' open files and the index's memory map; a closed loader cannot iterate again."""
         self.data.close()
 
     def __enter__(self) -> ClipLoader:
@@ -402,7 +403,7 @@ class ClipLoader:
         return len(self.data.classes)
 
     def __len__(self) -> int:
-        n = len(self.data)
+        n = self._num_samples
         if self.mode == "train":
             return batching.num_train_batches(n, self.batch_size, self.world_size)
         return batching.num_test_batches(n, self.batch_size, self.rank, self.world_size)
@@ -422,6 +423,8 @@ class ClipLoader:
         self._epoch, self._start = epoch, start_batch
 
     def __iter__(self) -> Iterator[tuple]:
+        if self.data.closed:
+            raise ValueError("this ClipLoader was closed; create a new one to read the shards again")
         epoch, start = self._epoch, self._start
         self._start = 0
         batches = self._plan(epoch)[start:]
@@ -441,10 +444,6 @@ class ClipLoader:
             feed.close()
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
-
-    def plan(self, epoch: int) -> list[np.ndarray]:
-        """Sample indices of every batch of `epoch` on this rank (keys: `loader.data.key(i)`)."""
-        return list(self._plan(epoch))
 
     # -- host-side planning
 

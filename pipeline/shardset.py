@@ -236,11 +236,24 @@ class SampleIndex:
     ARRAYS = ("shard", "label", "frames", "width", "height", "fps", "video_off", "video_size",
               "json_off", "json_size", "key_start", "key_bytes", "frame_start", "frame_off", "frame_size")
 
-    def __init__(self, arrays: dict[str, np.ndarray], meta: dict):
+    def __init__(self, arrays: dict[str, np.ndarray], meta: dict, mapped: mmap.mmap | None = None):
         self.arrays = arrays
         self.meta = meta  # {"kind": "video"|"frames", "codec": ..., "ext": ...}
+        self._mapped = mapped  # the memory map the arrays view (None: arrays in memory)
         for name in self.ARRAYS:
             setattr(self, name, arrays[name])
+
+    def release(self) -> None:
+        """Drop the arrays and unmap index.bin; the index cannot be used afterwards."""
+        mapped, self._mapped = self._mapped, None
+        self.arrays = {}
+        for name in self.ARRAYS:
+            setattr(self, name, None)
+        if mapped is not None:
+            try:
+                mapped.close()
+            except BufferError:  # a caller still holds a view: the map goes when that view does
+                pass
 
     def __len__(self) -> int:
         return len(self.shard)
@@ -280,7 +293,7 @@ class SampleIndex:
         for name in cls.ARRAYS:
             spec = layout[name]
             arrays[name] = np.frombuffer(buf, dtype=np.dtype(spec["dtype"]), count=spec["count"], offset=spec["offset"])
-        return cls(arrays, meta)
+        return cls(arrays, meta, buf if size else None)
 
 
 def _cache_key(tars: list) -> str:
@@ -474,8 +487,9 @@ def _check_not_truncated(tar, entries: list[dict[str, tuple[int, int, str]]]) ->
 class ShardSet:
     """All samples of a list of shards, in shard order then tar order; reads members by offset.
 
-    Use as a context manager, or call `close()`, to release open files early;
-    they are released when the object is collected in any case.
+    Use as a context manager, or call `close()`, to release the open shard
+    files and the index's memory map early (a closed set cannot be read
+    again); they are released when the object is collected in any case.
     """
 
     def __init__(self, tars: list, index: SampleIndex, classes: list[str], max_open: int | None = None):
@@ -486,6 +500,7 @@ class ShardSet:
         self.video_ext: str = index.meta["ext"]
         self.classes = classes
         self.files = open_reader(tars, max_open)
+        self.closed = False
 
     @classmethod
     def open(cls, shards: str | Path | Sequence[str | Path], split: str | None = None, *,
@@ -510,6 +525,8 @@ class ShardSet:
 
     def close(self) -> None:
         self.files.close()
+        self.index.release()
+        self.closed = True
 
     @property
     def is_frames(self) -> bool:

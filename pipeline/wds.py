@@ -17,7 +17,7 @@ import io
 import os
 import tarfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.fileio import atomic_write_text, fsync_dir, sha256_file, temp_path
@@ -72,7 +72,6 @@ class ShardInfo:
     samples: int
     bytes: int
     sha256: str
-    keys: list[str] = field(default_factory=list)
 
 
 class ShardWriter:
@@ -121,7 +120,6 @@ class ShardWriter:
             samples=len(self.keys),
             bytes=self.path.stat().st_size,
             sha256=sha256_file(self.path),
-            keys=list(self.keys),
         )
 
     def abort(self) -> None:

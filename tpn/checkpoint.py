@@ -13,6 +13,7 @@ checkpoint is ever executed.
 from __future__ import annotations
 
 import logging
+import os
 import pickle
 import re
 from collections.abc import Mapping
@@ -169,6 +170,28 @@ def read_checkpoint(path: str | Path) -> dict:
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict")
     return obj
+
+
+@dataclass(frozen=True)
+class ClassInfo:
+    """What a checkpoint records about its classes; None where it records nothing."""
+
+    num_classes: int | None  # this project's files record it (a fine-tuned model differs from its zoo config)
+    names: list[str] | None  # label order, as `tpn.train` saves it from the shards' classes.json
+
+
+def checkpoint_classes(source: str | os.PathLike | Mapping) -> ClassInfo:
+    """The class count and names a checkpoint (a file, read by `read_checkpoint`, or its loaded dict) records.
+
+    Only this project's format records a class count; names are taken
+    from any checkpoint dict with a `classes` list of strings.
+    """
+    obj = source if isinstance(source, Mapping) else read_checkpoint(source)
+    n = obj.get("num_classes") if obj.get("format") == OWN_FORMAT else None
+    names = obj.get("classes")
+    if not (isinstance(names, (list, tuple)) and all(isinstance(c, str) for c in names)):
+        names = None
+    return ClassInfo(int(n) if n is not None else None, list(names) if names is not None else None)
 
 
 def extract_state_dict(obj: Mapping) -> tuple[dict[str, Tensor], Mapping]:

@@ -219,20 +219,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _checkpoint_classes(path: str) -> int | None:
-    from tpn.checkpoint import OWN_FORMAT, read_checkpoint
-
-    obj = read_checkpoint(path)
-    return int(obj["num_classes"]) if obj.get("format") == OWN_FORMAT and "num_classes" in obj else None
-
-
 def run_test(args: argparse.Namespace, env: DistEnv) -> EvalReport:
     from pipeline import ClipLoader  # imports DALI
 
     cfg = tpn.get_config(args.name)
     device = resolve_torch_device(args.device, env)
     init_distributed(device, env)
-    num_classes = args.num_classes or _checkpoint_classes(args.checkpoint) or cfg.num_classes
+    num_classes = args.num_classes or tpn.checkpoint_classes(args.checkpoint).num_classes or cfg.num_classes
     model = tpn.create_model(args.name, num_classes=num_classes)
     report = tpn.load_checkpoint(model, args.checkpoint)
     for note in report.notes:

@@ -440,7 +440,6 @@ def shard_dataset(
     seed: int = 0,
     overwrite: bool = False,
     progress: bool = False,
-    settings: EncodeSettings | None = None,
     work: str | os.PathLike | None = None,
 ) -> ShardReport:
     """Transcode every video under `src` into WebDataset shards in `out`; resumable, deterministic.
@@ -457,8 +456,7 @@ def shard_dataset(
     they are sharded and listed in `warnings.jsonl`.
     """
     t0 = time.perf_counter()
-    s = settings or EncodeSettings(codec=codec, short_side=short_side, size=size, fps=fps, gop=gop, crf=crf,
-                                   threads=threads)
+    s = EncodeSettings(codec=codec, short_side=short_side, size=size, fps=fps, gop=gop, crf=crf, threads=threads)
     exe = find_ffmpeg()
     if not has_encoder(exe, s.encoder):
         raise ShardingError(f"{exe} has no {s.encoder} encoder; install an ffmpeg built with it or set TPN_FFMPEG")

@@ -10,6 +10,7 @@ import pytest
 from benchmarks.__main__ import BENCHES, loader_lines, loader_vs_training
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_benchmark_suite_tiny_writes_one_report(tmp_path):
     out = tmp_path / "results"
@@ -39,6 +40,7 @@ def test_loader_vs_training_compares_8x8_loading_with_the_fastest_training_mode(
     assert loader_vs_training({"data": payloads["data"]}) is None
 
 
+@pytest.mark.slow
 def test_loader_variants_start_with_the_loaders_default_and_run_on_cpu(tmp_path):
     from benchmarks.loader_variants import variants
 

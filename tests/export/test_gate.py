@@ -21,18 +21,12 @@ from onnx import TensorProto, helper
 
 import tpn
 from export import runtime
-from export.common import (
-    FP16,
-    CheckFailed,
-    ExportError,
-    MissingDependencyError,
-    ModelSource,
-    sha256_file,
-    load_model,
-    validated_marker,
-)
+from export.errors import CheckFailed, ExportError, MissingDependencyError
 from export.marker import check_marker
-from export.shards import fingerprint, resolve_split
+from export.outputs import validated_marker
+from export.shards import resolve_split, shard_fingerprint
+from export.source import ModelSource, load_model
+from export.tolerance import FP16
 from export.validate import (
     GateReport,
     Thresholds,
@@ -48,6 +42,7 @@ from export.validate import (
 )
 from export.fp16 import head_nodes, node_precisions, tidy_casts, to_fp16
 from export.onnx import export_onnx, read_metadata
+from pipeline import sha256_file
 from tpn.checkpoint import save_checkpoint
 from tests.export_helpers import TINY, damage, make_val_shards, scale_initializer, trained_tiny
 
@@ -271,7 +266,7 @@ def test_shard_gate_passes_the_fp16_export_of_a_fitted_model_and_binds_the_marke
     marker = json.loads(validated_marker(work["fp16"].path).read_text())
     assert marker["artifact"]["sha256"] == sha256_file(work["fp16"].path)
     assert marker["checkpoint"]["sha256"] == sha256_file(work["ckpt"]) and marker["model"] == TINY
-    assert marker["shards"]["split"] == "val" and marker["shards"]["fingerprint"] == fingerprint(work["shards"], "val").sha256
+    assert marker["shards"]["split"] == "val" and marker["shards"]["fingerprint"] == shard_fingerprint(work["shards"], "val").sha256
     assert marker["videos"] == 16 and marker["protocol"]["views"] == 6 and marker["thresholds"]["min_videos"] == 16
     assert marker["results"]["prediction_agreement"] == 1.0 and marker["provenance"]["toolkit"]
     assert is_validated(work["fp16"].path) and is_validated(work["onnx"].path, checkpoint=work["ckpt"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 
@@ -12,18 +13,11 @@ import pytest
 import torch
 
 import tpn
-from export.common import (
-    FP16,
-    FP32,
-    CheckFailed,
-    ExportError,
-    Tolerance,
-    compare_logits,
-    input_hw,
-    load_model,
-    synthetic_clips,
-)
-from export.onnx import export_onnx, main, parse_size, read_metadata, write_model
+from export.errors import CheckFailed, ExportError
+from export.onnx import export_onnx, main, onnx_clip_shape, parse_input_size, read_metadata, write_model
+from export.trt import parse_input_size_or_auto
+from export.source import input_hw, load_model, synthetic_clips
+from export.tolerance import FP16, FP32, Tolerance, compare_logits
 from tpn.checkpoint import save_checkpoint
 
 TINY = tpn.list_models("*tiny*")
@@ -69,7 +63,17 @@ def test_input_sizes_and_size_parsing():
     full = dataclasses.replace(cfg, clip=cfg.clip.replace(test_crops="full"))
     with pytest.raises(ExportError, match="explicit size"):
         input_hw(full, "test")
-    assert parse_size("test") == "test" and parse_size("256x340") == (256, 340) and parse_size("128") == 128
+
+
+def test_input_sizes_are_height_by_width():
+    assert parse_input_size("test") == "test" and parse_input_size("128") == 128
+    assert parse_input_size("256x340") == (256, 340)  # height 256, width 340: the tensor's (H, W)
+    for bad in ("auto", "256x", "1x2x3", "wide"):
+        with pytest.raises(argparse.ArgumentTypeError, match=r"HxW \(height x width"):
+            parse_input_size(bad)
+    assert parse_input_size_or_auto("auto") == "auto" and parse_input_size_or_auto("112x160") == (112, 160)
+    with pytest.raises(argparse.ArgumentTypeError, match="auto, train, test"):
+        parse_input_size_or_auto("big")
 
 
 def test_synthetic_clips_are_seeded_and_normalised():
@@ -100,6 +104,7 @@ def test_every_family_exports_and_matches_pytorch(name, tmp_path):
     assert proto.opset_import[0].version == 20 and "BatchNormalization" not in r.op_types  # folded
     assert not r.external_data and not (tmp_path / f"{name}.onnx.data").exists()
     assert read_metadata(proto)["model"] == name
+    assert onnx_clip_shape(proto) == onnx_clip_shape(r.path) == (3, 8, 112, 112)
     assert [p.name for p in tmp_path.iterdir()] == [f"{name}.onnx"]  # nothing staged left behind
 
 

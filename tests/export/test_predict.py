@@ -22,7 +22,7 @@ from export.predict import (
     find_videos,
     main,
     protocol_views,
-    read_class_file,
+    read_class_names,
     resize_short_side,
     rgb_from_yuv420,
     sampled_frames,
@@ -108,9 +108,9 @@ def test_top_classes_and_class_files(tmp_path):
     assert [t["class"] for t in top] == ["b", "d", "e", "a", "f"] and [t["index"] for t in top] == [1, 3, 4, 0, 5]
     assert top[0]["prob"] == pytest.approx(0.5)
     (tmp_path / "names.txt").write_text("walk\nrun\n\n")
-    assert read_class_file(tmp_path / "names.txt") == ["walk", "run"]
+    assert read_class_names(tmp_path / "names.txt") == ["walk", "run"]
     (tmp_path / "classes.json").write_text('["a", "b"]')
-    assert read_class_file(tmp_path) == ["a", "b"]
+    assert read_class_names(tmp_path) == ["a", "b"]
 
 
 # ----------------------------------------------------------------- a folder of mixed files

@@ -11,7 +11,7 @@ pytest.importorskip("moto.server")
 
 from export.marker import check_marker  # noqa: E402
 from export.onnx import export_onnx  # noqa: E402
-from export.shards import fingerprint, resolve_split  # noqa: E402
+from export.shards import resolve_split, shard_fingerprint  # noqa: E402
 from export.validate import Thresholds, validate  # noqa: E402
 from tests.export_helpers import TINY, make_val_shards, trained_tiny  # noqa: E402
 from tests.s3_helpers import BUCKET, upload  # noqa: E402
@@ -25,7 +25,7 @@ def test_gate_on_object_storage_binds_the_remote_data(s3, tmp_path):
     assert resolve_split(url, "val") == "val"
     with pytest.raises(Exception, match="splits present: val"):
         resolve_split(url, "test")
-    assert fingerprint(url, "val").sha256 == fingerprint(local, "val").sha256  # the same data, wherever it is
+    assert shard_fingerprint(url, "val").sha256 == shard_fingerprint(local, "val").sha256  # the same data, wherever it is
     r = validate(art, model_name=TINY, checkpoint=ckpt, val_shards=url, thresholds=Thresholds(min_videos=8))
     assert r.passed and r.shards["location"] == url and r.videos == 8
     assert check_marker(art).valid  # re-checked against the bucket

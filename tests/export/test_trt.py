@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import tpn
-from export.common import ExportError, MissingDependencyError
+from export.errors import ExportError, MissingDependencyError
 from export.trt import (
     NO_GPU,
     ArtifactResult,

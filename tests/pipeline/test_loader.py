@@ -226,11 +226,33 @@ def test_full_frame_test_views_keep_the_whole_resized_frame(gradient):
     assert shapes == {"wide": (1, 2, 3, 2, 32, 48), "tall": (1, 2, 3, 2, 48, 32)}
 
 
-def test_colour_jitter_changes_colours_but_not_frames(coded):
-    spec = SMALL.replace(color_jitter=True, frames=2)
-    plain, jittered = (loader(coded, s, seed=1) for s in (spec.replace(color_jitter=False), spec))
-    for (a, la, ka), (b, lb, kb) in zip(plain, jittered, strict=True):
-        assert ka == kb and a.shape == b.shape and not torch.allclose(a, b, atol=0.05)
+def test_colour_jitter_changes_colours_but_not_frames(gradient):
+    # Frames: the jittered spec draws the same frames, box and flip as the plain one (jitter is drawn last).
+    spec = SMALL.replace(color_jitter=True)
+    for i, (n, height, width) in enumerate([(9, 48, 64), (70, 48, 64), (33, 240, 320), (12, 96, 64)]):
+        with_jitter, without = (
+            sampling.draw_train_view(s, n, height, width, sampling.sample_rng(1, 0, i))
+            for s in (spec, spec.replace(color_jitter=False))
+        )
+        assert with_jitter.jitter is not None and without.jitter is None
+        assert np.array_equal(with_jitter.indices, without.indices)
+        assert (with_jitter.box, with_jitter.flip) == (without.box, without.flip)
+    # Pixels: on the gradient videos (every pixel a different colour), each jittered clip is one colour
+    # transform of the plain clip: an affine map of RGB fits every pixel of every frame, so the same
+    # frames were cropped and flipped the same way; and that map is not the identity.
+    spec = ClipSpec(frames=2, stride=1, crop_size=32, color_jitter=True)
+    plain = all_batches(loader(gradient, spec.replace(color_jitter=False), batch_size=1, seed=1))
+    jittered = all_batches(loader(gradient, spec, batch_size=1, seed=1))
+    for (a, _, ka), (b, _, kb) in zip(plain, jittered, strict=True):
+        assert ka == kb and a.shape == b.shape
+        x = to_rgb(a[0], spec).reshape(3, -1).T.double()  # (pixels, 3)
+        y = to_rgb(b[0], spec).reshape(3, -1).T.double()
+        inside = ((y > 8) & (y < 247)).all(dim=1)  # leave out pixels the jitter clipped at 0 or 255
+        design = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)[inside]
+        fit = torch.linalg.lstsq(design, y[inside]).solution  # (4, 3)
+        residual = (design @ fit - y[inside]).abs()
+        assert inside.float().mean() > 0.5 and residual.quantile(0.99) < 6, (ka, residual.max())
+        assert (y - x).abs().mean() > 3  # the colours did change
 
 
 # -- bad input ------------------------------------------------------------------------------

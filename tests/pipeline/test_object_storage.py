@@ -88,6 +88,7 @@ def test_unreachable_endpoint_fails_with_the_url_after_retries(shards, monkeypat
         fsspec.AbstractFileSystem.clear_instance_cache()
 
 
+@pytest.mark.slow
 def test_train_and_test_clis_take_a_bucket_url(shards, tmp_path):
     """tpn.test on s3:// shards scores the same videos as on the local copy."""
     import json

@@ -225,6 +225,40 @@ def test_bad_files_get_clear_errors(tmp_path):
         tpn.load_checkpoint(model, {"state_dict": {"foo.weight": torch.zeros(1)}})
 
 
+# ------------------------------------------------------------- what a checkpoint says about its classes
+
+
+def test_checkpoint_classes_reads_count_and_names_of_own_files(tmp_path):
+    model = fresh("tpn_tiny_f8s4", 0, num_classes=3)
+    path = save_checkpoint(tmp_path / "ft.pth", model, classes=["walk", "run", "jump"])
+    assert tpn.checkpoint_classes(path) == tpn.ClassInfo(num_classes=3, names=["walk", "run", "jump"])
+    bare = save_checkpoint(tmp_path / "bare.pth", model)
+    assert tpn.checkpoint_classes(str(bare)) == tpn.ClassInfo(num_classes=3, names=None)
+
+
+@pytest.mark.parametrize(
+    "obj, expected",
+    [
+        ({"state_dict": {}, "num_classes": 7}, (None, None)),  # a count outside this project's format is not trusted
+        ({"state_dict": {}, "classes": ("a", "b")}, (None, ["a", "b"])),  # names from any checkpoint dict
+        ({"format": "tpn-toolkit", "num_classes": 2, "classes": ["a", 1]}, (2, None)),  # names must be strings
+        ({"format": "tpn-toolkit", "num_classes": None}, (None, None)),
+    ],
+)
+def test_checkpoint_classes_of_loaded_dicts(obj, expected):
+    info = tpn.checkpoint_classes(obj)
+    assert (info.num_classes, info.names) == expected
+
+
+def test_checkpoint_classes_reads_weights_only_and_explains_bad_files(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        tpn.checkpoint_classes(tmp_path / "nope.pth")
+    evil = tmp_path / "evil.pth"
+    torch.save({"format": "tpn-toolkit", "num_classes": 2, "obj": NotATensor()}, evil)
+    with pytest.raises(CheckpointError, match="weights_only"):
+        tpn.checkpoint_classes(evil)
+
+
 # ------------------------------------------------------------- ImageNet
 
 

@@ -67,6 +67,7 @@ def _digests(folder) -> set[str]:
     return {hashlib.sha256(f.read_bytes()).hexdigest() for f in folder.rglob("*.mp4")}
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_demo_smoke_runs_end_to_end_and_reuses_finished_stages(tmp_path):
     out = tmp_path / "demo"

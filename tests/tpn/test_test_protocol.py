@@ -171,6 +171,7 @@ def test_cli_errors_name_the_problem(shards, checkpoint, tmp_path, capsys):
     assert "tpn_tiny_f8s4" in capsys.readouterr().err  # saved from another model
 
 
+@pytest.mark.slow
 def test_two_processes_gather_every_video_once(shards, checkpoint, single_process, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "tpn.test", *cli(shards, checkpoint, tmp_path)]  # fmt: skip

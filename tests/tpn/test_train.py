@@ -113,6 +113,7 @@ def cli_args(s: TrainSettings) -> list[str]:
     ]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_killed_then_stopped_run_resumes_bit_identically(shards, uninterrupted, tmp_path):
     """SIGKILL mid-epoch, resume until --max-steps stops it in the next epoch, resume to the end."""
     argv = cli_args(small_run(shards, tmp_path, save_every=3))
@@ -153,6 +154,7 @@ class PoisonedLoader:
             yield x, y
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(shards, tmp_path):
     def make_loader(source, clip, *, mode, **kw):
         loader = ClipLoader(source, clip, mode=mode, **kw)
@@ -167,6 +169,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(shards, tmp_p
     assert step_losses(tmp_path)[5] is None  # recorded (as null) for diagnosis
 
 
+@pytest.mark.slow
 def test_cli_reports_a_diverged_run(shards, tmp_path, capsys):
     argv = cli_args(small_run(shards, tmp_path, lr=1e30, save_every=0, epochs=1))
     assert main([*argv, "--log-every", "1", "--max-steps", "6"]) == 2
@@ -213,6 +216,7 @@ def test_resume_refuses_a_different_batch_size(uninterrupted, capsys):
 # ---------------------------------------------------------------------- learning
 
 
+@pytest.mark.slow
 def test_tiny_tpn_learns_the_synthetic_set(shards, tmp_path):
     """Only motion separates the 8 classes (chance 12.5%); the tiny TPN gets far above it in 4 epochs.
 

@@ -25,6 +25,8 @@ from tpn import rundir
 from tpn.checkpoint import read_checkpoint
 from tpn.train_cli import main
 
+pytestmark = pytest.mark.slow  # DDP: two training processes per run
+
 MODEL = "baseline_tiny_f8s4"
 
 

@@ -147,13 +147,19 @@ def test_loss_log_reads_back_per_step_records():
     assert len(log) == 0 and log.drain(DistEnv()) == []
 
 
-def test_channels_last_option_is_ignored_for_4d_inputs_on_cpu():
-    # channels_last only reformats 5-D clips; the step still runs and learns on CPU.
+def test_channels_last_reformats_only_5d_clips_and_still_learns_on_cpu():
     torch.manual_seed(0)
     model = tpn.create_model("baseline_tiny_f8s4", dropout=0.0)
     opt = build_optimizer(list(model.parameters()), lr=0.05, momentum=0.9, nesterov=True, weight_decay=0, device=CPU)
     step = TrainStep(LossModule(model, 0.5), opt, StepOptions(channels_last=True), CPU)
-    x, y = tiny_batch(4)
+    x, y = tiny_batch(4)  # (N, C, T, H, W)
+    ndhwc = step._prepare(x)
+    assert ndhwc.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous(
+        memory_format=torch.channels_last_3d) and torch.equal(ndhwc, x)  # fmt: skip
+    frames = x[:, :, 0]  # (N, C, H, W): a 4-D input is passed through untouched
+    assert step._prepare(frames) is frames
+    plain = TrainStep(LossModule(model, 0.5), opt, StepOptions(channels_last=False), CPU)
+    assert plain._prepare(x) is x
     first = step(x, y).item()
     for _ in range(5):
         last = step(x, y).item()

@@ -64,6 +64,7 @@ def test_tree_cpu_seconds_counts_this_process():
     assert common.tree_cpu_seconds() > before
 
 
+@pytest.mark.slow
 def test_benchmark_tiny_smoke(tmp_path, monkeypatch):
     """`python -m benchmarks.data --tiny` end to end on one clip shape, results kept out of the repo."""
     monkeypatch.setattr(common, "RESULTS", tmp_path / "results")

@@ -1,0 +1,174 @@
+"""The model an artifact is made from: its weights and where they came from, its input, and its reference logits.
+
+`load_model` is the one way the export tools build a zoo model with its
+weights; `ModelSource` records where those weights came from (a checkpoint,
+by path and sha256, the zoo's published file, or nothing: random weights).
+The checks feed seeded `synthetic_clips` of the exported input size and
+compare with `torch_logits`, PyTorch FP32 on the CPU.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+import tpn
+from export.errors import ExportError
+from pipeline import sha256_file
+
+
+@dataclass
+class ModelSource:
+    """Which network and which weights an artifact was made from."""
+
+    name: str
+    num_classes: int
+    checkpoint: str | None = None
+    checkpoint_sha256: str | None = None
+    zoo_weights: bool = False  # the checkpoint's sha256 is the zoo entry's published one
+    weights: str = "random"  # "random" (no checkpoint), "checkpoint", "zoo" or "module" (a caller's model)
+
+    def random_weights_warning(self) -> str | None:
+        """The line every export without a checkpoint starts with (None when there are real weights)."""
+        return RANDOM_WEIGHTS.format(name=self.name) if self.weights == "random" else None
+
+
+RANDOM_WEIGHTS = (
+    "WARNING: random weights: no --checkpoint was given and the toolkit bundles no zoo weights, so {name} is "
+    "exported with its random initial weights; the files run, but Top-1 gates and accuracy figures are "
+    "meaningless for them (pass --checkpoint FILE)"
+)
+
+
+def load_model(name_or_model: str | nn.Module, checkpoint: str | Path | None = None) -> tuple[nn.Module, ModelSource]:
+    """An eval-mode zoo model with its weights, and where they came from.
+
+    Raises ExportError (with the zoo's close names, or the checkpoint
+    loader's explanation) for unknown names and unusable checkpoints.
+    """
+    if isinstance(name_or_model, nn.Module):
+        model = name_or_model
+        if not isinstance(getattr(model, "config", None), tpn.ModelConfig):
+            raise ExportError("the model has no zoo config: build it with tpn.create_model(name)")
+        if checkpoint is not None:
+            _load_weights(model, checkpoint)
+    else:
+        try:
+            tpn.get_config(name_or_model)
+        except ValueError as e:
+            raise ExportError(str(e)) from None
+        try:
+            # a fine-tuned checkpoint's class count differs from the zoo config's
+            n = tpn.checkpoint_classes(checkpoint).num_classes if checkpoint is not None else None
+            model = tpn.create_model(name_or_model, num_classes=n)
+        except tpn.CheckpointError as e:
+            raise ExportError(f"cannot use checkpoint for {name_or_model}: {e}") from None
+        if checkpoint is not None:
+            _load_weights(model, checkpoint)
+    source = _source(model, checkpoint)
+    if isinstance(name_or_model, nn.Module) and checkpoint is None:
+        source.weights = "module"  # whatever the caller's module holds: not ours to judge
+    return model.eval(), source
+
+
+def random_weights_notice(name: str, checkpoint: str | os.PathLike | None) -> str | None:
+    """The first line of an export command run without weights (None with a checkpoint or an unknown name)."""
+    if checkpoint is not None:
+        return None
+    try:
+        tpn.get_config(name)
+    except ValueError:
+        return None  # the unknown name is the error to report
+    return RANDOM_WEIGHTS.format(name=name)
+
+
+def _load_weights(model: nn.Module, checkpoint: str | Path) -> None:
+    try:
+        tpn.load_checkpoint(model, checkpoint)
+    except tpn.CheckpointError as e:
+        raise ExportError(f"cannot load {checkpoint} into {model.config.name}: {e}") from None
+
+
+def _source(model: nn.Module, checkpoint: str | Path | None) -> ModelSource:
+    cfg = model.config
+    src = ModelSource(name=cfg.name, num_classes=int(model.num_classes))
+    if checkpoint is not None and not isinstance(checkpoint, Mapping):
+        src.checkpoint = str(checkpoint)
+        src.checkpoint_sha256 = sha256_file(checkpoint)
+        src.zoo_weights = cfg.weights_sha256 is not None and src.checkpoint_sha256 == cfg.weights_sha256
+        src.weights = "zoo" if src.zoo_weights else "checkpoint"
+    elif checkpoint is not None:  # a state dict in memory
+        src.weights = "checkpoint"
+    return src
+
+
+# ----------------------------------------------------------------- its input: clip shapes and synthetic clips
+
+
+def input_hw(cfg: tpn.ModelConfig, size: str | int | tuple[int, int]) -> tuple[int, int]:
+    """Spatial size of the exported input: "train" (the training crop), "test" (the test crop) or explicit.
+
+    "test" is what the test protocol feeds (and so what the Top-1 gate
+    needs); "full" test views have no fixed width, so they need an
+    explicit size.
+    """
+    clip = cfg.clip
+    if size == "train":
+        return clip.crop_size, clip.crop_size
+    if size == "test":
+        if clip.test_crops == "full":
+            raise ExportError(
+                f"{cfg.name} tests on full frames (test_crops='full'), whose width depends on the "
+                f"video: pass an explicit size (H, W), e.g. ({clip.test_scale}, {clip.test_scale * 4 // 3})"
+            )
+        return clip.test_crop, clip.test_crop
+    if isinstance(size, int):
+        return size, size
+    if isinstance(size, (tuple, list)) and len(size) == 2 and all(isinstance(s, int) and s > 0 for s in size):
+        return int(size[0]), int(size[1])
+    raise ExportError(f"size must be 'train', 'test', an int or (H, W), got {size!r}")
+
+
+def clip_shape(cfg: tpn.ModelConfig, hw: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(3, T, H, W) of one exported clip."""
+    return (3, cfg.clip.frames, hw[0], hw[1])
+
+
+def synthetic_clips(
+    n: int,
+    shape: tuple[int, int, int, int],
+    *,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    seed: int = 0,
+) -> np.ndarray:
+    """(n, 3, T, H, W) float32 normalised clips that look like video to a network.
+
+    Smooth colour fields that drift over time plus a little pixel noise, in
+    0-255 before normalisation: spatially correlated like real frames, so
+    activations have realistic ranges (white noise would not).
+    """
+    c, t, h, w = shape
+    rng = np.random.default_rng(seed)
+    coarse = rng.uniform(0.0, 255.0, size=(n, c, max(2, t // 2), max(2, h // 16), max(2, w // 16)))
+    x = torch.nn.functional.interpolate(torch.from_numpy(coarse), size=(t, h, w), mode="trilinear")
+    x = x + torch.from_numpy(rng.normal(0.0, 6.0, size=x.shape))
+    x = x.clamp(0.0, 255.0)
+    m = torch.tensor(mean, dtype=x.dtype).view(1, c, 1, 1, 1)
+    s = torch.tensor(std, dtype=x.dtype).view(1, c, 1, 1, 1)
+    return ((x - m) / s).numpy().astype(np.float32)
+
+
+def torch_logits(model: nn.Module, clips: np.ndarray, batch: int = 8) -> np.ndarray:
+    """PyTorch FP32 reference logits, on CPU, a few clips at a time."""
+    outs = []
+    with torch.inference_mode():
+        for i in range(0, len(clips), batch):
+            outs.append(model(torch.from_numpy(clips[i : i + batch])).float().numpy())
+    return np.concatenate(outs)

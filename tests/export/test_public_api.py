@@ -1,0 +1,97 @@
+"""`export/` uses only the public APIs of `tpn` and `pipeline`: the names their `__init__.py` export.
+
+Every export module is parsed (not imported) and each import of, or
+attribute taken from, `tpn` or `pipeline` is checked against the package's
+`__all__`, so reaching into a submodule fails here instead of silently
+coupling export to internals.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import pipeline
+import tpn
+
+ROOT = Path(__file__).resolve().parents[2]
+EXPORT_FILES = sorted((ROOT / "export").glob("*.py"))
+PUBLIC = {"tpn": set(tpn.__all__), "pipeline": set(pipeline.__all__)}
+
+
+def private_uses(source: str, public: dict[str, set[str]] = PUBLIC) -> list[str]:
+    """'line N: what' for every use of a package in `public` beyond its public names."""
+    found = []
+    bound: dict[str, str] = {}  # local name -> package, for `import tpn` / `import tpn as t`
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                root = alias.name.split(".")[0]
+                if root not in public:
+                    continue
+                if alias.name != root:
+                    found.append(f"line {node.lineno}: import {alias.name} (a submodule)")
+                bound[alias.asname or root] = root
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            root = node.module.split(".")[0]
+            if root not in public:
+                continue
+            if node.module != root:
+                found.append(f"line {node.lineno}: from {node.module} import ... (a submodule)")
+                continue
+            found += [
+                f"line {node.lineno}: from {root} import {a.name} (not in {root}.__all__)"
+                for a in node.names
+                if a.name not in public[root]
+            ]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in bound:
+            root = bound[node.value.id]
+            if node.attr not in public[root]:
+                found.append(f"line {node.lineno}: {node.value.id}.{node.attr} (not in {root}.__all__)")
+    return found
+
+
+@pytest.mark.parametrize("path", EXPORT_FILES, ids=lambda p: p.name)
+def test_export_uses_only_public_names_of_tpn_and_pipeline(path):
+    assert private_uses(path.read_text(encoding="utf-8")) == [], f"{path.name} reaches past the public API"
+
+
+@pytest.mark.parametrize(
+    "source, problem",
+    [
+        ("from tpn.metrics import accuracy", "from tpn.metrics import"),
+        ("import pipeline.storage", "import pipeline.storage"),
+        ("from pipeline import storage", "from pipeline import storage"),
+        ("from pipeline import sampling as s", "from pipeline import sampling"),
+        ("import tpn\ndef f():\n    return tpn.checkpoint.read_checkpoint", "tpn.checkpoint"),
+        ("import tpn as t\nx = t.metrics", "t.metrics"),
+        ("def f():\n    from tpn.checkpoint import read_checkpoint", "from tpn.checkpoint import"),
+    ],
+)
+def test_the_check_catches_private_uses(source, problem):
+    found = private_uses(source)
+    assert len(found) == 1 and problem in found[0]
+
+
+def test_the_check_allows_public_names():
+    ok = "import tpn\nfrom pipeline import ClipSpec, sha256_file\nfrom export.errors import ExportError\nx = tpn.get_config"
+    assert private_uses(ok) == []
+
+
+@pytest.mark.parametrize("package", ["tpn", "pipeline"])
+def test_every_public_name_exists(package):
+    module = {"tpn": tpn, "pipeline": pipeline}[package]
+    missing = [name for name in module.__all__ if not hasattr(module, name)]
+    assert missing == []
+
+
+def test_pipeline_imports_neither_dali_nor_tpn():
+    code = "import sys, pipeline; print(sorted(m for m in sys.modules if m.split('.')[0] in ('tpn', 'nvidia')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]"
