@@ -96,6 +96,8 @@ class TrainSettings:
             (self.clip_grad >= 0, "--clip-grad must be >= 0 (0 = off)"),
             (self.log_every >= 1, "--log-every must be >= 1"),
             (self.save_every >= 0, "--save-every must be >= 0"),
+            (self.keep_last >= 0, "--keep-last must be >= 0 (0 = keep all)"),
+            (self.val_every >= 1, "--val-every must be >= 1"),
             (self.max_steps is None or self.max_steps >= 1, "--max-steps must be >= 1"),
             (self.val_views in ("single", "protocol"), "--val-views must be 'single' or 'protocol'"),
             (bool(self.train), "--train needs at least one shard directory or .tar"),

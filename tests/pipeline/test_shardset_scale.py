@@ -119,20 +119,25 @@ def test_read_only_folder_caches_elsewhere(many, tmp_path, monkeypatch):
     assert len(data) == 60
 
 
+def index_maps() -> set[str]:
+    """This process's memory maps of sample-index files (one line each, with its address range)."""
+    return {line for line in Path("/proc/self/maps").read_text().splitlines() if line.endswith("index.bin")}
+
+
 def test_closed_loader_releases_its_files(many):
     from pipeline import ClipLoader
 
+    before = index_maps()
     loader = ClipLoader(many, SMALL, batch_size=4, device="cpu", num_threads=1, max_open=8)
+    mine = index_maps() - before  # other tests' loaders may still hold maps of their own
+    assert mine  # the index is one memory map while the loader is open
     for _ in loader:
         # idle files are closed down to 8; a file a read-ahead thread is reading from stays open until it is done
         assert len(open_shards(many)) <= 8 + 2
     assert loader.data.files.open_count <= 8 and open_shards(many)
-    index_maps = [line for line in Path("/proc/self/maps").read_text().splitlines() if line.endswith("index.bin")]
-    assert index_maps  # the index is one memory map while the loader is open
     loader.close()
     assert loader.data.files.open_count == 0 and not open_shards(many)
-    maps = Path("/proc/self/maps").read_text().splitlines()
-    assert not set(index_maps) & set(maps)  # ... and is unmapped by close()
+    assert not mine & index_maps()  # ... and is unmapped by close()
     assert len(loader) > 0  # the plan's size is still known
     with pytest.raises(ValueError, match="closed"):
         next(iter(loader))

@@ -200,6 +200,8 @@ def test_help_documents_every_flag():
         ([MODEL, "--train", "missing-shards", "--out", "y", "--device", "cpu"], "does not exist"),
         (["--resume", "missing-run"], "no such run directory"),
         ([MODEL, "--train", "x", "--out", "y", "--epochs", "0"], "--epochs must be >= 1"),
+        ([MODEL, "--train", "x", "--out", "y", "--val-every", "0"], "--val-every must be >= 1"),
+        ([MODEL, "--train", "x", "--out", "y", "--keep-last", "-1"], "--keep-last must be >= 0"),
     ],
 )
 def test_cli_errors_name_the_problem(argv, message, capsys, tmp_path, monkeypatch):
