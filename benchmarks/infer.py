@@ -53,6 +53,8 @@ import numpy as np
 import torch
 
 import tpn
+from pipeline.cli import add_split_arg
+from tpn.cli import add_checkpoint_arg
 from benchmarks.common import results_path, write_results
 from export import runtime
 from export.errors import ExportError
@@ -471,9 +473,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "multi-threaded CPU calls build kernels and thread pools)")  # fmt: skip
     p.add_argument("--threads", type=int, help="CPU threads for PyTorch and ONNX Runtime alike (default: all cores)")
     p.add_argument("--no-control", action="store_true", help="skip the single-thread fairness control on a CPU")
-    p.add_argument("--checkpoint", help="weights for --models / the full model (default: random weights, said so)")
+    add_checkpoint_arg(p, what="weights for --models / the full model")
     p.add_argument("--val-shards", help="validation shards: also report each backend's top-1 agreement on them")
-    p.add_argument("--split", default="val", help="split of --val-shards (default %(default)s; 'all': every shard)")
+    add_split_arg(p, of="--val-shards")
     p.add_argument("--val-videos", type=int, default=200, help="validation videos for the agreement (default %(default)s)")
     p.add_argument("--name", default="infer", help="results name under benchmarks/results/ (default %(default)s)")
     return p
@@ -519,9 +521,9 @@ def main(argv: list[str] | None = None) -> int:
 def _val_settings(args: argparse.Namespace) -> dict | None:
     if not args.val_shards:
         return None
-    from export.shards import resolve_split
+    from export.shards import validation_split
 
-    return {"shards": args.val_shards, "split": resolve_split(args.val_shards, args.split), "videos": args.val_videos}
+    return {"shards": args.val_shards, "split": validation_split(args.val_shards, args.split), "videos": args.val_videos}
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ from export.source import (
 )
 from export.tolerance import FP32, TOLERANCES, Agreement, Tolerance, compare_logits
 from pipeline import fsync_file, staging_dir
+from tpn.cli import add_checkpoint_arg
 
 INPUT_NAME = "clips"
 OUTPUT_NAME = "logits"
@@ -298,7 +299,7 @@ def parse_input_size(text: str, words: tuple[str, ...] = SIZE_WORDS) -> str | in
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """Arguments shared with `export.trt`."""
     p.add_argument("name", help="zoo model name (see tpn.list_models(); tiny entries: '*tiny*')")
-    p.add_argument("--checkpoint", help="weights to export: this project's, original TPN or mmaction2 format")
+    add_checkpoint_arg(p, what="weights to export")
     p.add_argument("--out", help="output folder (default: exports/<name>/)")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset >= {MIN_OPSET} (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic check clips (default %(default)s)")

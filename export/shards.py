@@ -35,11 +35,8 @@ from pipeline import (
     location_name,
     location_size,
     read_location,
-    splits_in,
+    resolve_split,
 )
-
-ALL_SPLITS = "all"  # --split all: every *.tar of the folder
-
 
 @dataclass(frozen=True)
 class ShardFingerprint:
@@ -48,28 +45,12 @@ class ShardFingerprint:
     files: int  # tars covered
 
 
-def resolve_split(shards: str | os.PathLike, split: str | None) -> str | None:
-    """The loader's `split` for a shard folder: None for every tar ("all"), else a split that must exist.
-
-    Raises ExportError naming the splits present when `split` has no shards,
-    rather than silently validating on whatever else the folder holds.
-    """
-    if split in (None, "", ALL_SPLITS):
-        return None
-    if not is_remote(shards) and not os.path.isdir(shards):
-        raise ExportError(f"validation shards {shards} is not a folder: build them with `python -m pipeline.shard`")
+def validation_split(shards: str | os.PathLike, split: str | None) -> str | None:
+    """`pipeline.resolve_split` for the gate's shards; its errors become ExportError (exit code 3)."""
     try:
-        present = splits_in(shards)
-    except (OSError, ImportError) as e:
-        raise ExportError(f"cannot list the shards in {shards}: {e}") from None
-    if split in present:
-        return split
-    if not present:
-        raise ExportError(f"no <split>-NNNNNN.tar shards in {shards}: build them with `python -m pipeline.shard`")
-    raise ExportError(
-        f"{shards} has no {split!r} split (no {split}-*.tar); splits present: {', '.join(present)}. "
-        f"Pass --split with one of them (or --split {ALL_SPLITS} for every shard)"
-    )
+        return resolve_split(str(shards) if is_remote(shards) else os.fspath(shards), split)
+    except (ShardError, OSError, ImportError) as e:
+        raise ExportError(f"validation shards: {e}") from None
 
 
 def shard_fingerprint(shards: str | os.PathLike, split: str | None) -> ShardFingerprint:

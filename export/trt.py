@@ -295,13 +295,13 @@ def export_engine(
     Runtime) and, on a pass with shards, marked validated.
     """
     from export.fp16 import to_fp16
-    from export.shards import resolve_split
+    from export.shards import validation_split
     from export.validate import Thresholds, gate
 
     warning = random_weights_notice(name, checkpoint)
     if warning:
         log(warning)
-    split = resolve_split(val_shards, split) if val_shards else split
+    split = validation_split(val_shards, split) if val_shards else split
     missing = missing_requirements()
     if missing:
         log(f"note: no engine can be built here ({missing}); the ONNX and FP16 ONNX files are still made and gated")

@@ -61,11 +61,13 @@ from export import runtime
 from export.errors import EXIT_CODES_HELP, EXIT_FAILED, EXIT_OK, ExportError
 from export.marker import check_marker, write_marker
 from export.outputs import validated_marker, write_json
-from export.shards import resolve_split, shard_fingerprint
+from export.shards import shard_fingerprint, validation_split
 from export.source import ModelSource, load_model, synthetic_clips
 from export.tolerance import FP16, FP32, Agreement, AgreementMeter, Tolerance
 from pipeline import is_remote
+from pipeline.cli import add_split_arg
 from tpn import accuracy, average_views
+from tpn.cli import add_checkpoint_arg
 
 NO_ACCURACY = (
     "no accuracy was validated: only per-clip logit agreement with PyTorch on {n} synthetic clips; "
@@ -463,7 +465,7 @@ def gate(
             f"the gate needs the weights the artifacts were exported from (--checkpoint): a fresh {model_name} "
             "has random weights that no exported artifact matches"
         )
-    split = resolve_split(val_shards, split) if val_shards is not None else split
+    split = validation_split(val_shards, split) if val_shards is not None else split
     name = model_name if isinstance(model_name, str) else model_name.config.name
     metas = [artifact_metadata(a) for a in artifacts]
     for meta, art in zip(metas, artifacts):
@@ -570,11 +572,7 @@ def _np(t: torch.Tensor) -> np.ndarray:
 def add_gate_args(p: argparse.ArgumentParser) -> None:
     """Arguments shared with `export.trt`."""
     p.add_argument("--val-shards", help="validation shards: run the Top-1 gate on them (test protocol)")
-    p.add_argument(
-        "--split", default="val",
-        help="use <split>-*.tar of --val-shards (default %(default)s, as tpn.test; 'all': every shard); "
-        "a split that is not there is an error listing the splits present",
-    )  # fmt: skip
+    add_split_arg(p, of="--val-shards")
     p.add_argument(
         "--max-drop", type=float, default=MAX_DROP,
         help="largest Top-1 difference allowed, in points, vs PyTorch FP32 (both directions) and below the zoo's "
@@ -626,7 +624,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("artifacts", nargs="+", help="the .onnx files or .engine files to check (one model's)")
     p.add_argument("--model", required=True, help="zoo model name the artifacts were exported from")
-    p.add_argument("--checkpoint", required=True, help="the weights the artifacts were exported from")
+    add_checkpoint_arg(p, required=True, what="the weights the artifacts were exported from")
     p.add_argument(
         "--backend", choices=["auto", "ort-cpu", "ort-cuda", "trt"], default="auto",
         help="runtime: auto picks TensorRT for engines, ONNX Runtime CUDA or CPU for .onnx (default %(default)s)",

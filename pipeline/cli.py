@@ -1,8 +1,11 @@
-"""Shared pieces of the command-line tools: the help formatter and the loader's flags.
+"""Shared pieces of the command-line tools: the help formatter, the loader's flags and `--split`.
 
 The loader's flags (`--loader-device`, `--decoder`, `--workers`) are defined
 once here, with one help text each, and added by every tool that builds a
-`ClipLoader` (`tpn.train`, `tpn.test`, the benchmarks). Their vocabularies
+`ClipLoader` (`tpn.train`, `tpn.test`, the benchmarks); `--split` by every
+tool that reads a split of a shard folder (`tpn.test`, `export.validate`,
+`export.trt`, `benchmarks.infer`), all resolved by `pipeline.resolve_split`.
+This module is public (other packages import it by name). Their vocabularies
 (`LOADER_DEVICES`, `DECODERS`) are the ones `ClipLoader` accepts. This
 module imports neither DALI nor torch, so `--help` stays fast.
 """
@@ -54,6 +57,15 @@ def add_workers_arg(parser: ArgContainer, default: Any = None, flags: Sequence[s
     """DALI's decoding threads. `flags` keeps an older name of the flag working."""
     parser.add_argument(*flags, dest="workers", type=int, default=default,
                         help="DALI decoding threads per process (default: the usable CPUs)")  # fmt: skip
+
+
+def add_split_arg(parser: ArgContainer, default: str = "val", of: str = "the shard folder") -> None:
+    """Which `<split>-*.tar` of a shard folder to read; `of` names the flag that gives the folder."""
+    parser.add_argument(
+        "--split", default=default,
+        help=f"which <split>-*.tar of {of} to read (default: {default}); 'all': every shard. A split that is not "
+             "there is an error listing the splits present",
+    )  # fmt: skip
 
 
 def add_loader_args(parser: ArgContainer, defaults: bool = True) -> None:

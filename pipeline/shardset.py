@@ -51,6 +51,32 @@ INDEX_VERSION = 3
 VERIFY_HINT = "check the shards with `python -m pipeline.verify {dir}` and re-create bad ones with `python -m pipeline.shard`"
 
 
+ALL_SPLITS = "all"  # a split argument meaning every *.tar of the folder
+
+
+def resolve_split(shards: str | Path, split: str | None) -> str | None:
+    """The split to read from a shard folder or URL: None for every tar (`split` None, "" or "all"),
+    else `split`, which must be there.
+
+    A split the folder lacks is a `ShardReadError` listing the splits it has,
+    never a silent switch to other shards (testing on the training split by
+    mistake looks like a great model).
+    """
+    if split in (None, "", ALL_SPLITS):
+        return None
+    if not storage.is_remote(shards) and not Path(shards).is_dir():
+        raise ShardReadError(f"{shards} is not a shard folder: build one with `python -m pipeline.shard SRC --out DIR`")
+    present = storage.splits_in(shards)
+    if split in present:
+        return split
+    if not present:
+        raise ShardReadError(f"no <split>-NNNNNN.tar shards in {shards}: build them with `python -m pipeline.shard`")
+    raise ShardReadError(
+        f"{shards} has no {split!r} split (no {split}-*.tar); splits present: {', '.join(present)}. "
+        f"Pass --split with one of them (or --split {ALL_SPLITS} for every shard)"
+    )
+
+
 def find_shards(shards: str | Path | Sequence[str | Path], split: str | None = None) -> list:
     """A directory (all `*.tar`, or `<split>-*.tar`, sorted) or an explicit list -> tar paths (or URLs)."""
     if isinstance(shards, str) and storage.is_remote(shards):

@@ -1,14 +1,15 @@
-"""Command-line flags that `tpn.train`, `tpn.test` and the benchmarks share: one definition, one help text.
+"""Command-line flags that `tpn.train`, `tpn.test`, `export.*` and the benchmarks share: one definition, one help.
 
-The model's flags are here: where it runs (`--device`) and torch's CPU
-threads (`--threads`). The loader's (`--loader-device`, `--decoder`,
+The model's flags are here: where it runs (`--device`), torch's CPU
+threads (`--threads`) and the weights it loads (`--checkpoint`). The loader's (`--loader-device`, `--decoder`,
 `--workers`) live with the loader, in `pipeline.cli`. `add_device_args`
 gives a tool the model's and the loader's device flags together, so the
 tools that train and test cannot drift apart.
 
 A builder's `default` is what an unset flag holds; `argparse.SUPPRESS`
 leaves an unset flag out of the namespace (how `tpn.train` tells "given"
-from "not given" when it resumes a run).
+from "not given" when it resumes a run). This module is public (`export`
+imports it by name).
 """
 
 from __future__ import annotations
@@ -24,6 +25,13 @@ def add_device_arg(parser: ArgContainer, default: Any = "auto") -> None:
     parser.add_argument("--device", default=default,
                         help="where the model runs: auto (the GPU when there is one), cpu, cuda or cuda:N "
                              "(default: auto)")  # fmt: skip
+
+
+def add_checkpoint_arg(parser: ArgContainer, required: bool = False, what: str = "weights") -> None:
+    """The weights a tool loads, in any format `tpn.load_checkpoint` reads; `what` says what they are for."""
+    unset = "required" if required else "default: random weights, and the tool says so"
+    parser.add_argument("--checkpoint", required=required,
+                        help=f"{what}: a .pth of this toolkit's, the original TPN's or mmaction2's format ({unset})")
 
 
 def add_threads_arg(parser: ArgContainer, default: Any = None) -> None:

@@ -26,10 +26,11 @@ import torch
 from torch import Tensor, nn
 
 import tpn
-from pipeline import ClipSpec, storage
-from tpn.cli import add_device_args
-from tpn.distributed import DistEnv, env_from_environ, gather_objects, init_distributed, resolve_torch_device, shutdown
+from pipeline import ClipSpec, is_remote, resolve_split
+from pipeline.cli import add_split_arg
 from pipeline.fileio import atomic_write_bytes, atomic_write_json
+from tpn.cli import add_checkpoint_arg, add_device_args
+from tpn.distributed import DistEnv, env_from_environ, gather_objects, init_distributed, resolve_torch_device, shutdown
 from tpn.metrics import accuracy, average_views
 
 log = logging.getLogger("tpn.test")
@@ -164,14 +165,15 @@ def _report(parts: list[tuple], elapsed: float, keep_scores: bool, model: nn.Mod
 
 
 def shard_source(paths: Sequence[str], split: str | None) -> tuple[str | list[str], str | None]:
-    """CLI shard arguments -> (ClipLoader source, split): a directory uses its `<split>-*.tar`
-    when it has any (a `pipeline.shard` output holds train- and val- shards), else all tars.
-    A URL that does not end in .tar (s3://bucket/k400, ...) is a shard folder on object storage."""
-    if len(paths) == 1 and storage.is_remote(paths[0]) and not str(paths[0]).endswith(".tar"):
-        return str(paths[0]), split if split and split in storage.splits_in(paths[0]) else None
-    if len(paths) == 1 and Path(paths[0]).is_dir():
-        folder = Path(paths[0])
-        return str(folder), split if split and any(folder.glob(f"{split}-*.tar")) else None
+    """CLI shard arguments -> (ClipLoader source, split).
+
+    One folder (or a URL not ending in .tar: a shard folder on object storage)
+    reads its `<split>-*.tar` (`pipeline.resolve_split`: "all" = every tar; a
+    split the folder lacks is an error listing those it has); .tar paths are
+    read as given, whatever the split.
+    """
+    if len(paths) == 1 and (Path(paths[0]).is_dir() or is_remote(paths[0]) and not str(paths[0]).endswith(".tar")):
+        return str(paths[0]), resolve_split(str(paths[0]), split)
     return [str(p) for p in paths], None
 
 
@@ -202,10 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
         "process's GPU, its LOCAL_RANK).",
     )
     p.add_argument("name", help="zoo model name (see `python -m tpn`)")
-    p.add_argument("--checkpoint", required=True, help="weights: this toolkit's, original TPN's or mmaction2's .pth")
+    add_checkpoint_arg(p, required=True)
     p.add_argument("--shards", required=True, nargs="+",
                    help="a shard directory (its val-*.tar if present, else every *.tar) or .tar paths")  # fmt: skip
-    p.add_argument("--split", default="val", help="which <split>-*.tar of a shard directory to use (default: val)")
+    add_split_arg(p, of="a --shards folder")
     p.add_argument("--flip", action="store_true", help="add horizontally flipped views (doubles the views)")
     p.add_argument("--clips", type=int, help="temporal clips per video for dense sampling (default: the config's)")
     p.add_argument("--crops", choices=["three", "center", "full"], help="spatial views (default: the config's)")

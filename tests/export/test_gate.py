@@ -24,7 +24,7 @@ from export import runtime
 from export.errors import CheckFailed, ExportError, MissingDependencyError
 from export.marker import check_marker
 from export.outputs import validated_marker
-from export.shards import resolve_split, shard_fingerprint
+from export.shards import shard_fingerprint, validation_split
 from export.source import ModelSource, load_model
 from export.tolerance import FP16
 from export.validate import (
@@ -378,9 +378,9 @@ def test_shard_gate_cli_fails_a_damaged_artifact(work, tmp_path):
 
 
 def test_a_missing_split_names_the_splits_present(work, capsys):
-    assert resolve_split(work["shards"], "val") == "val" and resolve_split(work["shards"], "all") is None
+    assert validation_split(work["shards"], "val") == "val" and validation_split(work["shards"], "all") is None
     with pytest.raises(ExportError, match=r"no 'test' split.*splits present: val"):
-        resolve_split(work["shards"], "test")
+        validation_split(work["shards"], "test")
     argv = [work["onnx"].path, "--model", TINY, "--checkpoint", str(work["ckpt"]), "--val-shards",
             str(work["shards"]), "--split", "train"]  # fmt: skip
     assert validate_main(argv) == 3

@@ -100,8 +100,11 @@ def test_train_and_test_clis_take_a_bucket_url(shards, tmp_path):
     import tpn
 
     local, url = shards
-    assert shard_source([url], "val") == (url, None)  # no val split there: all shards
-    assert shard_source([url], "train") == (url, "train")
+    from pipeline import ShardReadError
+
+    with pytest.raises(ShardReadError, match="no 'val' split.*splits present: train"):
+        shard_source([url], "val")  # never a silent switch to the training shards
+    assert shard_source([url], "train") == (url, "train") and shard_source([url], "all") == (url, None)
     checkpoint = tmp_path / "tiny.pth"
     torch.manual_seed(0)
     torch.save(tpn.create_model("tpn_tiny_f8s4", num_classes=3).state_dict(), checkpoint)
@@ -109,7 +112,7 @@ def test_train_and_test_clis_take_a_bucket_url(shards, tmp_path):
     for name, where in (("local", str(local)), ("s3", url)):
         out = tmp_path / f"{name}.json"
         cmd = [sys.executable, "-m", "tpn.test", "tpn_tiny_f8s4", "--checkpoint", str(checkpoint), "--shards", where,
-               "--out", str(out), "--batch-size", "4", "--device", "cpu", "--num-classes", "3"]
+               "--split", "train", "--out", str(out), "--batch-size", "4", "--device", "cpu", "--num-classes", "3"]
         run = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True,
                              timeout=300, env=os.environ)
         assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]

@@ -76,3 +76,20 @@ def test_benchmarks_take_the_shared_flags_and_keep_their_older_names(module, arg
     parser = importlib.import_module(module).build_parser()
     assert getattr(parser.parse_args(argv), dest) == value
     assert actions(parser)[dest].help == actions(eval_parser())[dest].help  # one flag, one help text
+
+
+def test_split_and_checkpoint_read_alike_in_test_export_and_benchmarks():
+    from benchmarks.infer import build_parser as infer_parser
+    from export.onnx import build_parser as onnx_parser
+    from export.validate import build_parser as validate_parser
+
+    test, gate, infer = actions(eval_parser()), actions(validate_parser()), actions(infer_parser())
+    for other in (gate, infer):  # the same rule (pipeline.resolve_split), so the same words, but for the flag named
+        assert other["split"].default == test["split"].default == "val"
+        assert other["split"].help.replace("--val-shards", "X") == test["split"].help.replace("a --shards folder", "X")
+    # --checkpoint: the formats are named once; required or not, and what for, is each tool's
+    exported, infer_ckpt = actions(onnx_parser())["checkpoint"], infer["checkpoint"]
+    assert test["checkpoint"].required and gate["checkpoint"].required and not exported.required
+    assert "random weights, and the tool says so" in exported.help and "random weights" in infer_ckpt.help
+    for a in (test["checkpoint"], gate["checkpoint"], exported, infer_ckpt):
+        assert "the original TPN's or mmaction2's format" in a.help
