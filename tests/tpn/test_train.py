@@ -154,7 +154,6 @@ class PoisonedLoader:
             yield x, y
 
 
-@pytest.mark.slow
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(shards, tmp_path):
     def make_loader(source, clip, *, mode, **kw):
         loader = ClipLoader(source, clip, mode=mode, **kw)
@@ -169,7 +168,6 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(shards, tmp_p
     assert step_losses(tmp_path)[5] is None  # recorded (as null) for diagnosis
 
 
-@pytest.mark.slow
 def test_cli_reports_a_diverged_run(shards, tmp_path, capsys):
     argv = cli_args(small_run(shards, tmp_path, lr=1e30, save_every=0, epochs=1))
     assert main([*argv, "--log-every", "1", "--max-steps", "6"]) == 2
