@@ -16,11 +16,10 @@ the selection enforces:
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks.common import machine_line
+from benchmarks.common import machine_line, save_figure
 
 # Result files measured before payloads could flag figures: stem -> {series: why it is invalid}.
 KNOWN_INVALID: dict[str, dict[str, str]] = {
@@ -246,12 +245,4 @@ def _num(x: float) -> str:
 
 
 def _save(fig, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")  # keeps the legend below the axes
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path, dpi=110, bbox_inches="tight")  # "tight" keeps the legend below the axes

@@ -181,12 +181,12 @@ def bar_plot(path: Path, labels: list[str], values: list[float], *, errors: list
     return save_figure(fig, path, dpi=100)
 
 
-def save_figure(fig, path: str | os.PathLike, dpi: int) -> Path:
-    """Save a matplotlib figure as PNG via temp + rename, then close it."""
+def save_figure(fig, path: str | os.PathLike, dpi: int, **savefig: object) -> Path:
+    """Save a matplotlib figure as PNG via temp + rename (extra `savefig` options pass through), then close it."""
     import matplotlib.pyplot as plt
 
     try:
-        return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi))
+        return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi, **savefig))
     finally:
         plt.close(fig)
 

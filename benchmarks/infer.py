@@ -55,7 +55,7 @@ import torch
 import tpn
 from pipeline.cli import add_split_arg
 from tpn.cli import add_checkpoint_arg
-from benchmarks.common import results_path, write_results
+from benchmarks.common import results_path, save_figure, write_results
 from export import runtime
 from export.errors import ExportError
 from export.source import load_model, synthetic_clips
@@ -430,12 +430,7 @@ def plot(rows: list[dict], path: Path) -> Path:
     handles = {lbl: h for ax in axes[0] for h, lbl in zip(*ax.get_legend_handles_labels())}
     fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=min(6, len(handles)), fontsize=8)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 # ----------------------------------------------------------------- CLI

@@ -18,7 +18,7 @@ from pathlib import Path
 from pipeline.errors import ShardingError
 from pipeline.shard import manifest as mf
 from pipeline.shard.core import human_bytes
-from pipeline.fileio import fsync_dir, temp_path
+from pipeline.fileio import atomic_write, fsync_dir, temp_path
 
 
 class MergeError(ShardingError, ValueError):
@@ -85,11 +85,8 @@ def _place(src: Path, dst: Path, copy: bool) -> None:
             return
         except OSError:
             pass  # another filesystem, or links not allowed: copy instead
-    with open(src, "rb") as fi, open(tmp, "wb") as fo:
-        shutil.copyfileobj(fi, fo, 1 << 22)
-        fo.flush()
-        os.fsync(fo.fileno())
-    os.replace(tmp, dst)
+    with open(src, "rb") as fi:
+        atomic_write(dst, lambda fo: shutil.copyfileobj(fi, fo, 1 << 22))
 
 
 def _split_order(names: set[str]) -> list[str]:

@@ -19,6 +19,7 @@ import pytest
 from pipeline.shard import RejectedInputsError, ShardingError, merge_parts, shard_dataset
 from pipeline.synth import make_dataset
 from pipeline.verify import verify_dataset
+from pipeline.fileio import is_temp_name
 from pipeline.wds import index_of_tar, iter_samples
 from tests.shard_helpers import SMALL, level_frames, manifest_without_run, noise_frames, rejected, write_video
 
@@ -208,6 +209,14 @@ def test_parts_merge_into_the_full_set(sharded, synth, tmp_path):
                                          for k, v in full["splits"].items()}
     assert json.loads((merged / "classes.json").read_text()) == json.loads((out / "classes.json").read_text())
     assert verify_dataset(merged).ok
+    linked = sorted(merged.glob("*.tar"))
+    assert linked and all(t.stat().st_nlink == 2 for t in linked)  # same filesystem: hard links, no copies
+    copied = tmp_path / "copied"
+    merge_parts(parts, copied, copy=True)
+    for t in linked:
+        c = copied / t.name
+        assert c.stat().st_nlink == 1 and c.read_bytes() == t.read_bytes()
+    assert verify_dataset(copied).ok and not any(is_temp_name(f.name) for f in copied.iterdir())
 
 
 def test_shard_size_bounds_every_shard(sharded, synth, tmp_path):
