@@ -19,6 +19,19 @@ from pipeline.fileio import atomic_write, atomic_write_json
 RESULTS = Path(os.environ.get("TPN_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
 
 
+def cpu_has_native_bf16(flags: str | None = None) -> bool:
+    """AVX512-BF16 or AMX: without them PyTorch emulates BF16 convolutions, far slower than FP32."""
+    if flags is None:
+        try:
+            flags = next(
+                (ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")), ""
+            )
+        except OSError:
+            flags = ""
+    words = set(flags.split())
+    return bool(words & {"avx512_bf16", "amx_bf16"})
+
+
 def machine_info() -> dict:
     """CPU, cores, GPU and library versions: the context a number needs to mean anything."""
     import torch

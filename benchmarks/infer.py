@@ -55,7 +55,7 @@ import torch
 import tpn
 from pipeline.cli import add_split_arg
 from tpn.cli import add_checkpoint_arg
-from benchmarks.common import results_path, save_figure, write_results
+from benchmarks.common import cpu_has_native_bf16, results_path, save_figure, write_results
 from export import runtime
 from export.errors import ExportError
 from export.source import load_model, synthetic_clips
@@ -76,19 +76,6 @@ AGREEMENT_GOAL = ("ort-cuda-fp16", 0.995)  # video-level top-1 agreement with Py
 
 
 # ----------------------------------------------------------------- pure helpers
-
-
-def cpu_has_native_bf16(flags: str | None = None) -> bool:
-    """AVX512-BF16 or AMX: without them PyTorch emulates BF16 convolutions, far slower than FP32."""
-    if flags is None:
-        try:
-            flags = next(
-                (ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")), ""
-            )
-        except OSError:
-            flags = ""
-    words = set(flags.split())
-    return bool(words & {"avx512_bf16", "amx_bf16"})
 
 
 def summarize(seconds: list[float], batch: int) -> dict:

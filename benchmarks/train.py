@@ -74,7 +74,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 import tpn
-from benchmarks.common import bar_plot, results_path, write_results
+from benchmarks.common import bar_plot, cpu_has_native_bf16, results_path, write_results
 from export.validate import strict_fp32  # TF32 off for convs and matmuls, restored after
 from tpn.engine import (
     COMPILE_PRESETS, DEFAULT_COMPILE, INPUT_TO_NDHWC, MIN_CUDNN, LossModule, StepOptions, TrainStep,
@@ -135,7 +135,7 @@ def modes_for(device: str, native_bf16_cpu: bool, presets: tuple[str, ...] = ())
     return ["fp32-eager", "fp32-cl3d", *(["bf16-eager"] if native_bf16_cpu else [])]
 
 
-def step_options(mode: str, is_3d: bool) -> StepOptions:
+def mode_step_options(mode: str, is_3d: bool) -> StepOptions:
     spec = parse_mode(mode)
     return StepOptions(
         clip_grad=40.0,
@@ -455,7 +455,7 @@ class Contender:
             self.step(self.x, self.y)
 
 
-def build_model(name: str, spec: ModeSpec, device: torch.device) -> nn.Module:
+def bench_model(name: str, spec: ModeSpec, device: torch.device) -> nn.Module:
     torch.manual_seed(0)
     model = tpn.create_model(name).to(device)
     if spec.cl3d and tpn.get_config(name).backbone == "slowonly":
@@ -472,10 +472,10 @@ def build_model(name: str, spec: ModeSpec, device: torch.device) -> nn.Module:
 def make_contender(name: str, mode: str, device: torch.device, batch: int) -> Contender:
     cfg = tpn.get_config(name)
     spec = parse_mode(mode)
-    model = build_model(name, spec, device)
+    model = bench_model(name, spec, device)
     opt = build_optimizer(list(model.parameters()), lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4,
                           device=device)  # fmt: skip
-    step = TrainStep(LossModule(model, cfg.recipe.aux_weight), opt, step_options(mode, cfg.backbone == "slowonly"), device)
+    step = TrainStep(LossModule(model, cfg.recipe.aux_weight), opt, mode_step_options(mode, cfg.backbone == "slowonly"), device)
     g = torch.Generator().manual_seed(1)
     x = torch.randn(batch, *cfg.input_shape, generator=g).to(device)  # NCDHW, as the loader gives; drawn on the CPU
     y = torch.randint(0, cfg.num_classes, (batch,), generator=g).to(device)
@@ -575,12 +575,6 @@ def profile_text(p: dict) -> str:
     for r in p["top"]:
         lines.append(f"{r['ms_per_step']:>9.3f}{r['calls_per_step']:>12.1f}  {r['category']:<19} {r['name'][:110]}")
     return "\n".join(lines) + "\n"
-
-
-def cpu_has_native_bf16() -> bool:
-    from benchmarks.infer import cpu_has_native_bf16 as has
-
-    return has()
 
 
 # ----------------------------------------------------------------- one run

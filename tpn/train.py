@@ -46,7 +46,7 @@ from tpn.schedule import StepSchedule
 from tpn.test import EvalReport, evaluate
 from tpn.train_settings import TrainSettings, effective_lr
 from tpn.train_setup import (
-    LoaderFactory, amp_dtype, build_loader, build_model, default_loader_factory, step_net, step_options,
+    LoaderFactory, amp_dtype, build_loader, build_train_model, default_loader_factory, step_net, step_options,
     use_channels_last,
 )  # fmt: skip
 
@@ -180,7 +180,7 @@ class Trainer:
         self.val_loader = build_loader(make_loader, s, env, "val") if s.val else None
         self.num_classes = s.num_classes or self.train_loader.num_classes
         self.global_batch = s.batch_size * env.world_size
-        self.model = build_model(s, self.num_classes, device, self.channels_last, initialise=resume is None,
+        self.model = build_train_model(s, self.num_classes, device, self.channels_last, initialise=resume is None,
                                  is_main=env.is_main)  # fmt: skip
         self.lr0 = effective_lr(s, env.world_size)
         self.schedule = StepSchedule(

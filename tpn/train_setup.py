@@ -43,7 +43,7 @@ def build_loader(make_loader: LoaderFactory, s: TrainSettings, env: DistEnv, whi
     return make_loader(source, val_clip_spec(clip, s.val_views), mode="test", return_keys=True, **kwargs)
 
 
-def build_model(
+def build_train_model(
     s: TrainSettings, num_classes: int, device: torch.device, channels_last: bool, *, initialise: bool, is_main: bool
 ) -> nn.Module:
     """The zoo model for the shards' classes; --pretrained/--checkpoint when `initialise` (not when resuming)."""

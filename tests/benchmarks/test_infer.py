@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
+from benchmarks.common import cpu_has_native_bf16
 from benchmarks.infer import (
     add_ratios,
     agreement_goal_line,
     build_parser,
-    cpu_has_native_bf16,
     goal_lines,
     plan,
     summarize,

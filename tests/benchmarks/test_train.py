@@ -7,7 +7,7 @@ import torch
 
 from benchmarks.train import (
     ModeSpec, add_speedups, categorize, category_table, count_step_flops, goal_lines, main, mfu, mode_problem,
-    modes_for, parse_mode, step_options,
+    modes_for, parse_mode, mode_step_options,
 )  # fmt: skip
 from tpn.engine import DEFAULT_COMPILE
 
@@ -55,7 +55,7 @@ def test_bad_modes_are_refused_clearly(mode, message):
     ],
 )
 def test_step_options_per_mode(mode, is_3d, amp, channels_last, graph, compile):
-    o = step_options(mode, is_3d)
+    o = mode_step_options(mode, is_3d)
     assert (o.amp_dtype, o.channels_last, o.cuda_graph, o.compile, o.clip_grad) == (amp, channels_last, graph, compile, 40.0)
 
 
