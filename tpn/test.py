@@ -246,7 +246,7 @@ def run_test(args: argparse.Namespace, env: DistEnv) -> EvalReport:
                     keep_scores=args.per_video is not None)  # fmt: skip
 
 
-def write_outputs(report: EvalReport, args: argparse.Namespace) -> None:
+def write_reports(report: EvalReport, args: argparse.Namespace) -> None:
     if args.out:
         settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
         atomic_write_json(args.out, {**report.to_dict(), "settings": settings})
@@ -269,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         shutdown()
     if env.is_main:
         print(report.table())
-        write_outputs(report, args)
+        write_reports(report, args)
     return 0
 
 
