@@ -614,16 +614,16 @@ class ClipLoader:
         views = [_as_torch(o) for o in outputs]
         device = views[0].device
         order = host["gather"]  # (N, C*F) image number of every clip position
-        gather = torch.from_numpy(order).to(device)
         labels = torch.from_numpy(host["labels"]).to(device, non_blocking=True)
         n, f = order.shape[0], self.clip.frames
         if self.mode == "train":
             x = views[0]  # (images, H, W, 3); already in clip order unless a short video repeats frames
             if not np.array_equal(order.ravel(), np.arange(order.size)):
-                x = x[gather.flatten()]
+                x = x[torch.from_numpy(order.ravel()).to(device)]
             clips = x.view(n, f, *x.shape[1:]).permute(0, 4, 1, 2, 3)  # (N, 3, F, H, W), channels_last_3d
         else:
             c = self.clip.num_test_clips
+            gather = torch.from_numpy(order).to(device)
             per_view = [v[gather].view(n, c, f, *v.shape[1:]).permute(0, 1, 5, 2, 3, 4) for v in views]
             clips = torch.stack(per_view, dim=2).flatten(1, 2)  # (N, C*V', 3, F, H, W), clips-major
         if not self.return_keys:

@@ -580,9 +580,7 @@ class ShardSet:
         """Bytes of one member: "video", "meta" (the json), "lbl" or "frames"."""
         ix = self.index
         if name == "video":
-            if self.is_frames:
-                raise ShardReadError(f"{self.where(index)} is a frame-shard sample: read its frames with frame_bytes")
-            return self.read(index, int(ix.video_off[index]), int(ix.video_size[index]), "member .video")
+            return self.read_many([self._video_request(index)])[0]
         if name == "meta":
             return self.read(index, int(ix.json_off[index]), int(ix.json_size[index]), "member .json")
         if name == "lbl":
@@ -611,11 +609,13 @@ class ShardSet:
 
     def videos(self, indices: Sequence[int]) -> list[np.ndarray]:
         """The encoded videos of several samples, read in one batch of requests."""
-        if self.is_frames:
-            raise ShardReadError(f"{self.where(indices[0])} is a frame-shard sample: read its frames with frame_bytes")
-        ix = self.index
-        blobs = self.read_many([(i, int(ix.video_off[i]), int(ix.video_size[i]), "member .video") for i in indices])
+        blobs = self.read_many([self._video_request(i) for i in indices])
         return [np.frombuffer(b, dtype=np.uint8) for b in blobs]
+
+    def _video_request(self, index: int) -> tuple[int, int, int, str]:
+        if self.is_frames:
+            raise ShardReadError(f"{self.where(index)} is a frame-shard sample: read its frames with frame_bytes")
+        return index, int(self.index.video_off[index]), int(self.index.video_size[index]), "member .video"
 
     def video(self, index: int) -> np.ndarray:
         return self.videos([index])[0]

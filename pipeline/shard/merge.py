@@ -76,8 +76,7 @@ def _check_parts(folders: list[Path], manifests: list[dict], allow_missing: bool
 
 def _place(src: Path, dst: Path, copy: bool) -> None:
     """Link (or copy) `src` to `dst` through a temp name."""
-    tmp = temp_path(dst)
-    tmp.unlink(missing_ok=True)
+    tmp = temp_path(dst)  # unique: nothing to clear first
     if not copy:
         try:
             os.link(src, tmp)
