@@ -137,10 +137,11 @@ for s in $STAGES; do
     infer|data|pipeline) stage "$s" 360 "$PY" -m benchmarks --only "$s" --results "$OUT/results" ;;
     variants) stage variants 300 "$PY" -m benchmarks.loader_variants \
                 --name "$(date +%F)-$("$PY" -c 'from benchmarks.__main__ import device_slug; print(device_slug())')-loader_variants" ;;
+    # the benchmark shards hold one (train) split: validation and test read every shard of it
     trainrun) stage trainrun 420 "$PY" -m tpn.train tpn_r50_f8s8 --train "$DATA/shards-jpeg" --val "$DATA/shards-jpeg" \
-                --out "$OUT/run" --epochs 2 --batch-size 16 --no-progress
+                --val-split all --out "$OUT/run" --epochs 2 --batch-size 16 --no-progress
               stage testrun 300 "$PY" -m tpn.test tpn_r50_f8s8 --checkpoint "$OUT/run/best.pth" \
-                --shards "$DATA/shards-jpeg" --out "$OUT/run/test.json" ;;
+                --shards "$DATA/shards-jpeg" --split all --out "$OUT/run/test.json" ;;
     export) export -f export_check; export PY OUT DATA; stage export 540 bash -c export_check ;;
     demo) stage demo 420 "$PY" -m tpn.demo --size smoke --out /tmp/tpn-demo-gpu ;;
     *) echo "unknown stage $s (env tests train infer data pipeline variants trainrun export demo)"; status=2 ;;

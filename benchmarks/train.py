@@ -674,7 +674,7 @@ def compile_only(plan: Plan) -> list[dict]:
         out.append({"mode": mode, "batch": plan.batch, "ran_as": report["mode"], "compile": report["compile"],
                     "compile_options": report["compile_options"], "compile_s": report["compile_s"],
                     "problem": mode_problem(spec.requested, report, c.calls)})  # fmt: skip
-        print(f"  {mode}: compiled in {report['compile_s']:.1f} s, ran as {report['ran_as']}", flush=True)
+        print(f"  {mode}: compiled in {_f(report['compile_s'], '.1f')} s, ran as {report['mode']}", flush=True)
         del c
         free_device_memory(plan.device)
     return out
