@@ -55,7 +55,7 @@ class Settings:
     tiny: bool = False
     configs: tuple[str, ...] = tuple(CONFIGS)
     batch_size: int = 8
-    batches: int = 12  # timed; with 2 warm-up batches they fit in one DALI epoch of the default data
+    batches: int = 10  # timed; after the warm-up they fit in one epoch of the default data (see `measure`)
     rounds: int = 3
     workers: int = len(os.sched_getaffinity(0))
     device: str = "cpu"
@@ -73,6 +73,11 @@ class Settings:
 
 
 # ----------------------------------------------------------------------------- data
+
+
+def default_data_dir(tiny: bool = False) -> Path:
+    """Where the benchmarks cache their synthetic videos and shards (one cache for all of them)."""
+    return Path(tempfile.gettempdir()) / ("tpn-bench-data-tiny" if tiny else "tpn-bench-data-grain")
 
 
 def bench_shards(s: Settings, codec: str = "vp9") -> Path:
@@ -218,18 +223,29 @@ def worker_time_split(before: dict, after: dict, who: str, wall: float) -> dict:
             "worker_idle": max(0.0, 1 - (run + wait) / span)}
 
 
-def warmup_batches(who: str, s: Settings) -> int:
+def warmup_batches(who: str, workers: int) -> int:
     """Untimed batches: more than the loader can hold ready, so timing starts in the steady state.
 
     The DataLoader keeps prefetch_factor (2) batches per worker queued; DALI keeps its
-    prefetch depth (2). Timing right after a short warm-up would count queued batches
+    prefetch depth (2) decoded ahead (the host's read-ahead holds bytes only, not
+    decoded batches). Timing right after a short warm-up would count queued batches
     as if they were produced in the timed window.
     """
-    return (2 * s.workers if who == "reference" else 3) + 2  # ClipLoader: DALI's 2 + the host's read-ahead
+    return (2 * workers if who == "reference" else DALI_PREFETCH) + 2
 
 
-def measure(batches, who: str, s: Settings, warmup: int = 2) -> dict:
-    """clips/s, CPU ms per clip and the workers' time split over `s.batches` batches after `warmup`."""
+DALI_PREFETCH = 2  # ClipLoader's default prefetch depth
+
+
+def measure(batches, who: str, s: Settings, warmup: int = 2, epoch_batches: int | None = None) -> dict:
+    """clips/s, CPU ms per clip and the workers' time split over `s.batches` batches after `warmup`.
+
+    Every round starts a fresh loader at epoch 0. When warm-up and timed batches
+    do not fit in one epoch (`epoch_batches`), the window includes a new epoch's
+    start (a fresh DALI pipeline or DataLoader workers, refilled queues): the row
+    then says so (`crosses_epoch`), and its thread statistics are left out (the
+    new epoch's threads did not exist when the window opened).
+    """
     for _ in range(warmup):
         next(batches)
     sched0, cpu0, t0 = thread_schedstats(), tree_cpu_seconds(), time.perf_counter()
@@ -242,7 +258,9 @@ def measure(batches, who: str, s: Settings, warmup: int = 2) -> dict:
     wall, cpu = time.perf_counter() - t0, tree_cpu_seconds() - cpu0
     split = worker_time_split(sched0, thread_schedstats(), who, wall)
     n = s.batches * s.batch_size
-    return {"clips_per_s": n / wall, "cpu_ms_per_clip": 1000 * cpu / n, **split}
+    crosses = epoch_batches is not None and warmup + s.batches > epoch_batches
+    return {"clips_per_s": n / wall, "cpu_ms_per_clip": 1000 * cpu / n, "crosses_epoch": crosses,
+            **({} if crosses else split)}
 
 
 def bench_config(name: str, shards: dict[str, Path], data: dict[str, ShardSet], decoder: dict,
@@ -254,9 +272,10 @@ def bench_config(name: str, shards: dict[str, Path], data: dict[str, ShardSet], 
     for _ in range(s.rounds):  # interleaved, so load from other processes hits all alike
         for who, make, codec in contenders:
             gen = make(shards[codec], spec, s)
-            runs[who].append(measure(gen, who, s, warmup=warmup_batches(who, s)))
+            runs[who].append(measure(gen, who, s, warmup=warmup_batches(who, s.workers),
+                                     epoch_batches=len(data[codec]) // s.batch_size))
             gen.close()
-    med = {who: {k: statistics.median(r[k] for r in rs) for k in set.intersection(*map(set, rs))}
+    med = {who: {k: statistics.median(r[k] for r in rs) for k in set.intersection(*map(set, rs)) - {"crosses_epoch"}}
            for who, rs in runs.items()}
     per_clip = mean_frames_decoded(data["vp9"], spec)
     limit = s.workers * decoder["frames_per_cpu_s"] / per_clip
@@ -264,6 +283,7 @@ def bench_config(name: str, shards: dict[str, Path], data: dict[str, ShardSet], 
     return {
         "config": name, "runs": runs, **{f"{who}_{k}": v for who, m in med.items() for k, v in m.items()},
         **{f"{who}_clips_per_s_cpu": v for who, v in cpu_rate.items()},
+        "crosses_epoch": sorted(who for who, rs in runs.items() if any(r["crosses_epoch"] for r in rs)),
         "frames_decoded_per_clip": per_clip,
         "decode_limit_clips_per_s": limit,
         "decode_limit_clips_per_s_wall": decoder["frames_per_s_wall"] / per_clip,
@@ -309,10 +329,13 @@ def print_table(rows: list[dict], decoder: dict, workers: int) -> None:
     for r in rows:
         print(f"{r['config']:>5} worker time: "
               + " | ".join(_time_split(r, who) for who in ("dali", "frames", "reference")))
+        if r.get("crosses_epoch"):
+            print(f"{r['config']:>5} note: the timed window of {', '.join(r['crosses_epoch'])} includes an epoch's "
+                  "start (more warm-up + timed batches than one epoch of this data holds)")
 
 
 def _time_split(row: dict, who: str) -> str:
-    if f"{who}_worker_running" not in row:  # DALI threads are replaced each epoch; tiny runs span epochs
+    if f"{who}_worker_running" not in row:  # a window that spans epochs (see `measure`) has none
         return f"{who}: n/a"
     return (f"{who}: running {row[f'{who}_worker_running']:.0%}, waiting for a CPU "
             f"{row[f'{who}_worker_waiting_for_cpu']:.0%}, idle {row[f'{who}_worker_idle']:.0%}")
@@ -380,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.loader import resolve_loader_device
 
     device = resolve_loader_device(args.loader_device)
-    data = args.data or Path(tempfile.gettempdir()) / ("tpn-bench-data-tiny" if args.tiny else "tpn-bench-data-grain")
+    data = args.data or default_data_dir(args.tiny)
     s = Settings(data=data, tiny=args.tiny, configs=tuple(args.configs), batch_size=args.batch_size,
                  batches=args.batches or (2 if args.tiny else 12), rounds=args.rounds or (1 if args.tiny else 3),
                  workers=args.workers, device=device)

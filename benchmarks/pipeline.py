@@ -23,7 +23,6 @@ import argparse
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -31,7 +30,7 @@ import torch
 
 import tpn
 from benchmarks.common import bar_plot, endless, results_path, write_results
-from benchmarks.data import Settings, bench_shards
+from benchmarks.data import Settings, bench_shards, default_data_dir
 from pipeline.cli import add_workers_arg
 from tpn.engine import LossModule, StepOptions, TrainStep, build_optimizer
 
@@ -146,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     args.rounds = args.rounds or (1 if args.tiny else 3)
     if args.tiny:
         args.warmup = min(args.warmup, 2)
-    args.data = args.data or Path(tempfile.gettempdir()) / ("tpn-bench-data-tiny" if args.tiny else "tpn-bench-data-grain")
+    args.data = args.data or default_data_dir(args.tiny)
     payload = run(args)
     print_table(payload)
     name = args.name or ("pipeline_tiny" if args.tiny else "pipeline")

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from benchmarks.__main__ import BENCHES, loader_lines, loader_vs_training
 
@@ -43,9 +44,12 @@ def test_loader_vs_training_compares_8x8_loading_with_the_fastest_training_mode(
 @pytest.mark.slow
 def test_loader_variants_start_with_the_loaders_default_and_run_on_cpu(tmp_path):
     from benchmarks.loader_variants import variants
+    from pipeline.loader import resolve_decoder
 
     gpu = variants(True)
-    assert gpu[0].decoder == "nvdec" and gpu[0].batch_size == 8 and gpu[0].loaders == 1
+    for device, first in (("gpu", gpu[0]), ("cpu", variants(False)[0])):  # the baseline is what "auto" picks
+        assert first.decoder == resolve_decoder("auto", device, first.codec)
+        assert first.batch_size == 8 and first.loaders == 1 and first.threads == 0
     assert {v.codec for v in gpu} == {"vp9", "h264", "jpeg"} and {v.decoder for v in gpu} == {"nvdec", "cpu", "pyav", "nvjpeg"}
     assert {v.hw_load for v in gpu if v.codec == "jpeg"} >= {0.0, 1.0}  # the hardware decoder's share is measured
     assert all(v.decoder in ("cpu", "pyav") for v in variants(False) + variants(False, tiny=True))
@@ -59,8 +63,19 @@ def test_loader_variants_start_with_the_loaders_default_and_run_on_cpu(tmp_path)
 
 
 def test_data_benchmark_warms_up_past_each_loaders_queue(tmp_path):
-    from benchmarks.data import Settings, warmup_batches
+    from benchmarks.data import Settings, measure, warmup_batches
 
-    s = Settings(data=tmp_path, workers=16)
-    # DataLoader: prefetch_factor 2 per worker can be queued; ClipLoader: DALI's prefetch depth of 2 + its read-ahead
-    assert warmup_batches("reference", s) == 34 and warmup_batches("dali", s) == warmup_batches("frames", s) == 5
+    # DataLoader: prefetch_factor 2 per worker can be queued; ClipLoader: DALI's prefetch depth of 2 decoded ahead
+    assert warmup_batches("reference", 16) == 34 and warmup_batches("dali", 16) == warmup_batches("frames", 2) == 4
+    # With the default data (128 videos, batch 8: 16 batches an epoch) and 2 workers, both fit in one epoch
+    s = Settings(data=tmp_path, workers=2)
+    assert max(warmup_batches(w, s.workers) for w in ("dali", "reference")) + s.batches <= 128 // s.batch_size
+
+    def batches():
+        while True:
+            yield torch.zeros(s.batch_size, 1), torch.zeros(s.batch_size)
+
+    fits = measure(batches(), "dali", s, warmup=4, epoch_batches=16)
+    spans = measure(batches(), "dali", s, warmup=7, epoch_batches=16)
+    assert fits["crosses_epoch"] is False and spans["crosses_epoch"] is True
+    assert not any(k.startswith("worker_") for k in spans)  # a spanning window's thread shares are left out
