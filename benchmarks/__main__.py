@@ -22,7 +22,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks import common
+from benchmarks import charts, common
 from benchmarks.tables import data_table, goal_lines, infer_table, pipeline_table, shard_table, train_table
 
 BENCHES = ("shard", "data", "pipeline", "train", "infer")
@@ -74,13 +74,12 @@ TABLES: dict[str, Callable[[dict], list[str]]] = {
 }  # fmt: skip
 
 
-GOAL_LOADER_VS_TRAIN = 1.5  # on a GPU: the loader feeds >= 1.5x what training consumes
 
 
 def loader_vs_training(payloads: dict[str, dict]) -> dict | None:
     """DALI 8x8 clips/s over the fastest training mode's clips/s (the trained model reads 8x8 clips)."""
     data = next((r for r in payloads.get("data", {}).get("results", []) if r["config"] == "8x8"), None)
-    rows = [r for r in payloads.get("train", {}).get("rows", []) if isinstance(r, dict) and r.get("clips_per_s")]
+    rows = [r for r in charts.valid_rows(payloads.get("train", {}).get("rows", [])) if r.get("clips_per_s")]
     if data is None or not rows:
         return None
     best = max(rows, key=lambda r: r["clips_per_s"])
@@ -89,7 +88,7 @@ def loader_vs_training(payloads: dict[str, dict]) -> dict | None:
                     key=lambda t: t[1])
     return {"loader": f"DALI {device}, {fmt}, 8x8", "loader_clips_per_s": rate,
             "train": f"{best['model']} {best['mode']}, batch {best['batch']}", "train_clips_per_s": best["clips_per_s"],
-            "ratio": rate / best["clips_per_s"], "goal": GOAL_LOADER_VS_TRAIN}  # fmt: skip
+            "ratio": rate / best["clips_per_s"], "goal": common.GOAL_LOADER_VS_TRAIN}  # fmt: skip
 
 
 def loader_lines(d: dict | None) -> list[str]:

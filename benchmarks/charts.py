@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks.common import machine_line, save_figure
+from benchmarks.common import GOAL_LOADER_VS_TRAIN, GOAL_TRAIN_SPEEDUP, machine_line, save_figure
 
 # Result files measured before payloads could flag figures: stem -> {series: why it is invalid}.
 KNOWN_INVALID: dict[str, dict[str, str]] = {
@@ -28,8 +28,6 @@ KNOWN_INVALID: dict[str, dict[str, str]] = {
     },
 }
 
-GOAL_LOADER_VS_TRAIN = 1.5  # a GPU loader should feed 1.5x what the fastest training step consumes
-GOAL_TRAIN_SPEEDUP = 3.0  # the fastest training mode against fp32 eager, on an H100
 
 
 class ChartError(ValueError):
@@ -78,12 +76,22 @@ def invalid_series(stem: str, payload: dict) -> dict[str, str]:
     return {**KNOWN_INVALID.get(stem, {}), **payload.get("invalid", {})}
 
 
+def row_problem(r: dict) -> str | None:
+    """Why a row must not be drawn, tabled as valid or picked as a rate: flagged after its run
+    (`invalid`), or it did not run as its name says (`ok: False`, with the run's `problem`)."""
+    if r.get("invalid"):
+        return str(r["invalid"])
+    if r.get("ok") is False:
+        return str(r.get("problem") or "did not run as named")
+    return None
+
+
 def valid_rows(rows: list[dict]) -> list[dict]:
-    return [r for r in rows if not r.get("invalid")]
+    return [r for r in rows if isinstance(r, dict) and row_problem(r) is None]
 
 
 def fastest_training(train: dict) -> dict:
-    rows = valid_rows(train.get("rows", []))
+    rows = [r for r in valid_rows(train.get("rows", [])) if r.get("clips_per_s")]
     if not rows:
         raise ChartError("the training result has no valid rows")
     return max(rows, key=lambda r: r["clips_per_s"])

@@ -15,6 +15,10 @@ from pathlib import Path
 
 from pipeline.fileio import atomic_write, atomic_write_json
 
+# Goals that more than one benchmark, table or chart states (one definition each).
+GOAL_TRAIN_SPEEDUP = 3.0  # the fastest training mode against fp32 eager, on an H100/H200
+GOAL_LOADER_VS_TRAIN = 1.5  # on a GPU: the loader feeds >= 1.5x what the fastest training step consumes
+
 # TPN_BENCH_RESULTS redirects every benchmark's output (smoke runs write outside the repo).
 RESULTS = Path(os.environ.get("TPN_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
 

@@ -20,18 +20,16 @@ stem, a table function from `benchmarks.tables`, optionally a chart function
 from `benchmarks.charts`), then the two marker lines in the README where the
 table belongs, then `python -m benchmarks report`.
 
-JPEG frame shards against VP9 shards: drawn for every result file under the
-results folder that holds a `benchmarks.data` payload whose rows measured both
-formats on the same videos in one run, i.e.
+JPEG frame shards against VP9 shards: a `Block` with `table=frames_table` and
+`chart=charts.format_chart` of a `benchmarks.data` payload whose rows measured
+both formats on the same videos in one run, i.e.
 
     {"machine": {...}, "command": "python -m benchmarks.data ...",
      "settings": {"batch_size": 8, ...}, "videos": 128,
      "results": [{"config": "8x8", "dali_clips_per_s": 47.2,      # VP9 shards
                   "frames_clips_per_s": 95.0, ...}, ...]}         # JPEG frame shards
 
-(a row with `"invalid": "why"` is left out), as `report/formats-<stem>.png`;
-without such a file the report prints a note and draws nothing. Its README
-table is one `Block` with `table=frames_table, chart=format_block_chart("<stem>")`.
+(a row with `"invalid": "why"` is left out).
 
 A figure found invalid after its run is marked, not deleted: `"invalid": "why"`
 on its row, `"invalid": {"<series>": "why"}` on the payload, or an entry in
@@ -110,11 +108,6 @@ def _non_tiny(d: dict) -> dict:
     return {**d, "rows": [r for r in d["rows"] if not r.get("tiny")]}
 
 
-def format_block_chart(stem: str) -> Callable[[Results], charts.Chart]:
-    """The chart function of a frame-shard Block reading results/<stem>.json."""
-    return lambda r: charts.format_chart(r[stem])
-
-
 H100, CPU2, CPU2_DEC = "2026-11-25-h100", "2026-11-25-cpu2", "2026-12-01-cpu2"
 BLOCKS: tuple[Block, ...] = (
     Block(name="h100-train", source=f"{H100}-train-compile", table=lambda d: [*train_table(d), "", *goal_lines(d)],
@@ -132,7 +125,7 @@ BLOCKS: tuple[Block, ...] = (
           chart=lambda r: charts.data_chart(f"{CPU2}-data", r[f"{CPU2}-data"]),
           command=f"python -m benchmarks.data --name {CPU2}-data"),
     Block(name="cpu2-frames", source=f"{CPU2_DEC}-data", table=lambda d: [*frames_table(d), "", *frames_goal_lines(d)],
-          chart=format_block_chart(f"{CPU2_DEC}-data")),
+          chart=lambda r: charts.format_chart(r[f"{CPU2_DEC}-data"])),
     Block(name="cpu2-pipeline", source=f"{CPU2_DEC}-pipeline", table=pipeline_table),
     Block(name="cpu2-scale", source=f"{CPU2_DEC}-scale", table=scale_table),
     Block(name="cpu2-infer", source=f"{CPU2_DEC}-infer", table=lambda d: infer_table(_non_tiny(d)),
@@ -205,14 +198,6 @@ def draw_charts(blocks: tuple[Block, ...], results: Results) -> list[Path]:
     return [charts.draw(b.chart(results), chart_path(results, b.name)) for b in blocks if b.chart is not None]
 
 
-def draw_format_charts(results: Results) -> tuple[list[Path], list[str]]:
-    """Frame shards vs VP9 for every data result with per-format rows; a note when there is none."""
-    stems = [s for s in results.stems() if charts.format_rows(results[s])]
-    if not stems:
-        return [], ["frame shards vs VP9: no data result with frames_clips_per_s rows yet; chart skipped"]
-    return [charts.draw(charts.format_chart(results[s]), chart_path(results, f"formats-{s}")) for s in stems], []
-
-
 # --------------------------------------------------------------------- CLI
 
 
@@ -243,21 +228,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.readme}: {len(bodies)} generated blocks match {args.results}")
             return 0
         new = replace_blocks(text, bodies)
-        drawn, notes = ([], []) if args.no_charts else _all_charts(results)
+        drawn = [] if args.no_charts else draw_charts(BLOCKS, results)
     except (OSError, ReportError, charts.ChartError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     if new != text:
         atomic_write_text(args.readme, new, durable=False)
     print(f"{args.readme}: {len(bodies)} generated blocks {'updated' if new != text else 'already up to date'}")
-    for line in [*(f"chart: {p}" for p in drawn), *(f"note: {n}" for n in notes)]:
-        print(line)
+    for p in drawn:
+        print(f"chart: {p}")
     return 0
-
-
-def _all_charts(results: Results) -> tuple[list[Path], list[str]]:
-    formats, notes = draw_format_charts(results)
-    return [*draw_charts(BLOCKS, results), *formats], notes
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ Used by `python -m benchmarks` (the per-run report) and `benchmarks.report`
 
 from __future__ import annotations
 
+from benchmarks.charts import row_problem
+
 # Modes whose names alone would mislead a reader: what PyTorch actually did in them on a GPU.
 MODE_NOTES = {
     "fp32-eager": "PyTorch defaults: TF32 convolutions",
@@ -27,8 +29,9 @@ def _pct(v, digits: int = 1) -> str:
 
 
 def _name(r: dict, text: str) -> str:
-    """A row's first cell; a row flagged invalid after its run says so (charts leave it out)."""
-    return f"{text} (**invalid**: {r['invalid']})" if r.get("invalid") else str(text)
+    """A row's first cell; a row that is not valid (see `charts.row_problem`) says why (charts leave it out)."""
+    problem = row_problem(r)
+    return f"{text} (**invalid**: {problem})" if problem else str(text)
 
 
 def shard_table(d: dict) -> list[str]:

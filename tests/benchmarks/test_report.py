@@ -75,10 +75,7 @@ def test_check_fails_when_a_result_file_changes_and_report_repairs_the_readme(tm
     assert after.replace("**1.234**", "**1.016**") == before
     assert report.main(["--check", *args]) == 0
     drawn = sorted(p.name for p in (results / "report").glob("*.png"))
-    per_format = [f"formats-{p.stem}.png" for p in results.glob("*.json")
-                  if report.charts.format_rows(json.loads(p.read_text()))]  # data results with frame-shard rows
-    assert per_format  # the 2026-12-01 data run compares JPEG frame shards with VP9
-    assert drawn == sorted([f"{b.name}.png" for b in report.BLOCKS if b.chart is not None] + per_format)
+    assert drawn == sorted(f"{b.name}.png" for b in report.BLOCKS if b.chart is not None)
 
 
 def test_benchmarks_main_dispatches_report():
@@ -176,24 +173,19 @@ def test_infer_chart_keeps_one_model_and_the_chosen_backends():
         charts.infer_chart(RESULTS["2026-11-25-h100-infer"], "no_such_model")
 
 
-def test_frame_shard_chart_appears_only_with_frame_rows(tmp_path):
-    res = report.Results(tmp_path)
-    (tmp_path / "x-data.json").write_text(json.dumps(RESULTS["2026-11-25-cpu2-data"]))
-    drawn, notes = report.draw_format_charts(res)
-    assert drawn == [] and "skipped" in notes[0]
+def test_frame_shard_chart_needs_frame_rows_and_skips_invalid_ones():
+    with pytest.raises(charts.ChartError, match="no frame-shard rows"):
+        charts.format_chart(RESULTS["2026-11-25-cpu2-data"])
     payload = copy.deepcopy(RESULTS["2026-11-25-cpu2-data"])
     for r, frames in zip(payload["results"], [94.4, 50.0, 30.0]):
         r.update(frames_clips_per_s=frames, frames_vs_vp9_wall=frames / r["dali_clips_per_s"], frames_vs_vp9_cpu=1.0,
                  bytes_read_per_clip_vp9=1e5, bytes_read_per_clip_frames=2e5,
                  shard_bytes_per_video_vp9=3e5, shard_bytes_per_video_frames=9e5)  # fmt: skip
     payload["results"][2]["invalid"] = "cache was warm"
-    (tmp_path / "y-data.json").write_text(json.dumps(payload))
     chart = charts.format_chart(payload)
     assert chart.categories == ["8x8", "16x4"] and [s.name for s in chart.series] == ["VP9 shards", "JPEG frame shards"]
     assert chart.series[1].values == [94.4, 50.0] and chart.annotations[0] == "(2.00x VP9)"  # 94.4 / 47.2
     assert data_table(payload)[2].startswith("| 8x8 | 47.2 | 94.4 | 2.00x |")
-    drawn, notes = report.draw_format_charts(res)
-    assert [p.name for p in drawn] == ["formats-y-data.png"] and drawn[0].is_file() and not notes
 
 
 def test_train_table_notes_tf32_only_where_a_gpu_ran_and_precision_table_pairs_rows():
@@ -207,3 +199,15 @@ def test_train_table_notes_tf32_only_where_a_gpu_ran_and_precision_table_pairs_r
                       {"model": "m", "batch": 1, "backend": "torch-bf16", "clips_per_s": 15.0},
                       {"model": "m", "batch": 8, "backend": "torch-fp32", "clips_per_s": 40.0}]}  # fmt: skip
     assert precision_table(infer, "m")[2:] == ["| m | 1 | 10.0 | 15.0 | 1.50x |"]
+
+
+def test_rows_that_did_not_run_as_named_are_not_drawn_and_say_why():
+    from benchmarks.charts import fastest_training, valid_rows
+    from benchmarks.tables import _name
+
+    ok = {"mode": "bf16-cl3d", "clips_per_s": 10.0}
+    fell_back = {"mode": "bf16-cl3d-graph", "clips_per_s": 30.0, "ok": False, "problem": "ran eager"}
+    flagged = {"mode": "fp32-eager", "clips_per_s": 20.0, "invalid": "timer bug"}
+    assert valid_rows([ok, fell_back, flagged]) == [ok]
+    assert fastest_training({"rows": [ok, fell_back, flagged]}) is ok
+    assert _name(fell_back, "graph") == "graph (**invalid**: ran eager)" and _name(ok, "x") == "x"

@@ -39,6 +39,12 @@ def test_loader_vs_training_compares_8x8_loading_with_the_fastest_training_mode(
     assert d["ratio"] == pytest.approx(1.25) and "bf16-cl3d-graph" in d["train"] and "gpu" in d["loader"]
     assert "NOT met" in loader_lines(d)[-1]
     assert loader_vs_training({"data": payloads["data"]}) is None
+    # a faster row that did not run as named (a graph that fell back, a flagged row) is never the training rate
+    payloads["train"]["rows"] += [
+        {"mode": "bf16-cl3d-compile-graph", "model": "tpn_r50_f8s8", "batch": 16, "clips_per_s": 900.0, "ok": False,
+         "problem": "requested compiled-cuda-graph, ran compiled"},
+        {"mode": "bf16-cl3d", "model": "tpn_r50_f8s8", "batch": 16, "clips_per_s": 800.0, "invalid": "timer bug"}]
+    assert loader_vs_training(payloads)["ratio"] == pytest.approx(1.25)
 
 
 @pytest.mark.slow
