@@ -480,8 +480,9 @@ def main(argv: list[str] | None = None) -> int:
         for name, batches in plan(args, gpu):
             tiny = tpn.get_config(name).tiny
             default_rounds = 2 if args.tiny else (20 if gpu else (5 if tiny else 3))
+            warmup = (3 if gpu else 2) if args.warmup is None else args.warmup  # 0 is a choice, not "unset"
             rows += bench_model(
-                name, batches, rounds=args.rounds or default_rounds, warmup=args.warmup or (3 if gpu else 2),
+                name, batches, rounds=args.rounds or default_rounds, warmup=warmup,
                 bf16=native_bf16 or tiny or args.full, threads=threads, log=print,
                 checkpoint=None if tiny and not args.models else args.checkpoint, val=None if tiny and not args.models else val,
                 control=not args.no_control,

@@ -82,6 +82,7 @@ from tpn.engine import (
 )  # fmt: skip
 from pipeline.fileio import atomic_write_bytes
 from tpn.cli import add_device_arg
+from tpn.distributed import DistEnv, resolve_torch_device
 from tpn.layers import set_batchnorm_impl
 
 BASELINE = "fp32-eager"
@@ -455,7 +456,7 @@ class Contender:
             self.step(self.x, self.y)
 
 
-def bench_model(name: str, spec: ModeSpec, device: torch.device) -> nn.Module:
+def make_bench_model(name: str, spec: ModeSpec, device: torch.device) -> nn.Module:
     torch.manual_seed(0)
     model = tpn.create_model(name).to(device)
     if spec.cl3d and tpn.get_config(name).backbone == "slowonly":
@@ -472,7 +473,7 @@ def bench_model(name: str, spec: ModeSpec, device: torch.device) -> nn.Module:
 def make_contender(name: str, mode: str, device: torch.device, batch: int) -> Contender:
     cfg = tpn.get_config(name)
     spec = parse_mode(mode)
-    model = bench_model(name, spec, device)
+    model = make_bench_model(name, spec, device)
     opt = build_optimizer(list(model.parameters()), lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4,
                           device=device)  # fmt: skip
     step = TrainStep(LossModule(model, cfg.recipe.aux_weight), opt, mode_step_options(mode, cfg.backbone == "slowonly"), device)
@@ -709,8 +710,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve(args: argparse.Namespace) -> Plan:
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))  # fmt: skip
+    device = resolve_torch_device(args.device, DistEnv())  # one process: 'cuda' is GPU 0
     gpu = device.type == "cuda"
     name = "tpn_tiny_f8s4" if args.tiny else args.model
     tpn.get_config(name)  # a clear error for unknown names

@@ -51,7 +51,10 @@ def resolve_torch_device(spec: str, env: DistEnv) -> torch.device:
     """
     if spec == "auto":
         spec = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(spec)
+    try:
+        device = torch.device(spec)
+    except RuntimeError:  # torch's message lists every device type it knows
+        raise ValueError(f"unsupported device {spec!r}: use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise RuntimeError(f"--device {spec} asked for a GPU but CUDA is not available; use --device cpu")
