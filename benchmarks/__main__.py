@@ -1,6 +1,6 @@
 """`python -m benchmarks`: every benchmark in one run, sized for the machine, one report.
 
-Runs the shard, data, train and infer benchmarks (each as its own
+Runs the shard, data, pipeline, train and infer benchmarks (each as its own
 `python -m benchmarks.X` command, printed before it runs), then writes
 `benchmarks/results/<date>-<device>.json` (all payloads plus the machine),
 and `<date>-<device>.md` (the tables, each under the command that produced it).
