@@ -164,16 +164,18 @@ def _report(parts: list[tuple], elapsed: float, keep_scores: bool, model: nn.Mod
 # ---------------------------------------------------------------------- shards
 
 
-def shard_source(paths: Sequence[str], split: str | None) -> tuple[str | list[str], str | None]:
+def shard_source(
+    paths: Sequence[str], split: str | None, flag: str = "--split"
+) -> tuple[str | list[str], str | None]:
     """CLI shard arguments -> (ClipLoader source, split).
 
     One folder (or a URL not ending in .tar: a shard folder on object storage)
     reads its `<split>-*.tar` (`pipeline.resolve_split`: "all" = every tar; a
-    split the folder lacks is an error listing those it has); .tar paths are
-    read as given, whatever the split.
+    split the folder lacks is an error listing those it has and naming `flag`,
+    the flag that gave `split`); .tar paths are read as given, whatever the split.
     """
     if len(paths) == 1 and (Path(paths[0]).is_dir() or is_remote(paths[0]) and not str(paths[0]).endswith(".tar")):
-        return str(paths[0]), resolve_split(str(paths[0]), split)
+        return str(paths[0]), resolve_split(str(paths[0]), split, flag)
     return [str(p) for p in paths], None
 
 

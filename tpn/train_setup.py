@@ -33,7 +33,7 @@ def build_loader(make_loader: LoaderFactory, s: TrainSettings, env: DistEnv, whi
     """The "train" loader (shuffled, augmented) or the "val" one (test mode, the views of --val-views)."""
     clip = tpn.get_config(s.model).clip
     paths, split = (s.train, s.train_split) if which == "train" else (s.val, s.val_split)
-    source, split = shard_source(paths, split)
+    source, split = shard_source(paths, split, flag=f"--{which}-split")
     kwargs: dict[str, Any] = dict(
         batch_size=s.batch_size, device=s.loader_device, decoder=s.decoder, seed=s.seed, num_threads=s.workers,
         rank=env.rank, world_size=env.world_size, split=split,

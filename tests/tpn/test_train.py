@@ -1,5 +1,6 @@
 """`tpn.train` end to end on CPU with real shards: exact resume (stopped and killed), NaN stop, CLI."""
 
+import dataclasses
 import json
 import signal
 import subprocess
@@ -206,6 +207,21 @@ def test_cli_errors_name_the_problem(argv, message, capsys, tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)  # relative paths below name nothing that exists
     assert main(argv) == 1
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("which, flag", [("train", "--train-split"), ("val", "--val-split")])
+def test_a_missing_split_names_the_flag_that_chose_it(tmp_path, which, flag):
+    from pipeline import ShardReadError
+    from tpn.distributed import DistEnv
+    from tpn.train_setup import build_loader
+
+    (tmp_path / "test-000000.tar").touch()  # a folder holding only a test split
+    s = small_run(tmp_path, tmp_path / "run", train=(str(tmp_path),), val=(str(tmp_path),))
+    with pytest.raises(ShardReadError, match=rf"splits present: test\. Pass {flag} with one of them"):
+        build_loader(lambda *a, **kw: pytest.fail("no loader for a missing split"), s, DistEnv(), which)
+    built = build_loader(lambda source, clip, **kw: kw["split"], dataclasses.replace(s, **{f"{which}_split": "test"}),
+                         DistEnv(), which)  # fmt: skip
+    assert built == "test"
 
 
 def test_resume_refuses_a_different_batch_size(uninterrupted, capsys):
