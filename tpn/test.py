@@ -208,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", help="zoo model name (see `python -m tpn`)")
     add_checkpoint_arg(p, required=True)
     p.add_argument("--shards", required=True, nargs="+",
-                   help="a shard directory (its val-*.tar if present, else every *.tar) or .tar paths")  # fmt: skip
+                   help="a shard directory (its --split shards) or .tar paths, read as given")  # fmt: skip
     add_split_arg(p, of="a --shards folder")
     p.add_argument("--flip", action="store_true", help="add horizontally flipped views (doubles the views)")
     p.add_argument("--clips", type=int, help="temporal clips per video for dense sampling (default: the config's)")

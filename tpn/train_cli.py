@@ -44,12 +44,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_data_args(g: argparse._ArgumentGroup) -> None:
-    g.add_argument("--train", nargs="+", help="training shards: a shard directory (its train-*.tar if any) or .tar paths")
-    g.add_argument("--val", nargs="+", help="validation shards (a directory's val-*.tar if any); omit to skip validation")
-    g.add_argument("--train-split", help="split prefix used inside a --train directory (default: train)")
-    g.add_argument("--val-split", help="split prefix used inside a --val directory (default: val)")
+    g.add_argument("--train", nargs="+",
+                   help="training shards: a shard directory (its --train-split shards) or .tar paths, read as given")
+    g.add_argument("--val", nargs="+", help="validation shards: a shard directory (its --val-split shards) or .tar "
+                   "paths, read as given; omit to skip validation")  # fmt: skip
+    g.add_argument("--train-split", help=_split_help("a --train directory", "train"))
+    g.add_argument("--val-split", help=_split_help("a --val directory", "val"))
     g.add_argument("--out", help="RUN_DIR for checkpoints, metrics, curves and summary (default with --resume: its run)")
     g.add_argument("--resume", help="continue exactly from RUN_DIR (its newest checkpoint) or a step_*.pth file")
+
+
+def _split_help(of: str, default: str) -> str:
+    """The words of pipeline.cli's --split (the same rule, `pipeline.resolve_split`) for tpn.train's two flags."""
+    return (f"which <split>-*.tar of {of} to read (default: {default}); 'all': every shard. A split that is not "
+            "there is an error listing the splits present")  # fmt: skip
 
 
 def _add_recipe_args(r: argparse._ArgumentGroup) -> None:
