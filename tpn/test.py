@@ -29,6 +29,7 @@ import tpn
 from pipeline import ClipSpec, is_remote, resolve_split
 from pipeline.cli import add_split_arg
 from pipeline.fileio import atomic_write_bytes, atomic_write_json
+from tpn.checkpoint import read_checkpoint
 from tpn.cli import add_checkpoint_arg, add_device_args
 from tpn.distributed import DistEnv, env_from_environ, gather_objects, init_distributed, resolve_torch_device, shutdown
 from tpn.metrics import accuracy, average_views
@@ -229,9 +230,10 @@ def run_test(args: argparse.Namespace, env: DistEnv) -> EvalReport:
     cfg = tpn.get_config(args.name)
     device = resolve_torch_device(args.device, env)
     init_distributed(device, env)
-    num_classes = args.num_classes or tpn.checkpoint_classes(args.checkpoint).num_classes or cfg.num_classes
+    ckpt = read_checkpoint(args.checkpoint)  # once: the class count and the weights come from the same dict
+    num_classes = args.num_classes or tpn.checkpoint_classes(ckpt).num_classes or cfg.num_classes
     model = tpn.create_model(args.name, num_classes=num_classes)
-    report = tpn.load_checkpoint(model, args.checkpoint)
+    report = tpn.load_checkpoint(model, ckpt, source_name=args.checkpoint)
     for note in report.notes:
         log.info(note)
     model.to(device)
