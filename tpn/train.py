@@ -40,7 +40,7 @@ from tpn import rundir
 from tpn.distributed import (
     DistEnv, barrier, env_from_environ, gather_objects, init_distributed, resolve_torch_device, shutdown,
 )  # fmt: skip
-from tpn.engine import LossLog, TrainStep, build_optimizer, pin_device_lr, set_lr
+from tpn.engine import LossLog, StepReport, TrainStep, build_optimizer, pin_device_lr, set_lr
 from pipeline.fileio import atomic_write_json
 from tpn.schedule import StepSchedule
 from tpn.test import EvalReport, evaluate
@@ -405,24 +405,27 @@ class Trainer:
             step=self.step_fn.report().to_dict(),
         )  # fmt: skip
         if self.env.is_main:
-            log_step_report(summary.step, on_gpu=self.device.type == "cuda")
+            log_step_report(self.step_fn.report(), on_gpu=self.device.type == "cuda")
             atomic_write_json(self.run_dir / "summary.json", dataclasses.asdict(summary))
             rundir.plot_curves(rundir.read_metrics(self.run_dir), self.run_dir / "curves.png", s.model)
         barrier(self.env)
         return summary
 
 
-def log_step_report(report: dict[str, Any], on_gpu: bool) -> None:
-    """One line on what the training step ran as; a warning when a GPU run did not use its requested graph."""
+def log_step_report(report: StepReport, on_gpu: bool) -> None:
+    """One line on what the training step ran as; a warning when a GPU run fell back from its requested graph.
+
+    A run shorter than the warm-up ran eagerly without falling back (its graph was never due): no warning.
+    """
     compiled = ""
-    if report["compile"]:
-        took = "" if report["compile_s"] is None else f" in {report['compile_s']:.1f} s"
-        compiled = f", compiled with preset {report['compile']}{took}"
-    log.info("training step: %s (requested %s), %d steps: %d graph replays, %d eager%s", report["mode"],
-             report["requested"], report["steps"], report["graph_replays"], report["eager_steps"], compiled)  # fmt: skip
-    if report["requested"] != report["mode"] and report["steps"]:
+    if report.compile:
+        took = "" if report.compile_s is None else f" in {report.compile_s:.1f} s"
+        compiled = f", compiled with preset {report.compile}{took}"
+    log.info("training step: %s (requested %s), %d steps: %d graph replays, %d eager%s", report.mode,
+             report.requested, report.steps, report.graph_replays, report.eager_steps, compiled)  # fmt: skip
+    if report.fell_back and report.steps:
         level = logging.WARNING if on_gpu else logging.INFO
-        log.log(level, "the training step ran as %s, not %s: %s", report["mode"], report["requested"], report["fallback"])
+        log.log(level, "the training step ran as %s, not %s: %s", report.mode, report.requested, report.fallback)
 
 
 def train(
