@@ -18,7 +18,7 @@ from tpn.cli import add_device_args, add_threads_arg
 from tpn.distributed import env_from_environ
 from tpn.engine import COMPILE_PRESETS, DEFAULT_COMPILE
 from tpn.train import NonFiniteLoss, train
-from tpn.train_settings import TrainSettings, read_resume_checkpoint, resolve_settings, resumed_settings
+from tpn.train_settings import BN_IMPLS, TrainSettings, read_resume_checkpoint, resolve_settings, resumed_settings
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,6 +102,9 @@ def _add_execution_args(e: argparse._ArgumentGroup) -> None:
     e.add_argument("--no-compile", dest="compile", action="store_const", const=None, help="do not compile (default)")
     e.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
                    help="channels_last_3d memory format (default: on for 3D models on GPU)")  # fmt: skip
+    e.add_argument("--bn-impl", choices=list(BN_IMPLS),
+                   help="BatchNorm3d kernels: auto (default) runs NDHWC activations on a GPU through PyTorch's "
+                        "channels-last batch-norm kernels (tpn.layers.BatchNorm3d); native is nn.BatchNorm3d's")  # fmt: skip
 
 
 def settings_from_args(args: argparse.Namespace) -> tuple[TrainSettings, dict | None]:
