@@ -1,7 +1,9 @@
 """`tpn.train` end to end on CPU with real shards: exact resume (stopped and killed), NaN stop, CLI."""
 
 import dataclasses
+import itertools
 import json
+import logging
 import signal
 import subprocess
 import sys
@@ -167,6 +169,27 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(shards, tmp_p
     good = read_checkpoint(tmp_path / "step_00000004.pth")
     assert all(torch.isfinite(v).all() for v in good["model"].values() if v.is_floating_point())
     assert step_losses(tmp_path)[5] is None  # recorded (as null) for diagnosis
+
+
+class ShortLoader(PoisonedLoader):
+    """The real loader, except that each epoch ends after `at` batches, before its len()."""
+
+    def __iter__(self):
+        yield from itertools.islice(self.loader, self.at)
+
+
+def test_a_loader_that_runs_out_early_still_ends_its_epochs(shards, tmp_path, caplog):
+    def make_loader(source, clip, *, mode, **kw):
+        return ShortLoader(ClipLoader(source, clip, mode=mode, **kw), at=3)
+
+    with caplog.at_level(logging.WARNING, logger="tpn.train"):
+        summary = train(small_run(shards, tmp_path, val=()), make_loader=make_loader)
+    assert (summary.stopped, summary.steps, summary.epochs_done) == ("completed", 6, 2)
+    epochs = [(r["epoch"], r["step"]) for r in rundir.read_metrics(tmp_path) if r["type"] == "epoch"]
+    assert epochs == [(1, 3), (2, 6)]  # each epoch starts at its first batch, none carried over
+    assert final_state(tmp_path)["progress"] | {"train_time_s": 0} == {
+        "step": 6, "epoch": 2, "batch": 0, "best_top1": None, "best_epoch": None, "last_top1": None, "train_time_s": 0}
+    assert "epoch 1: the training loader gave 3 batches, not the 16 of its len()" in caplog.text
 
 
 def test_cli_reports_a_diverged_run(shards, tmp_path, capsys):
