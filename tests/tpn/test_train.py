@@ -137,6 +137,19 @@ def test_killed_then_stopped_run_resumes_bit_identically(shards, uninterrupted, 
     assert_same_run(uninterrupted, tmp_path)
 
 
+def test_stopped_on_an_epochs_last_batch_then_resumed_matches_the_uninterrupted_run(shards, uninterrupted, tmp_path):
+    """--max-steps on epoch 1's last batch leaves the epoch open; the resumed run ends it (validation) and goes on."""
+    summary = train(small_run(shards, tmp_path, save_every=4, max_steps=16))
+    assert (summary.stopped, summary.steps, summary.epochs_done) == ("max_steps", 16, 0)
+    progress = final_state(tmp_path)["progress"]
+    assert (progress["epoch"], progress["batch"]) == (0, 16)
+    assert [r for r in rundir.read_metrics(tmp_path) if r["type"] == "epoch"] == []  # not validated yet
+    assert main(["--resume", str(tmp_path), "--no-progress"]) == 0
+    epochs = [(r["epoch"], r["step"]) for r in rundir.read_metrics(tmp_path) if r["type"] == "epoch"]
+    assert epochs == [(1, 16), (2, 32)]
+    assert_same_run(uninterrupted, tmp_path)
+
+
 class PoisonedLoader:
     """The real loader, except that training batch `at` carries a NaN (a bad clip or a blown-up input)."""
 
