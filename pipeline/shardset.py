@@ -54,13 +54,14 @@ VERIFY_HINT = "check the shards with `python -m pipeline.verify {dir}` and re-cr
 ALL_SPLITS = "all"  # a split argument meaning every *.tar of the folder
 
 
-def resolve_split(shards: str | Path, split: str | None) -> str | None:
+def resolve_split(shards: str | Path, split: str | None, flag: str = "--split") -> str | None:
     """The split to read from a shard folder or URL: None for every tar (`split` None, "" or "all"),
     else `split`, which must be there.
 
     A split the folder lacks is a `ShardReadError` listing the splits it has,
     never a silent switch to other shards (testing on the training split by
-    mistake looks like a great model).
+    mistake looks like a great model); it tells the user to pass `flag`, the
+    command-line flag that gave `split` (tpn.train has two).
     """
     if split in (None, "", ALL_SPLITS):
         return None
@@ -73,7 +74,7 @@ def resolve_split(shards: str | Path, split: str | None) -> str | None:
         raise ShardReadError(f"no <split>-NNNNNN.tar shards in {shards}: build them with `python -m pipeline.shard`")
     raise ShardReadError(
         f"{shards} has no {split!r} split (no {split}-*.tar); splits present: {', '.join(present)}. "
-        f"Pass --split with one of them (or --split {ALL_SPLITS} for every shard)"
+        f"Pass {flag} with one of them (or {flag} {ALL_SPLITS} for every shard)"
     )
 
 

@@ -309,14 +309,17 @@ def load_checkpoint(
     *,
     strict: bool = True,
     drop_classifier: bool = False,
+    source_name: str | None = None,
 ) -> LoadReport:
     """Load this project's, the original TPN's or mmaction2's weights into a zoo model.
 
     The format is detected from the key names. Loading an mmaction2 TSM
     checkpoint switches the backbone's projection shortcuts to mmaction2's
     unshifted input, so the weights give the outputs they were trained with.
+    `source_name` names an already loaded dict in errors and notes (its file,
+    so a message still says which one); a path names itself.
     """
-    name = _source_name(source)
+    name = source_name or _source_name(source)
     obj = read_checkpoint(source) if isinstance(source, (str, Path)) else source
     sd, outer = extract_state_dict(obj)
     if not sd:

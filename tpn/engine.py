@@ -182,8 +182,9 @@ class StepReport:
 
     @property
     def fell_back(self) -> bool:
-        """After the warm-up: a requested graph is not what runs."""
-        return self.requested != self.mode
+        """A requested graph is not used, for a reason (`fallback`). A run shorter than the
+        warm-up also runs eagerly, but its graph was never due: that is no fallback."""
+        return self.fallback is not None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -174,8 +174,6 @@ class BatchNorm3d(nn.BatchNorm3d):
         if self.training or self.running_mean is None:  # batch statistics, as nn.BatchNorm3d
             factor = self._momentum_factor()
             ops = TORCH_BN_OPS if self.impl == "auto" else REFERENCE_BN_OPS
-            if x4.numel() // x4.size(1) < 2:
-                raise ValueError(f"Expected more than 1 value per channel when training, got input size {tuple(x.shape)}")
             running = (self.running_mean, self.running_var) if self.track_running_stats else (None, None)
             y4 = _BatchNormFromPrimitives.apply(x4, self.weight, self.bias, *running, self.eps, factor, ops)
         else:

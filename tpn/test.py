@@ -29,6 +29,7 @@ import tpn
 from pipeline import ClipSpec, is_remote, resolve_split
 from pipeline.cli import add_split_arg
 from pipeline.fileio import atomic_write_bytes, atomic_write_json
+from tpn.checkpoint import read_checkpoint
 from tpn.cli import add_checkpoint_arg, add_device_args
 from tpn.distributed import DistEnv, env_from_environ, gather_objects, init_distributed, resolve_torch_device, shutdown
 from tpn.metrics import accuracy, average_views
@@ -164,16 +165,18 @@ def _report(parts: list[tuple], elapsed: float, keep_scores: bool, model: nn.Mod
 # ---------------------------------------------------------------------- shards
 
 
-def shard_source(paths: Sequence[str], split: str | None) -> tuple[str | list[str], str | None]:
+def shard_source(
+    paths: Sequence[str], split: str | None, flag: str = "--split"
+) -> tuple[str | list[str], str | None]:
     """CLI shard arguments -> (ClipLoader source, split).
 
     One folder (or a URL not ending in .tar: a shard folder on object storage)
     reads its `<split>-*.tar` (`pipeline.resolve_split`: "all" = every tar; a
-    split the folder lacks is an error listing those it has); .tar paths are
-    read as given, whatever the split.
+    split the folder lacks is an error listing those it has and naming `flag`,
+    the flag that gave `split`); .tar paths are read as given, whatever the split.
     """
     if len(paths) == 1 and (Path(paths[0]).is_dir() or is_remote(paths[0]) and not str(paths[0]).endswith(".tar")):
-        return str(paths[0]), resolve_split(str(paths[0]), split)
+        return str(paths[0]), resolve_split(str(paths[0]), split, flag)
     return [str(p) for p in paths], None
 
 
@@ -206,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", help="zoo model name (see `python -m tpn`)")
     add_checkpoint_arg(p, required=True)
     p.add_argument("--shards", required=True, nargs="+",
-                   help="a shard directory (its val-*.tar if present, else every *.tar) or .tar paths")  # fmt: skip
+                   help="a shard directory (its --split shards) or .tar paths, read as given")  # fmt: skip
     add_split_arg(p, of="a --shards folder")
     p.add_argument("--flip", action="store_true", help="add horizontally flipped views (doubles the views)")
     p.add_argument("--clips", type=int, help="temporal clips per video for dense sampling (default: the config's)")
@@ -227,9 +230,10 @@ def run_test(args: argparse.Namespace, env: DistEnv) -> EvalReport:
     cfg = tpn.get_config(args.name)
     device = resolve_torch_device(args.device, env)
     init_distributed(device, env)
-    num_classes = args.num_classes or tpn.checkpoint_classes(args.checkpoint).num_classes or cfg.num_classes
+    ckpt = read_checkpoint(args.checkpoint)  # once: the class count and the weights come from the same dict
+    num_classes = args.num_classes or tpn.checkpoint_classes(ckpt).num_classes or cfg.num_classes
     model = tpn.create_model(args.name, num_classes=num_classes)
-    report = tpn.load_checkpoint(model, args.checkpoint)
+    report = tpn.load_checkpoint(model, ckpt, source_name=args.checkpoint)
     for note in report.notes:
         log.info(note)
     model.to(device)

@@ -40,7 +40,7 @@ from tpn import rundir
 from tpn.distributed import (
     DistEnv, barrier, env_from_environ, gather_objects, init_distributed, resolve_torch_device, shutdown,
 )  # fmt: skip
-from tpn.engine import LossLog, TrainStep, build_optimizer, pin_device_lr, set_lr
+from tpn.engine import LossLog, StepReport, TrainStep, build_optimizer, pin_device_lr, set_lr
 from pipeline.fileio import atomic_write_json
 from tpn.schedule import StepSchedule
 from tpn.test import EvalReport, evaluate
@@ -113,23 +113,23 @@ def at_max_steps(step: int, s: TrainSettings) -> bool:
     return bool(s.max_steps) and step >= s.max_steps
 
 
-def step_actions(step: int, batch: int, epoch: int, steps_per_epoch: int, pending: int, s: TrainSettings) -> Actions:
-    """The loop's decisions after `step` steps in all, `batch` of them in `epoch`, with `pending` losses unread.
+def step_actions(step: int, epoch: int, loader_done: bool, pending: int, s: TrainSettings) -> Actions:
+    """The loop's decisions after `step` steps in all, in `epoch`, with `pending` losses unread.
 
     | where the run stands                       | flush | end_epoch | validate | save | stop |
     |--------------------------------------------|:-----:|:---------:|:--------:|:----:|:----:|
     | --max-steps reached                        |   x   |           |          |  x   |  x   |
-    | the epoch's end (batch == steps_per_epoch) |   x   |     x     |   (1)    |  x   |      |
+    | the epoch's end (its loader ran out)       |   x   |     x     |   (1)    |  x   |      |
     | a multiple of --save-every                 |   x   |           |          |  x   |      |
     | --log-every losses pending                 |   x   |           |          |      |      |
 
     (1) with --val: every --val-every epochs, and after the last one.
-    A stop on an epoch's last batch leaves the epoch open (no validation);
-    a run resumed there starts by ending it. The loop asks about an epoch's
-    end once its loader has run out.
+    `loader_done`: the epoch's loader has run out, however many batches it
+    gave. A stop on an epoch's last batch leaves the epoch open (no
+    validation); a run resumed there starts by ending it.
     """
     stop = at_max_steps(step, s)
-    end_epoch = batch == steps_per_epoch and not stop
+    end_epoch = loader_done and not stop
     validate = end_epoch and bool(s.val) and ((epoch + 1) % s.val_every == 0 or epoch + 1 == s.epochs)
     save = stop or end_epoch or (bool(s.save_every) and step % s.save_every == 0)
     flush = save or pending >= s.log_every
@@ -231,18 +231,19 @@ class Trainer:
                         stop = self.carry_out(epoch).stop
                         if stop:
                             break
-                else:  # the epoch's end (where a run resumed at it starts)
-                    stop = self.carry_out(epoch).stop
+                else:  # the loader ran out: the epoch's end (where a run resumed at it starts)
+                    self._check_epoch_length(epoch)
+                    stop = self.carry_out(epoch, loader_done=True).stop
                 if stop:
                     break
         finally:
             self.end()
         return self.finish("max_steps" if stop else "completed")
 
-    def carry_out(self, epoch: int) -> Actions:
+    def carry_out(self, epoch: int, loader_done: bool = False) -> Actions:
         """Do what `step_actions` decides for where the run stands now."""
         p = self.progress
-        act = step_actions(p.step, p.batch, epoch, len(self.train_loader), len(self.losses), self.s)
+        act = step_actions(p.step, epoch, loader_done, len(self.losses), self.s)
         if act.flush:
             self.flush()  # the loop's only host sync (DDP: the losses are averaged over ranks)
         if act.end_epoch:
@@ -253,6 +254,13 @@ class Trainer:
         if act.end_epoch:
             self.throughput.restart()  # validation and checkpoint time are not training time
         return act
+
+    def _check_epoch_length(self, epoch: int) -> None:
+        """Say so when a (custom) loader gave fewer batches than its len(): the lr schedule counts len() per epoch."""
+        given, expected = self.progress.batch, len(self.train_loader)
+        if given < expected and self.env.is_main:
+            log.warning("epoch %d: the training loader gave %d batches, not the %d of its len(); the epoch ends here, "
+                        "but the lr schedule counts %d steps per epoch", epoch + 1, given, expected, expected)  # fmt: skip
 
     def _set_lr(self, lr: float) -> None:
         if lr != self._lr_set:
@@ -405,24 +413,27 @@ class Trainer:
             step=self.step_fn.report().to_dict(),
         )  # fmt: skip
         if self.env.is_main:
-            log_step_report(summary.step, on_gpu=self.device.type == "cuda")
+            log_step_report(self.step_fn.report(), on_gpu=self.device.type == "cuda")
             atomic_write_json(self.run_dir / "summary.json", dataclasses.asdict(summary))
             rundir.plot_curves(rundir.read_metrics(self.run_dir), self.run_dir / "curves.png", s.model)
         barrier(self.env)
         return summary
 
 
-def log_step_report(report: dict[str, Any], on_gpu: bool) -> None:
-    """One line on what the training step ran as; a warning when a GPU run did not use its requested graph."""
+def log_step_report(report: StepReport, on_gpu: bool) -> None:
+    """One line on what the training step ran as; a warning when a GPU run fell back from its requested graph.
+
+    A run shorter than the warm-up ran eagerly without falling back (its graph was never due): no warning.
+    """
     compiled = ""
-    if report["compile"]:
-        took = "" if report["compile_s"] is None else f" in {report['compile_s']:.1f} s"
-        compiled = f", compiled with preset {report['compile']}{took}"
-    log.info("training step: %s (requested %s), %d steps: %d graph replays, %d eager%s", report["mode"],
-             report["requested"], report["steps"], report["graph_replays"], report["eager_steps"], compiled)  # fmt: skip
-    if report["requested"] != report["mode"] and report["steps"]:
+    if report.compile:
+        took = "" if report.compile_s is None else f" in {report.compile_s:.1f} s"
+        compiled = f", compiled with preset {report.compile}{took}"
+    log.info("training step: %s (requested %s), %d steps: %d graph replays, %d eager%s", report.mode,
+             report.requested, report.steps, report.graph_replays, report.eager_steps, compiled)  # fmt: skip
+    if report.fell_back and report.steps:
         level = logging.WARNING if on_gpu else logging.INFO
-        log.log(level, "the training step ran as %s, not %s: %s", report["mode"], report["requested"], report["fallback"])
+        log.log(level, "the training step ran as %s, not %s: %s", report.mode, report.requested, report.fallback)
 
 
 def train(

@@ -18,7 +18,7 @@ from tpn.cli import add_device_args, add_threads_arg
 from tpn.distributed import env_from_environ
 from tpn.engine import COMPILE_PRESETS, DEFAULT_COMPILE
 from tpn.train import NonFiniteLoss, train
-from tpn.train_settings import TrainSettings, read_resume_checkpoint, resolve_settings, resumed_settings
+from tpn.train_settings import BN_IMPLS, TrainSettings, read_resume_checkpoint, resolve_settings, resumed_settings
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,12 +44,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_data_args(g: argparse._ArgumentGroup) -> None:
-    g.add_argument("--train", nargs="+", help="training shards: a shard directory (its train-*.tar if any) or .tar paths")
-    g.add_argument("--val", nargs="+", help="validation shards (a directory's val-*.tar if any); omit to skip validation")
-    g.add_argument("--train-split", help="split prefix used inside a --train directory (default: train)")
-    g.add_argument("--val-split", help="split prefix used inside a --val directory (default: val)")
+    g.add_argument("--train", nargs="+",
+                   help="training shards: a shard directory (its --train-split shards) or .tar paths, read as given")
+    g.add_argument("--val", nargs="+", help="validation shards: a shard directory (its --val-split shards) or .tar "
+                   "paths, read as given; omit to skip validation")  # fmt: skip
+    g.add_argument("--train-split", help=_split_help("a --train directory", "train"))
+    g.add_argument("--val-split", help=_split_help("a --val directory", "val"))
     g.add_argument("--out", help="RUN_DIR for checkpoints, metrics, curves and summary (default with --resume: its run)")
     g.add_argument("--resume", help="continue exactly from RUN_DIR (its newest checkpoint) or a step_*.pth file")
+
+
+def _split_help(of: str, default: str) -> str:
+    """The words of pipeline.cli's --split (the same rule, `pipeline.resolve_split`) for tpn.train's two flags."""
+    return (f"which <split>-*.tar of {of} to read (default: {default}); 'all': every shard. A split that is not "
+            "there is an error listing the splits present")  # fmt: skip
 
 
 def _add_recipe_args(r: argparse._ArgumentGroup) -> None:
@@ -94,6 +102,9 @@ def _add_execution_args(e: argparse._ArgumentGroup) -> None:
     e.add_argument("--no-compile", dest="compile", action="store_const", const=None, help="do not compile (default)")
     e.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
                    help="channels_last_3d memory format (default: on for 3D models on GPU)")  # fmt: skip
+    e.add_argument("--bn-impl", choices=list(BN_IMPLS),
+                   help="BatchNorm3d kernels: auto (default) runs NDHWC activations on a GPU through PyTorch's "
+                        "channels-last batch-norm kernels (tpn.layers.BatchNorm3d); native is nn.BatchNorm3d's")  # fmt: skip
 
 
 def settings_from_args(args: argparse.Namespace) -> tuple[TrainSettings, dict | None]:

@@ -34,6 +34,7 @@ RECIPE_FIELDS = ("epochs", "batch_size", "momentum", "nesterov", "weight_decay",
                  "lr_steps", "lr_gamma", "warmup_epochs", "aux_weight")  # fmt: skip
 FIXED_ON_RESUME = ("batch_size", "seed")  # they decide the data order
 NOT_RESUMED = ("max_steps",)  # a stop point of the earlier invocation, not of the run
+BN_IMPLS = ("auto", "native")  # tpn.layers.BatchNorm3d impls a run may pick ("reference" is for tests)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -81,6 +82,7 @@ class TrainSettings:
     amp: bool | None = None  # None: bf16 on GPU, fp32 on CPU
     cuda_graph: bool = True
     channels_last: bool | None = None  # None: on for 3D models on GPU
+    bn_impl: str = "auto"  # tpn.layers.BatchNorm3d: "auto" (channels-last kernels for NDHWC on a GPU) or "native"
     compile: str | None = None  # a tpn.engine.COMPILE_PRESETS name: torch.compile the forward + loss
     progress: bool = True
 
@@ -102,6 +104,7 @@ class TrainSettings:
             (self.val_views in ("single", "protocol"), "--val-views must be 'single' or 'protocol'"),
             (bool(self.train), "--train needs at least one shard directory or .tar"),
             (self.compile in (None, *COMPILE_PRESETS), f"--compile must be one of {', '.join(COMPILE_PRESETS)}"),
+            (self.bn_impl in BN_IMPLS, f"--bn-impl must be one of {', '.join(BN_IMPLS)}"),
         ) if not ok]  # fmt: skip
         if problems:
             raise ValueError("; ".join(problems))

@@ -15,6 +15,7 @@ from torch import nn
 import tpn
 from tpn.distributed import DistEnv
 from tpn.engine import LossModule, StepOptions, cudnn_problem
+from tpn.layers import set_batchnorm_impl
 from tpn.test import shard_source
 from tpn.train_settings import TrainSettings, val_clip_spec
 
@@ -33,7 +34,7 @@ def build_loader(make_loader: LoaderFactory, s: TrainSettings, env: DistEnv, whi
     """The "train" loader (shuffled, augmented) or the "val" one (test mode, the views of --val-views)."""
     clip = tpn.get_config(s.model).clip
     paths, split = (s.train, s.train_split) if which == "train" else (s.val, s.val_split)
-    source, split = shard_source(paths, split)
+    source, split = shard_source(paths, split, flag=f"--{which}-split")
     kwargs: dict[str, Any] = dict(
         batch_size=s.batch_size, device=s.loader_device, decoder=s.decoder, seed=s.seed, num_threads=s.workers,
         rank=env.rank, world_size=env.world_size, split=split,
@@ -46,13 +47,14 @@ def build_loader(make_loader: LoaderFactory, s: TrainSettings, env: DistEnv, whi
 def build_train_model(
     s: TrainSettings, num_classes: int, device: torch.device, channels_last: bool, *, initialise: bool, is_main: bool
 ) -> nn.Module:
-    """The zoo model for the shards' classes; --pretrained/--checkpoint when `initialise` (not when resuming)."""
+    """The zoo model for the shards' classes, its BatchNorm3d impl from --bn-impl; --pretrained/--checkpoint
+    when `initialise` (not when resuming)."""
     cfg = tpn.get_config(s.model)
     if num_classes != cfg.num_classes and is_main:
         log.info("%s: %d classes in the shards (the config has %d): building the classifier for %d",
                  s.model, num_classes, cfg.num_classes, num_classes)  # fmt: skip
     extra = {} if s.dropout is None else {"dropout": s.dropout}
-    model = tpn.create_model(s.model, num_classes=num_classes, **extra)
+    model = set_batchnorm_impl(tpn.create_model(s.model, num_classes=num_classes, **extra), s.bn_impl)
     if initialise and s.pretrained:
         tpn.init_from_imagenet(model, s.pretrained)
     if initialise and s.checkpoint:

@@ -93,3 +93,13 @@ def test_split_and_checkpoint_read_alike_in_test_export_and_benchmarks():
     assert "random weights, and the tool says so" in exported.help and "random weights" in infer_ckpt.help
     for a in (test["checkpoint"], gate["checkpoint"], exported, infer_ckpt):
         assert "the original TPN's or mmaction2's format" in a.help
+
+
+def test_train_split_flags_read_like_the_test_split():
+    # one rule (pipeline.resolve_split): a missing split is an error, 'all' reads every shard
+    train, test = actions(train_parser()), actions(eval_parser())
+    rule = test["split"].help.replace("a --shards folder", "X").replace("default: val", "D")
+    assert train["train_split"].help.replace("a --train directory", "X").replace("default: train", "D") == rule
+    assert train["val_split"].help.replace("a --val directory", "X").replace("default: val", "D") == rule
+    for help_text in (train["train"].help, train["val"].help, test["shards"].help):
+        assert "if any" not in help_text and "if present" not in help_text and "split" in help_text

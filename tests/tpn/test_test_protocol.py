@@ -171,6 +171,16 @@ def test_cli_errors_name_the_problem(shards, checkpoint, tmp_path, capsys):
     assert "tpn_tiny_f8s4" in capsys.readouterr().err  # saved from another model
 
 
+def test_cli_reads_the_checkpoint_once_and_names_it_in_errors(shards, checkpoint, monkeypatch, capsys):
+    loads = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda f, *a, **kw: loads.append(str(f)) or real_load(f, *a, **kw))
+    # a model the weights do not fit: it fails after reading the class count and loading the weights
+    assert main(["tsm_tiny_tpn", "--checkpoint", str(checkpoint), "--shards", str(shards), "--device", "cpu"]) == 1
+    assert loads == [str(checkpoint)]  # the class count and the weights come from one read
+    assert f"error: {checkpoint}: 17 tensor shape(s) differ" in capsys.readouterr().err  # the file, not a dict
+
+
 @pytest.mark.slow
 def test_two_processes_gather_every_video_once(shards, checkpoint, single_process, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",

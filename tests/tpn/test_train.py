@@ -1,6 +1,9 @@
 """`tpn.train` end to end on CPU with real shards: exact resume (stopped and killed), NaN stop, CLI."""
 
+import dataclasses
+import itertools
 import json
+import logging
 import signal
 import subprocess
 import sys
@@ -134,6 +137,19 @@ def test_killed_then_stopped_run_resumes_bit_identically(shards, uninterrupted, 
     assert_same_run(uninterrupted, tmp_path)
 
 
+def test_stopped_on_an_epochs_last_batch_then_resumed_matches_the_uninterrupted_run(shards, uninterrupted, tmp_path):
+    """--max-steps on epoch 1's last batch leaves the epoch open; the resumed run ends it (validation) and goes on."""
+    summary = train(small_run(shards, tmp_path, save_every=4, max_steps=16))
+    assert (summary.stopped, summary.steps, summary.epochs_done) == ("max_steps", 16, 0)
+    progress = final_state(tmp_path)["progress"]
+    assert (progress["epoch"], progress["batch"]) == (0, 16)
+    assert [r for r in rundir.read_metrics(tmp_path) if r["type"] == "epoch"] == []  # not validated yet
+    assert main(["--resume", str(tmp_path), "--no-progress"]) == 0
+    epochs = [(r["epoch"], r["step"]) for r in rundir.read_metrics(tmp_path) if r["type"] == "epoch"]
+    assert epochs == [(1, 16), (2, 32)]
+    assert_same_run(uninterrupted, tmp_path)
+
+
 class PoisonedLoader:
     """The real loader, except that training batch `at` carries a NaN (a bad clip or a blown-up input)."""
 
@@ -166,6 +182,27 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(shards, tmp_p
     good = read_checkpoint(tmp_path / "step_00000004.pth")
     assert all(torch.isfinite(v).all() for v in good["model"].values() if v.is_floating_point())
     assert step_losses(tmp_path)[5] is None  # recorded (as null) for diagnosis
+
+
+class ShortLoader(PoisonedLoader):
+    """The real loader, except that each epoch ends after `at` batches, before its len()."""
+
+    def __iter__(self):
+        yield from itertools.islice(self.loader, self.at)
+
+
+def test_a_loader_that_runs_out_early_still_ends_its_epochs(shards, tmp_path, caplog):
+    def make_loader(source, clip, *, mode, **kw):
+        return ShortLoader(ClipLoader(source, clip, mode=mode, **kw), at=3)
+
+    with caplog.at_level(logging.WARNING, logger="tpn.train"):
+        summary = train(small_run(shards, tmp_path, val=()), make_loader=make_loader)
+    assert (summary.stopped, summary.steps, summary.epochs_done) == ("completed", 6, 2)
+    epochs = [(r["epoch"], r["step"]) for r in rundir.read_metrics(tmp_path) if r["type"] == "epoch"]
+    assert epochs == [(1, 3), (2, 6)]  # each epoch starts at its first batch, none carried over
+    assert final_state(tmp_path)["progress"] | {"train_time_s": 0} == {
+        "step": 6, "epoch": 2, "batch": 0, "best_top1": None, "best_epoch": None, "last_top1": None, "train_time_s": 0}
+    assert "epoch 1: the training loader gave 3 batches, not the 16 of its len()" in caplog.text
 
 
 def test_cli_reports_a_diverged_run(shards, tmp_path, capsys):
@@ -206,6 +243,21 @@ def test_cli_errors_name_the_problem(argv, message, capsys, tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)  # relative paths below name nothing that exists
     assert main(argv) == 1
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("which, flag", [("train", "--train-split"), ("val", "--val-split")])
+def test_a_missing_split_names_the_flag_that_chose_it(tmp_path, which, flag):
+    from pipeline import ShardReadError
+    from tpn.distributed import DistEnv
+    from tpn.train_setup import build_loader
+
+    (tmp_path / "test-000000.tar").touch()  # a folder holding only a test split
+    s = small_run(tmp_path, tmp_path / "run", train=(str(tmp_path),), val=(str(tmp_path),))
+    with pytest.raises(ShardReadError, match=rf"splits present: test\. Pass {flag} with one of them"):
+        build_loader(lambda *a, **kw: pytest.fail("no loader for a missing split"), s, DistEnv(), which)
+    built = build_loader(lambda source, clip, **kw: kw["split"], dataclasses.replace(s, **{f"{which}_split": "test"}),
+                         DistEnv(), which)  # fmt: skip
+    assert built == "test"
 
 
 def test_resume_refuses_a_different_batch_size(uninterrupted, capsys):

@@ -1,6 +1,7 @@
 """The training step: losses, clipping, SGD wiring, lr updates, loss read-back, graph vs eager (GPU)."""
 
 import copy
+import logging
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from tpn.engine import (
     LossLog,
     LossModule,
     StepOptions,
+    StepReport,
     TrainStep,
     build_optimizer,
     compile_options,
@@ -188,6 +190,25 @@ def test_report_of_an_eager_step_that_asked_for_a_graph():
     assert r.fell_back and "need a GPU" in r.fallback and r.compile is None and r.compile_s is None
     plain = tiny_step(StepOptions(cuda_graph=False)).report()
     assert (plain.requested, plain.fallback, plain.fell_back) == ("eager", None, False)
+
+
+@pytest.mark.parametrize(
+    "fallback, warned",
+    [
+        (None, False),  # a GPU run shorter than the warm-up: eager so far, its graph never due
+        ("CUDA graph capture failed (out of memory)", True),
+    ],
+)
+def test_the_run_warns_only_when_the_step_fell_back(caplog, fallback, warned):
+    from tpn.train import log_step_report
+
+    report = StepReport(requested="cuda-graph", mode="eager", steps=2, eager_steps=2, fallback=fallback)
+    assert report.fell_back == warned
+    with caplog.at_level(logging.INFO, logger="tpn.train"):
+        log_step_report(report, on_gpu=True)
+    assert "training step: eager (requested cuda-graph), 2 steps: 0 graph replays, 2 eager" in caplog.text
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == ([f"the training step ran as eager, not cuda-graph: {fallback}"] if warned else [])
 
 
 class FailingCapture:

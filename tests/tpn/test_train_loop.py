@@ -24,41 +24,41 @@ END_VAL = Actions(flush=True, end_epoch=True, validate=True, save=True)
 
 
 @pytest.mark.parametrize(
-    "step, batch, epoch, pending, changes, expected",
+    "step, epoch, done, pending, changes, expected",
     [
-        (3, 3, 0, 3, {}, Actions()),  # nothing to do: the losses stay on the device
-        (4, 4, 0, 4, {}, FLUSH),  # --log-every losses pending
-        (9, 9, 0, 1, {}, Actions()),  # one loss pending: the window was read a step ago
-        (5, 5, 0, 1, {"save_every": 5}, SAVE),  # flushed first: a checkpoint never follows an unread NaN
-        (10, 10, 0, 2, {}, END),  # epoch 1 of 3 with --val-every 2: no validation
-        (20, 10, 1, 2, {}, END_VAL),  # epoch 2
-        (30, 10, 2, 2, {}, END_VAL),  # the last epoch always validates
-        (30, 10, 2, 2, {"val": []}, END),  # nothing to validate on
-        (10, 10, 0, 2, {"val_every": 1}, END_VAL),
-        (10, 10, 0, 2, {"save_every": 5}, END),  # one checkpoint where --save-every meets an epoch end
-        (10, 10, 0, 0, {}, END),  # resumed at an epoch's end: end it (an empty flush reads nothing)
-        (7, 7, 0, 3, {"max_steps": 7}, STOP),
-        (10, 10, 0, 2, {"max_steps": 10}, STOP),  # a stop on the last batch leaves the epoch open
-        (6, 6, 0, 2, {"max_steps": 7, "save_every": 3}, SAVE),
-        (15, 5, 1, 3, {"max_steps": 7}, STOP),  # past the stop point
+        (3, 0, False, 3, {}, Actions()),  # nothing to do: the losses stay on the device
+        (4, 0, False, 4, {}, FLUSH),  # --log-every losses pending
+        (9, 0, False, 1, {}, Actions()),  # one loss pending: the window was read a step ago
+        (5, 0, False, 1, {"save_every": 5}, SAVE),  # flushed first: a checkpoint never follows an unread NaN
+        (10, 0, True, 2, {}, END),  # epoch 1 of 3 with --val-every 2: no validation
+        (20, 1, True, 2, {}, END_VAL),  # epoch 2
+        (30, 2, True, 2, {}, END_VAL),  # the last epoch always validates
+        (30, 2, True, 2, {"val": []}, END),  # nothing to validate on
+        (10, 0, True, 2, {"val_every": 1}, END_VAL),
+        (10, 0, True, 2, {"save_every": 5}, END),  # one checkpoint where --save-every meets an epoch end
+        (10, 0, True, 0, {}, END),  # resumed at an epoch's end: end it (an empty flush reads nothing)
+        (7, 0, True, 3, {}, END),  # a loader that ran out before its len() batches ends the epoch all the same
+        (7, 0, False, 3, {"max_steps": 7}, STOP),
+        (10, 0, True, 2, {"max_steps": 10}, STOP),  # a stop on the last batch leaves the epoch open
+        (6, 0, False, 2, {"max_steps": 7, "save_every": 3}, SAVE),
+        (15, 1, False, 3, {"max_steps": 7}, STOP),  # past the stop point
     ],
 )
-def test_step_actions(step, batch, epoch, pending, changes, expected):
-    assert step_actions(step, batch, epoch, SPE, pending, settings(**changes)) == expected
+def test_step_actions(step, epoch, done, pending, changes, expected):
+    assert step_actions(step, epoch, done, pending, settings(**changes)) == expected
 
 
 def test_decisions_keep_their_invariants_everywhere():
-    grid = itertools.product(range(1, 31), range(0, 5), (None, 5, 10, 13), (0, 3, 10), ((), ("v",)))
-    for step, pending, max_steps, save_every, val in grid:
+    grid = itertools.product(range(1, 31), range(0, 5), (None, 5, 10, 13), (0, 3, 10), ((), ("v",)), (False, True))
+    for step, pending, max_steps, save_every, val, done in grid:
         s = settings(max_steps=max_steps, save_every=save_every, val=list(val))
-        batch, epoch = (step - 1) % SPE + 1, (step - 1) // SPE
-        a = step_actions(step, batch, epoch, SPE, pending, s)
+        a = step_actions(step, (step - 1) // SPE, done, pending, s)
         assert not a.save or a.flush  # losses are read (NaN check) before any checkpoint
         assert not a.stop or a.save  # a stopped run can be resumed from where it stopped
         assert not (a.stop and a.end_epoch)
         assert not a.validate or (a.end_epoch and val)
         assert a.stop == at_max_steps(step, s) == (max_steps is not None and step >= max_steps)
-        assert a.end_epoch == (batch == SPE and not a.stop)
+        assert a.end_epoch == (done and not a.stop)
 
 
 def test_throughput_counts_clips_per_window_and_leaves_out_restarted_time():

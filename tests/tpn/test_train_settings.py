@@ -34,6 +34,8 @@ def test_a_new_run_takes_the_zoo_recipe_under_the_given_settings():
         ({"out": "runs/b"}, {"out": "runs/b"}),
         ({"batch_size": 8, "seed": 0}, {"batch_size": 8, "seed": 0}),  # the same values are fine
         ({"loader_device": "cuda", "workers": 3}, {"loader_device": "cuda", "workers": 3}),
+        ({}, {"bn_impl": "auto"}),
+        ({"bn_impl": "native"}, {"bn_impl": "native"}),  # switching BatchNorm kernels mid-run is allowed
     ],
 )
 def test_resumed_settings_are_the_saved_ones_under_the_given(given, expected):
@@ -49,6 +51,7 @@ def test_resumed_settings_are_the_saved_ones_under_the_given(given, expected):
         ({"seed": 1}, None, "--seed 1 differs from the resumed run's 0"),
         ({}, "tsm_tiny_tpn", "trains 'tpn_tiny_f8s4', not 'tsm_tiny_tpn'"),
         ({"epochs": 0}, None, "--epochs must be >= 1"),
+        ({"bn_impl": "reference"}, None, "--bn-impl must be one of auto, native"),
     ],
 )
 def test_resume_refuses_what_would_break_it(given, name, message):
@@ -78,3 +81,21 @@ def test_only_a_training_checkpoint_can_be_resumed(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such run directory or checkpoint file"):
         read_resume_checkpoint(tmp_path / "elsewhere")
     assert path.exists()
+
+
+def test_bn_impl_comes_from_the_settings_and_survives_a_saved_run(tmp_path):
+    import torch
+
+    from tpn.layers import BatchNorm3d
+    from tpn.train_cli import build_parser, settings_from_args
+    from tpn.train_setup import build_train_model
+
+    s, _ = settings_from_args(build_parser().parse_args([MODEL, "--train", "x", "--out", "y", "--bn-impl", "native"]))
+    assert s.bn_impl == "native" and s.to_dict()["bn_impl"] == "native"  # settings.json and checkpoints keep it
+    for impl in ("native", "auto"):
+        model = build_train_model(TrainSettings.from_dict({**s.to_dict(), "bn_impl": impl}), 8, torch.device("cpu"),
+                                  False, initialise=False, is_main=True)  # fmt: skip
+        bns = [m for m in model.modules() if isinstance(m, BatchNorm3d)]
+        assert bns and {m.impl for m in bns} == {impl}
+    old = {k: v for k, v in saved().items() if k != "bn_impl"}  # settings saved before the flag existed
+    assert resumed_settings(old, {}, None, CKPT).bn_impl == "auto"
