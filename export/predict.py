@@ -302,7 +302,7 @@ def load_classifier(source: Path, name: str) -> Classifier:
 def _artifact_classifier(source: Path, name: str) -> Classifier:
     from export import runtime
     from export.marker import check_marker
-    from export.validate import artifact_metadata, check_artifact_model
+    from export.validate import artifact_metadata, check_artifact_model, check_view_size
 
     meta = artifact_metadata(source)
     check_artifact_model(meta, source, name)
@@ -311,6 +311,8 @@ def _artifact_classifier(source: Path, name: str) -> Classifier:
     except ValueError as e:
         raise ExportError(str(e)) from None
     runner = runtime.load(source)
+    if spec.test_crops != "full":  # full-frame views take each video's own width: no fixed size to check
+        check_view_size(runner, (spec.test_crop, spec.test_crop), name)
     validated = check_marker(source, model=name)
     classes = getattr(runner, "num_classes", None) or int(meta.get("num_classes") or tpn.get_config(name).num_classes)
     note = None

@@ -303,12 +303,14 @@ def check_artifact_weights(meta: dict[str, str], artifact: str | os.PathLike, so
         )
 
 
-def check_view_size(runner: runtime.Runner, views: torch.Tensor, model_name: str) -> None:
-    want, got = tuple(runner.input_shape[-2:]), tuple(views.shape[-2:])
+def check_view_size(runner: runtime.Runner, views_hw: tuple[int, int], model_name: str) -> None:
+    """The artifact must take the (H, W) views the test protocol gives (the gate and export.predict feed them)."""
+    want, got = tuple(runner.input_shape[-2:]), tuple(views_hw)
     if want != got:
         raise ExportError(
             f"the artifact takes {want[0]}x{want[1]} clips but {model_name}'s test protocol gives "
-            f"{got[0]}x{got[1]} views: export with --size test (the Top-1 gate needs the test-protocol size)"
+            f"{got[0]}x{got[1]} views: export with --size test (the Top-1 gate and export.predict feed "
+            "test-protocol views)"
         )
 
 
@@ -387,7 +389,7 @@ def shard_pass(
         ref.append(average_views(r, views))
         labels.append(y.cpu())
         for t in tracks:
-            check_view_size(t.runner, x, model.config.name)
+            check_view_size(t.runner, tuple(x.shape[-2:]), model.config.name)
             a = t.runner(x).float().cpu()
             t.meter.add(a.numpy(), r.numpy())
             t.scores.append(average_views(a, views))

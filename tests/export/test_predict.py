@@ -190,6 +190,17 @@ def test_bad_inputs_are_named(work, tmp_path, capsys):
     assert "no video files" in capsys.readouterr().err
 
 
+def test_an_export_at_the_training_size_is_refused_with_what_to_do(work, tmp_path, capsys):
+    """The test protocol feeds test_crop views; a default (--size train) export takes the training crop."""
+    spec = tpn.get_config(TINY).clip
+    assert spec.crop_size != spec.test_crop
+    train_size = export_onnx(TINY, checkpoint=work["ckpt"], out_dir=tmp_path, size="train", parity_batches=(1,)).path
+    video = next(work["videos"].glob("*.webm"))
+    assert main([train_size, str(video), "--model", TINY]) == 3
+    err = capsys.readouterr().err
+    assert f"takes {spec.crop_size}x{spec.crop_size} clips" in err and "--size test" in err
+
+
 def test_find_videos(tmp_path):
     (tmp_path / "a").mkdir()
     for name in ("a/x.MP4", "a/y.webm", "a/z.txt", "w.bin"):
