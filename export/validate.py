@@ -415,21 +415,24 @@ def view_batches(val_shards: str | os.PathLike, model: nn.Module, *, split: str 
 
 
 def zoo_target(
-    model: nn.Module, source: ModelSource, zoo_checkpoint: bool | None, report: GateReport
-) -> float | None:
-    """The zoo Top-1 to hold the artifact to, or None when the weights are not the zoo's."""
+    model: nn.Module, source: ModelSource, zoo_checkpoint: bool | None
+) -> tuple[float | None, str | None]:
+    """(the zoo Top-1 to hold the artifacts to, or None when the weights are not the zoo's; a note saying why not).
+
+    Raises ExportError when the zoo check is asked for but the zoo publishes
+    no Top-1: the gate calls it before decoding any video.
+    """
     cfg = model.config
     if zoo_checkpoint is False:
-        return None
+        return None, None
     if zoo_checkpoint is None and not source.zoo_weights:
         why = "no checkpoint" if source.checkpoint is None else "the checkpoint's sha256 is not the zoo's"
         if cfg.weights_sha256 is None:
             why = f"the zoo records no weights sha256 for {cfg.name}"
-        report.notes.append(f"zoo Top-1 not checked: {why} (zoo_checkpoint=True forces it)")
-        return None
+        return None, f"zoo Top-1 not checked: {why} (zoo_checkpoint=True forces it)"
     if cfg.top1 is None:
         raise ExportError(f"{cfg.name} has no published Top-1 to check against")
-    return cfg.top1
+    return cfg.top1, None
 
 
 # ----------------------------------------------------------------- entry points
@@ -476,6 +479,7 @@ def gate(
     source = source or loaded
     for meta, art in zip(metas, artifacts):
         check_artifact_weights(meta, art, source)
+    zoo = zoo_target(model, source, zoo_checkpoint) if val_shards is not None else (None, None)
     tracks = [_new_track(a, backend, source, val_shards, thresholds) for a in artifacts]
     on_gpu = any(t.runner.device.type == "cuda" for t in tracks)
     model = model.to(torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu"))
@@ -484,7 +488,7 @@ def gate(
             for t in tracks:
                 synthetic_gate(t.runner, model, t.report, clips=synthetic, seed=seed)
         else:
-            _gate_on_shards(tracks, model, source, val_shards, split, zoo_checkpoint, batch_size, max_videos)
+            _gate_on_shards(tracks, model, val_shards, split, zoo, batch_size, max_videos)
     for t in tracks:
         t.report.seconds = round(time.perf_counter() - t0, 2)
         mark(t.report)
@@ -500,7 +504,8 @@ def _new_track(artifact, backend, source: ModelSource, val_shards, thresholds: T
     return _Track(runner, report, AgreementMeter(artifact_tolerance(runner)))
 
 
-def _gate_on_shards(tracks, model, source, val_shards, split, zoo_checkpoint, batch_size, max_videos) -> None:
+def _gate_on_shards(tracks, model, val_shards, split, zoo: tuple[float | None, str | None], batch_size,
+                    max_videos) -> None:  # fmt: skip
     ref, labels = shard_pass(tracks, model, val_shards=val_shards, split=split, batch_size=batch_size,
                              max_videos=max_videos)  # fmt: skip
     data = {"location": _location(val_shards), "split": split}
@@ -509,9 +514,10 @@ def _gate_on_shards(tracks, model, source, val_shards, split, zoo_checkpoint, ba
         data.update(fingerprint=fp.sha256, fingerprint_kind=fp.kind)
     except ExportError as e:
         data.update(fingerprint=None, fingerprint_kind=str(e))
+    target, note = zoo
     for t in tracks:
         r = t.report
-        target = zoo_target(model, source, zoo_checkpoint, r)
+        r.notes += [note] if note else []
         r.agreement, r.views_per_video = t.meter.result(), model.config.clip.num_test_views
         r.shards, r.protocol = data, protocol_of(model.config.clip)
         judge(r, torch.cat(t.scores)[: len(labels)], ref, labels, zoo_top1=target)

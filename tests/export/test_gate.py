@@ -466,11 +466,26 @@ def test_zoo_target_only_for_the_zoo_weights(work):
     model, ckpt = tpn.create_model(TINY), work["ckpt"]
     _, source = load_model(TINY, ckpt)
     assert not source.zoo_weights
-    r = _report()
-    assert zoo_target(model, source, None, r) is None and "not checked" in r.notes[0]
+    target, note = zoo_target(model, source, None)
+    assert target is None and "not checked" in note
     # a zoo entry that records this checkpoint's sha256 (and a published Top-1)
     model.config = dataclasses.replace(model.config, weights_sha256=sha256_file(ckpt), top1=70.0)
     _, source = load_model(model, ckpt)
     assert source.zoo_weights
-    assert zoo_target(model, source, None, _report()) == 70.0
-    assert zoo_target(model, source, False, _report()) is None
+    assert zoo_target(model, source, None) == (70.0, None)
+    assert zoo_target(model, source, False) == (None, None)
+
+
+def test_a_zoo_check_without_a_published_top1_fails_before_any_video_is_decoded(work, monkeypatch):
+    import export.validate
+
+    assert tpn.get_config(TINY).top1 is None
+
+    def no_pass(*args, **kwargs):
+        raise AssertionError("the shards were read before the settings were checked")
+
+    monkeypatch.setattr(export.validate, "shard_pass", no_pass)
+    with pytest.raises(ExportError, match="no published Top-1"):
+        _gate(work, [work["onnx"].path], zoo_checkpoint=True)
+    (r,) = _gate(work, [work["onnx"].path], val_shards=None, zoo_checkpoint=True, synthetic=2)
+    assert r.mode == "synthetic" and r.passed  # without shards there is no Top-1 to hold to the zoo's
