@@ -36,7 +36,8 @@ marker.
 
 Without shards the gate compares per-clip logits on seeded synthetic clips
 under the artifact's dtype tolerance, and the report says that no accuracy
-was validated.
+was validated. Such a check writes no marker; when it fails it removes an
+earlier one, when it passes it leaves it as it is.
 
     python -m export.validate exports/tpn_r50_f8s8/tpn_r50_f8s8.fp16.onnx --model tpn_r50_f8s8 \\
         --checkpoint ckpt.pth --val-shards shards/k400/
@@ -535,10 +536,17 @@ def validate(artifact: str | os.PathLike, **kwargs) -> GateReport:
 
 
 def mark(report: GateReport) -> None:
-    """Write `<artifact>.validated.json` on a passing gate with shards; remove any earlier one otherwise."""
+    """Write `<artifact>.validated.json` on a passing gate with shards; remove any earlier one on a failure.
+
+    A passing synthetic check says nothing about Top-1, so it neither
+    writes a marker nor takes away one an earlier gate on shards wrote
+    (`check_marker` still tells whether that one holds).
+    """
     marker = validated_marker(report.artifact)
-    if report.mode != "shards" or not report.passed:
+    if not report.passed:
         marker.unlink(missing_ok=True)
+        return
+    if report.mode != "shards":
         return
     if report.shards.get("fingerprint") is None:
         report.notes.append(f"not marked validated: the shards cannot be fingerprinted ({report.shards['fingerprint_kind']})")

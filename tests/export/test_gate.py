@@ -228,9 +228,20 @@ def test_synthetic_gate_passes_faithful_artifacts_and_says_no_accuracy(work):
 
 def test_synthetic_gate_fails_a_damaged_artifact(work, tmp_path):
     bad = damage(work["fp16"].path, tmp_path / f"{TINY}.fp16.onnx", DAMAGED_CONV, 1.5)
+    validated_marker(bad).write_text('{"format": 2}')  # an earlier marker, which a failure must remove
     r = validate(bad, model_name=TINY, checkpoint=work["ckpt"], synthetic=4)
     assert not r.passed and r.failures and r.agreement.worst_excess > 1.0
     assert not validated_marker(bad).exists()
+
+
+def test_a_passing_synthetic_check_keeps_the_marker_of_a_gate_on_shards(work, tmp_path):
+    art = tmp_path / f"{TINY}.onnx"
+    shutil.copy(work["onnx"].path, art)
+    (r,) = _gate(work, [art])
+    assert r.passed and is_validated(art)
+    before = validated_marker(art).read_bytes()
+    assert validate_main([str(art), "--model", TINY, "--checkpoint", str(work["ckpt"])]) == 0  # no --val-shards
+    assert validated_marker(art).read_bytes() == before and is_validated(art)
 
 
 def test_gate_needs_the_weights_the_artifact_came_from(work, tmp_path):
