@@ -280,6 +280,7 @@ class Classifier:
     num_classes: int
     backend: str
     weights_note: str | None = None
+    class_names: list[str] | None = None  # what a checkpoint run in PyTorch records (an artifact records none)
 
 
 def load_classifier(source: Path, name: str) -> Classifier:
@@ -288,7 +289,7 @@ def load_classifier(source: Path, name: str) -> Classifier:
         raise ExportError(f"{source} does not exist: pass an exported .onnx / .engine or a checkpoint")
     if source.name.endswith(ARTIFACT_SUFFIXES):
         return _artifact_classifier(source, name)
-    model, _ = load_model(name, source)
+    model, weights = load_model(name, source)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(device)
 
@@ -296,7 +297,8 @@ def load_classifier(source: Path, name: str) -> Classifier:
         with torch.inference_mode():
             return model(x.to(device)).float()
 
-    return Classifier(logits, model.config.clip, int(model.num_classes), f"pytorch ({device.type})")
+    return Classifier(logits, model.config.clip, int(model.num_classes), f"pytorch ({device.type})",
+                      class_names=weights.class_names)  # fmt: skip
 
 
 def _artifact_classifier(source: Path, name: str) -> Classifier:
@@ -322,21 +324,25 @@ def _artifact_classifier(source: Path, name: str) -> Classifier:
     return Classifier(lambda x: runner(x).float(), spec, classes, f"{runner.backend}, {status}", note)
 
 
-def class_names(classes: str | None, checkpoints: list[Path], num_classes: int) -> tuple[list[str], str]:
-    """Names in label order and where they came from: --classes, else the checkpoint's, else numbers."""
+def class_names(
+    classes: str | None, clf: Classifier, source: Path, checkpoint: Path | None
+) -> tuple[list[str], str]:
+    """Names in label order and where they came from.
+
+    --classes, else those of SOURCE when it is a checkpoint (read when the
+    model was loaded), else those of --checkpoint, else class numbers.
+    """
     names, where = None, None
     if classes:
         names, where = read_class_names(Path(classes)), classes
-    else:
-        for ckpt in checkpoints:
-            names = _checkpoint_names(ckpt)
-            if names:
-                where = str(ckpt)
-                break
+    elif clf.class_names:
+        names, where = clf.class_names, str(source)
+    elif checkpoint is not None and (found := _checkpoint_names(checkpoint)):
+        names, where = found, str(checkpoint)
     if names is None:
-        return [f"class {i}" for i in range(num_classes)], "none found (pass --classes FILE)"
-    if len(names) != num_classes:
-        raise ExportError(f"{where} names {len(names)} classes but the model has {num_classes}")
+        return [f"class {i}" for i in range(clf.num_classes)], "none found (pass --classes FILE)"
+    if len(names) != clf.num_classes:
+        raise ExportError(f"{where} names {len(names)} classes but the model has {clf.num_classes}")
     return names, where
 
 
@@ -461,8 +467,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         source = Path(args.source)
         clf = load_classifier(source, args.model)
-        ckpts = [source] + ([Path(args.checkpoint)] if args.checkpoint else [])
-        names, names_from = class_names(args.classes, ckpts, clf.num_classes)
+        names, names_from = class_names(args.classes, clf, source, Path(args.checkpoint) if args.checkpoint else None)
         videos, skipped, folder = find_videos(args.videos)
     except ExportError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -150,6 +150,20 @@ def test_load_model_errors_name_the_problem(tmp_path):
         load_model("tpn_tiny_f8s4", tmp_path / "missing.pth")
 
 
+def test_load_model_reads_the_checkpoint_once_and_keeps_its_class_names(tmp_path, monkeypatch):
+    model = tpn.create_model("tpn_tiny_f8s4", num_classes=3)
+    ckpt = save_checkpoint(tmp_path / "m.pth", model)
+    obj = torch.load(ckpt, weights_only=True)
+    obj["classes"] = ["walk", "run", "jump"]
+    torch.save(obj, ckpt)
+    reads, real_load = [], torch.load
+    monkeypatch.setattr(torch, "load", lambda f, *a, **kw: reads.append(str(f)) or real_load(f, *a, **kw))
+    loaded, source = load_model("tpn_tiny_f8s4", ckpt)
+    assert reads == [str(ckpt)]
+    assert loaded.num_classes == 3 and source.class_names == ["walk", "run", "jump"] and source.weights == "checkpoint"
+    torch.testing.assert_close(loaded.state_dict(), model.state_dict())
+
+
 def test_cli_unknown_model_name(capsys, tmp_path):
     assert main(["tpn_tiny_f8s5", "--out", str(tmp_path)]) == 3
     err = capsys.readouterr().err

@@ -173,6 +173,18 @@ def test_class_names_come_from_the_checkpoint(work, capsys):
     assert line.startswith(str(video)) and line.count("%") == 5 and "name" in line
 
 
+def test_a_checkpoint_source_is_read_once(work, monkeypatch, capsys):
+    ckpt = work["root"] / "named_once.pth"
+    obj = torch.load(work["ckpt"], weights_only=True)
+    obj["classes"] = [f"label{i}" for i in range(8)]
+    torch.save(obj, ckpt)
+    reads, real_load = [], torch.load
+    monkeypatch.setattr(torch, "load", lambda f, *a, **kw: reads.append(str(f)) or real_load(f, *a, **kw))
+    video = next(work["videos"].glob("*.webm"))
+    assert main([str(ckpt), str(video), "--model", TINY]) == 0
+    assert reads == [str(ckpt)] and "label" in capsys.readouterr().out
+
+
 def test_bad_inputs_are_named(work, tmp_path, capsys):
     video = next(work["videos"].glob("*.webm"))
     assert main([str(tmp_path / "none.onnx"), str(video), "--model", TINY]) == 3
