@@ -29,6 +29,7 @@ Runtime under the `fp16` tolerance, or refused.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import time
@@ -44,6 +45,7 @@ from export.errors import CheckFailed, ExportError
 from export.onnx import INPUT_NAME, add_metadata, onnx_clip_shape, ort_logits, read_metadata, write_model
 from export.outputs import publish
 from export.runtime import open_session
+from export.shards import view_batches
 from export.source import synthetic_clips
 from export.tolerance import FP16, Agreement, Tolerance, compare_logits
 from pipeline import staging_dir
@@ -292,18 +294,14 @@ def shard_clips(
     A view per video (the middle one: a central crop of a central clip)
     spreads calibration over different videos rather than one video's views.
     """
-    from pipeline import ClipLoader, ShardError
-
-    try:
-        loader = ClipLoader(shards, clip, mode="test", batch_size=min(num_clips, 8), split=split)
-    except (ShardError, FileNotFoundError) as e:
-        raise ExportError(f"cannot read calibration shards {shards}: {e}") from None
+    batches = view_batches(shards, clip, batch_size=min(num_clips, 8), split=split, what="calibration shards")
     out: list[np.ndarray] = []
-    for clips, _ in loader:  # (N, V, 3, T, H, W)
-        middle = clips[:, clips.shape[1] // 2].cpu().numpy()
-        out.extend(center_crop(middle, shape[2], shape[3]))
-        if len(out) >= num_clips:
-            break
+    with contextlib.closing(batches):
+        for clips, _ in batches:  # (N, V, 3, T, H, W)
+            middle = clips[:, clips.shape[1] // 2].cpu().numpy()
+            out.extend(center_crop(middle, shape[2], shape[3]))
+            if len(out) >= num_clips:
+                break
     if not out:
         raise ExportError(f"no clips in {shards}")
     return np.ascontiguousarray(np.stack(out[:num_clips]), np.float32)

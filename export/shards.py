@@ -23,10 +23,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from export.errors import ExportError
 from pipeline import (
+    ClipSpec,
     ShardError,
     find_shards,
     index_path,
@@ -51,6 +53,35 @@ def validation_split(shards: str | os.PathLike, split: str | None) -> str | None
         return resolve_split(str(shards) if is_remote(shards) else os.fspath(shards), split)
     except (ShardError, OSError, ImportError) as e:
         raise ExportError(f"validation shards: {e}") from None
+
+
+def view_batches(
+    shards: str | os.PathLike,
+    clip: ClipSpec,
+    *,
+    batch_size: int,
+    split: str | None,
+    what: str,
+    on_open: Callable[[int], None] | None = None,
+) -> Iterator[tuple]:
+    """(clips (N, V, 3, T, H, W), labels) batches of `pipeline.ClipLoader` in test mode.
+
+    Bad shards (when the loader opens them) and undecodable videos (while
+    it iterates) become ExportError naming `what` ("validation shards",
+    "calibration shards") and the folder. `on_open(number of classes)` runs
+    once the shards are open, before any video is decoded. The loader's files
+    are closed when the batches run out, and when the caller stops early
+    and closes the generator (`contextlib.closing`).
+    """
+    from pipeline import ClipLoader
+
+    try:
+        with ClipLoader(shards, clip, mode="test", batch_size=batch_size, split=split) as loader:
+            if on_open is not None:
+                on_open(loader.num_classes)
+            yield from loader
+    except (ShardError, FileNotFoundError) as e:  # DataError, raised while decoding, is a ShardError
+        raise ExportError(f"cannot read {what} {shards}: {e}") from None
 
 
 def shard_fingerprint(shards: str | os.PathLike, split: str | None) -> ShardFingerprint:

@@ -62,7 +62,7 @@ from export import runtime
 from export.errors import EXIT_CODES_HELP, EXIT_FAILED, EXIT_OK, ExportError
 from export.marker import check_marker, write_marker
 from export.outputs import validated_marker, write_json
-from export.shards import shard_fingerprint, validation_split
+from export.shards import shard_fingerprint, validation_split, view_batches
 from export.source import ModelSource, load_model, synthetic_clips
 from export.tolerance import FP16, FP32, Agreement, AgreementMeter, Tolerance
 from pipeline import is_remote
@@ -383,36 +383,27 @@ def shard_pass(
     views = clip.num_test_views
     ref, labels = [], []
     bar = tqdm(total=max_videos, unit="video", desc="gate", disable=None, file=sys.stderr)  # on a terminal only
-    for clips, y in view_batches(val_shards, model, split=split, batch_size=batch_size):
-        bar.update(len(y))
-        x = clips.flatten(0, 1)  # (N * V, 3, T, H, W), video by video
-        r = _torch_forward(model, x).cpu()
-        ref.append(average_views(r, views))
-        labels.append(y.cpu())
-        for t in tracks:
-            check_view_size(t.runner, tuple(x.shape[-2:]), model.config.name)
-            a = t.runner(x).float().cpu()
-            t.meter.add(a.numpy(), r.numpy())
-            t.scores.append(average_views(a, views))
-        if max_videos and sum(len(v) for v in labels) >= max_videos:
-            break
+    batches = view_batches(val_shards, clip, batch_size=batch_size, split=split, what="validation shards",
+                           on_open=lambda n: check_classes(model, n, val_shards))  # fmt: skip
+    with contextlib.closing(batches):
+        for clips, y in batches:
+            bar.update(len(y))
+            x = clips.flatten(0, 1)  # (N * V, 3, T, H, W), video by video
+            r = _torch_forward(model, x).cpu()
+            ref.append(average_views(r, views))
+            labels.append(y.cpu())
+            for t in tracks:
+                check_view_size(t.runner, tuple(x.shape[-2:]), model.config.name)
+                a = t.runner(x).float().cpu()
+                t.meter.add(a.numpy(), r.numpy())
+                t.scores.append(average_views(a, views))
+            if max_videos and sum(len(v) for v in labels) >= max_videos:
+                break
     bar.close()
     if not labels:
         raise ExportError(f"no videos in {val_shards}" + (f" (split {split!r})" if split else ""))
     cut = max_videos or None
     return torch.cat(ref)[:cut], torch.cat(labels)[:cut]
-
-
-def view_batches(val_shards: str | os.PathLike, model: nn.Module, *, split: str | None, batch_size: int) -> Iterator:
-    """ClipLoader test-mode batches, with the loader's data errors turned into gate errors."""
-    from pipeline import ClipLoader, ShardError
-
-    try:
-        loader = ClipLoader(val_shards, model.config.clip, mode="test", batch_size=batch_size, split=split)
-        check_classes(model, loader.num_classes, val_shards)
-        yield from loader
-    except (ShardError, FileNotFoundError) as e:
-        raise ExportError(f"cannot read validation shards {val_shards}: {e}") from None
 
 
 def zoo_target(

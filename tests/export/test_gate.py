@@ -42,7 +42,7 @@ from export.validate import (
 )
 from export.fp16 import head_nodes, node_precisions, tidy_casts, to_fp16
 from export.onnx import export_onnx, read_metadata
-from pipeline import sha256_file
+from pipeline import DataError, sha256_file
 from tpn.checkpoint import save_checkpoint
 from tests.export_helpers import TINY, damage, make_val_shards, scale_initializer, trained_tiny
 
@@ -405,6 +405,54 @@ def test_shard_gate_refuses_views_of_another_size():
     with pytest.raises(ExportError, match="--size test"):
         check_view_size(Fake(), (128, 128), TINY)
     check_view_size(Fake(), (112, 112), TINY)  # the right size passes
+
+
+class BrokenLoader:
+    """A ClipLoader stand-in whose shards open but whose videos stop decoding after `good` batches."""
+
+    closed: list[bool] = []
+
+    def __init__(self, shards, clip, *, batch_size, good=0, **kw):
+        self.clip, self.batch_size, self.good, self.num_classes = clip, batch_size, good, 8
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        BrokenLoader.closed.append(True)
+
+    def __iter__(self):
+        c = self.clip
+        for _ in range(self.good):
+            yield torch.zeros(self.batch_size, c.num_test_views, 3, c.frames, c.test_crop, c.test_crop), torch.zeros(
+                self.batch_size, dtype=torch.long)
+        raise DataError("val-000000.tar, sample v1: DALI could not decode it")
+
+
+@pytest.fixture
+def broken_loader(monkeypatch):
+    import pipeline
+
+    BrokenLoader.closed = []
+    monkeypatch.setattr(pipeline, "ClipLoader", BrokenLoader)
+    return BrokenLoader
+
+
+def test_undecodable_videos_become_export_errors_and_the_loader_is_closed(work, broken_loader, tmp_path):
+    with pytest.raises(ExportError, match="cannot read calibration shards .*could not decode"):
+        to_fp16(work["onnx"].path, out=tmp_path / "m.fp16.onnx", calibration=work["shards"])
+    assert broken_loader.closed == [True] and not (tmp_path / "m.fp16.onnx").exists()
+    with pytest.raises(ExportError, match="cannot read validation shards .*could not decode"):
+        _gate(work, [work["onnx"].path])
+    assert broken_loader.closed == [True, True]
+
+
+def test_calibration_stops_early_and_closes_the_loader(work, broken_loader, monkeypatch, tmp_path):
+    import pipeline
+
+    monkeypatch.setattr(pipeline, "ClipLoader", lambda *a, **kw: BrokenLoader(*a, good=3, **kw))
+    r = to_fp16(work["onnx"].path, out=tmp_path / "m.fp16.onnx", calibration=work["shards"], num_clips=2)
+    assert r.calibration["clips"] == 2 and broken_loader.closed == [True]
 
 
 # ----------------------------------------------------------------- the verdict (pure)
