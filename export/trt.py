@@ -50,7 +50,7 @@ from export.onnx import SIZE_WORDS, add_model_args, export_onnx, onnx_clip_shape
 from export.outputs import default_out_dir, publish, write_json
 from export.runtime import TRT_INSTALL, import_tensorrt
 from export.source import load_model, random_weights_notice
-from pipeline import atomic_write_bytes, staging_dir
+from pipeline import atomic_write_bytes, fsync_file, staging_dir
 
 NO_GPU = (
     "no CUDA GPU is visible (torch.cuda.is_available() is False): TensorRT builds and runs engines on an "
@@ -174,6 +174,7 @@ def build_engine(
     with staging_dir(out.parent) as stage:
         staged = stage / out.name
         staged.write_bytes(plan)
+        fsync_file(staged)  # on disk before its final name, as every published file
         publish([staged], out.parent)
     atomic_write_bytes(cache_path, cache_bytes)
     return TrtReport(
