@@ -25,8 +25,8 @@ from export.errors import CheckFailed, ExportError, MissingDependencyError
 from export.marker import check_marker
 from export.outputs import validated_marker
 from export.shards import shard_fingerprint, validation_split
-from export.source import ModelSource, load_model
-from export.tolerance import FP16
+from export.source import ModelSource, load_model, synthetic_clips
+from export.tolerance import FP16, FP32, compare_logits
 from export.validate import (
     GateReport,
     Thresholds,
@@ -40,8 +40,8 @@ from export.validate import (
     validate,
     zoo_target,
 )
-from export.fp16 import head_nodes, node_precisions, tidy_casts, to_fp16
-from export.onnx import export_onnx, read_metadata
+from export.fp16 import activation_stats, head_nodes, node_precisions, ort_run, tidy_casts, to_fp16
+from export.onnx import export_onnx, onnx_clip_shape, read_metadata
 from pipeline import DataError, sha256_file
 from tpn.checkpoint import save_checkpoint
 from tests.export_helpers import TINY, damage, make_val_shards, scale_initializer, trained_tiny
@@ -79,6 +79,15 @@ def test_fp16_keeps_sensitive_ops_and_classifier_in_fp32(work):
     # no lossy FP32 -> FP16 -> FP32 round trip left between the pool and the classifier
     assert work["fp16"].casts == 2  # the input to FP16, the last features to FP32
     assert read_metadata(model)["precision"] == "fp16-mixed"
+
+
+def test_calibration_run_gives_the_fp32_reference_logits(work):
+    """to_fp16 checks against the logits of its calibration run instead of running the FP32 model again."""
+    model = onnx.load(work["onnx"].path)
+    clips = synthetic_clips(3, onnx_clip_shape(model), mean=(110.0,) * 3, std=(60.0,) * 3)
+    stats, logits = activation_stats(model, clips)
+    assert logits.shape == (3, 8) and stats
+    assert compare_logits(logits, ort_run(model, clips), FP32).passed  # the same FP32 model, fused differently
 
 
 def test_fp16_stays_within_fp16_tolerance(work):
