@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 import tpn
-from export.errors import EXIT_CODES_HELP, EXIT_FAILED, EXIT_OK, ExportError
+from export.errors import EXIT_CODES_HELP, EXIT_FAILED, EXIT_OK, ExportError, positive_int
 from export.outputs import write_json
 from export.source import load_model
 from pipeline import ClipSpec, clip_indices, decode_plan, test_crop_positions
@@ -457,7 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--min-frames", type=int,
         help="videos with fewer frames are listed as too short (default: the frames of one clip)",
     )  # fmt: skip
-    p.add_argument("--max-views", type=int, default=32, help="views per forward pass (default %(default)s)")
+    p.add_argument("--max-views", type=positive_int, default=32, help="views per forward pass (default %(default)s)")
     return p
 
 

@@ -142,11 +142,11 @@ def input_hw(cfg: tpn.ModelConfig, size: str | int | tuple[int, int]) -> tuple[i
                 f"video: pass an explicit size (H, W), e.g. ({clip.test_scale}, {clip.test_scale * 4 // 3})"
             )
         return clip.test_crop, clip.test_crop
-    if isinstance(size, int):
+    if isinstance(size, int) and size > 0:
         return size, size
     if isinstance(size, (tuple, list)) and len(size) == 2 and all(isinstance(s, int) and s > 0 for s in size):
         return int(size[0]), int(size[1])
-    raise ExportError(f"size must be 'train', 'test', an int or (H, W), got {size!r}")
+    raise ExportError(f"size must be 'train', 'test', a positive int or (H, W), got {size!r}")
 
 
 def clip_shape(cfg: tpn.ModelConfig, hw: tuple[int, int]) -> tuple[int, int, int, int]:

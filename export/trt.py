@@ -45,6 +45,7 @@ from export.errors import (
     CheckFailed,
     ExportError,
     MissingDependencyError,
+    positive_int,
 )
 from export.onnx import SIZE_WORDS, add_model_args, export_onnx, onnx_clip_shape, parse_input_size
 from export.outputs import default_out_dir, publish, write_json
@@ -357,8 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="input size, height x width: auto (test crop with --val-shards, else training crop), train, "
         "test, N (N x N) or HxW (e.g. 256x340: height 256, width 340)",
     )  # fmt: skip
-    p.add_argument("--max-batch", type=int, default=32, help="largest batch of the engine's profile (default %(default)s)")
-    p.add_argument("--opt-batch", type=int, default=8, help="batch the engine is tuned for (default %(default)s)")
+    p.add_argument("--max-batch", type=positive_int, default=32, help="largest batch of the engine's profile (default %(default)s)")
+    p.add_argument("--opt-batch", type=positive_int, default=8, help="batch the engine is tuned for (default %(default)s)")
     p.add_argument(
         "--typing", choices=["auto", "strong", "weak"], default="auto",
         help="auto/strong: precision from the FP16 ONNX (TensorRT 11, or 10's STRONGLY_TYPED); "
@@ -366,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--workspace-gib", type=float, default=4.0, help="builder workspace in GiB (default %(default)s)")
     p.add_argument(
-        "--calib-clips", type=int, default=4,
+        "--calib-clips", type=positive_int, default=4,
         help="FP16 calibration clips (from --val-shards, else synthetic; default %(default)s)",
     )  # fmt: skip
     add_gate_args(p)

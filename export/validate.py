@@ -59,7 +59,7 @@ import torch
 from torch import nn
 
 from export import runtime
-from export.errors import EXIT_CODES_HELP, EXIT_FAILED, EXIT_OK, ExportError
+from export.errors import EXIT_CODES_HELP, EXIT_FAILED, EXIT_OK, ExportError, positive_int
 from export.marker import check_marker, write_marker
 from export.outputs import validated_marker, write_json
 from export.shards import shard_fingerprint, validation_split, view_batches
@@ -457,6 +457,8 @@ def gate(
     or input size).
     """
     t0 = time.perf_counter()
+    if batch_size < 1 or (max_videos is not None and max_videos < 1):
+        raise ExportError(f"batch_size and max_videos must be >= 1 (max_videos None: all), got {batch_size}, {max_videos}")
     if isinstance(model_name, str) and checkpoint is None:
         raise ExportError(
             f"the gate needs the weights the artifacts were exported from (--checkpoint): a fresh {model_name} "
@@ -599,8 +601,9 @@ def add_gate_args(p: argparse.ArgumentParser) -> None:
         help="the PyTorch reference must beat chance with binomial p <= this, else the gate refuses "
         "(default %(default)s; 1 turns the check off, for smoke runs only)",
     )  # fmt: skip
-    p.add_argument("--max-videos", type=int, help="stop after this many videos (quick checks; default: all)")
-    p.add_argument("--batch-size", type=int, default=4, help="videos per batch in the gate (default %(default)s)")
+    p.add_argument("--max-videos", type=positive_int, help="stop after this many videos (quick checks; default: all)")
+    p.add_argument("--batch-size", type=positive_int, default=4,
+                   help="videos per batch in the gate (default %(default)s)")  # fmt: skip
     zoo = p.add_mutually_exclusive_group()
     zoo.add_argument(
         "--zoo-checkpoint", dest="zoo_checkpoint", action="store_true", default=None,

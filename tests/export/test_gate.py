@@ -253,6 +253,12 @@ def test_a_passing_synthetic_check_keeps_the_marker_of_a_gate_on_shards(work, tm
     assert validated_marker(art).read_bytes() == before and is_validated(art)
 
 
+def test_gate_refuses_counts_below_one(work):
+    for kw in ({"batch_size": 0}, {"max_videos": 0}, {"max_videos": -3}):
+        with pytest.raises(ExportError, match="must be >= 1"):
+            validate(work["onnx"].path, model_name=TINY, checkpoint=work["ckpt"], val_shards=work["shards"], **kw)
+
+
 def test_gate_needs_the_weights_the_artifact_came_from(work, tmp_path):
     with pytest.raises(ExportError, match="--checkpoint"):
         validate(work["onnx"].path, model_name=TINY)

@@ -63,12 +63,15 @@ def test_input_sizes_and_size_parsing():
     full = dataclasses.replace(cfg, clip=cfg.clip.replace(test_crops="full"))
     with pytest.raises(ExportError, match="explicit size"):
         input_hw(full, "test")
+    for bad in (0, -8, (0, 128)):
+        with pytest.raises(ExportError, match="positive int"):
+            input_hw(cfg, bad)
 
 
 def test_input_sizes_are_height_by_width():
     assert parse_input_size("test") == "test" and parse_input_size("128") == 128
     assert parse_input_size("256x340") == (256, 340)  # height 256, width 340: the tensor's (H, W)
-    for bad in ("auto", "256x", "1x2x3", "wide"):
+    for bad in ("auto", "256x", "1x2x3", "wide", "0", "-8", "0x128"):
         with pytest.raises(argparse.ArgumentTypeError, match=r"HxW \(height x width"):
             parse_input_size(bad)
     assert parse_input_size_or_auto("auto") == "auto" and parse_input_size_or_auto("112x160") == (112, 160)
@@ -199,3 +202,27 @@ def test_cli_without_checkpoint_says_random_weights_first(tmp_path, capsys):
     assert report["weights"] == "random" and report["warning"] == first
     assert report["onnx"]["source"]["weights"] == "random"
     assert read_metadata(out / "baseline_tiny_f8s4.onnx")["weights"] == "random"
+
+
+@pytest.mark.parametrize(
+    "tool, argv, flag",
+    [
+        ("export.onnx", ["tpn_tiny_f8s4", "--size", "0"], "--size"),
+        ("export.onnx", ["tpn_tiny_f8s4", "--batch", "0"], "--batch"),
+        ("export.onnx", ["tpn_tiny_f8s4", "--parity-batches", "1", "0"], "--parity-batches"),
+        ("export.predict", ["m.onnx", "v.mp4", "--model", "tpn_tiny_f8s4", "--max-views", "0"], "--max-views"),
+        ("export.validate", ["m.onnx", "--model", "m", "--checkpoint", "c.pth", "--batch-size", "0"], "--batch-size"),
+        ("export.validate", ["m.onnx", "--model", "m", "--checkpoint", "c.pth", "--max-videos", "0"], "--max-videos"),
+        ("export.trt", ["tpn_tiny_f8s4", "--calib-clips", "-1"], "--calib-clips"),
+        ("export.trt", ["tpn_tiny_f8s4", "--max-batch", "0"], "--max-batch"),
+        ("export.trt", ["tpn_tiny_f8s4", "--max-videos", "x"], "--max-videos"),
+    ],
+)
+def test_counts_and_sizes_below_one_are_usage_errors_naming_the_flag(tool, argv, flag, capsys):
+    import importlib
+
+    with pytest.raises(SystemExit) as err:
+        importlib.import_module(tool).build_parser().parse_args(argv)
+    assert err.value.code == 2
+    message = capsys.readouterr().err
+    assert f"argument {flag}" in message and ">= 1" in message
