@@ -39,7 +39,6 @@ from export.source import (
     clip_shape,
     input_hw,
     load_model,
-    random_weights_notice,
     synthetic_clips,
     torch_logits,
 )
@@ -334,16 +333,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = Path(args.out) if args.out else default_out_dir(args.name)
-    settings = {k: v for k, v in vars(args).items()} | {"out": str(out)}
-    warning = random_weights_notice(args.name, args.checkpoint)
-    if warning:
-        print(warning, flush=True)
-    head = {"settings": settings, "weights": "random" if warning else "checkpoint", "warning": warning}
+    head: dict = {"settings": {k: v for k, v in vars(args).items()} | {"out": str(out)}}
     try:
+        model, source = load_model(args.name, args.checkpoint)
+        head.update(weights=source.weights, warning=source.random_weights_warning())
+        if head["warning"]:
+            print(head["warning"], flush=True)  # the first line, before the export's minutes
         report = export_onnx(
-            args.name, checkpoint=args.checkpoint, out_dir=out, batch=args.batch, size=args.size,
-            opset=args.opset, parity_batches=tuple(args.parity_batches),
-            tolerance=TOLERANCES[args.tolerance], seed=args.seed,
+            model, source=source, out_dir=out, batch=args.batch, size=args.size, opset=args.opset,
+            parity_batches=tuple(args.parity_batches), tolerance=TOLERANCES[args.tolerance], seed=args.seed,
         )  # fmt: skip
     except CheckFailed as e:
         write_json(out / "report.json", {**head, "onnx": e.report, "passed": False})

@@ -44,7 +44,6 @@ from pipeline import (
 class ShardFingerprint:
     sha256: str
     kind: str  # "manifest" or "index files"
-    files: int  # tars covered
 
 
 def validation_split(shards: str | os.PathLike, split: str | None) -> str | None:
@@ -100,7 +99,7 @@ def shard_fingerprint(shards: str | os.PathLike, split: str | None) -> ShardFing
         payload["indexes"] = [hashlib.sha256(read_location(index_path(t))).hexdigest() for t in tars]
         kind = "index files"
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
-    return ShardFingerprint(sha256=hashlib.sha256(blob).hexdigest(), kind=kind, files=len(tars))
+    return ShardFingerprint(sha256=hashlib.sha256(blob).hexdigest(), kind=kind)
 
 
 def _read_json(location):

@@ -30,8 +30,9 @@ class ModelSource:
     num_classes: int
     checkpoint: str | None = None
     checkpoint_sha256: str | None = None
-    zoo_weights: bool = False  # the checkpoint's sha256 is the zoo entry's published one
-    weights: str = "random"  # "random" (no checkpoint), "checkpoint", "zoo" or "module" (a caller's model)
+    # "random" (no checkpoint), "checkpoint", "zoo" (its sha256 is the zoo entry's published one) or "module"
+    # (a caller's model, weights of unknown origin)
+    weights: str = "random"
     class_names: list[str] | None = None  # label order, when the checkpoint records it
 
     def random_weights_warning(self) -> str | None:
@@ -90,17 +91,6 @@ def _read_checkpoint(checkpoint: str | os.PathLike | Mapping, name: str) -> Mapp
         raise ExportError(f"cannot use checkpoint for {name}: {e}") from None
 
 
-def random_weights_notice(name: str, checkpoint: str | os.PathLike | None) -> str | None:
-    """The first line of an export command run without weights (None with a checkpoint or an unknown name)."""
-    if checkpoint is not None:
-        return None
-    try:
-        tpn.get_config(name)
-    except ValueError:
-        return None  # the unknown name is the error to report
-    return RANDOM_WEIGHTS.format(name=name)
-
-
 def _load_weights(model: nn.Module, weights: Mapping, checkpoint: str | os.PathLike | Mapping) -> None:
     try:
         tpn.load_checkpoint(model, weights)
@@ -115,8 +105,8 @@ def _source(model: nn.Module, checkpoint: str | os.PathLike | Mapping | None) ->
     if checkpoint is not None and not isinstance(checkpoint, Mapping):
         src.checkpoint = str(checkpoint)
         src.checkpoint_sha256 = sha256_file(checkpoint)
-        src.zoo_weights = cfg.weights_sha256 is not None and src.checkpoint_sha256 == cfg.weights_sha256
-        src.weights = "zoo" if src.zoo_weights else "checkpoint"
+        zoo = cfg.weights_sha256 is not None and src.checkpoint_sha256 == cfg.weights_sha256
+        src.weights = "zoo" if zoo else "checkpoint"
     elif checkpoint is not None:  # a state dict in memory
         src.weights = "checkpoint"
     return src

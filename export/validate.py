@@ -134,7 +134,6 @@ class GateReport:
     artifact_top1: float | None = None
     torch_top1: float | None = None
     difference: float | None = None  # artifact - PyTorch, in points
-    drop: float | None = None  # PyTorch - artifact, in points (-difference)
     prediction_agreement: float | None = None  # share of videos where both pick the same class
     chance_top1: float | None = None
     chance_p_value: float | None = None
@@ -194,7 +193,6 @@ def judge(
     report.artifact_top1 = accuracy(art, labels)["top1"]
     report.torch_top1 = accuracy(ref, labels)["top1"]
     report.difference = round(report.artifact_top1 - report.torch_top1, 6)
-    report.drop = -report.difference
     report.prediction_agreement = float((art.argmax(1) == ref.argmax(1)).float().mean())
     report.chance_top1 = 100.0 * chance_level(labels, num_classes)
     correct = int((ref.argmax(1) == labels).sum())
@@ -417,7 +415,7 @@ def zoo_target(
     cfg = model.config
     if zoo_checkpoint is False:
         return None, None
-    if zoo_checkpoint is None and not source.zoo_weights:
+    if zoo_checkpoint is None and source.weights != "zoo":
         why = "no checkpoint" if source.checkpoint is None else "the checkpoint's sha256 is not the zoo's"
         if cfg.weights_sha256 is None:
             why = f"the zoo records no weights sha256 for {cfg.name}"
@@ -549,7 +547,7 @@ def mark(report: GateReport) -> None:
     payload = {
         "model": report.model,
         "checkpoint": {"path": str(Path(src.checkpoint).resolve()) if src.checkpoint else None,
-                       "sha256": src.checkpoint_sha256, "zoo_weights": src.zoo_weights},
+                       "sha256": src.checkpoint_sha256, "zoo_weights": src.weights == "zoo"},
         "shards": report.shards,
         "videos": report.videos,
         "protocol": report.protocol,

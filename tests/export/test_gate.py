@@ -539,13 +539,13 @@ def test_judge_refuses_before_judging():
 def test_zoo_target_only_for_the_zoo_weights(work):
     model, ckpt = tpn.create_model(TINY), work["ckpt"]
     _, source = load_model(TINY, ckpt)
-    assert not source.zoo_weights
+    assert source.weights == "checkpoint"
     target, note = zoo_target(model, source, None)
     assert target is None and "not checked" in note
     # a zoo entry that records this checkpoint's sha256 (and a published Top-1)
     model.config = dataclasses.replace(model.config, weights_sha256=sha256_file(ckpt), top1=70.0)
     _, source = load_model(model, ckpt)
-    assert source.zoo_weights
+    assert source.weights == "zoo"
     assert zoo_target(model, source, None) == (70.0, None)
     assert zoo_target(model, source, False) == (None, None)
 

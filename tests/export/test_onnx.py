@@ -18,6 +18,7 @@ from export.onnx import export_onnx, main, onnx_clip_shape, parse_input_size, re
 from export.trt import parse_input_size_or_auto
 from export.source import input_hw, load_model, synthetic_clips
 from export.tolerance import FP16, FP32, Tolerance, compare_logits
+from pipeline import sha256_file
 from tpn.checkpoint import save_checkpoint
 
 TINY = tpn.list_models("*tiny*")
@@ -191,6 +192,22 @@ def test_cli_writes_onnx_and_report(tmp_path, capsys):
     recorded = read_metadata(out / "baseline_tiny_f8s4.onnx")["checkpoint_sha256"]
     assert report["onnx"]["source"]["checkpoint_sha256"] == recorded
     assert "parity vs PyTorch" in capsys.readouterr().out
+
+
+def test_cli_report_says_the_zoo_weights_are_the_zoos(tmp_path, monkeypatch):
+    ckpt = save_checkpoint(tmp_path / "m.pth", tpn.create_model("baseline_tiny_f8s4"))
+    create = tpn.create_model
+
+    def zoo_entry_of_ckpt(name, **kw):  # a zoo entry that publishes this file's sha256
+        model = create(name, **kw)
+        model.config = dataclasses.replace(model.config, weights_sha256=sha256_file(ckpt))
+        return model
+
+    monkeypatch.setattr(tpn, "create_model", zoo_entry_of_ckpt)
+    out = tmp_path / "out"
+    assert main(["baseline_tiny_f8s4", "--checkpoint", str(ckpt), "--out", str(out), "--parity-batches", "2"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["weights"] == "zoo" == report["onnx"]["source"]["weights"] and report["warning"] is None
 
 
 def test_cli_without_checkpoint_says_random_weights_first(tmp_path, capsys):
