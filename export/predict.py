@@ -30,7 +30,6 @@ classified; the exit status is then 1.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -47,7 +46,7 @@ import tpn
 from export.errors import EXIT_CODES_HELP, EXIT_FAILED, EXIT_OK, ExportError, positive_int
 from export.outputs import write_json
 from export.source import load_model
-from pipeline import ClipSpec, clip_indices, decode_plan, test_crop_positions
+from pipeline import ClipSpec, ShardError, clip_indices, decode_plan, parse_classes, test_crop_positions
 
 VIDEO_SUFFIXES = frozenset({
     ".mp4", ".m4v", ".mov", ".webm", ".mkv", ".avi", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts", ".ogv", ".ogg",
@@ -356,12 +355,9 @@ def read_class_names(path: Path) -> list[str]:
         raise ExportError(f"cannot read class names from {path}: {e}") from None
     if path.suffix == ".json":
         try:
-            names = json.loads(text)
-        except ValueError as e:
-            raise ExportError(f"{path} is not valid JSON: {e}") from None
-        if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
-            raise ExportError(f"{path} must be a JSON list of class names in label order")
-        return names
+            return parse_classes(text, str(path))  # the rules of the shards' classes.json
+        except ShardError as e:
+            raise ExportError(str(e)) from None
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import tpn
+from export.errors import ExportError
 from export.onnx import export_onnx
 from export.predict import (
     find_videos,
@@ -111,6 +112,10 @@ def test_top_classes_and_class_files(tmp_path):
     assert read_class_names(tmp_path / "names.txt") == ["walk", "run"]
     (tmp_path / "classes.json").write_text('["a", "b"]')
     assert read_class_names(tmp_path) == ["a", "b"]
+    for bad, why in (('["a", "a"]', "distinct class names"), ('{"a": 0}', "JSON list"), ("[a", "not valid JSON")):
+        (tmp_path / "bad.json").write_text(bad)
+        with pytest.raises(ExportError, match=why):
+            read_class_names(tmp_path / "bad.json")
 
 
 # ----------------------------------------------------------------- a folder of mixed files
