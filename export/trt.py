@@ -19,10 +19,10 @@ and saved after the build, so rebuilds skip most kernel timing.
 Every file made is gated in one pass over the validation shards
 (`export.validate.gate`: the data is decoded and PyTorch runs once), and
 each passing file gets its own `.validated.json`. Without TensorRT or a
-CUDA GPU the CLI still writes, gates and marks the ONNX and FP16 ONNX
-files, lists each file with its gate result, then exits with status 2
-and says what is missing (1 if a gate did not pass); it never claims an
-engine it did not build. Without --checkpoint the first line of the
+CUDA GPU the CLI still writes and gates the ONNX and FP16 ONNX files
+(marking each whose gate passes on --val-shards), lists each file with
+its gate result, then exits with status 2 and says what is missing (1 if
+a gate did not pass); it never claims an engine it did not build. Without --checkpoint the first line of the
 output, and report.json, say that the weights are random.
 """
 
