@@ -1,4 +1,7 @@
-"""What the export needs to know about a shard folder: which splits it holds, and a fingerprint of its data.
+"""What the export needs from a shard folder: which splits it holds, its test views, a fingerprint of its data.
+
+`view_batches` is the one reader of test-protocol views for the Top-1 gate
+and the FP16 calibration, with the loader's errors as ExportError.
 
 A shard folder (a local path or an object-storage URL, through
 `pipeline`'s location functions) written by `pipeline.shard` names its files
