@@ -22,8 +22,9 @@ each passing file gets its own `.validated.json`. Without TensorRT or a
 CUDA GPU the CLI still writes and gates the ONNX and FP16 ONNX files
 (marking each whose gate passes on --val-shards), lists each file with
 its gate result, then exits with status 2 and says what is missing (1 if
-a gate did not pass); it never claims an engine it did not build. Without --checkpoint the first line of the
-output, and report.json, say that the weights are random.
+a gate did not pass); it never claims an engine it did not build.
+Without --checkpoint the first line of the output, and report.json, say
+that the weights are random.
 """
 
 from __future__ import annotations
@@ -358,8 +359,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="input size, height x width: auto (test crop with --val-shards, else training crop), train, "
         "test, N (N x N) or HxW (e.g. 256x340: height 256, width 340)",
     )  # fmt: skip
-    p.add_argument("--max-batch", type=positive_int, default=32, help="largest batch of the engine's profile (default %(default)s)")
-    p.add_argument("--opt-batch", type=positive_int, default=8, help="batch the engine is tuned for (default %(default)s)")
+    p.add_argument("--max-batch", type=positive_int, default=32,
+                   help="largest batch of the engine's profile (default %(default)s)")  # fmt: skip
+    p.add_argument("--opt-batch", type=positive_int, default=8,
+                   help="batch the engine is tuned for (default %(default)s)")  # fmt: skip
     p.add_argument(
         "--typing", choices=["auto", "strong", "weak"], default="auto",
         help="auto/strong: precision from the FP16 ONNX (TensorRT 11, or 10's STRONGLY_TYPED); "

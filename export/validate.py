@@ -407,7 +407,7 @@ def shard_pass(
 def zoo_target(
     model: nn.Module, source: ModelSource, zoo_checkpoint: bool | None
 ) -> tuple[float | None, str | None]:
-    """(the zoo Top-1 to hold the artifacts to, or None when the weights are not the zoo's; a note saying why not).
+    """(zoo Top-1 the artifacts are held to, or None when the weights are not the zoo's; a note saying why not).
 
     Raises ExportError when the zoo check is asked for but the zoo publishes
     no Top-1: the gate calls it before decoding any video.
@@ -456,7 +456,9 @@ def gate(
     """
     t0 = time.perf_counter()
     if batch_size < 1 or (max_videos is not None and max_videos < 1):
-        raise ExportError(f"batch_size and max_videos must be >= 1 (max_videos None: all), got {batch_size}, {max_videos}")
+        raise ExportError(
+            f"batch_size and max_videos must be >= 1 (max_videos=None: every video), got {batch_size}, {max_videos}"
+        )
     if isinstance(model_name, str) and checkpoint is None:
         raise ExportError(
             f"the gate needs the weights the artifacts were exported from (--checkpoint): a fresh {model_name} "
@@ -496,8 +498,7 @@ def _new_track(artifact, backend, source: ModelSource, val_shards, thresholds: T
     return _Track(runner, report, AgreementMeter(artifact_tolerance(runner)))
 
 
-def _gate_on_shards(tracks, model, val_shards, split, zoo: tuple[float | None, str | None], batch_size,
-                    max_videos) -> None:  # fmt: skip
+def _gate_on_shards(tracks, model, val_shards, split, zoo: tuple, batch_size, max_videos) -> None:
     ref, labels = shard_pass(tracks, model, val_shards=val_shards, split=split, batch_size=batch_size,
                              max_videos=max_videos)  # fmt: skip
     data = {"location": _location(val_shards), "split": split}
