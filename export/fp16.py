@@ -29,6 +29,7 @@ Runtime under the `fp16` tolerance, or refused.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import time
@@ -44,6 +45,7 @@ from export.errors import CheckFailed, ExportError
 from export.onnx import INPUT_NAME, add_metadata, onnx_clip_shape, ort_logits, read_metadata, write_model
 from export.outputs import publish
 from export.runtime import open_session
+from export.shards import view_batches
 from export.source import synthetic_clips
 from export.tolerance import FP16, Agreement, Tolerance, compare_logits
 from pipeline import staging_dir
@@ -210,26 +212,37 @@ def float_outputs(model: onnx.ModelProto) -> list[str]:
     return [o for n in model.graph.node for o in n.output if types.get(o) == TensorProto.FLOAT]
 
 
-def activation_stats(model: onnx.ModelProto, clips: np.ndarray, batch: int = 1) -> dict[str, TensorStats]:
-    """Run the FP32 model on `clips` with every intermediate tensor exposed; merge stats over clips."""
+def activation_stats(
+    model: onnx.ModelProto, clips: np.ndarray, batch: int = 1
+) -> tuple[dict[str, TensorStats], np.ndarray]:
+    """Run the FP32 model on `clips` with every intermediate tensor exposed; merge stats over clips.
+
+    Also returns the model's (N, K) logits from the same run, the FP32
+    reference the converted model is checked against.
+    """
     names = float_outputs(model)
     probe = copy.deepcopy(model)
+    logits_name = probe.graph.output[0].name
     known = {o.name for o in probe.graph.output}
     for name in names:
         if name not in known:
             probe.graph.output.append(onnx.helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+    fetch = names if logits_name in names else [*names, logits_name]
     sess = open_session(probe.SerializeToString(), threads=0)
     acc: dict[str, list[float]] = {}  # name -> [max_abs, sum sq, sum sq err, subnormal, size]
+    logits = []
     for i in range(0, len(clips), batch):
-        outs = sess.run(names, {INPUT_NAME: clips[i : i + batch]})
-        for name, value in zip(names, outs):
-            _accumulate(acc.setdefault(name, [0.0, 0.0, 0.0, 0, 0]), value)
-    return {
+        outs = dict(zip(fetch, sess.run(fetch, {INPUT_NAME: clips[i : i + batch]})))
+        logits.append(outs[logits_name])
+        for name in names:
+            _accumulate(acc.setdefault(name, [0.0, 0.0, 0.0, 0, 0]), outs[name])
+    stats = {
         name: TensorStats(
             max_abs=a[0], rel_err=float(np.sqrt(a[2] / a[1])) if a[1] > 0 else 0.0, subnormal=a[3], size=a[4]
         )
         for name, a in acc.items()
     }
+    return stats, np.concatenate(logits)
 
 
 def _accumulate(a: list, value: np.ndarray) -> None:
@@ -292,18 +305,14 @@ def shard_clips(
     A view per video (the middle one: a central crop of a central clip)
     spreads calibration over different videos rather than one video's views.
     """
-    from pipeline import ClipLoader, ShardError
-
-    try:
-        loader = ClipLoader(shards, clip, mode="test", batch_size=min(num_clips, 8), split=split)
-    except (ShardError, FileNotFoundError) as e:
-        raise ExportError(f"cannot read calibration shards {shards}: {e}") from None
+    batches = view_batches(shards, clip, batch_size=min(num_clips, 8), split=split, what="calibration shards")
     out: list[np.ndarray] = []
-    for clips, _ in loader:  # (N, V, 3, T, H, W)
-        middle = clips[:, clips.shape[1] // 2].cpu().numpy()
-        out.extend(center_crop(middle, shape[2], shape[3]))
-        if len(out) >= num_clips:
-            break
+    with contextlib.closing(batches):
+        for clips, _ in batches:  # (N, V, 3, T, H, W)
+            middle = clips[:, clips.shape[1] // 2].cpu().numpy()
+            out.extend(center_crop(middle, shape[2], shape[3]))
+            if len(out) >= num_clips:
+                break
     if not out:
         raise ExportError(f"no clips in {shards}")
     return np.ascontiguousarray(np.stack(out[:num_clips]), np.float32)
@@ -507,12 +516,12 @@ def to_fp16(
         raise ExportError(f"{src} already holds FP16 weights: convert the FP32 export instead")
     out = Path(out) if out is not None else src.with_name(src.name.removesuffix(".onnx") + ".fp16.onnx")
     clips, calib = calibration_clips(calibration, model, num_clips=num_clips, seed=seed, split=split)
-    acts = activation_stats(model, clips)
+    acts, fp32_logits = activation_stats(model, clips)
     reasons = block_reasons(model, acts, data_max=data_max, init_rel_err=init_rel_err, act_rel_err=act_rel_err)
     block = [n for n, why in reasons.items() if not why.startswith("numerically sensitive op")]
     converted = convert(model, block)
     _set_precision_metadata(converted)
-    agreement = compare_logits(ort_run(converted, clips), ort_run(model, clips), tolerance)
+    agreement = compare_logits(ort_run(converted, clips), fp32_logits, tolerance)
     with staging_dir(out.parent) as stage:
         files = write_model(converted, stage / out.name)
         onnx.checker.check_model(str(files[-1]))

@@ -31,7 +31,7 @@ import onnx
 import torch
 from torch import nn
 
-from export.errors import EXIT_CODES_HELP, EXIT_FAILED, EXIT_OK, CheckFailed, ExportError
+from export.errors import EXIT_CODES_HELP, EXIT_FAILED, EXIT_OK, CheckFailed, ExportError, positive_int
 from export.outputs import default_out_dir, publish, write_json
 from export.runtime import open_session
 from export.source import (
@@ -39,7 +39,6 @@ from export.source import (
     clip_shape,
     input_hw,
     load_model,
-    random_weights_notice,
     synthetic_clips,
     torch_logits,
 )
@@ -287,12 +286,10 @@ def parse_input_size(text: str, words: tuple[str, ...] = SIZE_WORDS) -> str | in
         parts = [int(p) for p in text.lower().split("x")]
     except ValueError:
         parts = []
-    if len(parts) == 1:
-        return parts[0]
-    if len(parts) == 2:
-        return parts[0], parts[1]
+    if len(parts) in (1, 2) and min(parts) > 0:
+        return parts[0] if len(parts) == 1 else (parts[0], parts[1])
     raise argparse.ArgumentTypeError(
-        f"size must be {', '.join(words)}, N or HxW (height x width, e.g. 256x340), got {text!r}"
+        f"size must be {', '.join(words)}, N or HxW (height x width, e.g. 256x340; sizes >= 1), got {text!r}"
     )
 
 
@@ -321,9 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="input size, height x width: 'train' (training crop, default), 'test' (test-protocol crop, as "
         "the Top-1 gate needs), N (N x N) or HxW (e.g. 256x340: height 256, width 340)",
     )  # fmt: skip
-    p.add_argument("--batch", type=int, help="fixed batch size (default: dynamic batch dimension)")
+    p.add_argument("--batch", type=positive_int, help="fixed batch size (default: dynamic batch dimension)")
     p.add_argument(
-        "--parity-batches", type=int, nargs="+", default=[1, 3],
+        "--parity-batches", type=positive_int, nargs="+", default=[1, 3],
         help="batch sizes of the ONNX Runtime vs PyTorch check (default: 1 3)",
     )  # fmt: skip
     p.add_argument(
@@ -336,16 +333,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = Path(args.out) if args.out else default_out_dir(args.name)
-    settings = {k: v for k, v in vars(args).items()} | {"out": str(out)}
-    warning = random_weights_notice(args.name, args.checkpoint)
-    if warning:
-        print(warning, flush=True)
-    head = {"settings": settings, "weights": "random" if warning else "checkpoint", "warning": warning}
+    head: dict = {"settings": {k: v for k, v in vars(args).items()} | {"out": str(out)}}
     try:
+        model, source = load_model(args.name, args.checkpoint)
+        head.update(weights=source.weights, warning=source.random_weights_warning())
+        if head["warning"]:
+            print(head["warning"], flush=True)  # the first line, before the export's minutes
         report = export_onnx(
-            args.name, checkpoint=args.checkpoint, out_dir=out, batch=args.batch, size=args.size,
-            opset=args.opset, parity_batches=tuple(args.parity_batches),
-            tolerance=TOLERANCES[args.tolerance], seed=args.seed,
+            model, source=source, out_dir=out, batch=args.batch, size=args.size, opset=args.opset,
+            parity_batches=tuple(args.parity_batches), tolerance=TOLERANCES[args.tolerance], seed=args.seed,
         )  # fmt: skip
     except CheckFailed as e:
         write_json(out / "report.json", {**head, "onnx": e.report, "passed": False})

@@ -30,7 +30,6 @@ classified; the exit status is then 1.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -44,10 +43,10 @@ import numpy as np
 import torch
 
 import tpn
-from export.errors import EXIT_CODES_HELP, EXIT_FAILED, EXIT_OK, ExportError
+from export.errors import EXIT_CODES_HELP, EXIT_FAILED, EXIT_OK, ExportError, positive_int
 from export.outputs import write_json
 from export.source import load_model
-from pipeline import ClipSpec, clip_indices, decode_plan, test_crop_positions
+from pipeline import ClipSpec, ShardError, clip_indices, decode_plan, parse_classes, test_crop_positions
 
 VIDEO_SUFFIXES = frozenset({
     ".mp4", ".m4v", ".mov", ".webm", ".mkv", ".avi", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts", ".ogv", ".ogg",
@@ -280,6 +279,7 @@ class Classifier:
     num_classes: int
     backend: str
     weights_note: str | None = None
+    class_names: list[str] | None = None  # what a checkpoint run in PyTorch records (an artifact records none)
 
 
 def load_classifier(source: Path, name: str) -> Classifier:
@@ -288,7 +288,7 @@ def load_classifier(source: Path, name: str) -> Classifier:
         raise ExportError(f"{source} does not exist: pass an exported .onnx / .engine or a checkpoint")
     if source.name.endswith(ARTIFACT_SUFFIXES):
         return _artifact_classifier(source, name)
-    model, _ = load_model(name, source)
+    model, weights = load_model(name, source)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(device)
 
@@ -296,13 +296,14 @@ def load_classifier(source: Path, name: str) -> Classifier:
         with torch.inference_mode():
             return model(x.to(device)).float()
 
-    return Classifier(logits, model.config.clip, int(model.num_classes), f"pytorch ({device.type})")
+    return Classifier(logits, model.config.clip, int(model.num_classes), f"pytorch ({device.type})",
+                      class_names=weights.class_names)  # fmt: skip
 
 
 def _artifact_classifier(source: Path, name: str) -> Classifier:
     from export import runtime
     from export.marker import check_marker
-    from export.validate import artifact_metadata, check_artifact_model
+    from export.validate import artifact_metadata, check_artifact_model, check_view_size
 
     meta = artifact_metadata(source)
     check_artifact_model(meta, source, name)
@@ -311,6 +312,8 @@ def _artifact_classifier(source: Path, name: str) -> Classifier:
     except ValueError as e:
         raise ExportError(str(e)) from None
     runner = runtime.load(source)
+    if spec.test_crops != "full":  # full-frame views take each video's own width: no fixed size to check
+        check_view_size(runner, (spec.test_crop, spec.test_crop), name)
     validated = check_marker(source, model=name)
     classes = getattr(runner, "num_classes", None) or int(meta.get("num_classes") or tpn.get_config(name).num_classes)
     note = None
@@ -320,21 +323,25 @@ def _artifact_classifier(source: Path, name: str) -> Classifier:
     return Classifier(lambda x: runner(x).float(), spec, classes, f"{runner.backend}, {status}", note)
 
 
-def class_names(classes: str | None, checkpoints: list[Path], num_classes: int) -> tuple[list[str], str]:
-    """Names in label order and where they came from: --classes, else the checkpoint's, else numbers."""
+def class_names(
+    classes: str | None, clf: Classifier, source: Path, checkpoint: Path | None
+) -> tuple[list[str], str]:
+    """Names in label order and where they came from.
+
+    --classes, else those of SOURCE when it is a checkpoint (read when the
+    model was loaded), else those of --checkpoint, else class numbers.
+    """
     names, where = None, None
     if classes:
         names, where = read_class_names(Path(classes)), classes
-    else:
-        for ckpt in checkpoints:
-            names = _checkpoint_names(ckpt)
-            if names:
-                where = str(ckpt)
-                break
+    elif clf.class_names:
+        names, where = clf.class_names, str(source)
+    elif checkpoint is not None and (found := _checkpoint_names(checkpoint)):
+        names, where = found, str(checkpoint)
     if names is None:
-        return [f"class {i}" for i in range(num_classes)], "none found (pass --classes FILE)"
-    if len(names) != num_classes:
-        raise ExportError(f"{where} names {len(names)} classes but the model has {num_classes}")
+        return [f"class {i}" for i in range(clf.num_classes)], "none found (pass --classes FILE)"
+    if len(names) != clf.num_classes:
+        raise ExportError(f"{where} names {len(names)} classes but the model has {clf.num_classes}")
     return names, where
 
 
@@ -348,12 +355,9 @@ def read_class_names(path: Path) -> list[str]:
         raise ExportError(f"cannot read class names from {path}: {e}") from None
     if path.suffix == ".json":
         try:
-            names = json.loads(text)
-        except ValueError as e:
-            raise ExportError(f"{path} is not valid JSON: {e}") from None
-        if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
-            raise ExportError(f"{path} must be a JSON list of class names in label order")
-        return names
+            return parse_classes(text, str(path))  # the rules of the shards' classes.json
+        except ShardError as e:
+            raise ExportError(str(e)) from None
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
@@ -449,7 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--min-frames", type=int,
         help="videos with fewer frames are listed as too short (default: the frames of one clip)",
     )  # fmt: skip
-    p.add_argument("--max-views", type=int, default=32, help="views per forward pass (default %(default)s)")
+    p.add_argument("--max-views", type=positive_int, default=32, help="views per forward pass (default %(default)s)")
     return p
 
 
@@ -459,8 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         source = Path(args.source)
         clf = load_classifier(source, args.model)
-        ckpts = [source] + ([Path(args.checkpoint)] if args.checkpoint else [])
-        names, names_from = class_names(args.classes, ckpts, clf.num_classes)
+        names, names_from = class_names(args.classes, clf, source, Path(args.checkpoint) if args.checkpoint else None)
         videos, skipped, folder = find_videos(args.videos)
     except ExportError as e:
         print(f"error: {e}", file=sys.stderr)

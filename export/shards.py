@@ -1,4 +1,7 @@
-"""What the export needs to know about a shard folder: which splits it holds, and a fingerprint of its data.
+"""What the export needs from a shard folder: which splits it holds, its test views, a fingerprint of its data.
+
+`view_batches` is the one reader of test-protocol views for the Top-1 gate
+and the FP16 calibration, with the loader's errors as ExportError.
 
 A shard folder (a local path or an object-storage URL, through
 `pipeline`'s location functions) written by `pipeline.shard` names its files
@@ -23,10 +26,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from export.errors import ExportError
 from pipeline import (
+    ClipSpec,
     ShardError,
     find_shards,
     index_path,
@@ -42,7 +47,6 @@ from pipeline import (
 class ShardFingerprint:
     sha256: str
     kind: str  # "manifest" or "index files"
-    files: int  # tars covered
 
 
 def validation_split(shards: str | os.PathLike, split: str | None) -> str | None:
@@ -51,6 +55,35 @@ def validation_split(shards: str | os.PathLike, split: str | None) -> str | None
         return resolve_split(str(shards) if is_remote(shards) else os.fspath(shards), split)
     except (ShardError, OSError, ImportError) as e:
         raise ExportError(f"validation shards: {e}") from None
+
+
+def view_batches(
+    shards: str | os.PathLike,
+    clip: ClipSpec,
+    *,
+    batch_size: int,
+    split: str | None,
+    what: str,
+    on_open: Callable[[int], None] | None = None,
+) -> Iterator[tuple]:
+    """(clips (N, V, 3, T, H, W), labels) batches of `pipeline.ClipLoader` in test mode.
+
+    Bad shards (when the loader opens them) and undecodable videos (while
+    it iterates) become ExportError naming `what` ("validation shards",
+    "calibration shards") and the folder. `on_open(number of classes)` runs
+    once the shards are open, before any video is decoded. The loader's files
+    are closed when the batches run out, and when the caller stops early
+    and closes the generator (`contextlib.closing`).
+    """
+    from pipeline import ClipLoader
+
+    try:
+        with ClipLoader(shards, clip, mode="test", batch_size=batch_size, split=split) as loader:
+            if on_open is not None:
+                on_open(loader.num_classes)
+            yield from loader
+    except (ShardError, FileNotFoundError) as e:  # DataError, raised while decoding, is a ShardError
+        raise ExportError(f"cannot read {what} {shards}: {e}") from None
 
 
 def shard_fingerprint(shards: str | os.PathLike, split: str | None) -> ShardFingerprint:
@@ -69,7 +102,7 @@ def shard_fingerprint(shards: str | os.PathLike, split: str | None) -> ShardFing
         payload["indexes"] = [hashlib.sha256(read_location(index_path(t))).hexdigest() for t in tars]
         kind = "index files"
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
-    return ShardFingerprint(sha256=hashlib.sha256(blob).hexdigest(), kind=kind, files=len(tars))
+    return ShardFingerprint(sha256=hashlib.sha256(blob).hexdigest(), kind=kind)
 
 
 def _read_json(location):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -31,8 +30,10 @@ class ModelSource:
     num_classes: int
     checkpoint: str | None = None
     checkpoint_sha256: str | None = None
-    zoo_weights: bool = False  # the checkpoint's sha256 is the zoo entry's published one
-    weights: str = "random"  # "random" (no checkpoint), "checkpoint", "zoo" or "module" (a caller's model)
+    # "random" (no checkpoint), "checkpoint", "zoo" (its sha256 is the zoo entry's published one) or "module"
+    # (a caller's model, weights of unknown origin)
+    weights: str = "random"
+    class_names: list[str] | None = None  # label order, when the checkpoint records it
 
     def random_weights_warning(self) -> str | None:
         """The line every export without a checkpoint starts with (None when there are real weights)."""
@@ -46,63 +47,66 @@ RANDOM_WEIGHTS = (
 )
 
 
-def load_model(name_or_model: str | nn.Module, checkpoint: str | Path | None = None) -> tuple[nn.Module, ModelSource]:
+def load_model(
+    name_or_model: str | nn.Module, checkpoint: str | os.PathLike | Mapping | None = None
+) -> tuple[nn.Module, ModelSource]:
     """An eval-mode zoo model with its weights, and where they came from.
 
-    Raises ExportError (with the zoo's close names, or the checkpoint
-    loader's explanation) for unknown names and unusable checkpoints.
+    The checkpoint file is read once (`tpn.read_checkpoint`, weights only):
+    its class count sizes the model, its tensors fill it, its class names go
+    to the `ModelSource`. Raises ExportError (with the zoo's close names, or
+    the checkpoint loader's explanation) for unknown names and unusable
+    checkpoints.
     """
     if isinstance(name_or_model, nn.Module):
-        model = name_or_model
-        if not isinstance(getattr(model, "config", None), tpn.ModelConfig):
+        if not isinstance(getattr(name_or_model, "config", None), tpn.ModelConfig):
             raise ExportError("the model has no zoo config: build it with tpn.create_model(name)")
-        if checkpoint is not None:
-            _load_weights(model, checkpoint)
+        name = name_or_model.config.name
     else:
         try:
-            tpn.get_config(name_or_model)
+            name = tpn.get_config(name_or_model).name
         except ValueError as e:
             raise ExportError(str(e)) from None
-        try:
-            # a fine-tuned checkpoint's class count differs from the zoo config's
-            n = tpn.checkpoint_classes(checkpoint).num_classes if checkpoint is not None else None
-            model = tpn.create_model(name_or_model, num_classes=n)
-        except tpn.CheckpointError as e:
-            raise ExportError(f"cannot use checkpoint for {name_or_model}: {e}") from None
-        if checkpoint is not None:
-            _load_weights(model, checkpoint)
+    weights = _read_checkpoint(checkpoint, name) if checkpoint is not None else None
+    info = tpn.checkpoint_classes(weights) if weights is not None else tpn.ClassInfo(None, None)
+    if isinstance(name_or_model, nn.Module):
+        model = name_or_model
+    else:
+        model = tpn.create_model(name, num_classes=info.num_classes)  # a fine-tuned count differs from the zoo's
+    if weights is not None:
+        _load_weights(model, weights, checkpoint)
     source = _source(model, checkpoint)
+    source.class_names = info.names
     if isinstance(name_or_model, nn.Module) and checkpoint is None:
         source.weights = "module"  # whatever the caller's module holds: not ours to judge
     return model.eval(), source
 
 
-def random_weights_notice(name: str, checkpoint: str | os.PathLike | None) -> str | None:
-    """The first line of an export command run without weights (None with a checkpoint or an unknown name)."""
-    if checkpoint is not None:
-        return None
+def _read_checkpoint(checkpoint: str | os.PathLike | Mapping, name: str) -> Mapping:
+    if isinstance(checkpoint, Mapping):
+        return checkpoint
     try:
-        tpn.get_config(name)
-    except ValueError:
-        return None  # the unknown name is the error to report
-    return RANDOM_WEIGHTS.format(name=name)
-
-
-def _load_weights(model: nn.Module, checkpoint: str | Path) -> None:
-    try:
-        tpn.load_checkpoint(model, checkpoint)
+        return tpn.read_checkpoint(checkpoint)
     except tpn.CheckpointError as e:
-        raise ExportError(f"cannot load {checkpoint} into {model.config.name}: {e}") from None
+        raise ExportError(f"cannot use checkpoint for {name}: {e}") from None
 
 
-def _source(model: nn.Module, checkpoint: str | Path | None) -> ModelSource:
+def _load_weights(model: nn.Module, weights: Mapping, checkpoint: str | os.PathLike | Mapping) -> None:
+    try:
+        tpn.load_checkpoint(model, weights)
+    except tpn.CheckpointError as e:
+        where = "the state dict" if isinstance(checkpoint, Mapping) else checkpoint
+        raise ExportError(f"cannot load {where} into {model.config.name}: {e}") from None
+
+
+def _source(model: nn.Module, checkpoint: str | os.PathLike | Mapping | None) -> ModelSource:
     cfg = model.config
     src = ModelSource(name=cfg.name, num_classes=int(model.num_classes))
     if checkpoint is not None and not isinstance(checkpoint, Mapping):
         src.checkpoint = str(checkpoint)
         src.checkpoint_sha256 = sha256_file(checkpoint)
-        src.zoo_weights = cfg.weights_sha256 is not None and src.checkpoint_sha256 == cfg.weights_sha256
-        src.weights = "zoo" if src.zoo_weights else "checkpoint"
+        zoo = cfg.weights_sha256 is not None and src.checkpoint_sha256 == cfg.weights_sha256
+        src.weights = "zoo" if zoo else "checkpoint"
     elif checkpoint is not None:  # a state dict in memory
         src.weights = "checkpoint"
     return src
@@ -128,11 +132,11 @@ def input_hw(cfg: tpn.ModelConfig, size: str | int | tuple[int, int]) -> tuple[i
                 f"video: pass an explicit size (H, W), e.g. ({clip.test_scale}, {clip.test_scale * 4 // 3})"
             )
         return clip.test_crop, clip.test_crop
-    if isinstance(size, int):
+    if isinstance(size, int) and size > 0:
         return size, size
     if isinstance(size, (tuple, list)) and len(size) == 2 and all(isinstance(s, int) and s > 0 for s in size):
         return int(size[0]), int(size[1])
-    raise ExportError(f"size must be 'train', 'test', an int or (H, W), got {size!r}")
+    raise ExportError(f"size must be 'train', 'test', a positive int or (H, W), got {size!r}")
 
 
 def clip_shape(cfg: tpn.ModelConfig, hw: tuple[int, int]) -> tuple[int, int, int, int]:

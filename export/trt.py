@@ -19,11 +19,12 @@ and saved after the build, so rebuilds skip most kernel timing.
 Every file made is gated in one pass over the validation shards
 (`export.validate.gate`: the data is decoded and PyTorch runs once), and
 each passing file gets its own `.validated.json`. Without TensorRT or a
-CUDA GPU the CLI still writes, gates and marks the ONNX and FP16 ONNX
-files, lists each file with its gate result, then exits with status 2
-and says what is missing (1 if a gate did not pass); it never claims an
-engine it did not build. Without --checkpoint the first line of the
-output, and report.json, say that the weights are random.
+CUDA GPU the CLI still writes and gates the ONNX and FP16 ONNX files
+(marking each whose gate passes on --val-shards), lists each file with
+its gate result, then exits with status 2 and says what is missing (1 if
+a gate did not pass); it never claims an engine it did not build.
+Without --checkpoint the first line of the output, and report.json, say
+that the weights are random.
 """
 
 from __future__ import annotations
@@ -45,12 +46,13 @@ from export.errors import (
     CheckFailed,
     ExportError,
     MissingDependencyError,
+    positive_int,
 )
 from export.onnx import SIZE_WORDS, add_model_args, export_onnx, onnx_clip_shape, parse_input_size
 from export.outputs import default_out_dir, publish, write_json
 from export.runtime import TRT_INSTALL, import_tensorrt
-from export.source import load_model, random_weights_notice
-from pipeline import atomic_write_bytes, staging_dir
+from export.source import ModelSource, load_model
+from pipeline import atomic_write_bytes, fsync_file, staging_dir
 
 NO_GPU = (
     "no CUDA GPU is visible (torch.cuda.is_available() is False): TensorRT builds and runs engines on an "
@@ -174,6 +176,7 @@ def build_engine(
     with staging_dir(out.parent) as stage:
         staged = stage / out.name
         staged.write_bytes(plan)
+        fsync_file(staged)  # on disk before its final name, as every published file
         publish([staged], out.parent)
     atomic_write_bytes(cache_path, cache_bytes)
     return TrtReport(
@@ -254,10 +257,6 @@ class EngineExport:
     status: int
     warning: str | None = None  # random weights
 
-    @property
-    def gates(self) -> list:
-        return [a.gate for a in self.artifacts if a.gate is not None]
-
 
 def export_status(artifacts: list[ArtifactResult]) -> int:
     """1 when a gate did not pass, else 2 when the engine is missing, else 0 (pure)."""
@@ -269,9 +268,10 @@ def export_status(artifacts: list[ArtifactResult]) -> int:
 
 
 def export_engine(
-    name: str,
+    name_or_model: str | torch.nn.Module,
     *,
     checkpoint: str | Path | None = None,
+    source: ModelSource | None = None,
     out_dir: str | Path | None = None,
     size: str | int | tuple[int, int] = "auto",
     opset: int = 20,
@@ -291,23 +291,26 @@ def export_engine(
 ) -> EngineExport:
     """ONNX -> FP16 ONNX -> engine, then one gate over every file made (the Top-1 gate with `val_shards`).
 
+    `name_or_model` may be a zoo model already holding its weights, with
+    `source` saying where they came from (as `export_onnx` takes it).
     Without TensorRT or a GPU the two ONNX files are still gated (ONNX
-    Runtime) and, on a pass with shards, marked validated.
+    Runtime) and, when the gate passes on `val_shards`, marked validated.
     """
     from export.fp16 import to_fp16
     from export.shards import validation_split
     from export.validate import Thresholds, gate
 
-    warning = random_weights_notice(name, checkpoint)
+    # One model for every step: without a checkpoint its random weights must be the same throughout.
+    model, loaded = load_model(name_or_model, checkpoint)
+    source = source or loaded
+    warning = source.random_weights_warning()
     if warning:
         log(warning)
     split = validation_split(val_shards, split) if val_shards else split
     missing = missing_requirements()
     if missing:
         log(f"note: no engine can be built here ({missing}); the ONNX and FP16 ONNX files are still made and gated")
-    # One model for every step: without a checkpoint its random weights must be the same throughout.
-    model, source = load_model(name, checkpoint)
-    out_dir = Path(out_dir) if out_dir else default_out_dir(name)
+    out_dir = Path(out_dir) if out_dir else default_out_dir(model.config.name)
     size = resolve_size(size, val_shards)
     onnx_r = export_onnx(model, source=source, out_dir=out_dir, size=size, opset=opset, seed=seed)
     log(onnx_r.summary())
@@ -356,8 +359,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="input size, height x width: auto (test crop with --val-shards, else training crop), train, "
         "test, N (N x N) or HxW (e.g. 256x340: height 256, width 340)",
     )  # fmt: skip
-    p.add_argument("--max-batch", type=int, default=32, help="largest batch of the engine's profile (default %(default)s)")
-    p.add_argument("--opt-batch", type=int, default=8, help="batch the engine is tuned for (default %(default)s)")
+    p.add_argument("--max-batch", type=positive_int, default=32,
+                   help="largest batch of the engine's profile (default %(default)s)")  # fmt: skip
+    p.add_argument("--opt-batch", type=positive_int, default=8,
+                   help="batch the engine is tuned for (default %(default)s)")  # fmt: skip
     p.add_argument(
         "--typing", choices=["auto", "strong", "weak"], default="auto",
         help="auto/strong: precision from the FP16 ONNX (TensorRT 11, or 10's STRONGLY_TYPED); "
@@ -365,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--workspace-gib", type=float, default=4.0, help="builder workspace in GiB (default %(default)s)")
     p.add_argument(
-        "--calib-clips", type=int, default=4,
+        "--calib-clips", type=positive_int, default=4,
         help="FP16 calibration clips (from --val-shards, else synthetic; default %(default)s)",
     )  # fmt: skip
     add_gate_args(p)
@@ -378,7 +383,7 @@ def parse_input_size_or_auto(text: str) -> str | int | tuple[int, int]:
 
 
 ENGINE_ARGS = (
-    "checkpoint", "size", "opset", "seed", "calib_clips", "max_batch", "opt_batch", "typing", "workspace_gib",
+    "size", "opset", "seed", "calib_clips", "max_batch", "opt_batch", "typing", "workspace_gib",
     "val_shards", "split", "zoo_checkpoint", "batch_size", "max_videos",
 )  # fmt: skip
 
@@ -396,13 +401,14 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     out = Path(args.out) if args.out else default_out_dir(args.name)
-    settings = {**vars(args), "out": str(out), "size": resolve_size(args.size, args.val_shards)}
-    warning = random_weights_notice(args.name, args.checkpoint)
-    head = {"settings": settings, "weights": "random" if warning else "checkpoint", "warning": warning}
+    head: dict = {"settings": {**vars(args), "out": str(out), "size": resolve_size(args.size, args.val_shards)}}
     try:
+        model, source = load_model(args.name, args.checkpoint)  # read once, here, for the report's head too
+        head.update(weights=source.weights, warning=source.random_weights_warning())
         r = export_engine(
-            args.name, out_dir=out, thresholds=thresholds_from(args), **{k: getattr(args, k) for k in ENGINE_ARGS}
-        )
+            model, source=source, out_dir=out, thresholds=thresholds_from(args),
+            **{k: getattr(args, k) for k in ENGINE_ARGS},
+        )  # fmt: skip
     except CheckFailed as e:
         print(f"error: {e}", file=sys.stderr)
         write_json(out / "report.json", {**head, "failed": str(e), "report": e.report, "passed": False})

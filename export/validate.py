@@ -36,7 +36,8 @@ marker.
 
 Without shards the gate compares per-clip logits on seeded synthetic clips
 under the artifact's dtype tolerance, and the report says that no accuracy
-was validated.
+was validated. Such a check writes no marker; when it fails it removes an
+earlier one, when it passes it leaves it as it is.
 
     python -m export.validate exports/tpn_r50_f8s8/tpn_r50_f8s8.fp16.onnx --model tpn_r50_f8s8 \\
         --checkpoint ckpt.pth --val-shards shards/k400/
@@ -58,10 +59,10 @@ import torch
 from torch import nn
 
 from export import runtime
-from export.errors import EXIT_CODES_HELP, EXIT_FAILED, EXIT_OK, ExportError
+from export.errors import EXIT_CODES_HELP, EXIT_FAILED, EXIT_OK, ExportError, positive_int
 from export.marker import check_marker, write_marker
 from export.outputs import validated_marker, write_json
-from export.shards import shard_fingerprint, validation_split
+from export.shards import shard_fingerprint, validation_split, view_batches
 from export.source import ModelSource, load_model, synthetic_clips
 from export.tolerance import FP16, FP32, Agreement, AgreementMeter, Tolerance
 from pipeline import is_remote
@@ -133,7 +134,6 @@ class GateReport:
     artifact_top1: float | None = None
     torch_top1: float | None = None
     difference: float | None = None  # artifact - PyTorch, in points
-    drop: float | None = None  # PyTorch - artifact, in points (-difference)
     prediction_agreement: float | None = None  # share of videos where both pick the same class
     chance_top1: float | None = None
     chance_p_value: float | None = None
@@ -193,7 +193,6 @@ def judge(
     report.artifact_top1 = accuracy(art, labels)["top1"]
     report.torch_top1 = accuracy(ref, labels)["top1"]
     report.difference = round(report.artifact_top1 - report.torch_top1, 6)
-    report.drop = -report.difference
     report.prediction_agreement = float((art.argmax(1) == ref.argmax(1)).float().mean())
     report.chance_top1 = 100.0 * chance_level(labels, num_classes)
     correct = int((ref.argmax(1) == labels).sum())
@@ -303,12 +302,14 @@ def check_artifact_weights(meta: dict[str, str], artifact: str | os.PathLike, so
         )
 
 
-def check_view_size(runner: runtime.Runner, views: torch.Tensor, model_name: str) -> None:
-    want, got = tuple(runner.input_shape[-2:]), tuple(views.shape[-2:])
+def check_view_size(runner: runtime.Runner, views_hw: tuple[int, int], model_name: str) -> None:
+    """The artifact must take the (H, W) views the test protocol gives (the gate and export.predict feed them)."""
+    want, got = tuple(runner.input_shape[-2:]), tuple(views_hw)
     if want != got:
         raise ExportError(
             f"the artifact takes {want[0]}x{want[1]} clips but {model_name}'s test protocol gives "
-            f"{got[0]}x{got[1]} views: export with --size test (the Top-1 gate needs the test-protocol size)"
+            f"{got[0]}x{got[1]} views: export with --size test (the Top-1 gate and export.predict feed "
+            "test-protocol views)"
         )
 
 
@@ -380,19 +381,22 @@ def shard_pass(
     views = clip.num_test_views
     ref, labels = [], []
     bar = tqdm(total=max_videos, unit="video", desc="gate", disable=None, file=sys.stderr)  # on a terminal only
-    for clips, y in view_batches(val_shards, model, split=split, batch_size=batch_size):
-        bar.update(len(y))
-        x = clips.flatten(0, 1)  # (N * V, 3, T, H, W), video by video
-        r = _torch_forward(model, x).cpu()
-        ref.append(average_views(r, views))
-        labels.append(y.cpu())
-        for t in tracks:
-            check_view_size(t.runner, x, model.config.name)
-            a = t.runner(x).float().cpu()
-            t.meter.add(a.numpy(), r.numpy())
-            t.scores.append(average_views(a, views))
-        if max_videos and sum(len(v) for v in labels) >= max_videos:
-            break
+    batches = view_batches(val_shards, clip, batch_size=batch_size, split=split, what="validation shards",
+                           on_open=lambda n: check_classes(model, n, val_shards))  # fmt: skip
+    with contextlib.closing(batches):
+        for clips, y in batches:
+            bar.update(len(y))
+            x = clips.flatten(0, 1)  # (N * V, 3, T, H, W), video by video
+            r = _torch_forward(model, x).cpu()
+            ref.append(average_views(r, views))
+            labels.append(y.cpu())
+            for t in tracks:
+                check_view_size(t.runner, tuple(x.shape[-2:]), model.config.name)
+                a = t.runner(x).float().cpu()
+                t.meter.add(a.numpy(), r.numpy())
+                t.scores.append(average_views(a, views))
+            if max_videos and sum(len(v) for v in labels) >= max_videos:
+                break
     bar.close()
     if not labels:
         raise ExportError(f"no videos in {val_shards}" + (f" (split {split!r})" if split else ""))
@@ -400,34 +404,25 @@ def shard_pass(
     return torch.cat(ref)[:cut], torch.cat(labels)[:cut]
 
 
-def view_batches(val_shards: str | os.PathLike, model: nn.Module, *, split: str | None, batch_size: int) -> Iterator:
-    """ClipLoader test-mode batches, with the loader's data errors turned into gate errors."""
-    from pipeline import ClipLoader, ShardError
-
-    try:
-        loader = ClipLoader(val_shards, model.config.clip, mode="test", batch_size=batch_size, split=split)
-        check_classes(model, loader.num_classes, val_shards)
-        yield from loader
-    except (ShardError, FileNotFoundError) as e:
-        raise ExportError(f"cannot read validation shards {val_shards}: {e}") from None
-
-
 def zoo_target(
-    model: nn.Module, source: ModelSource, zoo_checkpoint: bool | None, report: GateReport
-) -> float | None:
-    """The zoo Top-1 to hold the artifact to, or None when the weights are not the zoo's."""
+    model: nn.Module, source: ModelSource, zoo_checkpoint: bool | None
+) -> tuple[float | None, str | None]:
+    """(zoo Top-1 the artifacts are held to, or None when the weights are not the zoo's; a note saying why not).
+
+    Raises ExportError when the zoo check is asked for but the zoo publishes
+    no Top-1: the gate calls it before decoding any video.
+    """
     cfg = model.config
     if zoo_checkpoint is False:
-        return None
-    if zoo_checkpoint is None and not source.zoo_weights:
+        return None, None
+    if zoo_checkpoint is None and source.weights != "zoo":
         why = "no checkpoint" if source.checkpoint is None else "the checkpoint's sha256 is not the zoo's"
         if cfg.weights_sha256 is None:
             why = f"the zoo records no weights sha256 for {cfg.name}"
-        report.notes.append(f"zoo Top-1 not checked: {why} (zoo_checkpoint=True forces it)")
-        return None
+        return None, f"zoo Top-1 not checked: {why} (zoo_checkpoint=True forces it)"
     if cfg.top1 is None:
         raise ExportError(f"{cfg.name} has no published Top-1 to check against")
-    return cfg.top1
+    return cfg.top1, None
 
 
 # ----------------------------------------------------------------- entry points
@@ -460,6 +455,10 @@ def gate(
     or input size).
     """
     t0 = time.perf_counter()
+    if batch_size < 1 or (max_videos is not None and max_videos < 1):
+        raise ExportError(
+            f"batch_size and max_videos must be >= 1 (max_videos=None: every video), got {batch_size}, {max_videos}"
+        )
     if isinstance(model_name, str) and checkpoint is None:
         raise ExportError(
             f"the gate needs the weights the artifacts were exported from (--checkpoint): a fresh {model_name} "
@@ -474,6 +473,7 @@ def gate(
     source = source or loaded
     for meta, art in zip(metas, artifacts):
         check_artifact_weights(meta, art, source)
+    zoo = zoo_target(model, source, zoo_checkpoint) if val_shards is not None else (None, None)
     tracks = [_new_track(a, backend, source, val_shards, thresholds) for a in artifacts]
     on_gpu = any(t.runner.device.type == "cuda" for t in tracks)
     model = model.to(torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu"))
@@ -482,7 +482,7 @@ def gate(
             for t in tracks:
                 synthetic_gate(t.runner, model, t.report, clips=synthetic, seed=seed)
         else:
-            _gate_on_shards(tracks, model, source, val_shards, split, zoo_checkpoint, batch_size, max_videos)
+            _gate_on_shards(tracks, model, val_shards, split, zoo, batch_size, max_videos)
     for t in tracks:
         t.report.seconds = round(time.perf_counter() - t0, 2)
         mark(t.report)
@@ -498,7 +498,7 @@ def _new_track(artifact, backend, source: ModelSource, val_shards, thresholds: T
     return _Track(runner, report, AgreementMeter(artifact_tolerance(runner)))
 
 
-def _gate_on_shards(tracks, model, source, val_shards, split, zoo_checkpoint, batch_size, max_videos) -> None:
+def _gate_on_shards(tracks, model, val_shards, split, zoo: tuple, batch_size, max_videos) -> None:
     ref, labels = shard_pass(tracks, model, val_shards=val_shards, split=split, batch_size=batch_size,
                              max_videos=max_videos)  # fmt: skip
     data = {"location": _location(val_shards), "split": split}
@@ -507,9 +507,10 @@ def _gate_on_shards(tracks, model, source, val_shards, split, zoo_checkpoint, ba
         data.update(fingerprint=fp.sha256, fingerprint_kind=fp.kind)
     except ExportError as e:
         data.update(fingerprint=None, fingerprint_kind=str(e))
+    target, note = zoo
     for t in tracks:
         r = t.report
-        target = zoo_target(model, source, zoo_checkpoint, r)
+        r.notes += [note] if note else []
         r.agreement, r.views_per_video = t.meter.result(), model.config.clip.num_test_views
         r.shards, r.protocol = data, protocol_of(model.config.clip)
         judge(r, torch.cat(t.scores)[: len(labels)], ref, labels, zoo_top1=target)
@@ -527,10 +528,17 @@ def validate(artifact: str | os.PathLike, **kwargs) -> GateReport:
 
 
 def mark(report: GateReport) -> None:
-    """Write `<artifact>.validated.json` on a passing gate with shards; remove any earlier one otherwise."""
+    """Write `<artifact>.validated.json` on a passing gate with shards; remove any earlier one on a failure.
+
+    A passing synthetic check says nothing about Top-1, so it neither
+    writes a marker nor takes away one an earlier gate on shards wrote
+    (`check_marker` still tells whether that one holds).
+    """
     marker = validated_marker(report.artifact)
-    if report.mode != "shards" or not report.passed:
+    if not report.passed:
         marker.unlink(missing_ok=True)
+        return
+    if report.mode != "shards":
         return
     if report.shards.get("fingerprint") is None:
         report.notes.append(f"not marked validated: the shards cannot be fingerprinted ({report.shards['fingerprint_kind']})")
@@ -540,7 +548,7 @@ def mark(report: GateReport) -> None:
     payload = {
         "model": report.model,
         "checkpoint": {"path": str(Path(src.checkpoint).resolve()) if src.checkpoint else None,
-                       "sha256": src.checkpoint_sha256, "zoo_weights": src.zoo_weights},
+                       "sha256": src.checkpoint_sha256, "zoo_weights": src.weights == "zoo"},
         "shards": report.shards,
         "videos": report.videos,
         "protocol": report.protocol,
@@ -592,8 +600,9 @@ def add_gate_args(p: argparse.ArgumentParser) -> None:
         help="the PyTorch reference must beat chance with binomial p <= this, else the gate refuses "
         "(default %(default)s; 1 turns the check off, for smoke runs only)",
     )  # fmt: skip
-    p.add_argument("--max-videos", type=int, help="stop after this many videos (quick checks; default: all)")
-    p.add_argument("--batch-size", type=int, default=4, help="videos per batch in the gate (default %(default)s)")
+    p.add_argument("--max-videos", type=positive_int, help="stop after this many videos (quick checks; default: all)")
+    p.add_argument("--batch-size", type=positive_int, default=4,
+                   help="videos per batch in the gate (default %(default)s)")  # fmt: skip
     zoo = p.add_mutually_exclusive_group()
     zoo.add_argument(
         "--zoo-checkpoint", dest="zoo_checkpoint", action="store_true", default=None,

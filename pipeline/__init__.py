@@ -10,7 +10,7 @@ from pipeline.clip import IMAGENET_MEAN, IMAGENET_STD, ClipSpec
 from pipeline.errors import DataError, ShardError, ShardingError, ShardReadError
 from pipeline.fileio import atomic_write_bytes, atomic_write_json, fsync_dir, fsync_file, sha256_file, staging_dir
 from pipeline.sampling import clip_indices, decode_plan, test_crop_positions
-from pipeline.shardset import ALL_SPLITS, find_shards, index_path, resolve_split
+from pipeline.shardset import ALL_SPLITS, find_shards, index_path, parse_classes, resolve_split
 from pipeline.storage import is_remote, splits_in
 
 # A location is a local path or a URL (s3://, gs://, https://, ...); these read either.
@@ -28,7 +28,7 @@ __all__ = [
     # the test protocol's frames and crops
     "clip_indices", "decode_plan", "test_crop_positions",
     # shard folders, local or remote
-    "find_shards", "index_path", "resolve_split", "ALL_SPLITS", "splits_in", "is_remote",
+    "find_shards", "index_path", "resolve_split", "ALL_SPLITS", "splits_in", "is_remote", "parse_classes",
     "location_exists", "join_location", "location_name", "read_location", "location_size",
 ]  # fmt: skip
 

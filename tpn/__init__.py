@@ -7,6 +7,7 @@ from tpn.checkpoint import (
     checkpoint_classes,
     init_from_imagenet,
     load_checkpoint,
+    read_checkpoint,
 )
 from tpn.metrics import accuracy, average_views
 from tpn.model import Recognizer
@@ -29,4 +30,5 @@ __all__ = [
     "init_from_imagenet",
     "list_models",
     "load_checkpoint",
+    "read_checkpoint",
 ]

@@ -25,8 +25,8 @@ from export.errors import CheckFailed, ExportError, MissingDependencyError
 from export.marker import check_marker
 from export.outputs import validated_marker
 from export.shards import shard_fingerprint, validation_split
-from export.source import ModelSource, load_model
-from export.tolerance import FP16
+from export.source import ModelSource, load_model, synthetic_clips
+from export.tolerance import FP16, FP32, compare_logits
 from export.validate import (
     GateReport,
     Thresholds,
@@ -40,9 +40,9 @@ from export.validate import (
     validate,
     zoo_target,
 )
-from export.fp16 import head_nodes, node_precisions, tidy_casts, to_fp16
-from export.onnx import export_onnx, read_metadata
-from pipeline import sha256_file
+from export.fp16 import activation_stats, head_nodes, node_precisions, ort_run, tidy_casts, to_fp16
+from export.onnx import export_onnx, onnx_clip_shape, read_metadata
+from pipeline import DataError, sha256_file
 from tpn.checkpoint import save_checkpoint
 from tests.export_helpers import TINY, damage, make_val_shards, scale_initializer, trained_tiny
 
@@ -79,6 +79,15 @@ def test_fp16_keeps_sensitive_ops_and_classifier_in_fp32(work):
     # no lossy FP32 -> FP16 -> FP32 round trip left between the pool and the classifier
     assert work["fp16"].casts == 2  # the input to FP16, the last features to FP32
     assert read_metadata(model)["precision"] == "fp16-mixed"
+
+
+def test_calibration_run_gives_the_fp32_reference_logits(work):
+    """to_fp16 checks against the logits of its calibration run instead of running the FP32 model again."""
+    model = onnx.load(work["onnx"].path)
+    clips = synthetic_clips(3, onnx_clip_shape(model), mean=(110.0,) * 3, std=(60.0,) * 3)
+    stats, logits = activation_stats(model, clips)
+    assert logits.shape == (3, 8) and stats
+    assert compare_logits(logits, ort_run(model, clips), FP32).passed  # the same FP32 model, fused differently
 
 
 def test_fp16_stays_within_fp16_tolerance(work):
@@ -228,9 +237,26 @@ def test_synthetic_gate_passes_faithful_artifacts_and_says_no_accuracy(work):
 
 def test_synthetic_gate_fails_a_damaged_artifact(work, tmp_path):
     bad = damage(work["fp16"].path, tmp_path / f"{TINY}.fp16.onnx", DAMAGED_CONV, 1.5)
+    validated_marker(bad).write_text('{"format": 2}')  # an earlier marker, which a failure must remove
     r = validate(bad, model_name=TINY, checkpoint=work["ckpt"], synthetic=4)
     assert not r.passed and r.failures and r.agreement.worst_excess > 1.0
     assert not validated_marker(bad).exists()
+
+
+def test_a_passing_synthetic_check_keeps_the_marker_of_a_gate_on_shards(work, tmp_path):
+    art = tmp_path / f"{TINY}.onnx"
+    shutil.copy(work["onnx"].path, art)
+    (r,) = _gate(work, [art])
+    assert r.passed and is_validated(art)
+    before = validated_marker(art).read_bytes()
+    assert validate_main([str(art), "--model", TINY, "--checkpoint", str(work["ckpt"])]) == 0  # no --val-shards
+    assert validated_marker(art).read_bytes() == before and is_validated(art)
+
+
+def test_gate_refuses_counts_below_one(work):
+    for kw in ({"batch_size": 0}, {"max_videos": 0}, {"max_videos": -3}):
+        with pytest.raises(ExportError, match="must be >= 1"):
+            validate(work["onnx"].path, model_name=TINY, checkpoint=work["ckpt"], val_shards=work["shards"], **kw)
 
 
 def test_gate_needs_the_weights_the_artifact_came_from(work, tmp_path):
@@ -392,7 +418,56 @@ def test_shard_gate_refuses_views_of_another_size():
         input_shape = (None, 3, 8, 112, 112)
 
     with pytest.raises(ExportError, match="--size test"):
-        check_view_size(Fake(), torch.zeros(2, 3, 8, 128, 128), TINY)
+        check_view_size(Fake(), (128, 128), TINY)
+    check_view_size(Fake(), (112, 112), TINY)  # the right size passes
+
+
+class BrokenLoader:
+    """A ClipLoader stand-in whose shards open but whose videos stop decoding after `good` batches."""
+
+    closed: list[bool] = []
+
+    def __init__(self, shards, clip, *, batch_size, good=0, **kw):
+        self.clip, self.batch_size, self.good, self.num_classes = clip, batch_size, good, 8
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        BrokenLoader.closed.append(True)
+
+    def __iter__(self):
+        c = self.clip
+        for _ in range(self.good):
+            yield torch.zeros(self.batch_size, c.num_test_views, 3, c.frames, c.test_crop, c.test_crop), torch.zeros(
+                self.batch_size, dtype=torch.long)
+        raise DataError("val-000000.tar, sample v1: DALI could not decode it")
+
+
+@pytest.fixture
+def broken_loader(monkeypatch):
+    import pipeline
+
+    BrokenLoader.closed = []
+    monkeypatch.setattr(pipeline, "ClipLoader", BrokenLoader)
+    return BrokenLoader
+
+
+def test_undecodable_videos_become_export_errors_and_the_loader_is_closed(work, broken_loader, tmp_path):
+    with pytest.raises(ExportError, match="cannot read calibration shards .*could not decode"):
+        to_fp16(work["onnx"].path, out=tmp_path / "m.fp16.onnx", calibration=work["shards"])
+    assert broken_loader.closed == [True] and not (tmp_path / "m.fp16.onnx").exists()
+    with pytest.raises(ExportError, match="cannot read validation shards .*could not decode"):
+        _gate(work, [work["onnx"].path])
+    assert broken_loader.closed == [True, True]
+
+
+def test_calibration_stops_early_and_closes_the_loader(work, broken_loader, monkeypatch, tmp_path):
+    import pipeline
+
+    monkeypatch.setattr(pipeline, "ClipLoader", lambda *a, **kw: BrokenLoader(*a, good=3, **kw))
+    r = to_fp16(work["onnx"].path, out=tmp_path / "m.fp16.onnx", calibration=work["shards"], num_clips=2)
+    assert r.calibration["clips"] == 2 and broken_loader.closed == [True]
 
 
 # ----------------------------------------------------------------- the verdict (pure)
@@ -464,12 +539,27 @@ def test_judge_refuses_before_judging():
 def test_zoo_target_only_for_the_zoo_weights(work):
     model, ckpt = tpn.create_model(TINY), work["ckpt"]
     _, source = load_model(TINY, ckpt)
-    assert not source.zoo_weights
-    r = _report()
-    assert zoo_target(model, source, None, r) is None and "not checked" in r.notes[0]
+    assert source.weights == "checkpoint"
+    target, note = zoo_target(model, source, None)
+    assert target is None and "not checked" in note
     # a zoo entry that records this checkpoint's sha256 (and a published Top-1)
     model.config = dataclasses.replace(model.config, weights_sha256=sha256_file(ckpt), top1=70.0)
     _, source = load_model(model, ckpt)
-    assert source.zoo_weights
-    assert zoo_target(model, source, None, _report()) == 70.0
-    assert zoo_target(model, source, False, _report()) is None
+    assert source.weights == "zoo"
+    assert zoo_target(model, source, None) == (70.0, None)
+    assert zoo_target(model, source, False) == (None, None)
+
+
+def test_a_zoo_check_without_a_published_top1_fails_before_any_video_is_decoded(work, monkeypatch):
+    import export.validate
+
+    assert tpn.get_config(TINY).top1 is None
+
+    def no_pass(*args, **kwargs):
+        raise AssertionError("the shards were read before the settings were checked")
+
+    monkeypatch.setattr(export.validate, "shard_pass", no_pass)
+    with pytest.raises(ExportError, match="no published Top-1"):
+        _gate(work, [work["onnx"].path], zoo_checkpoint=True)
+    (r,) = _gate(work, [work["onnx"].path], val_shards=None, zoo_checkpoint=True, synthetic=2)
+    assert r.mode == "synthetic" and r.passed  # without shards there is no Top-1 to hold to the zoo's

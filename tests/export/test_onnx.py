@@ -18,6 +18,7 @@ from export.onnx import export_onnx, main, onnx_clip_shape, parse_input_size, re
 from export.trt import parse_input_size_or_auto
 from export.source import input_hw, load_model, synthetic_clips
 from export.tolerance import FP16, FP32, Tolerance, compare_logits
+from pipeline import sha256_file
 from tpn.checkpoint import save_checkpoint
 
 TINY = tpn.list_models("*tiny*")
@@ -63,12 +64,15 @@ def test_input_sizes_and_size_parsing():
     full = dataclasses.replace(cfg, clip=cfg.clip.replace(test_crops="full"))
     with pytest.raises(ExportError, match="explicit size"):
         input_hw(full, "test")
+    for bad in (0, -8, (0, 128)):
+        with pytest.raises(ExportError, match="positive int"):
+            input_hw(cfg, bad)
 
 
 def test_input_sizes_are_height_by_width():
     assert parse_input_size("test") == "test" and parse_input_size("128") == 128
     assert parse_input_size("256x340") == (256, 340)  # height 256, width 340: the tensor's (H, W)
-    for bad in ("auto", "256x", "1x2x3", "wide"):
+    for bad in ("auto", "256x", "1x2x3", "wide", "0", "-8", "0x128"):
         with pytest.raises(argparse.ArgumentTypeError, match=r"HxW \(height x width"):
             parse_input_size(bad)
     assert parse_input_size_or_auto("auto") == "auto" and parse_input_size_or_auto("112x160") == (112, 160)
@@ -150,6 +154,20 @@ def test_load_model_errors_name_the_problem(tmp_path):
         load_model("tpn_tiny_f8s4", tmp_path / "missing.pth")
 
 
+def test_load_model_reads_the_checkpoint_once_and_keeps_its_class_names(tmp_path, monkeypatch):
+    model = tpn.create_model("tpn_tiny_f8s4", num_classes=3)
+    ckpt = save_checkpoint(tmp_path / "m.pth", model)
+    obj = torch.load(ckpt, weights_only=True)
+    obj["classes"] = ["walk", "run", "jump"]
+    torch.save(obj, ckpt)
+    reads, real_load = [], torch.load
+    monkeypatch.setattr(torch, "load", lambda f, *a, **kw: reads.append(str(f)) or real_load(f, *a, **kw))
+    loaded, source = load_model("tpn_tiny_f8s4", ckpt)
+    assert reads == [str(ckpt)]
+    assert loaded.num_classes == 3 and source.class_names == ["walk", "run", "jump"] and source.weights == "checkpoint"
+    torch.testing.assert_close(loaded.state_dict(), model.state_dict())
+
+
 def test_cli_unknown_model_name(capsys, tmp_path):
     assert main(["tpn_tiny_f8s5", "--out", str(tmp_path)]) == 3
     err = capsys.readouterr().err
@@ -176,6 +194,22 @@ def test_cli_writes_onnx_and_report(tmp_path, capsys):
     assert "parity vs PyTorch" in capsys.readouterr().out
 
 
+def test_cli_report_says_the_zoo_weights_are_the_zoos(tmp_path, monkeypatch):
+    ckpt = save_checkpoint(tmp_path / "m.pth", tpn.create_model("baseline_tiny_f8s4"))
+    create = tpn.create_model
+
+    def zoo_entry_of_ckpt(name, **kw):  # a zoo entry that publishes this file's sha256
+        model = create(name, **kw)
+        model.config = dataclasses.replace(model.config, weights_sha256=sha256_file(ckpt))
+        return model
+
+    monkeypatch.setattr(tpn, "create_model", zoo_entry_of_ckpt)
+    out = tmp_path / "out"
+    assert main(["baseline_tiny_f8s4", "--checkpoint", str(ckpt), "--out", str(out), "--parity-batches", "2"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["weights"] == "zoo" == report["onnx"]["source"]["weights"] and report["warning"] is None
+
+
 def test_cli_without_checkpoint_says_random_weights_first(tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["baseline_tiny_f8s4", "--out", str(out), "--parity-batches", "2"]) == 0
@@ -185,3 +219,27 @@ def test_cli_without_checkpoint_says_random_weights_first(tmp_path, capsys):
     assert report["weights"] == "random" and report["warning"] == first
     assert report["onnx"]["source"]["weights"] == "random"
     assert read_metadata(out / "baseline_tiny_f8s4.onnx")["weights"] == "random"
+
+
+@pytest.mark.parametrize(
+    "tool, argv, flag",
+    [
+        ("export.onnx", ["tpn_tiny_f8s4", "--size", "0"], "--size"),
+        ("export.onnx", ["tpn_tiny_f8s4", "--batch", "0"], "--batch"),
+        ("export.onnx", ["tpn_tiny_f8s4", "--parity-batches", "1", "0"], "--parity-batches"),
+        ("export.predict", ["m.onnx", "v.mp4", "--model", "tpn_tiny_f8s4", "--max-views", "0"], "--max-views"),
+        ("export.validate", ["m.onnx", "--model", "m", "--checkpoint", "c.pth", "--batch-size", "0"], "--batch-size"),
+        ("export.validate", ["m.onnx", "--model", "m", "--checkpoint", "c.pth", "--max-videos", "0"], "--max-videos"),
+        ("export.trt", ["tpn_tiny_f8s4", "--calib-clips", "-1"], "--calib-clips"),
+        ("export.trt", ["tpn_tiny_f8s4", "--max-batch", "0"], "--max-batch"),
+        ("export.trt", ["tpn_tiny_f8s4", "--max-videos", "x"], "--max-videos"),
+    ],
+)
+def test_counts_and_sizes_below_one_are_usage_errors_naming_the_flag(tool, argv, flag, capsys):
+    import importlib
+
+    with pytest.raises(SystemExit) as err:
+        importlib.import_module(tool).build_parser().parse_args(argv)
+    assert err.value.code == 2
+    message = capsys.readouterr().err
+    assert f"argument {flag}" in message and ">= 1" in message

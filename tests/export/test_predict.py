@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import tpn
+from export.errors import ExportError
 from export.onnx import export_onnx
 from export.predict import (
     find_videos,
@@ -111,6 +112,10 @@ def test_top_classes_and_class_files(tmp_path):
     assert read_class_names(tmp_path / "names.txt") == ["walk", "run"]
     (tmp_path / "classes.json").write_text('["a", "b"]')
     assert read_class_names(tmp_path) == ["a", "b"]
+    for bad, why in (('["a", "a"]', "distinct class names"), ('{"a": 0}', "JSON list"), ("[a", "not valid JSON")):
+        (tmp_path / "bad.json").write_text(bad)
+        with pytest.raises(ExportError, match=why):
+            read_class_names(tmp_path / "bad.json")
 
 
 # ----------------------------------------------------------------- a folder of mixed files
@@ -173,6 +178,18 @@ def test_class_names_come_from_the_checkpoint(work, capsys):
     assert line.startswith(str(video)) and line.count("%") == 5 and "name" in line
 
 
+def test_a_checkpoint_source_is_read_once(work, monkeypatch, capsys):
+    ckpt = work["root"] / "named_once.pth"
+    obj = torch.load(work["ckpt"], weights_only=True)
+    obj["classes"] = [f"label{i}" for i in range(8)]
+    torch.save(obj, ckpt)
+    reads, real_load = [], torch.load
+    monkeypatch.setattr(torch, "load", lambda f, *a, **kw: reads.append(str(f)) or real_load(f, *a, **kw))
+    video = next(work["videos"].glob("*.webm"))
+    assert main([str(ckpt), str(video), "--model", TINY]) == 0
+    assert reads == [str(ckpt)] and "label" in capsys.readouterr().out
+
+
 def test_bad_inputs_are_named(work, tmp_path, capsys):
     video = next(work["videos"].glob("*.webm"))
     assert main([str(tmp_path / "none.onnx"), str(video), "--model", TINY]) == 3
@@ -188,6 +205,17 @@ def test_bad_inputs_are_named(work, tmp_path, capsys):
     empty.mkdir()
     assert main([str(work["onnx"]), str(empty), "--model", TINY]) == 1
     assert "no video files" in capsys.readouterr().err
+
+
+def test_an_export_at_the_training_size_is_refused_with_what_to_do(work, tmp_path, capsys):
+    """The test protocol feeds test_crop views; a default (--size train) export takes the training crop."""
+    spec = tpn.get_config(TINY).clip
+    assert spec.crop_size != spec.test_crop
+    train_size = export_onnx(TINY, checkpoint=work["ckpt"], out_dir=tmp_path, size="train", parity_batches=(1,)).path
+    video = next(work["videos"].glob("*.webm"))
+    assert main([train_size, str(video), "--model", TINY]) == 3
+    err = capsys.readouterr().err
+    assert f"takes {spec.crop_size}x{spec.crop_size} clips" in err and "--size test" in err
 
 
 def test_find_videos(tmp_path):

@@ -9,6 +9,7 @@ import pytest
 pytest.importorskip("s3fs")
 pytest.importorskip("moto.server")
 
+from export.errors import ExportError  # noqa: E402
 from export.marker import check_marker  # noqa: E402
 from export.onnx import export_onnx  # noqa: E402
 from export.shards import validation_split, shard_fingerprint  # noqa: E402
@@ -23,7 +24,7 @@ def test_gate_on_object_storage_binds_the_remote_data(s3, tmp_path):
     url = upload(s3, local, "val-shards")
     art = export_onnx(TINY, checkpoint=ckpt, out_dir=tmp_path / "out", size="test", parity_batches=(2,)).path
     assert validation_split(url, "val") == "val"
-    with pytest.raises(Exception, match="splits present: val"):
+    with pytest.raises(ExportError, match="splits present: val"):
         validation_split(url, "test")
     assert shard_fingerprint(url, "val").sha256 == shard_fingerprint(local, "val").sha256  # the same data, wherever it is
     r = validate(art, model_name=TINY, checkpoint=ckpt, val_shards=url, thresholds=Thresholds(min_videos=8))

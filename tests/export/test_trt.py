@@ -109,6 +109,29 @@ def test_build_engine_refuses_without_tensorrt_or_gpu(tmp_path):
     assert err.value.exit_code == 2 and not (tmp_path / "m.fp16.engine").exists()
 
 
+def test_the_engine_is_on_disk_before_it_gets_its_name(tmp_path, monkeypatch):
+    """build_engine's file handling, with TensorRT's build replaced by a fixed plan."""
+    import onnx
+
+    import export.trt
+
+    x = onnx.helper.make_tensor_value_info("clips", onnx.TensorProto.FLOAT, ["batch", 3, 8, 16, 16])
+    y = onnx.helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["batch", 3, 8, 16, 16])
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["clips"], ["logits"])], "g", [x], [y])
+    src = tmp_path / "m.fp16.onnx"
+    onnx.save(onnx.helper.make_model(graph), str(src))
+    synced = []
+    monkeypatch.setattr(export.trt, "missing_requirements", lambda: None)
+    monkeypatch.setattr(export.trt, "import_tensorrt", lambda: TRT10)
+    monkeypatch.setattr(export.trt, "_build", lambda *a: (b"engine plan", False, b"cache"))
+    monkeypatch.setattr(export.trt, "fsync_file", lambda p: synced.append((p.parent != tmp_path, p.read_bytes())))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "a GPU")
+    r = build_engine(src)
+    assert synced == [(True, b"engine plan")]  # fsynced in the staging folder, before publishing
+    assert (tmp_path / "m.fp16.engine").read_bytes() == b"engine plan" and r.profile["opt"] == [8, 3, 8, 16, 16]
+    assert (tmp_path / "timing.cache").read_bytes() == b"cache"
+
+
 def test_cli_without_checkpoint_or_tensorrt_says_random_weights_first_and_exits_2(tmp_path, capsys):
     if _trt_usable():
         pytest.skip("TensorRT and a GPU are present here: the missing-dependency path cannot run")
