@@ -92,10 +92,10 @@ def _read_checkpoint(checkpoint: str | os.PathLike | Mapping, name: str) -> Mapp
 
 
 def _load_weights(model: nn.Module, weights: Mapping, checkpoint: str | os.PathLike | Mapping) -> None:
+    where = "the state dict" if isinstance(checkpoint, Mapping) else str(checkpoint)
     try:
-        tpn.load_checkpoint(model, weights)
+        tpn.load_checkpoint(model, weights, source_name=where)  # its errors name the file, not "<state dict>"
     except tpn.CheckpointError as e:
-        where = "the state dict" if isinstance(checkpoint, Mapping) else checkpoint
         raise ExportError(f"cannot load {where} into {model.config.name}: {e}") from None
 
 
