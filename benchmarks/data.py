@@ -389,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the synthetic videos and shards are cached (default: a folder in the temp dir)")
     p.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS), help="clip shapes FxS")
     p.add_argument("--batch-size", type=int, default=8, help="clips per batch (default 8, TPN's per-GPU batch)")
-    p.add_argument("--batches", type=int, default=None, help="timed batches per run (default 12, tiny 2)")
+    p.add_argument("--batches", type=int, default=None, help=f"timed batches per run (default {Settings.batches}, tiny 2)")
     p.add_argument("--rounds", type=int, default=None, help="interleaved runs per loader (default 3, tiny 1)")
     p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)),
                    help="DALI threads = DataLoader workers = ffmpeg processes (default: usable cores)")
@@ -405,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     device = resolve_loader_device(args.loader_device)
     data = args.data or default_data_dir(args.tiny)
     s = Settings(data=data, tiny=args.tiny, configs=tuple(args.configs), batch_size=args.batch_size,
-                 batches=args.batches or (2 if args.tiny else 12), rounds=args.rounds or (1 if args.tiny else 3),
+                 batches=args.batches or (2 if args.tiny else Settings.batches), rounds=args.rounds or (1 if args.tiny else 3),
                  workers=args.workers, device=device)
     try:
         run(s, args.name)
