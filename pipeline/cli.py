@@ -5,9 +5,9 @@ once here, with one help text each, and added by every tool that builds a
 `ClipLoader` (`tpn.train`, `tpn.test`, the benchmarks); `--split` by every
 tool that reads a split of a shard folder (`tpn.test`, `export.validate`,
 `export.trt`, `benchmarks.infer`), all resolved by `pipeline.resolve_split`.
-This module is public (other packages import it by name). Their vocabularies
-(`LOADER_DEVICES`, `DECODERS`) are the ones `ClipLoader` accepts. This
-module imports neither DALI nor torch, so `--help` stays fast.
+This module is public (other packages import it by name). The flags' choices
+are `pipeline.options`' vocabularies, the ones `ClipLoader` accepts; neither
+module imports DALI or torch, so `--help` stays fast.
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
-LOADER_DEVICES = ("auto", "cpu", "gpu", "cuda")  # "cuda" is another name for "gpu"
-DECODERS = ("auto", "nvdec", "cpu", "pyav", "nvjpeg")
+from pipeline.options import DECODERS, LOADER_DEVICES
 
 ArgContainer = argparse.ArgumentParser | argparse._ArgumentGroup
 
@@ -47,9 +46,10 @@ def add_loader_device_arg(
 def add_decoder_arg(parser: ArgContainer, default: Any = "auto") -> None:
     parser.add_argument(
         "--decoder", choices=DECODERS, default=default,
-        help="with the loader on a GPU: decode with NVDEC or on the CPU threads (default: auto, CPU for VP9, "
-             "NVDEC for H.264, nvJPEG for frame shards; see pipeline.loader.resolve_decoder); pyav: PyAV in "
-             "host threads on either device (H.264 on a CPU too); frame shards take auto, cpu or nvjpeg",
+        help="which backend decodes (default: auto; the table is in pipeline.options). Frame shards: auto is "
+             "host on a CPU (libjpeg-turbo + OpenCV in host threads) and nvjpeg on a GPU; cpu decodes in DALI. "
+             "Video shards: nvdec or cpu (DALI; auto: cpu for VP9, nvdec for H.264 on a GPU), pyav: PyAV in "
+             "host threads on either device (H.264 on a CPU too)",
     )  # fmt: skip
 
 

@@ -50,7 +50,7 @@ def test_loader_vs_training_compares_8x8_loading_with_the_fastest_training_mode(
 @pytest.mark.slow
 def test_loader_variants_start_with_the_loaders_default_and_run_on_cpu(tmp_path):
     from benchmarks.loader_variants import variants
-    from pipeline.loader import resolve_decoder
+    from pipeline.options import resolve_decoder
 
     gpu = variants(True)
     for device, first in (("gpu", gpu[0]), ("cpu", variants(False)[0])):  # the baseline is what "auto" picks

@@ -35,10 +35,22 @@ def is_frames(shards: Path) -> bool:
     return json.loads((shards / "manifest.json").read_text())["settings"]["codec"] == "jpeg"
 
 
-def loader(shards, spec=SMALL, **kw) -> ClipLoader:
+# Each format has a DALI backend and a host-thread one: "dali" and "host" name them for either format.
+BACKENDS = ["dali", "host"]
+
+
+def decoder_of(shards: Path, backend: str) -> str:
+    """The decoder that picks `backend` for these shards: DALI's CPU decoder, or PyAV / the host frame path."""
+    if backend == "dali":
+        return "cpu"
+    return "host" if is_frames(shards) else "pyav"
+
+
+def loader(shards, spec=SMALL, backend: str | None = None, **kw) -> ClipLoader:
+    """A CPU loader with keys; `backend` ("dali" or "host") picks the decoder, else the default ("auto")."""
     kw.setdefault("batch_size", 2)
-    if kw.get("decoder") == "pyav" and is_frames(Path(shards)):
-        pytest.skip("decoder='pyav' decodes video shards; frame shards decode their JPEGs in DALI")
+    if backend is not None:
+        kw["decoder"] = decoder_of(Path(shards), backend)
     return ClipLoader(shards, spec, device="cpu", return_keys=True, **kw)
 
 
@@ -84,9 +96,9 @@ def test_labels_follow_classes_json(coded):
     ],
     ids=["dense4x3", "dense8x8-edge", "segments5"],
 )
-@pytest.mark.parametrize("decoder", ["cpu", "pyav"])
-def test_train_clips_hold_exactly_the_sampled_frames(coded, spec, decoder):
-    ld = loader(coded, spec, seed=5, decoder=decoder)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_train_clips_hold_exactly_the_sampled_frames(coded, spec, backend):
+    ld = loader(coded, spec, backend, seed=5)
     ld.set_epoch(2)
     for clips, _, keys in ld:
         got = frame_codes(clips, spec)
@@ -102,9 +114,9 @@ def test_train_clips_hold_exactly_the_sampled_frames(coded, spec, decoder):
     ],
     ids=["dense-3clips-3crops-flip", "segments-twice"],
 )
-@pytest.mark.parametrize("decoder", ["cpu", "pyav"])
-def test_test_views_are_clips_major_with_the_spread_frames(coded, spec, clips, decoder):
-    ld = loader(coded, spec, mode="test", batch_size=3, decoder=decoder)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_test_views_are_clips_major_with_the_spread_frames(coded, spec, clips, backend):
+    ld = loader(coded, spec, backend, mode="test", batch_size=3)
     views = spec.num_test_views
     for batch, _, keys in ld:
         assert batch.shape[1:] == (views, 3, spec.frames, 48, 48)
@@ -186,10 +198,10 @@ def test_rank_and_world_size_come_from_torch_distributed(monkeypatch):
 # -- crops and flips ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("decoder", ["cpu", "pyav"])
-def test_train_crop_box_and_flip_with_label_swap(gradient, decoder):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_train_crop_box_and_flip_with_label_swap(gradient, backend):
     spec = ClipSpec(frames=2, stride=1, crop_size=32, flip_label_map=((0, 1),))
-    ld = loader(gradient, spec, batch_size=1, seed=0, decoder=decoder)
+    ld = loader(gradient, spec, backend, batch_size=1, seed=0)
     flips = set()
     for epoch in range(6):
         ld.set_epoch(epoch)
@@ -285,7 +297,7 @@ def test_loader_device_vocabulary(has_gpu, monkeypatch):
     from pipeline import loader
 
     monkeypatch.setattr(loader.torch.cuda, "is_available", lambda: has_gpu)
-    monkeypatch.setattr(loader, "_dali_gpu_count", lambda: int(has_gpu))
+    monkeypatch.setattr(loader, "dali_gpu_count", lambda: int(has_gpu))
     assert loader.resolve_loader_device("cpu") == "cpu"
     assert loader.resolve_loader_device("auto") == ("gpu" if has_gpu else "cpu")
     for name in ("gpu", "cuda"):
@@ -336,12 +348,10 @@ def test_h264_shards_decode_exactly_on_cpu_with_pyav(tmp_path):
     assert batches == len(ld) == 1
 
 
-@pytest.mark.parametrize("decoder", ["cpu", "pyav"])
-def test_corrupt_video_names_shard_and_key_and_does_not_hang(tmp_path, coded, decoder):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_corrupt_video_names_shard_and_key_and_does_not_hang(tmp_path, coded, backend):
     """Zero part of one video (or of one JPEG frame) inside its tar: decoding fails; the error must name it."""
-    frames = is_frames(coded)
-    if frames and decoder == "pyav":
-        pytest.skip("decoder='pyav' decodes video shards; frame shards decode their JPEGs in DALI")
+    frames, decoder = is_frames(coded), decoder_of(coded, backend)
     tars = copy_shards(coded, tmp_path / "s")
     line = tars[0].with_suffix(".idx").read_text().splitlines()[1].split()
     at = line.index("000000.jpg") if frames else 0  # frame 0 is in every test clip plan below
@@ -376,7 +386,7 @@ def test_corrupt_video_names_shard_and_key_and_does_not_hang(tmp_path, coded, de
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("codec, decoder", [("vp9", "nvdec"), ("h264", "nvdec"), ("vp9", "cpu"),
-                                           ("jpeg", "nvjpeg"), ("jpeg", "cpu")])
+                                           ("jpeg", "nvjpeg"), ("jpeg", "cpu"), ("jpeg", "host")])
 def test_gpu_loader_decodes_the_sampled_frames(tmp_path, codec, decoder):
     # NVDEC's smallest VP9 frame is 128x128, so these videos are larger than the CPU fixtures.
     videos = {c: [(f"{c}{j}_{n}", coded_frames(n, (192, 144))) for j, n in enumerate(ns)] for c, ns in
@@ -397,16 +407,20 @@ def test_gpu_loader_decodes_the_sampled_frames(tmp_path, codec, decoder):
 
 
 def test_decoder_choice_per_device_and_codec():
-    from pipeline.loader import resolve_decoder
+    from pipeline.options import resolve_decoder
 
     assert resolve_decoder("auto", "cpu", "vp9") == "cpu" and resolve_decoder("nvdec", "cpu", "vp9") == "cpu"
     # on a GPU: VP9 decodes faster on the CPU threads (measured), H.264 needs NVDEC
     assert resolve_decoder("auto", "gpu", "vp9") == "cpu" and resolve_decoder("auto", "gpu", "h264") == "nvdec"
     assert resolve_decoder("nvdec", "gpu", "vp9") == "nvdec" and resolve_decoder("cpu", "gpu", "h264") == "cpu"
     # frame shards: nvJPEG on a GPU, libjpeg-turbo on the CPU threads; video decoders are refused by name
-    assert resolve_decoder("auto", "gpu", "jpeg") == "nvjpeg" and resolve_decoder("auto", "cpu", "jpeg") == "cpu"
+    # frame shards: nvJPEG on a GPU, the host path (libjpeg-turbo + OpenCV) on a CPU, DALI's CPU decoder by name
+    assert resolve_decoder("auto", "gpu", "jpeg") == "nvjpeg" and resolve_decoder("auto", "cpu", "jpeg") == "host"
     assert resolve_decoder("cpu", "gpu", "jpeg") == "cpu" and resolve_decoder("nvjpeg", "cpu", "jpeg") == "cpu"
-    with pytest.raises(ValueError, match="JPEG frames.*'auto', 'cpu', 'nvjpeg'"):
+    assert resolve_decoder("host", "gpu", "jpeg") == "host" and resolve_decoder("cpu", "cpu", "jpeg") == "cpu"
+    # each kind of shard refuses the other kind's decoders by name
+    with pytest.raises(ValueError, match="JPEG frames.*'auto', 'host', 'cpu', 'nvjpeg'"):
         resolve_decoder("nvdec", "gpu", "jpeg")
-    with pytest.raises(ValueError, match="nvjpeg.*JPEG frame shards"):
-        resolve_decoder("nvjpeg", "gpu", "vp9")
+    for decoder in ("nvjpeg", "host"):
+        with pytest.raises(ValueError, match=f"{decoder}.*JPEG frame shards.*'auto', 'nvdec', 'cpu', 'pyav'"):
+            resolve_decoder(decoder, "gpu", "vp9")

@@ -1,0 +1,49 @@
+"""Colour jitter and normalisation as maps on 0-255 RGB: one 3x4 matrix and one lookup table per clip.
+
+DALI's `fn.hsv` is a linear map of RGB (it works in YIQ: hue rotates the
+I/Q plane, saturation scales it), and `fn.brightness_contrast` is affine
+(contrast about 128, then a shift), so the recipe's whole jitter is one 3x4
+matrix on RGB. The host path applies it with `cv2.transform` on uint8
+(rounded and clipped to 0-255 once, where DALI rounds and clips after each
+of its two operators: the two differ only where a channel saturates between
+them), then turns uint8 into normalised float32 through a 256-entry table
+per channel, which is exactly DALI's `crop_mirror_normalize` on uint8.
+
+The matrices are checked against DALI's operators in `tests/pipeline/test_colour.py`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from pipeline.sampling import Jitter
+
+# The RGB -> YIQ matrix DALI's hsv operator uses; its inverse takes YIQ back.
+RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.321], [0.211, -0.523, 0.311]])
+CONTRAST_CENTRE = 128.0  # DALI's default contrast centre for uint8 images: half the range
+
+
+def hsv_matrix(hue: float, saturation: float) -> np.ndarray:
+    """(3, 3) RGB map of `fn.hsv(hue=hue, saturation=saturation)`: hue in degrees, saturation a factor."""
+    t = math.radians(hue)
+    c, s = saturation * math.cos(t), saturation * math.sin(t)
+    rotate = np.array([[1.0, 0.0, 0.0], [0.0, c, s], [0.0, -s, c]])
+    return np.linalg.inv(RGB_TO_YIQ) @ rotate @ RGB_TO_YIQ
+
+
+def jitter_matrix(jitter: Jitter) -> np.ndarray:
+    """(3, 4) float32 map of the loader's jitter (hsv, then contrast and brightness) on 0-255 RGB."""
+    k = jitter.contrast
+    m = np.empty((3, 4))
+    m[:, :3] = k * hsv_matrix(jitter.hue, jitter.saturation)
+    m[:, 3] = CONTRAST_CENTRE * (1.0 - k) + jitter.brightness
+    return m.astype(np.float32)
+
+
+def normalise_table(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """(256, 1, 3) float32: value v of channel c -> (v - mean[c]) / std[c] (a `cv2.LUT` table)."""
+    values = np.arange(256, dtype=np.float64)[:, None]
+    table = (values - np.asarray(mean, np.float64)) / np.asarray(std, np.float64)
+    return table.astype(np.float32).reshape(256, 1, 3)

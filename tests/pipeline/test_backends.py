@@ -1,0 +1,116 @@
+"""The two frame-shard backends are interchangeable: DALI's graph and the host path (libjpeg-turbo + OpenCV).
+
+Both consume the same `SamplePlan`s, so they return the same samples, labels,
+frames, boxes and flips (exact frames are checked per backend in
+test_loader.py); their pixels differ only by resampling and rounding:
+
+* training clips (crop + resize, flip, jitter): mean |difference| under 0.6
+  and 99% of values within 4 levels of 255 (OpenCV's fixed-point bilinear
+  weights and its clamping at the crop's edge where DALI reads past it; with
+  jitter, DALI also rounds and clips between its two colour operators);
+* test views (short side resized, crops, flips): mean under 1.5, 99% within
+  6 levels (DALI resamples with the unrounded scale of `resize_shorter`).
+"""
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from nvidia.dali import fn, pipeline_def
+
+from pipeline import ClipLoader, ClipSpec, sampling
+from pipeline.colour import jitter_matrix, normalise_table
+from tests.clipdata import make_shards, to_rgb
+
+
+def textured_frames(n: int, size: tuple[int, int], seed: int) -> np.ndarray:
+    """Camera-like frames: a coarse random texture panning right by a pixel per frame, plus sensor noise."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    base = cv2.resize(rng.integers(0, 256, (h // 6, w // 6, 3), dtype=np.uint8), (w + n, h), interpolation=cv2.INTER_CUBIC)
+    noise = rng.normal(0, 6, (n, h, w, 3))
+    return np.stack([np.clip(base[:, i : i + w] + noise[i], 0, 255).astype(np.uint8) for i in range(n)])
+
+
+@pytest.fixture(scope="module")
+def textured(tmp_path_factory) -> Path:
+    sizes = {"a0": (12, (96, 72)), "a1": (20, (72, 96)), "b0": (16, (96, 72)), "b1": (9, (80, 80))}
+    videos: dict[str, list] = {"a": [], "b": []}
+    for seed, (name, (n, size)) in enumerate(sizes.items()):
+        videos[name[0]].append((name, textured_frames(n, size, seed)))
+    return make_shards(tmp_path_factory.mktemp("textured"), videos, codec="jpeg")
+
+
+def both(shards: Path, spec: ClipSpec, mode: str) -> list[tuple]:
+    runs = []
+    for decoder in ("cpu", "host"):
+        ld = ClipLoader(shards, spec, mode=mode, batch_size=2, device="cpu", decoder=decoder, return_keys=True, seed=3)
+        runs.append([(c.clone(), labels, keys) for c, labels, keys in ld])
+    return list(zip(*runs, strict=True))
+
+
+@pytest.mark.parametrize("jitter", [False, True], ids=["plain", "jitter"])
+def test_host_and_dali_training_clips_agree(textured, jitter):
+    spec = ClipSpec(frames=4, stride=2, crop_size=48, color_jitter=jitter)
+    pairs = both(textured, spec, "train")
+    assert len(pairs) == 2
+    for (a, la, ka), (b, lb, kb) in pairs:
+        assert ka == kb and torch.equal(la, lb) and a.shape == b.shape == (2, 3, 4, 48, 48)
+        diff = (to_rgb(a, spec) - to_rgb(b, spec)).abs()
+        assert diff.mean() < 0.6 and diff.quantile(0.99) <= 4, (ka, diff.mean(), diff.quantile(0.99))
+
+
+def test_host_and_dali_test_views_agree(textured):
+    spec = ClipSpec(frames=4, stride=2, test_scale=56, test_crop=48, test_clips=2, test_flip=True)
+    pairs = both(textured, spec, "test")
+    assert len(pairs) == 2
+    for (a, la, ka), (b, lb, kb) in pairs:
+        assert ka == kb and torch.equal(la, lb) and a.shape == b.shape and a.shape[1:3] == (12, 3)
+        diff = (to_rgb(a, spec) - to_rgb(b, spec)).abs()
+        assert diff.mean() < 1.5 and diff.quantile(0.99) <= 6, (ka, diff.mean(), diff.quantile(0.99))
+
+
+def test_host_training_clips_are_channels_last_3d(textured):
+    ld = ClipLoader(textured, ClipSpec(frames=4, stride=2, crop_size=48), batch_size=2, device="cpu", decoder="host")
+    clips, _ = next(iter(ld))
+    assert clips.is_contiguous(memory_format=torch.channels_last_3d)
+
+
+# -- the colour maps against DALI's operators ---------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_jitter_matrix_is_dalis_hsv_then_brightness_contrast(seed):
+    jitter = sampling.draw_jitter(np.random.default_rng(seed))
+    rng = np.random.default_rng(100 + seed)
+    image = rng.uniform(60, 195, (32, 32, 3)).astype(np.float32)  # no channel leaves 0-255 under the jitter
+    j = np.array([jitter.hue, jitter.saturation, jitter.contrast, jitter.brightness / 255.0], np.float32)
+
+    @pipeline_def(batch_size=1, num_threads=1, device_id=None)
+    def graph():
+        x = fn.external_source(source=lambda: [image], batch=True, layout="HWC")
+        # float in and out: the loader's maths (DALI still rounds each operator's output to whole levels)
+        x = fn.hsv(x, hue=float(j[0]), saturation=float(j[1]))
+        return fn.brightness_contrast(x, contrast=float(j[2]), brightness_shift=float(j[3]))
+
+    pipe = graph()
+    pipe.build()
+    (out,) = pipe.run()
+    m = jitter_matrix(jitter).astype(np.float64)
+    want = image.reshape(-1, 3) @ m[:, :3].T + m[:, 3]
+    assert want.min() > 0 and want.max() < 255
+    got = np.array(out[0]).reshape(-1, 3)
+    # each operator rounds to a whole level: at most 0.5 * contrast + 0.5 apart, about 0.33 on average
+    assert np.abs(got - want).max() <= 0.5 * jitter.contrast + 0.5 + 1e-3 and np.abs(got - want).mean() < 0.45
+    assert np.abs(want - image.reshape(-1, 3)).mean() > 3  # the map is not close to the identity
+
+
+def test_normalise_table_is_crop_mirror_normalize_on_uint8():
+    spec = ClipSpec()
+    table = normalise_table(spec.mean, spec.std)
+    values = np.arange(256, dtype=np.uint8).reshape(16, 16, 1).repeat(3, axis=2)
+    got = cv2.LUT(values, table)
+    want = (values.astype(np.float64) - np.array(spec.mean)) / np.array(spec.std)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
