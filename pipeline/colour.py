@@ -42,6 +42,32 @@ def jitter_matrix(jitter: Jitter) -> np.ndarray:
     return m.astype(np.float32)
 
 
+# (Kr, Kb) luma weights of the YUV matrices a video may be tagged with; untagged video is read as BT.601,
+# as libswscale and DALI read it.
+LUMA_WEIGHTS = {"bt601": (0.299, 0.114), "bt709": (0.2126, 0.0722)}
+
+
+def yuv_to_rgb_matrix(matrix: str = "bt601", full_range: bool = False) -> np.ndarray:
+    """(3, 4) map of 8-bit Y, U, V (Cb), V (Cr) to 0-255 RGB, for limited ("tv") or full ("pc") range."""
+    kr, kb = LUMA_WEIGHTS[matrix]
+    kg = 1.0 - kr - kb
+    luma, chroma = (1.0, 1.0) if full_range else (255.0 / 219.0, 255.0 / 224.0)
+    # R = Y + 2(1 - Kr) Cr;  B = Y + 2(1 - Kb) Cb;  G = (Y - Kr R - Kb B) / Kg
+    m = np.array([
+        [1.0, 0.0, 2.0 * (1.0 - kr)],
+        [1.0, -2.0 * kb * (1.0 - kb) / kg, -2.0 * kr * (1.0 - kr) / kg],
+        [1.0, 2.0 * (1.0 - kb), 0.0],
+    ]) * np.array([luma, chroma, chroma])
+    offset = -m @ np.array([0.0 if full_range else 16.0, 128.0, 128.0])
+    return np.concatenate([m, offset[:, None]], axis=1)
+
+
+def compose(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
+    """The (3, 4) affine map `outer` after `inner`, as float32."""
+    m = outer[:, :3].astype(np.float64) @ inner[:, :3]
+    return np.concatenate([m, (outer[:, :3] @ inner[:, 3] + outer[:, 3])[:, None]], axis=1).astype(np.float32)
+
+
 def normalise_table(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
     """(256, 1, 3) float32: value v of channel c -> (v - mean[c]) / std[c] (a `cv2.LUT` table)."""
     values = np.arange(256, dtype=np.float64)[:, None]

@@ -8,7 +8,7 @@ same resize / crop / flip / normalise follow per image, and the host
 regroups the images into clips. Training clips come back in
 `channels_last_3d` memory order (a view of DALI's NHWC output, no copy).
 
-On a CPU the host path (`pipeline.host_frames`) does the same work faster;
+On a CPU the host path (`pipeline.host`) does the same work faster;
 decoder "cpu" keeps this graph for comparison and for GPU loaders that
 decode on the CPU threads.
 """

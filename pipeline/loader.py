@@ -6,8 +6,8 @@ crop boxes, flips and jitter are pure functions of (seed, epoch, sample)
 chosen by the shards' kind, the device and the decoder
 (`pipeline.options`), does the work:
 
-* `pipeline.host_frames`: frame shards on a CPU, libjpeg-turbo and OpenCV
-  in host threads (the CPU default);
+* `pipeline.host`: either kind on a CPU (the default there): libjpeg-turbo
+  or PyAV decodes, OpenCV augments, in host threads;
 * `pipeline.dali_frames`: frame shards through DALI (nvJPEG on a GPU);
 * `pipeline.dali_video`: video shards through DALI (libavcodec, NVDEC, or
   PyAV-decoded frames).
@@ -40,7 +40,7 @@ from pipeline.clip import ClipSpec
 from pipeline.dali_frames import DaliFrames
 from pipeline.dali_graph import HW_DECODER_LOAD, dali_gpu_count
 from pipeline.dali_video import DaliVideo
-from pipeline.host_frames import HostFrames
+from pipeline.host import HostClips
 from pipeline.options import DECODERS, LOADER_DEVICES, Decoder, Device, Mode, resolve_decoder
 from pipeline.plan import SamplePlan, plan_sample
 from pipeline.shardset import ShardSet
@@ -196,7 +196,7 @@ class ClipLoader:
         common = {"num_threads": self.num_threads, "prefetch": self.prefetch, "device": self.device}
         args = (self.data, self.clip, self.mode, self.plan)
         if self.decoder == "host":
-            return HostFrames(*args, **common)
+            return HostClips(*args, **common)
         dali = {**common, "decoder": self.decoder, "seed": self.seed, "batch_size": self.batch_size}
         if self.data.is_frames:
             return DaliFrames(*args, hw_decoder_load=hw_decoder_load, **dali)
@@ -208,7 +208,7 @@ class ClipLoader:
             raise ValueError(
                 f"the shards in {folder} hold H.264 video, which DALI cannot decode on the CPU "
                 "(its CPU decoder handles VP9/VP8/MJPEG only; H.264 needs NVDEC on a GPU). "
-                "Use device='gpu' with NVDEC, decoder='pyav' (PyAV decodes it on the host), "
+                "Use decoder='host' or 'auto' (PyAV decodes it on the host), device='gpu' with NVDEC, "
                 "or re-shard as VP9: `python -m pipeline.shard SRC --out OUT --codec vp9`"
             )
 

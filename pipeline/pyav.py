@@ -1,7 +1,8 @@
 """Frame-accurate decoding of a few frames of a constant-frame-rate video with PyAV.
 
 Seek to the keyframe at or before the first wanted frame, decode forward,
-convert only the wanted frames to RGB, stop after the last one. PyAV releases
+keep only the wanted frames (converted to RGB by `decode_frames`, or left in
+their YUV planes for the caller), stop after the last one. PyAV releases
 the GIL while it decodes, so threads decode several videos at once.
 """
 
@@ -19,8 +20,8 @@ def frame_index(pts: int, start: int, time_base: Fraction, fps: Fraction) -> int
     return round((pts - start) * time_base * fps)
 
 
-def decode_frames(data: bytes | memoryview | np.ndarray, indices: np.ndarray) -> np.ndarray:
-    """(len(indices), H, W, 3) uint8 RGB frames at `indices` (any order, repeats allowed).
+def decoded_frames(data: bytes | memoryview | np.ndarray, indices: np.ndarray) -> list[av.VideoFrame]:
+    """The decoded `av.VideoFrame`s at `indices` (any order, repeats allowed), still in the video's pixel format.
 
     Raises ValueError when a wanted frame is not in the video, and PyAV's
     `av.FFmpegError` subclasses when the bytes do not decode.
@@ -33,14 +34,19 @@ def decode_frames(data: bytes | memoryview | np.ndarray, indices: np.ndarray) ->
         first, last = min(needed), max(needed)
         if first > 0:
             container.seek(start + int(first / fps / tb), stream=stream, backward=True)
-        wanted: dict[int, np.ndarray] = {}
+        wanted: dict[int, av.VideoFrame] = {}
         for frame in container.decode(stream):
             i = frame_index(frame.pts, start, tb, fps)
             if i in needed:
-                wanted[i] = frame.to_ndarray(format="rgb24")
+                wanted[i] = frame
             if i >= last:
                 break
     missing = sorted(needed - set(wanted))
     if missing:
         raise ValueError(f"frames {missing[:5]} not found in the video")
-    return np.stack([wanted[int(i)] for i in np.asarray(indices)])
+    return [wanted[int(i)] for i in np.asarray(indices)]
+
+
+def decode_frames(data: bytes | memoryview | np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """(len(indices), H, W, 3) uint8 RGB frames at `indices` (see `decoded_frames`)."""
+    return np.stack([frame.to_ndarray(format="rgb24") for frame in decoded_frames(data, indices)])

@@ -35,15 +35,16 @@ def is_frames(shards: Path) -> bool:
     return json.loads((shards / "manifest.json").read_text())["settings"]["codec"] == "jpeg"
 
 
-# Each format has a DALI backend and a host-thread one: "dali" and "host" name them for either format.
-BACKENDS = ["dali", "host"]
+# The CPU backends: DALI's graph ("dali": decoder "cpu"), the host threads ("host", the CPU default), and for
+# video shards PyAV-decoded frames augmented by DALI ("pyav").
+BACKENDS = ["dali", "host", "pyav"]
 
 
 def decoder_of(shards: Path, backend: str) -> str:
-    """The decoder that picks `backend` for these shards: DALI's CPU decoder, or PyAV / the host frame path."""
-    if backend == "dali":
-        return "cpu"
-    return "host" if is_frames(shards) else "pyav"
+    """The decoder that picks `backend` for these shards (frame shards have no "pyav" backend: skipped)."""
+    if backend == "pyav" and is_frames(shards):
+        pytest.skip("decoder='pyav' decodes video shards")
+    return {"dali": "cpu", "host": "host", "pyav": "pyav"}[backend]
 
 
 def loader(shards, spec=SMALL, backend: str | None = None, **kw) -> ClipLoader:
@@ -332,15 +333,17 @@ def test_truncated_shard_is_named_at_construction(tmp_path, coded):
         loader(tmp_path / "s")
 
 
-def test_h264_shards_on_cpu_say_how_to_reshard(tmp_path):
+def test_h264_shards_with_dalis_cpu_decoder_say_what_to_use(tmp_path):
     out = make_shards(tmp_path, {"a": [("x", coded_frames(10))]}, codec="h264")
-    with pytest.raises(ValueError, match=r"H\.264.*decoder='pyav'.*--codec vp9"):
-        loader(out)
+    with pytest.raises(ValueError, match=r"H\.264.*decoder='host'.*--codec vp9"):
+        loader(out, decoder="cpu")
 
 
-def test_h264_shards_decode_exactly_on_cpu_with_pyav(tmp_path):
+@pytest.mark.parametrize("decoder", ["auto", "pyav"])
+def test_h264_shards_decode_exactly_on_cpu(tmp_path, decoder):
     out = make_shards(tmp_path, {"a": [("a0_23", coded_frames(23)), ("a1_9", coded_frames(9))]}, codec="h264")
-    ld = loader(out, decoder="pyav", seed=1)
+    ld = loader(out, decoder=decoder, seed=1)
+    assert ld.decoder == ("host" if decoder == "auto" else "pyav")
     batches = 0
     for clips, _, keys in ld:
         np.testing.assert_array_equal(frame_codes(clips, SMALL), np.stack([expected_train_view(ld, k, 0).indices for k in keys]))
@@ -376,7 +379,7 @@ def test_corrupt_video_names_shard_and_key_and_does_not_hang(tmp_path, coded, ba
     run = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=120)
     assert "ERROR" in run.stdout, run.stdout + run.stderr[-2000:]
     message = run.stdout
-    expected = "frame 0" if frames else "PyAV could not decode" if decoder == "pyav" else "DALI could not decode"
+    expected = "frame 0" if frames else "DALI could not decode" if decoder == "cpu" else "PyAV could not decode"
     assert expected in message
     assert tars[0].name in message and name.split(".")[0] in message and "pipeline.verify" in message
 
@@ -409,7 +412,10 @@ def test_gpu_loader_decodes_the_sampled_frames(tmp_path, codec, decoder):
 def test_decoder_choice_per_device_and_codec():
     from pipeline.options import resolve_decoder
 
-    assert resolve_decoder("auto", "cpu", "vp9") == "cpu" and resolve_decoder("nvdec", "cpu", "vp9") == "cpu"
+    # on a CPU: the host path for every codec; DALI's CPU decoder by name
+    assert resolve_decoder("auto", "cpu", "vp9") == "host" and resolve_decoder("auto", "cpu", "h264") == "host"
+    assert resolve_decoder("nvdec", "cpu", "vp9") == "cpu" and resolve_decoder("cpu", "cpu", "vp9") == "cpu"
+    assert resolve_decoder("host", "gpu", "vp9") == "host" and resolve_decoder("pyav", "cpu", "vp9") == "pyav"
     # on a GPU: VP9 decodes faster on the CPU threads (measured), H.264 needs NVDEC
     assert resolve_decoder("auto", "gpu", "vp9") == "cpu" and resolve_decoder("auto", "gpu", "h264") == "nvdec"
     assert resolve_decoder("nvdec", "gpu", "vp9") == "nvdec" and resolve_decoder("cpu", "gpu", "h264") == "cpu"
@@ -421,6 +427,5 @@ def test_decoder_choice_per_device_and_codec():
     # each kind of shard refuses the other kind's decoders by name
     with pytest.raises(ValueError, match="JPEG frames.*'auto', 'host', 'cpu', 'nvjpeg'"):
         resolve_decoder("nvdec", "gpu", "jpeg")
-    for decoder in ("nvjpeg", "host"):
-        with pytest.raises(ValueError, match=f"{decoder}.*JPEG frame shards.*'auto', 'nvdec', 'cpu', 'pyav'"):
-            resolve_decoder(decoder, "gpu", "vp9")
+    with pytest.raises(ValueError, match="nvjpeg.*JPEG frame shards.*'auto', 'host', 'nvdec', 'cpu', 'pyav'"):
+        resolve_decoder("nvjpeg", "gpu", "vp9")

@@ -1,20 +1,25 @@
-"""Frame shards decoded and augmented in host threads: libjpeg-turbo (simplejpeg) and OpenCV, no DALI.
+"""Clips decoded and augmented in host threads, no DALI: the CPU path of both shard kinds.
 
-The CPU path of frame shards. Per frame it does what the DALI graph does
-(`pipeline.dali_frames`), with the operators a CPU runs fastest:
+Per frame it does what the DALI graphs do (`pipeline.dali_frames`,
+`pipeline.dali_video`), with the operators a CPU runs fastest:
 
-1. decode the JPEG with libjpeg-turbo (`simplejpeg`); where the crop box is
-   at least twice the output on both sides, libjpeg-turbo's DCT-domain
-   scaling decodes it at 1/2, 1/4 or 1/8 size directly;
-2. crop the box and resize it to the output on uint8 (`cv2.resize`,
-   bilinear, as DALI's `fn.resize` with antialias off);
-3. flip, then the clip's colour jitter as one 3x4 map (`cv2.transform`,
-   `pipeline.colour.jitter_matrix`);
+1. decode: a frame shard's JPEG with libjpeg-turbo (`simplejpeg`; where the
+   crop box is at least twice the output on both sides, libjpeg-turbo's
+   DCT-domain scaling decodes it at 1/2, 1/4 or 1/8 size directly); a
+   video's sampled frames with PyAV (libavcodec, from the keyframe before
+   the first one, only the sampled frames converted to RGB);
+2. resample the crop box to the output on uint8 (`cv2.warpAffine`,
+   bilinear, pixel centres mapped as DALI's `fn.resize` with antialias off
+   maps them); a 4:2:0 video frame
+   stays in its Y, U, V planes for this, so it is never converted to RGB
+   at full size;
+3. flip, then one 3x4 colour map (`cv2.transform`): the clip's jitter
+   (`pipeline.colour.jitter_matrix`) after the frame's YUV -> RGB matrix;
 4. normalise through a 256-entry table per channel (`cv2.LUT`), written
    straight into the batch tensor.
 
 Every call above releases the GIL, so `num_threads` threads decode clips of
-a batch in parallel while a reader thread fetches the next batches' JPEGs
+a batch in parallel while a reader thread fetches the next batches' bytes
 and the caller trains on the current one. The plan (frames, boxes, flips,
 jitter, test crops) is the `pipeline.plan.SamplePlan` the DALI path
 consumes, so the two paths return the same frames, boxes and flips; their
@@ -34,15 +39,17 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
+import av
 import cv2
 import numpy as np
 import simplejpeg
 import torch
 
 from pipeline.clip import ClipSpec
-from pipeline.colour import jitter_matrix, normalise_table
+from pipeline.colour import compose, jitter_matrix, normalise_table, yuv_to_rgb_matrix
 from pipeline.errors import DataError
 from pipeline.plan import SamplePlan, crop_origin, resize_shorter
+from pipeline.pyav import decoded_frames
 from pipeline.shardset import VERIFY_HINT, ShardSet
 
 # OpenCV would split each small resize over its own thread pool; the loader's threads are the parallelism.
@@ -59,8 +66,8 @@ class _Batch:
     clips: list[Future]
 
 
-class HostFrames:
-    """Frame-shard batches made in host threads (see the module docstring)."""
+class HostClips:
+    """Batches of either shard kind made in host threads (see the module docstring)."""
 
     def __init__(self, data: ShardSet, spec: ClipSpec, mode: str, plan: Callable[[int, int], SamplePlan],
                  num_threads: int, prefetch: int, device: str = "cpu"):
@@ -92,14 +99,17 @@ class HostFrames:
     # -- one batch
 
     def _start(self, indices: np.ndarray, epoch: int, workers: ThreadPoolExecutor) -> _Batch:
-        """Plan the batch, read its JPEGs (one batch of reads), hand its clips to the workers."""
+        """Plan the batch, read its bytes (one batch of reads), hand its clips to the workers."""
         plans = [self.plan(int(i), epoch) for i in indices]
         decode = [p.decode_plan() for p in plans]
-        jpegs = self.data.frame_bytes_many([(p.index, unique) for p, (unique, _) in zip(plans, decode)])
+        if self.data.is_frames:
+            encoded = self.data.frame_bytes_many([(p.index, unique) for p, (unique, _) in zip(plans, decode)])
+        else:
+            encoded = self.data.videos([p.index for p in plans])
         out = np.empty(self._shape(plans), np.float32)
         work = self._train_clip if self.mode == "train" else self._test_clip
-        clips = [workers.submit(work, out[n], plan, unique, order, images)
-                 for n, (plan, (unique, order), images) in enumerate(zip(plans, decode, jpegs))]
+        clips = [workers.submit(work, out[n], plan, unique, order, data)
+                 for n, (plan, (unique, order), data) in enumerate(zip(plans, decode, encoded))]
         return _Batch(plans, out, torch.from_numpy(out), clips)
 
     def _shape(self, plans: list[SamplePlan]) -> tuple[int, ...]:
@@ -134,33 +144,29 @@ class HostFrames:
     # -- one clip (runs in a worker thread; the OpenCV and libjpeg-turbo calls release the GIL)
 
     def _train_clip(self, out: np.ndarray, plan: SamplePlan, unique: np.ndarray, order: np.ndarray,
-                    jpegs: list[bytes]) -> None:
-        """out (F, S, S, 3): decode, crop + resize, flip, jitter, normalise every distinct frame."""
+                    encoded) -> None:
+        """out (F, S, S, 3): decode, crop + resize, flip, colour map, normalise every distinct frame."""
         view, size = plan.train, self.spec.crop_size
         box = view.box
-        colour = jitter_matrix(view.jitter) if view.jitter is not None else None
-        height, width = self.data.frame_size(plan.index)
-        for k, jpeg in enumerate(jpegs):
-            image = self._decode(jpeg, plan, int(unique[k]), box_side=min(box.h, box.w), out_side=size)
-            sy, sx = image.shape[0] / height, image.shape[1] / width  # 1 unless DCT-scaled
-            y0, x0 = round(box.y * sy), round(box.x * sx)
-            y1, x1 = max(y0 + 1, round((box.y + box.h) * sy)), max(x0 + 1, round((box.x + box.w) * sx))
-            x = cv2.resize(image[y0:y1, x0:x1], (size, size), interpolation=cv2.INTER_LINEAR)
+        jitter = jitter_matrix(view.jitter) if view.jitter is not None else None
+        for k, picture in enumerate(self._pictures(encoded, plan, unique, box_side=min(box.h, box.w), out_side=size)):
+            x = picture.resize((box.y, box.x, box.y + box.h, box.x + box.w), (size, size))
             if view.flip:
                 x = cv2.flip(x, 1)
+            colour = _colour_map(jitter, picture.colour)
             if colour is not None:
                 x = cv2.transform(x, colour)
             _write(x, self.table, [out[p] for p in np.flatnonzero(order == k)])
 
     def _test_clip(self, out: np.ndarray, plan: SamplePlan, unique: np.ndarray, order: np.ndarray,
-                   jpegs: list[bytes]) -> None:
+                   encoded) -> None:
         """out (C, V', F, H, W, 3): decode, resize the short side, then every (crop, flip) view."""
         spec = self.spec
         height, width = resize_shorter(spec.test_scale, *self.data.frame_size(plan.index))
-        for k, jpeg in enumerate(jpegs):
-            image = self._decode(jpeg, plan, int(unique[k]))
-            if image.shape[:2] != (height, width):
-                image = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+        for k, picture in enumerate(self._pictures(encoded, plan, unique)):
+            image = picture.resize((0, 0, picture.height, picture.width), (height, width))
+            if picture.colour is not None:
+                image = cv2.transform(image, picture.colour)
             where = [divmod(int(p), spec.frames) for p in np.flatnonzero(order == k)]  # (clip, frame) showing it
             for c, (px, py) in enumerate(plan.positions):
                 window = image
@@ -172,7 +178,25 @@ class HostFrames:
                     v = c * len(self.flips) + i
                     _write(x, self.table, [out[clip, v, f] for clip, f in where])
 
-    def _decode(self, jpeg: bytes, plan: SamplePlan, frame: int, box_side: int = 0, out_side: int = 0) -> np.ndarray:
+    def _pictures(self, encoded, plan: SamplePlan, unique: np.ndarray, box_side: int = 0,
+                  out_side: int = 0) -> Iterator[Picture]:
+        """The distinct frames `unique`, in order, decoded as late as possible."""
+        if self.data.is_frames:
+            height, width = self.data.frame_size(plan.index)
+            for frame, jpeg in zip(unique, encoded):
+                yield RgbPicture(self._decode_jpeg(jpeg, plan, int(frame), box_side, out_side), height, width)
+            return
+        try:
+            frames = decoded_frames(encoded, unique)
+            pictures = [video_picture(frame) for frame in frames]
+        except (av.FFmpegError, ValueError, IndexError) as err:
+            raise DataError(
+                f"PyAV could not decode {self.data.where(plan.index)}: {err}. "
+                + VERIFY_HINT.format(dir=self.data.folder(plan.index))
+            ) from err
+        yield from pictures
+
+    def _decode_jpeg(self, jpeg: bytes, plan: SamplePlan, frame: int, box_side: int, out_side: int) -> np.ndarray:
         """RGB uint8; at 1/2, 1/4 or 1/8 size where the box stays at least `out_side` (DCT-domain scaling)."""
         scale = {}
         if out_side and box_side >= 2 * out_side:
@@ -186,6 +210,92 @@ class HostFrames:
                 f"could not decode {self.data.where(plan.index)}, frame {frame} ({err}); "
                 + VERIFY_HINT.format(dir=self.data.folder(plan.index))
             ) from None
+
+
+# ----------------------------------------------------------------------------- decoded frames
+
+
+class Picture:
+    """A decoded frame of `height` x `width` pixels that can cut and resize a window of itself.
+
+    `resize` returns a window, box = (y0, x0, y1, x1) in frame pixels, resampled (bilinear) to
+    size = (H, W) as uint8 (H, W, 3) in the picture's own colour space;
+    `colour` is the (3, 4) map from it to RGB (None: it is RGB already).
+    """
+
+    height: int
+    width: int
+    colour: np.ndarray | None = None
+
+    def resize(self, box: tuple[float, float, float, float], size: tuple[int, int]) -> np.ndarray:
+        raise NotImplementedError
+
+
+class RgbPicture(Picture):
+    """An RGB image, possibly decoded at a reduced size (DCT scaling) of a `height` x `width` frame."""
+
+    def __init__(self, image: np.ndarray, height: int, width: int):
+        self.image, self.height, self.width = image, height, width
+
+    def resize(self, box, size):
+        image = self.image
+        if image.shape[:2] == size and tuple(box) == (0, 0, *size):
+            return image
+        return _warp(image, box, size, image.shape[0] / self.height, image.shape[1] / self.width)
+
+
+class Yuv420Picture(Picture):
+    """A 4:2:0 video frame left in its Y, U, V planes: the window is resampled plane by plane, the
+    chroma straight from half resolution (bilinear upsampling, no full-frame conversion), and the
+    YUV -> RGB matrix joins the clip's colour map."""
+
+    def __init__(self, y: np.ndarray, u: np.ndarray, v: np.ndarray, colour: np.ndarray):
+        self.planes, self.colour = (y, u, v), colour
+        self.height, self.width = y.shape
+
+    def resize(self, box, size):
+        y, u, v = self.planes
+        cy, cx = u.shape[0] / self.height, u.shape[1] / self.width
+        return cv2.merge([_warp(y, box, size, 1.0, 1.0), _warp(u, box, size, cy, cx), _warp(v, box, size, cy, cx)])
+
+
+def video_picture(frame: av.VideoFrame) -> Picture:
+    """A decoded video frame: its planes when it is 8-bit 4:2:0, else converted to RGB by libswscale."""
+    if frame.format.name not in ("yuv420p", "yuvj420p"):
+        return RgbPicture(frame.to_ndarray(format="rgb24"), frame.height, frame.width)
+    full = frame.format.name == "yuvj420p" or int(frame.color_range) == 2  # AVCOL_RANGE_JPEG
+    matrix = "bt709" if int(frame.colorspace) == 1 else "bt601"  # AVCOL_SPC_BT709; untagged reads as BT.601
+    h, w = frame.height, frame.width
+    planes = [_plane(frame.planes[i], *dims) for i, dims in enumerate([(h, w), ((h + 1) // 2, (w + 1) // 2),
+                                                                      ((h + 1) // 2, (w + 1) // 2)])]
+    return Yuv420Picture(*planes, colour=yuv_to_rgb_matrix(matrix, full))
+
+
+def _plane(plane, height: int, width: int) -> np.ndarray:
+    """A view of one plane of a frame (rows `line_size` bytes apart)."""
+    return np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[:height, :width]
+
+
+def _warp(plane: np.ndarray, box: tuple[float, float, float, float], size: tuple[int, int], sy: float,
+          sx: float) -> np.ndarray:
+    """The frame window box = (y0, x0, y1, x1) resampled (bilinear) to size = (H, W) from a plane that
+    holds the frame at scale (sy, sx) (1: full size; 0.5: 4:2:0 chroma or a 1/2 DCT-scaled decode).
+
+    Output pixel i samples the plane at s * (x0 + (i + 0.5) * w / W) - 0.5: pixel centres mapped as DALI's
+    `fn.resize` maps them, reading past the window's edge where the frame goes on (as DALI does).
+    """
+    (y0, x0, y1, x1), (h, w) = box, size
+    ay, ax = sy * (y1 - y0) / h, sx * (x1 - x0) / w
+    m = np.array([[ax, 0.0, sx * x0 + 0.5 * ax - 0.5], [0.0, ay, sy * y0 + 0.5 * ay - 0.5]], np.float32)
+    return cv2.warpAffine(plane, m, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                          borderMode=cv2.BORDER_REPLICATE)
+
+
+def _colour_map(jitter: np.ndarray | None, to_rgb: np.ndarray | None) -> np.ndarray | None:
+    """The one 3x4 map a frame goes through: its YUV -> RGB matrix, then the clip's jitter (None: neither)."""
+    if jitter is None or to_rgb is None:
+        return to_rgb if jitter is None else jitter
+    return compose(jitter, to_rgb)
 
 
 def _write(image: np.ndarray, table: np.ndarray, targets: list[np.ndarray]) -> None:
