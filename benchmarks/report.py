@@ -20,14 +20,13 @@ stem, a table function from `benchmarks.tables`, optionally a chart function
 from `benchmarks.charts`), then the two marker lines in the README where the
 table belongs, then `python -m benchmarks report`.
 
-JPEG frame shards against VP9 shards: a `Block` with `table=frames_table` and
-`chart=charts.format_chart` of a `benchmarks.data` payload whose rows measured
-both formats on the same videos in one run, i.e.
+The loaders: a `Block` with `table=loaders_table` (+ `loaders_goal_lines`)
+and `chart=charts.loaders_chart` of a `benchmarks.data` payload, i.e.
 
     {"machine": {...}, "command": "python -m benchmarks.data ...",
-     "settings": {"batch_size": 8, ...}, "videos": 128,
-     "results": [{"config": "8x8", "dali_clips_per_s": 47.2,      # VP9 shards
-                  "frames_clips_per_s": 95.0, ...}, ...]}         # JPEG frame shards
+     "settings": {"batch_size": 8, "contenders": ["frames", ...], ...}, "videos": 120,
+     "results": [{"config": "8x8", "frames_clips_per_s": 95.0, "rawframes_clips_per_s": 40.0,
+                  "frames_vs_rawframes": 2.3, "limit_opencv_clips_per_s": 400.0, ...}, ...]}
 
 (a row with `"invalid": "why"` is left out).
 
@@ -50,9 +49,9 @@ from pathlib import Path
 from benchmarks import charts, common
 from pipeline.fileio import atomic_write_text
 from benchmarks.tables import (
-    data_table,
-    frames_goal_lines,
-    frames_table,
+    breakdown_table,
+    loaders_goal_lines,
+    loaders_table,
     pipeline_table,
     scale_table,
     goal_lines,
@@ -108,7 +107,7 @@ def _non_tiny(d: dict) -> dict:
     return {**d, "rows": [r for r in d["rows"] if not r.get("tiny")]}
 
 
-H100, CPU2, CPU2_DEC = "2026-11-25-h100", "2026-11-25-cpu2", "2026-12-01-cpu2"
+H100, CPU2, CPU2_DEC, CPU2_LOAD = "2026-11-25-h100", "2026-11-25-cpu2", "2026-12-01-cpu2", "2026-12-06-cpu2"
 BLOCKS: tuple[Block, ...] = (
     Block(name="h100-train", source=f"{H100}-train-compile", table=lambda d: [*train_table(d), "", *goal_lines(d)],
           chart=lambda r: charts.train_chart(r[f"{H100}-train-compile"]),
@@ -121,11 +120,9 @@ BLOCKS: tuple[Block, ...] = (
           command=f"python -m benchmarks.infer --name {H100}-infer"),
     Block(name="cpu2-shard", source=f"{CPU2}-shard", table=shard_table,
           command=f"python -m benchmarks.shard --videos-per-class 4 --rounds 3 --name {CPU2}-shard"),
-    Block(name="cpu2-data", source=f"{CPU2}-data", table=data_table,
-          chart=lambda r: charts.data_chart(f"{CPU2}-data", r[f"{CPU2}-data"]),
-          command=f"python -m benchmarks.data --name {CPU2}-data"),
-    Block(name="cpu2-frames", source=f"{CPU2_DEC}-data", table=lambda d: [*frames_table(d), "", *frames_goal_lines(d)],
-          chart=lambda r: charts.format_chart(r[f"{CPU2_DEC}-data"])),
+    Block(name="cpu2-loaders", source=f"{CPU2_LOAD}-data",
+          table=lambda d: [*loaders_table(d), "", *loaders_goal_lines(d), "", *breakdown_table(d)],
+          chart=lambda r: charts.loaders_chart(r[f"{CPU2_LOAD}-data"])),
     Block(name="cpu2-pipeline", source=f"{CPU2_DEC}-pipeline", table=pipeline_table),
     Block(name="cpu2-scale", source=f"{CPU2_DEC}-scale", table=scale_table),
     Block(name="cpu2-infer", source=f"{CPU2_DEC}-infer", table=lambda d: infer_table(_non_tiny(d)),

@@ -40,7 +40,7 @@ SIZES = (300_000, 3_000_000)
 
 def synthetic_index(n: int, shards: int = 300):
     """A SampleIndex of n video samples spread over `shards` shards (what build_index makes, at scale)."""
-    from pipeline.shardset import INDEX_VERSION, SampleIndex
+    from pipeline.sample_index import INDEX_VERSION, SampleIndex
 
     rng = np.random.default_rng(0)
     keys = [f"video{i:09d}-{rng.integers(1 << 40):010x}" for i in range(n)]
@@ -66,7 +66,7 @@ def rss():
     fields = dict(l.split(':', 1) for l in open('/proc/self/status') if ':' in l)
     return int(fields['VmRSS'].split()[0]) * 1024
 from pathlib import Path
-from pipeline.shardset import SampleIndex
+from pipeline.sample_index import SampleIndex
 before = rss()
 t0 = time.perf_counter()
 ix = SampleIndex.load(Path(sys.argv[1]))
@@ -153,12 +153,12 @@ def range_loop_rate(url: str, spec, batches: int, batch_size: int) -> float:
 
     loader = ClipLoader(url, spec, batch_size=batch_size, device="cpu", seed=3)
     data = loader.data
-    plan = loader._plan(0)[3 : 3 + batches]
+    plan = loader.batch_indices(0)[3 : 3 + batches]
     t0 = time.perf_counter()
     for batch in plan:
         wanted = []
         for i in batch:
-            _, frames, _ = loader._sample_plan(int(i), 0)
+            frames = loader.plan(int(i), 0).frames
             wanted.append((int(i), sampling.decode_plan(frames)[0]))
         data.frame_bytes_many(wanted)
     rate = len(plan) * batch_size / (time.perf_counter() - t0)

@@ -45,38 +45,67 @@ def shard_table(d: dict) -> list[str]:
     ]  # fmt: skip
 
 
-def data_table(d: dict) -> list[str]:
-    frames = frames_table(d)
-    rows = (frames + [""] if frames else []) + [
-        "| clip | DALI clips/s | reference clips/s | DALI / reference (wall) | DALI / reference (CPU basis) "
-        "| frames decoded per clip | decode limit clips/s | DALI % of decode limit (CPU basis) |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in d["results"]:
-        rows.append(
-            f"| {_name(r, r['config'])} | {_f(r['dali_clips_per_s'], 1)} | {_f(r['reference_clips_per_s'], 1)} "
-            f"| {_f(r['dali_vs_reference_wall'])}x | {_f(r['dali_vs_reference_cpu'])}x "
-            f"| {_f(r['frames_decoded_per_clip'], 1)} | {_f(r['decode_limit_clips_per_s'], 1)} "
-            f"| {_pct(r.get('dali_vs_limit_cpu'), 0)} |"
-        )
-    return rows
+LOADER_LABELS = {"frames": "ClipLoader, frame shards (host)", "frames-dali": "ClipLoader, frame shards (DALI CPU)",
+                 "rawframes": "mmaction2-style rawframes", "vp9": "ClipLoader, VP9 shards (host)",
+                 "vp9-dali": "ClipLoader, VP9 shards (DALI CPU)", "decord": "mmaction2-style decord, H.264"}
+LOADER_GOALS = {"frames_vs_rawframes": (2.0, "frame shards / rawframes"),
+                "frames_vs_limit": (0.7, "frame shards / JPEG decode limit (OpenCV)"),
+                "vp9_vs_decord": (1.0, "VP9 shards / decord")}  # at 8x8
 
 
-def frames_table(d: dict) -> list[str]:
-    """JPEG frame shards against VP9 shards of the same videos (same run, same cores)."""
-    rows = ["| clip | VP9 clips/s | JPEG frames clips/s | frames / VP9 (wall) | frames / VP9 (CPU basis) "
-            "| KB read per clip, VP9 | KB read per clip, frames | KB per video, VP9 | KB per video, frames |",
-            "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    for r in d["results"]:
-        if "frames_clips_per_s" not in r:
-            return []
-        rows.append(
-            f"| {_name(r, r['config'])} | {_f(r['dali_clips_per_s'], 1)} | {_f(r['frames_clips_per_s'], 1)} "
-            f"| {_f(r['frames_vs_vp9_wall'])}x | {_f(r['frames_vs_vp9_cpu'])}x "
-            f"| {_f(r['bytes_read_per_clip_vp9'] / 1e3, 0)} | {_f(r['bytes_read_per_clip_frames'] / 1e3, 0)} "
-            f"| {_f(r['shard_bytes_per_video_vp9'] / 1e3, 0)} | {_f(r['shard_bytes_per_video_frames'] / 1e3, 0)} |"
-        )
-    return rows
+def loaders_table(d: dict) -> list[str]:
+    """`benchmarks.data`: clips/s of every contender per clip shape, the decode limits, per-round ratios."""
+    rows = d["results"]
+    head = "| contender | " + " | ".join(r["config"] for r in rows) + " |"
+    lines = [head, "|---|" + "---|" * len(rows)]
+    for who in d["settings"]["contenders"]:
+        cells = [_rate(r.get(f"{who}_clips_per_s")) if f"{who}_clips_per_s" in r else "failed" for r in rows]
+        lines.append(f"| {LOADER_LABELS[who]} | " + " | ".join(cells) + " |")
+    for dec, label in (("opencv", "OpenCV"), ("simplejpeg", "simplejpeg")):
+        lines.append(f"| JPEG decode limit ({label}) | " + " | ".join(_rate(r.get(f"limit_{dec}_clips_per_s")) for r in rows) + " |")
+    ratios = {"frames_vs_rawframes": "frame shards / rawframes", "frames_vs_frames_dali": "frame shards: host / DALI",
+              "frames_vs_limit": "frame shards / limit (OpenCV)", "frames_vs_limit_fastest": "frame shards / limit (fastest)",
+              "vp9_vs_decord": "VP9 shards / decord", "vp9_vs_vp9_dali": "VP9 shards: host / DALI"}
+    for key, label in ratios.items():
+        if any(key in r for r in rows):
+            lines.append(f"| {label} | " + " | ".join(f"**{_f(r.get(key))}x**" if key in r else "-" for r in rows) + " |")
+    return lines
+
+
+def loaders_goal_lines(d: dict) -> list[str]:
+    """The goals at 8x8, with the per-round ratios they come from."""
+    row = next((r for r in d["results"] if r["config"] == "8x8"), {})
+    lines = []
+    for key, (goal, label) in LOADER_GOALS.items():
+        value = row.get(key)
+        rounds = row.get(f"{key}_rounds")
+        per_round = f" (rounds: {', '.join(f'{x:.2f}' for x in rounds)})" if rounds else ""
+        verdict = "not measured" if value is None else "met" if value >= goal else "NOT met"
+        lines.append(f"- {label} >= {goal}x at 8x8: {_f(value)}x{per_round} -> {verdict}")
+    t = d.get("test_mode")
+    if t:
+        lines.append(f"- test mode (8x8, {t['views']} views per video), videos/s: frame shards host "
+                     f"{_f(t['frames_videos_per_s'])} / DALI {_f(t['frames-dali_videos_per_s'])}; VP9 shards host "
+                     f"{_f(t['vp9_videos_per_s'])} / DALI {_f(t['vp9-dali_videos_per_s'])}")
+    return lines
+
+
+def breakdown_table(d: dict) -> list[str]:
+    """Where the host path's time goes (`benchmarks.data`'s breakdown, one thread)."""
+    b = d.get("breakdown")
+    if not b:
+        return []
+    steps = ("decode", "crop_resize_flip", "colour", "normalise")
+    total = sum(b[f"frames_{k}_ms_per_frame"] for k in steps)
+    return [
+        "| frame shards, per frame (1 thread) | ms | share |", "|---|---|---|",
+        *[f"| {k.replace('_', ' + ')} | {_f(b[f'frames_{k}_ms_per_frame'], 3)} | {_pct(b[f'frames_{k}_ms_per_frame'] / total, 0)} |"
+          for k in steps],
+        f"| planning a batch / reading its JPEGs (ms per batch) | {_f(b['frames_plan_ms_per_batch'], 2)} / "
+        f"{_f(b['frames_read_ms_per_batch'], 2)} | |",
+        f"| VP9, per clip: decode {_f(b['vp9_frames_decoded_per_clip'], 1)} frames (ms) / resample the 8 planes (ms) "
+        f"| {_f(b['vp9_decode_ms_per_clip'], 1)} / {_f(b['vp9_resample_ms_per_clip'], 2)} | |",
+    ]  # fmt: skip
 
 
 def pipeline_table(d: dict) -> list[str]:
@@ -87,16 +116,6 @@ def pipeline_table(d: dict) -> list[str]:
     return rows
 
 
-def frames_goal_lines(d: dict) -> list[str]:
-    """The frame-shard goals on a 2-core CPU: >= 2.5x VP9 for 8x8, >= 1.5x for 32x2 (wall, same run)."""
-    goals = {"8x8": 2.5, "32x2": 1.5}
-    lines = []
-    for r in d["results"]:
-        if r["config"] in goals and "frames_vs_vp9_wall" in r:
-            ratio, goal = r["frames_vs_vp9_wall"], goals[r["config"]]
-            lines.append(f"- frame shards >= {goal}x VP9 at {r['config']} (wall): {ratio:.2f}x -> "
-                         + ("met" if ratio >= goal else "NOT met"))
-    return lines
 
 
 def scale_table(d: dict) -> list[str]:

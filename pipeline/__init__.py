@@ -10,7 +10,8 @@ from pipeline.clip import IMAGENET_MEAN, IMAGENET_STD, ClipSpec
 from pipeline.errors import DataError, ShardError, ShardingError, ShardReadError
 from pipeline.fileio import atomic_write_bytes, atomic_write_json, fsync_dir, fsync_file, sha256_file, staging_dir
 from pipeline.sampling import clip_indices, decode_plan, test_crop_positions
-from pipeline.shardset import ALL_SPLITS, find_shards, index_path, parse_classes, resolve_split
+from pipeline.classes import parse_classes
+from pipeline.discovery import ALL_SPLITS, find_shards, index_path, resolve_split
 from pipeline.storage import is_remote, splits_in
 
 # A location is a local path or a URL (s3://, gs://, https://, ...); these read either.

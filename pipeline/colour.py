@@ -68,8 +68,7 @@ def compose(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
     return np.concatenate([m, (outer[:, :3] @ inner[:, 3] + outer[:, 3])[:, None]], axis=1).astype(np.float32)
 
 
-def normalise_table(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
-    """(256, 1, 3) float32: value v of channel c -> (v - mean[c]) / std[c] (a `cv2.LUT` table)."""
-    values = np.arange(256, dtype=np.float64)[:, None]
-    table = (values - np.asarray(mean, np.float64)) / np.asarray(std, np.float64)
-    return table.astype(np.float32).reshape(256, 1, 3)
+def normalise_matrix(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """(3, 4) float32 map x -> (x - mean) / std per channel (a `cv2.transform` matrix)."""
+    inv = 1.0 / np.asarray(std, np.float64)
+    return np.concatenate([np.diag(inv), (-np.asarray(mean, np.float64) * inv)[:, None]], axis=1).astype(np.float32)

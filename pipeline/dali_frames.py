@@ -21,10 +21,9 @@ from nvidia.dali import fn, pipeline_def, types
 
 from pipeline.clip import ClipSpec
 from pipeline.dali_graph import HW_DECODER_LOAD, DaliBackend, Feed, augment_test, augment_train, dali_reason, view_inputs
-from pipeline.errors import DataError
+from pipeline.errors import VERIFY_HINT, DataError
 from pipeline.jpeg import JpegError, decode_check
 from pipeline.options import Mode
-from pipeline.shardset import VERIFY_HINT
 
 
 def frame_feed_fields(mode: Mode, spec: ClipSpec) -> tuple[str, ...]:

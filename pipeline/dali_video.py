@@ -21,10 +21,9 @@ from nvidia.dali import fn, pipeline_def
 
 from pipeline.clip import ClipSpec
 from pipeline.dali_graph import DaliBackend, Feed, augment_test, augment_train, dali_reason, device_id, view_inputs
-from pipeline.errors import DataError
+from pipeline.errors import VERIFY_HINT, DataError
 from pipeline.options import Mode
 from pipeline.pyav import decode_frames
-from pipeline.shardset import VERIFY_HINT
 
 
 def feed_fields(mode: Mode, spec: ClipSpec, decoder: str = "cpu") -> tuple[str, ...]:

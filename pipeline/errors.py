@@ -28,3 +28,7 @@ class ShardReadError(ShardError, ValueError):
 
 class DataError(ShardError, RuntimeError):
     """Decoding failed on a sample during iteration (corrupt video or frame, wrong frame count)."""
+
+
+# What every message about a damaged shard ends with ({dir}: the shard folder).
+VERIFY_HINT = "check the shards with `python -m pipeline.verify {dir}` and re-create bad ones with `python -m pipeline.shard`"

@@ -15,8 +15,8 @@ Per frame it does what the DALI graphs do (`pipeline.dali_frames`,
    at full size;
 3. flip, then one 3x4 colour map (`cv2.transform`): the clip's jitter
    (`pipeline.colour.jitter_matrix`) after the frame's YUV -> RGB matrix;
-4. normalise through a 256-entry table per channel (`cv2.LUT`), written
-   straight into the batch tensor.
+4. normalise: uint8 to float32, then (x - mean) / std as one diagonal
+   3x4 map (`cv2.transform`), written straight into the batch tensor.
 
 Every call above releases the GIL, so `num_threads` threads decode clips of
 a batch in parallel while a reader thread fetches the next batches' bytes
@@ -46,11 +46,11 @@ import simplejpeg
 import torch
 
 from pipeline.clip import ClipSpec
-from pipeline.colour import compose, jitter_matrix, normalise_table, yuv_to_rgb_matrix
-from pipeline.errors import DataError
+from pipeline.colour import compose, jitter_matrix, normalise_matrix, yuv_to_rgb_matrix
+from pipeline.errors import VERIFY_HINT, DataError
 from pipeline.plan import SamplePlan, crop_origin, resize_shorter
 from pipeline.pyav import decoded_frames
-from pipeline.shardset import VERIFY_HINT, ShardSet
+from pipeline.shardset import ShardSet
 
 # OpenCV would split each small resize over its own thread pool; the loader's threads are the parallelism.
 cv2.setNumThreads(1)
@@ -74,13 +74,13 @@ class HostClips:
         self.data, self.spec, self.mode, self.plan = data, spec, mode, plan
         self.num_threads, self.ahead = max(1, num_threads), max(1, prefetch) + 1
         self.device = device
-        self.table = normalise_table(spec.mean, spec.std)
+        self.normalise = normalise_matrix(spec.mean, spec.std)
         self.flips = (False, True) if spec.test_flip else (False,)
 
     def batches(self, batches: Sequence[np.ndarray], epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, np.ndarray]]:
         """(clips, labels, sample indices) of every batch, in order; `ahead` batches are in flight."""
-        reader = ThreadPoolExecutor(1, thread_name_prefix="frames-read")
-        workers = ThreadPoolExecutor(self.num_threads, thread_name_prefix="frames-decode")
+        reader = ThreadPoolExecutor(1, thread_name_prefix="host-read")
+        workers = ThreadPoolExecutor(self.num_threads, thread_name_prefix="host-decode")
         inflight: deque[Future] = deque()
         try:
             for number in range(min(self.ahead, len(batches))):
@@ -150,13 +150,11 @@ class HostClips:
         box = view.box
         jitter = jitter_matrix(view.jitter) if view.jitter is not None else None
         for k, picture in enumerate(self._pictures(encoded, plan, unique, box_side=min(box.h, box.w), out_side=size)):
-            x = picture.resize((box.y, box.x, box.y + box.h, box.x + box.w), (size, size))
-            if view.flip:
-                x = cv2.flip(x, 1)
+            x = picture.resize((box.y, box.x, box.y + box.h, box.x + box.w), (size, size), flip=view.flip)
             colour = _colour_map(jitter, picture.colour)
             if colour is not None:
-                x = cv2.transform(x, colour)
-            _write(x, self.table, [out[p] for p in np.flatnonzero(order == k)])
+                x = cv2.transform(x, colour)  # on uint8: rounded and clipped to 0-255, as DALI's operators do
+            _write(x, self.normalise, [out[p] for p in np.flatnonzero(order == k)])
 
     def _test_clip(self, out: np.ndarray, plan: SamplePlan, unique: np.ndarray, order: np.ndarray,
                    encoded) -> None:
@@ -176,7 +174,7 @@ class HostClips:
                 for i, flip in enumerate(self.flips):
                     x = cv2.flip(window, 1) if flip else window
                     v = c * len(self.flips) + i
-                    _write(x, self.table, [out[clip, v, f] for clip, f in where])
+                    _write(x, self.normalise, [out[clip, v, f] for clip, f in where])
 
     def _pictures(self, encoded, plan: SamplePlan, unique: np.ndarray, box_side: int = 0,
                   out_side: int = 0) -> Iterator[Picture]:
@@ -227,7 +225,7 @@ class Picture:
     width: int
     colour: np.ndarray | None = None
 
-    def resize(self, box: tuple[float, float, float, float], size: tuple[int, int]) -> np.ndarray:
+    def resize(self, box: tuple[float, float, float, float], size: tuple[int, int], flip: bool = False) -> np.ndarray:
         raise NotImplementedError
 
 
@@ -237,11 +235,11 @@ class RgbPicture(Picture):
     def __init__(self, image: np.ndarray, height: int, width: int):
         self.image, self.height, self.width = image, height, width
 
-    def resize(self, box, size):
+    def resize(self, box, size, flip=False):
         image = self.image
-        if image.shape[:2] == size and tuple(box) == (0, 0, *size):
+        if image.shape[:2] == size and tuple(box) == (0, 0, *size) and not flip:
             return image
-        return _warp(image, box, size, image.shape[0] / self.height, image.shape[1] / self.width)
+        return _warp(image, box, size, image.shape[0] / self.height, image.shape[1] / self.width, flip)
 
 
 class Yuv420Picture(Picture):
@@ -253,10 +251,11 @@ class Yuv420Picture(Picture):
         self.planes, self.colour = (y, u, v), colour
         self.height, self.width = y.shape
 
-    def resize(self, box, size):
+    def resize(self, box, size, flip=False):
         y, u, v = self.planes
         cy, cx = u.shape[0] / self.height, u.shape[1] / self.width
-        return cv2.merge([_warp(y, box, size, 1.0, 1.0), _warp(u, box, size, cy, cx), _warp(v, box, size, cy, cx)])
+        return cv2.merge([_warp(y, box, size, 1.0, 1.0, flip), _warp(u, box, size, cy, cx, flip),
+                          _warp(v, box, size, cy, cx, flip)])
 
 
 def video_picture(frame: av.VideoFrame) -> Picture:
@@ -277,16 +276,20 @@ def _plane(plane, height: int, width: int) -> np.ndarray:
 
 
 def _warp(plane: np.ndarray, box: tuple[float, float, float, float], size: tuple[int, int], sy: float,
-          sx: float) -> np.ndarray:
+          sx: float, flip: bool = False) -> np.ndarray:
     """The frame window box = (y0, x0, y1, x1) resampled (bilinear) to size = (H, W) from a plane that
-    holds the frame at scale (sy, sx) (1: full size; 0.5: 4:2:0 chroma or a 1/2 DCT-scaled decode).
+    holds the frame at scale (sy, sx) (1: full size; 0.5: 4:2:0 chroma or a 1/2 DCT-scaled decode),
+    mirrored left-right with `flip`.
 
     Output pixel i samples the plane at s * (x0 + (i + 0.5) * w / W) - 0.5: pixel centres mapped as DALI's
     `fn.resize` maps them, reading past the window's edge where the frame goes on (as DALI does).
     """
     (y0, x0, y1, x1), (h, w) = box, size
     ay, ax = sy * (y1 - y0) / h, sx * (x1 - x0) / w
-    m = np.array([[ax, 0.0, sx * x0 + 0.5 * ax - 0.5], [0.0, ay, sy * y0 + 0.5 * ay - 0.5]], np.float32)
+    bx = sx * x0 + 0.5 * ax - 0.5
+    if flip:  # output column i shows what column W - 1 - i would
+        ax, bx = -ax, bx + ax * (w - 1)
+    m = np.array([[ax, 0.0, bx], [0.0, ay, sy * y0 + 0.5 * ay - 0.5]], np.float32)
     return cv2.warpAffine(plane, m, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                           borderMode=cv2.BORDER_REPLICATE)
 
@@ -298,8 +301,11 @@ def _colour_map(jitter: np.ndarray | None, to_rgb: np.ndarray | None) -> np.ndar
     return compose(jitter, to_rgb)
 
 
-def _write(image: np.ndarray, table: np.ndarray, targets: list[np.ndarray]) -> None:
-    """Normalise `image` into the first target and copy it to the others (clip positions showing one frame)."""
-    cv2.LUT(image, table, dst=targets[0])
+def _write(image: np.ndarray, normalise: np.ndarray, targets: list[np.ndarray]) -> None:
+    """Normalise uint8 `image` into the first float32 target (in place there), copy it to the others
+    (the clip positions that show the same frame)."""
+    first = targets[0]
+    np.copyto(first, image)
+    cv2.transform(first, normalise, dst=first)
     for target in targets[1:]:
-        target[...] = targets[0]
+        target[...] = first

@@ -169,7 +169,7 @@ class ClipLoader:
             raise ValueError("this ClipLoader was closed; create a new one to read the shards again")
         epoch, start = self._epoch, self._start
         self._start = 0
-        batches = self._batches(epoch)[start:]
+        batches = self.batch_indices(epoch)[start:]
         if len(batches) == 0:
             return
         for clips, labels, indices in self._backend.batches(batches, epoch):
@@ -184,13 +184,14 @@ class ClipLoader:
         return plan_sample(self.clip, self.mode, self.seed, epoch, index, data.frame_count(index),
                            data.frame_size(index), data.label(index))
 
-    # -- internals
-
-    def _batches(self, epoch: int) -> Sequence:
+    def batch_indices(self, epoch: int) -> Sequence:
+        """The sample indices of every batch of `epoch` on this rank, in order (a pure function of seed and epoch)."""
         n = len(self.data)
         if self.mode == "train":
             return batching.train_batches(n, self.batch_size, self.seed, epoch, self.rank, self.world_size)
         return [batching.test_batch(n, self.batch_size, b, self.rank, self.world_size) for b in range(len(self))]
+
+    # -- internals
 
     def _make_backend(self, hw_decoder_load: float):
         common = {"num_threads": self.num_threads, "prefetch": self.prefetch, "device": self.device}

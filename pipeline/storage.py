@@ -2,7 +2,7 @@
 
 A shard location is a path or a URL (`s3://`, `gs://`, `az://`, `http(s)://`,
 any fsspec protocol). Readers fetch byte ranges: local files with `os.pread`
-through a bounded pool of descriptors (`pipeline.shardset.FilePool`), remote
+through a bounded pool of descriptors (`pipeline.filepool.FilePool`), remote
 objects with fsspec's `cat_ranges`, which sends a batch's ranges as concurrent
 requests (asynchronous filesystems: s3fs, gcsfs, adlfs, HTTP). Failed ranges
 are retried a bounded number of times; the error names the object, the range

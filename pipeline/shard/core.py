@@ -27,7 +27,7 @@ from pipeline.errors import ShardingError
 from pipeline.ffmpeg import EncodeSettings, find_ffmpeg, has_encoder
 from pipeline.jpeg import mjpeg_packets
 from pipeline import storage
-from pipeline.shardset import INDEX_DIR
+from pipeline.sample_index import INDEX_DIR
 from pipeline.layouts import Dataset, WorkItem, scan
 from pipeline.shard import manifest as mf
 from pipeline.shard.encode import Outcome, encode_item, reject_without_encoding

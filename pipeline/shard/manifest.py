@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pipeline.fileio import atomic_write_text
-from pipeline.shardset import parse_classes
+from pipeline.classes import parse_classes
 
 FORMAT_VERSION = 1
 TOOL = "pipeline.shard"

@@ -1,16 +1,20 @@
-"""The loader benchmark's own parts: the PyAV reference loader must do the same work as ClipLoader."""
+"""The loader benchmark's own parts: its peers must do the same work as ClipLoader, on the frames asked."""
 
-import zlib
+import subprocess
 
+import cv2
 import numpy as np
 import pytest
 import torch
 
-from benchmarks import common, data
-from benchmarks.reference_loader import decode_frames, make_sample
-from pipeline import ClipSpec, sampling
+from benchmarks import common, data, footage, peers
+from pipeline import ClipSpec
+from pipeline.ffmpeg import find_ffmpeg
+from pipeline.plan import plan_sample
 from pipeline.shardset import ShardSet
-from tests.clipdata import SMALL, coded_shards, frame_codes
+from tests.clipdata import SMALL, coded_frames, coded_shards, frame_codes, write_source
+
+SPEC = SMALL.replace(color_jitter=True)
 
 
 @pytest.fixture(scope="module")
@@ -23,26 +27,56 @@ def video_of(shardset: ShardSet, frames: int) -> bytes:
     return bytes(shardset.member(i, "video"))
 
 
-@pytest.mark.parametrize("indices", [[0, 3, 6], [37, 40, 43, 46], [69, 5, 69, 33]])
-def test_reference_decodes_exactly_the_requested_frames(shardset, indices):
-    frames = decode_frames(video_of(shardset, 70), np.array(indices))
-    rgb = torch.from_numpy(frames).permute(3, 0, 1, 2).float()  # (3, F, H, W)
-    spec = ClipSpec(mean=(0, 0, 0), std=(1, 1, 1))
-    np.testing.assert_array_equal(frame_codes(rgb, spec), indices)
+@pytest.fixture(scope="module")
+def coded_folders(tmp_path_factory):
+    """One coded video of 40 frames as an H.264 mp4 (decord's input) and as a rawframes folder."""
+    root = tmp_path_factory.mktemp("peers")
+    frames = coded_frames(40)
+    write_source(root / "v.mp4", frames)
+    (root / "v").mkdir()
+    for i, frame in enumerate(frames):
+        cv2.imwrite(str(root / "v" / f"img_{i + 1:05d}.jpg"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR),
+                    [cv2.IMWRITE_JPEG_QUALITY, 95])
+    return root
 
 
-def test_reference_sample_follows_the_shared_sampling(shardset):
-    i = 0
-    sample = {ext: bytes(shardset.member(i, name)) for ext, name in
-              [(shardset.video_ext, "video"), ("lbl", "lbl"), ("frames", "frames"), ("json", "meta")]}
-    sample["__key__"] = shardset.key(i)
-    clip, label = make_sample(sample, SMALL, seed=1, epoch=2)
-    assert clip.shape == (3, SMALL.frames, SMALL.crop_size, SMALL.crop_size) and clip.dtype == torch.float32
-    assert label == shardset.label(i)
-    meta = shardset.meta(i)
-    view = sampling.draw_train_view(SMALL, shardset.frame_count(i), meta["height"], meta["width"],
-                                    sampling.sample_rng(1, 2, zlib.crc32(shardset.key(i).encode())))
-    np.testing.assert_array_equal(frame_codes(clip, SMALL), view.indices)
+@pytest.mark.parametrize("peer", ["rawframes", "decord"])
+def test_peers_decode_exactly_the_planned_frames_and_augment_like_the_recipe(coded_folders, peer):
+    if peer == "decord":
+        pytest.importorskip("decord", reason="decord is in the [bench] extra")
+    where = str(coded_folders / ("v" if peer == "rawframes" else "v.mp4"))
+    decode = peers.decode_rawframes if peer == "rawframes" else peers.decode_decord
+    stream = iter(peers.ClipStream([(where, 40, 0, 48, 64)], SPEC, decode, seed=3))
+    for epoch in range(3):
+        clip, label = next(stream)
+        plan = plan_sample(SPEC, "train", 3, epoch, 0, 40, (48, 64), 0)
+        assert clip.shape == (3, SPEC.frames, SPEC.crop_size, SPEC.crop_size) and clip.dtype == torch.float32
+        # the coded colours survive the jitter only as a colour map: compare the frames before jitter
+        plain = peers.augment(decode(where, plan.frames), plan.__class__(**{**plan.__dict__, "train": plan.train.__class__(
+            indices=plan.train.indices, box=plan.train.box, flip=plan.train.flip, jitter=None)}), SPEC)
+        np.testing.assert_array_equal(frame_codes(plain, SPEC), plan.frames)
+        assert label == 0 and not torch.equal(clip, plain)  # the jitter did change the colours
+
+
+def test_peer_list_files_round_trip(tmp_path):
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{tmp_path / 'a dir' / 'v'} 40 2 48 64\n")
+    assert peers.read_list(listing) == [(str(tmp_path / "a dir" / "v"), 40, 2, 48, 64)]
+
+
+def test_footage_cut_keeps_the_display_aspect_with_square_pixels(tmp_path):
+    src = tmp_path / "sar.mp4"  # 176x144 stored, 128:117 pixels: displayed about 4:3
+    subprocess.run([find_ffmpeg(), "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i",
+                    "testsrc=size=176x144:rate=25:duration=4", "-vf", "setsar=128/117", "-c:v", "libx264",
+                    "-pix_fmt", "yuv420p", str(src)], check=True, timeout=60)
+    dst = tmp_path / "cut.mp4"
+    subprocess.run(footage.cut_argv(find_ffmpeg(), src, dst, 5, (1.0, 1.0)), check=True, timeout=120)
+    import av
+
+    with av.open(str(dst)) as c:
+        s = c.streams.video[0]
+        assert s.height == footage.SHORT_SIDE and s.sample_aspect_ratio in (None, 1)
+        assert abs(s.width / s.height - 176 * 128 / 117 / 144) < 0.02 and footage.frame_count(dst) == footage.FRAMES
 
 
 def test_keyframes_and_frames_decoded_per_clip(shardset):
@@ -52,10 +86,11 @@ def test_keyframes_and_frames_decoded_per_clip(shardset):
     assert data.frames_decoded(np.array([5, 0, 9]), keys) == 10
 
 
-def test_ffmpeg_decode_argv_uses_one_thread_and_discards_frames(tmp_path):
-    argv = data.ffmpeg_decode_argv("ffmpeg", tmp_path / "list.txt")
-    assert argv[argv.index("-threads") + 1] == "1" and argv[-3:] == ["-f", "null", "-"]
-    assert argv[argv.index("-i") - 1] == "0" and "concat" in argv
+def test_jpeg_decode_rates_count_full_frame_decodes(tmp_path):
+    ok, jpeg = cv2.imencode(".jpg", np.zeros((48, 64, 3), np.uint8))
+    rates = data.jpeg_decode_rates([jpeg.tobytes()] * 4, repeats=1)
+    assert set(rates) == {"opencv_frames_per_s_per_core", "simplejpeg_frames_per_s_per_core"}
+    assert all(v > 0 for v in rates.values())
 
 
 def test_tree_cpu_seconds_counts_this_process():
@@ -71,4 +106,5 @@ def test_benchmark_tiny_smoke(tmp_path, monkeypatch):
     code = data.main(["--tiny", "--configs", "8x8", "--batches", "1", "--rounds", "1", "--data", str(tmp_path / "d")])
     assert code == 0
     result = (tmp_path / "results" / "data_tiny.json").read_text()
-    assert '"dali_vs_reference_cpu"' in result and '"frames_vs_vp9_wall"' in result and (tmp_path / "results" / "data_tiny.png").is_file()
+    assert '"frames_vs_rawframes"' in result and '"limit_opencv_clips_per_s"' in result
+    assert (tmp_path / "results" / "data_tiny.png").is_file()

@@ -8,7 +8,8 @@ import shutil
 import pytest
 
 from benchmarks import charts, report
-from benchmarks.tables import data_table, precision_table, train_table
+from benchmarks import tables
+from benchmarks.tables import precision_table, train_table
 
 RESULTS = report.Results(report.common.RESULTS)
 
@@ -124,24 +125,40 @@ def test_block_marker_mistakes_are_named(text, match):
 # ------------------------------------------------------- chart selection
 
 
-def test_invalid_reference_figures_of_the_h100_run_are_not_drawn():
-    stem = "2026-11-25-h100-data"
-    chart = charts.data_chart(stem, RESULTS[stem])
+def _loaders_payload() -> dict:
+    """A `benchmarks.data` payload: two clip shapes, decord failed to run, one shape flagged afterwards."""
+    contenders = ["frames", "rawframes", "vp9", "decord"]
+    rows = []
+    for config, frames, raw, vp9 in (("8x8", 120.0, 50.0, 20.0), ("16x4", 60.0, 30.0, 15.0), ("32x2", 30.0, 15.0, 12.0)):
+        rows.append({"config": config, "frames_clips_per_s": frames, "rawframes_clips_per_s": raw, "vp9_clips_per_s": vp9,
+                     "decord_error": "ImportError: No module named 'decord'", "frames_vs_rawframes": frames / raw,
+                     "frames_vs_rawframes_rounds": [frames / raw, 2.5], "limit_opencv_clips_per_s": 400.0,
+                     "limit_simplejpeg_clips_per_s": 700.0, "frames_vs_limit": frames / 400.0, "crosses_epoch": []})
+    rows[2]["invalid"] = "timed on a busy machine"
+    return {"machine": _machine(gpu=None), "settings": {"contenders": contenders, "batch_size": 8, "workers": 2,
+                                                        "content": "footage"}, "videos": 120, "results": rows}
+
+
+def test_loaders_table_and_goals_say_what_ran_and_what_failed():
+    payload = _loaders_payload()
+    table = tables.loaders_table(payload)
+    assert table[0] == "| contender | 8x8 | 16x4 | 32x2 |"
+    assert "| ClipLoader, frame shards (host) | 120.0 | 60.0 | 30.0 |" in table
+    assert "| mmaction2-style decord, H.264 | failed | failed | failed |" in table
+    assert "| frame shards / rawframes | **2.40x** | **2.00x** | **2.00x** |" in table
+    goals = tables.loaders_goal_lines(payload)
+    assert goals[0] == "- frame shards / rawframes >= 2.0x at 8x8: 2.40x (rounds: 2.40, 2.50) -> met"
+    assert goals[1].endswith("0.30x -> NOT met") and goals[2].endswith("-x -> not measured")
+
+
+def test_loaders_chart_draws_each_contender_once_and_skips_invalid_rows():
+    chart = charts.loaders_chart(_loaders_payload())
+    assert chart.categories == ["8x8", "16x4"]  # 32x2 is flagged invalid
     names = [s.name for s in chart.series]
-    assert "reference loader" not in names and "DALI ClipLoader" in names
-    assert "reference loader" in chart.footnote
-    assert "NVIDIA H100" in chart.title and "2026-11-25" in chart.title
-    cpu = charts.data_chart("2026-11-25-cpu2-data", RESULTS["2026-11-25-cpu2-data"])
-    assert "reference loader" in [s.name for s in cpu.series] and not cpu.footnote
-
-
-def test_payload_and_row_invalid_flags_are_honoured():
-    data = copy.deepcopy(RESULTS["2026-11-25-cpu2-data"])
-    data["invalid"] = {"decode_limit": "decoder rate measured on a loaded machine"}
-    data["results"][1]["invalid"] = "timed window too short"
-    chart = charts.data_chart("some-other-run", data)
-    assert [s.name for s in chart.series] == ["DALI ClipLoader", "reference loader"]
-    assert chart.categories == ["8x8", "32x2"]
+    assert len(names) == len(set(names)) == 5 and names[-1] == "JPEG decode limit (OpenCV)"
+    assert chart.series[0].values == [120.0, 60.0] and chart.series[3].values == [None, None]  # decord never ran
+    assert chart.annotations[0] == "(2.40x rawframes)" and "footage" in chart.title
+    assert len(charts.COLORS) >= len(names)  # one colour per contender
 
 
 def test_loader_chart_lines_come_from_the_fastest_valid_training_mode():
@@ -171,21 +188,6 @@ def test_infer_chart_keeps_one_model_and_the_chosen_backends():
     assert [s.name for s in chart.series] == ["torch-fp32", "torch-bf16"]
     with pytest.raises(charts.ChartError):
         charts.infer_chart(RESULTS["2026-11-25-h100-infer"], "no_such_model")
-
-
-def test_frame_shard_chart_needs_frame_rows_and_skips_invalid_ones():
-    with pytest.raises(charts.ChartError, match="no frame-shard rows"):
-        charts.format_chart(RESULTS["2026-11-25-cpu2-data"])
-    payload = copy.deepcopy(RESULTS["2026-11-25-cpu2-data"])
-    for r, frames in zip(payload["results"], [94.4, 50.0, 30.0]):
-        r.update(frames_clips_per_s=frames, frames_vs_vp9_wall=frames / r["dali_clips_per_s"], frames_vs_vp9_cpu=1.0,
-                 bytes_read_per_clip_vp9=1e5, bytes_read_per_clip_frames=2e5,
-                 shard_bytes_per_video_vp9=3e5, shard_bytes_per_video_frames=9e5)  # fmt: skip
-    payload["results"][2]["invalid"] = "cache was warm"
-    chart = charts.format_chart(payload)
-    assert chart.categories == ["8x8", "16x4"] and [s.name for s in chart.series] == ["VP9 shards", "JPEG frame shards"]
-    assert chart.series[1].values == [94.4, 50.0] and chart.annotations[0] == "(2.00x VP9)"  # 94.4 / 47.2
-    assert data_table(payload)[2].startswith("| 8x8 | 47.2 | 94.4 | 2.00x |")
 
 
 def test_train_table_notes_tf32_only_where_a_gpu_ran_and_precision_table_pairs_rows():

@@ -30,13 +30,15 @@ def test_benchmark_suite_tiny_writes_one_report(tmp_path):
 def test_loader_vs_training_compares_8x8_loading_with_the_fastest_training_mode():
     payloads = {
         "data": {"settings": {"device": "gpu"}, "results": [
-            {"config": "8x8", "dali_clips_per_s": 300.0}, {"config": "32x2", "dali_clips_per_s": 90.0}]},
+            {"config": "8x8", "vp9_clips_per_s": 100.0, "frames_clips_per_s": 300.0},
+            {"config": "32x2", "vp9_clips_per_s": 90.0, "frames_clips_per_s": 900.0}]},
         "train": {"rows": [
             {"mode": "fp32-eager", "model": "tpn_r50_f8s8", "batch": 16, "clips_per_s": 50.0},
             {"mode": "bf16-cl3d-graph", "model": "tpn_r50_f8s8", "batch": 16, "clips_per_s": 240.0}]},
     }  # fmt: skip
     d = loader_vs_training(payloads)
     assert d["ratio"] == pytest.approx(1.25) and "bf16-cl3d-graph" in d["train"] and "gpu" in d["loader"]
+    assert "JPEG frames, 8x8" in d["loader"]  # the faster format, at the trained model's clip shape
     assert "NOT met" in loader_lines(d)[-1]
     assert loader_vs_training({"data": payloads["data"]}) is None
     # a faster row that did not run as named (a graph that fell back, a flagged row) is never the training rate
@@ -69,19 +71,23 @@ def test_loader_variants_start_with_the_loaders_default_and_run_on_cpu(tmp_path)
 
 
 def test_data_benchmark_warms_up_past_each_loaders_queue(tmp_path):
-    from benchmarks.data import Settings, measure, warmup_batches
+    from benchmarks.data import HOST_AHEAD, Settings, measure, warmup_batches
 
-    # DataLoader: prefetch_factor 2 per worker can be queued; ClipLoader: DALI's prefetch depth of 2 decoded ahead
-    assert warmup_batches("reference", 16) == 34 and warmup_batches("dali", 16) == warmup_batches("frames", 2) == 4
-    # With the default data (128 videos, batch 8: 16 batches an epoch) and 2 workers, both fit in one epoch
+    # DataLoader: prefetch_factor 2 per worker can be queued; DALI: its prefetch depth of 2 decoded ahead;
+    # the host backend: HOST_AHEAD batches in flight
+    assert warmup_batches("rawframes", 16) == warmup_batches("decord", 16) == 34
+    assert warmup_batches("frames-dali", 2) == warmup_batches("vp9-dali", 16) == 4
+    assert warmup_batches("frames", 2) == warmup_batches("vp9", 2) == HOST_AHEAD + 2
+    # With the default footage (120 videos, batch 8: 15 batches an epoch), ClipLoader's windows fit in one epoch
     s = Settings(data=tmp_path, workers=2)
-    assert max(warmup_batches(w, s.workers) for w in ("dali", "reference")) + s.batches <= 128 // s.batch_size
+    epoch = 3 * s.videos_per_source // s.batch_size
+    assert max(warmup_batches(w, s.workers) for w in ("frames", "frames-dali", "vp9", "vp9-dali")) + s.batches <= epoch
 
     def batches():
         while True:
             yield torch.zeros(s.batch_size, 1), torch.zeros(s.batch_size)
 
-    fits = measure(batches(), "dali", s, warmup=4, epoch_batches=16)
-    spans = measure(batches(), "dali", s, warmup=7, epoch_batches=16)
+    fits = measure(batches(), "frames-dali", s, warmup=4, epoch_batches=12)
+    spans = measure(batches(), "frames-dali", s, warmup=7, epoch_batches=12)
     assert fits["crosses_epoch"] is False and spans["crosses_epoch"] is True
-    assert not any(k.startswith("worker_") for k in spans)  # a spanning window's thread shares are left out
+    assert not any(k.startswith("worker_") for k in spans)  # a spanning window's thread shares are left out  # a spanning window's thread shares are left out

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.shardset import INDEX_DIR, FilePool, ShardSet, load_index
+from pipeline.filepool import FilePool
+from pipeline.sample_index import INDEX_DIR, load_index
+from pipeline.shardset import ShardSet
 from tests.clipdata import SMALL, coded_frames, make_shards
 
 REPO = Path(__file__).resolve().parents[2]

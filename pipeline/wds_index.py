@@ -1,0 +1,44 @@
+"""The `.idx` files beside the tars: DALI's `wds2idx` format, parsed.
+
+`v1.2 N` on the first line, then one line per sample of `ext offset size
+name` groups (one group per member of the sample, in tar order).
+"""
+
+from __future__ import annotations
+
+from pipeline import storage
+from pipeline.errors import ShardReadError
+
+def read_index(idx, tar) -> list[dict[str, tuple[int, int, str]]]:
+    """Parse a `wds2idx` index into per-sample {ext: (offset, size, member name)}."""
+    try:
+        text = storage.read_bytes(idx).decode("utf-8")
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"missing DALI index {idx} for shard {tar}: build it with `wds2idx {tar} {idx}` "
+            f"or re-run `python -m pipeline.shard`"
+        ) from None
+    lines = text.splitlines()
+    head = lines[0].split() if lines else []
+    if len(head) != 2 or not head[0].startswith("v1.") or not head[1].isdigit():
+        raise ShardReadError(f"{idx} is not a DALI webdataset index (first line {lines[:1]}): rebuild it with `wds2idx {tar} {idx}`")
+    samples = []
+    for number, line in enumerate(lines[1:], start=2):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) % 4:
+            raise ShardReadError(f"{idx} line {number} is malformed: rebuild it with `wds2idx {tar} {idx}`")
+        samples.append(
+            {parts[i]: (int(parts[i + 1]), int(parts[i + 2]), parts[i + 3]) for i in range(0, len(parts), 4)}
+        )
+    if len(samples) != int(head[1]):
+        raise ShardReadError(f"{idx} announces {head[1]} samples but lists {len(samples)}: rebuild it with `wds2idx {tar} {idx}`")
+    return samples
+
+
+def key_of(member: str) -> str:
+    """'dir/key.ext' -> 'dir/key' (the extension starts at the first dot of the base name)."""
+    slash = member.rfind("/") + 1
+    dot = member.find(".", slash)
+    return member if dot < 0 else member[:dot]
