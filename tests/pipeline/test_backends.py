@@ -129,3 +129,25 @@ def test_normalise_matrix_is_crop_mirror_normalize_on_uint8():
     got = cv2.transform(values.astype(np.float32), normalise_matrix(spec.mean, spec.std))
     want = (values.astype(np.float64) - np.array(spec.mean)) / np.array(spec.std)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+
+
+def test_host_batch_buffers_are_reused_only_when_nothing_refers_to_them():
+    from pipeline.host import _Buffers
+
+    def address(a: np.ndarray) -> int:
+        return a.__array_interface__["data"][0]
+
+    pool = _Buffers()
+    a = pool.take((2, 3))
+    first = address(a)
+    clips = torch.from_numpy(a).permute(1, 0)  # what the loader yields: a view of the buffer
+    del a
+    b = pool.take((2, 3))
+    assert address(b) != first  # the batch is still alive: a new buffer
+    view = clips[0]
+    del clips
+    c = pool.take((2, 3))
+    assert address(c) not in (first, address(b))  # a view alone keeps the buffer in use too
+    del view
+    d = pool.take((2, 3))
+    assert address(d) == first  # nothing refers to the first buffer any more: it comes back
