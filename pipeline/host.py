@@ -78,7 +78,7 @@ class HostClips:
         self.device = device
         self.normalise = normalise_matrix(spec.mean, spec.std)
         self.flips = (False, True) if spec.test_flip else (False,)
-        self._buffers = _Buffers()
+        self._buffers = _Buffers(keep=self.ahead + 2)  # in flight, the one yielded, the one the caller holds
 
     def batches(self, batches: Sequence[np.ndarray], epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, np.ndarray]]:
         """(clips, labels, sample indices) of every batch, in order; `ahead` batches are in flight."""
@@ -308,7 +308,7 @@ class _Buffers:
     thread takes buffers while the caller drops batches.
     """
 
-    def __init__(self, keep: int = 8):
+    def __init__(self, keep: int):
         self.keep = keep
         self._free: list[np.ndarray] = []
         self._lock = threading.Lock()

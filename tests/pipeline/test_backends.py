@@ -137,7 +137,7 @@ def test_host_batch_buffers_are_reused_only_when_nothing_refers_to_them():
     def address(a: np.ndarray) -> int:
         return a.__array_interface__["data"][0]
 
-    pool = _Buffers()
+    pool = _Buffers(keep=4)
     a = pool.take((2, 3))
     first = address(a)
     clips = torch.from_numpy(a).permute(1, 0)  # what the loader yields: a view of the buffer
