@@ -169,7 +169,6 @@ def loaders_chart(data: dict) -> Chart:
         axis="clips/s (higher is better)",
         categories=[r["config"] for r in rows],
         series=series,
-        annotations=[f"({r['frames_vs_rawframes']:.2f}x rawframes)" if r.get("frames_vs_rawframes") else "" for r in rows],
     )  # fmt: skip
 
 

@@ -133,7 +133,7 @@ def run(args: argparse.Namespace) -> dict:
     from pipeline.loader import resolve_loader_device
 
     device = resolve_loader_device("auto")
-    s = Settings(data=args.data, tiny=args.tiny)
+    s = Settings(data=args.data, tiny=args.tiny, content="synthetic")
     todo = variants(device == "gpu", args.tiny)
     shards = {"vp9": bench_shards(s)}
     if any(v.codec == "jpeg" for v in todo):

@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     name = args.model or ("tpn_r50_f8s8" if device.type == "cuda" else "tpn_tiny_f8s4")
     spec = tpn.get_config(name).clip
-    s = Settings(data=args.data, tiny=args.tiny, workers=args.workers)
+    s = Settings(data=args.data, tiny=args.tiny, workers=args.workers, content="synthetic")
     shards = {fmt: bench_shards(s, fmt) for fmt in FORMATS}
     loaders = {fmt: ClipLoader(shards[fmt], spec, batch_size=args.batch, num_threads=args.workers, seed=1)
                for fmt in FORMATS}

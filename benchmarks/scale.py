@@ -172,7 +172,7 @@ def bench_storage(tmp: Path, rounds: int, batches: int, batch_size: int, threads
     from benchmarks.data import Settings, bench_shards, default_data_dir
     from pipeline import ClipSpec
 
-    shards = bench_shards(Settings(data=default_data_dir(), workers=threads), "jpeg")
+    shards = bench_shards(Settings(data=default_data_dir(), workers=threads, content="synthetic"), "jpeg")
     spec = ClipSpec(frames=8, stride=8, crop_size=224)
     proc, endpoint = start_s3()
     env = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1",

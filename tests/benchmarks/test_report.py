@@ -157,7 +157,7 @@ def test_loaders_chart_draws_each_contender_once_and_skips_invalid_rows():
     names = [s.name for s in chart.series]
     assert len(names) == len(set(names)) == 5 and names[-1] == "JPEG decode limit (OpenCV)"
     assert chart.series[0].values == [120.0, 60.0] and chart.series[3].values == [None, None]  # decord never ran
-    assert chart.annotations[0] == "(2.40x rawframes)" and "footage" in chart.title
+    assert "footage" in chart.title and "120" in chart.title
     assert len(charts.COLORS) >= len(names)  # one colour per contender
 
 
