@@ -5,11 +5,11 @@
 
 On the same synthetic videos (the shards `benchmarks.data` caches, plus an
 H.264 copy of them on a GPU) it times training batches of 8x8 clips for:
-decoder (NVDEC, DALI's CPU decoder, or PyAV in host threads; augmentation
-on the GPU in every case), codec (VP9,
-H.264), batch size, DALI threads, and several loaders running side by side
-(each takes its own share of the samples, as DDP ranks would; their clips/s
-add up). On a CPU-only machine only the CPU-decoder variants run.
+decoder (the host path, NVDEC, DALI's CPU decoder, or PyAV in host threads;
+on a GPU, DALI augments there, the host path copies its clips there),
+codec (VP9, H.264, JPEG frames), batch size, threads, and several loaders
+running side by side (each takes its own share of the samples, as DDP ranks
+would; their clips/s add up). On a CPU-only machine only the CPU variants run.
 
 Each variant: untimed batches past the prefetch queue, then `--batches` timed ones; clips/s and
 the ratio to the first variant (the loader's default) are printed and
@@ -33,7 +33,7 @@ from pipeline import ClipSpec
 
 @dataclass(frozen=True)
 class Variant:
-    decoder: str  # "nvdec", "cpu" (DALI's CPU decoder), "pyav", or for JPEG frame shards "nvjpeg" / "cpu"
+    decoder: str  # "host" (host threads, no DALI), "nvdec", "cpu" (DALI's CPU decoder), "pyav", "nvjpeg" (frames)
     codec: str = "vp9"  # "vp9", "h264" or "jpeg" (frame shards)
     batch_size: int = 8
     threads: int = 0  # 0 = all usable cores
@@ -49,22 +49,24 @@ class Variant:
 
 
 def variants(gpu: bool, tiny: bool = False) -> list[Variant]:
-    """The loader's default first; on a CPU only the CPU decoder."""
+    """The loader's default first (on a CPU the host path, on a GPU DALI); then the other decoders."""
     if tiny:
-        return [Variant("cpu", batch_size=2), Variant("cpu", batch_size=4), Variant("cpu", batch_size=2, loaders=2),
+        return [Variant("host", batch_size=2), Variant("host", batch_size=4), Variant("cpu", batch_size=2),
                 Variant("pyav", batch_size=2)]  # fmt: skip
     if not gpu:
-        return [Variant("cpu"), Variant("cpu", batch_size=32), Variant("cpu", loaders=2), Variant("pyav"),
-                Variant("pyav", batch_size=32), Variant("cpu", codec="jpeg"), Variant("cpu", codec="jpeg", batch_size=32)]  # fmt: skip
+        return [Variant("host"), Variant("host", batch_size=32), Variant("host", loaders=2), Variant("cpu"),
+                Variant("cpu", batch_size=32), Variant("pyav"), Variant("host", codec="jpeg"),
+                Variant("host", codec="jpeg", batch_size=32), Variant("cpu", codec="jpeg")]  # fmt: skip
     frames = [Variant("nvjpeg", codec="jpeg"), Variant("nvjpeg", codec="jpeg", batch_size=32)]
     frames += [Variant("nvjpeg", codec="jpeg", batch_size=32, hw_load=h) for h in (0.0, 0.9, 1.0)]
-    frames += [Variant("nvjpeg", codec="jpeg", loaders=4, threads=4), Variant("cpu", codec="jpeg", batch_size=32)]
+    frames += [Variant("nvjpeg", codec="jpeg", loaders=4, threads=4), Variant("cpu", codec="jpeg", batch_size=32),
+               Variant("host", codec="jpeg", batch_size=32)]  # the host path, copied to the GPU
     return [  # VP9 on a GPU: the loader's default decodes on the CPU threads and augments on the GPU
         Variant("cpu"), Variant("cpu", batch_size=32), Variant("cpu", loaders=4, threads=4),
         Variant("nvdec"), Variant("nvdec", batch_size=32), Variant("nvdec", threads=4),
         Variant("nvdec", loaders=4), Variant("nvdec", codec="h264"), Variant("nvdec", codec="h264", batch_size=32),
         Variant("nvdec", codec="h264", loaders=4),
-        Variant("pyav"), Variant("pyav", batch_size=32),
+        Variant("pyav"), Variant("pyav", batch_size=32), Variant("host", batch_size=32),
     ] + frames  # fmt: skip
 
 
@@ -94,7 +96,8 @@ def time_variant(v: Variant, shards: Path, spec: ClipSpec, device: str, batches:
     def run(loader) -> None:
         try:
             it = endless(loader)
-            for _ in range(warmup_batches("dali", threads)):  # past what DALI holds ready: timing in the steady state
+            # past what the loader holds ready: timing in the steady state
+            for _ in range(warmup_batches("frames" if v.decoder == "host" else "frames-dali", threads)):
                 next(it)
             _sync(device)
             barrier.wait()

@@ -165,9 +165,12 @@ class HostClips:
         spec = self.spec
         height, width = resize_shorter(spec.test_scale, *self.data.frame_size(plan.index))
         for k, picture in enumerate(self._pictures(encoded, plan, unique)):
-            image = picture.resize((0, 0, picture.height, picture.width), (height, width))
-            if picture.colour is not None:
-                image = cv2.transform(image, picture.colour)
+            # as DALI: the whole frame in RGB first, then resized by test_scale / short side on both axes,
+            # the rounded output centred on the frame (so export.predict can compute the same views)
+            image = RgbPicture(picture.rgb(), picture.height, picture.width)
+            scale = spec.test_scale / min(picture.height, picture.width)
+            y0, x0 = (picture.height - height / scale) / 2, (picture.width - width / scale) / 2
+            image = image.resize((y0, x0, y0 + height / scale, x0 + width / scale), (height, width))
             where = [divmod(int(p), spec.frames) for p in np.flatnonzero(order == k)]  # (clip, frame) showing it
             for c, (px, py) in enumerate(plan.positions):
                 window = image
@@ -231,6 +234,10 @@ class Picture:
     def resize(self, box: tuple[float, float, float, float], size: tuple[int, int], flip: bool = False) -> np.ndarray:
         raise NotImplementedError
 
+    def rgb(self) -> np.ndarray:
+        """The whole frame as (height, width, 3) uint8 RGB."""
+        raise NotImplementedError
+
 
 class RgbPicture(Picture):
     """An RGB image, possibly decoded at a reduced size (DCT scaling) of a `height` x `width` frame."""
@@ -243,6 +250,11 @@ class RgbPicture(Picture):
         if image.shape[:2] == size and tuple(box) == (0, 0, *size) and not flip:
             return image
         return _warp(image, box, size, image.shape[0] / self.height, image.shape[1] / self.width, flip)
+
+    def rgb(self):
+        if self.image.shape[:2] != (self.height, self.width):
+            return self.resize((0, 0, self.height, self.width), (self.height, self.width))
+        return self.image
 
 
 class Yuv420Picture(Picture):
@@ -259,6 +271,17 @@ class Yuv420Picture(Picture):
         cy, cx = u.shape[0] / self.height, u.shape[1] / self.width
         return cv2.merge([_warp(y, box, size, 1.0, 1.0, flip), _warp(u, box, size, cy, cx, flip),
                           _warp(v, box, size, cy, cx, flip)])
+
+    def rgb(self):
+        """Chroma upsampled bilinearly (centre-sited) in float, converted, rounded once: DALI's and
+        export.predict's conversion of whole frames."""
+        y, u, v = (p.astype(np.float32) for p in self.planes)
+        box, size = (0, 0, self.height, self.width), (self.height, self.width)
+        cy, cx = u.shape[0] / self.height, u.shape[1] / self.width
+        yuv = cv2.merge([y, _warp(u, box, size, cy, cx), _warp(v, box, size, cy, cx)])
+        rgb = cv2.transform(yuv, self.colour.astype(np.float32))
+        np.clip(rgb, 0, 255, out=rgb)
+        return np.rint(rgb).astype(np.uint8)
 
 
 def video_picture(frame: av.VideoFrame) -> Picture:

@@ -151,3 +151,28 @@ def test_host_batch_buffers_are_reused_only_when_nothing_refers_to_them():
     del view
     d = pool.take((2, 3))
     assert address(d) == first  # nothing refers to the first buffer any more: it comes back
+
+
+def test_host_decodes_crops_twice_the_output_at_reduced_size(tmp_path, monkeypatch):
+    """DCT-domain scaling: a crop box at least twice the output decodes at 1/2 (or less), the frames stay exact."""
+    from pipeline import host
+    from tests.clipdata import SMALL, coded_frames, frame_codes
+
+    frames = coded_frames(12, size=(192, 144))
+    shards = make_shards(tmp_path, {"a": [("a0", frames)], "b": [("b0", frames)]}, codec="jpeg")
+    decoded, real = [], host.simplejpeg.decode_jpeg
+
+    def spy(data, **kw):
+        image = real(data, **kw)
+        decoded.append(image.shape[:2])
+        return image
+
+    monkeypatch.setattr(host.simplejpeg, "decode_jpeg", spy)
+    for scale, reduced in (((0.6, 1.0), True), ((0.01, 0.02), False)):  # boxes >= 2 x 32, and boxes < 32
+        decoded.clear()
+        spec = SMALL.replace(scale_range=scale)
+        ld = ClipLoader(shards, spec, batch_size=2, device="cpu", decoder="host", return_keys=True, seed=1)
+        for clips, _, keys in ld:
+            want = np.stack([ld.plan([ld.data.key(i) for i in range(2)].index(k), 0).frames for k in keys])
+            np.testing.assert_array_equal(frame_codes(clips, spec), want)
+        assert decoded and all((h < 144) == reduced for h, _ in decoded), decoded

@@ -73,7 +73,10 @@ def test_two_processes_reach_the_same_parameters(runs):
     for key, va in a["model"].items():
         vb = b["model"][key]
         if va.is_floating_point():
-            assert torch.allclose(va, vb, rtol=1e-4, atol=1e-5), f"{key}: max diff {(va - vb).abs().max():.3g}"
+            # summation order alone moves parameters by ~1e-5 over these 16 steps (1.1-1.3e-5 on biases of
+            # ~1e-3 and on conv1, with the host loader's pixels); a DDP bug (an unaveraged or missing
+            # gradient) moves them by a learning-rate step, orders of magnitude more
+            assert torch.allclose(va, vb, rtol=1e-4, atol=3e-5), f"{key}: max diff {(va - vb).abs().max():.3g}"
     assert len(b["rng"]) == 2  # every rank's RNG state, for an exact resume
 
 
