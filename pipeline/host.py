@@ -63,8 +63,7 @@ class _Batch:
     """One batch on its way: its plans, the output buffer and the clips' pending work."""
 
     plans: list[SamplePlan]
-    out: np.ndarray  # train (N, F, S, S, 3); test (N, C, V', F, H, W, 3)
-    tensor: torch.Tensor  # `out` as a tensor (the same memory)
+    tensor: torch.Tensor  # the output buffer: train (N, F, S, S, 3); test (N, C, V', F, H, W, 3)
     clips: list[Future]
 
 
@@ -113,7 +112,7 @@ class HostClips:
         work = self._train_clip if self.mode == "train" else self._test_clip
         clips = [workers.submit(work, out[n], plan, unique, order, data)
                  for n, (plan, (unique, order), data) in enumerate(zip(plans, decode, encoded))]
-        return _Batch(plans, out, torch.from_numpy(out), clips)
+        return _Batch(plans, torch.from_numpy(out), clips)
 
     def _shape(self, plans: list[SamplePlan]) -> tuple[int, ...]:
         spec, n = self.spec, len(plans)
