@@ -335,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else default_out_dir(args.name)
     head: dict = {"settings": {k: v for k, v in vars(args).items()} | {"out": str(out)}}
     try:
-        model, source = load_model(args.name, args.checkpoint)
+        model, source = load_model(args.name, args.checkpoint, other_architecture=args.allow_other_architecture)
         head.update(weights=source.weights, warning=source.random_weights_warning())
         if head["warning"]:
             print(head["warning"], flush=True)  # the first line, before the export's minutes

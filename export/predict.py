@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 import tpn
+from tpn.cli import add_other_architecture_arg
 from export.errors import EXIT_CODES_HELP, EXIT_FAILED, EXIT_OK, ExportError, positive_int
 from export.outputs import write_json
 from export.source import load_model
@@ -282,13 +283,14 @@ class Classifier:
     class_names: list[str] | None = None  # what a checkpoint run in PyTorch records (an artifact records none)
 
 
-def load_classifier(source: Path, name: str) -> Classifier:
-    """An exported artifact through `export.runtime`, or the checkpoint itself in PyTorch."""
+def load_classifier(source: Path, name: str, other_architecture: bool = False) -> Classifier:
+    """An exported artifact through `export.runtime`, or the checkpoint itself in PyTorch (a checkpoint of
+    another architecture only with `other_architecture`, see `tpn.load_checkpoint`)."""
     if not source.is_file():
         raise ExportError(f"{source} does not exist: pass an exported .onnx / .engine or a checkpoint")
     if source.name.endswith(ARTIFACT_SUFFIXES):
         return _artifact_classifier(source, name)
-    model, weights = load_model(name, source)
+    model, weights = load_model(name, source, other_architecture=other_architecture)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(device)
 
@@ -443,6 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("videos", nargs="+", help="video files and/or folders (searched recursively for video files)")
     p.add_argument("--model", required=True, help="zoo model name the source belongs to (its test protocol)")
     p.add_argument("--checkpoint", help="checkpoint whose class names to use when SOURCE is an exported file")
+    add_other_architecture_arg(p)
     p.add_argument(
         "--classes",
         help="class names in label order: a classes.json, a shard folder holding one, or a text file with one "
@@ -462,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     try:
         source = Path(args.source)
-        clf = load_classifier(source, args.model)
+        clf = load_classifier(source, args.model, args.allow_other_architecture)
         names, names_from = class_names(args.classes, clf, source, Path(args.checkpoint) if args.checkpoint else None)
         videos, skipped, folder = find_videos(args.videos)
     except ExportError as e:

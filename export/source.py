@@ -48,7 +48,8 @@ RANDOM_WEIGHTS = (
 
 
 def load_model(
-    name_or_model: str | nn.Module, checkpoint: str | os.PathLike | Mapping | None = None
+    name_or_model: str | nn.Module, checkpoint: str | os.PathLike | Mapping | None = None, *,
+    other_architecture: bool = False,
 ) -> tuple[nn.Module, ModelSource]:
     """An eval-mode zoo model with its weights, and where they came from.
 
@@ -74,7 +75,7 @@ def load_model(
     else:
         model = tpn.create_model(name, num_classes=info.num_classes)  # a fine-tuned count differs from the zoo's
     if weights is not None:
-        _load_weights(model, weights, checkpoint)
+        _load_weights(model, weights, checkpoint, other_architecture)
     source = _source(model, checkpoint)
     source.class_names = info.names
     if isinstance(name_or_model, nn.Module) and checkpoint is None:
@@ -91,10 +92,12 @@ def _read_checkpoint(checkpoint: str | os.PathLike | Mapping, name: str) -> Mapp
         raise ExportError(f"cannot use checkpoint for {name}: {e}") from None
 
 
-def _load_weights(model: nn.Module, weights: Mapping, checkpoint: str | os.PathLike | Mapping) -> None:
+def _load_weights(model: nn.Module, weights: Mapping, checkpoint: str | os.PathLike | Mapping,
+                  other_architecture: bool) -> None:
     where = "the state dict" if isinstance(checkpoint, Mapping) else str(checkpoint)
     try:
-        tpn.load_checkpoint(model, weights, source_name=where)  # its errors name the file, not "<state dict>"
+        # its errors name the file, not "<state dict>"
+        tpn.load_checkpoint(model, weights, source_name=where, other_architecture=other_architecture)
     except tpn.CheckpointError as e:
         raise ExportError(f"cannot load {where} into {model.config.name}: {e}") from None
 

@@ -403,7 +403,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else default_out_dir(args.name)
     head: dict = {"settings": {**vars(args), "out": str(out), "size": resolve_size(args.size, args.val_shards)}}
     try:
-        model, source = load_model(args.name, args.checkpoint)  # read once, here, for the report's head too
+        # read once, here, for the report's head too
+        model, source = load_model(args.name, args.checkpoint, other_architecture=args.allow_other_architecture)
         head.update(weights=source.weights, warning=source.random_weights_warning())
         r = export_engine(
             model, source=source, out_dir=out, thresholds=thresholds_from(args),

@@ -441,6 +441,7 @@ def gate(
     batch_size: int = 4,
     max_videos: int | None = None,
     synthetic: int = 8,
+    other_architecture: bool = False,
     seed: int = 0,
     source: ModelSource | None = None,
 ) -> list[GateReport]:
@@ -469,7 +470,7 @@ def gate(
     metas = [artifact_metadata(a) for a in artifacts]
     for meta, art in zip(metas, artifacts):
         check_artifact_model(meta, art, name)
-    model, loaded = load_model(model_name, checkpoint)
+    model, loaded = load_model(model_name, checkpoint, other_architecture=other_architecture)
     source = source or loaded
     for meta, art in zip(metas, artifacts):
         check_artifact_weights(meta, art, source)
@@ -649,6 +650,7 @@ def main(argv: list[str] | None = None) -> int:
             args.artifacts, model_name=args.model, checkpoint=args.checkpoint, val_shards=args.val_shards,
             split=args.split, thresholds=thresholds_from(args), backend=args.backend,
             zoo_checkpoint=args.zoo_checkpoint, batch_size=args.batch_size, max_videos=args.max_videos,
+            other_architecture=args.allow_other_architecture,
         )  # fmt: skip
     except ExportError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -25,6 +25,8 @@ from typing import Literal
 
 import ffmpeg as ffmpeg_python
 
+from pipeline.errors import ShardingError
+
 Codec = Literal["vp9", "h264", "jpeg"]
 CODECS: dict[str, dict[str, str]] = {
     "vp9": {"encoder": "libvpx-vp9", "container": "webm", "ext": "webm"},
@@ -48,24 +50,51 @@ class FFmpegError(RuntimeError):
         self.message = message
 
 
+class EncoderInterrupted(ShardingError):
+    """ffmpeg died of a signal (the run was interrupted, or the machine killed it): not the input's fault.
+
+    Nothing is recorded for the input, so the next run encodes it again;
+    it is never listed as rejected.
+    """
+
+
+def check_exit(returncode: int, stderr: str, what: str = "ffmpeg") -> None:
+    """Raise for a failed ffmpeg: `EncoderInterrupted` when a signal ended it, else `FFmpegError`."""
+    if returncode < 0:
+        raise EncoderInterrupted(
+            f"{what} was stopped by signal {-returncode} before it finished: nothing was recorded for this input; "
+            "rerun the same command to resume (it encodes the input again)"
+        )
+    if returncode != 0:
+        raise FFmpegError(classify_ffmpeg_error(stderr), tail(stderr) or f"ffmpeg exited with {returncode}")
+
+
 @functools.lru_cache(maxsize=None)
 def find_ffmpeg() -> str:
-    """Path of the ffmpeg binary: $TPN_FFMPEG, else `ffmpeg` on PATH, else imageio-ffmpeg's."""
+    """Path of the ffmpeg binary: $TPN_FFMPEG when set, else the one imageio-ffmpeg ships.
+
+    The shipped binary comes first, before any `ffmpeg` on PATH: shards,
+    tests and `export.predict` then give the same bytes and pixels on every
+    machine (distributions' builds differ, e.g. Debian 12's ffmpeg 5.1
+    scales and converts colours a level or two apart). Set TPN_FFMPEG to
+    use another build on purpose; `ffmpeg` on PATH is the fallback only when
+    imageio-ffmpeg is missing.
+    """
     env = os.environ.get("TPN_FFMPEG")
     if env:
         if not Path(env).is_file():
             raise FileNotFoundError(f"TPN_FFMPEG={env!r} is not a file; point it at an ffmpeg binary or unset it")
         return env
+    try:
+        import imageio_ffmpeg
+
+        return imageio_ffmpeg.get_ffmpeg_exe()
+    except (ImportError, RuntimeError):  # not installed, or no binary for this platform
+        pass
     on_path = shutil.which("ffmpeg")
     if on_path:
         return on_path
-    try:
-        import imageio_ffmpeg
-    except ImportError as err:  # pragma: no cover - dependency of the package
-        raise FileNotFoundError(
-            "no ffmpeg found: install one on PATH or `pip install imageio-ffmpeg`"
-        ) from err
-    return imageio_ffmpeg.get_ffmpeg_exe()
+    raise FileNotFoundError("no ffmpeg found: `pip install imageio-ffmpeg` (a dependency), or set TPN_FFMPEG")
 
 
 @functools.lru_cache(maxsize=None)
@@ -315,8 +344,7 @@ def run_ffmpeg(argv: list[str], timeout: float | None, input_bytes: bytes | None
         msg = (err.stderr or b"").decode("utf-8", "replace")
         raise FFmpegError("timeout", f"ffmpeg ran longer than {timeout:g} s. {tail(msg)}".strip()) from None
     stderr = proc.stderr.decode("utf-8", "replace")
-    if proc.returncode != 0:
-        raise FFmpegError(classify_ffmpeg_error(stderr), tail(stderr) or f"ffmpeg exited with {proc.returncode}")
+    check_exit(proc.returncode, stderr)
     return stderr
 
 
@@ -348,8 +376,7 @@ def pipe_frames(argv: list[str], chunks: Iterable[bytes], timeout: float) -> Non
                 proc.wait()
         err.seek(0)
         stderr = err.read().decode("utf-8", "replace")
-    if proc.returncode != 0:
-        raise FFmpegError(classify_ffmpeg_error(stderr), tail(stderr) or f"ffmpeg exited with {proc.returncode}")
+    check_exit(proc.returncode, stderr)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,8 @@ checkpoint is ever executed.
 
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 import os
 import pickle
@@ -156,6 +158,7 @@ def read_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    _check_torch_file(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -170,6 +173,29 @@ def read_checkpoint(path: str | Path) -> dict:
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict")
     return obj
+
+
+# What a file that is not a checkpoint most likely is, by its first bytes (offset, magic).
+_KNOWN_FILES = (((4, b"ftyp"), "an MP4/MOV video"), ((0, b"\x1a\x45\xdf\xa3"), "a WebM/Matroska video"),
+                ((0, b"RIFF"), "an AVI video or WAV file"), ((0, b"\xff\xd8\xff"), "a JPEG image"),
+                ((0, b"\x89PNG"), "a PNG image"), ((0, b"ustar"), "a tar archive"))  # fmt: skip
+
+
+def _check_torch_file(path: Path) -> None:
+    """A torch.save file is a zip archive (since PyTorch 1.6) or, older, a pickle: anything else is refused
+    as not a checkpoint at all (before torch.load calls it one that needs arbitrary Python objects)."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
+        return
+    kind = next((what for (at, magic), what in _KNOWN_FILES if head[at : at + len(magic)] == magic), None)
+    if head[257:262] == b"ustar":
+        kind = "a tar archive (a shard?)"
+    looks = f"it looks like {kind}" if kind else f"it starts with {head[:8]!r}"
+    raise CheckpointError(
+        f"{path} is not a PyTorch checkpoint ({looks}; a torch.save file is a zip archive or a pickle): "
+        "pass the .pth that tpn.train wrote, or an original TPN / mmaction2 checkpoint"
+    )
 
 
 @dataclass(frozen=True)
@@ -293,7 +319,7 @@ def _assign(model: nn.Module, sd: dict, name: str, strict: bool, drop_classifier
             f"{name} does not match {model.config.name}: "
             f"{len(hard_missing)} missing key(s) {hard_missing[:8]}, "
             f"{len(unexpected)} unexpected key(s) {unexpected[:8]}. "
-            "Check the model name, or pass strict=False to load what matches."
+            "Check that the tool's model name is the checkpoint's (in Python, strict=False loads what matches)."
         )
     report.missing = missing
     report.dropped += unexpected
@@ -310,6 +336,7 @@ def load_checkpoint(
     strict: bool = True,
     drop_classifier: bool = False,
     source_name: str | None = None,
+    other_architecture: bool = False,
 ) -> LoadReport:
     """Load this project's, the original TPN's or mmaction2's weights into a zoo model.
 
@@ -318,6 +345,13 @@ def load_checkpoint(
     unshifted input, so the weights give the outputs they were trained with.
     `source_name` names an already loaded dict in errors and notes (its file,
     so a message still says which one); a path names itself.
+
+    A checkpoint of this toolkit records its model's architecture: loading
+    it into a model whose architecture differs (even where every tensor
+    shape matches, e.g. another TPN neck) raises `CheckpointError` naming
+    both models and every field that differs, unless `other_architecture`
+    (the tools' `--allow-other-architecture`). Other toolkits' checkpoints
+    record none; their keys and shapes decide, as before.
     """
     name = source_name or _source_name(source)
     obj = read_checkpoint(source) if isinstance(source, (str, Path)) else source
@@ -332,7 +366,18 @@ def load_checkpoint(
         )
     saved_as = outer.get("name") if outer.get("format") == OWN_FORMAT else None
     report = LoadReport(source=name, format=fmt)
-    if saved_as and saved_as != model.config.name:
+    saved_arch = outer.get("architecture") if outer.get("format") == OWN_FORMAT else None
+    differences = architecture_differences(saved_arch, model.config) if isinstance(saved_arch, Mapping) else []
+    if differences:
+        what = (f"{name} holds {saved_as!r}, whose architecture differs from {model.config.name!r}: "
+                + "; ".join(differences))
+        if not other_architecture:
+            raise CheckpointError(
+                f"{what}. Its outputs would not be {model.config.name!r}'s: load it into {saved_as!r} (the tool's "
+                "model name), or pass --allow-other-architecture (Python: other_architecture=True) to load it anyway"
+            )
+        report.notes.append(f"{what} (loaded anyway: --allow-other-architecture)")
+    elif saved_as and saved_as != model.config.name:
         report.notes.append(f"checkpoint was saved from {saved_as}, loading into {model.config.name}")
     keymap = foreign_map(fmt, model)
     if keymap is not None:
@@ -399,13 +444,51 @@ def init_from_imagenet(model: nn.Module, source: str | Path | Mapping) -> LoadRe
     return report
 
 
+# The config fields that decide what the weights compute (not the classes, data, test protocol or recipe).
+ARCHITECTURE_FIELDS = ("backbone", "depth", "width", "blocks", "neck")
+TRAINING_ONLY = {"neck.aux_head"}  # the auxiliary head trains the neck; outputs do not depend on it
+
+
+def architecture_of(config) -> dict:
+    """A model config's architecture fields as plain values (what a checkpoint records)."""
+    out = {}
+    for f in ARCHITECTURE_FIELDS:
+        value = getattr(config, f)
+        out[f] = _plain(dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value)
+    return out
+
+
+def architecture_differences(saved: Mapping, config) -> list[str]:
+    """'field: saved -> config' for every architecture field (neck fields one by one) that differs."""
+    now, diffs = architecture_of(config), []
+    for f in ARCHITECTURE_FIELDS:
+        a, b = _plain(saved.get(f)), now[f]
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += [f"{f}.{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
+                      if a.get(k) != b.get(k) and f"{f}.{k}" not in TRAINING_ONLY]
+        elif a != b:
+            diffs.append(f"{f}: {a!r} -> {b!r}")
+    return diffs
+
+
+def _plain(value):
+    """Tuples as lists, recursively: configs hold tuples, a loaded checkpoint may hold either."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
 def save_checkpoint(path: str | Path, model: nn.Module, **extra) -> Path:
-    """Write this project's format atomically (temporary file, fsync, rename)."""
+    """Write this project's format atomically (temporary file, fsync, rename), with the model's name and
+    architecture, so loading it into another architecture is refused (`load_checkpoint`)."""
     module = getattr(model, "module", model)  # unwrap DDP
     obj = {
         "format": OWN_FORMAT,
         "version": 1,
         "name": module.config.name,
+        "architecture": architecture_of(module.config),
         "num_classes": module.num_classes,
         "model": module.state_dict(),
         **extra,

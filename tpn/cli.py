@@ -32,6 +32,15 @@ def add_checkpoint_arg(parser: ArgContainer, required: bool = False, what: str =
     unset = "required" if required else "default: random weights, and the tool says so"
     parser.add_argument("--checkpoint", required=required,
                         help=f"{what}: a .pth of this toolkit's, the original TPN's or mmaction2's format ({unset})")
+    add_other_architecture_arg(parser)
+
+
+def add_other_architecture_arg(parser: ArgContainer) -> None:
+    """The one way to load a checkpoint of this toolkit into a model of another architecture."""
+    parser.add_argument("--allow-other-architecture", action="store_true",
+                        help="load a checkpoint of this toolkit even when it records another architecture than the "
+                             "model's (e.g. another TPN neck with the same tensor shapes); without it that is an "
+                             "error naming both models and what differs")  # fmt: skip
 
 
 def add_threads_arg(parser: ArgContainer, default: Any = None) -> None:

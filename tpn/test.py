@@ -233,7 +233,8 @@ def run_test(args: argparse.Namespace, env: DistEnv) -> EvalReport:
     ckpt = read_checkpoint(args.checkpoint)  # once: the class count and the weights come from the same dict
     num_classes = args.num_classes or tpn.checkpoint_classes(ckpt).num_classes or cfg.num_classes
     model = tpn.create_model(args.name, num_classes=num_classes)
-    report = tpn.load_checkpoint(model, ckpt, source_name=args.checkpoint)
+    report = tpn.load_checkpoint(model, ckpt, source_name=args.checkpoint,
+                                 other_architecture=args.allow_other_architecture)
     for note in report.notes:
         log.info(note)
     model.to(device)

@@ -14,7 +14,7 @@ import logging
 import sys
 from typing import Any
 
-from tpn.cli import add_device_args, add_threads_arg
+from tpn.cli import add_device_args, add_other_architecture_arg, add_threads_arg
 from tpn.distributed import env_from_environ
 from tpn.engine import COMPILE_PRESETS, DEFAULT_COMPILE
 from tpn.train import NonFiniteLoss, train
@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--pretrained", help="2D ImageNet ResNet (torchvision-style .pth) to inflate into the backbone")
     i.add_argument("--checkpoint", help="initial weights (this toolkit's, original TPN's or mmaction2's); a "
                    "classifier of another size is left freshly initialised")  # fmt: skip
+    add_other_architecture_arg(i)
     _add_logging_args(p.add_argument_group("checkpoints and logging"))
     _add_execution_args(p.add_argument_group("execution", "under torchrun, --device cuda is each process's GPU "
                                                           "(its LOCAL_RANK)"))  # fmt: skip

@@ -65,6 +65,7 @@ class TrainSettings:
     num_classes: int | None = None  # None: the shards' class count
     pretrained: str | None = None  # torchvision-style 2D ImageNet ResNet
     checkpoint: str | None = None  # initial weights (any supported format)
+    allow_other_architecture: bool = False  # load `checkpoint` even if it records another architecture
     # checkpoints and logging
     save_every: int = 0  # steps; 0 = only at epoch ends
     keep_last: int = 3

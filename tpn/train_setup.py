@@ -58,7 +58,9 @@ def build_train_model(
     if initialise and s.pretrained:
         tpn.init_from_imagenet(model, s.pretrained)
     if initialise and s.checkpoint:
-        for note in tpn.load_checkpoint(model, s.checkpoint, drop_classifier=True).notes:
+        report = tpn.load_checkpoint(model, s.checkpoint, drop_classifier=True,
+                                     other_architecture=s.allow_other_architecture)
+        for note in report.notes:
             log.info(note)
     model.to(device)
     if channels_last:

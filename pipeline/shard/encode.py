@@ -26,6 +26,7 @@ from pipeline.ffmpeg import (
     run_ffmpeg,
     transcode_argv,
 )
+from pipeline.errors import ShardingError
 from pipeline.jpeg import JpegError, decode_check
 from pipeline.layouts import WorkItem, frames_pattern
 from pipeline.fileio import atomic_write_text, temp_path
@@ -126,6 +127,9 @@ def _encode(item: WorkItem, s: EncodeSettings, tmp: Path, timeout: float, min_fr
     src = source_spec(item)
     copied = copyable_frames(src, s)
     log = run_ffmpeg(copy_frames_argv(src, tmp) if copied else transcode_argv(src, tmp, s), timeout)
+    if not tmp.is_file():  # our own staged file went away (another run on this output?): not the input's fault
+        raise ShardingError(f"the staged output of {item.rel} ({tmp}) vanished after ffmpeg wrote it: is another "
+                            "pipeline.shard writing to the same --out? Nothing was recorded for this input; rerun")
     try:
         info = probe_encoded(tmp)
     except FFmpegError:

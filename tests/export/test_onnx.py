@@ -178,8 +178,20 @@ def test_cli_checkpoint_of_another_model(capsys, tmp_path):
     ckpt = save_checkpoint(tmp_path / "tsm.pth", tpn.create_model("tsm_tiny_baseline"))
     assert main(["tpn_tiny_f8s4", "--checkpoint", str(ckpt), "--out", str(tmp_path)]) == 3
     err = capsys.readouterr().err
-    assert str(ckpt) in err and "saved from 'tsm_tiny_baseline'" in err
+    assert str(ckpt) in err and "holds 'tsm_tiny_baseline'" in err and "backbone: 'tsm' -> 'slowonly'" in err
     assert not list(tmp_path.glob("*.onnx"))
+
+
+def test_cli_checkpoint_of_another_architecture_needs_the_flag(capsys, tmp_path):
+    ckpt = save_checkpoint(tmp_path / "f8s4.pth", tpn.create_model("tpn_tiny_f8s4"))
+    argv = ["tpn_tiny_pyr_f8s4", "--checkpoint", str(ckpt), "--out", str(tmp_path / "out"), "--parity-batches", "1"]
+    assert main(argv) == 3  # same tensor shapes, another neck
+    err = capsys.readouterr().err
+    assert "neck.temporal_scales" in err and "--allow-other-architecture" in err
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("*.onnx"))
+    assert main([*argv, "--allow-other-architecture"]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["settings"]["allow_other_architecture"] is True
 
 
 def test_cli_writes_onnx_and_report(tmp_path, capsys):

@@ -130,3 +130,27 @@ def test_partly_decodable_input_is_sharded_with_a_warning_or_rejected_in_strict_
         shard_dataset(src, tmp_path / "strict", **SMALL, strict=True)
     assert [r["reason"] for r in rejected(tmp_path / "strict")] == ["partly_decodable"]
     assert (tmp_path / "strict" / "warnings.jsonl").read_text() == ""
+
+
+def test_an_encoder_killed_by_a_signal_is_retried_never_rejected(tmp_path, monkeypatch):
+    """ffmpeg dying of a signal (an interrupted run, the OOM killer) says so, records nothing, and a
+    rerun encodes the input: it never becomes a permanent 'ffmpeg_error' rejection."""
+    from pipeline.ffmpeg import EncoderInterrupted, find_ffmpeg
+
+    src = tmp_path / "src"
+    for k in range(3):
+        write_video(src / "a" / f"v{k}.mp4", noise_frames(12, 64, 48, k))
+    real = find_ffmpeg()
+    fake = tmp_path / "ffmpeg"  # answers probes like ffmpeg, dies of SIGKILL when asked to encode v1
+    fake.write_text(f'#!/bin/sh\ncase "$*" in *v1.mp4*) kill -9 $$;; esac\nexec "{real}" "$@"\n')
+    fake.chmod(0o755)
+    find_ffmpeg.cache_clear()
+    monkeypatch.setenv("TPN_FFMPEG", str(fake))
+    try:
+        with pytest.raises(EncoderInterrupted, match="signal 9.*rerun the same command"):
+            shard_dataset(src, tmp_path / "out", short_side=None, workers=1)
+    finally:
+        monkeypatch.delenv("TPN_FFMPEG")
+        find_ffmpeg.cache_clear()
+    report = shard_dataset(src, tmp_path / "out", short_side=None, workers=1)  # the same command, resumed
+    assert report.samples == 3 and rejected(tmp_path / "out") == []

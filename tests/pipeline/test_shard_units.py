@@ -1,6 +1,7 @@
 """Pure pieces of pipeline.shard: geometry, argv, error classes, keys, parts, index text."""
 
 import argparse
+import os
 import io
 import tarfile
 
@@ -216,3 +217,29 @@ def test_error_family_has_one_base_and_keeps_the_builtin_bases():
     assert issubclass(ShardReadError, ValueError) and issubclass(MergeError, ValueError)
     assert issubclass(ShardingError, RuntimeError) and issubclass(DataError, RuntimeError)
     assert not issubclass(ShardReadError, ShardingError) and not issubclass(DataError, ShardReadError)
+
+
+def test_the_shipped_ffmpeg_wins_over_the_systems_unless_told(tmp_path, monkeypatch):
+    """A distribution's ffmpeg on PATH (another version, other pixels) is not picked up by accident."""
+    import imageio_ffmpeg
+
+    from pipeline.ffmpeg import find_ffmpeg
+
+    fake = tmp_path / "bin" / "ffmpeg"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    monkeypatch.delenv("TPN_FFMPEG", raising=False)
+    find_ffmpeg.cache_clear()  # the binary is looked up once per process
+    try:
+        assert find_ffmpeg() == imageio_ffmpeg.get_ffmpeg_exe()
+        find_ffmpeg.cache_clear()
+        monkeypatch.setenv("TPN_FFMPEG", str(fake))
+        assert find_ffmpeg() == str(fake)
+        find_ffmpeg.cache_clear()
+        monkeypatch.setenv("TPN_FFMPEG", str(tmp_path / "missing"))
+        with pytest.raises(FileNotFoundError, match="TPN_FFMPEG"):
+            find_ffmpeg()
+    finally:
+        find_ffmpeg.cache_clear()

@@ -300,3 +300,35 @@ def test_imagenet_init_for_tsm_loads_as_is_and_rejects_video_files():
         tpn.load_checkpoint(model, sd2d)
     with pytest.raises(CheckpointError, match="not a torchvision-style"):
         tpn.init_from_imagenet(model, fresh("tsm_tiny_tpn", 1).state_dict())
+
+
+def test_a_checkpoint_of_another_architecture_is_refused_even_when_every_shape_fits(tmp_path):
+    """tpn_tiny_f8s4 and tpn_tiny_pyr_f8s4 hold the same tensor shapes but different necks: their
+    outputs differ, so loading one into the other names both models and what differs."""
+    src = fresh("tpn_tiny_f8s4", 0)
+    path = save_checkpoint(tmp_path / "f8s4.pth", src)
+    dst = fresh("tpn_tiny_pyr_f8s4", 1)
+    assert {k: v.shape for k, v in src.state_dict().items()} == {k: v.shape for k, v in dst.state_dict().items()}
+    with pytest.raises(CheckpointError, match=r"'tpn_tiny_f8s4'.*'tpn_tiny_pyr_f8s4'.*neck\.temporal_scales") as e:
+        tpn.load_checkpoint(dst, path)
+    assert "--allow-other-architecture" in str(e.value) and "aux_head" not in str(e.value)
+    report = tpn.load_checkpoint(dst, path, other_architecture=True)  # the explicit way
+    assert any("loaded anyway" in n for n in report.notes)
+    assert_same_state(src, dst)
+    same = fresh("tpn_tiny_f8s4", 2)
+    assert not tpn.load_checkpoint(same, path).notes  # its own architecture: no word
+    # a checkpoint written before the architecture was recorded keeps the key-based rules (a note)
+    old = {k: v for k, v in torch.load(path, weights_only=True).items() if k != "architecture"}
+    assert any("saved from tpn_tiny_f8s4" in n for n in tpn.load_checkpoint(fresh("tpn_tiny_pyr_f8s4", 3), old).notes)
+
+
+def test_a_file_that_is_no_checkpoint_is_told_so(tmp_path):
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"\x00\x00\x00\x18ftypisom" + bytes(64))
+    with pytest.raises(CheckpointError, match=r"clip.mp4 is not a PyTorch checkpoint \(it looks like an MP4") as e:
+        tpn.read_checkpoint(video)
+    assert "arbitrary Python objects" not in str(e.value)
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    with pytest.raises(CheckpointError, match=r"not a PyTorch checkpoint \(it starts with b'hello'"):
+        tpn.read_checkpoint(text)

@@ -169,6 +169,10 @@ def test_cli_errors_name_the_problem(shards, checkpoint, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["tsm_tiny_tpn", "--checkpoint", str(checkpoint), "--shards", str(shards), "--device", "cpu"]) == 1
     assert "tpn_tiny_f8s4" in capsys.readouterr().err  # saved from another model
+    # the same tensor shapes, another neck: refused by name, not tested quietly with the wrong model
+    assert main(["tpn_tiny_pyr_f8s4", "--checkpoint", str(checkpoint), "--shards", str(shards), "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert "'tpn_tiny_f8s4'" in err and "'tpn_tiny_pyr_f8s4'" in err and "--allow-other-architecture" in err
 
 
 def test_cli_reads_the_checkpoint_once_and_names_it_in_errors(shards, checkpoint, monkeypatch, capsys):
