@@ -355,6 +355,11 @@ def read_class_names(path: Path) -> list[str]:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise ExportError(f"cannot read class names from {path}: {e}") from None
+    except UnicodeDecodeError:
+        raise ExportError(
+            f"{path} is not a text file of class names (not UTF-8 text; a video?): pass a classes.json, a shard "
+            "folder holding one, or a text file with one name per line"
+        ) from None
     if path.suffix == ".json":
         try:
             return parse_classes(text, str(path))  # the rules of the shards' classes.json

@@ -182,6 +182,9 @@ def verify_dataset(out: str | Path, *, decode: bool = True, workers: int | None 
     checked like local ones and deleted.
     """
     if not storage.is_remote(out):
+        if Path(out).exists() and not Path(out).is_dir():
+            raise NotADirectoryError(f"{out} is a file, not a shard folder: pass the folder `python -m pipeline.shard` "
+                                     "wrote (it holds manifest.json)")
         return _verify(Path(out), decode, workers, progress)
     with tempfile.TemporaryDirectory(prefix="tpn-verify-") as tmp:
         local = Path(tmp)

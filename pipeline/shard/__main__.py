@@ -69,9 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="classes.json to reuse (label order), e.g. from the train run when sharding val alone")
     enc = p.add_argument_group("encoding")
     enc.add_argument("--codec", choices=("vp9", "h264", "jpeg"), default="vp9",
-                     help="vp9 in WebM decodes on CPU and GPU with DALI; h264 in MP4 decodes on GPU only; jpeg "
-                     "stores every frame as its own JPEG (frame shards: about 5x the bytes of vp9, but a clip "
-                     "decodes only its own frames, so loading is several times faster)")
+                     help="vp9 in WebM: the smallest shards, decoded by PyAV on a CPU and DALI on a GPU; h264 in "
+                     "MP4: PyAV on a CPU, NVDEC on a GPU; jpeg stores every frame as its own JPEG (frame shards: "
+                     "several times the bytes of vp9, 8.8x on the camera-like synthetic set of "
+                     "benchmarks/results/2026-12-01-cpu2-data.json, but a clip decodes only its own frames: "
+                     "7x VP9's clips/s at 8x8 on a CPU, benchmarks/results/2026-12-06-cpu2-data.json)")
     enc.add_argument("--short-side", type=_short_side, default=256,
                      help="resize so the short side is this (even; keeps aspect); 'keep' keeps the source size")
     enc.add_argument("--size", type=parse_size, default=None, help="fixed output size WxH (e.g. 320x240); overrides --short-side")

@@ -61,7 +61,7 @@ class ShardReport:
     rejected: list[dict]
     inputs: int
     resumed_shards: int = 0
-    encoded: int = 0  # inputs this call processed (those not covered by shards kept from an earlier run)
+    encoded: int = 0  # inputs ffmpeg encoded in this call (not reused from staging, not rejected before encoding)
     wall_s: float = 0.0
     manifest: dict = field(default_factory=dict)
     warnings: list[dict] = field(default_factory=list)  # sharded, but partly decodable
@@ -351,7 +351,8 @@ def _resolve_classes(ds: Dataset, classes: str | os.PathLike | list[str] | None)
 
 def _encode_all(todo: list[tuple[int, WorkItem]], run: _Run, s: EncodeSettings, *, workers: int,
                 timeout: float, min_frames: int, progress: bool) -> int:
-    """Encode `todo` on `workers` processes and feed results to `run` in input order; return encodes done."""
+    """Encode `todo` on `workers` threads and feed results to `run` in input order; return how many inputs
+    ffmpeg encoded in this call (not those reused from staging or rejected before encoding)."""
     from tqdm import tqdm
 
     staging = str(run.out / mf.STAGING)
@@ -371,8 +372,10 @@ def _encode_all(todo: list[tuple[int, WorkItem]], run: _Run, s: EncodeSettings, 
         return pool.submit(encode_item, item, s, staging, timeout, min_frames)
 
     bar = tqdm(total=len(todo), unit="video", disable=not progress, dynamic_ncols=True, desc="shard")
+    encoded = 0
     try:
         for ordinal, item, outcome in ordered(todo, submit, window=max(4, workers * 8)):
+            encoded += outcome.fresh
             run.take(ordinal, item, outcome)
             bar.update(1)
             bar.set_postfix(rejected=run.rejected_count, refresh=False)
@@ -388,7 +391,7 @@ def _encode_all(todo: list[tuple[int, WorkItem]], run: _Run, s: EncodeSettings, 
         bar.close()
         if pool is not None:
             pool.shutdown(wait=True)
-    return len(todo)
+    return encoded
 
 
 @dataclass
@@ -456,6 +459,8 @@ def shard_dataset(
     they are sharded and listed in `warnings.jsonl`.
     """
     t0 = time.perf_counter()
+    if not storage.is_remote(out) and Path(out).exists() and not Path(out).is_dir():
+        raise ShardingError(f"--out {out} is a file, not a folder: pass a folder for the shards (it is created)")
     s = EncodeSettings(codec=codec, short_side=short_side, size=size, fps=fps, gop=gop, crf=crf, threads=threads)
     exe = find_ffmpeg()
     if not has_encoder(exe, s.encoder):

@@ -50,6 +50,7 @@ class Outcome:
     bytes: int = 0
     copied: bool = False  # frame shards: source JPEGs stored as they were, not re-encoded
     claimed_frames: int | None = None  # frames the source container claims (duration x rate), when it says
+    fresh: bool = False  # ffmpeg ran for it in this call (not reused from staging); not part of the record
 
     @property
     def partial(self) -> bool:
@@ -119,7 +120,8 @@ def encode_item(item: WorkItem, s: EncodeSettings, staging: str, timeout: float,
         outcome = Outcome(item.key, reason=err.reason, message=err.message)
     finally:
         tmp.unlink(missing_ok=True)
-    atomic_write_text(record, json.dumps(asdict(outcome)), durable=False)
+    atomic_write_text(record, json.dumps({k: v for k, v in asdict(outcome).items() if k != "fresh"}), durable=False)
+    outcome.fresh = True
     return outcome
 
 

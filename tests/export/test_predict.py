@@ -116,6 +116,9 @@ def test_top_classes_and_class_files(tmp_path):
         (tmp_path / "bad.json").write_text(bad)
         with pytest.raises(ExportError, match=why):
             read_class_names(tmp_path / "bad.json")
+    (tmp_path / "clip.mp4").write_bytes(b"\x00\x00\x00\x18ftypisom\xff\xfe\x80" + bytes(32))  # --classes clip.mp4
+    with pytest.raises(ExportError, match="clip.mp4 is not a text file of class names"):
+        read_class_names(tmp_path / "clip.mp4")
 
 
 # ----------------------------------------------------------------- a folder of mixed files

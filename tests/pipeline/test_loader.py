@@ -276,6 +276,10 @@ def test_bad_shard_arguments_fail_at_construction(tmp_path, coded):
         loader(tmp_path / "nowhere")
     with pytest.raises(ShardReadError, match="empty shard list"):
         loader([])
+    video = tmp_path / "x.mp4"  # a video where shards are expected (e.g. tpn.train --train x.mp4)
+    video.write_bytes(b"\x00\x00\x00\x18ftypisom")
+    with pytest.raises(ShardReadError, match="x.mp4 is not a shard"):
+        loader([video])
     with pytest.raises(ShardReadError, match="no shards matching 'val-\\*.tar'"):
         loader(coded, split="val")
     with pytest.raises(ValueError, match="no full batch"):

@@ -309,3 +309,17 @@ def test_merge_cli(sharded, synth, tmp_path, capsys):
     assert main(["merge", str(out), "--out", str(tmp_path / "m")]) != 0
     assert "--part" in capsys.readouterr().err
     assert os.listdir(tmp_path) == []
+
+
+def test_encodes_reused_from_staging_are_not_counted_as_encoded(synth, sharded, tmp_path):
+    """A rerun after a kill reuses staged videos: the summary's videos/s counts only what ffmpeg encoded."""
+    from pipeline.ffmpeg import EncodeSettings
+    from pipeline.shard import core
+    from pipeline.shard.encode import encode_item
+
+    assert sharded[1].encoded == sharded[1].inputs == 9  # a fresh run encodes every input
+    item, s = core.scan(synth, "auto").items[0], EncodeSettings(short_side=None)
+    assert encode_item(item, s, str(tmp_path), 60, 1).fresh
+    again = encode_item(item, s, str(tmp_path), 60, 1)
+    assert again.ok and not again.fresh  # reused from staging: not an encode of this run
+    assert "fresh" not in json.loads((tmp_path / f"{item.key}.json").read_text())  # nor part of the record

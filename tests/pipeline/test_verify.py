@@ -96,3 +96,15 @@ def test_check_sample_names_each_inconsistency():
 def test_not_a_shard_folder(tmp_path, capsys):
     assert main([str(tmp_path), "--no-progress"]) == 2
     assert "manifest.json not found" in capsys.readouterr().err
+
+
+def test_a_file_where_the_shard_folder_goes_is_named(tmp_path, capsys):
+    from pipeline import ShardingError
+
+    video = tmp_path / "x.mp4"
+    video.write_bytes(b"\x00\x00\x00\x18ftypisom")
+    assert main([str(video)]) == 2
+    assert "x.mp4 is a file, not a shard folder" in capsys.readouterr().err
+    (tmp_path / "src" / "a").mkdir(parents=True)
+    with pytest.raises(ShardingError, match="--out .*x.mp4 is a file, not a folder"):
+        shard_dataset(tmp_path / "src", video)
