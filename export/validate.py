@@ -45,6 +45,8 @@ earlier one, when it passes it leaves it as it is.
 
 from __future__ import annotations
 
+import math
+
 import argparse
 import contextlib
 import os
@@ -231,6 +233,30 @@ def gate_verdict(criteria: list[Criterion]) -> str:
     return "passed" if all(c.passed for c in criteria) else "failed"
 
 
+def videos_to_beat_chance(chance: float, alpha: float) -> int:
+    """The fewest videos on which even an all-correct reference passes the chance test: chance^n <= alpha."""
+    if chance <= 0.0:
+        return 1
+    if chance >= 1.0:
+        return 0  # never: guessing is always right
+    return max(1, math.ceil(math.log(alpha) / math.log(chance) - 1e-9))
+
+
+def chance_refusal(report: GateReport) -> str:
+    """Why the chance test failed: a set too small for it to pass at all, or a reference near chance."""
+    t, n, chance = report.thresholds, report.videos, report.chance_top1 / 100.0
+    best = binomial_tail(n, n, chance)  # all n correct
+    if best > t.chance_alpha:
+        need = videos_to_beat_chance(chance, t.chance_alpha)
+        return (f"refused: {n} videos are too few for the chance test to pass at all: even {n}/{n} correct has "
+                f"p = {best:.3g} against chance {100 * chance:.2f}%, above --chance-alpha {t.chance_alpha:g}; it "
+                + (f"needs at least {need} videos at this chance level, or a larger --chance-alpha"
+                   if need else "cannot pass while one label is every video's: validate on more classes"))
+    return (f"refused: PyTorch FP32 itself gets {report.torch_top1:.2f}% on these {n} videos, not clearly above "
+            f"chance ({report.chance_top1:.2f}%, p = {report.chance_p_value:.3g} > --chance-alpha {t.chance_alpha:g}); "
+            f"{REFUSAL_CAUSES}")
+
+
 def failure_lines(report: GateReport) -> list[str]:
     """What went wrong, in words a user can act on."""
     t, lines = report.thresholds, []
@@ -243,10 +269,7 @@ def failure_lines(report: GateReport) -> list[str]:
                 "validate on more videos, or lower --min-videos knowing the gate then says less"
             )
         elif c.key == "chance":
-            lines.append(
-                f"refused: PyTorch FP32 itself gets {report.torch_top1:.2f}% on these {report.videos} videos, not clearly "
-                f"above chance ({report.chance_top1:.2f}%, p = {report.chance_p_value:.3g}); {REFUSAL_CAUSES}"
-            )
+            lines.append(chance_refusal(report))
         elif c.key == "top1_difference":
             way = "below" if report.difference < 0 else "above"
             lines.append(f"Top-1 is {abs(report.difference):.2f} points {way} PyTorch FP32 (max {t.max_drop})"

@@ -36,6 +36,7 @@ from export.validate import (
     gate,
     is_validated,
     judge,
+    videos_to_beat_chance,
     main as validate_main,
     validate,
     zoo_target,
@@ -534,6 +535,20 @@ def test_judge_refuses_before_judging():
     r = _report()
     judge(r, constant, constant, labels, zoo_top1=None)
     assert r.verdict == "refused" and r.chance_p_value > 0.5 and "likely causes" in r.failures[0]
+    assert "--chance-alpha 0.001" in r.failures[0]
+
+
+def test_a_set_too_small_for_the_chance_test_says_so_and_how_many_videos_it_needs():
+    # 6 videos of 3 classes: even 6/6 correct has p = (1/3)^6 = 0.00137 > 0.001
+    labels = torch.arange(6) % 3
+    r = _report(thresholds=Thresholds(min_videos=1))
+    judge(r, _scores(labels.tolist()), _scores(labels.tolist()), labels, zoo_top1=None)
+    assert r.verdict == "refused" and r.torch_top1 == 100.0
+    assert "too few for the chance test to pass at all" in r.failures[0] and "6/6 correct" in r.failures[0]
+    assert "needs at least 7 videos" in r.failures[0] and "--chance-alpha" in r.failures[0]
+    assert "likely causes" not in r.failures[0]  # neither the split, the shards nor the checkpoint is to blame
+    assert videos_to_beat_chance(1 / 3, 0.001) == 7 and (1 / 3) ** 7 <= 0.001 < (1 / 3) ** 6
+    assert videos_to_beat_chance(0.5, 0.25) == 2 and videos_to_beat_chance(1.0, 0.001) == 0
 
 
 def test_zoo_target_only_for_the_zoo_weights(work):
