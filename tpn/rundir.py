@@ -173,8 +173,16 @@ def _tensorboard(log_dir: Path):
 # ------------------------------------------------------------------ curves
 
 
-def plot_curves(records: list[dict], path: Path, title: str) -> Path | None:
-    """Training loss per step and validation accuracy per epoch, as one PNG."""
+def running_window(steps: int) -> int:
+    """Steps the loss curve's running mean averages: a tenth of a short run, a fiftieth of a long one (1: none)."""
+    if steps < 8:
+        return 1
+    return max(2, min(steps // 10, 100), steps // 50)
+
+
+def plot_curves(records: list[dict], path: Path, title: str, num_classes: int | None = None) -> Path | None:
+    """Training loss per step (with a running mean when there are enough steps) and validation accuracy per
+    epoch, as one PNG; Top-5 only with more than 5 classes (with 5 or fewer it is always 100%)."""
     steps = [(r["step"], r["loss"]) for r in records if r.get("type") == "train" and r.get("loss") is not None]
     epochs = [r for r in records if r.get("type") == "epoch" and r.get("val_top1") is not None]
     if not steps:
@@ -187,12 +195,15 @@ def plot_curves(records: list[dict], path: Path, title: str) -> Path | None:
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
     x, y = zip(*steps)
     ax_loss.plot(x, y, lw=0.6, alpha=0.4, label="per step")
-    ax_loss.plot(x, _running_mean(list(y), max(1, len(y) // 50)), lw=1.5, label="running mean")
+    window = running_window(len(y))
+    if window > 1:
+        ax_loss.plot(x, _running_mean(list(y), window), lw=1.5, label=f"running mean of {window} steps")
     ax_loss.set(xlabel="step", ylabel="training loss", title=title)
     ax_loss.legend()
     if epochs:
         ax_acc.plot([r["epoch"] for r in epochs], [r["val_top1"] for r in epochs], "o-", label="Top-1")
-        ax_acc.plot([r["epoch"] for r in epochs], [r["val_top5"] for r in epochs], "s--", label="Top-5")
+        if num_classes is None or num_classes > 5:
+            ax_acc.plot([r["epoch"] for r in epochs], [r["val_top5"] for r in epochs], "s--", label="Top-5")
         ax_acc.legend()
     ax_acc.set(xlabel="epoch", ylabel="validation accuracy (%)")
     fig.tight_layout()

@@ -415,7 +415,8 @@ class Trainer:
         if self.env.is_main:
             log_step_report(self.step_fn.report(), on_gpu=self.device.type == "cuda")
             atomic_write_json(self.run_dir / "summary.json", dataclasses.asdict(summary))
-            rundir.plot_curves(rundir.read_metrics(self.run_dir), self.run_dir / "curves.png", s.model)
+            rundir.plot_curves(rundir.read_metrics(self.run_dir), self.run_dir / "curves.png", s.model,
+                               num_classes=self.num_classes)
         barrier(self.env)
         return summary
 

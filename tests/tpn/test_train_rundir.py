@@ -84,6 +84,13 @@ def test_curves_png(tmp_path):
     path = rundir.plot_curves(records, tmp_path / "curves.png", "demo")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert rundir.plot_curves([], tmp_path / "none.png", "demo") is None
+    assert rundir.plot_curves(records, tmp_path / "few.png", "demo", num_classes=3).is_file()  # no Top-5 line
+
+
+def test_the_running_mean_is_not_the_per_step_line_of_a_short_run():
+    assert rundir.running_window(4) == 1  # too few steps: no running mean at all
+    assert rundir.running_window(16) == 2 and rundir.running_window(99) == 9  # was 1 (= the per-step line) below 100
+    assert rundir.running_window(1000) == 100 and rundir.running_window(100_000) == 2000
 
 
 KILL_DURING_SAVE = textwrap.dedent(
