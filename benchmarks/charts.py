@@ -175,6 +175,16 @@ def loaders_chart(data: dict) -> Chart:
 # ------------------------------------------------------------------ drawing
 
 COLORS = ["#3b75af", "#d9822b", "#4c9a2a", "#8e5ea2", "#c44e52", "#17becf", "#888888", "#bcbd22"]  # one per series
+MORE_COLORS = ["#1f3b63", "#8c4a12", "#2b5a17", "#5a3a69", "#7a2f32", "#0e6f7a", "#4d4d4d", "#6e6e14",
+               "#9ec3e6", "#f2b57f", "#a6d98c", "#c9a8d9"]  # darker and lighter shades, for charts with more series
+
+
+def series_colors(n: int) -> list[str]:
+    """A distinct colour for each of `n` series (one colour never stands for two contenders)."""
+    palette = COLORS + MORE_COLORS
+    if n > len(palette):
+        raise ChartError(f"{n} series in one chart: at most {len(palette)} can have distinct colours; split the chart")
+    return palette[:n]
 
 
 def draw(chart: Chart, path: Path) -> Path:
@@ -191,11 +201,12 @@ def draw(chart: Chart, path: Path) -> Path:
     groups = len(chart.categories)
     # constrained layout keeps the legend, placed outside below the axes, clear of bars and labels
     fig, ax = plt.subplots(figsize=(9, 1.8 + 0.3 * groups * per_group + 0.2 * len(chart.lines)), layout="constrained")
+    colors = series_colors(len(drawn))
     for i, s in enumerate(drawn):
         at = [g for g in range(groups) if i in slots[g]]
         ys = [g + (slots[g].index(i) - (len(slots[g]) - 1) / 2) * height for g in at]
         xs = [s.values[g] for g in at]
-        bars = ax.barh(ys, xs, height=height * 0.9, color=COLORS[i % len(COLORS)],
+        bars = ax.barh(ys, xs, height=height * 0.9, color=colors[i],
                        label=s.name if len(drawn) > 1 else None)
         ax.bar_label(bars, labels=[_bar_text(chart, g, i, slots, x) for g, x in zip(at, xs)], padding=3, fontsize=8)
     for line in chart.lines:

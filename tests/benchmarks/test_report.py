@@ -158,7 +158,7 @@ def test_loaders_chart_draws_each_contender_once_and_skips_invalid_rows():
     assert len(names) == len(set(names)) == 5 and names[-1] == "JPEG decode limit (OpenCV)"
     assert chart.series[0].values == [120.0, 60.0] and chart.series[3].values == [None, None]  # decord never ran
     assert "footage" in chart.title and "120" in chart.title
-    assert len(charts.COLORS) >= len(names)  # one colour per contender
+    assert len(set(charts.series_colors(len(names)))) == len(names)  # one colour per contender
 
 
 def test_loader_chart_lines_come_from_the_fastest_valid_training_mode():
@@ -213,3 +213,10 @@ def test_rows_that_did_not_run_as_named_are_not_drawn_and_say_why():
     assert valid_rows([ok, fell_back, flagged]) == [ok]
     assert fastest_training({"rows": [ok, fell_back, flagged]}) is ok
     assert _name(fell_back, "graph") == "graph (**invalid**: ran eager)" and _name(ok, "x") == "x"
+
+
+def test_every_series_of_a_chart_has_its_own_colour():
+    for n in range(1, 21):
+        assert len(set(charts.series_colors(n))) == n
+    with pytest.raises(charts.ChartError, match="distinct colours"):
+        charts.series_colors(21)
