@@ -67,6 +67,7 @@ class Prediction:
     frames: int
     views: int
     top: list[dict]  # [{"class": name, "index": i, "prob": p}], best first
+    note: str | None = None  # e.g. only part of the file decodes: classified on what does
 
 
 @dataclass
@@ -138,7 +139,7 @@ def decode_in_order(path: Path, wanted: np.ndarray, resize: Callable[[np.ndarray
                     break
         except (av.FFmpegError, ValueError) as e:
             if n == 0:
-                raise VideoError(f"does not decode: {e}") from None
+                raise VideoError(f"does not decode: {av_reason(e)}") from None
     return out, n
 
 
@@ -173,8 +174,14 @@ def rgb_from_yuv420(y: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return torch.stack([r, g, b], dim=-1).round().clamp(0, 255).to(torch.uint8).numpy()
 
 
-def sampled_frames(path: Path, spec: ClipSpec, min_frames: int) -> tuple[np.ndarray, int]:
-    """(C * F, h, w, 3) uint8 frames of the test clips, resized, and the video's frame count."""
+def av_reason(err: Exception) -> str:
+    """libav's reason in words (PyAV's message starts with an '[Errno 1094995529]' no user can read)."""
+    return getattr(err, "strerror", None) or str(err)
+
+
+def sampled_frames(path: Path, spec: ClipSpec, min_frames: int) -> tuple[np.ndarray, int, str | None]:
+    """(C * F, h, w, 3) uint8 frames of the test clips, resized; the frames the video has; a note when only
+    part of it decodes (its clips are then spread over the frames that do)."""
     import av
 
     try:
@@ -185,16 +192,19 @@ def sampled_frames(path: Path, spec: ClipSpec, min_frames: int) -> tuple[np.ndar
         indices = clip_indices(spec, n, "test")  # (C, F)
         unique, order = decode_plan(indices)
         frames, decoded = decode_in_order(path, unique, resize)
+        note = None
         if len(frames) < len(unique):  # fewer frames decode than the container holds: sample what is there
+            if decoded < min_frames:
+                raise VideoError(f"only {decoded} of its {n} frames decode; " + too_short(decoded, spec, min_frames))
+            note = (f"only {decoded} of its {n} frames decode (a cut or damaged file, as pipeline.shard's "
+                    "warnings.jsonl lists such files): classified on those")
             n = decoded
-            if n < min_frames:
-                raise VideoError(f"only {n} of its frames decode; " + too_short(n, spec, min_frames))
             indices = clip_indices(spec, n, "test")
             unique, order = decode_plan(indices)
             frames, _ = decode_in_order(path, unique, resize)
     except av.FFmpegError as e:
-        raise VideoError(f"cannot be read: {e}") from None
-    return np.stack([frames[int(i)] for i in unique])[order], n
+        raise VideoError(f"cannot be read: {av_reason(e)}") from None
+    return np.stack([frames[int(i)] for i in unique])[order], n, note
 
 
 def too_short(n: int, spec: ClipSpec, min_frames: int) -> str:
@@ -418,16 +428,17 @@ def predict(
             run.failed[str(path)] = reason
             say(f"{path}: FAILED: {reason}")
             continue
-        frames, n = result
+        frames, n, note = result
         try:
             probs = classify(clf, frames, max_views)
         except VideoError as e:
             run.failed[str(path)] = str(e)
             say(f"{path}: FAILED: {e}")
             continue
-        p = Prediction(str(path), n, clf.spec.num_test_views, top_classes(probs, names))
+        p = Prediction(str(path), n, clf.spec.num_test_views, top_classes(probs, names), note)
         run.predictions.append(p)
-        say(f"{path}: " + " | ".join(f"{t['class']} {100 * t['prob']:.1f}%" for t in p.top))
+        say(f"{path}: " + " | ".join(f"{t['class']} {100 * t['prob']:.1f}%" for t in p.top)
+            + (f"   (note: {note})" if note else ""))
     bar.close()
     return run
 
@@ -503,7 +514,8 @@ def closing_line(run: PredictRun, seconds: float) -> str:
 
 
 def json_payload(args: argparse.Namespace, clf: Classifier, names_from: str, run: PredictRun) -> dict:
-    videos = {p.path: {"top5": p.top, "frames": p.frames, "views": p.views} for p in run.predictions}
+    videos = {p.path: {"top5": p.top, "frames": p.frames, "views": p.views, **({"note": p.note} if p.note else {})}
+              for p in run.predictions}
     videos.update({path: {"error": reason} for path, reason in run.failed.items()})
     return {
         "model": args.model, "source": str(args.source), "backend": clf.backend, "classes_from": names_from,

@@ -81,7 +81,7 @@ def test_views_match_the_loaders_test_mode(work, changes):
     for clips, _, keys in loader:
         for views, key in zip(clips, keys):
             f = work["videos"] / f"{key.replace('/', '_')}.{work['data'].video_ext}"
-            frames, n = sampled_frames(f, spec, min_frames=1)
+            frames, n, _ = sampled_frames(f, spec, min_frames=1)
             mine = protocol_views(frames, spec)
             assert mine.shape == views.shape == (spec.num_test_views, 3, spec.frames, spec.test_crop, spec.test_crop)
             levels = (mine - views).abs() * std  # in 0-255 pixel levels
@@ -163,9 +163,26 @@ def test_folder_of_containers_is_classified_and_bad_files_listed(work, folder, s
         assert all(top[i]["prob"] >= top[i + 1]["prob"] for i in range(4)) and 0.0 < sum(t["prob"] for t in top) <= 1.0 + 1e-5
         assert videos[path]["views"] == 6 and videos[path]["frames"] == 40
     assert videos[str(out / "broken.mp4")]["error"].startswith("cannot be read")
+    assert "[Errno" not in videos[str(out / "broken.mp4")]["error"]  # libav's reason in words, not its number
     assert "too short: 3 frames" in videos[str(short)]["error"]
     assert report["failed"] == {p: v["error"] for p, v in videos.items() if "error" in v}
     assert report["backend"].startswith("ort-cpu" if source == "onnx" else "pytorch")
+
+
+def test_a_partly_decodable_video_is_classified_with_a_note(work, monkeypatch):
+    """Fewer frames decode than the file holds: the clips spread over what decodes, and the user is told."""
+    from export import predict as mod
+
+    real = mod.decode_in_order
+
+    def cut_short(path, wanted, resize):  # the file stops decoding after 12 of its 40 frames
+        frames, _ = real(path, wanted[wanted < 12], resize)
+        return frames, 12
+
+    monkeypatch.setattr(mod, "decode_in_order", cut_short)
+    video = sorted(work["videos"].glob("*.webm"))[0]
+    frames, n, note = mod.sampled_frames(video, tpn.get_config(TINY).clip, min_frames=1)
+    assert n == 12 and "only 12 of its 40 frames decode" in note and len(frames) > 0
 
 
 def test_class_names_come_from_the_checkpoint(work, capsys):
