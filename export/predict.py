@@ -11,7 +11,9 @@ gate apply it through the loader's test mode:
   - frames: `pipeline.clip_indices(spec, n, "test")` on the number
     of frames the file holds (its packets, checked against what decodes);
   - frames are converted to RGB as DALI converts the shards (BT.601,
-    bilinear chroma) and resized so the short side is `test_scale`: for
+    bilinear chroma), stretched to square pixels at the display aspect
+    ratio when the video's are not (as `pipeline.shard` does), and resized
+    so the short side is `test_scale`: for
     frames up to the shards' size exactly as the loader's DALI resize,
     larger ones with an antialiased filter (see `resize_short_side`);
   - crops at `pipeline.test_crop_positions`, with the origin at
@@ -47,7 +49,16 @@ from tpn.cli import add_other_architecture_arg
 from export.errors import EXIT_CODES_HELP, EXIT_FAILED, EXIT_OK, ExportError, positive_int
 from export.outputs import write_json
 from export.source import load_model
-from pipeline import ClipSpec, ShardError, clip_indices, decode_plan, parse_classes, test_crop_positions
+from pipeline import (
+    ClipSpec,
+    ShardError,
+    clip_indices,
+    decode_plan,
+    display_width,
+    parse_classes,
+    source_sar,
+    test_crop_positions,
+)
 
 VIDEO_SUFFIXES = frozenset({
     ".mp4", ".m4v", ".mov", ".webm", ".mkv", ".avi", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts", ".ogv", ".ogg",
@@ -188,7 +199,8 @@ def sampled_frames(path: Path, spec: ClipSpec, min_frames: int) -> tuple[np.ndar
         n = count_frames(path)
         if n < min_frames:
             raise VideoError(too_short(n, spec, min_frames))
-        resize = lambda f: resize_short_side(f, spec.test_scale)  # noqa: E731
+        sar = source_sar(path)  # non-square pixels: shown (and sharded) at the display aspect ratio first
+        resize = lambda f: resize_short_side(to_display(f, sar), spec.test_scale)  # noqa: E731
         indices = clip_indices(spec, n, "test")  # (C, F)
         unique, order = decode_plan(indices)
         frames, decoded = decode_in_order(path, unique, resize)
@@ -205,6 +217,18 @@ def sampled_frames(path: Path, spec: ClipSpec, min_frames: int) -> tuple[np.ndar
     except av.FFmpegError as e:
         raise VideoError(f"cannot be read: {av_reason(e)}") from None
     return np.stack([frames[int(i)] for i in unique])[order], n, note
+
+
+def to_display(frame: np.ndarray, sar: tuple[int, int] | None) -> np.ndarray:
+    """Non-square pixels stretched to square ones at the display width (pipeline.shard's rule); else as is."""
+    h, w = frame.shape[:2]
+    width = display_width(w, sar)
+    if width == w:
+        return frame
+    x = torch.from_numpy(frame).permute(2, 0, 1)[None].float()
+    y = torch.nn.functional.interpolate(x, size=(h, width), mode="bilinear", align_corners=False,
+                                        antialias=width < w)  # fmt: skip
+    return y[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
 
 
 def too_short(n: int, spec: ClipSpec, min_frames: int) -> str:

@@ -179,11 +179,28 @@ def parse_size(text: str) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
-def output_geometry(width: int, height: int, s: EncodeSettings) -> tuple[int, int]:
-    """The (W, H) ffmpeg produces for a `width` x `height` source (mirrors `scale_filter`).
+def display_width(width: int, sar: tuple[int, int] | None) -> int:
+    """The width a `width`-pixel-wide frame is shown at with sample aspect ratio `sar` (even, as ffmpeg's
+    `trunc(iw * sar / 2) * 2` of `sar_filter`); square or unknown pixels keep it."""
+    if not sar or sar[0] == sar[1]:
+        return width
+    return max(2, int(width * sar[0] / sar[1] / 2) * 2)
+
+
+def sar_filter(sar: tuple[int, int] | None) -> list[str]:
+    """Stretch non-square pixels to square ones at the display aspect ratio, before every geometry rule."""
+    if not sar or sar[0] == sar[1]:
+        return []
+    return [f"scale=w=trunc(iw*{sar[0]}/{sar[1]}/2)*2:h=ih", "setsar=1"]
+
+
+def output_geometry(width: int, height: int, s: EncodeSettings, sar: tuple[int, int] | None = None) -> tuple[int, int]:
+    """The (W, H) ffmpeg produces for a `width` x `height` source with pixels of aspect `sar` (mirrors
+    `sar_filter` then `scale_filter`: every rule applies to the displayed size).
 
     ffmpeg's `-2` keeps the aspect ratio and rounds to the nearest multiple of 2.
     """
+    width = display_width(width, sar)
     if s.size is not None:
         return s.size
     if s.short_side is None:
@@ -207,8 +224,9 @@ def scale_filter(s: EncodeSettings) -> str:
     return f"scale=w='if(lte(iw,ih),{n},-2)':h='if(lte(iw,ih),-2,{n})'"
 
 
-def video_filter(s: EncodeSettings) -> str:
+def video_filter(s: EncodeSettings, sar: tuple[int, int] | None = None) -> str:
     parts = [] if s.fps is None else [f"fps={s.fps:g}"]
+    parts += sar_filter(sar)
     # JPEG stores full-range YCbCr (JFIF); the video codecs limited-range 4:2:0.
     parts += [scale_filter(s), "setsar=1", "format=yuvj420p" if s.is_frames else "format=yuv420p"]
     return ",".join(parts)
@@ -238,6 +256,7 @@ class SourceSpec:
     fps: float | None = None  # frames only
     pattern: str = "%05d.jpg"  # frames only
     start_number: int = 1  # frames only
+    sar: tuple[int, int] | None = None  # the video's sample aspect ratio when its pixels are not square
 
 
 def transcode_argv(src: SourceSpec, dst: str | os.PathLike, s: EncodeSettings, exe: str | None = None) -> list[str]:
@@ -250,7 +269,8 @@ def transcode_argv(src: SourceSpec, dst: str | os.PathLike, s: EncodeSettings, e
         )
     else:
         inp = ffmpeg_python.input(src.path)
-    out_kwargs = {**codec_options(s), "map": "0:v:0", "vf": video_filter(s), "an": None, "sn": None, "dn": None}
+    out_kwargs = {**codec_options(s), "map": "0:v:0", "vf": video_filter(s, src.sar), "an": None, "sn": None,
+                  "dn": None}
     out_kwargs.update({"map_metadata": -1, "fflags": "+bitexact"})
     if s.fps is None:
         out_kwargs["fps_mode"] = "cfr"  # constant rate at the source's rate
@@ -387,6 +407,22 @@ class VideoInfo:
     height: int
     duration: float
     codec: str
+
+
+def source_sar(path: str | os.PathLike) -> tuple[int, int] | None:
+    """A source video's sample aspect ratio when its pixels are not square (None: square, unknown or unreadable:
+    ffmpeg then says what is wrong with the file)."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            sar = stream.sample_aspect_ratio or stream.codec_context.sample_aspect_ratio
+    except (av.FFmpegError, IndexError, OSError):
+        return None
+    if not sar or sar.numerator <= 0 or sar.denominator <= 0 or sar.numerator == sar.denominator:
+        return None
+    return sar.numerator, sar.denominator
 
 
 def probe_encoded(path: str | os.PathLike) -> VideoInfo:

@@ -123,6 +123,7 @@ def sample_components(item: WorkItem, o: Outcome, label: int, s: EncodeSettings)
         "source": item.rel,
         "sha256": o.sha256,
         "codec": s.codec,
+        **({"sar": o.sar} if o.sar else {}),  # the source's non-square pixels (width and height are displayed)
     }
     small = {"lbl": struct.pack("<i", label), "frames": struct.pack("<i", o.frames)}
     if not s.is_frames:

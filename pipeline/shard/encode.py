@@ -24,6 +24,7 @@ from pipeline.ffmpeg import (
     output_geometry,
     probe_encoded,
     run_ffmpeg,
+    source_sar,
     transcode_argv,
 )
 from pipeline.errors import ShardingError
@@ -50,6 +51,7 @@ class Outcome:
     bytes: int = 0
     copied: bool = False  # frame shards: source JPEGs stored as they were, not re-encoded
     claimed_frames: int | None = None  # frames the source container claims (duration x rate), when it says
+    sar: str | None = None  # the source's sample aspect ratio ("128:117") when its pixels are not square
     fresh: bool = False  # ffmpeg ran for it in this call (not reused from staging); not part of the record
 
     @property
@@ -77,7 +79,7 @@ def source_spec(item: WorkItem) -> SourceSpec:
         raise FFmpegError("missing_file", f"{item.rel} does not exist")
     if path.stat().st_size == 0:
         raise FFmpegError("unreadable", f"{item.rel} is empty (0 bytes)")
-    return SourceSpec(str(path))
+    return SourceSpec(str(path), sar=source_sar(path))
 
 
 def _staged(staging: Path, key: str, s: EncodeSettings) -> tuple[Path, Path]:
@@ -153,6 +155,7 @@ def _encode(item: WorkItem, s: EncodeSettings, tmp: Path, timeout: float, min_fr
         bytes=len(data),
         copied=copied,
         claimed_frames=claimed_frames(log, info.fps),
+        sar=f"{src.sar[0]}:{src.sar[1]}" if src.sar else None,
     )
 
 

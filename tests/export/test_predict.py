@@ -244,3 +244,15 @@ def test_find_videos(tmp_path):
         (tmp_path / name).write_bytes(b"")
     videos, skipped, folder_given = find_videos([tmp_path / "a", tmp_path / "w.bin"])
     assert [v.name for v in videos] == ["x.MP4", "y.webm", "w.bin"] and skipped == 1 and folder_given
+
+
+def test_non_square_pixels_are_shown_at_the_display_aspect_ratio(tmp_path):
+    """predict applies pipeline.shard's rule: 176x144 with 128:117 pixels is classified as a 4:3-ish frame."""
+    src = tmp_path / "qcif.mp4"
+    subprocess.run([find_ffmpeg(), "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i",
+                    "testsrc=size=176x144:rate=25:duration=2", "-vf", "setsar=128/117", "-c:v", "libx264",
+                    "-pix_fmt", "yuv420p", str(src)], check=True, timeout=60)  # fmt: skip
+    spec = tpn.get_config(TINY).clip.replace(test_crops="full", test_clips=1)
+    frames, _, _ = sampled_frames(src, spec, min_frames=1)
+    h, w = frames.shape[1:3]
+    assert h == spec.test_scale and abs(w / h - 192 / 144) < 0.02  # not 176 / 144

@@ -2,6 +2,7 @@
 
 import json
 import struct
+import subprocess
 
 import pytest
 
@@ -154,3 +155,24 @@ def test_an_encoder_killed_by_a_signal_is_retried_never_rejected(tmp_path, monke
         find_ffmpeg.cache_clear()
     report = shard_dataset(src, tmp_path / "out", short_side=None, workers=1)  # the same command, resumed
     assert report.samples == 3 and rejected(tmp_path / "out") == []
+
+
+def test_non_square_pixels_are_sharded_at_the_display_aspect_ratio(tmp_path):
+    """176x144 stored with 128:117 pixels is shown 4:3-ish (192x144): the shards keep that shape, and the
+    sample's .json records the source's SAR."""
+    from pipeline.ffmpeg import display_width, find_ffmpeg, output_geometry, source_sar
+
+    src = tmp_path / "src" / "a" / "qcif.mp4"
+    src.parent.mkdir(parents=True)
+    subprocess.run([find_ffmpeg(), "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i",
+                    "testsrc=size=176x144:rate=25:duration=1", "-vf", "setsar=128/117", "-c:v", "libx264",
+                    "-pix_fmt", "yuv420p", str(src)], check=True, timeout=60)  # fmt: skip
+    shard_dataset(src.parent.parent, tmp_path / "out", workers=1)  # short side 256
+    (sample,) = list(iter_samples(sorted((tmp_path / "out").glob("*.tar"))[0]))
+    meta = json.loads(sample["json"])
+    sar = source_sar(src)  # x264 stores 128:117 as the equal 93:85 (reduced to its own limits)
+    assert sar is not None and abs(sar[0] / sar[1] - 128 / 117) < 1e-3 and meta["sar"] == f"{sar[0]}:{sar[1]}"
+    assert display_width(176, sar) == 192
+    assert (meta["width"], meta["height"]) == output_geometry(176, 144, EncodeSettings(), sar) == (342, 256)
+    square = output_geometry(176, 144, EncodeSettings())
+    assert square == (312, 256)  # what it was sharded to before: 9% too narrow
