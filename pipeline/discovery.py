@@ -11,6 +11,7 @@ from pathlib import Path
 
 from pipeline import storage
 from pipeline.errors import ShardReadError
+from pipeline.splits import normalize_split
 
 ALL_SPLITS = "all"  # a split argument meaning every *.tar of the folder
 
@@ -26,6 +27,7 @@ def resolve_split(shards: str | Path, split: str | None, flag: str = "--split") 
     """
     if split in (None, "", ALL_SPLITS):
         return None
+    split = normalize_split(split) or split  # one vocabulary: validation means val, as pipeline.shard reads it
     if not storage.is_remote(shards) and not Path(shards).is_dir():
         raise ShardReadError(f"{shards} is not a shard folder: build one with `python -m pipeline.shard SRC --out DIR`")
     present = storage.splits_in(shards)

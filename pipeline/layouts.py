@@ -25,12 +25,12 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.splits import SPLITS, normalize_split, split_order
+
 VIDEO_EXTS = frozenset(
     ".mp4 .m4v .mov .webm .mkv .avi .mpg .mpeg .flv .wmv .3gp .ogv .ts .mts .m2ts".split()
 )
 LAYOUTS = ("auto", "folder", "kinetics", "sthv2", "sthv1")
-SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val", "validate": "val"}
-SPLIT_ORDER = {"train": 0, "val": 1}
 STHV1_FPS = 12.0  # Something-Something V1 frames were extracted at 12 fps
 
 
@@ -60,10 +60,6 @@ class Dataset:
     items: list[WorkItem]
     classes: list[str]  # label order: index i is label i
     notes: list[str] = field(default_factory=list)
-
-
-def normalize_split(name: str) -> str | None:
-    return SPLIT_ALIASES.get(name.strip().lower())
 
 
 def make_key(rel: str) -> str:
@@ -131,12 +127,17 @@ def _has_split_dirs(root: Path) -> bool:
     return any(normalize_split(d.name) for d in _visible_dirs(root))
 
 
-def scan_folder(root: Path, split: str = "train") -> Dataset:
-    """`SRC/<class>/<video>` (all in `split`) or `SRC/{train,val}/<class>/<video>`."""
+def scan_folder(root: Path, split: str | None = None) -> Dataset:
+    """`SRC/<class>/<video>` (all in `split`; default: SRC's own name when it is a split name, else train)
+    or `SRC/{train,val,test}/<class>/<video>` (split folders by any of their names; other folders beside
+    them are not used, and the notes say so)."""
+    notes = []
     if _has_split_dirs(root):
         groups = [(normalize_split(d.name), d) for d in _visible_dirs(root) if normalize_split(d.name)]
+        notes += [f"folder {d} not used: {d.name!r} is not a split name ({', '.join(SPLITS)}, or validation, "
+                  "testing, ...)" for d in _visible_dirs(root) if not normalize_split(d.name)]
     else:
-        groups = [(split, root)]
+        groups = [(split or normalize_split(root.name) or "train", root)]
     items = []
     for split_name, split_dir in groups:
         for class_dir in _visible_dirs(split_dir):
@@ -149,7 +150,7 @@ def scan_folder(root: Path, split: str = "train") -> Dataset:
             f"{root}: no videos found as <class>/<video> or <split>/<class>/<video> "
             f"(extensions: {' '.join(sorted(VIDEO_EXTS))})"
         )
-    return Dataset("folder", root, items, sorted({i.class_name for i in items}))
+    return Dataset("folder", root, items, sorted({i.class_name for i in items}), notes)
 
 
 # ---- Kinetics CSV -------------------------------------------------------------
@@ -199,7 +200,7 @@ def scan_kinetics(root: Path, annotations: list[Path] | None = None) -> Dataset:
                     )
                 else:
                     items.append(_item(root, path, split, label))
-    notes = [f"ignored {ignored} CSV rows without a train/val split or label, or repeated"] if ignored else []
+    notes = [f"ignored {ignored} CSV rows without a train/val/test split or label, or repeated"] if ignored else []
     return Dataset("kinetics", root, items, sorted({i.class_name for i in items}), notes)
 
 
@@ -255,7 +256,7 @@ def scan_sthv2(root: Path) -> Dataset:
             items.append(WorkItem(make_key(rel), split, name, rel, str(path), missing=not path.is_file()))
     if not items:
         raise LayoutError(f"{root}: no train/validation JSON lists for Something-Something V2")
-    return Dataset("sthv2", root, items, classes)
+    return Dataset("sthv2", root, items, classes, _unlabelled_test_lists(root, "*test*.json"))
 
 
 def scan_sthv1(root: Path) -> Dataset:
@@ -281,7 +282,13 @@ def scan_sthv1(root: Path) -> Dataset:
             )
     if not items:
         raise LayoutError(f"{root}: no train/validation CSV lists for Something-Something V1")
-    return Dataset("sthv1", root, items, classes)
+    return Dataset("sthv1", root, items, classes, _unlabelled_test_lists(root, "*test*.csv"))
+
+
+def _unlabelled_test_lists(root: Path, pattern: str) -> list[str]:
+    """Something-Something's test lists name videos without their labels: said, not silently skipped."""
+    return [f"test list {p} not used: Something-Something's test lists carry no labels, so its videos cannot be "
+            "sharded as a labelled split" for p in sorted(root.glob(pattern))]
 
 
 # ---- detection and ordering ---------------------------------------------------
@@ -320,7 +327,7 @@ def frames_pattern(folder: Path) -> tuple[str, int, int]:
 def canonical_order(items: list[WorkItem], seed: int = 0) -> list[WorkItem]:
     """Sort by (split, path), then shuffle within each split with a fixed seed."""
     by_split: dict[str, list[WorkItem]] = {}
-    for item in sorted(items, key=lambda i: (SPLIT_ORDER.get(i.split, 9), i.split, i.rel)):
+    for item in sorted(items, key=lambda i: (split_order(i.split), i.rel)):
         by_split.setdefault(item.split, []).append(item)
     ordered = []
     for split, group in by_split.items():
@@ -337,9 +344,13 @@ def check_unique_keys(items: list[WorkItem]) -> None:
         seen[item.key] = item.rel
 
 
-def scan(root: str | Path, layout: str = "auto", *, split: str = "train",
+def scan(root: str | Path, layout: str = "auto", *, split: str | None = None,
          annotations: list[Path] | None = None, seed: int = 0) -> Dataset:
-    """Enumerate `root` as `layout` into a deterministic, canonically ordered `Dataset`."""
+    """Enumerate `root` as `layout` into a deterministic, canonically ordered `Dataset`.
+
+    `split`: the split of a class-folder `root` without split folders (default: `root`'s own name when
+    it is a split name, e.g. `SRC/test`, else train).
+    """
     root = Path(root).resolve()
     if not root.is_dir():
         raise LayoutError(f"{root}: not a directory; pass the dataset folder")
@@ -347,10 +358,10 @@ def scan(root: str | Path, layout: str = "auto", *, split: str = "train",
         raise LayoutError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
     if layout == "auto":
         layout = "kinetics" if annotations else detect_layout(root)
-    if normalize_split(split) is None and layout == "folder":
-        raise LayoutError(f"split {split!r}: use train or val")
+    if split is not None and normalize_split(split) is None:
+        raise LayoutError(f"split {split!r}: use {', '.join(SPLITS)} (or validation, testing, ...)")
     scanners = {
-        "folder": lambda: scan_folder(root, normalize_split(split) or "train"),
+        "folder": lambda: scan_folder(root, normalize_split(split) if split else None),
         "kinetics": lambda: scan_kinetics(root, annotations),
         "sthv2": lambda: scan_sthv2(root),
         "sthv1": lambda: scan_sthv1(root),

@@ -64,7 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layout", choices=LAYOUTS, default="auto", help="input layout; auto detects it from marker files")
     p.add_argument("--annotations", type=Path, nargs="+", default=None,
                    help="Kinetics CSV file(s) (default: CSVs with the Kinetics columns in SRC or SRC/annotations)")
-    p.add_argument("--split", default="train", help="split for a class-per-folder SRC without train/val folders")
+    p.add_argument("--split", default=None,
+                   help="split of a class-per-folder SRC without split folders (train, val, test, or validation, "
+                        "testing, ...; default: SRC's own name when it is one, e.g. kinetics/test, else train)")
     p.add_argument("--classes", type=Path, default=None,
                    help="classes.json to reuse (label order), e.g. from the train run when sharding val alone")
     enc = p.add_argument_group("encoding")

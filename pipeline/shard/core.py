@@ -23,6 +23,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.splits import split_order
 from pipeline.errors import ShardingError
 from pipeline.ffmpeg import EncodeSettings, find_ffmpeg, has_encoder
 from pipeline.jpeg import mjpeg_packets
@@ -436,7 +437,7 @@ def shard_dataset(
     shard_samples: int | None = None,
     classes: str | os.PathLike | list[str] | None = None,
     part: str | tuple[int, int] | None = None,
-    split: str = "train",
+    split: str | None = None,
     annotations: list[str | os.PathLike] | None = None,
     strict: bool = False,
     min_frames: int = DEFAULT_MIN_FRAMES,
@@ -498,7 +499,7 @@ def shard_dataset(
 
 
 def _finalize(out: Path, run: _Run, plan: _Plan, t0: float, run_info: dict) -> ShardReport:
-    order = sorted(run.progress, key=lambda s: (s != "train", s != "val", s))
+    order = sorted(run.progress, key=split_order)
     records = [r for split in order for r in run.progress[split].shards]
     rejected = [r for split in order for r in run.progress[split].rejected]
     warnings = [r for split in order for r in run.progress[split].warnings]
@@ -536,6 +537,8 @@ def summary_table(report: ShardReport) -> str:
     if by_reason:
         detail = ", ".join(f"{k}: {v}" for k, v in sorted(by_reason.items()))
         lines.append(f"rejected {len(report.rejected)} ({detail}); see {report.out / mf.REJECTED}")
+    for note in report.manifest.get("source", {}).get("notes", []):  # folders or lists not used, ...
+        lines.append(f"note: {note}")
     if report.warnings:
         lines.append(f"{len(report.warnings)} sharded input(s) decode only partly (fewer frames than their container "
                      f"claims); see {report.out / mf.WARNINGS}, or re-run with --strict to reject them")

@@ -16,6 +16,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from pipeline.splits import split_order
 from pipeline.fileio import atomic_write_text
 from pipeline.classes import parse_classes
 
@@ -126,7 +127,7 @@ def split_summary(records: list[ShardRecord]) -> dict:
 def build_manifest(*, fp: str, source: dict, settings: dict, classes: list[str], records: list[ShardRecord],
                    rejected: list[dict], inputs: int, run: dict, warnings: list[dict] | None = None) -> dict:
     """The manifest dict (pure): counts are derived from the shard records and rejections."""
-    splits = sorted({r.split for r in records}, key=lambda s: (s != "train", s != "val", s))
+    splits = sorted({r.split for r in records}, key=split_order)
     by_split = {s: split_summary([r for r in records if r.split == s]) for s in splits}
     reasons = Counter(r["reason"] for r in rejected)
     shards = [{k: v for k, v in asdict(r).items() if k != "per_class"} for r in records]

@@ -15,6 +15,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.splits import split_order
 from pipeline.errors import ShardingError
 from pipeline.shard import manifest as mf
 from pipeline.shard.core import human_bytes
@@ -89,7 +90,7 @@ def _place(src: Path, dst: Path, copy: bool) -> None:
 
 
 def _split_order(names: set[str]) -> list[str]:
-    return sorted(names, key=lambda s: (s != "train", s != "val", s))
+    return sorted(names, key=split_order)
 
 
 def merge_parts(parts: list[str | os.PathLike], out: str | os.PathLike, *, copy: bool = False,

@@ -192,3 +192,31 @@ def test_layout_override_and_errors(sthv1, tmp_path):
         scan(sthv1, layout="kinetics")
     with pytest.raises(LayoutError, match="not a directory"):
         scan(tmp_path / "missing")
+
+
+def test_a_test_folder_is_a_split_and_unused_folders_are_reported(tmp_path):
+    """SRC/{train,validation,test}/<class>/...: three splits by their usual names; a folder that is not a
+    split is reported (manifest and summary), never silently dropped. SRC/test alone shards as test."""
+    from pipeline.shard import shard_dataset
+    from pipeline.shard.core import summary_table
+    from tests.shard_helpers import noise_frames, write_video
+
+    src = tmp_path / "src"
+    for split in ("train", "validation", "test", "extras"):
+        write_video(src / split / "a" / "v.mp4", noise_frames(8, 64, 48, 1))
+    report = shard_dataset(src, tmp_path / "out", short_side=None, workers=1)
+    assert sorted(p.name.split("-")[0] for p in (tmp_path / "out").glob("*.tar")) == ["test", "train", "val"]
+    notes = report.manifest["source"]["notes"]
+    assert any("extras" in n and "not used" in n for n in notes) and "not used" in summary_table(report)
+    alone = shard_dataset(src / "test", tmp_path / "alone", short_side=None, workers=1)
+    assert [p.name for p in (tmp_path / "alone").glob("*.tar")] == ["test-000000.tar"] and alone.samples == 1
+    assert scan(src, split="testing").items  # the same names as --split everywhere
+
+
+def test_split_names_mean_the_same_in_every_tool(tmp_path):
+    from pipeline import resolve_split
+
+    for split in ("train", "val", "test"):
+        (tmp_path / f"{split}-000000.tar").write_bytes(b"")
+    assert resolve_split(tmp_path, "validation") == "val" and resolve_split(tmp_path, "testing") == "test"
+    assert resolve_split(tmp_path, "test") == "test"
