@@ -479,6 +479,11 @@ def shard_dataset(
     if remote:
         _check_remote_out(remote, plan.fingerprint, overwrite)
     _prepare_out(out, plan.fingerprint, overwrite)
+    finished = None if remote else _finished_report(out, plan)
+    if finished is not None:  # the same command ran to the end before: nothing to do
+        if strict and (finished.rejected or finished.warnings):
+            raise RejectedInputsError(finished)
+        return finished
     done = _restore(out, plan.fingerprint, remote)
     resumed = sum(len(sp.shards) for sp in done.values())
     todo = [(n, it) for n, it in enumerate(plan.items) if n > done.get(it.split, SplitProgress()).through]
@@ -498,6 +503,24 @@ def shard_dataset(
     return report
 
 
+def _finished_report(out: Path, plan: _Plan) -> ShardReport | None:
+    """The report of a finished run of the same command in `out` (its manifest, with every shard intact on
+    disk), or None when there is work to do."""
+    try:
+        manifest = mf.read_manifest(out)
+    except (FileNotFoundError, ValueError):
+        return None
+    if manifest.get("fingerprint") != plan.fingerprint:
+        return None
+    records = [mf.ShardRecord(**r) for r in manifest.get("shards", [])]
+    if not mf.shards_intact(out, records):
+        return None
+    lists = [[json.loads(line) for line in (out / name).read_text(encoding="utf-8").splitlines() if line.strip()]
+             if (out / name).is_file() else [] for name in (mf.REJECTED, mf.WARNINGS)]
+    return ShardReport(out, plan.layout, plan.classes, records, lists[0], len(plan.items), resumed_shards=len(records),
+                       manifest=manifest, warnings=lists[1])
+
+
 def _finalize(out: Path, run: _Run, plan: _Plan, t0: float, run_info: dict) -> ShardReport:
     order = sorted(run.progress, key=split_order)
     records = [r for split in order for r in run.progress[split].shards]
@@ -511,8 +534,11 @@ def _finalize(out: Path, run: _Run, plan: _Plan, t0: float, run_info: dict) -> S
                                  run=info, warnings=warnings)
     mf.write_outputs(out, manifest, plan.classes, rejected, warnings)
     _remove_stale_shards(out, records)
-    # The state file stays: re-running a finished command then has nothing left to do.
+    # Finished: the folder holds only the dataset (a rerun finds the manifest, `_finished_report`). A remote
+    # run's `out` is its local work folder: its state stays there for the next run's upload check.
     shutil.rmtree(out / mf.STAGING, ignore_errors=True)
+    if run.remote is None:
+        (out / mf.STATE).unlink(missing_ok=True)
     return ShardReport(out, plan.layout, plan.classes, records, rejected, len(plan.items), wall_s=wall,
                        manifest=manifest, warnings=warnings)
 

@@ -323,3 +323,12 @@ def test_encodes_reused_from_staging_are_not_counted_as_encoded(synth, sharded, 
     again = encode_item(item, s, str(tmp_path), 60, 1)
     assert again.ok and not again.fresh  # reused from staging: not an encode of this run
     assert "fresh" not in json.loads((tmp_path / f"{item.key}.json").read_text())  # nor part of the record
+
+
+def test_a_finished_folder_holds_only_the_dataset(sharded, synth):
+    """No resume state is left once the manifest is written; a rerun still finds nothing to do."""
+    out, _ = sharded
+    hidden = sorted(p.name for p in out.iterdir() if p.name.startswith("."))
+    assert hidden == [] or hidden == [".index"], hidden  # .index: the loader's cache, made when shards are read
+    report = shard_dataset(synth, out, **OPTS)
+    assert report.encoded == 0 and report.samples == sum(1 for t in out.glob("*.tar") for _ in iter_samples(t))
