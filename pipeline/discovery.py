@@ -77,11 +77,11 @@ def find_shards(shards: str | Path | Sequence[str | Path], split: str | None = N
     if len({storage.is_remote(t) for t in tars}) > 1:
         raise ShardReadError("the shard list mixes local paths and URLs: pass shards of one place")
     for tar in tars:
-        if not str(tar).endswith(".tar"):
+        if isinstance(tar, Path) and not tar.exists():
+            raise FileNotFoundError(f"shard {tar} does not exist")
+        if not str(tar).endswith(".tar") or isinstance(tar, Path) and not tar.is_file():
             raise ShardReadError(f"{tar} is not a shard (a .tar written by `python -m pipeline.shard`): pass a shard "
                                  "folder, or its .tar files")
-        if isinstance(tar, Path) and not tar.is_file():
-            raise FileNotFoundError(f"shard {tar} does not exist")
     return tars
 
 
