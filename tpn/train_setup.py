@@ -1,6 +1,6 @@
 """The parts of a training run, built from its settings: loaders, model, precision and layout, the step's net.
 
-`tpn.train.Trainer` calls these once, in order, before its loop starts.
+`tpn.trainer.Trainer` calls these once, in order, before its loop starts.
 """
 
 from __future__ import annotations

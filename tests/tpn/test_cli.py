@@ -13,7 +13,7 @@ SHARED = ("device", "loader_device", "decoder", "workers")  # dests of --device,
 
 
 def train_parser() -> argparse.ArgumentParser:
-    from tpn.train_cli import build_parser
+    from tpn.train import build_parser
 
     return build_parser()
 
@@ -103,3 +103,18 @@ def test_train_split_flags_read_like_the_test_split():
     assert train["val_split"].help.replace("a --val directory", "X").replace("default: val", "D") == rule
     for help_text in (train["train"].help, train["val"].help, test["shards"].help):
         assert "if any" not in help_text and "if present" not in help_text and "split" in help_text
+
+
+def test_python_m_tpn_train_runs_the_trainer_module_once():
+    """The command module is only the command line: running it as __main__ imports the trainer once (before,
+    tpn/train.py ran as __main__ and was imported again, two copies of NonFiniteLoss and Trainer)."""
+    import subprocess
+    import sys
+
+    script = ("import runpy, sys; sys.argv = ['tpn.train', '--help']\n"
+              "try:\n    runpy.run_module('tpn.train', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+              "import gc\n"
+              "copies = [o for o in gc.get_objects() if isinstance(o, type) and o.__name__ == 'NonFiniteLoss']\n"
+              "print('tpn.train' in sys.modules, len(copies))")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert run.stdout.strip().splitlines()[-1] == "False 1", run.stdout[-500:] + run.stderr[-2000:]

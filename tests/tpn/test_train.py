@@ -17,8 +17,8 @@ from pipeline import ClipLoader
 from tests.train_helpers import TRAIN_VIDEOS, VAL_VIDEOS, synthetic_shards
 from tpn import rundir
 from tpn.checkpoint import read_checkpoint
-from tpn.train import NonFiniteLoss, train
-from tpn.train_cli import build_parser, main, settings_from_args
+from tpn.trainer import NonFiniteLoss, train
+from tpn.train import build_parser, main, settings_from_args
 from tpn.train_settings import TrainSettings, resolve_settings
 
 MODEL = "tpn_tiny_f8s4"  # has the auxiliary head, so its loss is part of every step

@@ -23,7 +23,7 @@ import torch
 from tests.train_helpers import VAL_VIDEOS, synthetic_shards
 from tpn import rundir
 from tpn.checkpoint import read_checkpoint
-from tpn.train_cli import main
+from tpn.train import main
 
 pytestmark = pytest.mark.slow  # DDP: two training processes per run
 

@@ -200,7 +200,7 @@ def test_report_of_an_eager_step_that_asked_for_a_graph():
     ],
 )
 def test_the_run_warns_only_when_the_step_fell_back(caplog, fallback, warned):
-    from tpn.train import log_step_report
+    from tpn.trainer import log_step_report
 
     report = StepReport(requested="cuda-graph", mode="eager", steps=2, eager_steps=2, fallback=fallback)
     assert report.fell_back == warned

@@ -4,7 +4,7 @@ import itertools
 
 import pytest
 
-from tpn.train import Actions, Throughput, at_max_steps, step_actions
+from tpn.trainer import Actions, Throughput, at_max_steps, step_actions
 from tpn.train_settings import resolve_settings
 
 SPE = 10  # steps per epoch

@@ -87,7 +87,7 @@ def test_bn_impl_comes_from_the_settings_and_survives_a_saved_run(tmp_path):
     import torch
 
     from tpn.layers import BatchNorm3d
-    from tpn.train_cli import build_parser, settings_from_args
+    from tpn.train import build_parser, settings_from_args
     from tpn.train_setup import build_train_model
 
     s, _ = settings_from_args(build_parser().parse_args([MODEL, "--train", "x", "--out", "y", "--bn-impl", "native"]))
