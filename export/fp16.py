@@ -42,7 +42,8 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from export.errors import CheckFailed, ExportError
-from export.onnx import INPUT_NAME, add_metadata, onnx_clip_shape, ort_logits, read_metadata, write_model
+from export.onnx import ort_logits
+from export.onnxfile import INPUT_NAME, add_metadata, onnx_clip_shape, read_metadata, write_model
 from export.outputs import publish
 from export.runtime import open_session
 from export.shards import view_batches

@@ -26,6 +26,9 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from export import runtime
+from export.errors import ExportError
+from export.onnxfile import read_metadata
 from export.outputs import validated_marker, write_json
 from export.shards import shard_fingerprint
 from pipeline import location_exists, sha256_file
@@ -146,7 +149,6 @@ def check_marker(
 def _check_onnx_weights(art: Path, marker: dict, check: MarkerCheck) -> None:
     if art.suffix != ".onnx":
         return
-    from export.onnx import read_metadata
 
     recorded = read_metadata(art).get("checkpoint_sha256") or None
     if recorded != marker["checkpoint"].get("sha256"):
@@ -189,3 +191,23 @@ def _recorded(location: str | None) -> str | None:
         return location if location and location_exists(location) else None
     except (OSError, ImportError):  # an unreachable store: nothing to re-check against
         return None
+
+
+class NotValidated(ExportError):
+    """No valid `<artifact>.validated.json` vouches for the file (`load_validated`)."""
+
+
+def load_validated(
+    path: str | os.PathLike,
+    *,
+    checkpoint: str | os.PathLike | None = None,
+    val_shards: str | os.PathLike | None = None,
+    **runtime_options,
+):
+    """`export.runtime.load(path, **runtime_options)`, only when the file's Top-1 gate marker still holds
+    (`check_marker`, against `checkpoint` and `val_shards` when given, else against those it records);
+    else `NotValidated` saying why."""
+    check = check_marker(path, checkpoint=checkpoint, val_shards=val_shards)
+    if not check.valid:
+        raise NotValidated(f"{path} is {check.summary()}")
+    return runtime.load(path, **runtime_options)

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from export.errors import EXIT_CODES_HELP, EXIT_FAILED, EXIT_OK, CheckFailed, ExportError, positive_int
+from export.onnxfile import INPUT_NAME, OUTPUT_NAME, add_metadata, onnx_clip_shape, read_metadata, write_model
 from export.outputs import default_out_dir, publish, write_json
 from export.runtime import open_session
 from export.source import (
@@ -46,13 +47,9 @@ from export.tolerance import FP32, TOLERANCES, Agreement, Tolerance, compare_log
 from pipeline import fsync_file, staging_dir
 from tpn.cli import add_checkpoint_arg
 
-INPUT_NAME = "clips"
-OUTPUT_NAME = "logits"
 DEFAULT_OPSET = 20  # the exporter's default; TensorRT 10/11 parse opsets 9-25
 MIN_OPSET = 18  # the dynamo exporter's lowest
-TWO_GB = 2**31
 TRACE_BATCH = 2  # tracing at batch 1 would let the exporter specialise the batch dimension to 1
-META_PREFIX = "tpn."
 
 
 @dataclass
@@ -126,54 +123,6 @@ def trace_program(model: nn.Module, shape: tuple[int, ...], *, batch: int | None
             external_data=False,
             verbose=False,
         )
-
-
-def add_metadata(proto: onnx.ModelProto, items: dict[str, object]) -> None:
-    """Record what the file was made from, so later steps (FP16, gate) need not be told again."""
-    for key, value in items.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = META_PREFIX + key, str(value)
-
-
-def _graph_only(path_or_proto: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
-    """The model as given, or its file without the weights (what the readers below need)."""
-    if isinstance(path_or_proto, onnx.ModelProto):
-        return path_or_proto
-    return onnx.load(str(path_or_proto), load_external_data=False)
-
-
-def read_metadata(path_or_proto: str | os.PathLike | onnx.ModelProto) -> dict[str, str]:
-    proto = _graph_only(path_or_proto)
-    return {p.key[len(META_PREFIX) :]: p.value for p in proto.metadata_props if p.key.startswith(META_PREFIX)}
-
-
-def onnx_clip_shape(path_or_proto: str | os.PathLike | onnx.ModelProto) -> tuple[int, ...]:
-    """(3, T, H, W) of the model's clip input (the batch dimension dropped)."""
-    dims = _graph_only(path_or_proto).graph.input[0].type.tensor_type.shape.dim
-    return tuple(int(d.dim_value) for d in dims[1:])
-
-
-def write_model(proto: onnx.ModelProto, path: Path, *, external_data: bool | None = None) -> list[Path]:
-    """Write `proto` to `path` (inside a staging folder), fsynced; returns the files written.
-
-    Single file below 2 GB (protobuf's limit); above it, or when asked,
-    the weights go to `<path name>.data` beside it.
-    """
-    if external_data is None:
-        external_data = proto.ByteSize() >= TWO_GB
-    files = [path]
-    if external_data:
-        data_name = path.name + ".data"
-        onnx.save_model(
-            proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-            location=data_name, size_threshold=1024,
-        )  # fmt: skip
-        files.insert(0, path.parent / data_name)  # data first: the .onnx never names a missing file
-    else:
-        path.write_bytes(proto.SerializeToString())
-    for f in files:
-        fsync_file(f)
-    return files
 
 
 def ort_logits(sess, clips: np.ndarray, batch: int) -> np.ndarray:

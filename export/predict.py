@@ -47,6 +47,9 @@ import torch
 import tpn
 from tpn.cli import add_other_architecture_arg
 from export.errors import EXIT_CODES_HELP, EXIT_FAILED, EXIT_OK, ExportError, positive_int
+from export import runtime
+from export.artifact import artifact_metadata, check_artifact_model, check_view_size
+from export.marker import check_marker
 from export.outputs import write_json
 from export.source import load_model
 from pipeline import (
@@ -337,10 +340,6 @@ def load_classifier(source: Path, name: str, other_architecture: bool = False) -
 
 
 def _artifact_classifier(source: Path, name: str) -> Classifier:
-    from export import runtime
-    from export.marker import check_marker
-    from export.validate import artifact_metadata, check_artifact_model, check_view_size
-
     meta = artifact_metadata(source)
     check_artifact_model(meta, source, name)
     try:

@@ -9,9 +9,8 @@ and a GPU are present, `pip install -e ".[gpu]"`, else the CPU provider);
 the runner's device (the GPU when there is one); inputs may live anywhere
 and are cast to the file's input type. On the GPU both ONNX Runtime and
 TensorRT read and write torch's CUDA tensors in place. Batches larger than
-an engine's optimisation profile are split. `load(...,
-require_validated=True)` refuses a file whose Top-1 gate marker does not
-hold.
+an engine's optimisation profile are split. To refuse a file whose Top-1
+gate marker does not hold, load it with `export.marker.load_validated`.
 """
 
 from __future__ import annotations
@@ -279,10 +278,6 @@ def gpu_build_hidden(providers: list[str], cuda: bool) -> str | None:
     )
 
 
-class NotValidated(ExportError):
-    """`require_validated=True` and no valid `<artifact>.validated.json` vouches for the file."""
-
-
 def load(
     path: str | os.PathLike,
     *,
@@ -290,27 +285,14 @@ def load(
     threads: int | None = None,
     level: str = "all",
     tf32: bool = False,
-    require_validated: bool = False,
-    checkpoint: str | os.PathLike | None = None,
-    val_shards: str | os.PathLike | None = None,
 ) -> Runner:
     """A runner for an `.onnx` file or a TensorRT `.engine`; see the module docstring.
 
-    require_validated: refuse (NotValidated) unless the file's Top-1 gate
-        marker still holds (`export.marker.check_marker`), against
-        `checkpoint` and `val_shards` when given, else against the ones it
-        records.
     tf32: let ONNX Runtime's CUDA provider use TF32 in FP32 convolutions
         (PyTorch's default on the GPU; off so FP32 files compute in FP32).
     """
     if not Path(path).is_file():
         raise ExportError(f"{path} does not exist")
-    if require_validated:
-        from export.marker import check_marker
-
-        check = check_marker(path, checkpoint=checkpoint, val_shards=val_shards)
-        if not check.valid:
-            raise NotValidated(f"{path} is {check.summary()}")
     cuda = torch.cuda.is_available()
     providers = ort_providers() if not str(path).endswith(ENGINE_SUFFIXES) else []
     chosen = pick_backend(path, backend, ort_providers=providers, cuda=cuda)

@@ -48,7 +48,8 @@ from export.errors import (
     MissingDependencyError,
     positive_int,
 )
-from export.onnx import SIZE_WORDS, add_model_args, export_onnx, onnx_clip_shape, parse_input_size
+from export.onnx import SIZE_WORDS, add_model_args, export_onnx, parse_input_size
+from export.onnxfile import onnx_clip_shape
 from export.outputs import default_out_dir, publish, write_json
 from export.runtime import TRT_INSTALL, import_tensorrt
 from export.source import ModelSource, load_model

@@ -45,10 +45,9 @@ earlier one, when it passes it leaves it as it is.
 
 from __future__ import annotations
 
-import math
-
 import argparse
 import contextlib
+import math
 import os
 import sys
 import time
@@ -63,6 +62,7 @@ from torch import nn
 from export import runtime
 from export.errors import EXIT_CODES_HELP, EXIT_FAILED, EXIT_OK, ExportError, positive_int
 from export.marker import check_marker, write_marker
+from export.artifact import artifact_metadata, check_artifact_model, check_artifact_weights, check_view_size
 from export.outputs import validated_marker, write_json
 from export.shards import shard_fingerprint, validation_split, view_batches
 from export.source import ModelSource, load_model, synthetic_clips
@@ -298,42 +298,6 @@ def strict_fp32() -> Iterator[None]:
 
 def artifact_tolerance(runner: runtime.Runner) -> Tolerance:
     return FP16 if runner.precision == "fp16" else FP32
-
-
-def artifact_metadata(artifact: str | os.PathLike) -> dict[str, str]:
-    """What an ONNX file records about its origin (engines record nothing)."""
-    if not Path(artifact).is_file():
-        raise ExportError(f"{artifact} does not exist")
-    if not str(artifact).endswith(".onnx"):
-        return {}
-    from export.onnx import read_metadata
-
-    return read_metadata(artifact)
-
-
-def check_artifact_model(meta: dict[str, str], artifact: str | os.PathLike, name: str) -> None:
-    if meta.get("model") and meta["model"] != name:
-        raise ExportError(f"{artifact} was exported from {meta['model']}, not {name}: pass --model {meta['model']}")
-
-
-def check_artifact_weights(meta: dict[str, str], artifact: str | os.PathLike, source: ModelSource) -> None:
-    sha = meta.get("checkpoint_sha256")
-    if sha and source.checkpoint_sha256 and sha != source.checkpoint_sha256:
-        raise ExportError(
-            f"{artifact} was exported from other weights than {source.checkpoint} "
-            f"(sha256 {sha[:12]}... vs {source.checkpoint_sha256[:12]}...): pass the checkpoint it was exported from"
-        )
-
-
-def check_view_size(runner: runtime.Runner, views_hw: tuple[int, int], model_name: str) -> None:
-    """The artifact must take the (H, W) views the test protocol gives (the gate and export.predict feed them)."""
-    want, got = tuple(runner.input_shape[-2:]), tuple(views_hw)
-    if want != got:
-        raise ExportError(
-            f"the artifact takes {want[0]}x{want[1]} clips but {model_name}'s test protocol gives "
-            f"{got[0]}x{got[1]} views: export with --size test (the Top-1 gate and export.predict feed "
-            "test-protocol views)"
-        )
 
 
 def check_classes(model: nn.Module, shard_classes: int, val_shards: str | os.PathLike) -> None:

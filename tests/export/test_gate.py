@@ -22,7 +22,7 @@ from onnx import TensorProto, helper
 import tpn
 from export import runtime
 from export.errors import CheckFailed, ExportError, MissingDependencyError
-from export.marker import check_marker
+from export.marker import NotValidated, check_marker, load_validated
 from export.outputs import validated_marker
 from export.shards import shard_fingerprint, validation_split
 from export.source import ModelSource, load_model, synthetic_clips
@@ -42,7 +42,8 @@ from export.validate import (
     zoo_target,
 )
 from export.fp16 import activation_stats, head_nodes, node_precisions, ort_run, tidy_casts, to_fp16
-from export.onnx import export_onnx, onnx_clip_shape, read_metadata
+from export.onnx import export_onnx
+from export.onnxfile import onnx_clip_shape, read_metadata
 from pipeline import DataError, sha256_file
 from tpn.checkpoint import save_checkpoint
 from tests.export_helpers import TINY, damage, make_val_shards, scale_initializer, trained_tiny
@@ -297,7 +298,7 @@ def test_shard_gate_passes_the_fp16_export_of_a_fitted_model_and_binds_the_marke
     assert marker["videos"] == 16 and marker["protocol"]["views"] == 6 and marker["thresholds"]["min_videos"] == 16
     assert marker["results"]["prediction_agreement"] == 1.0 and marker["provenance"]["toolkit"]
     assert is_validated(work["fp16"].path) and is_validated(work["onnx"].path, checkpoint=work["ckpt"])
-    assert runtime.load(work["fp16"].path, require_validated=True).precision == "fp16"
+    assert load_validated(work["fp16"].path).precision == "fp16"
 
 
 def test_gate_refuses_too_few_videos_by_default(work, tmp_path):
@@ -362,8 +363,8 @@ def test_marker_does_not_survive_new_weights_or_new_data(work, tmp_path):
     torch.save(obj, ckpt)
     check = check_marker(art)
     assert not check.valid and "weights changed" in check.problems[0]
-    with pytest.raises(runtime.NotValidated, match="weights changed"):
-        runtime.load(art, require_validated=True)
+    with pytest.raises(NotValidated, match="weights changed"):
+        load_validated(art)
     shutil.copy(work["ckpt"], ckpt)
     assert is_validated(art)
     # the data changed in place: another label order, then a shard rewritten
