@@ -12,7 +12,8 @@ from tpn.checkpoint import (
 from tpn.metrics import accuracy, average_views
 from tpn.model import Recognizer
 from tpn.neck import NeckConfig
-from tpn.zoo import ModelConfig, TrainRecipe, create_model, get_config, list_models
+from tpn.config import ModelConfig, TrainRecipe
+from tpn.zoo import create_model, get_config, list_models
 
 __all__ = [
     "CheckpointError",

@@ -12,15 +12,11 @@ it to the averaged features, which is what the head does.)
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from torch import Tensor, nn
 
+from tpn.config import ModelConfig
 from tpn.layers import global_mean
 from tpn.neck import TPNNeck
-
-if TYPE_CHECKING:  # tpn.zoo builds Recognizers, so it imports this module
-    from tpn.zoo import ModelConfig
 
 
 class ClsHead(nn.Module):
