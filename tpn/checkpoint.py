@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from pipeline.fileio import atomic_write
+from pipeline import atomic_write
 
 log = logging.getLogger("tpn.checkpoint")
 

@@ -32,7 +32,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from pipeline.fileio import atomic_write_json
+from pipeline import atomic_write_json
 
 MODELS = ("tpn_tiny_f8s4", "baseline_tiny_f8s4")
 EXPORTED = MODELS[0]

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.fileio import atomic_write_bytes
+from pipeline import atomic_write_bytes
 
 log = logging.getLogger("tpn.train")
 

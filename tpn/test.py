@@ -26,9 +26,8 @@ import torch
 from torch import Tensor, nn
 
 import tpn
-from pipeline import ClipSpec, is_remote, resolve_split
+from pipeline import ClipSpec, atomic_write_bytes, atomic_write_json, is_remote, resolve_split
 from pipeline.cli import add_split_arg
-from pipeline.fileio import atomic_write_bytes, atomic_write_json
 from tpn.checkpoint import read_checkpoint
 from tpn.cli import add_checkpoint_arg, add_device_args
 from tpn.distributed import DistEnv, env_from_environ, gather_objects, init_distributed, resolve_torch_device, shutdown

@@ -40,7 +40,7 @@ from tpn.distributed import (
     DistEnv, barrier, env_from_environ, gather_objects, init_distributed, resolve_torch_device, shutdown,
 )  # fmt: skip
 from tpn.engine import LossLog, StepReport, TrainStep, build_optimizer, pin_device_lr, set_lr
-from pipeline.fileio import atomic_write_json
+from pipeline import atomic_write_json
 from tpn.schedule import StepSchedule
 from tpn.test import EvalReport, evaluate
 from tpn.train_settings import TrainSettings, effective_lr

@@ -1,4 +1,5 @@
-"""`export/` uses only the public APIs of `tpn` and `pipeline`: the names their `__init__.py` export.
+"""`export/` uses only the public APIs of `tpn` and `pipeline`, and `tpn/` only `pipeline`'s: the names
+their `__init__.py` export.
 
 Every export module is parsed (not imported) and each import of, or
 attribute taken from, `tpn` or `pipeline` is checked against the package's
@@ -21,6 +22,7 @@ import tpn
 
 ROOT = Path(__file__).resolve().parents[2]
 EXPORT_FILES = sorted((ROOT / "export").glob("*.py"))
+TPN_FILES = sorted((ROOT / "tpn").glob("*.py"))
 PUBLIC = {"tpn": set(tpn.__all__), "pipeline": set(pipeline.__all__)}
 PUBLIC_MODULES = {"tpn.cli", "pipeline.cli"}  # the shared command-line flags, imported by name
 
@@ -64,6 +66,12 @@ def private_uses(source: str, public: dict[str, set[str]] = PUBLIC) -> list[str]
 @pytest.mark.parametrize("path", EXPORT_FILES, ids=lambda p: p.name)
 def test_export_uses_only_public_names_of_tpn_and_pipeline(path):
     assert private_uses(path.read_text(encoding="utf-8")) == [], f"{path.name} reaches past the public API"
+
+
+@pytest.mark.parametrize("path", TPN_FILES, ids=lambda p: p.name)
+def test_tpn_uses_only_public_names_of_pipeline(path):
+    assert private_uses(path.read_text(encoding="utf-8"), {"pipeline": PUBLIC["pipeline"]}) == [], \
+        f"{path.name} reaches past pipeline's public API"
 
 
 @pytest.mark.parametrize(

@@ -62,6 +62,16 @@ def expected_train_view(ld: ClipLoader, key: str, epoch: int) -> sampling.TrainV
     return sampling.draw_train_view(ld.clip, ld.data.frame_count(index), meta["height"], meta["width"], rng)
 
 
+def every_batch(ld: ClipLoader):
+    """The loader's batches; afterwards, that there were exactly len(ld) of them, and some: a loop over them
+    asserts something only if batches come."""
+    count = 0
+    for batch in ld:
+        count += 1
+        yield batch
+    assert count == len(ld) > 0, f"{count} batches, len() {len(ld)}"
+
+
 def all_batches(ld: ClipLoader) -> list:
     return [(c.clone(), l.clone(), k) for c, l, k in ld]
 
@@ -84,7 +94,7 @@ def test_train_batches_shape_dtype_and_value_range(coded):
 
 def test_labels_follow_classes_json(coded):
     ld = loader(coded, mode="test", batch_size=3)
-    for _, labels, keys in ld:
+    for _, labels, keys in every_batch(ld):
         assert [ld.classes[int(label)] for label in labels] == [k[0] for k in keys]
 
 
@@ -101,7 +111,7 @@ def test_labels_follow_classes_json(coded):
 def test_train_clips_hold_exactly_the_sampled_frames(coded, spec, backend):
     ld = loader(coded, spec, backend, seed=5)
     ld.set_epoch(2)
-    for clips, _, keys in ld:
+    for clips, _, keys in every_batch(ld):
         got = frame_codes(clips, spec)
         want = [expected_train_view(ld, k, 2).indices for k in keys]
         np.testing.assert_array_equal(got, np.stack(want))
@@ -119,7 +129,7 @@ def test_train_clips_hold_exactly_the_sampled_frames(coded, spec, backend):
 def test_test_views_are_clips_major_with_the_spread_frames(coded, spec, clips, backend):
     ld = loader(coded, spec, backend, mode="test", batch_size=3)
     views = spec.num_test_views
-    for batch, _, keys in ld:
+    for batch, _, keys in every_batch(ld):
         assert batch.shape[1:] == (views, 3, spec.frames, 48, 48)
         got = frame_codes(batch, spec)  # (N, V, F)
         for sample, key in zip(got, keys):
@@ -206,7 +216,7 @@ def test_train_crop_box_and_flip_with_label_swap(gradient, backend):
     flips = set()
     for epoch in range(6):
         ld.set_epoch(epoch)
-        for clips, labels, keys in ld:
+        for clips, labels, keys in every_batch(ld):
             view = expected_train_view(ld, keys[0], epoch)
             red = to_rgb(clips, spec)[0, 0].mean(dim=0)  # (H, W)
             left, right = red[:, :4].mean(), red[:, -4:].mean()
@@ -223,7 +233,7 @@ def test_train_crop_box_and_flip_with_label_swap(gradient, backend):
 def test_three_test_crops_run_along_the_long_side(gradient):
     spec = ClipSpec(frames=2, stride=1, test_clips=1, test_scale=64, test_crop=64, test_flip=True)
     ld = loader(gradient, spec, mode="test", batch_size=1)
-    for clips, _, keys in ld:
+    for clips, _, keys in every_batch(ld):
         rgb = to_rgb(clips[0], spec).mean(dim=(2, 3, 4))  # (V, 3)
         along = rgb[:, 0] if keys[0].startswith("wide") else rgb[:, 1]
         across = rgb[:, 1] if keys[0].startswith("wide") else rgb[:, 0]
@@ -349,7 +359,7 @@ def test_h264_shards_decode_exactly_on_cpu(tmp_path, decoder):
     ld = loader(out, decoder=decoder, seed=1)
     assert ld.decoder == ("host" if decoder == "auto" else "pyav")
     batches = 0
-    for clips, _, keys in ld:
+    for clips, _, keys in every_batch(ld):
         np.testing.assert_array_equal(frame_codes(clips, SMALL), np.stack([expected_train_view(ld, k, 0).indices for k in keys]))
         batches += 1
     assert batches == len(ld) == 1
@@ -400,13 +410,13 @@ def test_gpu_loader_decodes_the_sampled_frames(tmp_path, codec, decoder):
               {"a": [70, 9], "b": [40, 23]}.items()}
     shards = make_shards(tmp_path, videos, codec=codec)
     train = ClipLoader(shards, SMALL, batch_size=2, device="gpu", decoder=decoder, return_keys=True, seed=2)
-    for clips, labels, keys in train:
+    for clips, labels, keys in every_batch(train):
         assert clips.is_cuda and labels.is_cuda and clips.shape == (2, 3, 4, 32, 32)
         want = np.stack([expected_train_view(train, k, 0).indices for k in keys])
         np.testing.assert_array_equal(frame_codes(clips.cpu(), SMALL), want)
     spec = SMALL.replace(test_scale=144, test_crop=144)
     test = ClipLoader(shards, spec, mode="test", batch_size=3, device="gpu", decoder=decoder, return_keys=True)
-    for clips, _, keys in test:
+    for clips, _, keys in every_batch(test):
         assert clips.is_cuda and clips.shape[1:] == (spec.num_test_views, 3, 4, 144, 144)
         for sample, key in zip(frame_codes(clips.cpu(), spec), keys):
             want = sampling.clip_indices(spec, int(key.split("-")[0].split("_")[1]), "test")

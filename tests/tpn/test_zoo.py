@@ -64,7 +64,7 @@ def test_configs_carry_the_seed_facts():
     assert k.clip.num_test_views == 30 and not k.with_tpn and k.top1 == 74.9
     assert tpn.get_config("tpn_r50_f8s8").neck.flow == "cascade"
     assert isinstance(k.clip, ClipSpec)
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         k.depth = 101  # frozen
 
 
