@@ -63,19 +63,23 @@ def machine_info() -> dict:
 
 
 def git_commit() -> str | None:
-    """The checkout's commit (with '+dirty' when files differ from it), or None outside a git checkout."""
-    import subprocess
+    """The checkout's commit (with '+dirty' when files differ from it), or None outside a git checkout:
+    `export.marker.git_state`, the one reader of it, as one string."""
+    from export.marker import git_state
 
-    root = Path(__file__).resolve().parents[1]
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
-        if head.returncode:
-            return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return head.stdout.strip() + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
+    state = git_state()
+    if state["commit"] is None:
         return None
+    return state["commit"] + ("+dirty" if state["dirty"] else "")
+
+
+def sync(device) -> None:
+    """Wait for a GPU's queued work before reading a clock: `device` is a torch.device, or "gpu"/"cuda"."""
+    import torch
+
+    kind = device.type if isinstance(device, torch.device) else str(device)
+    if kind in ("cuda", "gpu"):
+        torch.cuda.synchronize()
 
 
 def _cpu_model() -> str:

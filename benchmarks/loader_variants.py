@@ -26,7 +26,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from benchmarks.common import endless, write_results
+from benchmarks.common import endless, sync, write_results
 from benchmarks.data import Settings, bench_shards, default_data_dir, warmup_batches
 from pipeline import ClipSpec
 
@@ -99,11 +99,11 @@ def time_variant(v: Variant, shards: Path, spec: ClipSpec, device: str, batches:
             # past what the loader holds ready: timing in the steady state
             for _ in range(warmup_batches("frames" if v.decoder == "host" else "frames-dali", threads)):
                 next(it)
-            _sync(device)
+            sync(device)
             barrier.wait()
             for _ in range(batches):
                 clips, _ = next(it)
-            _sync(device)
+            sync(device)
             done.append(time.perf_counter())
         except BaseException as e:  # reported by the caller
             errors.append(e)
@@ -123,13 +123,6 @@ def time_variant(v: Variant, shards: Path, spec: ClipSpec, device: str, batches:
         raise errors[0]
     wall = max(done) - t0
     return {**asdict(v), "label": v.label, "clips_per_s": v.loaders * batches * v.batch_size / wall, "seconds": wall}
-
-
-def _sync(device: str) -> None:
-    if device == "gpu":
-        import torch
-
-        torch.cuda.synchronize()
 
 
 def run(args: argparse.Namespace) -> dict:

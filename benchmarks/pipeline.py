@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 import tpn
-from benchmarks.common import bar_plot, endless, results_path, write_results
+from benchmarks.common import bar_plot, endless, results_path, sync, write_results
 from benchmarks.data import Settings, bench_shards, default_data_dir
 from pipeline.cli import add_workers_arg
 from tpn.engine import LossModule, StepOptions, TrainStep, build_optimizer
@@ -52,18 +52,13 @@ def step_for(name: str, device: torch.device, compile_: bool) -> tuple[TrainStep
     return TrainStep(LossModule(model, cfg.recipe.aux_weight), opt, opts, device), opts
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def timed(fn, batches: int, batch_size: int, device: torch.device) -> float:
     """clips/s of `batches` calls of fn() (each one batch), synchronised at both ends."""
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
     for _ in range(batches):
         fn()
-    _sync(device)
+    sync(device)
     return batches * batch_size / (time.perf_counter() - t0)
 
 

@@ -74,7 +74,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 import tpn
-from benchmarks.common import GOAL_TRAIN_SPEEDUP, bar_plot, cpu_has_native_bf16, results_path, write_results
+from benchmarks.common import GOAL_TRAIN_SPEEDUP, bar_plot, cpu_has_native_bf16, results_path, sync, write_results
 from export.validate import strict_fp32  # TF32 off for convs and matmuls, restored after
 from tpn.engine import (
     COMPILE_PRESETS, DEFAULT_COMPILE, INPUT_TO_NDHWC, MIN_CUDNN, LossModule, StepOptions, TrainStep,
@@ -424,19 +424,14 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, rounds: int = 
     reps = 20 if device.type == "cuda" else 2
     times = []
     for r in range(rounds + 1):
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         for _ in range(reps):
             a @ b
-        _sync(device)
+        sync(device)
         if r:
             times.append(time.perf_counter() - t0)
     return 2 * n**3 * reps / statistics.median(times)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 @dataclass
@@ -491,11 +486,11 @@ def timed_rounds(c: Contender, device: torch.device, rounds: int, steps: int) ->
 
 
 def _time_round(c: Contender, device: torch.device, steps: int) -> float:
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
     for _ in range(steps):
         c()
-    _sync(device)
+    sync(device)
     return (time.perf_counter() - t0) / steps
 
 
@@ -512,15 +507,15 @@ def count_layout_copies(name: str, mode: str, device: torch.device, batch: int) 
     twin = re.sub(r"-(graph|compile(=\w+)?)", "", mode)  # the same step, run op by op
     c = make_contender(name, twin, device, batch)
     c()
-    _sync(device)
+    sync(device)
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         c()
-        _sync(device)
+        sync(device)
     out = classify_copies(trace_records(prof))
     c.x = c.step._prepare(c.x)  # given as NDHWC: the check below sees the model's ops only
     with MixedLayoutOps() as mixed:
         c()
-        _sync(device)
+        sync(device)
     out["mixed_layout_ops"] = dict(mixed.ops.most_common())
     out["layout_counted_on"] = twin
     return out
@@ -553,7 +548,7 @@ def profile_contender(c: Contender, device: torch.device, steps: int = 3) -> tup
         with profile(activities=_profiler_activities(device)) as prof:
             for _ in range(steps):
                 fn()
-            _sync(device)
+            sync(device)
         return prof
 
     prof, how = run(c), "the timed step"
@@ -670,7 +665,7 @@ def compile_only(plan: Plan) -> list[dict]:
         c = make_contender(plan.name, mode, plan.device, plan.batch)
         for _ in range(max(plan.warmup, WARMUP_ITERS + 1 if spec.graph else 1)):
             c()
-        _sync(plan.device)
+        sync(plan.device)
         report = c.step.report().to_dict()
         out.append({"mode": mode, "batch": plan.batch, "ran_as": report["mode"], "compile": report["compile"],
                     "compile_options": report["compile_options"], "compile_s": report["compile_s"],
