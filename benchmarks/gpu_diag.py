@@ -40,16 +40,18 @@ def main() -> None:
         return torch.stack(losses).cpu(), [p.cpu() for p in params], step.mode
 
     for lr0 in (0.05, 0.005):
-        a = run(False, lr0); b = run(False, lr0); g = run(True, lr0)
+        a, b, g = run(False, lr0), run(False, lr0), run(True, lr0)
         print(f"lr {lr0}: modes {a[2]} {g[2]}")
         print("  eager losses", [round(v, 5) for v in a[0].tolist()])
         print("  graph losses", [round(v, 5) for v in g[0].tolist()])
         for i in range(6):
-            ee = (a[1][i] - b[1][i]).abs().max().item(); ge = (a[1][i] - g[1][i]).abs().max().item()
+            ee = (a[1][i] - b[1][i]).abs().max().item()
+            ge = (a[1][i] - g[1][i]).abs().max().item()
             print(f"  after step {i}: max|param| eager-vs-eager {ee:.3g}  graph-vs-eager {ge:.3g}")
     # no clipping
-    a = run(False, 0.05, clip=None); g = run(True, 0.05, clip=None)
-    print("noclip eager", [round(v, 5) for v in a[0].tolist()]); print("noclip graph", [round(v, 5) for v in g[0].tolist()])
+    a, g = run(False, 0.05, clip=None), run(True, 0.05, clip=None)
+    print("noclip eager", [round(v, 5) for v in a[0].tolist()])
+    print("noclip graph", [round(v, 5) for v in g[0].tolist()])
 
     # profile one bf16 cl3d step of tpn_r50_f8s8 (by category: python -m benchmarks.train --profile MODE)
     from benchmarks.train import make_contender
@@ -57,16 +59,19 @@ def main() -> None:
     torch.backends.cudnn.deterministic = False
     torch.backends.cudnn.allow_tf32 = True
     fn = make_contender("tpn_r50_f8s8", "bf16-cl3d", dev, 16)
-    for _ in range(4): fn()
+    for _ in range(4):
+        fn()
     torch.cuda.synchronize()
     from torch.profiler import profile, ProfilerActivity
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(3): fn()
+        for _ in range(3):
+            fn()
         torch.cuda.synchronize()
     ka = prof.key_averages()
     for key in ("self_device_time_total", "self_cuda_time_total"):
         try:
-            print(ka.table(sort_by=key, row_limit=25, max_name_column_width=90)); break
+            print(ka.table(sort_by=key, row_limit=25, max_name_column_width=90))
+            break
         except Exception as e:
             print("sort key", key, "failed:", e)
 

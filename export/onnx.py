@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from export.errors import EXIT_CODES_HELP, EXIT_FAILED, EXIT_OK, CheckFailed, ExportError, positive_int
-from export.onnxfile import INPUT_NAME, OUTPUT_NAME, add_metadata, onnx_clip_shape, read_metadata, write_model
+from export.onnxfile import INPUT_NAME, OUTPUT_NAME, add_metadata, write_model
 from export.outputs import default_out_dir, publish, write_json
 from export.runtime import open_session
 from export.source import (
@@ -44,7 +44,7 @@ from export.source import (
     torch_logits,
 )
 from export.tolerance import FP32, TOLERANCES, Agreement, Tolerance, compare_logits
-from pipeline import fsync_file, staging_dir
+from pipeline import staging_dir
 from tpn.cli import add_checkpoint_arg
 
 DEFAULT_OPSET = 20  # the exporter's default; TensorRT 10/11 parse opsets 9-25

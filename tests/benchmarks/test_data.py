@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from benchmarks import common, data, footage, peers
-from pipeline import ClipSpec
 from pipeline.ffmpeg import find_ffmpeg
 from pipeline.plan import plan_sample
 from pipeline.shardset import ShardSet

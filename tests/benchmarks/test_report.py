@@ -1,7 +1,6 @@
 """`python -m benchmarks report`: the README's generated tables agree with the result files, and the
 charts draw only what may be drawn (no invalid figures, no cross-machine axes, ratios within a run)."""
 
-import copy
 import json
 import shutil
 

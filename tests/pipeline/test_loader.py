@@ -73,7 +73,7 @@ def every_batch(ld: ClipLoader):
 
 
 def all_batches(ld: ClipLoader) -> list:
-    return [(c.clone(), l.clone(), k) for c, l, k in ld]
+    return [(c.clone(), labels.clone(), k) for c, labels, k in ld]
 
 
 # -- shapes, values, labels -------------------------------------------------------------------

@@ -29,7 +29,7 @@ def shards(request, s3, tmp_path_factory) -> tuple[Path, str]:
 
 def batches(loader, epoch: int, start: int = 0) -> list:
     loader.set_epoch(epoch, start_batch=start)
-    return [(c.clone(), l.clone(), k) for c, l, k in loader]
+    return [(c.clone(), labels.clone(), k) for c, labels, k in loader]
 
 
 def test_remote_shards_give_the_local_batches_bit_for_bit(shards):
