@@ -176,3 +176,16 @@ def test_host_decodes_crops_twice_the_output_at_reduced_size(tmp_path, monkeypat
             want = np.stack([ld.plan([ld.data.key(i) for i in range(2)].index(k), 0).frames for k in keys])
             np.testing.assert_array_equal(frame_codes(clips, spec), want)
         assert decoded and all((h < 144) == reduced for h, _ in decoded), decoded
+
+
+def test_host_threads_carry_their_names_to_the_os(textured):
+    """top, py-spy and the benchmark's per-thread accounting tell the loader's threads apart by their OS name."""
+    import os
+    from pathlib import Path as P
+
+    ld = ClipLoader(textured, ClipSpec(frames=4, stride=2, crop_size=48), batch_size=2, device="cpu", decoder="host")
+    it = iter(ld)
+    next(it)
+    names = {(P(t) / "comm").read_text().strip() for t in P(f"/proc/{os.getpid()}/task").iterdir()}
+    it.close()
+    assert {"host-decode", "host-read"} <= names, names
