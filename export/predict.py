@@ -61,6 +61,7 @@ from pipeline import (
     parse_classes,
     source_sar,
     test_crop_positions,
+    yuv_to_rgb_matrix,
 )
 
 VIDEO_SUFFIXES = frozenset({
@@ -179,13 +180,10 @@ def rgb_from_yuv420(y: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     h, w = y.shape
     chroma = torch.from_numpy(np.stack([u, v])).float()[None]  # (1, 2, H/2, W/2)
     cu, cv = torch.nn.functional.interpolate(chroma, size=(h, w), mode="bilinear", align_corners=False)[0]
-    luma = (torch.from_numpy(y).float() - 16.0) * (255.0 / 219.0)
-    cu, cv = (cu - 128.0) * (255.0 / 224.0), (cv - 128.0) * (255.0 / 224.0)
-    kr, kb = 0.299, 0.114
-    r = luma + 2.0 * (1.0 - kr) * cv
-    b = luma + 2.0 * (1.0 - kb) * cu
-    g = (luma - kr * r - kb * b) / (1.0 - kr - kb)
-    return torch.stack([r, g, b], dim=-1).round().clamp(0, 255).to(torch.uint8).numpy()
+    yuv = torch.stack([torch.from_numpy(y).double(), cu.double(), cv.double()], dim=-1)  # (H, W, 3)
+    m = torch.from_numpy(yuv_to_rgb_matrix("bt601", full_range=False))  # the loader's matrix
+    rgb = yuv @ m[:, :3].T + m[:, 3]
+    return rgb.round().clamp(0, 255).to(torch.uint8).numpy()
 
 
 def av_reason(err: Exception) -> str:

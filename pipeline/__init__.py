@@ -7,6 +7,7 @@ its modules is internal.
 """
 
 from pipeline.clip import IMAGENET_MEAN, IMAGENET_STD, ClipSpec
+from pipeline.colour import yuv_to_rgb_matrix
 from pipeline.errors import DataError, ShardError, ShardingError, ShardReadError
 from pipeline.ffmpeg import display_width, source_sar
 from pipeline.fileio import atomic_write, atomic_write_bytes, atomic_write_json, fsync_dir, fsync_file, sha256_file, staging_dir
@@ -28,7 +29,7 @@ __all__ = [
     # crash-safe files
     "atomic_write", "atomic_write_bytes", "atomic_write_json", "fsync_dir", "fsync_file", "sha256_file", "staging_dir",
     # the test protocol's frames and crops, and the display geometry of a source video
-    "clip_indices", "decode_plan", "test_crop_positions", "display_width", "source_sar",
+    "clip_indices", "decode_plan", "test_crop_positions", "display_width", "source_sar", "yuv_to_rgb_matrix",
     # shard folders, local or remote
     "find_shards", "index_path", "resolve_split", "ALL_SPLITS", "splits_in", "is_remote", "parse_classes",
     "location_exists", "join_location", "location_name", "read_location", "location_size",

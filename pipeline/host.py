@@ -7,13 +7,14 @@ Per frame it does what the DALI graphs do (`pipeline.dali_frames`,
    crop box is at least twice the output on both sides, libjpeg-turbo's
    DCT-domain scaling decodes it at 1/2, 1/4 or 1/8 size directly); a
    video's sampled frames with PyAV (libavcodec, from the keyframe before
-   the first one, only the sampled frames converted to RGB);
-2. resample the crop box to the output on uint8 (`cv2.warpAffine`,
-   bilinear, pixel centres mapped as DALI's `fn.resize` with antialias off
-   maps them); a 4:2:0 video frame
-   stays in its Y, U, V planes for this, so it is never converted to RGB
-   at full size;
-3. flip, then one 3x4 colour map (`cv2.transform`): the clip's jitter
+   the first one; only the sampled frames are kept);
+2. resample the crop box to the output on uint8, mirrored when the clip is
+   flipped (`cv2.warpAffine`, bilinear, pixel centres mapped as DALI's
+   `fn.resize` with antialias off maps them); a 4:2:0 video frame stays in
+   its Y, U, V planes for this, so a training frame is never converted to
+   RGB at full size (test views are: whole frames to RGB first, as DALI and
+   `export.predict` do);
+3. one 3x4 colour map (`cv2.transform`): the clip's jitter
    (`pipeline.colour.jitter_matrix`) after the frame's YUV -> RGB matrix;
 4. normalise: uint8 to float32, then (x - mean) / std as one diagonal
    3x4 map (`cv2.transform`), written straight into the batch tensor.
@@ -23,8 +24,8 @@ a batch in parallel while a reader thread fetches the next batches' bytes
 and the caller trains on the current one. The plan (frames, boxes, flips,
 jitter, test crops) is the `pipeline.plan.SamplePlan` the DALI path
 consumes, so the two paths return the same frames, boxes and flips; their
-pixels differ by resampling and rounding only (`tests/pipeline/test_loader.py`
-states the tolerance).
+pixels differ by resampling and rounding only (`tests/pipeline/test_backends.py`
+states the tolerances).
 
 Training clips come back as (N, 3, F, S, S) in channels_last_3d memory order
 (the order the training step wants), test views as contiguous
