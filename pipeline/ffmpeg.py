@@ -342,9 +342,13 @@ def classify_ffmpeg_error(stderr: str) -> str:
     return "ffmpeg_error"
 
 
+_CONTEXT_ADDRESS = re.compile(r" @ 0x[0-9a-fA-F]+\]")
+
+
 def tail(text: str, lines: int = 6, chars: int = 800) -> str:
-    """The last lines of a log, for error messages that stay readable."""
-    kept = "\n".join(line for line in text.strip().splitlines()[-lines:])
+    """The last lines of a log, for error messages that stay readable. ffmpeg's per-line memory addresses
+    (`[in#0 @ 0x55c8...]`) are dropped: they differ from run to run, and rejected.jsonl must not."""
+    kept = "\n".join(_CONTEXT_ADDRESS.sub("]", line) for line in text.strip().splitlines()[-lines:])
     return kept[-chars:]
 
 

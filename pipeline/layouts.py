@@ -56,7 +56,7 @@ class WorkItem:
 @dataclass
 class Dataset:
     layout: str
-    root: Path
+    root: Path | str  # a URL for a source on object storage (pipeline.shard.source)
     items: list[WorkItem]
     classes: list[str]  # label order: index i is label i
     notes: list[str] = field(default_factory=list)

@@ -101,6 +101,21 @@ def upload(path: Path, url: str) -> None:
     _with_retries(lambda: fs.put_file(str(path), remote), url, "the upload")
 
 
+def write_bytes(url: str, data: bytes) -> None:
+    """A small object (a lock, a note) at `url`, with bounded retries."""
+    fs, remote = filesystem(url)
+    _with_retries(lambda: fs.pipe_file(remote, data), url, "the write")
+
+
+def remove(url: str) -> None:
+    """Delete the object at `url` (nothing when it is absent)."""
+    fs, remote = filesystem(url)
+    try:
+        _with_retries(lambda: fs.rm_file(remote), url, "the delete")
+    except FileNotFoundError:
+        pass
+
+
 def list_names(folder: str) -> list[str]:
     """Names of the objects directly in a remote folder."""
     fs, path = filesystem(folder)

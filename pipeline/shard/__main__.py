@@ -10,6 +10,7 @@ from pathlib import Path
 from pipeline.cli import HelpFormatter
 from pipeline.ffmpeg import FFmpegError, parse_size
 from pipeline.layouts import LAYOUTS, LayoutError
+from pipeline.shard.engines import ENGINES
 from pipeline.shard.core import (
     DEFAULT_MIN_FRAMES,
     DEFAULT_SHARD_SIZE,
@@ -54,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
         f"(see `{PROG} merge --help`).",
         formatter_class=HelpFormatter,
     )
-    p.add_argument("src", type=Path, help="dataset folder (class-per-folder, Kinetics CSV, Something-Something V1/V2)")
+    p.add_argument("src", help="dataset folder (class-per-folder, Kinetics CSV, Something-Something V1/V2), or its URL "
+                   "on object storage (s3://bucket/kinetics, gs://..., az://...): each input is then fetched by the "
+                   "worker that encodes it")
     p.add_argument("--out", required=True,
                    help="output folder for shards and manifest, or a URL (s3://bucket/k400, gs://..., az://...): "
                    "shards are then made in --work and uploaded one by one as they are finished")
@@ -95,7 +98,16 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--shard-samples", type=int, default=None, help="also cap the number of videos per shard")
     sh.add_argument("--part", default=None, help="shard only part I of N (0-based, e.g. 0/4) for N machines; then merge")
     sh.add_argument("--seed", type=int, default=0, help="seed of the fixed shuffle of videos into shards")
-    sh.add_argument("--workers", type=int, default=None, help="parallel ffmpeg processes (default: all cores)")
+    sh.add_argument("--workers", type=int, default=None,
+                    help="parallel ffmpeg processes (default: all cores; with --engine ray and no cluster, the CPUs "
+                    "of the local Ray started for the run)")
+    cl = p.add_argument_group("cluster")
+    cl.add_argument("--engine", choices=ENGINES, default="local",
+                    help="where the encodes run: local threads, or the tasks of a Ray cluster (needs "
+                    "pip install -e '.[cluster]'); the shards are the same bytes either way")
+    cl.add_argument("--ray-address", default=None,
+                    help="with --engine ray: the cluster's head, HOST:PORT as `ray start --head` printed it, or auto "
+                    "(default: $RAY_ADDRESS, else a local Ray started for the run)")
     p.add_argument("--strict", action="store_true",
                    help="also reject inputs that decode only partly (far fewer frames than their container claims, "
                    "e.g. cut downloads; without --strict they are sharded and listed in warnings.jsonl), and exit "
@@ -136,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             shard_size=args.shard_size, shard_samples=args.shard_samples, classes=args.classes, part=args.part,
             split=args.split, annotations=args.annotations, min_frames=args.min_frames, timeout=args.timeout,
             seed=args.seed, overwrite=args.overwrite, strict=args.strict, progress=not args.no_progress,
-            work=args.work,
+            work=args.work, engine=args.engine, ray_address=args.ray_address,
         )
     except RejectedInputsError as err:
         print(summary_table(err.report))

@@ -10,6 +10,7 @@ settings, never on the worker count or on timing.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -19,7 +20,7 @@ import struct
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +32,10 @@ from pipeline import storage
 from pipeline.sample_index import INDEX_DIR
 from pipeline.layouts import Dataset, WorkItem, scan
 from pipeline.shard import manifest as mf
-from pipeline.shard.encode import Outcome, encode_item, reject_without_encoding
+from pipeline.shard.encode import Outcome, reject_without_encoding
+from pipeline.shard.engines import ENGINES, done, make_engine
+from pipeline.shard.lock import OutputLock
+from pipeline.shard.source import scan_url
 from pipeline.shard.manifest import ShardRecord, SplitProgress
 from pipeline.fileio import is_temp_name
 from pipeline.wds import BLOCK, ShardWriter, tar_file_size
@@ -171,12 +175,6 @@ def ordered(items: Iterable[tuple[int, WorkItem]], submit: Callable[[WorkItem], 
             return
         ordinal, item, fut = pending.popleft()
         yield ordinal, item, fut.result()
-
-
-def _done(outcome: Outcome) -> Future:
-    fut: Future = Future()
-    fut.set_result(outcome)
-    return fut
 
 
 def _prepare_out(out: Path, fp: str, overwrite: bool) -> None:
@@ -351,48 +349,36 @@ def _resolve_classes(ds: Dataset, classes: str | os.PathLike | list[str] | None)
     return list(classes) if isinstance(classes, list) else mf.read_class_file(Path(classes))
 
 
-def _encode_all(todo: list[tuple[int, WorkItem]], run: _Run, s: EncodeSettings, *, workers: int,
-                timeout: float, min_frames: int, progress: bool) -> int:
-    """Encode `todo` on `workers` threads and feed results to `run` in input order; return how many inputs
-    ffmpeg encoded in this call (not those reused from staging or rejected before encoding)."""
+def _encode_all(todo: list[tuple[int, WorkItem]], run: _Run, engine, *, progress: bool) -> int:
+    """Encode `todo` on `engine` and feed results to `run` in input order; return how many inputs ffmpeg
+    encoded in this call (not those reused from staging or rejected before encoding)."""
     from tqdm import tqdm
-
-    staging = str(run.out / mf.STAGING)
-    # Threads, not processes: the work happens in ffmpeg subprocesses, and the Python side
-    # (probe, hash) is small. No pickling, no spawn rules for callers' scripts.
-    pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 and len(todo) > 1 else None
 
     def submit(item: WorkItem) -> Future:
         early = reject_without_encoding(item)
         if early is None and item.class_name not in run.labels:
             early = Outcome(item.key, reason="unknown_class",
                             message=f"class {item.class_name!r} is not in the class list; pass the full list with --classes")
-        if early is not None:
-            return _done(early)
-        if pool is None:
-            return _done(encode_item(item, s, staging, timeout, min_frames))
-        return pool.submit(encode_item, item, s, staging, timeout, min_frames)
+        return done(early) if early is not None else engine.submit(item)
 
-    bar = tqdm(total=len(todo), unit="video", disable=not progress, dynamic_ncols=True, desc="shard")
+    desc = "shard" if engine.name == "local" else f"shard ({engine.name}, {engine.workers} CPUs)"
+    bar = tqdm(total=len(todo), unit="video", disable=not progress, dynamic_ncols=True, desc=desc)
     encoded = 0
+    failed = False
     try:
-        for ordinal, item, outcome in ordered(todo, submit, window=max(4, workers * 8)):
+        for ordinal, item, outcome in ordered(todo, submit, window=engine.window):
             encoded += outcome.fresh
             run.take(ordinal, item, outcome)
             bar.update(1)
             bar.set_postfix(rejected=run.rejected_count, refresh=False)
         run.finish()
     except BaseException:
+        failed = True
         run.abort()
-        if pool is not None:
-            # Let running encodes finish (Ctrl-C has already stopped their ffmpeg): a caller that
-            # retries in this process must not race with them over the same staged files.
-            pool.shutdown(wait=True, cancel_futures=True)
         raise
     finally:
         bar.close()
-        if pool is not None:
-            pool.shutdown(wait=True)
+        engine.close(failed)
     return encoded
 
 
@@ -446,6 +432,8 @@ def shard_dataset(
     overwrite: bool = False,
     progress: bool = False,
     work: str | os.PathLike | None = None,
+    engine: str = "local",
+    ray_address: str | None = None,
 ) -> ShardReport:
     """Transcode every video under `src` into WebDataset shards in `out`; resumable, deterministic.
 
@@ -459,6 +447,10 @@ def shard_dataset(
     `RejectedInputsError` (after writing everything) if any input was rejected; partly decodable
     inputs (far fewer frames than their container claims) are then rejected too, where otherwise
     they are sharded and listed in `warnings.jsonl`.
+
+    `engine="ray"` runs the encodes as tasks of the Ray cluster at `ray_address` (else $RAY_ADDRESS, else a
+    local Ray started for the call; see `pipeline.shard.engines`); the outputs are byte for byte those of
+    `engine="local"`. One run writes to an output at a time (`pipeline.shard.lock`): a second is refused.
     """
     t0 = time.perf_counter()
     if not storage.is_remote(out) and Path(out).exists() and not Path(out).is_dir():
@@ -469,13 +461,32 @@ def shard_dataset(
         raise ShardingError(f"{exe} has no {s.encoder} encoder; install an ffmpeg built with it or set TPN_FFMPEG")
     if shard_size < 1 or (shard_samples is not None and shard_samples < 1) or min_frames < 1:
         raise ValueError("shard_size, shard_samples and min_frames must be >= 1")
-    ds = scan(src, layout, split=split, annotations=[Path(a) for a in annotations or []] or None, seed=seed)
+    scanner = scan_url if storage.is_remote(src) else scan  # a URL source: see pipeline.shard.source
+    ds = scanner(src, layout, split=split, annotations=[Path(a) for a in annotations or []] or None, seed=seed)
     # strict is not in the fingerprint: re-running a finished set with strict=True checks it. Partly
     # decodable inputs that run meets are rejected; ones an earlier run sharded fail the check below.
     plan = _plan(ds, s, classes, parse_part(part), min_frames=min_frames, shard_size=shard_size,
                  shard_samples=shard_samples, seed=seed, timeout=timeout)
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     remote = str(out) if storage.is_remote(out) else None
     out = Path(work or default_work_dir(remote)).resolve() if remote else Path(out).resolve()
+    # The engine first: an unreachable cluster is refused before anything is written.
+    runner = make_engine(engine, out / mf.STAGING, s, timeout, min_frames, workers=workers, items=len(plan.items),
+                         ray_address=ray_address)
+    try:
+        locks = [OutputLock(where) for where in ([out, remote] if remote else [out])]
+        out.mkdir(parents=True, exist_ok=True)
+        with locks[0], (locks[1] if remote else contextlib.nullcontext()):
+            return _shard_locked(plan, out, remote, runner, s, overwrite=overwrite, strict=strict, progress=progress,
+                                 shard_size=shard_size, shard_samples=shard_samples, t0=t0)
+    finally:
+        runner.close()
+
+
+def _shard_locked(plan: _Plan, out: Path, remote: str | None, runner, s: EncodeSettings, *, overwrite: bool,
+                  strict: bool, progress: bool, shard_size: int, shard_samples: int | None, t0: float) -> ShardReport:
+    """The run itself, holding the output's lock."""
     if remote:
         _check_remote_out(remote, plan.fingerprint, overwrite)
     _prepare_out(out, plan.fingerprint, overwrite)
@@ -484,15 +495,15 @@ def shard_dataset(
         if strict and (finished.rejected or finished.warnings):
             raise RejectedInputsError(finished)
         return finished
-    done = _restore(out, plan.fingerprint, remote)
-    resumed = sum(len(sp.shards) for sp in done.values())
-    todo = [(n, it) for n, it in enumerate(plan.items) if n > done.get(it.split, SplitProgress()).through]
+    kept = _restore(out, plan.fingerprint, remote)
+    resumed = sum(len(sp.shards) for sp in kept.values())
+    todo = [(n, it) for n, it in enumerate(plan.items) if n > kept.get(it.split, SplitProgress()).through]
     (out / mf.STAGING).mkdir(exist_ok=True)
-    run = _Run(out, s, {c: i for i, c in enumerate(plan.classes)}, done, plan.fingerprint, shard_size, shard_samples,
+    run = _Run(out, s, {c: i for i, c in enumerate(plan.classes)}, kept, plan.fingerprint, shard_size, shard_samples,
                strict, remote)
-    n_workers = max(1, workers or len(os.sched_getaffinity(0)))
-    encoded = _encode_all(todo, run, s, workers=n_workers, timeout=timeout, min_frames=min_frames, progress=progress)
-    report = _finalize(out, run, plan, t0, {"workers": n_workers, "resumed_shards": resumed, "encoded": encoded})
+    encoded = _encode_all(todo, run, runner, progress=progress)
+    report = _finalize(out, run, plan, t0, {"engine": runner.name, "workers": runner.workers,
+                                            "resumed_shards": resumed, "encoded": encoded})
     if remote:
         for name in (mf.CLASSES, mf.REJECTED, mf.WARNINGS, mf.MANIFEST):  # the manifest last: the set is complete
             storage.upload(out / name, str(storage.join(remote, name)))

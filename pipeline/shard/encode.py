@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from pipeline.ffmpeg import (
 from pipeline.errors import ShardingError
 from pipeline.jpeg import JpegError, decode_check
 from pipeline.layouts import WorkItem, frames_pattern
+from pipeline.shard.source import fetched
 from pipeline.fileio import atomic_write_text, temp_path
 
 
@@ -105,44 +107,96 @@ def load_staged(staging: Path, key: str, s: EncodeSettings) -> Outcome | None:
     return outcome
 
 
+class StagedOutputLost(ShardingError):
+    """Our own encoded file could not be read back (removed under us): never the input's fault."""
+
+
 def encode_item(item: WorkItem, s: EncodeSettings, staging: str, timeout: float, min_frames: int) -> Outcome:
     """Transcode `item` into `staging` (reusing a staged result) and return the outcome."""
     staging_dir = Path(staging)
     cached = load_staged(staging_dir, item.key, s)
     if cached is not None:
         return cached
-    video, record = _staged(staging_dir, item.key, s)
     tmp = temp_path(staging_dir / item.key, f".{s.ext}")
     try:
-        outcome = _encode(item, s, tmp, timeout, min_frames)
-        if outcome.ok:
-            os.replace(tmp, video)
-            outcome.video = str(video)
-    except FFmpegError as err:
-        outcome = Outcome(item.key, reason=err.reason, message=err.message)
+        return stage(staging_dir, s, outcome_of(item, s, tmp, timeout, min_frames), tmp)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def encode_to_bytes(item: WorkItem, s: EncodeSettings, timeout: float, min_frames: int) -> tuple[Outcome, bytes | None]:
+    """Transcode `item` in a private temp folder of this machine: (outcome, encoded bytes when it is ok).
+
+    What a remote worker (`pipeline.shard.engines`) runs: the driver stages the bytes with `stage`.
+    """
+    with tempfile.TemporaryDirectory(prefix="tpn-shard-") as folder:
+        tmp = Path(folder) / f"encoded.{s.ext}"
+        outcome = outcome_of(item, s, tmp, timeout, min_frames)
+        return outcome, (tmp.read_bytes() if outcome.ok else None)
+
+
+def outcome_of(item: WorkItem, s: EncodeSettings, tmp: Path, timeout: float, min_frames: int) -> Outcome:
+    """Encode `item` to `tmp`: its outcome, a rejection when the input is at fault.
+
+    An encoded file that vanished before it was read back is encoded once more
+    (another process cleaned the folder?); a second loss stops the run, naming
+    the input, with nothing recorded for it.
+    """
+    for attempt in (1, 2):
+        try:
+            return _encode(item, s, tmp, timeout, min_frames)
+        except FFmpegError as err:
+            return Outcome(item.key, reason=err.reason, message=err.message)
+        except StagedOutputLost:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def stage(staging: Path, s: EncodeSettings, outcome: Outcome, encoded: Path | None) -> Outcome:
+    """Move an encoded file (when the outcome is ok) to its staged name, then write the record (last,
+    atomically): a resumed run reuses both."""
+    video, record = _staged(staging, outcome.key, s)
+    if outcome.ok:
+        os.replace(encoded, video)
+        outcome.video = str(video)
     atomic_write_text(record, json.dumps({k: v for k, v in asdict(outcome).items() if k != "fresh"}), durable=False)
     outcome.fresh = True
     return outcome
 
 
 def _encode(item: WorkItem, s: EncodeSettings, tmp: Path, timeout: float, min_frames: int) -> Outcome:
+    with fetched(item) as local:  # an object-storage input is fetched to this machine first
+        try:
+            return _encode_local(local, s, tmp, timeout, min_frames)
+        except FFmpegError as err:
+            # ffmpeg names its input by the path it was given: say the input's own name instead, so that a
+            # rejection reads the same whichever machine, folder or engine encoded it
+            raise FFmpegError(err.reason, err.message.replace(local.path, item.rel)) from None
+
+
+def _encode_local(item: WorkItem, s: EncodeSettings, tmp: Path, timeout: float, min_frames: int) -> Outcome:
     src = source_spec(item)
     copied = copyable_frames(src, s)
     log = run_ffmpeg(copy_frames_argv(src, tmp) if copied else transcode_argv(src, tmp, s), timeout)
-    if not tmp.is_file():  # our own staged file went away (another run on this output?): not the input's fault
-        raise ShardingError(f"the staged output of {item.rel} ({tmp}) vanished after ffmpeg wrote it: is another "
-                            "pipeline.shard writing to the same --out? Nothing was recorded for this input; rerun")
+    lost = StagedOutputLost(f"the encoded output of {item.rel} ({tmp}) vanished after ffmpeg wrote it: is another "
+                            "process cleaning that folder? Nothing was recorded for this input; rerun")
+    if not tmp.is_file():
+        raise lost
     try:
         info = probe_encoded(tmp)
     except FFmpegError:
         raise
     except Exception as err:  # PyAV raises its own error family
+        if not tmp.is_file():
+            raise lost from None
         raise FFmpegError("ffmpeg_error", f"encoded output of {item.rel} cannot be read back: {err}") from None
     if info.frames < min_frames:
         raise FFmpegError("too_short", f"{item.rel} has {info.frames} frame(s); at least {min_frames} are needed")
-    data = tmp.read_bytes()
+    try:
+        data = tmp.read_bytes()
+    except FileNotFoundError:
+        raise lost from None
     return Outcome(
         item.key,
         frames=info.frames,
