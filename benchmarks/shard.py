@@ -9,6 +9,14 @@ reported, and CPU seconds (this process plus its ffmpeg children) beside wall
 time, because CPU time is far less sensitive to other load.
 
 Goal: shard wall time <= 1.10x plain ffmpeg.
+
+With `--ray` (needs the `[cluster]` extra) two more contenders run in the
+same rounds, on Ray clusters started on this machine (`ray.cluster_utils.Cluster`,
+separate raylets, node k pinned to core k): `--engine ray` on one node of one
+CPU and on two nodes of one CPU each. Goals: two nodes >= 1.8x one node's videos/s, and Ray on two
+nodes of one CPU within 1.10x the wall time of the local engine on two
+workers (equal cores). Every round checks that both engines wrote the same bytes.
+
 Results: benchmarks/results/shard-<date>-<device>.json and .png.
 """
 
@@ -34,6 +42,8 @@ from pipeline.shard import shard_dataset
 from pipeline.synth import make_dataset
 
 GOAL = 1.10
+RAY_SCALING_GOAL = 1.8  # two nodes of one CPU vs one
+RAY_OVERHEAD_GOAL = 1.10  # ray wall / local wall at equal cores
 
 
 def cpu_seconds() -> float:
@@ -63,13 +73,49 @@ def plain_ffmpeg(src: Path, dst: Path, settings: EncodeSettings, workers: int) -
         list(pool.map(one, items))
 
 
+def ray_clusters(nodes: tuple[int, ...]) -> dict[str, object]:
+    """One local Ray cluster per entry of `nodes`, each of that many nodes of one CPU.
+
+    Ray's `num_cpus` is a count for its scheduler, not a limit: an ffmpeg on a "one-CPU" node would use
+    every core of this machine. So node k's processes (raylet, workers, their ffmpeg) are started
+    pinned to core k: they inherit the affinity of the thread that starts them. The driver (this
+    process) runs on all cores, as on a real head machine.
+    """
+    from ray.cluster_utils import Cluster
+
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < max(nodes):
+        raise SystemExit(f"--ray needs {max(nodes)} cores to give each node its own; this machine has {len(cores)}")
+    clusters = {}
+    try:
+        for n in nodes:
+            os.sched_setaffinity(0, {cores[0]})
+            c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+            for k in range(1, n):
+                os.sched_setaffinity(0, {cores[k]})
+                c.add_node(num_cpus=1)
+            c.wait_for_nodes()
+            clusters[f"ray{n}"] = c
+    finally:
+        os.sched_setaffinity(0, set(cores))
+    return clusters
+
+
+def same_bytes(a: Path, b: Path) -> bool:
+    """Both runs wrote the same shards, indices and lists."""
+    names = sorted(p.name for p in a.iterdir() if p.is_file() and p.name != "manifest.json")
+    return names == sorted(p.name for p in b.iterdir() if p.is_file() and p.name != "manifest.json") and all(
+        (a / n).read_bytes() == (b / n).read_bytes() for n in names)
+
+
 def run(args: argparse.Namespace) -> dict:
     data = args.data or Path(tempfile.gettempdir()) / "tpn-bench-shard-src"
     make_dataset(data, classes=args.classes, train_per_class=args.videos_per_class, val_per_class=0,
-                 frames=args.frames, size=args.size, seed=0)
+                 frames=args.frames, size=args.size, seed=0, grain=args.grain)
     videos = args.classes * args.videos_per_class
     settings = EncodeSettings(codec=args.codec, short_side=args.short_side)
     scratch = Path(tempfile.mkdtemp(prefix="tpn-bench-shard-"))
+    clusters = ray_clusters((1, 2)) if args.ray else {}
     rounds = []
     try:
         for r in range(args.rounds):
@@ -78,21 +124,36 @@ def run(args: argparse.Namespace) -> dict:
                 "shard": lambda: shard_dataset(data, scratch / f"shard{r}", codec=args.codec,
                                                short_side=args.short_side, workers=args.workers),
             }
-            order = ["plain", "shard"] if r % 2 == 0 else ["shard", "plain"]  # neither always goes first
+            for name, c in clusters.items():
+                runs[name] = (lambda name=name, c=c: shard_dataset(
+                    data, scratch / f"{name}-{r}", codec=args.codec, short_side=args.short_side, engine="ray",
+                    ray_address=c.address))
+            order = list(runs) if r % 2 == 0 else list(reversed(runs))  # none always goes first
             got = {name: measure(runs[name]) for name in order}
-            plain, shard = got["plain"], got["shard"]
-            rounds.append({"plain_wall_s": plain[0], "plain_cpu_s": plain[1],
-                           "shard_wall_s": shard[0], "shard_cpu_s": shard[1]})
-            print(f"round {r + 1}/{args.rounds}: plain {plain[0]:.2f} s, shard {shard[0]:.2f} s "
-                  f"(ratio {shard[0] / plain[0]:.3f})", flush=True)
-            shutil.rmtree(scratch / f"plain{r}")
-            shutil.rmtree(scratch / f"shard{r}")
+            row = {f"{name}_{k}": v for name, (wall, cpu) in got.items() for k, v in (("wall_s", wall), ("cpu_s", cpu))}
+            for name in clusters:
+                row[f"{name}_same_bytes"] = same_bytes(scratch / f"{name}-{r}", scratch / f"shard{r}")
+            rounds.append(row)
+            print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{n} {got[n][0]:.2f} s" for n in runs), flush=True)
+            for path in scratch.iterdir():
+                shutil.rmtree(path)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    med = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
-    return {
+        for c in clusters.values():
+            c.shutdown()
+    med = {k: statistics.median(r[k] for r in rounds) for k in rounds[0] if not k.endswith("same_bytes")}
+    ray_rows = {}
+    if clusters:
+        ray_rows = {
+            "ray1_videos_per_s": videos / med["ray1_wall_s"], "ray2_videos_per_s": videos / med["ray2_wall_s"],
+            "ray_scaling": statistics.median(r["ray1_wall_s"] / r["ray2_wall_s"] for r in rounds),
+            "ray_vs_local_wall": statistics.median(r["ray2_wall_s"] / r["shard_wall_s"] for r in rounds),
+            "ray_same_bytes": all(r[f"{n}_same_bytes"] for r in rounds for n in clusters),
+            "goal_ray_scaling": RAY_SCALING_GOAL, "goal_ray_vs_local_wall": RAY_OVERHEAD_GOAL,
+        }
+    return {**ray_rows,
         "config": {"videos": videos, "frames": args.frames, "size": list(args.size), "workers": args.workers,
-                   "rounds": args.rounds, "settings": settings.to_json()},
+                   "rounds": args.rounds, "settings": settings.to_json(), "grain": args.grain, "ray": args.ray},
         "rounds": rounds,
         "median": med,
         "plain_videos_per_s": videos / med["plain_wall_s"],
@@ -115,6 +176,14 @@ def table(res: dict) -> str:
     lines = [f"{a:<16} {b:>13} {c:>15} {d:>12}" for a, b, c, d in rows]
     verdict = "meets" if res["ratio_wall"] <= GOAL else "misses"
     lines.append(f"goal: shard wall <= {GOAL:.2f}x plain ffmpeg -> {res['ratio_wall']:.3f}x, {verdict} it")
+    if "ray_scaling" in res:
+        lines.append(f"--engine ray: 1 node x 1 CPU {res['ray1_videos_per_s']:.2f} videos/s, 2 nodes x 1 CPU "
+                     f"{res['ray2_videos_per_s']:.2f} videos/s; same bytes as local: {res['ray_same_bytes']}")
+        for name, value, goal, better in (("2 nodes / 1 node videos/s", res["ray_scaling"], RAY_SCALING_GOAL, ">="),
+                                          ("ray wall / local wall (2 CPUs)", res["ray_vs_local_wall"],
+                                           RAY_OVERHEAD_GOAL, "<=")):
+            met = value >= goal if better == ">=" else value <= goal
+            lines.append(f"goal: {name} {better} {goal:.2f} -> {value:.3f}, {'meets' if met else 'misses'} it")
     return "\n".join(lines)
 
 
@@ -145,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--codec", choices=("vp9", "h264"), default="vp9", help="output codec")
     p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), help="parallel ffmpeg runs")
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds (medians reported)")
+    p.add_argument("--grain", type=float, default=6.0, help="camera-like grain of the synthetic sources (0: smooth)")
+    p.add_argument("--ray", action="store_true",
+                   help="also --engine ray on local Ray clusters of 1 and 2 one-CPU nodes (needs the [cluster] extra)")
     p.add_argument("--data", type=Path, default=None, help="where to keep the synthetic source videos")
     p.add_argument("--name", default=None, help="results name under benchmarks/results/ (default: shard-<date>-cpu<cores>)")
     return p

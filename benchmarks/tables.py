@@ -42,6 +42,20 @@ def shard_table(d: dict) -> list[str]:
         f"| videos/s | {_f(d['plain_videos_per_s'])} | {_f(d['shard_videos_per_s'])} | |",
         f"| wall s (median) | {_f(m['plain_wall_s'])} | {_f(m['shard_wall_s'])} | **{_f(d['ratio_wall'], 3)}** (goal <= {d['goal_ratio_wall']}) |",
         f"| CPU s (median) | {_f(m['plain_cpu_s'])} | {_f(m['shard_cpu_s'])} | {_f(d['ratio_cpu'], 3)} |",
+        *(_ray_rows(d) if "ray_scaling" in d else []),
+    ]  # fmt: skip
+
+
+def _ray_rows(d: dict) -> list[str]:
+    """`--engine ray` on local clusters of one-CPU nodes (wall only: its encodes run in the nodes' processes)."""
+    m = d["median"]
+    same = "same bytes as the local engine" if d["ray_same_bytes"] else "**bytes differ from the local engine**"
+    return [
+        "",
+        "| --engine ray (nodes of 1 CPU) | 1 node | 2 nodes | ratio |",
+        "|---|---|---|---|",
+        f"| videos/s | {_f(d['ray1_videos_per_s'])} | {_f(d['ray2_videos_per_s'])} | **{_f(d['ray_scaling'], 3)}** 2 / 1 node (goal >= {d['goal_ray_scaling']}) |",
+        f"| wall s (median) | {_f(m['ray1_wall_s'])} | {_f(m['ray2_wall_s'])} | **{_f(d['ray_vs_local_wall'], 3)}** 2 nodes / local engine on 2 workers (goal <= {d['goal_ray_vs_local_wall']}); {same} |",
     ]  # fmt: skip
 
 
