@@ -7,7 +7,8 @@ training clips at 224 with the recipe's augmentation, batch 8:
 
 | contender | reads | decodes and augments |
 |---|---|---|
-| frames | frame shards | `ClipLoader` default on a CPU: libjpeg-turbo + OpenCV in host threads |
+| frames | frame shards | `ClipLoader` default on a CPU: libjpeg-turbo (the crop's window) + OpenCV in host threads |
+| frames-whole | frame shards | the same, decoding whole frames (simplejpeg): what window decoding buys |
 | frames-dali | frame shards | `ClipLoader` decoder="cpu": DALI's CPU operators |
 | rawframes | `img_00001.jpg` folders | mmaction2-style: DataLoader, one worker per core, OpenCV |
 | vp9 | VP9 shards | `ClipLoader` default on a CPU: PyAV + OpenCV in host threads |
@@ -53,7 +54,8 @@ from pipeline.cli import add_loader_device_arg
 from pipeline.shardset import ShardSet
 
 CONFIGS = {"8x8": (8, 8), "16x4": (16, 4), "32x2": (32, 2)}
-CONTENDERS = ("frames", "frames-dali", "rawframes", "vp9", "vp9-dali", "decord")
+CONTENDERS = ("frames", "frames-whole", "frames-dali", "rawframes", "vp9", "vp9-dali", "decord")
+SHARD_CONTENDERS = ("frames", "frames-whole", "frames-dali", "vp9", "vp9-dali")
 HOST_AHEAD = 3  # batches the host backend keeps in flight (prefetch 2 + 1)
 DALI_PREFETCH = 2  # ClipLoader's default prefetch depth
 
@@ -209,9 +211,10 @@ def spec_of(config: str, **changes) -> ClipSpec:
 
 def batches_of(who: str, paths: dict[str, Path], spec: ClipSpec, s: Settings):
     """An endless stream of training batches from contender `who`."""
-    if who in ("frames", "frames-dali", "vp9", "vp9-dali"):
-        from pipeline import ClipLoader
+    if who in SHARD_CONTENDERS:
+        from pipeline import ClipLoader, host
 
+        host.WINDOW_DECODE = who != "frames-whole" and host._jpegwindow is not None  # read as frames decode
         shards = paths["jpeg" if who.startswith("frames") else "vp9"]
         decoder = "cpu" if who.endswith("-dali") else "auto"
         loader = ClipLoader(shards, spec, batch_size=s.batch_size, device=s.device, num_threads=s.workers,
@@ -243,7 +246,7 @@ def is_worker(who: str, name: str, in_child: bool, key: tuple[int, int]) -> bool
     """The threads that do a contender's work: DALI's pool, the host's decode threads, DataLoader workers."""
     if who.endswith("-dali"):
         return name.startswith("[DALI][TP")
-    if who in ("frames", "vp9"):
+    if who in ("frames", "frames-whole", "vp9"):
         return name.startswith("host-decode")
     return in_child and key[0] == key[1]
 
@@ -289,7 +292,7 @@ def measure(batches, who: str, s: Settings, warmup: int, epoch_batches: int | No
 
 def run_contender(who: str, paths: dict[str, Path], spec: ClipSpec, s: Settings, videos: int) -> dict:
     """One timed window of `who`; a contender that cannot run says why instead of stopping the benchmark."""
-    epoch = videos // s.batch_size if who in ("frames", "frames-dali", "vp9", "vp9-dali") else None  # peers stream
+    epoch = videos // s.batch_size if who in SHARD_CONTENDERS else None  # peers stream
     try:
         gen = batches_of(who, paths, spec, s)
         try:
@@ -304,6 +307,7 @@ def run_contender(who: str, paths: dict[str, Path], spec: ClipSpec, s: Settings,
 
 
 RATIOS = {"frames_vs_rawframes": ("frames", "rawframes"), "frames_vs_frames_dali": ("frames", "frames-dali"),
+          "frames_vs_frames_whole": ("frames", "frames-whole"),
           "vp9_vs_decord": ("vp9", "decord"), "vp9_vs_vp9_dali": ("vp9", "vp9-dali")}  # fmt: skip
 
 
@@ -374,11 +378,12 @@ test_mode.__test__ = False  # a benchmark step, not a test
 
 
 def breakdown(paths: dict[str, Path], s: Settings, clips: int = 24) -> dict:
-    """Where the host path's time goes at 8x8, one thread: ms per frame of each step, ms per batch of planning
+    """Where the host path's time goes at 8x8, one thread: ms per frame of each step (decode: of the crop's
+    window where `pipeline._jpegwindow` is built, and of the whole frame beside it), ms per batch of planning
     and reading, and ms per clip of video decoding."""
     import cv2
 
-    from pipeline import ClipLoader
+    from pipeline import ClipLoader, host
     from pipeline.colour import jitter_matrix, normalise_matrix
     from pipeline.host import RgbPicture, video_picture
     from pipeline.pyav import decoded_frames
@@ -387,7 +392,8 @@ def breakdown(paths: dict[str, Path], s: Settings, clips: int = 24) -> dict:
     spec = spec_of("8x8")
     normalise = normalise_matrix(spec.mean, spec.std)
     steps = {k: 0.0 for k in ("decode", "crop_resize_flip", "colour", "normalise")}
-    frames = 0
+    frames, whole_s = 0, 0.0
+    window = host._jpegwindow is not None
     with ClipLoader(paths["jpeg"], spec, batch_size=s.batch_size, device="cpu") as loader:
         data = loader.data
         t0 = time.perf_counter()
@@ -403,8 +409,11 @@ def breakdown(paths: dict[str, Path], s: Settings, clips: int = 24) -> dict:
             b, m = plan.train.box, jitter_matrix(plan.train.jitter)
             h, w = data.frame_size(plan.index)
             for jpeg in images:
+                t0 = time.perf_counter()
+                whole = RgbPicture(simplejpeg.decode_jpeg(jpeg, colorspace="RGB"), h, w)
                 t = [time.perf_counter()]
-                picture = RgbPicture(simplejpeg.decode_jpeg(jpeg, colorspace="RGB"), h, w)
+                whole_s += t[0] - t0
+                picture = host.window_picture(jpeg, (b.y, b.x, b.y + b.h, b.x + b.w), 1, h, w) if window else whole
                 t.append(time.perf_counter())
                 x = picture.resize((b.y, b.x, b.y + b.h, b.x + b.w), (spec.crop_size, spec.crop_size), flip=True)
                 t.append(time.perf_counter())
@@ -417,7 +426,8 @@ def breakdown(paths: dict[str, Path], s: Settings, clips: int = 24) -> dict:
                     steps[name] += t[k + 1] - t[k]
                 frames += 1
     result = {f"frames_{k}_ms_per_frame": 1000 * v / frames for k, v in steps.items()}
-    result.update({"frames_plan_ms_per_batch": plan_ms, "frames_read_ms_per_batch": read_ms})
+    result.update({"frames_decode_whole_ms_per_frame": 1000 * whole_s / frames, "frames_decode_window": window,
+                   "frames_plan_ms_per_batch": plan_ms, "frames_read_ms_per_batch": read_ms})
     with ClipLoader(paths["vp9"], spec, batch_size=s.batch_size, device="cpu") as loader:
         data, decode_s, convert_s, decoded = loader.data, 0.0, 0.0, 0
         keys = {}
@@ -461,7 +471,10 @@ def run(s: Settings, name: str | None = None) -> dict:
     data = ShardSet.open(paths["jpeg"])
     jpegs = sample_jpegs(data)
     rows = [bench_config(config, paths, jpegs, s, len(data)) for config in s.configs]
-    payload = {"settings": {**asdict(s), "data": str(s.data)}, "videos": len(data), "results": rows}
+    from pipeline import host
+
+    payload = {"settings": {**asdict(s), "data": str(s.data)}, "videos": len(data), "results": rows,
+               "host_window_decode": host._jpegwindow is not None}
     if not s.tiny:
         payload["test_mode"] = test_mode(paths, s)
         payload["breakdown"] = breakdown(paths, s)

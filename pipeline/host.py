@@ -3,11 +3,15 @@
 Per frame it does what the DALI graphs do (`pipeline.dali_frames`,
 `pipeline.dali_video`), with the operators a CPU runs fastest:
 
-1. decode: a frame shard's JPEG with libjpeg-turbo (`simplejpeg`; where the
-   crop box is at least twice the output on both sides, libjpeg-turbo's
-   DCT-domain scaling decodes it at 1/2, 1/4 or 1/8 size directly); a
-   video's sampled frames with PyAV (libavcodec, from the keyframe before
-   the first one; only the sampled frames are kept);
+1. decode: a frame shard's JPEG with libjpeg-turbo. A training frame decodes
+   only the window its crop box needs (`pipeline._jpegwindow`: rows above it
+   skipped, rows below it never decoded, columns cut to the iMCU columns that
+   cover it; the window's pixels are those of a full decode), and where the
+   box is at least twice the output on both sides, at 1/2, 1/4 or 1/8 size by
+   DCT-domain scaling. Without the compiled module (`WINDOW_DECODE` False),
+   and for test views, whole frames decode with `simplejpeg`. A video's
+   sampled frames decode with PyAV (libavcodec, from the keyframe before the
+   first one; only the sampled frames are kept);
 2. resample the crop box to the output on uint8, mirrored when the clip is
    flipped (`cv2.warpAffine`, bilinear, pixel centres mapped as DALI's
    `fn.resize` with antialias off maps them); a 4:2:0 video frame stays in
@@ -49,6 +53,11 @@ import numpy as np
 import simplejpeg
 import torch
 
+try:
+    from pipeline import _jpegwindow
+except ImportError:  # built at install where a C compiler and libjpeg-turbo's headers are present (setup.py)
+    _jpegwindow = None
+
 from pipeline.clip import ClipSpec
 from pipeline.colour import compose, jitter_matrix, normalise_matrix, yuv_to_rgb_matrix
 from pipeline.errors import VERIFY_HINT, DataError
@@ -58,6 +67,10 @@ from pipeline.shardset import ShardSet
 
 # OpenCV would split each small resize over its own thread pool; the loader's threads are the parallelism.
 cv2.setNumThreads(1)
+
+# Training frames of frame shards decode only their crop's window (module docstring); False: whole frames.
+WINDOW_DECODE = _jpegwindow is not None
+WINDOW_MARGIN = 2  # pixels decoded around the box: the bilinear taps at its edge read one pixel past it
 
 
 @dataclass
@@ -155,7 +168,7 @@ class HostClips:
         view, size = plan.train, self.spec.crop_size
         box = view.box
         jitter = jitter_matrix(view.jitter) if view.jitter is not None else None
-        for k, picture in enumerate(self._pictures(encoded, plan, unique, box_side=min(box.h, box.w), out_side=size)):
+        for k, picture in enumerate(self._pictures(encoded, plan, unique, box=box, out_side=size)):
             x = picture.resize((box.y, box.x, box.y + box.h, box.x + box.w), (size, size), flip=view.flip)
             colour = _colour_map(jitter, picture.colour)
             if colour is not None:
@@ -185,13 +198,13 @@ class HostClips:
                     v = c * len(self.flips) + i
                     _write(x, self.normalise, [out[clip, v, f] for clip, f in where])
 
-    def _pictures(self, encoded, plan: SamplePlan, unique: np.ndarray, box_side: int = 0,
+    def _pictures(self, encoded, plan: SamplePlan, unique: np.ndarray, box=None,
                   out_side: int = 0) -> Iterator[Picture]:
-        """The distinct frames `unique`, in order, decoded as late as possible."""
+        """The distinct frames `unique`, in order, decoded as late as possible (a frame shard's training
+        frames: only the window `box` needs, at the smallest DCT scale that keeps it `out_side` wide)."""
         if self.data.is_frames:
-            height, width = self.data.frame_size(plan.index)
             for frame, jpeg in zip(unique, encoded):
-                yield RgbPicture(self._decode_jpeg(jpeg, plan, int(frame), box_side, out_side), height, width)
+                yield self._decode_jpeg(jpeg, plan, int(frame), box, out_side)
             return
         try:
             frames = decoded_frames(encoded, unique)
@@ -203,15 +216,20 @@ class HostClips:
             ) from err
         yield from pictures
 
-    def _decode_jpeg(self, jpeg: bytes, plan: SamplePlan, frame: int, box_side: int, out_side: int) -> np.ndarray:
-        """RGB uint8; at 1/2, 1/4 or 1/8 size where the box stays at least `out_side` (DCT-domain scaling)."""
-        scale = {}
-        if out_side and box_side >= 2 * out_side:
-            height, width = self.data.frame_size(plan.index)
-            factor = box_side / out_side
-            scale = {"min_height": math.ceil(height / factor), "min_width": math.ceil(width / factor), "min_factor": 2}
+    def _decode_jpeg(self, jpeg: bytes, plan: SamplePlan, frame: int, box, out_side: int) -> RgbPicture:
+        """The frame, or with a `box` the window of it the box needs, at 1/2, 1/4 or 1/8 size where the box
+        stays at least `out_side` wide (DCT-domain scaling)."""
+        height, width = self.data.frame_size(plan.index)
         try:
-            return simplejpeg.decode_jpeg(jpeg, colorspace="RGB", **scale)
+            if box is None:
+                return RgbPicture(simplejpeg.decode_jpeg(jpeg, colorspace="RGB"), height, width)
+            denom = dct_denominator(min(box.h, box.w), out_side)
+            if WINDOW_DECODE:
+                return window_picture(jpeg, (box.y, box.x, box.y + box.h, box.x + box.w), denom, height, width)
+            scale = {}
+            if denom > 1:
+                scale = {"min_height": -(-height // denom), "min_width": -(-width // denom), "min_factor": denom}
+            return RgbPicture(simplejpeg.decode_jpeg(jpeg, colorspace="RGB", **scale), height, width)
         except ValueError as err:
             raise DataError(
                 f"could not decode {self.data.where(plan.index)}, frame {frame} ({err}); "
@@ -243,21 +261,48 @@ class Picture:
 
 
 class RgbPicture(Picture):
-    """An RGB image, possibly decoded at a reduced size (DCT scaling) of a `height` x `width` frame."""
+    """An RGB image of a `height` x `width` frame: the whole frame, possibly decoded at a reduced size
+    (DCT scaling, `scale` = (image rows / frame rows, columns / columns)), or a window of it whose
+    top-left pixel is `origin` = (row, column) of the scaled frame."""
 
-    def __init__(self, image: np.ndarray, height: int, width: int):
+    def __init__(self, image: np.ndarray, height: int, width: int, scale: tuple[float, float] | None = None,
+                 origin: tuple[int, int] | None = None):
         self.image, self.height, self.width = image, height, width
+        self.window, self.origin = origin is not None, origin or (0, 0)
+        self.scale = scale or (image.shape[0] / height, image.shape[1] / width)
 
     def resize(self, box, size, flip=False):
         image = self.image
-        if image.shape[:2] == size and tuple(box) == (0, 0, *size) and not flip:
+        if image.shape[:2] == size and tuple(box) == (0, 0, *size) and not flip and not self.window:
             return image
-        return _warp(image, box, size, image.shape[0] / self.height, image.shape[1] / self.width, flip)
+        return _warp(image, box, size, *self.scale, flip, origin=self.origin)
 
     def rgb(self):
+        if self.window:
+            raise ValueError("a window of a frame has no whole frame to convert")
         if self.image.shape[:2] != (self.height, self.width):
             return self.resize((0, 0, self.height, self.width), (self.height, self.width))
         return self.image
+
+
+def dct_denominator(box_side: float, out_side: int) -> int:
+    """The largest of 1, 2, 4, 8 that keeps the box at least `out_side` wide once scaled by 1/it."""
+    if not out_side:
+        return 1
+    return next(d for d in (8, 4, 2, 1) if d == 1 or box_side >= d * out_side)
+
+
+def window_picture(jpeg: bytes, box: tuple[float, float, float, float], denom: int, height: int,
+                   width: int) -> RgbPicture:
+    """The part of a `height` x `width` JPEG frame that resampling `box` = (y0, x0, y1, x1) reads, decoded at
+    1/denom (libjpeg-turbo's partial decoding, `pipeline._jpegwindow`)."""
+    sy, sx = -(-height // denom) / height, -(-width // denom) / width  # libjpeg rounds scaled sizes up
+    y0, x0, y1, x1 = box
+    window = (math.floor(sy * y0) - WINDOW_MARGIN, math.floor(sx * x0) - WINDOW_MARGIN,
+              math.ceil(sy * y1) + WINDOW_MARGIN, math.ceil(sx * x1) + WINDOW_MARGIN)
+    pixels, top, left, rows, cols = _jpegwindow.decode(jpeg, *window, denom)
+    image = np.frombuffer(pixels, np.uint8).reshape(rows, cols, 3)
+    return RgbPicture(image, height, width, scale=(sy, sx), origin=(top, left))
 
 
 class Yuv420Picture(Picture):
@@ -305,20 +350,20 @@ def _plane(plane, height: int, width: int) -> np.ndarray:
 
 
 def _warp(plane: np.ndarray, box: tuple[float, float, float, float], size: tuple[int, int], sy: float,
-          sx: float, flip: bool = False) -> np.ndarray:
+          sx: float, flip: bool = False, origin: tuple[int, int] = (0, 0)) -> np.ndarray:
     """The frame window box = (y0, x0, y1, x1) resampled (bilinear) to size = (H, W) from a plane that
-    holds the frame at scale (sy, sx) (1: full size; 0.5: 4:2:0 chroma or a 1/2 DCT-scaled decode),
-    mirrored left-right with `flip`.
+    holds the frame at scale (sy, sx) (1: full size; 0.5: 4:2:0 chroma or a 1/2 DCT-scaled decode), or
+    the part of it from pixel `origin` = (row, column) on, mirrored left-right with `flip`.
 
     Output pixel i samples the plane at s * (x0 + (i + 0.5) * w / W) - 0.5: pixel centres mapped as DALI's
     `fn.resize` maps them, reading past the window's edge where the frame goes on (as DALI does).
     """
     (y0, x0, y1, x1), (h, w) = box, size
     ay, ax = sy * (y1 - y0) / h, sx * (x1 - x0) / w
-    bx = sx * x0 + 0.5 * ax - 0.5
+    bx = sx * x0 + 0.5 * ax - 0.5 - origin[1]
     if flip:  # output column i shows what column W - 1 - i would
         ax, bx = -ax, bx + ax * (w - 1)
-    m = np.array([[ax, 0.0, bx], [0.0, ay, sy * y0 + 0.5 * ay - 0.5]], np.float32)
+    m = np.array([[ax, 0.0, bx], [0.0, ay, sy * y0 + 0.5 * ay - 0.5 - origin[0]]], np.float32)
     return cv2.warpAffine(plane, m, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                           borderMode=cv2.BORDER_REPLICATE)
 

@@ -18,6 +18,8 @@ frames differ more: DALI converts whole frames to RGB (upsampling the 4:2:0
 chroma first), the host resamples the chroma planes straight to the output.
 """
 
+WINDOW_MISSING = ("pipeline._jpegwindow is not built (setup.py needs a C compiler and libjpeg-turbo's headers, "
+                  "e.g. Debian's libjpeg62-turbo-dev; reinstall with pip install -e .)")
 TOLERANCE = {("jpeg", "train"): (0.5, 3), ("jpeg", "test"): (1.0, 6), ("vp9", "train"): (1.5, 8), ("vp9", "test"): (2.0, 9)}
 
 from pathlib import Path
@@ -153,11 +155,16 @@ def test_host_batch_buffers_are_reused_only_when_nothing_refers_to_them():
     assert address(d) == first  # nothing refers to the first buffer any more: it comes back
 
 
-def test_host_decodes_crops_twice_the_output_at_reduced_size(tmp_path, monkeypatch):
-    """DCT-domain scaling: a crop box at least twice the output decodes at 1/2 (or less), the frames stay exact."""
+@pytest.mark.parametrize("window", [False, True], ids=["whole", "window"])
+def test_host_decodes_crops_twice_the_output_at_reduced_size(tmp_path, monkeypatch, window):
+    """DCT-domain scaling: a crop box at least twice the output decodes at 1/2 (or less), the frames stay exact
+    (whole frames with simplejpeg, windows with pipeline._jpegwindow)."""
     from pipeline import host
     from tests.clipdata import SMALL, coded_frames, frame_codes
 
+    if window and host._jpegwindow is None:
+        pytest.skip(WINDOW_MISSING)
+    monkeypatch.setattr(host, "WINDOW_DECODE", window)
     frames = coded_frames(12, size=(192, 144))
     shards = make_shards(tmp_path, {"a": [("a0", frames)], "b": [("b0", frames)]}, codec="jpeg")
     decoded, real = [], host.simplejpeg.decode_jpeg
@@ -167,7 +174,16 @@ def test_host_decodes_crops_twice_the_output_at_reduced_size(tmp_path, monkeypat
         decoded.append(image.shape[:2])
         return image
 
+    class WindowSpy:
+        @staticmethod
+        def decode(data, top, left, bottom, right, denom):
+            result = real_window.decode(data, top, left, bottom, right, denom)
+            decoded.append((-(-144 // denom), None))  # the rows of the frame at the scale it decoded
+            return result
+
+    real_window = host._jpegwindow
     monkeypatch.setattr(host.simplejpeg, "decode_jpeg", spy)
+    monkeypatch.setattr(host, "_jpegwindow", WindowSpy if window else None)
     for scale, reduced in (((0.6, 1.0), True), ((0.01, 0.02), False)):  # boxes >= 2 x 32, and boxes < 32
         decoded.clear()
         spec = SMALL.replace(scale_range=scale)
@@ -189,3 +205,48 @@ def test_host_threads_carry_their_names_to_the_os(textured):
     names = {(P(t) / "comm").read_text().strip() for t in P(f"/proc/{os.getpid()}/task").iterdir()}
     it.close()
     assert {"host-decode", "host-read"} <= names, names
+
+
+# -- partial decoding -----------------------------------------------------------------------------
+
+
+def test_window_decode_is_the_full_decode_cut_to_the_window(tmp_path):
+    """pipeline._jpegwindow gives exactly the pixels a whole-frame decode has there, at every DCT scale."""
+    import simplejpeg
+
+    from pipeline import host
+
+    if host._jpegwindow is None:
+        if Path("/usr/include/jpeglib.h").exists():
+            pytest.fail(f"libjpeg-turbo's headers are here but {WINDOW_MISSING}")
+        pytest.skip(WINDOW_MISSING)
+    frames = textured_frames(3, (341, 256), seed=7)  # odd width: partial MCUs at the right edge
+    rng = np.random.default_rng(0)
+    checked = 0
+    for subsampling in ("420", "444"):
+        for frame in frames:
+            jpeg = simplejpeg.encode_jpeg(frame, quality=95, colorsubsampling=subsampling)
+            for denom in (1, 2, 4, 8):
+                full = simplejpeg.decode_jpeg(jpeg, min_height=-(-256 // denom), min_width=-(-341 // denom),
+                                              min_factor=denom)
+                h, w = full.shape[:2]
+                for _ in range(6):
+                    y0, x0 = rng.integers(0, h - 1), rng.integers(0, w - 1)
+                    y1, x1 = rng.integers(y0 + 1, h + 1), rng.integers(x0 + 1, w + 1)
+                    pixels, top, left, rows, cols = host._jpegwindow.decode(jpeg, y0, x0, y1, x1, denom)
+                    got = np.frombuffer(pixels, np.uint8).reshape(rows, cols, 3)
+                    assert top == y0 and left <= x0 and top + rows == y1 and left + cols >= x1
+                    np.testing.assert_array_equal(got, full[top:top + rows, left:left + cols])
+                    checked += 1
+    assert checked == 2 * 3 * 4 * 6
+
+
+def test_window_decode_names_bad_input():
+    from pipeline import host
+
+    if host._jpegwindow is None:
+        pytest.skip(WINDOW_MISSING)
+    with pytest.raises(ValueError, match="JPEG decode failed"):
+        host._jpegwindow.decode(b"\xff\xd8 not a jpeg", 0, 0, 8, 8, 1)
+    with pytest.raises(ValueError, match="denom"):
+        host._jpegwindow.decode(b"", 0, 0, 8, 8, 3)
