@@ -82,7 +82,7 @@ class TensorStats:
 
 @dataclass
 class Fp16Report:
-    source: str
+    from_onnx: str  # the FP32 ONNX file it was made from
     path: str
     calibration: dict
     data_max: float
@@ -529,7 +529,7 @@ def to_fp16(
         dest = publish(files, out.parent if agreement.passed or not check else out.parent / "rejected")
     precisions = node_precisions(converted)
     report = Fp16Report(
-        source=str(src), path=str(dest), calibration=calib, data_max=data_max, init_rel_err=init_rel_err,
+        from_onnx=str(src), path=str(dest), calibration=calib, data_max=data_max, init_rel_err=init_rel_err,
         act_rel_err=act_rel_err, nodes=len(converted.graph.node), float_nodes=len(precisions),
         fp16_nodes=sum(t == TensorProto.FLOAT16 for t in precisions.values()),
         kept_fp32=kept_fp32(model, converted, reasons),

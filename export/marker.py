@@ -31,7 +31,7 @@ from export.errors import ExportError
 from export.onnxfile import read_metadata
 from export.outputs import validated_marker, write_json
 from export.shards import shard_fingerprint
-from pipeline import location_exists, sha256_file
+from pipeline import sha256_file, storage
 
 MARKER_FORMAT = 2
 
@@ -188,7 +188,7 @@ def _check_shards(marker: dict, val_shards: str | os.PathLike | None, check: Mar
 def _recorded(location: str | None) -> str | None:
     """A recorded path or URL, if it is still there."""
     try:
-        return location if location and location_exists(location) else None
+        return location if location and storage.exists(location) else None
     except (OSError, ImportError):  # an unreachable store: nothing to re-check against
         return None
 

@@ -36,6 +36,7 @@ import math
 import os
 import sys
 import time
+from functools import partial
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -51,7 +52,7 @@ from export import runtime
 from export.artifact import artifact_metadata, check_artifact_model, check_view_size
 from export.marker import check_marker
 from export.outputs import write_json
-from export.source import load_model
+from export.source import load_model, reference_logits
 from pipeline import (
     ClipSpec,
     ShardError,
@@ -318,57 +319,53 @@ class Classifier:
     class_names: list[str] | None = None  # what a checkpoint run in PyTorch records (an artifact records none)
 
 
-def load_classifier(source: Path, name: str, other_architecture: bool = False) -> Classifier:
+def load_classifier(model_file: Path, name: str, other_architecture: bool = False) -> Classifier:
     """An exported artifact through `export.runtime`, or the checkpoint itself in PyTorch (a checkpoint of
     another architecture only with `other_architecture`, see `tpn.load_checkpoint`)."""
-    if not source.is_file():
-        raise ExportError(f"{source} does not exist: pass an exported .onnx / .engine or a checkpoint")
-    if source.name.endswith(ARTIFACT_SUFFIXES):
-        return _artifact_classifier(source, name)
-    model, weights = load_model(name, source, other_architecture=other_architecture)
+    if not model_file.is_file():
+        raise ExportError(f"{model_file} does not exist: pass an exported .onnx / .engine or a checkpoint")
+    if model_file.name.endswith(ARTIFACT_SUFFIXES):
+        return _artifact_classifier(model_file, name)
+    model, weights = load_model(name, model_file, other_architecture=other_architecture)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(device)
 
-    def logits(x: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            return model(x.to(device)).float()
-
-    return Classifier(logits, model.config.clip, int(model.num_classes), f"pytorch ({device.type})",
+    return Classifier(partial(reference_logits, model), model.config.clip, int(model.num_classes), f"pytorch ({device.type})",
                       class_names=weights.class_names)  # fmt: skip
 
 
-def _artifact_classifier(source: Path, name: str) -> Classifier:
-    meta = artifact_metadata(source)
-    check_artifact_model(meta, source, name)
+def _artifact_classifier(artifact: Path, name: str) -> Classifier:
+    meta = artifact_metadata(artifact)
+    check_artifact_model(meta, artifact, name)
     try:
         spec = tpn.get_config(name).clip
     except ValueError as e:
         raise ExportError(str(e)) from None
-    runner = runtime.load(source)
+    runner = runtime.load(artifact)
     if spec.test_crops != "full":  # full-frame views take each video's own width: no fixed size to check
         check_view_size(runner, (spec.test_crop, spec.test_crop), name)
-    validated = check_marker(source, model=name)
+    validated = check_marker(artifact, model=name)
     classes = getattr(runner, "num_classes", None) or int(meta.get("num_classes") or tpn.get_config(name).num_classes)
     note = None
     if meta.get("weights") == "random" or meta.get("checkpoint_sha256") == "":
-        note = f"{source.name} was exported from random weights: its predictions mean nothing"
+        note = f"{artifact.name} was exported from random weights: its predictions mean nothing"
     status = "validated" if validated.valid else validated.summary()
     return Classifier(lambda x: runner(x).float(), spec, classes, f"{runner.backend}, {status}", note)
 
 
 def class_names(
-    classes: str | None, clf: Classifier, source: Path, checkpoint: Path | None
+    classes: str | None, clf: Classifier, model_file: Path, checkpoint: Path | None
 ) -> tuple[list[str], str]:
     """Names in label order and where they came from.
 
-    --classes, else those of SOURCE when it is a checkpoint (read when the
+    --classes, else those of the model file when it is a checkpoint (read when the
     model was loaded), else those of --checkpoint, else class numbers.
     """
     names, where = None, None
     if classes:
         names, where = read_class_names(Path(classes)), classes
     elif clf.class_names:
-        names, where = clf.class_names, str(source)
+        names, where = clf.class_names, str(model_file)
     elif checkpoint is not None and (found := _checkpoint_names(checkpoint)):
         names, where = found, str(checkpoint)
     if names is None:
@@ -501,16 +498,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     t0 = time.perf_counter()
     try:
-        source = Path(args.source)
-        clf = load_classifier(source, args.model, args.allow_other_architecture)
-        names, names_from = class_names(args.classes, clf, source, Path(args.checkpoint) if args.checkpoint else None)
+        model_file = Path(args.source)
+        clf = load_classifier(model_file, args.model, args.allow_other_architecture)
+        names, names_from = class_names(args.classes, clf, model_file, Path(args.checkpoint) if args.checkpoint else None)
         videos, skipped, folder = find_videos(args.videos)
     except ExportError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
     if clf.weights_note:
         print(f"WARNING: {clf.weights_note}", flush=True)
-    print(f"{source.name}: {clf.backend}; classes from {names_from}", file=sys.stderr)
+    print(f"{model_file.name}: {clf.backend}; classes from {names_from}", file=sys.stderr)
     if not videos:
         print(f"error: no video files in {', '.join(args.videos)} (suffixes: {', '.join(sorted(VIDEO_SUFFIXES))})",
               file=sys.stderr)  # fmt: skip

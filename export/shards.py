@@ -35,12 +35,8 @@ from pipeline import (
     ShardError,
     find_shards,
     index_path,
-    is_remote,
-    join_location,
-    location_name,
-    location_size,
-    read_location,
     resolve_split,
+    storage,
 )
 
 @dataclass(frozen=True)
@@ -52,7 +48,7 @@ class ShardFingerprint:
 def validation_split(shards: str | os.PathLike, split: str | None) -> str | None:
     """`pipeline.resolve_split` for the gate's shards; its errors become ExportError (exit code 3)."""
     try:
-        return resolve_split(str(shards) if is_remote(shards) else os.fspath(shards), split)
+        return resolve_split(str(shards) if storage.is_remote(shards) else os.fspath(shards), split)
     except (ShardError, OSError, ImportError) as e:
         raise ExportError(f"validation shards: {e}") from None
 
@@ -89,17 +85,17 @@ def view_batches(
 def shard_fingerprint(shards: str | os.PathLike, split: str | None) -> ShardFingerprint:
     """The data binding of a validation run on `split` of `shards` (see the module docstring)."""
     try:
-        tars = find_shards(str(shards) if is_remote(shards) else os.fspath(shards), split)
-        files = [[location_name(f), location_size(f)] for t in tars for f in (t, index_path(t))]
+        tars = find_shards(str(shards) if storage.is_remote(shards) else os.fspath(shards), split)
+        files = [[storage.name_of(f), storage.size_of(f)] for t in tars for f in (t, index_path(t))]
     except (ShardError, OSError) as e:
         raise ExportError(f"cannot fingerprint the shards {shards}: {e}") from None
-    payload: dict = {"split": split, "classes": _read_json(join_location(shards, "classes.json")), "files": files}
-    manifest = _read_json(join_location(shards, "manifest.json"))
+    payload: dict = {"split": split, "classes": _read_json(storage.join(shards, "classes.json")), "files": files}
+    manifest = _read_json(storage.join(shards, "manifest.json"))
     if isinstance(manifest, dict):
         payload["manifest"] = {k: v for k, v in manifest.items() if k != "run"}
         kind = "manifest"
     else:
-        payload["indexes"] = [hashlib.sha256(read_location(index_path(t))).hexdigest() for t in tars]
+        payload["indexes"] = [hashlib.sha256(storage.read_bytes(index_path(t))).hexdigest() for t in tars]
         kind = "index files"
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
     return ShardFingerprint(sha256=hashlib.sha256(blob).hexdigest(), kind=kind)
@@ -107,6 +103,6 @@ def shard_fingerprint(shards: str | os.PathLike, split: str | None) -> ShardFing
 
 def _read_json(location):
     try:
-        return json.loads(read_location(location))
+        return json.loads(storage.read_bytes(location))
     except (OSError, ValueError):
         return None

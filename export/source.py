@@ -172,10 +172,15 @@ def synthetic_clips(
     return ((x - m) / s).numpy().astype(np.float32)
 
 
-def torch_logits(model: nn.Module, clips: np.ndarray, batch: int = 8) -> np.ndarray:
-    """PyTorch FP32 reference logits, on CPU, a few clips at a time."""
-    outs = []
+def reference_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The PyTorch reference every artifact is compared with: FP32 logits of `x`, on the model's device,
+    in inference mode."""
+    device = next(model.parameters()).device
     with torch.inference_mode():
-        for i in range(0, len(clips), batch):
-            outs.append(model(torch.from_numpy(clips[i : i + batch])).float().numpy())
-    return np.concatenate(outs)
+        return model(x.to(device).float()).float()
+
+
+def torch_logits(model: nn.Module, clips: np.ndarray, batch: int = 8) -> np.ndarray:
+    """`reference_logits` of numpy clips, a few at a time, as numpy."""
+    return np.concatenate([reference_logits(model, torch.from_numpy(clips[i : i + batch])).cpu().numpy()
+                           for i in range(0, len(clips), batch)])

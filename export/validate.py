@@ -61,13 +61,13 @@ from torch import nn
 
 from export import runtime
 from export.errors import EXIT_CODES_HELP, EXIT_FAILED, EXIT_OK, ExportError, positive_int
-from export.marker import check_marker, write_marker
+from export.marker import write_marker
 from export.artifact import artifact_metadata, check_artifact_model, check_artifact_weights, check_view_size
 from export.outputs import validated_marker, write_json
 from export.shards import shard_fingerprint, validation_split, view_batches
-from export.source import ModelSource, load_model, synthetic_clips
+from export.source import ModelSource, load_model, reference_logits, synthetic_clips
 from export.tolerance import FP16, FP32, Agreement, AgreementMeter, Tolerance
-from pipeline import is_remote
+from pipeline import storage
 from pipeline.cli import add_split_arg
 from tpn import accuracy, average_views
 from tpn.cli import add_checkpoint_arg
@@ -308,17 +308,6 @@ def check_classes(model: nn.Module, shard_classes: int, val_shards: str | os.Pat
         )
 
 
-def is_validated(
-    artifact: str | os.PathLike,
-    *,
-    checkpoint: str | os.PathLike | None = None,
-    val_shards: str | os.PathLike | None = None,
-    model: str | None = None,
-) -> bool:
-    """True when a passing gate vouched for exactly this file, these weights and this data (`export.marker`)."""
-    return check_marker(artifact, checkpoint=checkpoint, val_shards=val_shards, model=model).valid
-
-
 def protocol_of(clip) -> dict:
     """The test views a verdict holds for."""
     return {
@@ -347,7 +336,7 @@ def synthetic_gate(runner: runtime.Runner, model: nn.Module, report: GateReport,
     meter = AgreementMeter(artifact_tolerance(runner))
     for i in range(0, clips, 4):
         xb = torch.from_numpy(x[i : i + 4])
-        meter.add(_np(runner(xb)), _np(_torch_forward(model, xb)))
+        meter.add(_np(runner(xb)), _np(reference_logits(model, xb)))
     report.agreement = meter.result()
     report.verdict = "passed" if report.agreement.passed else "failed"
     report.passed = report.agreement.passed
@@ -374,7 +363,7 @@ def shard_pass(
         for clips, y in batches:
             bar.update(len(y))
             x = clips.flatten(0, 1)  # (N * V, 3, T, H, W), video by video
-            r = _torch_forward(model, x).cpu()
+            r = reference_logits(model, x).cpu()
             ref.append(average_views(r, views))
             labels.append(y.cpu())
             for t in tracks:
@@ -507,7 +496,7 @@ def _gate_on_shards(tracks, model, val_shards, split, zoo: tuple, batch_size, ma
 
 def _location(shards: str | os.PathLike) -> str:
     """Where the shards are, as the marker records it: a URL as given, a path made absolute."""
-    return str(shards) if is_remote(shards) else str(Path(shards).resolve())
+    return str(shards) if storage.is_remote(shards) else str(Path(shards).resolve())
 
 
 def validate(artifact: str | os.PathLike, **kwargs) -> GateReport:
@@ -550,12 +539,6 @@ def mark(report: GateReport) -> None:
                     "zoo_top1": report.zoo_top1},
     }  # fmt: skip
     report.marker = str(write_marker(report.artifact, payload))
-
-
-def _torch_forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    device = next(model.parameters()).device
-    with torch.inference_mode():
-        return model(x.to(device).float()).float()
 
 
 def _np(t: torch.Tensor) -> np.ndarray:

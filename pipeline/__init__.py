@@ -14,14 +14,10 @@ from pipeline.fileio import atomic_write, atomic_write_bytes, atomic_write_json,
 from pipeline.sampling import clip_indices, decode_plan, test_crop_positions
 from pipeline.classes import parse_classes
 from pipeline.discovery import ALL_SPLITS, find_shards, index_path, resolve_split
-from pipeline.storage import is_remote, splits_in
 
-# A location is a local path or a URL (s3://, gs://, https://, ...); these read either.
-from pipeline.storage import exists as location_exists
-from pipeline.storage import join as join_location
-from pipeline.storage import name_of as location_name
-from pipeline.storage import read_bytes as read_location
-from pipeline.storage import size_of as location_size
+# A location is a local path or a URL (s3://, gs://, https://, ...): `storage` reads either
+# (storage.is_remote, .exists, .join, .name_of, .read_bytes, .size_of, .splits_in, ...).
+from pipeline import storage
 
 __all__ = [
     "ClipSpec", "ClipLoader", "IMAGENET_MEAN", "IMAGENET_STD",
@@ -31,8 +27,7 @@ __all__ = [
     # the test protocol's frames and crops, and the display geometry of a source video
     "clip_indices", "decode_plan", "test_crop_positions", "display_width", "source_sar", "yuv_to_rgb_matrix",
     # shard folders, local or remote
-    "find_shards", "index_path", "resolve_split", "ALL_SPLITS", "splits_in", "is_remote", "parse_classes",
-    "location_exists", "join_location", "location_name", "read_location", "location_size",
+    "find_shards", "index_path", "resolve_split", "ALL_SPLITS", "parse_classes", "storage",
 ]  # fmt: skip
 
 

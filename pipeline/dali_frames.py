@@ -34,7 +34,7 @@ def frame_feed_fields(mode: Mode, spec: ClipSpec) -> tuple[str, ...]:
 
 
 @pipeline_def(exec_dynamic=True)
-def frame_pipeline(source, mode: Mode, spec: ClipSpec, device: str, decoder: str = "cpu",
+def frame_pipeline(next_batch, mode: Mode, spec: ClipSpec, device: str, decoder: str = "cpu",
                    hw_decoder_load: float = HW_DECODER_LOAD):
     """A flat batch of JPEGs (every frame of every clip) -> augmented images.
 
@@ -43,7 +43,7 @@ def frame_pipeline(source, mode: Mode, spec: ClipSpec, device: str, decoder: str
     test, one such tensor per spatial view (crop, flip).
     """
     fields = frame_feed_fields(mode, spec)
-    feed = dict(zip(fields, fn.external_source(source=source, batch=True, batch_info=True, num_outputs=len(fields))))
+    feed = dict(zip(fields, fn.external_source(source=next_batch, batch=True, batch_info=True, num_outputs=len(fields))))
     if decoder == "nvjpeg":
         x = fn.decoders.image(feed["jpeg"], device="mixed", output_type=types.RGB, hw_decoder_load=hw_decoder_load)
     else:

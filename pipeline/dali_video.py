@@ -36,17 +36,17 @@ def feed_fields(mode: Mode, spec: ClipSpec, decoder: str = "cpu") -> tuple[str, 
 
 
 @pipeline_def(exec_dynamic=True)
-def clip_pipeline(source, mode: Mode, spec: ClipSpec, device: str, decoder: str = "nvdec"):
+def clip_pipeline(next_batch, mode: Mode, spec: ClipSpec, device: str, decoder: str = "nvdec"):
     """The video graph; train and test differ only by `mode`.
 
-    `source` is a batch-mode callable returning one list per `feed_fields`
+    `next_batch` is a batch-mode callable returning one list per `feed_fields`
     entry. On device "gpu", `decoder` "nvdec" decodes on the GPU and "cpu"
     decodes with libavcodec and moves the frames to the GPU for the rest.
     Outputs: one (N, 3, C*F, H, W) float tensor per spatial view (C temporal
     clips in a row).
     """
     fields = feed_fields(mode, spec, decoder)
-    feed = dict(zip(fields, fn.external_source(source=source, batch=True, batch_info=True, num_outputs=len(fields))))
+    feed = dict(zip(fields, fn.external_source(source=next_batch, batch=True, batch_info=True, num_outputs=len(fields))))
     nvdec = device == "gpu" and decoder == "nvdec"
     if decoder == "pyav":  # the host already decoded the frames (F, H, W, 3)
         x = fn.reshape(feed["video"], layout="FHWC")
@@ -60,9 +60,9 @@ def clip_pipeline(source, mode: Mode, spec: ClipSpec, device: str, decoder: str 
 
 
 @pipeline_def
-def decode_probe(source, nvdec: bool):
+def decode_probe(next_batch, nvdec: bool):
     """Decode one sample alone: how a failed batch is narrowed down to the bad video."""
-    video, frames = fn.external_source(source=source, num_outputs=2, batch=True)
+    video, frames = fn.external_source(source=next_batch, num_outputs=2, batch=True)
     return fn.decoders.video(video, frames=frames, pad_mode="none", device="mixed" if nvdec else "cpu")
 
 

@@ -80,10 +80,20 @@ COMPILE_PRESETS: dict[str, tuple[str | None, dict[str, Any]]] = {
 DEFAULT_COMPILE = "default"
 
 
+def compile_preset(value: str | bool | None) -> str | None:
+    """A `compile` setting as a COMPILE_PRESETS name or None (off); True / False, as settings saved before
+    presets existed say, mean DEFAULT_COMPILE / off. ValueError names the presets."""
+    if isinstance(value, bool):
+        return DEFAULT_COMPILE if value else None
+    if value is not None and value not in COMPILE_PRESETS:
+        raise ValueError(f"unknown compile preset {value!r}; choose from {', '.join(COMPILE_PRESETS)}")
+    return value
+
+
 def compile_options(preset: str) -> dict[str, Any]:
     """The Inductor options of a preset (its mode expanded), as passed to torch.compile."""
-    if preset not in COMPILE_PRESETS:
-        raise ValueError(f"unknown compile preset {preset!r}; choose from {', '.join(COMPILE_PRESETS)}")
+    if compile_preset(preset) is None:
+        raise ValueError(f"no compile preset given; choose from {', '.join(COMPILE_PRESETS)}")
     mode, extra = COMPILE_PRESETS[preset]
     if mode is None:
         return dict(extra)
@@ -102,10 +112,7 @@ class StepOptions:
     warmup_iters: int = 3  # eager steps before capture (DDP needs >= 11)
 
     def __post_init__(self) -> None:
-        if isinstance(self.compile, bool):  # older callers and saved settings say True / False
-            object.__setattr__(self, "compile", DEFAULT_COMPILE if self.compile else None)
-        if self.compile is not None and self.compile not in COMPILE_PRESETS:
-            raise ValueError(f"unknown compile preset {self.compile!r}; choose from {', '.join(COMPILE_PRESETS)}")
+        object.__setattr__(self, "compile", compile_preset(self.compile))
 
 
 def graph_unavailable(device: torch.device, opts: StepOptions) -> str | None:

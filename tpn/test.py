@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 import tpn
-from pipeline import ClipSpec, atomic_write_bytes, atomic_write_json, is_remote, resolve_split
+from pipeline import ClipSpec, atomic_write_bytes, atomic_write_json, resolve_split, storage
 from pipeline.cli import add_split_arg
 from tpn.checkpoint import read_checkpoint
 from tpn.cli import add_checkpoint_arg, add_device_args
@@ -174,7 +174,7 @@ def shard_source(
     split the folder lacks is an error listing those it has and naming `flag`,
     the flag that gave `split`); .tar paths are read as given, whatever the split.
     """
-    if len(paths) == 1 and (Path(paths[0]).is_dir() or is_remote(paths[0]) and not str(paths[0]).endswith(".tar")):
+    if len(paths) == 1 and (Path(paths[0]).is_dir() or storage.is_remote(paths[0]) and not str(paths[0]).endswith(".tar")):
         return str(paths[0]), resolve_split(str(paths[0]), split, flag)
     return [str(p) for p in paths], None
 

@@ -25,7 +25,7 @@ from typing import Any
 import tpn
 from pipeline import ClipSpec
 from tpn import rundir
-from tpn.engine import COMPILE_PRESETS, DEFAULT_COMPILE
+from tpn.engine import COMPILE_PRESETS, compile_preset
 from tpn.schedule import scaled_lr
 
 log = logging.getLogger("tpn.train")
@@ -90,8 +90,11 @@ class TrainSettings:
     def __post_init__(self) -> None:
         for name in ("train", "val", "lr_steps"):  # JSON and checkpoints give lists back
             object.__setattr__(self, name, tuple(getattr(self, name)))
-        if isinstance(self.compile, bool):  # settings saved before presets existed
-            object.__setattr__(self, "compile", DEFAULT_COMPILE if self.compile else None)
+        try:
+            object.__setattr__(self, "compile", compile_preset(self.compile))
+            compile_problem = None
+        except ValueError:
+            compile_problem = f"--compile must be one of {', '.join(COMPILE_PRESETS)}"
         problems = [msg for ok, msg in (
             (self.epochs >= 1, "--epochs must be >= 1"),
             (self.batch_size >= 1, "--batch-size must be >= 1"),
@@ -104,7 +107,7 @@ class TrainSettings:
             (self.max_steps is None or self.max_steps >= 1, "--max-steps must be >= 1"),
             (self.val_views in ("single", "protocol"), "--val-views must be 'single' or 'protocol'"),
             (bool(self.train), "--train needs at least one shard directory or .tar"),
-            (self.compile in (None, *COMPILE_PRESETS), f"--compile must be one of {', '.join(COMPILE_PRESETS)}"),
+            (compile_problem is None, compile_problem),
             (self.bn_impl in BN_IMPLS, f"--bn-impl must be one of {', '.join(BN_IMPLS)}"),
         ) if not ok]  # fmt: skip
         if problems:

@@ -34,7 +34,6 @@ from export.validate import (
     chance_level,
     check_view_size,
     gate,
-    is_validated,
     judge,
     videos_to_beat_chance,
     main as validate_main,
@@ -249,10 +248,10 @@ def test_a_passing_synthetic_check_keeps_the_marker_of_a_gate_on_shards(work, tm
     art = tmp_path / f"{TINY}.onnx"
     shutil.copy(work["onnx"].path, art)
     (r,) = _gate(work, [art])
-    assert r.passed and is_validated(art)
+    assert r.passed and check_marker(art).valid
     before = validated_marker(art).read_bytes()
     assert validate_main([str(art), "--model", TINY, "--checkpoint", str(work["ckpt"])]) == 0  # no --val-shards
-    assert validated_marker(art).read_bytes() == before and is_validated(art)
+    assert validated_marker(art).read_bytes() == before and check_marker(art).valid
 
 
 def test_gate_refuses_counts_below_one(work):
@@ -297,7 +296,7 @@ def test_shard_gate_passes_the_fp16_export_of_a_fitted_model_and_binds_the_marke
     assert marker["shards"]["split"] == "val" and marker["shards"]["fingerprint"] == shard_fingerprint(work["shards"], "val").sha256
     assert marker["videos"] == 16 and marker["protocol"]["views"] == 6 and marker["thresholds"]["min_videos"] == 16
     assert marker["results"]["prediction_agreement"] == 1.0 and marker["provenance"]["toolkit"]
-    assert is_validated(work["fp16"].path) and is_validated(work["onnx"].path, checkpoint=work["ckpt"])
+    assert check_marker(work["fp16"].path).valid and check_marker(work["onnx"].path, checkpoint=work["ckpt"]).valid
     assert load_validated(work["fp16"].path).precision == "fp16"
 
 
@@ -352,11 +351,11 @@ def test_marker_does_not_survive_new_weights_or_new_data(work, tmp_path):
     art = tmp_path / f"{TINY}.fp16.onnx"
     shutil.copy(work["fp16"].path, art)
     (r,) = _gate(work, [art], checkpoint=ckpt, val_shards=shards)
-    assert r.passed and is_validated(art)
+    assert r.passed and check_marker(art).valid
     # the same weights elsewhere still hold; other weights do not
-    assert is_validated(art, checkpoint=work["ckpt"])
+    assert check_marker(art, checkpoint=work["ckpt"]).valid
     other = save_checkpoint(tmp_path / "other.pth", tpn.create_model(TINY))
-    assert not is_validated(art, checkpoint=other)
+    assert not check_marker(art, checkpoint=other).valid
     # the recorded checkpoint changed in place
     obj = torch.load(ckpt, weights_only=True)
     obj["model"]["cls_head.fc_cls.bias"] += 1e-3
@@ -366,25 +365,25 @@ def test_marker_does_not_survive_new_weights_or_new_data(work, tmp_path):
     with pytest.raises(NotValidated, match="weights changed"):
         load_validated(art)
     shutil.copy(work["ckpt"], ckpt)
-    assert is_validated(art)
+    assert check_marker(art).valid
     # the data changed in place: another label order, then a shard rewritten
     classes = json.loads((shards / "classes.json").read_text())
     (shards / "classes.json").write_text(json.dumps(classes[::-1]))
     check = check_marker(art)
     assert not check.valid and "validation data changed" in check.problems[0]
     (shards / "classes.json").write_text(json.dumps(classes))
-    assert is_validated(art)
+    assert check_marker(art).valid
     with open(next(shards.glob("val-*.tar")), "ab") as f:
         f.write(b"\0" * 512)
     assert "validation data changed" in check_marker(art).problems[0]
-    assert is_validated(art, val_shards=work["shards"])  # an identical copy of the data still holds
+    assert check_marker(art, val_shards=work["shards"]).valid  # an identical copy of the data still holds
 
 
 def test_marker_checks_the_artifact_and_older_markers(work, tmp_path):
     art = tmp_path / f"{TINY}.onnx"
     shutil.copy(work["onnx"].path, art)
     (r,) = _gate(work, [art])
-    assert r.passed and is_validated(art)
+    assert r.passed and check_marker(art).valid
     with open(art, "ab") as f:
         f.write(b"\0")
     assert "changed since it was validated" in check_marker(art).problems[0]
@@ -402,7 +401,7 @@ def test_shard_gate_cli_fails_a_damaged_artifact(work, tmp_path):
     assert gate_json["verdict"] == "failed" and not gate_json["passed"]
     assert abs(gate_json["difference"]) > gate_json["thresholds"]["max_drop"] and "below PyTorch" in gate_json["failures"][0]
     assert {c["key"]: c["passed"] for c in gate_json["criteria"]}["top1_difference"] is False
-    assert not validated_marker(bad).exists() and not is_validated(bad)
+    assert not validated_marker(bad).exists() and not check_marker(bad).valid
 
 
 def test_a_missing_split_names_the_splits_present(work, capsys):

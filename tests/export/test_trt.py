@@ -22,7 +22,7 @@ from export.trt import (
     profile_shapes,
     resolve_size,
 )
-from export.validate import is_validated
+from export.marker import check_marker
 from tests.export_helpers import TINY, make_val_shards, trained_tiny
 
 
@@ -170,7 +170,7 @@ def test_cli_without_tensorrt_gates_and_marks_both_onnx_files_and_exits_2(tmp_pa
     summary = text[text.index("artifacts:"):]
     assert summary.count("gate PASSED") == 2 and "engine not built" in summary
     for name in (f"{TINY}.onnx", f"{TINY}.fp16.onnx"):
-        assert is_validated(out / name, checkpoint=ckpt, val_shards=shards), name
+        assert check_marker(out / name, checkpoint=ckpt, val_shards=shards).valid, name
     report = json.loads((out / "report.json").read_text())
     gates = {a["kind"]: a["gate"] for a in report["artifacts"] if a["gate"]}
     assert set(gates) == {"onnx", "fp16"} and report["status"] == 2 and report["weights"] == "checkpoint"
