@@ -23,7 +23,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks import charts, common
-from benchmarks.tables import goal_lines, infer_table, loaders_goal_lines, loaders_table, pipeline_table, shard_table, train_table
+from benchmarks.tables import (
+    goal_lines,
+    infer_table,
+    loaders_goal_lines,
+    loaders_table,
+    pipeline_table,
+    shard_table,
+    train_table,
+)
 
 BENCHES = ("shard", "data", "pipeline", "train", "infer")
 # Arguments per benchmark: "full" fits a 2-core CPU box in minutes (a GPU box runs the GPU paths
@@ -39,14 +47,26 @@ ARGS = {
         "infer": [],
     },
     "tiny": {
-        "shard": ["--classes", "2", "--videos-per-class", "2", "--frames", "16", "--size", "96x64",
-                  "--short-side", "64", "--rounds", "1"],
+        "shard": [
+            "--classes",
+            "2",
+            "--videos-per-class",
+            "2",
+            "--frames",
+            "16",
+            "--size",
+            "96x64",
+            "--short-side",
+            "64",
+            "--rounds",
+            "1",
+        ],
         "data": ["--tiny"],
         "pipeline": ["--tiny"],
         "train": ["--tiny"],
         "infer": ["--tiny"],
     },
-}  # fmt: skip
+}
 
 
 def device_slug() -> str:
@@ -71,11 +91,12 @@ def printable(argv: list[str]) -> str:
 
 
 TABLES: dict[str, Callable[[dict], list[str]]] = {
-    "shard": shard_table, "data": lambda d: [*loaders_table(d), "", *loaders_goal_lines(d)], "pipeline": pipeline_table, "infer": infer_table,
+    "shard": shard_table,
+    "data": lambda d: [*loaders_table(d), "", *loaders_goal_lines(d)],
+    "pipeline": pipeline_table,
+    "infer": infer_table,
     "train": lambda d: [*train_table(d), *goal_lines(d)],
-}  # fmt: skip
-
-
+}
 
 
 def loader_vs_training(payloads: dict[str, dict]) -> dict | None:
@@ -86,26 +107,41 @@ def loader_vs_training(payloads: dict[str, dict]) -> dict | None:
         return None
     best = max(rows, key=lambda r: r["clips_per_s"])
     device = payloads["data"].get("settings", {}).get("device", "cpu")
-    fmt, rate = max((("VP9", data.get("vp9_clips_per_s", 0.0)), ("JPEG frames", data.get("frames_clips_per_s", 0.0))),
-                    key=lambda t: t[1])
-    return {"loader": f"ClipLoader {device}, {fmt}, 8x8", "loader_clips_per_s": rate,
-            "train": f"{best['model']} {best['mode']}, batch {best['batch']}", "train_clips_per_s": best["clips_per_s"],
-            "ratio": rate / best["clips_per_s"], "goal": common.GOAL_LOADER_VS_TRAIN}  # fmt: skip
+    fmt, rate = max(
+        (("VP9", data.get("vp9_clips_per_s", 0.0)), ("JPEG frames", data.get("frames_clips_per_s", 0.0))),
+        key=lambda t: t[1],
+    )
+    return {
+        "loader": f"ClipLoader {device}, {fmt}, 8x8",
+        "loader_clips_per_s": rate,
+        "train": f"{best['model']} {best['mode']}, batch {best['batch']}",
+        "train_clips_per_s": best["clips_per_s"],
+        "ratio": rate / best["clips_per_s"],
+        "goal": common.GOAL_LOADER_VS_TRAIN,
+    }
 
 
 def loader_lines(d: dict | None) -> list[str]:
     if d is None:
         return []
     verdict = "met" if d["ratio"] >= d["goal"] else "NOT met"
-    return ["", f"Loader vs training: {d['loader']} {d['loader_clips_per_s']:.1f} clips/s / {d['train']} "
-            f"{d['train_clips_per_s']:.1f} clips/s = **{d['ratio']:.2f}x** (goal on a GPU >= {d['goal']}x: {verdict})"]
+    return [
+        "",
+        f"Loader vs training: {d['loader']} {d['loader_clips_per_s']:.1f} clips/s / {d['train']} "
+        f"{d['train_clips_per_s']:.1f} clips/s = **{d['ratio']:.2f}x** (goal on a GPU >= {d['goal']}x: {verdict})",
+    ]
 
 
 def report(stem: str, payloads: dict[str, dict], commands: dict[str, str], failed: list[str]) -> str:
     machine = common.machine_info()
-    lines = [f"# Benchmarks {stem}", "", f"Machine: {machine['cpu']}, {machine['cores']} cores, GPU: {machine['gpu'] or 'none'}; "
-             f"torch {machine['torch']}, CUDA {machine.get('cuda')}, cuDNN {machine.get('cudnn')}, DALI {machine['dali']}; "
-             f"{machine['date']}.", ""]  # fmt: skip
+    lines = [
+        f"# Benchmarks {stem}",
+        "",
+        f"Machine: {machine['cpu']}, {machine['cores']} cores, GPU: {machine['gpu'] or 'none'}; "
+        f"torch {machine['torch']}, CUDA {machine.get('cuda')}, cuDNN {machine.get('cudnn')}, DALI {machine['dali']}; "
+        f"{machine['date']}.",
+        "",
+    ]
     for bench in BENCHES:
         if bench not in commands:
             continue
@@ -135,13 +171,20 @@ def previous(stem: str) -> tuple[dict, dict, list]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--tiny", action="store_true", help="smoke run: every benchmark at its smallest size")
-    p.add_argument("--only", nargs="+", choices=BENCHES, default=list(BENCHES),
-                   help="run only these benchmarks; their results join today's report for this device")
-    p.add_argument("--results", type=Path, default=None,
-                   help="output folder (default: benchmarks/results; also TPN_BENCH_RESULTS)")  # fmt: skip
+    p.add_argument(
+        "--only",
+        nargs="+",
+        choices=BENCHES,
+        default=list(BENCHES),
+        help="run only these benchmarks; their results join today's report for this device",
+    )
+    p.add_argument(
+        "--results", type=Path, default=None, help="output folder (default: benchmarks/results; also TPN_BENCH_RESULTS)"
+    )
     return p
 
 
@@ -167,8 +210,15 @@ def main(argv: list[str] | None = None) -> int:
             failed.append(bench)
             continue
         payloads[bench] = json.loads(common.results_path(f"{stem}-{bench}").read_text())
-    common.write_results(stem, {"commands": commands, "failed": failed, "benchmarks": payloads,
-                                "loader_vs_training": loader_vs_training(payloads)})  # fmt: skip
+    common.write_results(
+        stem,
+        {
+            "commands": commands,
+            "failed": failed,
+            "benchmarks": payloads,
+            "loader_vs_training": loader_vs_training(payloads),
+        },
+    )
     md = common.results_path(stem, ".md")
     md.write_text(report(stem, payloads, commands, failed) + "\n")
     print(f"\nreport: {md}\ndata: {common.results_path(stem)}")

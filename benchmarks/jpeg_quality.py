@@ -87,8 +87,12 @@ def measure(src: Path, out: Path, q: int) -> dict:
             scores.append(psnr(decoded, ref))
         sizes += [len(b) for b in frames]
         images += frames
-    return {"q": q, "bytes_per_frame": float(np.mean(sizes)), "psnr_db": float(np.mean(scores)),
-            "dali_cpu_decode_fps_1thread": decode_rate(images)}
+    return {
+        "q": q,
+        "bytes_per_frame": float(np.mean(sizes)),
+        "psnr_db": float(np.mean(scores)),
+        "dali_cpu_decode_fps_1thread": decode_rate(images),
+    }
 
 
 def choose(rows: list[dict], tolerance_db: float = 1.0) -> int:
@@ -98,8 +102,11 @@ def choose(rows: list[dict], tolerance_db: float = 1.0) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.jpeg_quality", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.jpeg_quality",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--videos", type=int, default=8, help="synthetic videos (one per class)")
     p.add_argument("--frames", type=int, default=48, help="frames per video")
     p.add_argument("--size", default="320x240", help="frame size WxH")
@@ -115,8 +122,15 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        src = make_dataset(Path(tmp) / "src", classes=min(8, args.videos), train_per_class=max(1, args.videos // 8),
-                           val_per_class=0, frames=args.frames, size=parse_size(args.size), grain=args.grain)
+        src = make_dataset(
+            Path(tmp) / "src",
+            classes=min(8, args.videos),
+            train_per_class=max(1, args.videos // 8),
+            val_per_class=0,
+            frames=args.frames,
+            size=parse_size(args.size),
+            grain=args.grain,
+        )
         rows = [measure(src, Path(tmp), q) for q in args.qualities]
     chosen = choose(rows)
     print(f"{'q:v':>4} {'bytes/frame':>12} {'PSNR dB':>8} {'DALI CPU decode fps (1 thread)':>31}")

@@ -51,23 +51,46 @@ class Variant:
 def variants(gpu: bool, tiny: bool = False) -> list[Variant]:
     """The loader's default first (on a CPU the host path, on a GPU DALI); then the other decoders."""
     if tiny:
-        return [Variant("host", batch_size=2), Variant("host", batch_size=4), Variant("cpu", batch_size=2),
-                Variant("pyav", batch_size=2)]  # fmt: skip
+        return [
+            Variant("host", batch_size=2),
+            Variant("host", batch_size=4),
+            Variant("cpu", batch_size=2),
+            Variant("pyav", batch_size=2),
+        ]
     if not gpu:
-        return [Variant("host"), Variant("host", batch_size=32), Variant("host", loaders=2), Variant("cpu"),
-                Variant("cpu", batch_size=32), Variant("pyav"), Variant("host", codec="jpeg"),
-                Variant("host", codec="jpeg", batch_size=32), Variant("cpu", codec="jpeg")]  # fmt: skip
+        return [
+            Variant("host"),
+            Variant("host", batch_size=32),
+            Variant("host", loaders=2),
+            Variant("cpu"),
+            Variant("cpu", batch_size=32),
+            Variant("pyav"),
+            Variant("host", codec="jpeg"),
+            Variant("host", codec="jpeg", batch_size=32),
+            Variant("cpu", codec="jpeg"),
+        ]
     frames = [Variant("nvjpeg", codec="jpeg"), Variant("nvjpeg", codec="jpeg", batch_size=32)]
     frames += [Variant("nvjpeg", codec="jpeg", batch_size=32, hw_load=h) for h in (0.0, 0.9, 1.0)]
-    frames += [Variant("nvjpeg", codec="jpeg", loaders=4, threads=4), Variant("cpu", codec="jpeg", batch_size=32),
-               Variant("host", codec="jpeg", batch_size=32)]  # the host path, copied to the GPU
+    frames += [
+        Variant("nvjpeg", codec="jpeg", loaders=4, threads=4),
+        Variant("cpu", codec="jpeg", batch_size=32),
+        Variant("host", codec="jpeg", batch_size=32),
+    ]  # the host path, copied to the GPU
     return [  # VP9 on a GPU: the loader's default decodes on the CPU threads and augments on the GPU
-        Variant("cpu"), Variant("cpu", batch_size=32), Variant("cpu", loaders=4, threads=4),
-        Variant("nvdec"), Variant("nvdec", batch_size=32), Variant("nvdec", threads=4),
-        Variant("nvdec", loaders=4), Variant("nvdec", codec="h264"), Variant("nvdec", codec="h264", batch_size=32),
+        Variant("cpu"),
+        Variant("cpu", batch_size=32),
+        Variant("cpu", loaders=4, threads=4),
+        Variant("nvdec"),
+        Variant("nvdec", batch_size=32),
+        Variant("nvdec", threads=4),
+        Variant("nvdec", loaders=4),
+        Variant("nvdec", codec="h264"),
+        Variant("nvdec", codec="h264", batch_size=32),
         Variant("nvdec", codec="h264", loaders=4),
-        Variant("pyav"), Variant("pyav", batch_size=32), Variant("host", batch_size=32),
-    ] + frames  # fmt: skip
+        Variant("pyav"),
+        Variant("pyav", batch_size=32),
+        Variant("host", batch_size=32),
+    ] + frames
 
 
 def h264_shards(s: Settings) -> Path:
@@ -85,10 +108,19 @@ def time_variant(v: Variant, shards: Path, spec: ClipSpec, device: str, batches:
 
     threads = v.threads or len(os.sched_getaffinity(0))
     loaders = [
-        ClipLoader(shards, spec, batch_size=v.batch_size, device=device, decoder=v.decoder, num_threads=threads,
-                   rank=r, world_size=v.loaders, **({} if v.hw_load is None else {"hw_decoder_load": v.hw_load}))
+        ClipLoader(
+            shards,
+            spec,
+            batch_size=v.batch_size,
+            device=device,
+            decoder=v.decoder,
+            num_threads=threads,
+            rank=r,
+            world_size=v.loaders,
+            **({} if v.hw_load is None else {"hw_decoder_load": v.hw_load}),
+        )
         for r in range(v.loaders)
-    ]  # fmt: skip
+    ]
     barrier = threading.Barrier(v.loaders + 1)
     done: list[float] = []
     errors: list[BaseException] = []
@@ -144,8 +176,10 @@ def run(args: argparse.Namespace) -> dict:
         except Exception as e:  # one failing variant must not hide the others
             row = {**asdict(v), "label": v.label, "clips_per_s": None, "error": f"{type(e).__name__}: {e}"[:500]}
         rows.append(row)
-        print(f"{v.label:<52} " + (f"{row['clips_per_s']:8.1f} clips/s" if row["clips_per_s"] else row["error"]),
-              flush=True)  # fmt: skip
+        print(
+            f"{v.label:<52} " + (f"{row['clips_per_s']:8.1f} clips/s" if row["clips_per_s"] else row["error"]),
+            flush=True,
+        )
     base = rows[0]["clips_per_s"]
     for r in rows:
         r["vs_default"] = r["clips_per_s"] / base if base and r["clips_per_s"] else None
@@ -153,8 +187,11 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.loader_variants", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.loader_variants",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--tiny", action="store_true", help="CI smoke run: small videos, two timed batches")
     p.add_argument("--data", type=Path, default=None, help="cache of videos and shards (default: benchmarks.data's)")
     p.add_argument("--batches", type=int, default=None, help="timed batches per loader (default 12, tiny 2)")

@@ -63,8 +63,9 @@ def augment(frames: list[np.ndarray], plan, spec: ClipSpec) -> torch.Tensor:
 class ClipStream(IterableDataset):
     """Endless training clips of the listed videos: a shuffled order per pass, split over the workers."""
 
-    def __init__(self, rows: list, spec: ClipSpec, decode: Callable[[str, np.ndarray], list[np.ndarray]],
-                 seed: int = 0):
+    def __init__(
+        self, rows: list, spec: ClipSpec, decode: Callable[[str, np.ndarray], list[np.ndarray]], seed: int = 0
+    ):
         self.rows, self.spec, self.decode, self.seed = rows, spec, decode, seed
 
     def __iter__(self):
@@ -102,11 +103,17 @@ def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
 
-def peer_loader(listing: Path, spec: ClipSpec, decode: Callable, *, batch_size: int, workers: int,
-                seed: int = 0) -> DataLoader:
-    return DataLoader(ClipStream(read_list(listing), spec, decode, seed), batch_size=batch_size,
-                      num_workers=workers, persistent_workers=workers > 0, worker_init_fn=_worker_init,
-                      drop_last=True)
+def peer_loader(
+    listing: Path, spec: ClipSpec, decode: Callable, *, batch_size: int, workers: int, seed: int = 0
+) -> DataLoader:
+    return DataLoader(
+        ClipStream(read_list(listing), spec, decode, seed),
+        batch_size=batch_size,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        worker_init_fn=_worker_init,
+        drop_last=True,
+    )
 
 
 def rawframes_loader(listing: Path, spec: ClipSpec, **kw) -> DataLoader:

@@ -43,12 +43,18 @@ def step_for(name: str, device: torch.device, compile_: bool) -> tuple[TrainStep
     torch.manual_seed(0)
     model = tpn.create_model(name).to(device)
     gpu = device.type == "cuda"
-    opts = StepOptions(clip_grad=40.0, amp_dtype=torch.bfloat16 if gpu else None, channels_last=gpu,
-                       cuda_graph=gpu, compile=compile_ and gpu)
+    opts = StepOptions(
+        clip_grad=40.0,
+        amp_dtype=torch.bfloat16 if gpu else None,
+        channels_last=gpu,
+        cuda_graph=gpu,
+        compile=compile_ and gpu,
+    )
     if opts.channels_last:
         model.to(memory_format=torch.channels_last_3d)
-    opt = build_optimizer(list(model.parameters()), lr=0.001, momentum=0.9, nesterov=True, weight_decay=1e-4,
-                          device=device)  # fmt: skip
+    opt = build_optimizer(
+        list(model.parameters()), lr=0.001, momentum=0.9, nesterov=True, weight_decay=1e-4, device=device
+    )
     return TrainStep(LossModule(model, cfg.recipe.aux_weight), opt, opts, device), opts
 
 
@@ -70,8 +76,9 @@ def run(args: argparse.Namespace) -> dict:
     spec = tpn.get_config(name).clip
     s = Settings(data=args.data, tiny=args.tiny, workers=args.workers, content="synthetic")
     shards = {fmt: bench_shards(s, fmt) for fmt in FORMATS}
-    loaders = {fmt: ClipLoader(shards[fmt], spec, batch_size=args.batch, num_threads=args.workers, seed=1)
-               for fmt in FORMATS}
+    loaders = {
+        fmt: ClipLoader(shards[fmt], spec, batch_size=args.batch, num_threads=args.workers, seed=1) for fmt in FORMATS
+    }
     streams = {fmt: endless(ld) for fmt, ld in loaders.items()}
     step, opts = step_for(name, device, args.compile)
     fixed = [next(streams["jpeg"]) for _ in range(2)]
@@ -99,26 +106,39 @@ def run(args: argparse.Namespace) -> dict:
         for who, fn in contenders.items():
             runs[who].append(timed(fn, args.batches, args.batch, device))
     med = {who: statistics.median(v) for who, v in runs.items()}
-    rows = [{"contender": who, "clips_per_s": med[who], "vs_in_memory": med[who] / med["in-memory"],
-             "runs": runs[who]} for who in contenders]
+    rows = [
+        {"contender": who, "clips_per_s": med[who], "vs_in_memory": med[who] / med["in-memory"], "runs": runs[who]}
+        for who in contenders
+    ]
     for ld in loaders.values():
         ld.close()
-    return {"model": name, "device": str(device), "batch": args.batch, "threads": args.workers,
-            "step_mode": step.mode, "compiled": opts.compile, "amp": str(opts.amp_dtype),
-            "decoders": {fmt: ld.decoder for fmt, ld in loaders.items()}, "rows": rows}
+    return {
+        "model": name,
+        "device": str(device),
+        "batch": args.batch,
+        "threads": args.workers,
+        "step_mode": step.mode,
+        "compiled": opts.compile,
+        "amp": str(opts.amp_dtype),
+        "decoders": {fmt: ld.decoder for fmt, ld in loaders.items()},
+        "rows": rows,
+    }
 
 
 def print_table(payload: dict) -> None:
-    print(f"{payload['model']} on {payload['device']}, batch {payload['batch']}, {payload['threads']} loader threads, "
-          f"step mode {payload['step_mode']}{' (compiled)' if payload['compiled'] else ''}")
+    print(
+        f"{payload['model']} on {payload['device']}, batch {payload['batch']}, {payload['threads']} loader threads, "
+        f"step mode {payload['step_mode']}{' (compiled)' if payload['compiled'] else ''}"
+    )
     print(f"{'contender':>14} {'clips/s':>9} {'x in-memory':>12}")
     for r in payload["rows"]:
         print(f"{r['contender']:>14} {r['clips_per_s']:9.1f} {r['vs_in_memory']:11.2f}x")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.pipeline", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.pipeline", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--model", default=None, help="zoo name (default: tpn_r50_f8s8 on a GPU, tpn_tiny_f8s4 on a CPU)")
     p.add_argument("--batch", type=int, default=None, help="clips per step (default: 16 on a GPU, 8 on a CPU)")
     p.add_argument("--batches", type=int, default=None, help="timed batches per contender and round (default 12)")
@@ -144,11 +164,17 @@ def main(argv: list[str] | None = None) -> int:
     payload = run(args)
     print_table(payload)
     name = args.name or ("pipeline_tiny" if args.tiny else "pipeline")
-    path = write_results(name, {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-                                **payload})
+    path = write_results(
+        name, {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, **payload}
+    )
     labels = [r["contender"] for r in payload["rows"]]
-    bar_plot(results_path(name, ".png"), labels, [r["clips_per_s"] for r in payload["rows"]], ylabel="clips / s",
-             title=f"{payload['model']} training fed by ClipLoader, {payload['device']}, step {payload['step_mode']}")
+    bar_plot(
+        results_path(name, ".png"),
+        labels,
+        [r["clips_per_s"] for r in payload["rows"]],
+        ylabel="clips / s",
+        title=f"{payload['model']} training fed by ClipLoader, {payload['device']}, step {payload['step_mode']}",
+    )
     print(f"wrote {path}")
     return 0
 

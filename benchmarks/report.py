@@ -109,27 +109,54 @@ def _non_tiny(d: dict) -> dict:
 
 H100, CPU2, CPU2_DEC, CPU2_LOAD = "2026-11-25-h100", "2026-11-25-cpu2", "2026-12-01-cpu2", "2026-12-06-cpu2"
 BLOCKS: tuple[Block, ...] = (
-    Block(name="h100-train", source=f"{H100}-train-compile", table=lambda d: [*train_table(d), "", *goal_lines(d)],
-          chart=lambda r: charts.train_chart(r[f"{H100}-train-compile"]),
-          command=f"python -m benchmarks.train --name {H100}-train-compile"),
-    Block(name="h100-loader", source=f"{H100}-loader_variants", table=loader_variants_table,
-          chart=lambda r: charts.loader_chart(r[f"{H100}-loader_variants"], r[f"{H100}-train-compile"]),
-          command=f"python -m benchmarks.loader_variants --name {H100}-loader_variants"),
-    Block(name="h100-infer", source=f"{H100}-infer", table=lambda d: precision_table(d, "tpn_r50_f8s8"),
-          chart=lambda r: charts.infer_chart(r[f"{H100}-infer"], "tpn_r50_f8s8", ["torch-fp32", "torch-bf16"]),
-          command=f"python -m benchmarks.infer --name {H100}-infer"),
-    Block(name="cpu2-shard", source=f"{CPU2}-shard", table=shard_table,
-          command=f"python -m benchmarks.shard --videos-per-class 4 --rounds 3 --name {CPU2}-shard"),
-    Block(name="cpu2-loaders", source=f"{CPU2_LOAD}-data",
-          table=lambda d: [*loaders_table(d), "", *loaders_goal_lines(d), "", *breakdown_table(d)],
-          chart=lambda r: charts.loaders_chart(r[f"{CPU2_LOAD}-data"])),
+    Block(
+        name="h100-train",
+        source=f"{H100}-train-compile",
+        table=lambda d: [*train_table(d), "", *goal_lines(d)],
+        chart=lambda r: charts.train_chart(r[f"{H100}-train-compile"]),
+        command=f"python -m benchmarks.train --name {H100}-train-compile",
+    ),
+    Block(
+        name="h100-loader",
+        source=f"{H100}-loader_variants",
+        table=loader_variants_table,
+        chart=lambda r: charts.loader_chart(r[f"{H100}-loader_variants"], r[f"{H100}-train-compile"]),
+        command=f"python -m benchmarks.loader_variants --name {H100}-loader_variants",
+    ),
+    Block(
+        name="h100-infer",
+        source=f"{H100}-infer",
+        table=lambda d: precision_table(d, "tpn_r50_f8s8"),
+        chart=lambda r: charts.infer_chart(r[f"{H100}-infer"], "tpn_r50_f8s8", ["torch-fp32", "torch-bf16"]),
+        command=f"python -m benchmarks.infer --name {H100}-infer",
+    ),
+    Block(
+        name="cpu2-shard",
+        source=f"{CPU2}-shard",
+        table=shard_table,
+        command=f"python -m benchmarks.shard --videos-per-class 4 --rounds 3 --name {CPU2}-shard",
+    ),
+    Block(
+        name="cpu2-loaders",
+        source=f"{CPU2_LOAD}-data",
+        table=lambda d: [*loaders_table(d), "", *loaders_goal_lines(d), "", *breakdown_table(d)],
+        chart=lambda r: charts.loaders_chart(r[f"{CPU2_LOAD}-data"]),
+    ),
     Block(name="cpu2-pipeline", source=f"{CPU2_DEC}-pipeline", table=pipeline_table),
     Block(name="cpu2-scale", source=f"{CPU2_DEC}-scale", table=scale_table),
-    Block(name="cpu2-infer", source=f"{CPU2_DEC}-infer", table=lambda d: infer_table(_non_tiny(d)),
-          chart=lambda r: charts.infer_chart(r[f"{CPU2_DEC}-infer"], "tpn_r50_f8s8")),
-    Block(name="cpu2-train", source=f"{CPU2}-train", table=lambda d: [*train_table(d), "", *goal_lines(d)],
-          command=f"python -m benchmarks.train --name {CPU2}-train"),
-)  # fmt: skip
+    Block(
+        name="cpu2-infer",
+        source=f"{CPU2_DEC}-infer",
+        table=lambda d: infer_table(_non_tiny(d)),
+        chart=lambda r: charts.infer_chart(r[f"{CPU2_DEC}-infer"], "tpn_r50_f8s8"),
+    ),
+    Block(
+        name="cpu2-train",
+        source=f"{CPU2}-train",
+        table=lambda d: [*train_table(d), "", *goal_lines(d)],
+        command=f"python -m benchmarks.train --name {CPU2}-train",
+    ),
+)
 
 
 # ------------------------------------------------------------------ blocks
@@ -176,10 +203,14 @@ def replace_blocks(text: str, bodies: dict[str, str]) -> str:
     present = read_blocks(text)
     missing, unknown = sorted(set(bodies) - set(present)), sorted(set(present) - set(bodies))
     if missing:
-        raise ReportError(f"README has no block for {', '.join(missing)}: add the lines '{BEGIN.format(name='NAME')}' "
-                          f"and '{END}' where each table belongs")  # fmt: skip
+        raise ReportError(
+            f"README has no block for {', '.join(missing)}: add the lines '{BEGIN.format(name='NAME')}' "
+            f"and '{END}' where each table belongs"
+        )
     if unknown:
-        raise ReportError(f"README blocks {', '.join(unknown)} are not in benchmarks.report.BLOCKS: add them or remove the markers")
+        raise ReportError(
+            f"README blocks {', '.join(unknown)} are not in benchmarks.report.BLOCKS: add them or remove the markers"
+        )
     return BLOCK_RE.sub(lambda m: f"{BEGIN.format(name=m.group(1))}\n{bodies[m.group(1)]}{END}", text)
 
 
@@ -199,13 +230,21 @@ def draw_charts(blocks: tuple[Block, ...], results: Results) -> list[Path]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmarks report", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument("--check", action="store_true",
-                   help="only compare the README's generated blocks with the result files; exit 1 if they differ")
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="only compare the README's generated blocks with the result files; exit 1 if they differ",
+    )
     p.add_argument("--readme", type=Path, default=README, help=f"README to update (default: {README})")
-    p.add_argument("--results", type=Path, default=common.RESULTS,
-                   help=f"result files folder (default: {common.RESULTS}); charts go to its {CHARTS_DIR}/")
+    p.add_argument(
+        "--results",
+        type=Path,
+        default=common.RESULTS,
+        help=f"result files folder (default: {common.RESULTS}); charts go to its {CHARTS_DIR}/",
+    )
     p.add_argument("--no-charts", action="store_true", help="update the tables only")
     return p
 
@@ -220,7 +259,10 @@ def main(argv: list[str] | None = None) -> int:
             stale = stale_blocks(text, bodies)
             replace_blocks(text, bodies)  # raises on missing or unknown blocks
             if stale:
-                print(f"{args.readme}: out of date with {args.results}: {', '.join(stale)}; run python -m benchmarks report")
+                print(
+                    f"{args.readme}: out of date with {args.results}: {', '.join(stale)}; "
+                    "run python -m benchmarks report"
+                )
                 return 1
             print(f"{args.readme}: {len(bodies)} generated blocks match {args.results}")
             return 0

@@ -49,14 +49,22 @@ def synthetic_index(n: int, shards: int = 300):
     key_start[1:] = np.cumsum([len(k) for k in keys])
     size = rng.integers(200_000, 2_000_000, n).astype(np.int32)
     arrays = {
-        "shard": (np.arange(n) * shards // n).astype(np.uint32), "label": rng.integers(0, 400, n).astype(np.int32),
-        "frames": rng.integers(200, 300, n).astype(np.int32), "width": np.full(n, 340, np.uint16),
-        "height": np.full(n, 256, np.uint16), "fps": np.full(n, 30, np.float32),
-        "video_off": np.cumsum(size, dtype=np.int64), "video_size": size,
-        "json_off": np.zeros(n, np.int64), "json_size": np.full(n, 300, np.int32),
-        "key_start": key_start, "key_bytes": key_bytes, "frame_start": np.zeros(n + 1, np.int64),
-        "frame_off": np.zeros(0, np.int64), "frame_size": np.zeros(0, np.int32),
-    }  # fmt: skip
+        "shard": (np.arange(n) * shards // n).astype(np.uint32),
+        "label": rng.integers(0, 400, n).astype(np.int32),
+        "frames": rng.integers(200, 300, n).astype(np.int32),
+        "width": np.full(n, 340, np.uint16),
+        "height": np.full(n, 256, np.uint16),
+        "fps": np.full(n, 30, np.float32),
+        "video_off": np.cumsum(size, dtype=np.int64),
+        "video_size": size,
+        "json_off": np.zeros(n, np.int64),
+        "json_size": np.full(n, 300, np.int32),
+        "key_start": key_start,
+        "key_bytes": key_bytes,
+        "frame_start": np.zeros(n + 1, np.int64),
+        "frame_off": np.zeros(0, np.int64),
+        "frame_size": np.zeros(0, np.int32),
+    }
     return SampleIndex(arrays, {"kind": "video", "codec": "vp9", "ext": "webm", "version": INDEX_VERSION})
 
 
@@ -85,12 +93,24 @@ def bench_index(n: int, tmp: Path) -> dict:
     synthetic_index(n).save(folder)
     write_s = time.perf_counter() - t0
     root = Path(__file__).resolve().parents[1]
-    run = subprocess.run([sys.executable, "-c", OPEN_SCRIPT, str(folder)], cwd=root, capture_output=True, text=True,
-                         timeout=600, env={**os.environ, "PYTHONPATH": str(root)}, check=True)
+    run = subprocess.run(
+        [sys.executable, "-c", OPEN_SCRIPT, str(folder)],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        check=True,
+    )
     got = json.loads(run.stdout)
     file_bytes = sum(p.stat().st_size for p in folder.iterdir())
-    return {"samples": n, "write_s": write_s, **got, "rss_bytes_per_sample": got["rss_bytes"] / n,
-            "file_bytes_per_sample": file_bytes / n}
+    return {
+        "samples": n,
+        "write_s": write_s,
+        **got,
+        "rss_bytes_per_sample": got["rss_bytes"] / n,
+        "file_bytes_per_sample": file_bytes / n,
+    }
 
 
 def python_records_bytes_per_sample(n: int) -> float:
@@ -119,8 +139,11 @@ def _free_port() -> int:
 
 def start_s3() -> tuple[subprocess.Popen, str]:
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -175,8 +198,13 @@ def bench_storage(tmp: Path, rounds: int, batches: int, batch_size: int, threads
     shards = bench_shards(Settings(data=default_data_dir(), workers=threads, content="synthetic"), "jpeg")
     spec = ClipSpec(frames=8, stride=8, crop_size=224)
     proc, endpoint = start_s3()
-    env = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL": endpoint, "XDG_CACHE_HOME": str(tmp / "cache")}
+    env = {
+        "AWS_ACCESS_KEY_ID": "bench",
+        "AWS_SECRET_ACCESS_KEY": "bench",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": endpoint,
+        "XDG_CACHE_HOME": str(tmp / "cache"),
+    }
     os.environ.update(env)
     try:
         fs = fsspec.filesystem("s3", skip_instance_cache=True)
@@ -194,13 +222,20 @@ def bench_storage(tmp: Path, rounds: int, batches: int, batch_size: int, threads
         proc.kill()
         proc.wait()
     med = {k: statistics.median(v) for k, v in runs.items()}
-    return {"runs": runs, "clips_per_s": med, "loader_vs_range_loop": med["s3 loopback"] / med["s3 range loop"],
-            "s3_vs_local": med["s3 loopback"] / med["local disk"], "batch_size": batch_size, "threads": threads}
+    return {
+        "runs": runs,
+        "clips_per_s": med,
+        "loader_vs_range_loop": med["s3 loopback"] / med["s3 range loop"],
+        "s3_vs_local": med["s3 loopback"] / med["local disk"],
+        "batch_size": batch_size,
+        "threads": threads,
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.scale", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.scale", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--sizes", type=int, nargs="+", default=list(SIZES), help="index sizes (samples)")
     p.add_argument("--only", choices=["index", "storage"], default=None, help="run one part")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the storage part")
@@ -221,16 +256,25 @@ def main(argv: list[str] | None = None) -> int:
             payload["python_records_bytes_per_sample"] = python_records_bytes_per_sample(min(args.sizes))
             print(f"{'samples':>9} {'open s':>7} {'open+touch s':>13} {'RSS B/sample':>13} {'file B/sample':>14}")
             for r in rows:
-                print(f"{r['samples']:9d} {r['open_s']:7.3f} {r['open_and_touch_s']:13.3f} "
-                      f"{r['rss_bytes_per_sample']:13.1f} {r['file_bytes_per_sample']:14.1f}")
-            print(f"previous index (Python records), {min(args.sizes)} samples: "
-                  f"{payload['python_records_bytes_per_sample']:.0f} B/sample")
+                print(
+                    f"{r['samples']:9d} {r['open_s']:7.3f} {r['open_and_touch_s']:13.3f} "
+                    f"{r['rss_bytes_per_sample']:13.1f} {r['file_bytes_per_sample']:14.1f}"
+                )
+            print(
+                f"previous index (Python records), {min(args.sizes)} samples: "
+                f"{payload['python_records_bytes_per_sample']:.0f} B/sample"
+            )
         if args.only in (None, "storage"):
             st = bench_storage(Path(tmp), args.rounds, args.batches, args.batch_size, args.workers)
             payload["storage"] = st
-            print("frame shards, 8x8 clips at 224, clips/s: " + ", ".join(f"{k} {v:.1f}" for k, v in st["clips_per_s"].items()))
-            print(f"loader from S3 / plain range-read loop: {st['loader_vs_range_loop']:.2f}x (goal >= 0.8); "
-                  f"S3 / local disk: {st['s3_vs_local']:.2f}x")
+            print(
+                "frame shards, 8x8 clips at 224, clips/s: "
+                + ", ".join(f"{k} {v:.1f}" for k, v in st["clips_per_s"].items())
+            )
+            print(
+                f"loader from S3 / plain range-read loop: {st['loader_vs_range_loop']:.2f}x (goal >= 0.8); "
+                f"S3 / local disk: {st['s3_vs_local']:.2f}x"
+            )
     path = write_results(args.name, payload)
     print(f"wrote {path}")
     return 0

@@ -66,8 +66,7 @@ def plain_ffmpeg(src: Path, dst: Path, settings: EncodeSettings, workers: int) -
 
     def one(item) -> None:
         argv = transcode_argv(SourceSpec(item.path), dst / f"{item.key}.{settings.ext}", settings)
-        subprocess.run(argv, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL)
+        subprocess.run(argv, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         list(pool.map(one, items))
@@ -105,13 +104,22 @@ def same_bytes(a: Path, b: Path) -> bool:
     """Both runs wrote the same shards, indices and lists."""
     names = sorted(p.name for p in a.iterdir() if p.is_file() and p.name != "manifest.json")
     return names == sorted(p.name for p in b.iterdir() if p.is_file() and p.name != "manifest.json") and all(
-        (a / n).read_bytes() == (b / n).read_bytes() for n in names)
+        (a / n).read_bytes() == (b / n).read_bytes() for n in names
+    )
 
 
 def run(args: argparse.Namespace) -> dict:
     data = args.data or Path(tempfile.gettempdir()) / "tpn-bench-shard-src"
-    make_dataset(data, classes=args.classes, train_per_class=args.videos_per_class, val_per_class=0,
-                 frames=args.frames, size=args.size, seed=0, grain=args.grain)
+    make_dataset(
+        data,
+        classes=args.classes,
+        train_per_class=args.videos_per_class,
+        val_per_class=0,
+        frames=args.frames,
+        size=args.size,
+        seed=0,
+        grain=args.grain,
+    )
     videos = args.classes * args.videos_per_class
     settings = EncodeSettings(codec=args.codec, short_side=args.short_side)
     scratch = Path(tempfile.mkdtemp(prefix="tpn-bench-shard-"))
@@ -121,13 +129,19 @@ def run(args: argparse.Namespace) -> dict:
         for r in range(args.rounds):
             runs = {
                 "plain": lambda: plain_ffmpeg(data, scratch / f"plain{r}", settings, args.workers),
-                "shard": lambda: shard_dataset(data, scratch / f"shard{r}", codec=args.codec,
-                                               short_side=args.short_side, workers=args.workers),
+                "shard": lambda: shard_dataset(
+                    data, scratch / f"shard{r}", codec=args.codec, short_side=args.short_side, workers=args.workers
+                ),
             }
             for name, c in clusters.items():
-                runs[name] = (lambda name=name, c=c: shard_dataset(
-                    data, scratch / f"{name}-{r}", codec=args.codec, short_side=args.short_side, engine="ray",
-                    ray_address=c.address))
+                runs[name] = lambda name=name, c=c: shard_dataset(
+                    data,
+                    scratch / f"{name}-{r}",
+                    codec=args.codec,
+                    short_side=args.short_side,
+                    engine="ray",
+                    ray_address=c.address,
+                )
             order = list(runs) if r % 2 == 0 else list(reversed(runs))  # none always goes first
             got = {name: measure(runs[name]) for name in order}
             row = {f"{name}_{k}": v for name, (wall, cpu) in got.items() for k, v in (("wall_s", wall), ("cpu_s", cpu))}
@@ -145,15 +159,26 @@ def run(args: argparse.Namespace) -> dict:
     ray_rows = {}
     if clusters:
         ray_rows = {
-            "ray1_videos_per_s": videos / med["ray1_wall_s"], "ray2_videos_per_s": videos / med["ray2_wall_s"],
+            "ray1_videos_per_s": videos / med["ray1_wall_s"],
+            "ray2_videos_per_s": videos / med["ray2_wall_s"],
             "ray_scaling": statistics.median(r["ray1_wall_s"] / r["ray2_wall_s"] for r in rounds),
             "ray_vs_local_wall": statistics.median(r["ray2_wall_s"] / r["shard_wall_s"] for r in rounds),
             "ray_same_bytes": all(r[f"{n}_same_bytes"] for r in rounds for n in clusters),
-            "goal_ray_scaling": RAY_SCALING_GOAL, "goal_ray_vs_local_wall": RAY_OVERHEAD_GOAL,
+            "goal_ray_scaling": RAY_SCALING_GOAL,
+            "goal_ray_vs_local_wall": RAY_OVERHEAD_GOAL,
         }
-    return {**ray_rows,
-        "config": {"videos": videos, "frames": args.frames, "size": list(args.size), "workers": args.workers,
-                   "rounds": args.rounds, "settings": settings.to_json(), "grain": args.grain, "ray": args.ray},
+    return {
+        **ray_rows,
+        "config": {
+            "videos": videos,
+            "frames": args.frames,
+            "size": list(args.size),
+            "workers": args.workers,
+            "rounds": args.rounds,
+            "settings": settings.to_json(),
+            "grain": args.grain,
+            "ray": args.ray,
+        },
         "rounds": rounds,
         "median": med,
         "plain_videos_per_s": videos / med["plain_wall_s"],
@@ -168,8 +193,12 @@ def table(res: dict) -> str:
     m = res["median"]
     rows = [
         ("", "plain ffmpeg", "pipeline.shard", "shard/plain"),
-        ("videos/s", f"{res['plain_videos_per_s']:.2f}", f"{res['shard_videos_per_s']:.2f}",
-         f"{res['shard_videos_per_s'] / res['plain_videos_per_s']:.3f}"),
+        (
+            "videos/s",
+            f"{res['plain_videos_per_s']:.2f}",
+            f"{res['shard_videos_per_s']:.2f}",
+            f"{res['shard_videos_per_s'] / res['plain_videos_per_s']:.3f}",
+        ),
         ("wall s (median)", f"{m['plain_wall_s']:.2f}", f"{m['shard_wall_s']:.2f}", f"{res['ratio_wall']:.3f}"),
         ("CPU s (median)", f"{m['plain_cpu_s']:.2f}", f"{m['shard_cpu_s']:.2f}", f"{res['ratio_cpu']:.3f}"),
     ]
@@ -177,11 +206,14 @@ def table(res: dict) -> str:
     verdict = "meets" if res["ratio_wall"] <= GOAL else "misses"
     lines.append(f"goal: shard wall <= {GOAL:.2f}x plain ffmpeg -> {res['ratio_wall']:.3f}x, {verdict} it")
     if "ray_scaling" in res:
-        lines.append(f"--engine ray: 1 node x 1 CPU {res['ray1_videos_per_s']:.2f} videos/s, 2 nodes x 1 CPU "
-                     f"{res['ray2_videos_per_s']:.2f} videos/s; same bytes as local: {res['ray_same_bytes']}")
-        for name, value, goal, better in (("2 nodes / 1 node videos/s", res["ray_scaling"], RAY_SCALING_GOAL, ">="),
-                                          ("ray wall / local wall (2 CPUs)", res["ray_vs_local_wall"],
-                                           RAY_OVERHEAD_GOAL, "<=")):
+        lines.append(
+            f"--engine ray: 1 node x 1 CPU {res['ray1_videos_per_s']:.2f} videos/s, 2 nodes x 1 CPU "
+            f"{res['ray2_videos_per_s']:.2f} videos/s; same bytes as local: {res['ray_same_bytes']}"
+        )
+        for name, value, goal, better in (
+            ("2 nodes / 1 node videos/s", res["ray_scaling"], RAY_SCALING_GOAL, ">="),
+            ("ray wall / local wall (2 CPUs)", res["ray_vs_local_wall"], RAY_OVERHEAD_GOAL, "<="),
+        ):
             met = value >= goal if better == ">=" else value <= goal
             lines.append(f"goal: {name} {better} {goal:.2f} -> {value:.3f}, {'meets' if met else 'misses'} it")
     return "\n".join(lines)
@@ -195,8 +227,9 @@ def plot(res: dict, path: Path) -> Path:
     errors = [(rate - videos / max(w), videos / min(w) - rate) for rate, w in zip(rates, walls)]
     c = res["config"]
     title = f"{c['videos']} videos x {c['frames']} frames, {c['workers']} workers: wall ratio {res['ratio_wall']:.3f}"
-    return bar_plot(path, ["plain ffmpeg", "pipeline.shard"], rates, errors=errors,
-                    ylabel="videos/s (median, min-max)", title=title)
+    return bar_plot(
+        path, ["plain ffmpeg", "pipeline.shard"], rates, errors=errors, ylabel="videos/s (median, min-max)", title=title
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -215,10 +248,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), help="parallel ffmpeg runs")
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds (medians reported)")
     p.add_argument("--grain", type=float, default=6.0, help="camera-like grain of the synthetic sources (0: smooth)")
-    p.add_argument("--ray", action="store_true",
-                   help="also --engine ray on local Ray clusters of 1 and 2 one-CPU nodes (needs the [cluster] extra)")
+    p.add_argument(
+        "--ray",
+        action="store_true",
+        help="also --engine ray on local Ray clusters of 1 and 2 one-CPU nodes (needs the [cluster] extra)",
+    )
     p.add_argument("--data", type=Path, default=None, help="where to keep the synthetic source videos")
-    p.add_argument("--name", default=None, help="results name under benchmarks/results/ (default: shard-<date>-cpu<cores>)")
+    p.add_argument(
+        "--name", default=None, help="results name under benchmarks/results/ (default: shard-<date>-cpu<cores>)"
+    )
     return p
 
 

@@ -40,10 +40,11 @@ def shard_table(d: dict) -> list[str]:
         "| | plain ffmpeg | pipeline.shard | shard / plain |",
         "|---|---|---|---|",
         f"| videos/s | {_f(d['plain_videos_per_s'])} | {_f(d['shard_videos_per_s'])} | |",
-        f"| wall s (median) | {_f(m['plain_wall_s'])} | {_f(m['shard_wall_s'])} | **{_f(d['ratio_wall'], 3)}** (goal <= {d['goal_ratio_wall']}) |",
+        f"| wall s (median) | {_f(m['plain_wall_s'])} | {_f(m['shard_wall_s'])} | "
+        f"**{_f(d['ratio_wall'], 3)}** (goal <= {d['goal_ratio_wall']}) |",
         f"| CPU s (median) | {_f(m['plain_cpu_s'])} | {_f(m['shard_cpu_s'])} | {_f(d['ratio_cpu'], 3)} |",
         *(_ray_rows(d) if "ray_scaling" in d else []),
-    ]  # fmt: skip
+    ]
 
 
 def _ray_rows(d: dict) -> list[str]:
@@ -54,18 +55,28 @@ def _ray_rows(d: dict) -> list[str]:
         "",
         "| --engine ray (nodes of 1 CPU) | 1 node | 2 nodes | ratio |",
         "|---|---|---|---|",
-        f"| videos/s | {_f(d['ray1_videos_per_s'])} | {_f(d['ray2_videos_per_s'])} | **{_f(d['ray_scaling'], 3)}** 2 / 1 node (goal >= {d['goal_ray_scaling']}) |",
-        f"| wall s (median) | {_f(m['ray1_wall_s'])} | {_f(m['ray2_wall_s'])} | **{_f(d['ray_vs_local_wall'], 3)}** 2 nodes / local engine on 2 workers (goal <= {d['goal_ray_vs_local_wall']}); {same} |",
-    ]  # fmt: skip
+        f"| videos/s | {_f(d['ray1_videos_per_s'])} | {_f(d['ray2_videos_per_s'])} | "
+        f"**{_f(d['ray_scaling'], 3)}** 2 / 1 node (goal >= {d['goal_ray_scaling']}) |",
+        f"| wall s (median) | {_f(m['ray1_wall_s'])} | {_f(m['ray2_wall_s'])} | "
+        f"**{_f(d['ray_vs_local_wall'], 3)}** 2 nodes / local engine on 2 workers "
+        f"(goal <= {d['goal_ray_vs_local_wall']}); {same} |",
+    ]
 
 
-LOADER_LABELS = {"frames": "ClipLoader, frame shards (host)", "frames-dali": "ClipLoader, frame shards (DALI CPU)",
-                 "frames-whole": "ClipLoader, frame shards (host, whole-frame decode)",
-                 "rawframes": "mmaction2-style rawframes", "vp9": "ClipLoader, VP9 shards (host)",
-                 "vp9-dali": "ClipLoader, VP9 shards (DALI CPU)", "decord": "mmaction2-style decord, H.264"}
-LOADER_GOALS = {"frames_vs_rawframes": (2.0, "frame shards / rawframes"),
-                "frames_vs_limit": (0.7, "frame shards / JPEG decode limit (OpenCV)"),
-                "vp9_vs_decord": (1.0, "VP9 shards / decord")}  # at 8x8
+LOADER_LABELS = {
+    "frames": "ClipLoader, frame shards (host)",
+    "frames-dali": "ClipLoader, frame shards (DALI CPU)",
+    "frames-whole": "ClipLoader, frame shards (host, whole-frame decode)",
+    "rawframes": "mmaction2-style rawframes",
+    "vp9": "ClipLoader, VP9 shards (host)",
+    "vp9-dali": "ClipLoader, VP9 shards (DALI CPU)",
+    "decord": "mmaction2-style decord, H.264",
+}
+LOADER_GOALS = {
+    "frames_vs_rawframes": (2.0, "frame shards / rawframes"),
+    "frames_vs_limit": (0.7, "frame shards / JPEG decode limit (OpenCV)"),
+    "vp9_vs_decord": (1.0, "VP9 shards / decord"),
+}  # at 8x8
 
 
 def loaders_table(d: dict) -> list[str]:
@@ -77,13 +88,24 @@ def loaders_table(d: dict) -> list[str]:
         cells = [_rate(r.get(f"{who}_clips_per_s")) if f"{who}_clips_per_s" in r else "failed" for r in rows]
         lines.append(f"| {LOADER_LABELS[who]} | " + " | ".join(cells) + " |")
     for dec, label in (("opencv", "OpenCV"), ("simplejpeg", "simplejpeg")):
-        lines.append(f"| JPEG decode limit ({label}) | " + " | ".join(_rate(r.get(f"limit_{dec}_clips_per_s")) for r in rows) + " |")
-    ratios = {"frames_vs_rawframes": "frame shards / rawframes", "frames_vs_frames_dali": "frame shards: host / DALI",
-              "frames_vs_limit": "frame shards / limit (OpenCV)", "frames_vs_limit_fastest": "frame shards / limit (fastest)",
-              "vp9_vs_decord": "VP9 shards / decord", "vp9_vs_vp9_dali": "VP9 shards: host / DALI"}
+        lines.append(
+            f"| JPEG decode limit ({label}) | "
+            + " | ".join(_rate(r.get(f"limit_{dec}_clips_per_s")) for r in rows)
+            + " |"
+        )
+    ratios = {
+        "frames_vs_rawframes": "frame shards / rawframes",
+        "frames_vs_frames_dali": "frame shards: host / DALI",
+        "frames_vs_limit": "frame shards / limit (OpenCV)",
+        "frames_vs_limit_fastest": "frame shards / limit (fastest)",
+        "vp9_vs_decord": "VP9 shards / decord",
+        "vp9_vs_vp9_dali": "VP9 shards: host / DALI",
+    }
     for key, label in ratios.items():
         if any(key in r for r in rows):
-            lines.append(f"| {label} | " + " | ".join(f"**{_f(r.get(key))}x**" if key in r else "-" for r in rows) + " |")
+            lines.append(
+                f"| {label} | " + " | ".join(f"**{_f(r.get(key))}x**" if key in r else "-" for r in rows) + " |"
+            )
     return lines
 
 
@@ -99,13 +121,17 @@ def loaders_goal_lines(d: dict) -> list[str]:
         lines.append(f"- {label} >= {goal}x at 8x8: {_f(value)}x{per_round} -> {verdict}")
     if row.get("frames_vs_frames_whole") is not None:
         rounds = ", ".join(f"{x:.2f}" for x in row["frames_vs_frames_whole_rounds"])
-        lines.append(f"- window decoding (`pipeline._jpegwindow`): frame shards / the same decoding whole frames "
-                     f"{_f(row['frames_vs_frames_whole'])}x at 8x8 (rounds: {rounds})")
+        lines.append(
+            f"- window decoding (`pipeline._jpegwindow`): frame shards / the same decoding whole frames "
+            f"{_f(row['frames_vs_frames_whole'])}x at 8x8 (rounds: {rounds})"
+        )
     t = d.get("test_mode")
     if t:
-        lines.append(f"- test mode (8x8, {t['views']} views per video), videos/s: frame shards host "
-                     f"{_f(t['frames_videos_per_s'])} / DALI {_f(t['frames-dali_videos_per_s'])}; VP9 shards host "
-                     f"{_f(t['vp9_videos_per_s'])} / DALI {_f(t['vp9-dali_videos_per_s'])}")
+        lines.append(
+            f"- test mode (8x8, {t['views']} views per video), videos/s: frame shards host "
+            f"{_f(t['frames_videos_per_s'])} / DALI {_f(t['frames-dali_videos_per_s'])}; VP9 shards host "
+            f"{_f(t['vp9_videos_per_s'])} / DALI {_f(t['vp9-dali_videos_per_s'])}"
+        )
     return lines
 
 
@@ -117,16 +143,23 @@ def breakdown_table(d: dict) -> list[str]:
     steps = ("decode", "crop_resize_flip", "colour", "normalise")
     total = sum(b[f"frames_{k}_ms_per_frame"] for k in steps)
     return [
-        "| frame shards, per frame (1 thread) | ms | share |", "|---|---|---|",
-        *[f"| {_step_label(k, b)} | {_f(b[f'frames_{k}_ms_per_frame'], 3)} | {_pct(b[f'frames_{k}_ms_per_frame'] / total, 0)} |"
-          for k in steps],
-        *([f"| (decode of the whole frame, for comparison) | {_f(b['frames_decode_whole_ms_per_frame'], 3)} | |"]
-          if b.get("frames_decode_window") else []),
+        "| frame shards, per frame (1 thread) | ms | share |",
+        "|---|---|---|",
+        *[
+            f"| {_step_label(k, b)} | {_f(b[f'frames_{k}_ms_per_frame'], 3)} | "
+            f"{_pct(b[f'frames_{k}_ms_per_frame'] / total, 0)} |"
+            for k in steps
+        ],
+        *(
+            [f"| (decode of the whole frame, for comparison) | {_f(b['frames_decode_whole_ms_per_frame'], 3)} | |"]
+            if b.get("frames_decode_window")
+            else []
+        ),
         f"| planning a batch / reading its JPEGs (ms per batch) | {_f(b['frames_plan_ms_per_batch'], 2)} / "
         f"{_f(b['frames_read_ms_per_batch'], 2)} | |",
         f"| VP9, per clip: decode {_f(b['vp9_frames_decoded_per_clip'], 1)} frames (ms) / resample the 8 planes (ms) "
         f"| {_f(b['vp9_decode_ms_per_clip'], 1)} / {_f(b['vp9_resample_ms_per_clip'], 2)} | |",
-    ]  # fmt: skip
+    ]
 
 
 def _step_label(step: str, b: dict) -> str:
@@ -136,31 +169,45 @@ def _step_label(step: str, b: dict) -> str:
 
 
 def pipeline_table(d: dict) -> list[str]:
-    rows = [f"{d['model']} on {d['device']}, batch {d['batch']}, step mode {d['step_mode']}"
-            + (" (compiled)" if d.get("compiled") else ""), "",
-            "| contender | clips/s | x in-memory training |", "|---|---|---|"]  # fmt: skip
+    rows = [
+        f"{d['model']} on {d['device']}, batch {d['batch']}, step mode {d['step_mode']}"
+        + (" (compiled)" if d.get("compiled") else ""),
+        "",
+        "| contender | clips/s | x in-memory training |",
+        "|---|---|---|",
+    ]
     rows += [f"| {r['contender']} | {_f(r['clips_per_s'], 1)} | {_f(r['vs_in_memory'])}x |" for r in d["rows"]]
     return rows
 
 
-
-
 def scale_table(d: dict) -> list[str]:
     """Index open time and resident bytes per sample; loader clips/s from disk and from S3 on loopback."""
-    rows = ["| samples | open s | open + read every per-sample number s | resident bytes per sample | index file bytes per sample |",
-            "|---|---|---|---|---|"]  # fmt: skip
-    rows += [f"| {r['samples']:,} | {_f(r['open_s'], 3)} | {_f(r['open_and_touch_s'], 3)} "
-             f"| {_f(r['rss_bytes_per_sample'], 1)} | {_f(r['file_bytes_per_sample'], 1)} |" for r in d.get("index", [])]
+    rows = [
+        "| samples | open s | open + read every per-sample number s | resident bytes per sample "
+        "| index file bytes per sample |",
+        "|---|---|---|---|---|",
+    ]
+    rows += [
+        f"| {r['samples']:,} | {_f(r['open_s'], 3)} | {_f(r['open_and_touch_s'], 3)} "
+        f"| {_f(r['rss_bytes_per_sample'], 1)} | {_f(r['file_bytes_per_sample'], 1)} |"
+        for r in d.get("index", [])
+    ]
     if "python_records_bytes_per_sample" in d:
         n = min(r["samples"] for r in d["index"])
-        rows += ["", f"The previous index (one Python record per sample) held "
-                     f"{_f(d['python_records_bytes_per_sample'], 0)} bytes per sample at {n:,} samples."]
+        rows += [
+            "",
+            f"The previous index (one Python record per sample) held "
+            f"{_f(d['python_records_bytes_per_sample'], 0)} bytes per sample at {n:,} samples.",
+        ]
     st = d.get("storage")
     if st:
         rows += ["", "| frame shards, 8x8 clips at 224 | clips/s |", "|---|---|"]
         rows += [f"| {k} | {_f(v, 1)} |" for k, v in st["clips_per_s"].items()]
-        rows += ["", f"- loader from S3 / plain range-read loop of the same byte ranges: "
-                     f"{_f(st['loader_vs_range_loop'])}x (goal >= 0.8); S3 on loopback / local disk: {_f(st['s3_vs_local'])}x"]
+        rows += [
+            "",
+            f"- loader from S3 / plain range-read loop of the same byte ranges: "
+            f"{_f(st['loader_vs_range_loop'])}x (goal >= 0.8); S3 on loopback / local disk: {_f(st['s3_vs_local'])}x",
+        ]
     return rows
 
 
@@ -173,7 +220,8 @@ def infer_table(d: dict) -> list[str]:
     rows = ["| model | batch | backend | clips/s | median latency ms | x PyTorch FP32 |", "|---|---|---|---|---|---|"]
     for r in d["rows"]:
         rows.append(
-            f"| {_name(r, r['model'])} | {r['batch']} | {r['backend']} | {_f(r['clips_per_s'])} | {_f(r['median_ms'], 1)} "
+            f"| {_name(r, r['model'])} | {r['batch']} | {r['backend']} | {_f(r['clips_per_s'])} "
+            f"| {_f(r['median_ms'], 1)} "
             f"| {_f(r.get('ratio_vs_torch_fp32'))}x |"
         )
     return rows + [""] + goal_lines(d)
@@ -203,12 +251,16 @@ def precision_table(d: dict, model: str, backends: tuple[str, str] = ("torch-fp3
     """Two backends of one model side by side per batch (the rows where both ran), with their ratio."""
     by = {(r["model"], r["batch"], r["backend"]): r for r in d["rows"]}
     a, b = backends
-    rows = [f"| model | batch | {a.replace('-', ' ')} clips/s | {b.replace('-', ' ')} clips/s "
-            f"| {b.split('-')[-1]} / {a.split('-')[-1]} |", "|---|---|---|---|---|"]  # fmt: skip
+    rows = [
+        f"| model | batch | {a.replace('-', ' ')} clips/s | {b.replace('-', ' ')} clips/s "
+        f"| {b.split('-')[-1]} / {a.split('-')[-1]} |",
+        "|---|---|---|---|---|",
+    ]
     for batch in sorted({r["batch"] for r in d["rows"] if r["model"] == model}):
         ra, rb = by.get((model, batch, a)), by.get((model, batch, b))
         if ra and rb:
-            rows.append(f"| {model} | {batch} | {_f(ra['clips_per_s'], 1)} | {_f(rb['clips_per_s'], 1)} "
-                        f"| {_f(rb['clips_per_s'] / ra['clips_per_s'])}x |")  # fmt: skip
+            rows.append(
+                f"| {model} | {batch} | {_f(ra['clips_per_s'], 1)} | {_f(rb['clips_per_s'], 1)} "
+                f"| {_f(rb['clips_per_s'] / ra['clips_per_s'])}x |"
+            )
     return rows
-

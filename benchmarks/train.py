@@ -77,9 +77,17 @@ import tpn
 from benchmarks.common import GOAL_TRAIN_SPEEDUP, bar_plot, cpu_has_native_bf16, results_path, sync, write_results
 from export.validate import strict_fp32  # TF32 off for convs and matmuls, restored after
 from tpn.engine import (
-    COMPILE_PRESETS, DEFAULT_COMPILE, INPUT_TO_NDHWC, MIN_CUDNN, LossModule, StepOptions, TrainStep,
-    build_optimizer, compile_options, step_mode,
-)  # fmt: skip
+    COMPILE_PRESETS,
+    DEFAULT_COMPILE,
+    INPUT_TO_NDHWC,
+    MIN_CUDNN,
+    LossModule,
+    StepOptions,
+    TrainStep,
+    build_optimizer,
+    compile_options,
+    step_mode,
+)
 from pipeline.fileio import atomic_write_bytes
 from tpn.cli import add_device_arg
 from tpn.distributed import DistEnv, resolve_torch_device
@@ -122,17 +130,28 @@ def parse_mode(mode: str) -> ModeSpec:
         elif name == "compile":
             kw["compile"] = preset or DEFAULT_COMPILE
             if kw["compile"] not in COMPILE_PRESETS:
-                raise ValueError(f"mode {mode!r}: unknown compile preset {preset!r}; choose from {', '.join(COMPILE_PRESETS)}")
+                raise ValueError(
+                    f"mode {mode!r}: unknown compile preset {preset!r}; choose from {', '.join(COMPILE_PRESETS)}"
+                )
         elif flag != "eager":
-            raise ValueError(f"mode {mode!r}: unknown option {flag!r} (notf32, cl3d, nativebn, bneval, compile[=P], graph, eager)")
+            raise ValueError(
+                f"mode {mode!r}: unknown option {flag!r} (notf32, cl3d, nativebn, bneval, compile[=P], graph, eager)"
+            )
     return ModeSpec(**kw)
 
 
 def modes_for(device: str, native_bf16_cpu: bool, presets: tuple[str, ...] = ()) -> list[str]:
     if device == "cuda":
-        return ["fp32-eager", "fp32-notf32-eager", "bf16-cl3d-nativebn", "bf16-cl3d", "bf16-cl3d-graph",
-                "bf16-cl3d-bneval-graph", "bf16-cl3d-compile-graph",
-                *(f"bf16-cl3d-compile={p}-graph" for p in presets if p != DEFAULT_COMPILE)]  # fmt: skip
+        return [
+            "fp32-eager",
+            "fp32-notf32-eager",
+            "bf16-cl3d-nativebn",
+            "bf16-cl3d",
+            "bf16-cl3d-graph",
+            "bf16-cl3d-bneval-graph",
+            "bf16-cl3d-compile-graph",
+            *(f"bf16-cl3d-compile={p}-graph" for p in presets if p != DEFAULT_COMPILE),
+        ]
     return ["fp32-eager", "fp32-cl3d", *(["bf16-eager"] if native_bf16_cpu else [])]
 
 
@@ -157,8 +176,10 @@ def mode_problem(requested: str, report: dict, calls: int) -> str | None:
     if requested.endswith("cuda-graph"):
         expected = (calls - WARMUP_ITERS, WARMUP_ITERS)  # the capture step is trained on by its first replay
         if (report["graph_replays"], report["eager_steps"]) != expected:
-            return (f"{report['graph_replays']} graph replays and {report['eager_steps']} eager steps for {calls} "
-                    f"calls (expected {expected[0]} and {expected[1]})")  # fmt: skip
+            return (
+                f"{report['graph_replays']} graph replays and {report['eager_steps']} eager steps for {calls} "
+                f"calls (expected {expected[0]} and {expected[1]})"
+            )
     elif report["graph_replays"]:
         return f"{report['graph_replays']} graph replays in a mode without a graph"
     return None
@@ -182,19 +203,27 @@ def goal_lines(rows: list[dict], device_name: str) -> list[str]:
     compiled = [r for r in ok if r["mode"].endswith("graph") and "compile" in r["mode"]]
     plain = [r for r in ok if r["mode"].endswith("graph") and "compile" not in r["mode"]]
     if not compiled and not plain:
-        return [f"goals (H100/H200): >= {GOAL_SPEEDUP}x fp32 eager and MFU >= {GOAL_MFU:.0%}: not measurable "
-                "without a captured mode (GPU only)"]  # fmt: skip
+        return [
+            f"goals (H100/H200): >= {GOAL_SPEEDUP}x fp32 eager and MFU >= {GOAL_MFU:.0%}: not measurable "
+            "without a captured mode (GPU only)"
+        ]
     gpu = any(k in device_name for k in ("H100", "H200"))
     where = f"on {device_name}" + ("" if gpu else " (the goals are set for an H100/H200)")
     lines = []
     best = max(compiled or plain, key=lambda r: r["speedup"])  # the fastest captured mode
-    lines.append(f"{best['mode']} >= {GOAL_SPEEDUP}x fp32-eager {where}: {best['speedup']:.2f}x -> "
-                 + ("met" if best["speedup"] >= GOAL_SPEEDUP else "NOT met"))  # fmt: skip
-    lines.append(f"MFU >= {GOAL_MFU:.0%} {where}: {best['mfu']:.1%} -> " + ("met" if best["mfu"] >= GOAL_MFU else "NOT met"))
+    lines.append(
+        f"{best['mode']} >= {GOAL_SPEEDUP}x fp32-eager {where}: {best['speedup']:.2f}x -> "
+        + ("met" if best["speedup"] >= GOAL_SPEEDUP else "NOT met")
+    )
+    lines.append(
+        f"MFU >= {GOAL_MFU:.0%} {where}: {best['mfu']:.1%} -> " + ("met" if best["mfu"] >= GOAL_MFU else "NOT met")
+    )
     if plain:
         g = max(plain, key=lambda r: r["speedup"])
-        lines.append(f"{g['mode']} (uncompiled) >= {GOAL_GRAPH_SPEEDUP}x fp32-eager: {g['speedup']:.2f}x -> "
-                     + ("met" if g["speedup"] >= GOAL_GRAPH_SPEEDUP else "NOT met"))  # fmt: skip
+        lines.append(
+            f"{g['mode']} (uncompiled) >= {GOAL_GRAPH_SPEEDUP}x fp32-eager: {g['speedup']:.2f}x -> "
+            + ("met" if g["speedup"] >= GOAL_GRAPH_SPEEDUP else "NOT met")
+        )
     return lines + layout_goal_lines(rows)
 
 
@@ -209,8 +238,17 @@ def layout_goal_lines(rows: list[dict]) -> list[str]:
 
 # ----------------------------------------------------------------- layout copies (pure over profiler events)
 
-_COPY_FAMILY = {"aten::copy_", "aten::clone", "aten::contiguous", "aten::_to_copy", "aten::to", "aten::empty_like",
-                "aten::empty_strided", "aten::reshape", "aten::_reshape_alias"}  # fmt: skip
+_COPY_FAMILY = {
+    "aten::copy_",
+    "aten::clone",
+    "aten::contiguous",
+    "aten::_to_copy",
+    "aten::to",
+    "aten::empty_like",
+    "aten::empty_strided",
+    "aten::reshape",
+    "aten::_reshape_alias",
+}
 
 
 def dim_order(shape: list[int], strides: list[int]) -> tuple[int, ...]:
@@ -251,8 +289,10 @@ class OpRecord:
 
 def nest_records(trace_events: list[dict]) -> list[OpRecord]:
     """Chrome-trace events -> OpRecords, each with the innermost op of its thread that encloses it as parent."""
-    ops = sorted((e for e in trace_events if e.get("ph") == "X" and e.get("cat", "").lower() in ("cpu_op", "user_annotation")),
-                 key=lambda e: (e["pid"], e["tid"], e["ts"], -e["dur"]))  # fmt: skip
+    ops = sorted(
+        (e for e in trace_events if e.get("ph") == "X" and e.get("cat", "").lower() in ("cpu_op", "user_annotation")),
+        key=lambda e: (e["pid"], e["tid"], e["ts"], -e["dur"]),
+    )
     out: list[OpRecord] = []
     stack: list[tuple[OpRecord, float]] = []  # (op, end) of the enclosing ops
     thread = None
@@ -263,8 +303,13 @@ def nest_records(trace_events: list[dict]) -> list[OpRecord]:
         while stack and stack[-1][1] < end - 1e-3:  # that op ended before this one did: not a parent
             stack.pop()
         args = e.get("args", {})
-        rec = OpRecord(e["name"], args.get("Input Dims", []), args.get("Input Strides", []), args.get("Input type", []),
-                       stack[-1][0] if stack else None)  # fmt: skip
+        rec = OpRecord(
+            e["name"],
+            args.get("Input Dims", []),
+            args.get("Input Strides", []),
+            args.get("Input type", []),
+            stack[-1][0] if stack else None,
+        )
         out.append(rec)
         stack.append((rec, end))
     return out
@@ -287,8 +332,13 @@ def trace_records(prof) -> list[OpRecord]:
 
 def classify_copies(events) -> dict:
     """Count the layout-changing copies among profiled ops (OpRecords; see the module docstring)."""
-    out = {"layout_copies": 0, "input_layout_copies": 0, "weight_layout_copies": 0, "dtype_casts": 0,
-           "layout_copies_by_op": Counter()}  # fmt: skip
+    out = {
+        "layout_copies": 0,
+        "input_layout_copies": 0,
+        "weight_layout_copies": 0,
+        "dtype_casts": 0,
+        "layout_copies_by_op": Counter(),
+    }
     for e in events:
         if e.name != "aten::copy_" or len(e.input_shapes) < 2 or len(e.input_shapes[0]) < 4:
             continue
@@ -350,22 +400,85 @@ class MixedLayoutOps(TorchDispatchMode):
 
 # ----------------------------------------------------------------- kernel categories (pure)
 
-CATEGORIES = ("convolution/matmul", "normalization", "elementwise", "reduction", "pooling", "copies", "optimizer", "other")
+CATEGORIES = (
+    "convolution/matmul",
+    "normalization",
+    "elementwise",
+    "reduction",
+    "pooling",
+    "copies",
+    "optimizer",
+    "other",
+)
 # Ops a pointwise Triton kernel may be named after while it only moves data ("convolution": an input
 # laid out for a convolution).
-_COPY_OPS = {"clone", "to", "copy", "cat", "convert", "element", "type", "permute", "view", "select", "slice",
-             "expand", "as", "strided", "unsqueeze", "squeeze", "constant", "pad", "t", "transpose", "convolution"}  # fmt: skip
+_COPY_OPS = {
+    "clone",
+    "to",
+    "copy",
+    "cat",
+    "convert",
+    "element",
+    "type",
+    "permute",
+    "view",
+    "select",
+    "slice",
+    "expand",
+    "as",
+    "strided",
+    "unsqueeze",
+    "squeeze",
+    "constant",
+    "pad",
+    "t",
+    "transpose",
+    "convolution",
+}
 _RULES = (  # (category, substrings of the lower-cased kernel / op name); the first match wins
     ("normalization", ("batch_norm", "batchnorm", "welford", "bn_fw", "bn_bw")),
     ("optimizer", ("multi_tensor", "foreach", "sgd", "lpnorm", "optimizer", "vector_norm")),  # + grad clipping
     ("copies", ("nchwtonhwc", "nhwctonchw")),  # cuDNN's own layout conversions (named cudnn::...)
-    ("convolution/matmul", ("conv", "xmma", "gemm", "nvjet", "cutlass", "cudnn", "implicit", "fprop", "dgrad",
-                            "wgrad", "addmm", "aten::mm", "matmul", "linear", "mkldnn")),  # fmt: skip
+    (
+        "convolution/matmul",
+        (
+            "conv",
+            "xmma",
+            "gemm",
+            "nvjet",
+            "cutlass",
+            "cudnn",
+            "implicit",
+            "fprop",
+            "dgrad",
+            "wgrad",
+            "addmm",
+            "aten::mm",
+            "matmul",
+            "linear",
+            "mkldnn",
+        ),
+    ),
     ("copies", ("copy", "clone", "catarray", "aten::cat", "contiguous", "transform", "transpose")),
     ("pooling", ("pool",)),
     ("reduction", ("reduce", "aten::sum", "aten::mean", "aten::var")),
-    ("elementwise", ("elementwise", "threshold", "relu", "aten::add", "aten::mul", "aten::div", "aten::sub",
-                     "fill", "dropout", "aten::where", "aten::zero", "clamp")),  # fmt: skip
+    (
+        "elementwise",
+        (
+            "elementwise",
+            "threshold",
+            "relu",
+            "aten::add",
+            "aten::mul",
+            "aten::div",
+            "aten::sub",
+            "fill",
+            "dropout",
+            "aten::where",
+            "aten::zero",
+            "clamp",
+        ),
+    ),
 )
 
 
@@ -394,8 +507,14 @@ def category_table(rows: list[dict]) -> list[dict]:
     for cat in CATEGORIES:
         mine = [r for r in rows if r["category"] == cat]
         ms = sum(r["ms_per_step"] for r in mine)
-        out.append({"category": cat, "ms_per_step": ms, "share": ms / total,
-                    "calls_per_step": sum(r["calls_per_step"] for r in mine)})  # fmt: skip
+        out.append(
+            {
+                "category": cat,
+                "ms_per_step": ms,
+                "share": ms / total,
+                "calls_per_step": sum(r["calls_per_step"] for r in mine),
+            }
+        )
     return out
 
 
@@ -469,9 +588,12 @@ def make_contender(name: str, mode: str, device: torch.device, batch: int) -> Co
     cfg = tpn.get_config(name)
     spec = parse_mode(mode)
     model = make_bench_model(name, spec, device)
-    opt = build_optimizer(list(model.parameters()), lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4,
-                          device=device)  # fmt: skip
-    step = TrainStep(LossModule(model, cfg.recipe.aux_weight), opt, mode_step_options(mode, cfg.backbone == "slowonly"), device)
+    opt = build_optimizer(
+        list(model.parameters()), lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4, device=device
+    )
+    step = TrainStep(
+        LossModule(model, cfg.recipe.aux_weight), opt, mode_step_options(mode, cfg.backbone == "slowonly"), device
+    )
     g = torch.Generator().manual_seed(1)
     x = torch.randn(batch, *cfg.input_shape, generator=g).to(device)  # NCDHW, as the loader gives; drawn on the CPU
     y = torch.randint(0, cfg.num_classes, (batch,), generator=g).to(device)
@@ -535,8 +657,14 @@ def kernel_rows(prof, device: torch.device, steps: int) -> list[dict]:
             if e.self_cpu_time_total <= 0 or e.key.startswith(("ProfilerStep", "tpn.")):
                 continue
             us = e.self_cpu_time_total
-        rows.append({"name": e.key, "category": categorize(e.key), "calls_per_step": e.count / steps,
-                     "ms_per_step": us / 1e3 / steps})  # fmt: skip
+        rows.append(
+            {
+                "name": e.key,
+                "category": categorize(e.key),
+                "calls_per_step": e.count / steps,
+                "ms_per_step": us / 1e3 / steps,
+            }
+        )
     return sorted(rows, key=lambda r: -r["ms_per_step"])
 
 
@@ -554,17 +682,30 @@ def profile_contender(c: Contender, device: torch.device, steps: int = 3) -> tup
     prof, how = run(c), "the timed step"
     rows = kernel_rows(prof, device, steps)
     if not rows and c.step.graph is not None:  # no kernel records from graph replays: the same step, uncaptured
-        prof, how = run(lambda: c.step._step(c.step._prepare(c.x), c.y)), "the captured step's code run outside the graph"
+        prof, how = (
+            run(lambda: c.step._step(c.step._prepare(c.x), c.y)),
+            "the captured step's code run outside the graph",
+        )
         rows = kernel_rows(prof, device, steps)
     what = "CUDA kernels" if device.type == "cuda" else "CPU ops (self time)"
-    payload = {"mode": c.mode, "steps": steps, "what": what, "profiled": how,
-               "ms_per_step": sum(r["ms_per_step"] for r in rows), "categories": category_table(rows), "top": rows[:30]}  # fmt: skip
+    payload = {
+        "mode": c.mode,
+        "steps": steps,
+        "what": what,
+        "profiled": how,
+        "ms_per_step": sum(r["ms_per_step"] for r in rows),
+        "categories": category_table(rows),
+        "top": rows[:30],
+    }
     return payload, profile_text(payload)
 
 
 def profile_text(p: dict) -> str:
-    lines = [f"## {p['mode']}: {p['what']}, {p['steps']} steps of {p['profiled']}; {p['ms_per_step']:.2f} ms per step",
-             "", f"{'category':<20}{'ms/step':>10}{'share':>8}{'calls/step':>12}"]  # fmt: skip
+    lines = [
+        f"## {p['mode']}: {p['what']}, {p['steps']} steps of {p['profiled']}; {p['ms_per_step']:.2f} ms per step",
+        "",
+        f"{'category':<20}{'ms/step':>10}{'share':>8}{'calls/step':>12}",
+    ]
     for r in p["categories"]:
         lines.append(f"{r['category']:<20}{r['ms_per_step']:>10.3f}{r['share']:>8.1%}{r['calls_per_step']:>12.1f}")
     lines += ["", f"{'ms/step':>9}{'calls/step':>12}  {'category':<19} name"]
@@ -594,18 +735,31 @@ def row_for(c: Contender, secs: list[float], plan: Plan, flops: float, peak: flo
     report = c.step.report().to_dict()
     problem = mode_problem(c.spec.requested, report, c.calls)
     return {
-        "mode": c.mode, "model": plan.name, "batch": plan.batch, "device": str(plan.device),
-        "median_step_ms": 1e3 * med, "clips_per_s": plan.batch / med, "tflops_per_s": flops / med / 1e12,
-        "mfu": mfu(flops, med, peak), "rounds": len(secs),
-        "requested": c.spec.requested, "ran_as": report["mode"], "graph_replays": report["graph_replays"],
-        "eager_steps": report["eager_steps"], "ok": problem is None, "problem": problem,
-        "bn": c.spec.bn, "compile": report["compile"], "compile_options": report["compile_options"],
+        "mode": c.mode,
+        "model": plan.name,
+        "batch": plan.batch,
+        "device": str(plan.device),
+        "median_step_ms": 1e3 * med,
+        "clips_per_s": plan.batch / med,
+        "tflops_per_s": flops / med / 1e12,
+        "mfu": mfu(flops, med, peak),
+        "rounds": len(secs),
+        "requested": c.spec.requested,
+        "ran_as": report["mode"],
+        "graph_replays": report["graph_replays"],
+        "eager_steps": report["eager_steps"],
+        "ok": problem is None,
+        "problem": problem,
+        "bn": c.spec.bn,
+        "compile": report["compile"],
+        "compile_options": report["compile_options"],
         "compile_s": report["compile_s"],
-    }  # fmt: skip
+    }
 
 
-def finish_row(c: Contender, secs: list[float], plan: Plan, flops: float, peak: float, layout: dict,
-               profiles: dict) -> dict:  # fmt: skip
+def finish_row(
+    c: Contender, secs: list[float], plan: Plan, flops: float, peak: float, layout: dict, profiles: dict
+) -> dict:
     row = row_for(c, secs, plan, flops, peak)
     if c.spec.cl3d and c.spec.compile is None:
         key = (c.spec.bf16, c.spec.notf32, c.spec.bn)
@@ -641,8 +795,9 @@ def measure(plan: Plan, flops: float, peak: float) -> tuple[list[dict], dict]:
         c = make_contender(plan.name, mode, plan.device, plan.batch)
         for _ in range(plan.warmup):
             c()
-        rows.append(finish_row(c, timed_rounds(c, plan.device, plan.rounds, plan.steps), plan, flops, peak, layout,
-                               profiles))  # fmt: skip
+        rows.append(
+            finish_row(c, timed_rounds(c, plan.device, plan.rounds, plan.steps), plan, flops, peak, layout, profiles)
+        )
         print(f"  {mode}: {rows[-1]['clips_per_s']:.2f} clips/s, ran as {rows[-1]['ran_as']}", flush=True)
         del c
         free_device_memory(plan.device)
@@ -667,9 +822,17 @@ def compile_only(plan: Plan) -> list[dict]:
             c()
         sync(plan.device)
         report = c.step.report().to_dict()
-        out.append({"mode": mode, "batch": plan.batch, "ran_as": report["mode"], "compile": report["compile"],
-                    "compile_options": report["compile_options"], "compile_s": report["compile_s"],
-                    "problem": mode_problem(spec.requested, report, c.calls)})  # fmt: skip
+        out.append(
+            {
+                "mode": mode,
+                "batch": plan.batch,
+                "ran_as": report["mode"],
+                "compile": report["compile"],
+                "compile_options": report["compile_options"],
+                "compile_s": report["compile_s"],
+                "problem": mode_problem(spec.requested, report, c.calls),
+            }
+        )
         print(f"  {mode}: compiled in {_f(report['compile_s'], '.1f')} s, ran as {report['mode']}", flush=True)
         del c
         free_device_memory(plan.device)
@@ -680,25 +843,47 @@ def compile_only(plan: Plan) -> list[dict]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--model", default="tpn_r50_f8s8", help="zoo model (default %(default)s)")
     p.add_argument("--batch", type=int, help="clips per step, the same in every mode (default: 16 on GPU, 2 on CPU)")
     p.add_argument("--rounds", type=int, help="timed rounds per mode (default: 5 on GPU, 2 on CPU)")
     p.add_argument("--steps", type=int, help="steps per round (default: 10 on GPU, 1 on CPU)")
-    p.add_argument("--warmup", type=int, help="untimed steps per mode first (default: 5 on GPU, >= 4 for the graph "
-                   "capture; 1 on CPU)")  # fmt: skip
+    p.add_argument(
+        "--warmup",
+        type=int,
+        help="untimed steps per mode first (default: 5 on GPU, >= 4 for the graph capture; 1 on CPU)",
+    )
     add_device_arg(p)
     p.add_argument("--modes", nargs="+", metavar="MODE", help="the rows to run (default: every mode of the device)")
-    p.add_argument("--compile-presets", nargs="+", default=[], metavar="P", choices=list(COMPILE_PRESETS),
-                   help=f"add a bf16-cl3d-compile=P-graph row per preset ({', '.join(COMPILE_PRESETS)})")
-    p.add_argument("--profile", nargs="+", default=[], metavar="MODE",
-                   help="after timing, profile 3 steps of these modes: kernel table by category")  # fmt: skip
-    p.add_argument("--cudnn-benchmark-limit", type=int, metavar="N",
-                   help="cuDNN algorithms tried per convolution by its benchmark (PyTorch default 10; 0 = all)")
-    p.add_argument("--compile-only", action="store_true",
-                   help="compile and capture the compiled modes without timing them (fills Inductor's caches; "
-                        "records compile times)")  # fmt: skip
+    p.add_argument(
+        "--compile-presets",
+        nargs="+",
+        default=[],
+        metavar="P",
+        choices=list(COMPILE_PRESETS),
+        help=f"add a bf16-cl3d-compile=P-graph row per preset ({', '.join(COMPILE_PRESETS)})",
+    )
+    p.add_argument(
+        "--profile",
+        nargs="+",
+        default=[],
+        metavar="MODE",
+        help="after timing, profile 3 steps of these modes: kernel table by category",
+    )
+    p.add_argument(
+        "--cudnn-benchmark-limit",
+        type=int,
+        metavar="N",
+        help="cuDNN algorithms tried per convolution by its benchmark (PyTorch default 10; 0 = all)",
+    )
+    p.add_argument(
+        "--compile-only",
+        action="store_true",
+        help="compile and capture the compiled modes without timing them (fills Inductor's caches; "
+        "records compile times)",
+    )
     p.add_argument("--tiny", action="store_true", help="CI smoke run: tpn_tiny_f8s4, batch 2, 2 rounds of 1 step")
     p.add_argument("--name", default="train", help="results name under benchmarks/results/ (default %(default)s)")
     return p
@@ -709,8 +894,11 @@ def resolve(args: argparse.Namespace) -> Plan:
     gpu = device.type == "cuda"
     name = "tpn_tiny_f8s4" if args.tiny else args.model
     tpn.get_config(name)  # a clear error for unknown names
-    modes = list(args.modes) if args.modes else modes_for(device.type, not gpu and cpu_has_native_bf16(),
-                                                           tuple(args.compile_presets))  # fmt: skip
+    modes = (
+        list(args.modes)
+        if args.modes
+        else modes_for(device.type, not gpu and cpu_has_native_bf16(), tuple(args.compile_presets))
+    )
     if args.modes:
         modes += [f"bf16-cl3d-compile={p}-graph" for p in args.compile_presets]
     for m in [*modes, *args.profile]:
@@ -719,11 +907,16 @@ def resolve(args: argparse.Namespace) -> Plan:
     if unknown:
         raise ValueError(f"--profile {' '.join(unknown)}: not among the modes run ({', '.join(modes)})")
     return Plan(
-        name=name, device=device, batch=args.batch or (2 if args.tiny or not gpu else 16),
-        rounds=args.rounds or (2 if args.tiny or not gpu else 5), steps=args.steps or (1 if args.tiny or not gpu else 10),
-        warmup=args.warmup if args.warmup is not None else (5 if gpu else 1), modes=tuple(dict.fromkeys(modes)),
-        profile=tuple(args.profile), alternate=not gpu,
-    )  # fmt: skip
+        name=name,
+        device=device,
+        batch=args.batch or (2 if args.tiny or not gpu else 16),
+        rounds=args.rounds or (2 if args.tiny or not gpu else 5),
+        steps=args.steps or (1 if args.tiny or not gpu else 10),
+        warmup=args.warmup if args.warmup is not None else (5 if gpu else 1),
+        modes=tuple(dict.fromkeys(modes)),
+        profile=tuple(args.profile),
+        alternate=not gpu,
+    )
 
 
 def set_up_device(plan: Plan, cudnn_limit: int | None) -> None:
@@ -734,15 +927,20 @@ def set_up_device(plan: Plan, cudnn_limit: int | None) -> None:
         torch.backends.cudnn.benchmark_limit = cudnn_limit
     cudnn = torch.backends.cudnn.version()
     if cudnn is None or cudnn < MIN_CUDNN:
-        raise RuntimeError(f"cuDNN {cudnn} < {MIN_CUDNN}: bf16 3D convs are wrong or slow with it; use a torch build with cuDNN >= 9.15")
+        raise RuntimeError(
+            f"cuDNN {cudnn} < {MIN_CUDNN}: bf16 3D convs are wrong or slow with it; "
+            "use a torch build with cuDNN >= 9.15"
+        )
 
 
 def run(args: argparse.Namespace) -> dict:
     plan = resolve(args)
     set_up_device(plan, args.cudnn_benchmark_limit)
-    settings = {"cudnn_benchmark_limit": torch.backends.cudnn.benchmark_limit if plan.device.type == "cuda" else None,
-                "default_compile": DEFAULT_COMPILE,
-                "compile_presets": {p: compile_options(p) for p in COMPILE_PRESETS}}  # fmt: skip
+    settings = {
+        "cudnn_benchmark_limit": torch.backends.cudnn.benchmark_limit if plan.device.type == "cuda" else None,
+        "default_compile": DEFAULT_COMPILE,
+        "compile_presets": {p: compile_options(p) for p in COMPILE_PRESETS},
+    }
     if args.compile_only:
         return {"compile_only": compile_only(plan), "model": plan.name, "batch": plan.batch, **settings}
     notes = []
@@ -751,21 +949,32 @@ def run(args: argparse.Namespace) -> dict:
     peak_dtype = torch.bfloat16 if plan.device.type == "cuda" else torch.float32
     peak = matmul_peak(plan.device, peak_dtype, 8192 if plan.device.type == "cuda" else 2048)
     flops = count_step_flops(plan.name, plan.batch)
-    print(f"{plan.name}, batch {plan.batch}, {plan.device}: {flops / plan.batch / 1e9:.1f} GFLOP per clip (fwd+bwd); "
-          f"matmul peak {peak / 1e12:.2f} TFLOP/s ({str(peak_dtype).split('.')[-1]})", flush=True)  # fmt: skip
+    print(
+        f"{plan.name}, batch {plan.batch}, {plan.device}: {flops / plan.batch / 1e9:.1f} GFLOP per clip (fwd+bwd); "
+        f"matmul peak {peak / 1e12:.2f} TFLOP/s ({str(peak_dtype).split('.')[-1]})",
+        flush=True,
+    )
     rows, profiles = measure(plan, flops, peak)
     add_speedups(rows)
     device_name = torch.cuda.get_device_name(plan.device) if plan.device.type == "cuda" else "CPU"
     return {
-        "rows": rows, "flops_per_step": flops, "gflops_per_clip": flops / plan.batch / 1e9,
-        "peak_matmul_tflops": peak / 1e12, "peak_dtype": str(peak_dtype),
+        "rows": rows,
+        "flops_per_step": flops,
+        "gflops_per_clip": flops / plan.batch / 1e9,
+        "peak_matmul_tflops": peak / 1e12,
+        "peak_dtype": str(peak_dtype),
         "cudnn": torch.backends.cudnn.version() if plan.device.type == "cuda" else None,
-        "tf32_defaults": {"cudnn_conv": torch.backends.cudnn.allow_tf32,
-                          "matmul": torch.backends.cuda.matmul.allow_tf32},  # what fp32-eager ran with
-        **settings, "goals": goal_lines(rows, device_name), "notes": notes,
+        "tf32_defaults": {
+            "cudnn_conv": torch.backends.cudnn.allow_tf32,
+            "matmul": torch.backends.cuda.matmul.allow_tf32,
+        },  # what fp32-eager ran with
+        **settings,
+        "goals": goal_lines(rows, device_name),
+        "notes": notes,
         "failed_rows": [r["mode"] for r in rows if not r["ok"]],
-        "profiles": {m: p for m, (p, _) in profiles.items()}, "_profile_text": "".join(t for _, t in profiles.values()),
-    }  # fmt: skip
+        "profiles": {m: p for m, (p, _) in profiles.items()},
+        "_profile_text": "".join(t for _, t in profiles.values()),
+    }
 
 
 def _f(v, spec: str) -> str:
@@ -773,22 +982,32 @@ def _f(v, spec: str) -> str:
 
 
 def print_table(payload: dict) -> None:
-    print(f"{'mode':<30}{'ran as':>20}{'replays':>8}{'clips/s':>9}{'step ms':>9}{'TFLOP/s':>9}{'MFU':>7}"
-          f"{'x fp32':>8}{'layout copies':>14}")  # fmt: skip
+    print(
+        f"{'mode':<30}{'ran as':>20}{'replays':>8}{'clips/s':>9}{'step ms':>9}{'TFLOP/s':>9}{'MFU':>7}"
+        f"{'x fp32':>8}{'layout copies':>14}"
+    )
     for r in payload["rows"]:
         speed = "-" if r["speedup"] is None else f"{r['speedup']:.2f}x"
-        print(f"{r['mode']:<30}{r['ran_as']:>20}{r['graph_replays']:>8}{r['clips_per_s']:>9.2f}{r['median_step_ms']:>9.1f}"
-              f"{r['tflops_per_s']:>9.3f}{r['mfu']:>7.1%}{speed:>8}{_f(r['layout_copies'], 'd'):>14}")  # fmt: skip
+        print(
+            f"{r['mode']:<30}{r['ran_as']:>20}{r['graph_replays']:>8}{r['clips_per_s']:>9.2f}{r['median_step_ms']:>9.1f}"
+            f"{r['tflops_per_s']:>9.3f}{r['mfu']:>7.1%}{speed:>8}{_f(r['layout_copies'], 'd'):>14}"
+        )
     for r in payload["rows"]:
         if r["layout_copies"] is not None:
-            print(f"- {r['mode']}: {r['layout_copies']} layout copies per step (by op: {r['layout_copies_by_op'] or '-'}); "
-                  f"input conversions {r['input_layout_copies']}, conv weight-gradient conversions "
-                  f"{r['weight_layout_copies']}, dtype casts {r['dtype_casts']}; mixed-layout ops: "
-                  f"{r['mixed_layout_ops'] or '-'} (counted on {r['layout_counted_on']})")  # fmt: skip
+            print(
+                f"- {r['mode']}: {r['layout_copies']} layout copies per step "
+                f"(by op: {r['layout_copies_by_op'] or '-'}); "
+                f"input conversions {r['input_layout_copies']}, conv weight-gradient conversions "
+                f"{r['weight_layout_copies']}, dtype casts {r['dtype_casts']}; mixed-layout ops: "
+                f"{r['mixed_layout_ops'] or '-'} (counted on {r['layout_counted_on']})"
+            )
         if r.get("layout_note"):
             print(f"- {r['mode']}: layout copies not counted: {r['layout_note']}")
         if r["compile_s"] is not None:
-            print(f"- {r['mode']}: compile preset {r['compile']} {r['compile_options']}: first step {r['compile_s']:.1f} s")
+            print(
+                f"- {r['mode']}: compile preset {r['compile']} {r['compile_options']}: "
+                f"first step {r['compile_s']:.1f} s"
+            )
         if not r["ok"]:
             print(f"- FAILED {r['mode']}: {r['problem']}")
     for line in payload["goals"] + payload["notes"]:
@@ -814,8 +1033,13 @@ def main(argv: list[str] | None = None) -> int:
         print(text + f"profile: {prof_path}")
     rows = [r for r in payload["rows"] if r["ok"]]
     if rows:
-        bar_plot(results_path(args.name, ".png"), [r["mode"] for r in rows], [r["clips_per_s"] for r in rows],
-                 ylabel="training clips/s", title=f"{rows[0]['model']}, batch {rows[0]['batch']}, {rows[0]['device']}")  # fmt: skip
+        bar_plot(
+            results_path(args.name, ".png"),
+            [r["mode"] for r in rows],
+            [r["clips_per_s"] for r in rows],
+            ylabel="training clips/s",
+            title=f"{rows[0]['model']}, batch {rows[0]['batch']}, {rows[0]['device']}",
+        )
     print(f"results: {path}")
     if payload["failed_rows"]:
         print(f"error: rows that did not run as named: {', '.join(payload['failed_rows'])}", file=sys.stderr)

@@ -53,12 +53,30 @@ from pipeline import staging_dir
 
 FP16_MAX = 65504.0
 FP16_TINY = 6.1035e-05  # smallest normal FP16; below it values are subnormal (fewer bits), then zero
-SENSITIVE_OPS = frozenset({
-    "Softmax", "LogSoftmax", "ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL1", "ReduceL2",
-    "ReduceLogSum", "ReduceLogSumExp", "ReduceProd", "GlobalAveragePool", "GlobalLpPool",
-    "Exp", "Log", "Pow", "Sqrt", "Reciprocal", "LayerNormalization", "InstanceNormalization",
-    "GroupNormalization",
-})  # fmt: skip
+SENSITIVE_OPS = frozenset(
+    {
+        "Softmax",
+        "LogSoftmax",
+        "ReduceMean",
+        "ReduceSum",
+        "ReduceSumSquare",
+        "ReduceL1",
+        "ReduceL2",
+        "ReduceLogSum",
+        "ReduceLogSumExp",
+        "ReduceProd",
+        "GlobalAveragePool",
+        "GlobalLpPool",
+        "Exp",
+        "Log",
+        "Pow",
+        "Sqrt",
+        "Reciprocal",
+        "LayerNormalization",
+        "InstanceNormalization",
+        "GroupNormalization",
+    }
+)
 GLOBAL_REDUCTIONS = frozenset({"ReduceMean", "ReduceSum", "ReduceMax", "GlobalAveragePool", "GlobalMaxPool"})
 FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16)
 
@@ -328,9 +346,12 @@ def convert(model: onnx.ModelProto, block_nodes: Iterable[str]) -> onnx.ModelPro
 
     ops = set(float16.DEFAULT_OP_BLOCK_LIST) | SENSITIVE_OPS
     out = float16.convert_float_to_float16(
-        copy.deepcopy(model), keep_io_types=True, op_block_list=sorted(ops), node_block_list=sorted(block_nodes),
+        copy.deepcopy(model),
+        keep_io_types=True,
+        op_block_list=sorted(ops),
+        node_block_list=sorted(block_nodes),
         max_finite_val=FP16_MAX,
-    )  # fmt: skip
+    )
     tidy_casts(out)
     return out
 
@@ -449,9 +470,7 @@ def node_precisions(model: onnx.ModelProto) -> dict[str, int]:
     return out
 
 
-def kept_fp32(
-    original: onnx.ModelProto, converted: onnx.ModelProto, reasons: dict[str, str]
-) -> list[KeptNode]:
+def kept_fp32(original: onnx.ModelProto, converted: onnx.ModelProto, reasons: dict[str, str]) -> list[KeptNode]:
     """Float nodes of the original model that compute in FP32 after conversion, with the reason."""
     precisions = node_precisions(converted)
     kept = []
@@ -529,13 +548,22 @@ def to_fp16(
         dest = publish(files, out.parent if agreement.passed or not check else out.parent / "rejected")
     precisions = node_precisions(converted)
     report = Fp16Report(
-        from_onnx=str(src), path=str(dest), calibration=calib, data_max=data_max, init_rel_err=init_rel_err,
-        act_rel_err=act_rel_err, nodes=len(converted.graph.node), float_nodes=len(precisions),
+        from_onnx=str(src),
+        path=str(dest),
+        calibration=calib,
+        data_max=data_max,
+        init_rel_err=init_rel_err,
+        act_rel_err=act_rel_err,
+        nodes=len(converted.graph.node),
+        float_nodes=len(precisions),
         fp16_nodes=sum(t == TensorProto.FLOAT16 for t in precisions.values()),
         kept_fp32=kept_fp32(model, converted, reasons),
-        casts=sum(n.op_type == "Cast" for n in converted.graph.node), agreement=agreement,
-        passed=agreement.passed, size_bytes=dest.stat().st_size, seconds=round(time.perf_counter() - t0, 2),
-    )  # fmt: skip
+        casts=sum(n.op_type == "Cast" for n in converted.graph.node),
+        agreement=agreement,
+        passed=agreement.passed,
+        size_bytes=dest.stat().st_size,
+        seconds=round(time.perf_counter() - t0, 2),
+    )
     if check and not agreement.passed:
         msg = f"the FP16 model disagrees with the FP32 one: {agreement.summary()}; kept as {dest}"
         raise CheckFailed(msg, report)

@@ -74,8 +74,9 @@ def git_state(root: Path | None = None) -> dict:
         commit = subprocess.run(git_argv(root, "rev-parse", "HEAD"), capture_output=True, text=True, timeout=10)
         if commit.returncode != 0:
             return {"commit": None, "dirty": None}
-        status = subprocess.run(git_argv(root, "status", "--porcelain", "--untracked-files=no"),
-                                capture_output=True, text=True, timeout=10)  # fmt: skip
+        status = subprocess.run(
+            git_argv(root, "status", "--porcelain", "--untracked-files=no"), capture_output=True, text=True, timeout=10
+        )
     except (OSError, subprocess.TimeoutExpired):
         return {"commit": None, "dirty": None}
     return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip()) if status.returncode == 0 else None}
@@ -130,8 +131,9 @@ def check_marker(
     if marker is None:
         return MarkerCheck(False, [f"no readable {validated_marker(art).name}: run the Top-1 gate with --val-shards"])
     if marker.get("format") != MARKER_FORMAT:
-        return MarkerCheck(False, ["the marker was written by an older toolkit and binds too little: re-run the gate"],
-                           marker=marker)  # fmt: skip
+        return MarkerCheck(
+            False, ["the marker was written by an older toolkit and binds too little: re-run the gate"], marker=marker
+        )
     check = MarkerCheck(True, marker=marker)
     if marker["artifact"]["sha256"] != sha256_file(art):
         check.problems.append(f"{art.name} changed since it was validated (sha256 differs)")
@@ -181,8 +183,10 @@ def _check_shards(marker: dict, val_shards: str | os.PathLike | None, check: Mar
         check.problems.append(f"cannot fingerprint the validation shards {folder}: {e}")
         return
     if now != data.get("fingerprint"):
-        check.problems.append(f"the validation data changed: split {data.get('split')!r} of {folder} is not "
-                              "what the artifact was validated on")  # fmt: skip
+        check.problems.append(
+            f"the validation data changed: split {data.get('split')!r} of {folder} is not "
+            "what the artifact was validated on"
+        )
 
 
 def _recorded(location: str | None) -> str | None:

@@ -183,10 +183,17 @@ def export_onnx(
 
     t0 = time.perf_counter()
     proto = trace_program(model, shape, batch=batch, opset=opset).model_proto
-    add_metadata(proto, {
-        "model": cfg.name, "num_classes": source.num_classes, "input_hw": f"{shape[2]}x{shape[3]}",
-        "checkpoint_sha256": source.checkpoint_sha256 or "", "weights": source.weights, "precision": "fp32",
-    })  # fmt: skip
+    add_metadata(
+        proto,
+        {
+            "model": cfg.name,
+            "num_classes": source.num_classes,
+            "input_hw": f"{shape[2]}x{shape[3]}",
+            "checkpoint_sha256": source.checkpoint_sha256 or "",
+            "weights": source.weights,
+            "precision": "fp32",
+        },
+    )
     with staging_dir(out_dir) as stage:
         files = write_model(proto, stage / f"{cfg.name}.onnx", external_data=external_data)
         onnx.checker.check_model(str(files[-1]))  # by path: works above 2 GB too
@@ -194,12 +201,25 @@ def export_onnx(
         passed = parity.passed
         dest = publish(files, out_dir if passed or not check else out_dir / "rejected")
     report = OnnxReport(
-        model=cfg.name, path=str(dest), source=source, opset=opset, ir_version=proto.ir_version,
-        input_name=INPUT_NAME, output_name=OUTPUT_NAME, input_shape=[batch or "batch", *shape],
-        external_data=len(files) > 1, size_bytes=_size(dest), num_nodes=len(proto.graph.node),
-        op_types=_op_counts(proto), checker_passed=True, parity_batches=list(parity_batches),
-        parity=parity, passed=passed, export_seconds=round(time.perf_counter() - t0, 2), versions=versions(),
-    )  # fmt: skip
+        model=cfg.name,
+        path=str(dest),
+        source=source,
+        opset=opset,
+        ir_version=proto.ir_version,
+        input_name=INPUT_NAME,
+        output_name=OUTPUT_NAME,
+        input_shape=[batch or "batch", *shape],
+        external_data=len(files) > 1,
+        size_bytes=_size(dest),
+        num_nodes=len(proto.graph.node),
+        op_types=_op_counts(proto),
+        checker_passed=True,
+        parity_batches=list(parity_batches),
+        parity=parity,
+        passed=passed,
+        export_seconds=round(time.perf_counter() - t0, 2),
+        versions=versions(),
+    )
     if check and not passed:
         raise CheckFailed(f"ONNX Runtime disagrees with PyTorch: {parity.summary()}; kept as {dest}", report)
     return report
@@ -263,19 +283,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_model_args(p)
     p.add_argument(
-        "--size", type=parse_input_size, default="train",
+        "--size",
+        type=parse_input_size,
+        default="train",
         help="input size, height x width: 'train' (training crop, default), 'test' (test-protocol crop, as "
         "the Top-1 gate needs), N (N x N) or HxW (e.g. 256x340: height 256, width 340)",
-    )  # fmt: skip
+    )
     p.add_argument("--batch", type=positive_int, help="fixed batch size (default: dynamic batch dimension)")
     p.add_argument(
-        "--parity-batches", type=positive_int, nargs="+", default=[1, 3],
+        "--parity-batches",
+        type=positive_int,
+        nargs="+",
+        default=[1, 3],
         help="batch sizes of the ONNX Runtime vs PyTorch check (default: 1 3)",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--tolerance", choices=sorted(TOLERANCES), default="fp32",
+        "--tolerance",
+        choices=sorted(TOLERANCES),
+        default="fp32",
         help="named tolerance of the parity check (default %(default)s)",
-    )  # fmt: skip
+    )
     return p
 
 
@@ -289,9 +316,16 @@ def main(argv: list[str] | None = None) -> int:
         if head["warning"]:
             print(head["warning"], flush=True)  # the first line, before the export's minutes
         report = export_onnx(
-            model, source=source, out_dir=out, batch=args.batch, size=args.size, opset=args.opset,
-            parity_batches=tuple(args.parity_batches), tolerance=TOLERANCES[args.tolerance], seed=args.seed,
-        )  # fmt: skip
+            model,
+            source=source,
+            out_dir=out,
+            batch=args.batch,
+            size=args.size,
+            opset=args.opset,
+            parity_batches=tuple(args.parity_batches),
+            tolerance=TOLERANCES[args.tolerance],
+            seed=args.seed,
+        )
     except CheckFailed as e:
         write_json(out / "report.json", {**head, "onnx": e.report, "passed": False})
         print(f"error: {e}", file=sys.stderr)

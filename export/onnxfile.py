@@ -56,9 +56,13 @@ def write_model(proto: onnx.ModelProto, path: Path, *, external_data: bool | Non
     if external_data:
         data_name = path.name + ".data"
         onnx.save_model(
-            proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-            location=data_name, size_threshold=1024,
-        )  # fmt: skip
+            proto,
+            str(path),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=data_name,
+            size_threshold=1024,
+        )
         files.insert(0, path.parent / data_name)  # data first: the .onnx never names a missing file
     else:
         path.write_bytes(proto.SerializeToString())

@@ -65,10 +65,34 @@ from pipeline import (
     yuv_to_rgb_matrix,
 )
 
-VIDEO_SUFFIXES = frozenset({
-    ".mp4", ".m4v", ".mov", ".webm", ".mkv", ".avi", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts", ".ogv", ".ogg",
-    ".flv", ".wmv", ".asf", ".3gp", ".3g2", ".gif", ".y4m", ".vob", ".mxf", ".divx", ".f4v",
-})  # fmt: skip
+VIDEO_SUFFIXES = frozenset(
+    {
+        ".mp4",
+        ".m4v",
+        ".mov",
+        ".webm",
+        ".mkv",
+        ".avi",
+        ".mpg",
+        ".mpeg",
+        ".ts",
+        ".mts",
+        ".m2ts",
+        ".ogv",
+        ".ogg",
+        ".flv",
+        ".wmv",
+        ".asf",
+        ".3gp",
+        ".3g2",
+        ".gif",
+        ".y4m",
+        ".vob",
+        ".mxf",
+        ".divx",
+        ".f4v",
+    }
+)
 ARTIFACT_SUFFIXES = (".onnx", ".engine", ".plan")
 TOP_K = 5
 
@@ -210,8 +234,10 @@ def sampled_frames(path: Path, spec: ClipSpec, min_frames: int) -> tuple[np.ndar
         if len(frames) < len(unique):  # fewer frames decode than the container holds: sample what is there
             if decoded < min_frames:
                 raise VideoError(f"only {decoded} of its {n} frames decode; " + too_short(decoded, spec, min_frames))
-            note = (f"only {decoded} of its {n} frames decode (a cut or damaged file, as pipeline.shard's "
-                    "warnings.jsonl lists such files): classified on those")
+            note = (
+                f"only {decoded} of its {n} frames decode (a cut or damaged file, as pipeline.shard's "
+                "warnings.jsonl lists such files): classified on those"
+            )
             n = decoded
             indices = clip_indices(spec, n, "test")
             unique, order = decode_plan(indices)
@@ -228,8 +254,7 @@ def to_display(frame: np.ndarray, sar: tuple[int, int] | None) -> np.ndarray:
     if width == w:
         return frame
     x = torch.from_numpy(frame).permute(2, 0, 1)[None].float()
-    y = torch.nn.functional.interpolate(x, size=(h, width), mode="bilinear", align_corners=False,
-                                        antialias=width < w)  # fmt: skip
+    y = torch.nn.functional.interpolate(x, size=(h, width), mode="bilinear", align_corners=False, antialias=width < w)
     return y[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
 
 
@@ -257,11 +282,13 @@ def resize_short_side(frame: np.ndarray, size: int) -> np.ndarray:
     out_h, out_w = round(h * scale), round(w * scale)
     x = torch.from_numpy(frame).permute(2, 0, 1)[None].float()  # (1, 3, H, W)
     if scale < 1.0:
-        y = torch.nn.functional.interpolate(x, size=(out_h, out_w), mode="bilinear", align_corners=False,
-                                            antialias=True)  # fmt: skip
+        y = torch.nn.functional.interpolate(
+            x, size=(out_h, out_w), mode="bilinear", align_corners=False, antialias=True
+        )
     else:
-        grid = torch.stack(torch.meshgrid(_norm_coords(out_h, h, scale), _norm_coords(out_w, w, scale),
-                                          indexing="ij")[::-1], dim=-1)[None]  # (1, out_h, out_w, 2): x, y
+        grid = torch.stack(
+            torch.meshgrid(_norm_coords(out_h, h, scale), _norm_coords(out_w, w, scale), indexing="ij")[::-1], dim=-1
+        )[None]  # (1, out_h, out_w, 2): x, y
         y = torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
     return y[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
 
@@ -330,8 +357,13 @@ def load_classifier(model_file: Path, name: str, other_architecture: bool = Fals
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(device)
 
-    return Classifier(partial(reference_logits, model), model.config.clip, int(model.num_classes), f"pytorch ({device.type})",
-                      class_names=weights.class_names)  # fmt: skip
+    return Classifier(
+        partial(reference_logits, model),
+        model.config.clip,
+        int(model.num_classes),
+        f"pytorch ({device.type})",
+        class_names=weights.class_names,
+    )
 
 
 def _artifact_classifier(artifact: Path, name: str) -> Classifier:
@@ -455,8 +487,11 @@ def predict(
             continue
         p = Prediction(str(path), n, clf.spec.num_test_views, top_classes(probs, names), note)
         run.predictions.append(p)
-        say(f"{path}: " + " | ".join(f"{t['class']} {100 * t['prob']:.1f}%" for t in p.top)
-            + (f"   (note: {note})" if note else ""))
+        say(
+            f"{path}: "
+            + " | ".join(f"{t['class']} {100 * t['prob']:.1f}%" for t in p.top)
+            + (f"   (note: {note})" if note else "")
+        )
     bar.close()
     return run
 
@@ -487,9 +522,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", type=Path, help="write every prediction (and every failure), keyed by file, here")
     p.add_argument(
-        "--min-frames", type=int,
+        "--min-frames",
+        type=int,
         help="videos with fewer frames are listed as too short (default: the frames of one clip)",
-    )  # fmt: skip
+    )
     p.add_argument("--max-views", type=positive_int, default=32, help="views per forward pass (default %(default)s)")
     return p
 
@@ -500,7 +536,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model_file = Path(args.source)
         clf = load_classifier(model_file, args.model, args.allow_other_architecture)
-        names, names_from = class_names(args.classes, clf, model_file, Path(args.checkpoint) if args.checkpoint else None)
+        names, names_from = class_names(
+            args.classes, clf, model_file, Path(args.checkpoint) if args.checkpoint else None
+        )
         videos, skipped, folder = find_videos(args.videos)
     except ExportError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -509,12 +547,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"WARNING: {clf.weights_note}", flush=True)
     print(f"{model_file.name}: {clf.backend}; classes from {names_from}", file=sys.stderr)
     if not videos:
-        print(f"error: no video files in {', '.join(args.videos)} (suffixes: {', '.join(sorted(VIDEO_SUFFIXES))})",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"error: no video files in {', '.join(args.videos)} (suffixes: {', '.join(sorted(VIDEO_SUFFIXES))})",
+            file=sys.stderr,
+        )
         return EXIT_FAILED
     min_frames = args.min_frames if args.min_frames is not None else clf.spec.frames
-    run = predict(clf, videos, names, min_frames=min_frames, max_views=args.max_views, log=print,
-                  progress=folder)  # fmt: skip
+    run = predict(clf, videos, names, min_frames=min_frames, max_views=args.max_views, log=print, progress=folder)
     run.skipped = skipped
     print(closing_line(run, time.perf_counter() - t0))
     for path, reason in run.failed.items():
@@ -532,15 +571,27 @@ def closing_line(run: PredictRun, seconds: float) -> str:
 
 
 def json_payload(args: argparse.Namespace, clf: Classifier, names_from: str, run: PredictRun) -> dict:
-    videos = {p.path: {"top5": p.top, "frames": p.frames, "views": p.views, **({"note": p.note} if p.note else {})}
-              for p in run.predictions}
+    videos = {
+        p.path: {"top5": p.top, "frames": p.frames, "views": p.views, **({"note": p.note} if p.note else {})}
+        for p in run.predictions
+    }
     videos.update({path: {"error": reason} for path, reason in run.failed.items()})
     return {
-        "model": args.model, "source": str(args.source), "backend": clf.backend, "classes_from": names_from,
-        "protocol": {"views": clf.spec.num_test_views, "frames": clf.spec.frames, "stride": clf.spec.stride,
-                     "test_scale": clf.spec.test_scale, "test_crop": clf.spec.test_crop},
-        "warning": clf.weights_note, "videos": videos, "failed": run.failed,
-    }  # fmt: skip
+        "model": args.model,
+        "source": str(args.source),
+        "backend": clf.backend,
+        "classes_from": names_from,
+        "protocol": {
+            "views": clf.spec.num_test_views,
+            "frames": clf.spec.frames,
+            "stride": clf.spec.stride,
+            "test_scale": clf.spec.test_scale,
+            "test_crop": clf.spec.test_crop,
+        },
+        "warning": clf.weights_note,
+        "videos": videos,
+        "failed": run.failed,
+    }
 
 
 if __name__ == "__main__":

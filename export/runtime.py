@@ -47,7 +47,7 @@ def pick_backend(path: str | os.PathLike, backend: Backend, *, ort_providers: li
         raise ExportError(f"{path} is a TensorRT engine; ONNX Runtime runs .onnx files")
     if backend == "ort-cuda" and not (cuda and "CUDAExecutionProvider" in ort_providers):
         raise MissingDependencyError(
-            "ONNX Runtime's CUDA provider is not available: install onnxruntime-gpu (pip install -e \".[gpu]\") "
+            'ONNX Runtime\'s CUDA provider is not available: install onnxruntime-gpu (pip install -e ".[gpu]") '
             "on a machine with an NVIDIA GPU, or use backend='ort-cpu'"
         )
     return backend
@@ -135,9 +135,14 @@ class OrtRunner(Runner):
     """
 
     def __init__(
-        self, path: str | os.PathLike, *, cuda: bool, threads: int | None = None, level: str = "all",
+        self,
+        path: str | os.PathLike,
+        *,
+        cuda: bool,
+        threads: int | None = None,
+        level: str = "all",
         tf32: bool = False,
-    ) -> None:  # fmt: skip
+    ) -> None:
         import onnxruntime as ort
 
         self.backend = "ort-cuda" if cuda else "ort-cpu"
@@ -146,7 +151,9 @@ class OrtRunner(Runner):
         providers = cuda_providers(self.device.index or 0, self.stream, tf32) if cuda else ["CPUExecutionProvider"]
         self.session = open_session(path, providers=providers, threads=threads, level=level)
         if cuda and "CUDAExecutionProvider" not in self.session.get_providers():
-            raise MissingDependencyError(f"ONNX Runtime could not start its CUDA provider for {path} (see its log above)")
+            raise MissingDependencyError(
+                f"ONNX Runtime could not start its CUDA provider for {path} (see its log above)"
+            )
         inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]
         self.input_name, self.output_name = inp.name, out.name
         self.input_dtype, self.output_dtype = _torch_dtype(inp.type, path), _torch_dtype(out.type, path)

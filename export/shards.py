@@ -39,6 +39,7 @@ from pipeline import (
     storage,
 )
 
+
 @dataclass(frozen=True)
 class ShardFingerprint:
     sha256: str

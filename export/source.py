@@ -48,7 +48,9 @@ RANDOM_WEIGHTS = (
 
 
 def load_model(
-    name_or_model: str | nn.Module, checkpoint: str | os.PathLike | Mapping | None = None, *,
+    name_or_model: str | nn.Module,
+    checkpoint: str | os.PathLike | Mapping | None = None,
+    *,
     other_architecture: bool = False,
 ) -> tuple[nn.Module, ModelSource]:
     """An eval-mode zoo model with its weights, and where they came from.
@@ -92,8 +94,9 @@ def _read_checkpoint(checkpoint: str | os.PathLike | Mapping, name: str) -> Mapp
         raise ExportError(f"cannot use checkpoint for {name}: {e}") from None
 
 
-def _load_weights(model: nn.Module, weights: Mapping, checkpoint: str | os.PathLike | Mapping,
-                  other_architecture: bool) -> None:
+def _load_weights(
+    model: nn.Module, weights: Mapping, checkpoint: str | os.PathLike | Mapping, other_architecture: bool
+) -> None:
     where = "the state dict" if isinstance(checkpoint, Mapping) else str(checkpoint)
     try:
         # its errors name the file, not "<state dict>"
@@ -182,5 +185,9 @@ def reference_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def torch_logits(model: nn.Module, clips: np.ndarray, batch: int = 8) -> np.ndarray:
     """`reference_logits` of numpy clips, a few at a time, as numpy."""
-    return np.concatenate([reference_logits(model, torch.from_numpy(clips[i : i + batch])).cpu().numpy()
-                           for i in range(0, len(clips), batch)])
+    return np.concatenate(
+        [
+            reference_logits(model, torch.from_numpy(clips[i : i + batch])).cpu().numpy()
+            for i in range(0, len(clips), batch)
+        ]
+    )

@@ -117,9 +117,11 @@ def build_mode(trt: ModuleType, typing: str = "auto") -> BuildMode:
     if typing == "strong":
         raise ExportError(f"TensorRT {version} has no NetworkDefinitionCreationFlag.STRONGLY_TYPED")
     return BuildMode(
-        "weak", 0, ("FP16",),
+        "weak",
+        0,
+        ("FP16",),
         f"TensorRT {version}: weakly typed with BuilderFlag.FP16; layers the ONNX keeps FP32 may still run in FP16",
-    )  # fmt: skip
+    )
 
 
 def profile_shapes(
@@ -181,12 +183,21 @@ def build_engine(
         publish([staged], out.parent)
     atomic_write_bytes(cache_path, cache_bytes)
     return TrtReport(
-        onnx=str(src), path=str(out), tensorrt=trt.__version__, device=torch.cuda.get_device_name(),
-        typing=mode.typing, builder_flags=list(mode.builder_flags), profile={k: list(v) for k, v in shapes.items()},
-        timing_cache=str(cache_path), timing_cache_loaded=cache_loaded, timing_cache_bytes=len(cache_bytes),
-        workspace_gib=workspace_gib, size_bytes=out.stat().st_size,
-        build_seconds=round(time.perf_counter() - t0, 1), notes=[mode.note],
-    )  # fmt: skip
+        onnx=str(src),
+        path=str(out),
+        tensorrt=trt.__version__,
+        device=torch.cuda.get_device_name(),
+        typing=mode.typing,
+        builder_flags=list(mode.builder_flags),
+        profile={k: list(v) for k, v in shapes.items()},
+        timing_cache=str(cache_path),
+        timing_cache_loaded=cache_loaded,
+        timing_cache_bytes=len(cache_bytes),
+        workspace_gib=workspace_gib,
+        size_bytes=out.stat().st_size,
+        build_seconds=round(time.perf_counter() - t0, 1),
+        notes=[mode.note],
+    )
 
 
 def _build(trt, src: Path, mode: BuildMode, shapes: dict, cache_path: Path, workspace_gib: float):
@@ -240,9 +251,12 @@ class ArtifactResult:
         if self.gate is None:
             return f"  {self.kind:<6} {self.path}: not gated"
         g = self.gate
-        what = ("no accuracy validated (no --val-shards)" if g.mode == "synthetic" else
-                f"Top-1 {g.artifact_top1:.2f}% vs PyTorch {g.torch_top1:.2f}%, agreement "
-                f"{100 * g.prediction_agreement:.1f}% on {g.videos} videos")  # fmt: skip
+        what = (
+            "no accuracy validated (no --val-shards)"
+            if g.mode == "synthetic"
+            else f"Top-1 {g.artifact_top1:.2f}% vs PyTorch {g.torch_top1:.2f}%, agreement "
+            f"{100 * g.prediction_agreement:.1f}% on {g.videos} videos"
+        )
         marked = f"; marked: {Path(g.marker).name}" if g.marker else ""
         return f"  {self.kind:<6} {self.path}: gate {g.verdict.upper()} ({g.backend}, {g.precision}; {what}){marked}"
 
@@ -329,10 +343,16 @@ def export_engine(
         arts.append(ArtifactResult("engine", None, False, missing=str(e)))
     built = [a for a in arts if a.built]
     reports = gate(
-        [a.path for a in built], model_name=model, source=source, val_shards=val_shards, split=split,
-        thresholds=thresholds or Thresholds(), zoo_checkpoint=zoo_checkpoint, batch_size=batch_size,
+        [a.path for a in built],
+        model_name=model,
+        source=source,
+        val_shards=val_shards,
+        split=split,
+        thresholds=thresholds or Thresholds(),
+        zoo_checkpoint=zoo_checkpoint,
+        batch_size=batch_size,
         max_videos=max_videos,
-    )  # fmt: skip
+    )
     for a, r in zip(built, reports):
         a.gate = r
         log(r.summary())
@@ -356,24 +376,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_model_args(p)
     p.add_argument(
-        "--size", type=parse_input_size_or_auto, default="auto",
+        "--size",
+        type=parse_input_size_or_auto,
+        default="auto",
         help="input size, height x width: auto (test crop with --val-shards, else training crop), train, "
         "test, N (N x N) or HxW (e.g. 256x340: height 256, width 340)",
-    )  # fmt: skip
-    p.add_argument("--max-batch", type=positive_int, default=32,
-                   help="largest batch of the engine's profile (default %(default)s)")  # fmt: skip
-    p.add_argument("--opt-batch", type=positive_int, default=8,
-                   help="batch the engine is tuned for (default %(default)s)")  # fmt: skip
+    )
     p.add_argument(
-        "--typing", choices=["auto", "strong", "weak"], default="auto",
+        "--max-batch", type=positive_int, default=32, help="largest batch of the engine's profile (default %(default)s)"
+    )
+    p.add_argument(
+        "--opt-batch", type=positive_int, default=8, help="batch the engine is tuned for (default %(default)s)"
+    )
+    p.add_argument(
+        "--typing",
+        choices=["auto", "strong", "weak"],
+        default="auto",
         help="auto/strong: precision from the FP16 ONNX (TensorRT 11, or 10's STRONGLY_TYPED); "
         "weak: TensorRT 10's BuilderFlag.FP16 (default %(default)s)",
-    )  # fmt: skip
+    )
     p.add_argument("--workspace-gib", type=float, default=4.0, help="builder workspace in GiB (default %(default)s)")
     p.add_argument(
-        "--calib-clips", type=positive_int, default=4,
+        "--calib-clips",
+        type=positive_int,
+        default=4,
         help="FP16 calibration clips (from --val-shards, else synthetic; default %(default)s)",
-    )  # fmt: skip
+    )
     add_gate_args(p)
     return p
 
@@ -384,9 +412,20 @@ def parse_input_size_or_auto(text: str) -> str | int | tuple[int, int]:
 
 
 ENGINE_ARGS = (
-    "size", "opset", "seed", "calib_clips", "max_batch", "opt_batch", "typing", "workspace_gib",
-    "val_shards", "split", "zoo_checkpoint", "batch_size", "max_videos",
-)  # fmt: skip
+    "size",
+    "opset",
+    "seed",
+    "calib_clips",
+    "max_batch",
+    "opt_batch",
+    "typing",
+    "workspace_gib",
+    "val_shards",
+    "split",
+    "zoo_checkpoint",
+    "batch_size",
+    "max_videos",
+)
 
 
 def summary_lines(r: EngineExport) -> list[str]:
@@ -408,9 +447,12 @@ def main(argv: list[str] | None = None) -> int:
         model, source = load_model(args.name, args.checkpoint, other_architecture=args.allow_other_architecture)
         head.update(weights=source.weights, warning=source.random_weights_warning())
         r = export_engine(
-            model, source=source, out_dir=out, thresholds=thresholds_from(args),
+            model,
+            source=source,
+            out_dir=out,
+            thresholds=thresholds_from(args),
             **{k: getattr(args, k) for k in ENGINE_ARGS},
-        )  # fmt: skip
+        )
     except CheckFailed as e:
         print(f"error: {e}", file=sys.stderr)
         write_json(out / "report.json", {**head, "failed": str(e), "report": e.report, "passed": False})

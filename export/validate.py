@@ -112,7 +112,8 @@ class Criterion:
     def line(self) -> str:
         mark = "ok  " if self.passed else "FAIL"
         value = "-" if self.value is None else f"{self.value:.6g}"
-        return f"[{mark}] {self.name}: {value} (needs {self.rule} {self.threshold:g}){' - ' + self.detail if self.detail else ''}"
+        detail = f" - {self.detail}" if self.detail else ""
+        return f"[{mark}] {self.name}: {value} (needs {self.rule} {self.threshold:g}){detail}"
 
 
 @dataclass
@@ -202,20 +203,46 @@ def judge(
     report.criteria = [
         Criterion("videos", "videos", n, ">=", t.min_videos, n >= t.min_videos, _videos_detail(n)),
         Criterion(
-            "chance", "reference above chance (binomial p-value)", report.chance_p_value, "<=", t.chance_alpha,
+            "chance",
+            "reference above chance (binomial p-value)",
+            report.chance_p_value,
+            "<=",
+            t.chance_alpha,
             report.chance_p_value <= t.chance_alpha,
             f"PyTorch FP32 Top-1 {report.torch_top1:.2f}% vs chance {report.chance_top1:.2f}%",
-        ),  # fmt: skip
-        Criterion("top1_difference", "|Top-1 difference| (points)", abs(report.difference), "<=", t.max_drop,
-                  abs(report.difference) <= t.max_drop, f"artifact - PyTorch = {report.difference:+.2f}"),  # fmt: skip
-        Criterion("agreement", "per-video top-1 agreement", report.prediction_agreement, ">=", t.min_agreement,
-                  report.prediction_agreement >= t.min_agreement),  # fmt: skip
+        ),
+        Criterion(
+            "top1_difference",
+            "|Top-1 difference| (points)",
+            abs(report.difference),
+            "<=",
+            t.max_drop,
+            abs(report.difference) <= t.max_drop,
+            f"artifact - PyTorch = {report.difference:+.2f}",
+        ),
+        Criterion(
+            "agreement",
+            "per-video top-1 agreement",
+            report.prediction_agreement,
+            ">=",
+            t.min_agreement,
+            report.prediction_agreement >= t.min_agreement,
+        ),
     ]
     if zoo_top1 is not None:
         report.zoo_checked, report.zoo_top1 = True, zoo_top1
         below = zoo_top1 - report.artifact_top1
-        report.criteria.append(Criterion("zoo", "points below the zoo's Top-1", below, "<=", t.max_drop, below <= t.max_drop,
-                                         f"zoo {zoo_top1:.2f}%"))  # fmt: skip
+        report.criteria.append(
+            Criterion(
+                "zoo",
+                "points below the zoo's Top-1",
+                below,
+                "<=",
+                t.max_drop,
+                below <= t.max_drop,
+                f"zoo {zoo_top1:.2f}%",
+            )
+        )
     report.verdict = gate_verdict(report.criteria)
     report.passed = report.verdict == "passed"
     report.failures = failure_lines(report)
@@ -248,13 +275,20 @@ def chance_refusal(report: GateReport) -> str:
     best = binomial_tail(n, n, chance)  # all n correct
     if best > t.chance_alpha:
         need = videos_to_beat_chance(chance, t.chance_alpha)
-        return (f"refused: {n} videos are too few for the chance test to pass at all: even {n}/{n} correct has "
-                f"p = {best:.3g} against chance {100 * chance:.2f}%, above --chance-alpha {t.chance_alpha:g}; it "
-                + (f"needs at least {need} videos at this chance level, or a larger --chance-alpha"
-                   if need else "cannot pass while one label is every video's: validate on more classes"))
-    return (f"refused: PyTorch FP32 itself gets {report.torch_top1:.2f}% on these {n} videos, not clearly above "
-            f"chance ({report.chance_top1:.2f}%, p = {report.chance_p_value:.3g} > --chance-alpha {t.chance_alpha:g}); "
-            f"{REFUSAL_CAUSES}")
+        return (
+            f"refused: {n} videos are too few for the chance test to pass at all: even {n}/{n} correct has "
+            f"p = {best:.3g} against chance {100 * chance:.2f}%, above --chance-alpha {t.chance_alpha:g}; it "
+            + (
+                f"needs at least {need} videos at this chance level, or a larger --chance-alpha"
+                if need
+                else "cannot pass while one label is every video's: validate on more classes"
+            )
+        )
+    return (
+        f"refused: PyTorch FP32 itself gets {report.torch_top1:.2f}% on these {n} videos, not clearly above "
+        f"chance ({report.chance_top1:.2f}%, p = {report.chance_p_value:.3g} > --chance-alpha {t.chance_alpha:g}); "
+        f"{REFUSAL_CAUSES}"
+    )
 
 
 def failure_lines(report: GateReport) -> list[str]:
@@ -272,13 +306,17 @@ def failure_lines(report: GateReport) -> list[str]:
             lines.append(chance_refusal(report))
         elif c.key == "top1_difference":
             way = "below" if report.difference < 0 else "above"
-            lines.append(f"Top-1 is {abs(report.difference):.2f} points {way} PyTorch FP32 (max {t.max_drop})"
-                         + ("; a gain this large means the artifact is another model" if way == "above" else ""))
+            lines.append(
+                f"Top-1 is {abs(report.difference):.2f} points {way} PyTorch FP32 (max {t.max_drop})"
+                + ("; a gain this large means the artifact is another model" if way == "above" else "")
+            )
         elif c.key == "agreement":
             lines.append(f"only {100 * c.value:.2f}% of videos get PyTorch's class (needs {100 * t.min_agreement:g}%)")
         else:
-            lines.append(f"Top-1 {report.artifact_top1:.2f}% is {c.value:.2f} points below the zoo's "
-                         f"{report.zoo_top1:.2f}% (max {t.max_drop})")  # fmt: skip
+            lines.append(
+                f"Top-1 {report.artifact_top1:.2f}% is {c.value:.2f} points below the zoo's "
+                f"{report.zoo_top1:.2f}% (max {t.max_drop})"
+            )
     return lines
 
 
@@ -311,10 +349,16 @@ def check_classes(model: nn.Module, shard_classes: int, val_shards: str | os.Pat
 def protocol_of(clip) -> dict:
     """The test views a verdict holds for."""
     return {
-        "views": clip.num_test_views, "clips": clip.num_test_clips, "crops": clip.test_crops, "flip": clip.test_flip,
-        "frames": clip.frames, "stride": clip.stride, "sampling": clip.sampling, "test_scale": clip.test_scale,
+        "views": clip.num_test_views,
+        "clips": clip.num_test_clips,
+        "crops": clip.test_crops,
+        "flip": clip.test_flip,
+        "frames": clip.frames,
+        "stride": clip.stride,
+        "sampling": clip.sampling,
+        "test_scale": clip.test_scale,
         "test_crop": clip.test_crop,
-    }  # fmt: skip
+    }
 
 
 # ----------------------------------------------------------------- running the artifacts
@@ -340,8 +384,17 @@ def synthetic_gate(runner: runtime.Runner, model: nn.Module, report: GateReport,
     report.agreement = meter.result()
     report.verdict = "passed" if report.agreement.passed else "failed"
     report.passed = report.agreement.passed
-    report.criteria = [Criterion("logits", "worst logit error / allowed", report.agreement.worst_excess, "<=", 1.0,
-                                 report.agreement.worst_excess <= 1.0, report.agreement.summary())]  # fmt: skip
+    report.criteria = [
+        Criterion(
+            "logits",
+            "worst logit error / allowed",
+            report.agreement.worst_excess,
+            "<=",
+            1.0,
+            report.agreement.worst_excess <= 1.0,
+            report.agreement.summary(),
+        )
+    ]
     if not report.passed:
         report.failures.append(f"logits disagree with PyTorch: {report.agreement.summary()}")
     report.notes.insert(0, NO_ACCURACY.format(n=clips))
@@ -357,8 +410,14 @@ def shard_pass(
     views = clip.num_test_views
     ref, labels = [], []
     bar = tqdm(total=max_videos, unit="video", desc="gate", disable=None, file=sys.stderr)  # on a terminal only
-    batches = view_batches(val_shards, clip, batch_size=batch_size, split=split, what="validation shards",
-                           on_open=lambda n: check_classes(model, n, val_shards))  # fmt: skip
+    batches = view_batches(
+        val_shards,
+        clip,
+        batch_size=batch_size,
+        split=split,
+        what="validation shards",
+        on_open=lambda n: check_classes(model, n, val_shards),
+    )
     with contextlib.closing(batches):
         for clips, y in batches:
             bar.update(len(y))
@@ -380,9 +439,7 @@ def shard_pass(
     return torch.cat(ref)[:cut], torch.cat(labels)[:cut]
 
 
-def zoo_target(
-    model: nn.Module, source: ModelSource, zoo_checkpoint: bool | None
-) -> tuple[float | None, str | None]:
+def zoo_target(model: nn.Module, source: ModelSource, zoo_checkpoint: bool | None) -> tuple[float | None, str | None]:
     """(zoo Top-1 the artifacts are held to, or None when the weights are not the zoo's; a note saying why not).
 
     Raises ExportError when the zoo check is asked for but the zoo publishes
@@ -469,15 +526,21 @@ def gate(
 def _new_track(artifact, backend, source: ModelSource, val_shards, thresholds: Thresholds) -> _Track:
     runner = runtime.load(artifact, backend=backend)
     report = GateReport(
-        artifact=str(artifact), model=source.name, source=source, backend=runner.backend,
-        precision=runner.precision, mode="shards" if val_shards else "synthetic", thresholds=thresholds,
-    )  # fmt: skip
+        artifact=str(artifact),
+        model=source.name,
+        source=source,
+        backend=runner.backend,
+        precision=runner.precision,
+        mode="shards" if val_shards else "synthetic",
+        thresholds=thresholds,
+    )
     return _Track(runner, report, AgreementMeter(artifact_tolerance(runner)))
 
 
 def _gate_on_shards(tracks, model, val_shards, split, zoo: tuple, batch_size, max_videos) -> None:
-    ref, labels = shard_pass(tracks, model, val_shards=val_shards, split=split, batch_size=batch_size,
-                             max_videos=max_videos)  # fmt: skip
+    ref, labels = shard_pass(
+        tracks, model, val_shards=val_shards, split=split, batch_size=batch_size, max_videos=max_videos
+    )
     data = {"location": _location(val_shards), "split": split}
     try:
         fp = shard_fingerprint(val_shards, split)
@@ -518,14 +581,19 @@ def mark(report: GateReport) -> None:
     if report.mode != "shards":
         return
     if report.shards.get("fingerprint") is None:
-        report.notes.append(f"not marked validated: the shards cannot be fingerprinted ({report.shards['fingerprint_kind']})")
+        report.notes.append(
+            f"not marked validated: the shards cannot be fingerprinted ({report.shards['fingerprint_kind']})"
+        )
         marker.unlink(missing_ok=True)
         return
     src = report.source
     payload = {
         "model": report.model,
-        "checkpoint": {"path": str(Path(src.checkpoint).resolve()) if src.checkpoint else None,
-                       "sha256": src.checkpoint_sha256, "zoo_weights": src.weights == "zoo"},
+        "checkpoint": {
+            "path": str(Path(src.checkpoint).resolve()) if src.checkpoint else None,
+            "sha256": src.checkpoint_sha256,
+            "zoo_weights": src.weights == "zoo",
+        },
         "shards": report.shards,
         "videos": report.videos,
         "protocol": report.protocol,
@@ -533,11 +601,16 @@ def mark(report: GateReport) -> None:
         "precision": report.precision,
         "thresholds": report.thresholds,
         "criteria": report.criteria,
-        "results": {"artifact_top1": report.artifact_top1, "torch_top1": report.torch_top1,
-                    "difference": report.difference, "prediction_agreement": report.prediction_agreement,
-                    "chance_top1": report.chance_top1, "chance_p_value": report.chance_p_value,
-                    "zoo_top1": report.zoo_top1},
-    }  # fmt: skip
+        "results": {
+            "artifact_top1": report.artifact_top1,
+            "torch_top1": report.torch_top1,
+            "difference": report.difference,
+            "prediction_agreement": report.prediction_agreement,
+            "chance_top1": report.chance_top1,
+            "chance_p_value": report.chance_p_value,
+            "zoo_top1": report.zoo_top1,
+        },
+    }
     report.marker = str(write_marker(report.artifact, payload))
 
 
@@ -553,41 +626,59 @@ def add_gate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-shards", help="validation shards: run the Top-1 gate on them (test protocol)")
     add_split_arg(p, of="--val-shards")
     p.add_argument(
-        "--max-drop", type=float, default=MAX_DROP,
+        "--max-drop",
+        type=float,
+        default=MAX_DROP,
         help="largest Top-1 difference allowed, in points, vs PyTorch FP32 (both directions) and below the zoo's "
         "Top-1 (default %(default)s)",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--min-agreement", type=float, default=MIN_AGREEMENT,
+        "--min-agreement",
+        type=float,
+        default=MIN_AGREEMENT,
         help="smallest share of videos whose top-1 class must be PyTorch's (default %(default)s)",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--min-videos", type=int, default=MIN_VIDEOS,
+        "--min-videos",
+        type=int,
+        default=MIN_VIDEOS,
         help="fewest videos a Top-1 statement is made on; fewer and the gate refuses (default %(default)s: with "
         "no disagreement in 300 videos the disagreement rate is below 1%% at 95%% confidence)",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--chance-alpha", type=float, default=CHANCE_ALPHA,
+        "--chance-alpha",
+        type=float,
+        default=CHANCE_ALPHA,
         help="the PyTorch reference must beat chance with binomial p <= this, else the gate refuses "
         "(default %(default)s; 1 turns the check off, for smoke runs only)",
-    )  # fmt: skip
+    )
     p.add_argument("--max-videos", type=positive_int, help="stop after this many videos (quick checks; default: all)")
-    p.add_argument("--batch-size", type=positive_int, default=4,
-                   help="videos per batch in the gate (default %(default)s)")  # fmt: skip
+    p.add_argument(
+        "--batch-size", type=positive_int, default=4, help="videos per batch in the gate (default %(default)s)"
+    )
     zoo = p.add_mutually_exclusive_group()
     zoo.add_argument(
-        "--zoo-checkpoint", dest="zoo_checkpoint", action="store_true", default=None,
+        "--zoo-checkpoint",
+        dest="zoo_checkpoint",
+        action="store_true",
+        default=None,
         help="hold the artifact to the zoo's Top-1 even though the checkpoint's sha256 is not recorded",
-    )  # fmt: skip
+    )
     zoo.add_argument(
-        "--no-zoo-check", dest="zoo_checkpoint", action="store_false",
+        "--no-zoo-check",
+        dest="zoo_checkpoint",
+        action="store_false",
         help="do not compare with the zoo's Top-1 (default: only when the checkpoint is the zoo's by sha256)",
-    )  # fmt: skip
+    )
 
 
 def thresholds_from(args: argparse.Namespace) -> Thresholds:
-    return Thresholds(max_drop=args.max_drop, min_agreement=args.min_agreement, min_videos=args.min_videos,
-                      chance_alpha=args.chance_alpha)  # fmt: skip
+    return Thresholds(
+        max_drop=args.max_drop,
+        min_agreement=args.min_agreement,
+        min_videos=args.min_videos,
+        chance_alpha=args.chance_alpha,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -606,9 +697,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="zoo model name the artifacts were exported from")
     add_checkpoint_arg(p, required=True, what="the weights the artifacts were exported from")
     p.add_argument(
-        "--backend", choices=["auto", "ort-cpu", "ort-cuda", "trt"], default="auto",
+        "--backend",
+        choices=["auto", "ort-cpu", "ort-cuda", "trt"],
+        default="auto",
         help="runtime: auto picks TensorRT for engines, ONNX Runtime CUDA or CPU for .onnx (default %(default)s)",
-    )  # fmt: skip
+    )
     add_gate_args(p)
     return p
 
@@ -617,11 +710,18 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         reports = gate(
-            args.artifacts, model_name=args.model, checkpoint=args.checkpoint, val_shards=args.val_shards,
-            split=args.split, thresholds=thresholds_from(args), backend=args.backend,
-            zoo_checkpoint=args.zoo_checkpoint, batch_size=args.batch_size, max_videos=args.max_videos,
+            args.artifacts,
+            model_name=args.model,
+            checkpoint=args.checkpoint,
+            val_shards=args.val_shards,
+            split=args.split,
+            thresholds=thresholds_from(args),
+            backend=args.backend,
+            zoo_checkpoint=args.zoo_checkpoint,
+            batch_size=args.batch_size,
+            max_videos=args.max_videos,
             other_architecture=args.allow_other_architecture,
-        )  # fmt: skip
+        )
     except ExportError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code

@@ -10,7 +10,15 @@ from pipeline.clip import IMAGENET_MEAN, IMAGENET_STD, ClipSpec
 from pipeline.colour import yuv_to_rgb_matrix
 from pipeline.errors import DataError, ShardError, ShardingError, ShardReadError
 from pipeline.ffmpeg import display_width, source_sar
-from pipeline.fileio import atomic_write, atomic_write_bytes, atomic_write_json, fsync_dir, fsync_file, sha256_file, staging_dir
+from pipeline.fileio import (
+    atomic_write,
+    atomic_write_bytes,
+    atomic_write_json,
+    fsync_dir,
+    fsync_file,
+    sha256_file,
+    staging_dir,
+)
 from pipeline.sampling import clip_indices, decode_plan, test_crop_positions
 from pipeline.classes import parse_classes
 from pipeline.discovery import ALL_SPLITS, find_shards, index_path, resolve_split
@@ -20,15 +28,37 @@ from pipeline.discovery import ALL_SPLITS, find_shards, index_path, resolve_spli
 from pipeline import storage
 
 __all__ = [
-    "ClipSpec", "ClipLoader", "IMAGENET_MEAN", "IMAGENET_STD",
-    "ShardError", "ShardingError", "ShardReadError", "DataError",
+    "ClipSpec",
+    "ClipLoader",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "ShardError",
+    "ShardingError",
+    "ShardReadError",
+    "DataError",
     # crash-safe files
-    "atomic_write", "atomic_write_bytes", "atomic_write_json", "fsync_dir", "fsync_file", "sha256_file", "staging_dir",
+    "atomic_write",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "fsync_dir",
+    "fsync_file",
+    "sha256_file",
+    "staging_dir",
     # the test protocol's frames and crops, and the display geometry of a source video
-    "clip_indices", "decode_plan", "test_crop_positions", "display_width", "source_sar", "yuv_to_rgb_matrix",
+    "clip_indices",
+    "decode_plan",
+    "test_crop_positions",
+    "display_width",
+    "source_sar",
+    "yuv_to_rgb_matrix",
     # shard folders, local or remote
-    "find_shards", "index_path", "resolve_split", "ALL_SPLITS", "parse_classes", "storage",
-]  # fmt: skip
+    "find_shards",
+    "index_path",
+    "resolve_split",
+    "ALL_SPLITS",
+    "parse_classes",
+    "storage",
+]
 
 
 def __getattr__(name: str):

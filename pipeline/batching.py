@@ -30,9 +30,7 @@ def num_train_batches(num_samples: int, batch_size: int, world_size: int) -> int
     return (num_samples // world_size) // batch_size
 
 
-def train_batches(
-    num_samples: int, batch_size: int, seed: int, epoch: int, rank: int, world_size: int
-) -> np.ndarray:
+def train_batches(num_samples: int, batch_size: int, seed: int, epoch: int, rank: int, world_size: int) -> np.ndarray:
     """(batches, batch_size) sample indices of rank `rank` in epoch `epoch`."""
     count = num_train_batches(num_samples, batch_size, world_size)
     mine = epoch_permutation(num_samples, seed, epoch)[rank::world_size]

@@ -13,8 +13,14 @@ def parse_classes(data: bytes | str, where: str) -> list[str]:
     try:
         classes = json.loads(data)
     except ValueError as err:
-        raise ShardReadError(f"{where} is not valid JSON ({err}); re-create it with `python -m pipeline.shard`") from None
-    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes) or len(set(classes)) != len(classes):
+        raise ShardReadError(
+            f"{where} is not valid JSON ({err}); re-create it with `python -m pipeline.shard`"
+        ) from None
+    if (
+        not isinstance(classes, list)
+        or not all(isinstance(c, str) for c in classes)
+        or len(set(classes)) != len(classes)
+    ):
         raise ShardReadError(f"{where} must be a JSON list of distinct class names in label order")
     return classes
 

@@ -26,8 +26,12 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if action.default is None or action.default is False or action.default == argparse.SUPPRESS \
-                or "default" in text:
+        if (
+            action.default is None
+            or action.default is False
+            or action.default == argparse.SUPPRESS
+            or "default" in text
+        ):
             return text
         return super()._get_help_string(action)
 
@@ -37,35 +41,46 @@ def add_loader_device_arg(
 ) -> None:
     """Where DALI decodes and augments. `flags` keeps an older name of the flag working."""
     parser.add_argument(
-        *flags, dest="loader_device", choices=LOADER_DEVICES, default=default,
+        *flags,
+        dest="loader_device",
+        choices=LOADER_DEVICES,
+        default=default,
         help="where the DALI loader decodes and augments: auto (the GPU when torch and DALI see one), cpu, "
-             "or gpu (also spelt cuda) (default: auto)",
-    )  # fmt: skip
+        "or gpu (also spelt cuda) (default: auto)",
+    )
 
 
 def add_decoder_arg(parser: ArgContainer, default: Any = "auto") -> None:
     parser.add_argument(
-        "--decoder", choices=DECODERS, default=default,
+        "--decoder",
+        choices=DECODERS,
+        default=default,
         help="which backend decodes (default: auto; the table is in pipeline.options). Frame shards: auto is "
-             "host on a CPU (libjpeg-turbo + OpenCV in host threads) and nvjpeg on a GPU; cpu decodes in DALI. "
-             "Video shards: nvdec or cpu (DALI; auto: cpu for VP9, nvdec for H.264 on a GPU), pyav: PyAV in "
-             "host threads on either device (H.264 on a CPU too)",
-    )  # fmt: skip
+        "host on a CPU (libjpeg-turbo + OpenCV in host threads) and nvjpeg on a GPU; cpu decodes in DALI. "
+        "Video shards: nvdec or cpu (DALI; auto: cpu for VP9, nvdec for H.264 on a GPU), pyav: PyAV in "
+        "host threads on either device (H.264 on a CPU too)",
+    )
 
 
 def add_workers_arg(parser: ArgContainer, default: Any = None, flags: Sequence[str] = ("--workers",)) -> None:
     """DALI's decoding threads. `flags` keeps an older name of the flag working."""
-    parser.add_argument(*flags, dest="workers", type=int, default=default,
-                        help="DALI decoding threads per process (default: the usable CPUs)")  # fmt: skip
+    parser.add_argument(
+        *flags,
+        dest="workers",
+        type=int,
+        default=default,
+        help="DALI decoding threads per process (default: the usable CPUs)",
+    )
 
 
 def add_split_arg(parser: ArgContainer, default: str = "val", of: str = "the shard folder") -> None:
     """Which `<split>-*.tar` of a shard folder to read; `of` names the flag that gives the folder."""
     parser.add_argument(
-        "--split", default=default,
+        "--split",
+        default=default,
         help=f"which <split>-*.tar of {of} to read (default: {default}); 'all': every shard. A split that is not "
-             "there is an error listing the splits present",
-    )  # fmt: skip
+        "there is an error listing the splits present",
+    )
 
 
 def add_loader_args(parser: ArgContainer, defaults: bool = True) -> None:

@@ -60,9 +60,7 @@ class ClipSpec:
         if self.short_video not in ("loop", "edge"):
             raise ValueError(f"ClipSpec.short_video must be 'loop' or 'edge', got {self.short_video!r}")
         if self.test_crops not in ("three", "center", "full"):
-            raise ValueError(
-                f"ClipSpec.test_crops must be 'three', 'center' or 'full', got {self.test_crops!r}"
-            )
+            raise ValueError(f"ClipSpec.test_crops must be 'three', 'center' or 'full', got {self.test_crops!r}")
         if self.test_clips < 1:
             raise ValueError(f"ClipSpec.test_clips must be >= 1, got {self.test_clips}")
 

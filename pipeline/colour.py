@@ -53,11 +53,13 @@ def yuv_to_rgb_matrix(matrix: str = "bt601", full_range: bool = False) -> np.nda
     kg = 1.0 - kr - kb
     luma, chroma = (1.0, 1.0) if full_range else (255.0 / 219.0, 255.0 / 224.0)
     # R = Y + 2(1 - Kr) Cr;  B = Y + 2(1 - Kb) Cb;  G = (Y - Kr R - Kb B) / Kg
-    m = np.array([
-        [1.0, 0.0, 2.0 * (1.0 - kr)],
-        [1.0, -2.0 * kb * (1.0 - kb) / kg, -2.0 * kr * (1.0 - kr) / kg],
-        [1.0, 2.0 * (1.0 - kb), 0.0],
-    ]) * np.array([luma, chroma, chroma])
+    m = np.array(
+        [
+            [1.0, 0.0, 2.0 * (1.0 - kr)],
+            [1.0, -2.0 * kb * (1.0 - kb) / kg, -2.0 * kr * (1.0 - kr) / kg],
+            [1.0, 2.0 * (1.0 - kb), 0.0],
+        ]
+    ) * np.array([luma, chroma, chroma])
     offset = -m @ np.array([0.0 if full_range else 16.0, 128.0, 128.0])
     return np.concatenate([m, offset[:, None]], axis=1)
 

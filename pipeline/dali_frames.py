@@ -20,7 +20,15 @@ import torch
 from nvidia.dali import fn, pipeline_def, types
 
 from pipeline.clip import ClipSpec
-from pipeline.dali_graph import HW_DECODER_LOAD, DaliBackend, Feed, augment_test, augment_train, dali_reason, view_inputs
+from pipeline.dali_graph import (
+    HW_DECODER_LOAD,
+    DaliBackend,
+    Feed,
+    augment_test,
+    augment_train,
+    dali_reason,
+    view_inputs,
+)
 from pipeline.errors import VERIFY_HINT, DataError
 from pipeline.jpeg import JpegError, decode_check
 from pipeline.options import Mode
@@ -34,8 +42,9 @@ def frame_feed_fields(mode: Mode, spec: ClipSpec) -> tuple[str, ...]:
 
 
 @pipeline_def(exec_dynamic=True)
-def frame_pipeline(next_batch, mode: Mode, spec: ClipSpec, device: str, decoder: str = "cpu",
-                   hw_decoder_load: float = HW_DECODER_LOAD):
+def frame_pipeline(
+    next_batch, mode: Mode, spec: ClipSpec, device: str, decoder: str = "cpu", hw_decoder_load: float = HW_DECODER_LOAD
+):
     """A flat batch of JPEGs (every frame of every clip) -> augmented images.
 
     Each image carries its clip's plan (the same box, flip and jitter for all
@@ -43,7 +52,9 @@ def frame_pipeline(next_batch, mode: Mode, spec: ClipSpec, device: str, decoder:
     test, one such tensor per spatial view (crop, flip).
     """
     fields = frame_feed_fields(mode, spec)
-    feed = dict(zip(fields, fn.external_source(source=next_batch, batch=True, batch_info=True, num_outputs=len(fields))))
+    feed = dict(
+        zip(fields, fn.external_source(source=next_batch, batch=True, batch_info=True, num_outputs=len(fields)))
+    )
     if decoder == "nvjpeg":
         x = fn.decoders.image(feed["jpeg"], device="mixed", output_type=types.RGB, hw_decoder_load=hw_decoder_load)
     else:
@@ -78,15 +89,25 @@ class DaliFrames(DaliBackend):
             extra = view_inputs(plan)
             for name in fields[1:]:
                 inputs[name] += [extra[name]] * len(jpegs)
-        host = {"labels": np.array([p.label for p in plans], np.int64), "indices": np.array(indices, np.int64),
-                "gather": np.stack(gather)}
+        host = {
+            "labels": np.array([p.label for p in plans], np.int64),
+            "indices": np.array(indices, np.int64),
+            "gather": np.stack(gather),
+        }
         return tuple(inputs[f] for f in fields), host
 
     def build(self, feed: Feed):
         # One DALI sample per image: a batch holds every distinct frame of its clips.
         per_sample = self.spec.frames * (1 if self.mode == "train" else self.spec.num_test_clips)
-        return frame_pipeline(feed, self.mode, self.spec, self.device, self.decoder, self.hw_decoder_load,
-                              **self.pipeline_args(self.batch_size * per_sample))
+        return frame_pipeline(
+            feed,
+            self.mode,
+            self.spec,
+            self.device,
+            self.decoder,
+            self.hw_decoder_load,
+            **self.pipeline_args(self.batch_size * per_sample),
+        )
 
     def to_torch(self, views: list[torch.Tensor], host: dict) -> torch.Tensor:
         """Per-image outputs (images, H, W, 3) -> clips, regrouped on the host's plan."""

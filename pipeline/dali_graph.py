@@ -86,8 +86,9 @@ class Feed:
     returned; `host` holds, in the same order, what the host keeps of each.
     """
 
-    def __init__(self, batches: Sequence[np.ndarray], prepare: Callable[[np.ndarray], tuple[tuple, dict]],
-                 ahead: int = 2):
+    def __init__(
+        self, batches: Sequence[np.ndarray], prepare: Callable[[np.ndarray], tuple[tuple, dict]], ahead: int = 2
+    ):
         self.batches = batches
         self.prepare = prepare
         self.pending: list[int] = []
@@ -160,8 +161,20 @@ class DaliBackend:
     frame that caused it (`decode_error`).
     """
 
-    def __init__(self, data, spec: ClipSpec, mode: str, plan, *, device: str, decoder: str, num_threads: int,
-                 prefetch: int, seed: int, batch_size: int):
+    def __init__(
+        self,
+        data,
+        spec: ClipSpec,
+        mode: str,
+        plan,
+        *,
+        device: str,
+        decoder: str,
+        num_threads: int,
+        prefetch: int,
+        seed: int,
+        batch_size: int,
+    ):
         self.data, self.spec, self.mode, self.plan = data, spec, mode, plan
         self.device, self.decoder, self.num_threads = device, decoder, num_threads
         self.prefetch, self.seed, self.batch_size = prefetch, seed, batch_size
@@ -188,8 +201,13 @@ class DaliBackend:
             feed.close()
 
     def pipeline_args(self, batch_size: int) -> dict:
-        return {"batch_size": batch_size, "num_threads": self.num_threads, "device_id": device_id(self.device),
-                "prefetch_queue_depth": self.prefetch, "seed": self.seed}
+        return {
+            "batch_size": batch_size,
+            "num_threads": self.num_threads,
+            "device_id": device_id(self.device),
+            "prefetch_queue_depth": self.prefetch,
+            "seed": self.seed,
+        }
 
     def prepare(self, indices: np.ndarray, epoch: int) -> tuple[tuple, dict]:
         raise NotImplementedError

@@ -46,7 +46,9 @@ def clip_pipeline(next_batch, mode: Mode, spec: ClipSpec, device: str, decoder: 
     clips in a row).
     """
     fields = feed_fields(mode, spec, decoder)
-    feed = dict(zip(fields, fn.external_source(source=next_batch, batch=True, batch_info=True, num_outputs=len(fields))))
+    feed = dict(
+        zip(fields, fn.external_source(source=next_batch, batch=True, batch_info=True, num_outputs=len(fields)))
+    )
     nvdec = device == "gpu" and decoder == "nvdec"
     if decoder == "pyav":  # the host already decoded the frames (F, H, W, 3)
         x = fn.reshape(feed["video"], layout="FHWC")
@@ -80,8 +82,11 @@ class DaliVideo(DaliBackend):
     def prepare(self, indices: np.ndarray, epoch: int) -> tuple[tuple, dict]:
         indices = [int(i) for i in indices]
         videos = self.data.videos(indices)  # one batch of reads (concurrent for remote shards)
-        rows = list(self._pool.map(lambda iv: self._row(*iv, epoch), zip(indices, videos)) if self._pool
-                    else (self._row(i, v, epoch) for i, v in zip(indices, videos)))
+        rows = list(
+            self._pool.map(lambda iv: self._row(*iv, epoch), zip(indices, videos))
+            if self._pool
+            else (self._row(i, v, epoch) for i, v in zip(indices, videos))
+        )
         fields = feed_fields(self.mode, self.spec, self.decoder)
         host = {"labels": np.array([r["label"] for r in rows], np.int64), "indices": np.array(indices, np.int64)}
         return tuple([row[f] for row in rows] for f in fields), host
@@ -105,7 +110,9 @@ class DaliVideo(DaliBackend):
             ) from err
 
     def build(self, feed: Feed):
-        return clip_pipeline(feed, self.mode, self.spec, self.device, self.decoder, **self.pipeline_args(self.batch_size))
+        return clip_pipeline(
+            feed, self.mode, self.spec, self.device, self.decoder, **self.pipeline_args(self.batch_size)
+        )
 
     def to_torch(self, views: list[torch.Tensor], host: dict) -> torch.Tensor:
         if self.mode == "train":
@@ -133,8 +140,13 @@ class DaliVideo(DaliBackend):
     def _decodes(self, index: int, epoch: int) -> bool:
         """Whether one sample decodes alone with the frames the loader asks of it."""
         video, (frames, _) = self.data.video(index), self.plan(index, epoch).decode_plan()
-        probe = decode_probe(lambda: ([video], [frames]), nvdec=self.decoder == "nvdec",
-                             batch_size=1, num_threads=1, device_id=device_id(self.device))
+        probe = decode_probe(
+            lambda: ([video], [frames]),
+            nvdec=self.decoder == "nvdec",
+            batch_size=1,
+            num_threads=1,
+            device_id=device_id(self.device),
+        )
         try:
             probe.build()
             probe.run()

@@ -54,8 +54,7 @@ def find_shards(shards: str | Path | Sequence[str | Path], split: str | None = N
         folder = Path(shards)
         if not folder.exists():
             raise FileNotFoundError(
-                f"shard directory {folder} does not exist: build it with "
-                f"`python -m pipeline.shard SRC --out {folder}`"
+                f"shard directory {folder} does not exist: build it with `python -m pipeline.shard SRC --out {folder}`"
             )
         if not folder.is_dir():
             raise ShardReadError(f"{folder} is not a directory: pass a shard directory or a list of .tar paths")
@@ -73,15 +72,19 @@ def find_shards(shards: str | Path | Sequence[str | Path], split: str | None = N
     if not tars:
         raise ShardReadError("empty shard list: pass a shard directory or at least one .tar path")
     if split is not None:
-        raise ShardReadError("split= selects shards inside a directory; with an explicit list, pass only the tars you want")
+        raise ShardReadError(
+            "split= selects shards inside a directory; with an explicit list, pass only the tars you want"
+        )
     if len({storage.is_remote(t) for t in tars}) > 1:
         raise ShardReadError("the shard list mixes local paths and URLs: pass shards of one place")
     for tar in tars:
         if isinstance(tar, Path) and not tar.exists():
             raise FileNotFoundError(f"shard {tar} does not exist")
         if not str(tar).endswith(".tar") or isinstance(tar, Path) and not tar.is_file():
-            raise ShardReadError(f"{tar} is not a shard (a .tar written by `python -m pipeline.shard`): pass a shard "
-                                 "folder, or its .tar files")
+            raise ShardReadError(
+                f"{tar} is not a shard (a .tar written by `python -m pipeline.shard`): pass a shard "
+                "folder, or its .tar files"
+            )
     return tars
 
 

@@ -31,4 +31,6 @@ class DataError(ShardError, RuntimeError):
 
 
 # What every message about a damaged shard ends with ({dir}: the shard folder).
-VERIFY_HINT = "check the shards with `python -m pipeline.verify {dir}` and re-create bad ones with `python -m pipeline.shard`"
+VERIFY_HINT = (
+    "check the shards with `python -m pipeline.verify {dir}` and re-create bad ones with `python -m pipeline.shard`"
+)

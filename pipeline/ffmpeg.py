@@ -237,7 +237,13 @@ def codec_options(s: EncodeSettings) -> dict[str, object]:
     if s.is_frames:
         # Every frame stands alone: no GOP. -q:v is the quantiser scale (2 finest .. 31).
         return {"c:v": s.encoder, "q:v": s.quality, "threads": s.threads, "f": "matroska"}
-    common: dict[str, object] = {"c:v": s.encoder, "crf": s.quality, "g": s.gop, "keyint_min": s.gop, "threads": s.threads}
+    common: dict[str, object] = {
+        "c:v": s.encoder,
+        "crf": s.quality,
+        "g": s.gop,
+        "keyint_min": s.gop,
+        "threads": s.threads,
+    }
     if s.codec == "vp9":
         # VP9 keyframes never reference across; min == max distance pins them every `gop` frames.
         opts = {"deadline": s.vp9_deadline, "cpu-used": s.vp9_cpu_used, "b:v": 0, "row-mt": int(s.threads > 1)}
@@ -269,8 +275,14 @@ def transcode_argv(src: SourceSpec, dst: str | os.PathLike, s: EncodeSettings, e
         )
     else:
         inp = ffmpeg_python.input(src.path)
-    out_kwargs = {**codec_options(s), "map": "0:v:0", "vf": video_filter(s, src.sar), "an": None, "sn": None,
-                  "dn": None}
+    out_kwargs = {
+        **codec_options(s),
+        "map": "0:v:0",
+        "vf": video_filter(s, src.sar),
+        "an": None,
+        "sn": None,
+        "dn": None,
+    }
     out_kwargs.update({"map_metadata": -1, "fflags": "+bitexact"})
     if s.fps is None:
         out_kwargs["fps_mode"] = "cfr"  # constant rate at the source's rate
@@ -282,8 +294,9 @@ def transcode_argv(src: SourceSpec, dst: str | os.PathLike, s: EncodeSettings, e
 
 def copy_frames_argv(src: SourceSpec, dst: str | os.PathLike, exe: str | None = None) -> list[str]:
     """ffmpeg command that stores a JPEG frame folder's files as MJPEG packets unchanged (pure)."""
-    inp = ffmpeg_python.input(os.path.join(src.path, src.pattern), framerate=f"{src.fps:g}",
-                              start_number=src.start_number)
+    inp = ffmpeg_python.input(
+        os.path.join(src.path, src.pattern), framerate=f"{src.fps:g}", start_number=src.start_number
+    )
     out_kwargs = {"map": "0:v:0", "c:v": "copy", "f": "matroska", "map_metadata": -1, "fflags": "+bitexact"}
     args = ffmpeg_python.output(inp, str(dst), **out_kwargs).get_args()
     return [exe or find_ffmpeg(), "-nostdin", "-hide_banner", "-loglevel", "info", "-nostats", "-y", *args]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from pipeline import storage
 
+
 def default_max_open() -> int:
     """Shards kept open at once: an eighth of the soft descriptor limit, 4..256 (DALI and sockets need the rest)."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)

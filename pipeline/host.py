@@ -85,8 +85,16 @@ class _Batch:
 class HostClips:
     """Batches of either shard kind made in host threads (see the module docstring)."""
 
-    def __init__(self, data: ShardSet, spec: ClipSpec, mode: str, plan: Callable[[int, int], SamplePlan],
-                 num_threads: int, prefetch: int, device: str = "cpu"):
+    def __init__(
+        self,
+        data: ShardSet,
+        spec: ClipSpec,
+        mode: str,
+        plan: Callable[[int, int], SamplePlan],
+        num_threads: int,
+        prefetch: int,
+        device: str = "cpu",
+    ):
         self.data, self.spec, self.mode, self.plan = data, spec, mode, plan
         self.num_threads, self.ahead = max(1, num_threads), max(1, prefetch) + 1
         self.device = device
@@ -94,12 +102,16 @@ class HostClips:
         self.flips = (False, True) if spec.test_flip else (False,)
         self._buffers = _Buffers(keep=self.ahead + 2)  # in flight, the one yielded, the one the caller holds
 
-    def batches(self, batches: Sequence[np.ndarray], epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, np.ndarray]]:
+    def batches(
+        self, batches: Sequence[np.ndarray], epoch: int
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, np.ndarray]]:
         """(clips, labels, sample indices) of every batch, in order; `ahead` batches are in flight."""
-        reader = ThreadPoolExecutor(1, thread_name_prefix="host-read", initializer=name_os_thread,
-                                    initargs=("host-read",))
-        workers = ThreadPoolExecutor(self.num_threads, thread_name_prefix="host-decode", initializer=name_os_thread,
-                                     initargs=("host-decode",))
+        reader = ThreadPoolExecutor(
+            1, thread_name_prefix="host-read", initializer=name_os_thread, initargs=("host-read",)
+        )
+        workers = ThreadPoolExecutor(
+            self.num_threads, thread_name_prefix="host-decode", initializer=name_os_thread, initargs=("host-decode",)
+        )
         inflight: deque[Future] = deque()
         try:
             for number in range(min(self.ahead, len(batches))):
@@ -127,8 +139,10 @@ class HostClips:
             encoded = self.data.videos([p.index for p in plans])
         out = self._buffers.take(self._shape(plans))
         work = self._train_clip if self.mode == "train" else self._test_clip
-        clips = [workers.submit(work, out[n], plan, unique, order, data)
-                 for n, (plan, (unique, order), data) in enumerate(zip(plans, decode, encoded))]
+        clips = [
+            workers.submit(work, out[n], plan, unique, order, data)
+            for n, (plan, (unique, order), data) in enumerate(zip(plans, decode, encoded))
+        ]
         return _Batch(plans, torch.from_numpy(out), clips)
 
     def _shape(self, plans: list[SamplePlan]) -> tuple[int, ...]:
@@ -137,8 +151,10 @@ class HostClips:
             return (n, spec.frames, spec.crop_size, spec.crop_size, 3)
         h, w = self._test_size(plans[0])
         if any(self._test_size(p) != (h, w) for p in plans[1:]):
-            raise DataError(f"test views of different sizes in one batch ({[self._test_size(p) for p in plans]}): "
-                            "with test_crops='full' the videos of a batch must share one frame size")
+            raise DataError(
+                f"test views of different sizes in one batch ({[self._test_size(p) for p in plans]}): "
+                "with test_crops='full' the videos of a batch must share one frame size"
+            )
         views = len(plans[0].positions) * len(self.flips)
         return (n, spec.num_test_clips, views, spec.frames, h, w, 3)
 
@@ -162,8 +178,7 @@ class HostClips:
 
     # -- one clip (runs in a worker thread; the OpenCV and libjpeg-turbo calls release the GIL)
 
-    def _train_clip(self, out: np.ndarray, plan: SamplePlan, unique: np.ndarray, order: np.ndarray,
-                    encoded) -> None:
+    def _train_clip(self, out: np.ndarray, plan: SamplePlan, unique: np.ndarray, order: np.ndarray, encoded) -> None:
         """out (F, S, S, 3): decode, crop + resize, flip, colour map, normalise every distinct frame."""
         view, size = plan.train, self.spec.crop_size
         box = view.box
@@ -175,8 +190,7 @@ class HostClips:
                 x = cv2.transform(x, colour)  # on uint8: rounded and clipped to 0-255, as DALI's operators do
             _write(x, self.normalise, [out[p] for p in np.flatnonzero(order == k)])
 
-    def _test_clip(self, out: np.ndarray, plan: SamplePlan, unique: np.ndarray, order: np.ndarray,
-                   encoded) -> None:
+    def _test_clip(self, out: np.ndarray, plan: SamplePlan, unique: np.ndarray, order: np.ndarray, encoded) -> None:
         """out (C, V', F, H, W, 3): decode, resize the short side, then every (crop, flip) view."""
         spec = self.spec
         height, width = resize_shorter(spec.test_scale, *self.data.frame_size(plan.index))
@@ -192,14 +206,15 @@ class HostClips:
                 window = image
                 if spec.test_crops != "full":
                     y0, x0 = crop_origin(py, height, spec.test_crop), crop_origin(px, width, spec.test_crop)
-                    window = image[y0:y0 + spec.test_crop, x0:x0 + spec.test_crop]
+                    window = image[y0 : y0 + spec.test_crop, x0 : x0 + spec.test_crop]
                 for i, flip in enumerate(self.flips):
                     x = cv2.flip(window, 1) if flip else window
                     v = c * len(self.flips) + i
                     _write(x, self.normalise, [out[clip, v, f] for clip, f in where])
 
-    def _pictures(self, encoded, plan: SamplePlan, unique: np.ndarray, box=None,
-                  out_side: int = 0) -> Iterator[Picture]:
+    def _pictures(
+        self, encoded, plan: SamplePlan, unique: np.ndarray, box=None, out_side: int = 0
+    ) -> Iterator[Picture]:
         """The distinct frames `unique`, in order, decoded as late as possible (a frame shard's training
         frames: only the window `box` needs, at the smallest DCT scale that keeps it `out_side` wide)."""
         if self.data.is_frames:
@@ -265,8 +280,14 @@ class RgbPicture(Picture):
     (DCT scaling, `scale` = (image rows / frame rows, columns / columns)), or a window of it whose
     top-left pixel is `origin` = (row, column) of the scaled frame."""
 
-    def __init__(self, image: np.ndarray, height: int, width: int, scale: tuple[float, float] | None = None,
-                 origin: tuple[int, int] | None = None):
+    def __init__(
+        self,
+        image: np.ndarray,
+        height: int,
+        width: int,
+        scale: tuple[float, float] | None = None,
+        origin: tuple[int, int] | None = None,
+    ):
         self.image, self.height, self.width = image, height, width
         self.window, self.origin = origin is not None, origin or (0, 0)
         self.scale = scale or (image.shape[0] / height, image.shape[1] / width)
@@ -292,14 +313,19 @@ def dct_denominator(box_side: float, out_side: int) -> int:
     return next(d for d in (8, 4, 2, 1) if d == 1 or box_side >= d * out_side)
 
 
-def window_picture(jpeg: bytes, box: tuple[float, float, float, float], denom: int, height: int,
-                   width: int) -> RgbPicture:
+def window_picture(
+    jpeg: bytes, box: tuple[float, float, float, float], denom: int, height: int, width: int
+) -> RgbPicture:
     """The part of a `height` x `width` JPEG frame that resampling `box` = (y0, x0, y1, x1) reads, decoded at
     1/denom (libjpeg-turbo's partial decoding, `pipeline._jpegwindow`)."""
     sy, sx = -(-height // denom) / height, -(-width // denom) / width  # libjpeg rounds scaled sizes up
     y0, x0, y1, x1 = box
-    window = (math.floor(sy * y0) - WINDOW_MARGIN, math.floor(sx * x0) - WINDOW_MARGIN,
-              math.ceil(sy * y1) + WINDOW_MARGIN, math.ceil(sx * x1) + WINDOW_MARGIN)
+    window = (
+        math.floor(sy * y0) - WINDOW_MARGIN,
+        math.floor(sx * x0) - WINDOW_MARGIN,
+        math.ceil(sy * y1) + WINDOW_MARGIN,
+        math.ceil(sx * x1) + WINDOW_MARGIN,
+    )
     pixels, top, left, rows, cols = _jpegwindow.decode(jpeg, *window, denom)
     image = np.frombuffer(pixels, np.uint8).reshape(rows, cols, 3)
     return RgbPicture(image, height, width, scale=(sy, sx), origin=(top, left))
@@ -317,8 +343,9 @@ class Yuv420Picture(Picture):
     def resize(self, box, size, flip=False):
         y, u, v = self.planes
         cy, cx = u.shape[0] / self.height, u.shape[1] / self.width
-        return cv2.merge([_warp(y, box, size, 1.0, 1.0, flip), _warp(u, box, size, cy, cx, flip),
-                          _warp(v, box, size, cy, cx, flip)])
+        return cv2.merge(
+            [_warp(y, box, size, 1.0, 1.0, flip), _warp(u, box, size, cy, cx, flip), _warp(v, box, size, cy, cx, flip)]
+        )
 
     def rgb(self):
         """Chroma upsampled bilinearly (centre-sited) in float, converted, rounded once: DALI's and
@@ -339,8 +366,10 @@ def video_picture(frame: av.VideoFrame) -> Picture:
     full = frame.format.name == "yuvj420p" or int(frame.color_range) == 2  # AVCOL_RANGE_JPEG
     matrix = "bt709" if int(frame.colorspace) == 1 else "bt601"  # AVCOL_SPC_BT709; untagged reads as BT.601
     h, w = frame.height, frame.width
-    planes = [_plane(frame.planes[i], *dims) for i, dims in enumerate([(h, w), ((h + 1) // 2, (w + 1) // 2),
-                                                                      ((h + 1) // 2, (w + 1) // 2)])]
+    planes = [
+        _plane(frame.planes[i], *dims)
+        for i, dims in enumerate([(h, w), ((h + 1) // 2, (w + 1) // 2), ((h + 1) // 2, (w + 1) // 2)])
+    ]
     return Yuv420Picture(*planes, colour=yuv_to_rgb_matrix(matrix, full))
 
 
@@ -349,8 +378,15 @@ def _plane(plane, height: int, width: int) -> np.ndarray:
     return np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[:height, :width]
 
 
-def _warp(plane: np.ndarray, box: tuple[float, float, float, float], size: tuple[int, int], sy: float,
-          sx: float, flip: bool = False, origin: tuple[int, int] = (0, 0)) -> np.ndarray:
+def _warp(
+    plane: np.ndarray,
+    box: tuple[float, float, float, float],
+    size: tuple[int, int],
+    sy: float,
+    sx: float,
+    flip: bool = False,
+    origin: tuple[int, int] = (0, 0),
+) -> np.ndarray:
     """The frame window box = (y0, x0, y1, x1) resampled (bilinear) to size = (H, W) from a plane that
     holds the frame at scale (sy, sx) (1: full size; 0.5: 4:2:0 chroma or a 1/2 DCT-scaled decode), or
     the part of it from pixel `origin` = (row, column) on, mirrored left-right with `flip`.
@@ -364,8 +400,9 @@ def _warp(plane: np.ndarray, box: tuple[float, float, float, float], size: tuple
     if flip:  # output column i shows what column W - 1 - i would
         ax, bx = -ax, bx + ax * (w - 1)
     m = np.array([[ax, 0.0, bx], [0.0, ay, sy * y0 + 0.5 * ay - 0.5 - origin[0]]], np.float32)
-    return cv2.warpAffine(plane, m, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                          borderMode=cv2.BORDER_REPLICATE)
+    return cv2.warpAffine(
+        plane, m, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE
+    )
 
 
 def name_os_thread(name: str) -> None:
@@ -383,9 +420,8 @@ class _Buffers:
     A batch tensor shares its numpy buffer's memory (and holds a reference to
     it) for as long as the tensor or any view of it lives. A buffer whose only
     reference is this pool's is free: reusing it skips the page faults a fresh
-    allocation of tens of MB costs on its first write (about a fifth of the
-    host path's time at 8x8, measured with py-spy). Thread-safe: the reader
-    thread takes buffers while the caller drops batches.
+    allocation of tens of MB costs on its first write, every batch. Thread-safe:
+    the reader thread takes buffers while the caller drops batches.
     """
 
     def __init__(self, keep: int):
@@ -398,7 +434,7 @@ class _Buffers:
             for i in range(len(self._free)):
                 if self._free[i].shape == shape and _unused(self._free[i]):
                     return self._free[i]
-            self._free = self._free[-(self.keep - 1):] + [np.empty(shape, np.float32)]
+            self._free = self._free[-(self.keep - 1) :] + [np.empty(shape, np.float32)]
             return self._free[-1]
 
 

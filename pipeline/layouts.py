@@ -27,9 +27,7 @@ from pathlib import Path
 
 from pipeline.splits import SPLITS, normalize_split, split_order
 
-VIDEO_EXTS = frozenset(
-    ".mp4 .m4v .mov .webm .mkv .avi .mpg .mpeg .flv .wmv .3gp .ogv .ts .mts .m2ts".split()
-)
+VIDEO_EXTS = frozenset(".mp4 .m4v .mov .webm .mkv .avi .mpg .mpeg .flv .wmv .3gp .ogv .ts .mts .m2ts".split())
 LAYOUTS = ("auto", "folder", "kinetics", "sthv2", "sthv1")
 STHV1_FPS = 12.0  # Something-Something V1 frames were extracted at 12 fps
 
@@ -91,9 +89,14 @@ def walk_videos(folder: Path) -> tuple[list[Path], list[tuple[Path, str, str]]]:
         st = os.stat(top)
         ancestor = top != str(folder) and real_root.startswith(os.path.realpath(top) + os.sep)
         if (st.st_dev, st.st_ino) in seen or ancestor:
-            problems.append((Path(top), "directory_loop",
-                             f"{Path(top).relative_to(folder).as_posix() or '.'} links back to a folder already "
-                             "scanned (a directory loop); its contents are taken once"))
+            problems.append(
+                (
+                    Path(top),
+                    "directory_loop",
+                    f"{Path(top).relative_to(folder).as_posix() or '.'} links back to a folder already "
+                    "scanned (a directory loop); its contents are taken once",
+                )
+            )
             dirs[:] = []
             continue
         seen.add((st.st_dev, st.st_ino))
@@ -134,8 +137,11 @@ def scan_folder(root: Path, split: str | None = None) -> Dataset:
     notes = []
     if _has_split_dirs(root):
         groups = [(normalize_split(d.name), d) for d in _visible_dirs(root) if normalize_split(d.name)]
-        notes += [f"folder {d} not used: {d.name!r} is not a split name ({', '.join(SPLITS)}, or validation, "
-                  "testing, ...)" for d in _visible_dirs(root) if not normalize_split(d.name)]
+        notes += [
+            f"folder {d} not used: {d.name!r} is not a split name ({', '.join(SPLITS)}, or validation, testing, ...)"
+            for d in _visible_dirs(root)
+            if not normalize_split(d.name)
+        ]
     else:
         groups = [(split or normalize_split(root.name) or "train", root)]
     items = []
@@ -143,8 +149,9 @@ def scan_folder(root: Path, split: str | None = None) -> Dataset:
         for class_dir in _visible_dirs(split_dir):
             files, problems = walk_videos(class_dir)
             items += [_item(root, p, split_name, class_dir.name) for p in files]
-            items += [_item(root, p, split_name, class_dir.name, problem=(reason, message))
-                      for p, reason, message in problems]
+            items += [
+                _item(root, p, split_name, class_dir.name, problem=(reason, message)) for p, reason, message in problems
+            ]
     if not items:
         raise LayoutError(
             f"{root}: no videos found as <class>/<video> or <split>/<class>/<video> "
@@ -195,9 +202,7 @@ def scan_kinetics(root: Path, annotations: list[Path] | None = None) -> Dataset:
                 path = on_disk.get(stem)
                 if path is None:
                     rel = f"{stem}.mp4"
-                    items.append(
-                        WorkItem(make_key(rel), split, label, rel, str(root / rel), missing=True)
-                    )
+                    items.append(WorkItem(make_key(rel), split, label, rel, str(root / rel), missing=True))
                 else:
                     items.append(_item(root, path, split, label))
     notes = [f"ignored {ignored} CSV rows without a train/val/test split or label, or repeated"] if ignored else []
@@ -277,8 +282,16 @@ def scan_sthv1(root: Path) -> Dataset:
             path = frame_dir / vid.strip()
             rel = path.relative_to(root).as_posix()
             items.append(
-                WorkItem(make_key(rel), split, name.strip(), rel, str(path), kind="frames", fps=STHV1_FPS,
-                         missing=not path.is_dir())
+                WorkItem(
+                    make_key(rel),
+                    split,
+                    name.strip(),
+                    rel,
+                    str(path),
+                    kind="frames",
+                    fps=STHV1_FPS,
+                    missing=not path.is_dir(),
+                )
             )
     if not items:
         raise LayoutError(f"{root}: no train/validation CSV lists for Something-Something V1")
@@ -287,8 +300,11 @@ def scan_sthv1(root: Path) -> Dataset:
 
 def _unlabelled_test_lists(root: Path, pattern: str) -> list[str]:
     """Something-Something's test lists name videos without their labels: said, not silently skipped."""
-    return [f"test list {p} not used: Something-Something's test lists carry no labels, so its videos cannot be "
-            "sharded as a labelled split" for p in sorted(root.glob(pattern))]
+    return [
+        f"test list {p} not used: Something-Something's test lists carry no labels, so its videos cannot be "
+        "sharded as a labelled split"
+        for p in sorted(root.glob(pattern))
+    ]
 
 
 # ---- detection and ordering ---------------------------------------------------
@@ -296,10 +312,13 @@ def _unlabelled_test_lists(root: Path, pattern: str) -> list[str]:
 
 def detect_layout(root: Path) -> str:
     """Guess the layout from marker files; class-per-folder is the fallback."""
+
     def any_glob(*patterns: str) -> bool:
         return any(
             next(iter(sorted(d.glob(p))), None) is not None
-            for d in (root, root / "annotations", root / "labels") if d.is_dir() for p in patterns
+            for d in (root, root / "annotations", root / "labels")
+            if d.is_dir()
+            for p in patterns
         )
 
     if any_glob("*labels.json"):
@@ -344,8 +363,14 @@ def check_unique_keys(items: list[WorkItem]) -> None:
         seen[item.key] = item.rel
 
 
-def scan(root: str | Path, layout: str = "auto", *, split: str | None = None,
-         annotations: list[Path] | None = None, seed: int = 0) -> Dataset:
+def scan(
+    root: str | Path,
+    layout: str = "auto",
+    *,
+    split: str | None = None,
+    annotations: list[Path] | None = None,
+    seed: int = 0,
+) -> Dataset:
     """Enumerate `root` as `layout` into a deterministic, canonically ordered `Dataset`.
 
     `split`: the split of a class-folder `root` without split folders (default: `root`'s own name when

@@ -180,8 +180,16 @@ class ClipLoader:
     def plan(self, index: int, epoch: int) -> SamplePlan:
         """What sample `index` contributes in `epoch`: label, frames and view (the same for every backend)."""
         data = self.data
-        return plan_sample(self.clip, self.mode, self.seed, epoch, index, data.frame_count(index),
-                           data.frame_size(index), data.label(index))
+        return plan_sample(
+            self.clip,
+            self.mode,
+            self.seed,
+            epoch,
+            index,
+            data.frame_count(index),
+            data.frame_size(index),
+            data.label(index),
+        )
 
     def batch_indices(self, epoch: int) -> Sequence:
         """The sample indices of every batch of `epoch` on this rank, in order (a pure function of seed and epoch)."""

@@ -32,8 +32,9 @@ class SamplePlan:
         return sampling.decode_plan(self.frames)
 
 
-def plan_sample(spec: ClipSpec, mode: Mode, seed: int, epoch: int, index: int, count: int,
-                size: tuple[int, int], label: int) -> SamplePlan:
+def plan_sample(
+    spec: ClipSpec, mode: Mode, seed: int, epoch: int, index: int, count: int, size: tuple[int, int], label: int
+) -> SamplePlan:
     """The plan of sample `index` (`count` frames of `size` (H, W), class `label`) in `epoch`."""
     height, width = size
     if mode == "train":

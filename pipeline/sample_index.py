@@ -50,8 +50,23 @@ class SampleIndex:
     frame shards, 12 bytes per stored frame.
     """
 
-    ARRAYS = ("shard", "label", "frames", "width", "height", "fps", "video_off", "video_size",
-              "json_off", "json_size", "key_start", "key_bytes", "frame_start", "frame_off", "frame_size")
+    ARRAYS = (
+        "shard",
+        "label",
+        "frames",
+        "width",
+        "height",
+        "fps",
+        "video_off",
+        "video_size",
+        "json_off",
+        "json_size",
+        "key_start",
+        "key_bytes",
+        "frame_start",
+        "frame_off",
+        "frame_size",
+    )
 
     def __init__(self, arrays: dict[str, np.ndarray], meta: dict, mapped: mmap.mmap | None = None):
         self.arrays = arrays
@@ -128,8 +143,12 @@ def _cache_key(tars: list) -> str:
         if isinstance(tar, Path):  # local files: also their sizes and times (edits the manifest misses)
             idx = index_path(tar)
             st, si = tar.stat(), idx.stat() if idx.is_file() else None
-            parts += [str(st.st_size), str(st.st_mtime_ns), str(si.st_size if si else -1),
-                      str(si.st_mtime_ns if si else -1)]
+            parts += [
+                str(st.st_size),
+                str(st.st_mtime_ns),
+                str(si.st_size if si else -1),
+                str(si.st_mtime_ns if si else -1),
+            ]
         elif not parts[1]:  # a remote shard the manifest does not list: its size
             parts.append(str(storage.size_of(tar)))
         h.update(("|".join(parts) + "\n").encode())
@@ -194,11 +213,22 @@ def build_index(tars: list) -> SampleIndex:
     if not cols["shard"]:
         raise ShardReadError(f"the shards {[str(t) for t in tars]} hold no samples")
     if len(kinds) > 1:
-        raise ShardReadError(f"the shards mix sample formats {sorted(k[1] for k in kinds)}: re-shard them with one --codec")
+        raise ShardReadError(
+            f"the shards mix sample formats {sorted(k[1] for k in kinds)}: re-shard them with one --codec"
+        )
     kind, ext = kinds.pop()
     codec = "jpeg" if kind == "frames" else VIDEO_EXTS[ext]
-    dtypes = {"shard": np.uint32, "label": np.int32, "frames": np.int32, "width": np.uint16, "height": np.uint16,
-              "fps": np.float32, "video_size": np.int32, "json_size": np.int32, "frame_size": np.int32}
+    dtypes = {
+        "shard": np.uint32,
+        "label": np.int32,
+        "frames": np.int32,
+        "width": np.uint16,
+        "height": np.uint16,
+        "fps": np.float32,
+        "video_size": np.int32,
+        "json_size": np.int32,
+        "frame_size": np.int32,
+    }
     arrays = {name: np.asarray(v, dtype=dtypes.get(name, np.int64)) for name, v in cols.items()}
     arrays["key_bytes"] = np.frombuffer(bytes(keys), dtype=np.uint8)
     return SampleIndex(arrays, {"kind": kind, "codec": codec, "ext": ext, "version": INDEX_VERSION})
@@ -217,8 +247,10 @@ def _add_sample(cols: dict, keys: bytearray, number: int, tar, entry: dict, memb
     elif frames and [i for i, _ in frames] != list(range(len(frames))):
         problem = "its .NNNNNN.jpg frames are not numbered 0, 1, 2, ... without gaps"
     if problem:
-        raise ShardReadError(f"shard {tar}, sample {key!r}: {problem} (has {sorted(entry)[:8]}); "
-                         "re-create the shard with `python -m pipeline.shard`")
+        raise ShardReadError(
+            f"shard {tar}, sample {key!r}: {problem} (has {sorted(entry)[:8]}); "
+            "re-create the shard with `python -m pipeline.shard`"
+        )
     label, count, meta = _parse_small(tar, key, members)
     kb = key.encode("utf-8")
     keys += kb
@@ -274,10 +306,13 @@ def _parse_small(tar, key: str, members: tuple) -> tuple[int, int, dict]:
         meta = json.loads(members[2])
         info = {"width": int(meta["width"]), "height": int(meta["height"]), "fps": float(meta.get("fps") or 0.0)}
     except (ValueError, IndexError, KeyError, TypeError) as err:
-        raise ShardReadError(f"{where}: unreadable .lbl, .frames or .json ({err}); "
-                         + VERIFY_HINT.format(dir=storage.parent(tar))) from None
+        raise ShardReadError(
+            f"{where}: unreadable .lbl, .frames or .json ({err}); " + VERIFY_HINT.format(dir=storage.parent(tar))
+        ) from None
     if count < 1:
-        raise ShardReadError(f"{where}: its .frames says {count} frames; " + VERIFY_HINT.format(dir=storage.parent(tar)))
+        raise ShardReadError(
+            f"{where}: its .frames says {count} frames; " + VERIFY_HINT.format(dir=storage.parent(tar))
+        )
     return label, count, info
 
 

@@ -81,9 +81,7 @@ def dense_test_starts(n: int, span: int, clips: int) -> np.ndarray:
     return np.round(np.arange(clips) * (last / (clips - 1))).astype(np.int64)
 
 
-def dense_test(
-    n: int, frames: int, stride: int, clips: int, short_video: ShortVideo = "loop"
-) -> np.ndarray:
+def dense_test(n: int, frames: int, stride: int, clips: int, short_video: ShortVideo = "loop") -> np.ndarray:
     """(K, F) indices of K dense clips spread over the video."""
     _check_count(n)
     span = (frames - 1) * stride + 1
@@ -111,9 +109,7 @@ def segments_test(n: int, segments: int, twice: bool = False) -> np.ndarray:
     return np.stack([centres, k * n // segments])
 
 
-def clip_indices(
-    spec: ClipSpec, n: int, mode: Mode, rng: np.random.Generator | None = None
-) -> np.ndarray:
+def clip_indices(spec: ClipSpec, n: int, mode: Mode, rng: np.random.Generator | None = None) -> np.ndarray:
     """(C, F) frame indices for one video: C = 1 in training, `spec.num_test_clips` in test."""
     if mode == "train":
         if rng is None:
@@ -220,9 +216,7 @@ class TrainView:
     jitter: Jitter | None
 
 
-def draw_train_view(
-    spec: ClipSpec, n: int, height: int, width: int, rng: np.random.Generator
-) -> TrainView:
+def draw_train_view(spec: ClipSpec, n: int, height: int, width: int, rng: np.random.Generator) -> TrainView:
     """Draw a training clip's frames, crop, flip and jitter, always in this order."""
     indices = clip_indices(spec, n, "train", rng)[0]
     box = random_resized_crop(height, width, spec.scale_range, spec.ratio_range, rng)

@@ -44,8 +44,14 @@ class ShardSet:
         self.closed = False
 
     @classmethod
-    def open(cls, shards: str | Path | Sequence[str | Path], split: str | None = None, *,
-             max_open: int | None = None, cache: bool = True) -> ShardSet:
+    def open(
+        cls,
+        shards: str | Path | Sequence[str | Path],
+        split: str | None = None,
+        *,
+        max_open: int | None = None,
+        cache: bool = True,
+    ) -> ShardSet:
         tars = find_shards(shards, split)
         classes = classes_of_shards(tars)
         return cls(tars, load_index(tars, split, cache), classes, max_open)

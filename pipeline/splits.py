@@ -8,10 +8,15 @@ from __future__ import annotations
 
 SPLITS = ("train", "val", "test")  # shard file prefixes, in this order
 SPLIT_ALIASES = {
-    "train": "train", "training": "train",
-    "val": "val", "valid": "val", "validation": "val", "validate": "val",
-    "test": "test", "testing": "test",
-}  # fmt: skip
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "validate": "val",
+    "test": "test",
+    "testing": "test",
+}
 
 
 def normalize_split(name: str) -> str | None:

@@ -19,8 +19,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 RETRIES = 3
-REMOTE_HINT = ("check the URL, that the object exists, the credentials and endpoint in the environment "
-               "(e.g. AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL or FSSPEC_S3_ENDPOINT_URL) and the network")
+REMOTE_HINT = (
+    "check the URL, that the object exists, the credentials and endpoint in the environment "
+    "(e.g. AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL or FSSPEC_S3_ENDPOINT_URL) and the network"
+)
 
 
 def is_remote(location: str | Path) -> bool:
@@ -56,8 +58,9 @@ def filesystem(url: str):
     except ImportError as err:
         proto = url.split("://", 1)[0]
         package = {"s3": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs"}.get(proto, "fsspec")
-        raise ImportError(f"reading {proto}:// shards needs {package}: pip install {package} "
-                          f"(or pip install -e '.[cloud]'); {err}") from None
+        raise ImportError(
+            f"reading {proto}:// shards needs {package}: pip install {package} (or pip install -e '.[cloud]'); {err}"
+        ) from None
 
 
 def read_bytes(location: str | Path) -> bytes:
@@ -177,8 +180,11 @@ class RemoteReader:
             for i, data in zip(todo, got):
                 if isinstance(data, BaseException) or len(data) != requests[i][2]:
                     if not failed:  # the error reported is the first failed request's
-                        last = data if isinstance(data, BaseException) else EOFError(
-                            f"got {len(data)} of {requests[i][2]} bytes (truncated object?)")
+                        last = (
+                            data
+                            if isinstance(data, BaseException)
+                            else EOFError(f"got {len(data)} of {requests[i][2]} bytes (truncated object?)")
+                        )
                     failed.append(i)
                 else:
                     out[i] = data

@@ -124,8 +124,9 @@ def sprite(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.nda
     return texture, inside
 
 
-def render_video(class_name: str, rng: np.random.Generator, frames: int, size: tuple[int, int],
-                 grain: float = 0.0) -> np.ndarray:
+def render_video(
+    class_name: str, rng: np.random.Generator, frames: int, size: tuple[int, int], grain: float = 0.0
+) -> np.ndarray:
     """(T, H, W, 3) uint8 frames: the sprite moves by `speed * extent` pixels per frame, wrapping.
 
     `grain` > 0 adds a fixed fine texture to the background and independent
@@ -155,8 +156,9 @@ def render_video(class_name: str, rng: np.random.Generator, frames: int, size: t
     return out
 
 
-def encode_argv(pattern: str, size: tuple[int, int], fps: int, frames: int, videos: int,
-                exe: str | None = None) -> list[str]:
+def encode_argv(
+    pattern: str, size: tuple[int, int], fps: int, frames: int, videos: int, exe: str | None = None
+) -> list[str]:
     """ffmpeg command: raw RGB frames of `videos` clips on stdin -> one bit-exact H.264 MP4 per clip (pure).
 
     One process encodes a whole group of clips (the segment muxer cuts at
@@ -169,11 +171,41 @@ def encode_argv(pattern: str, size: tuple[int, int], fps: int, frames: int, vide
     if videos == 1:
         split = ["-f", "mp4"]
     return [
-        exe or find_ffmpeg(), "-hide_banner", "-loglevel", "error", "-y",
-        "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", str(fps), "-i", "pipe:",
-        "-c:v", "libx264", "-preset", "ultrafast", "-crf", "16", "-pix_fmt", "yuv420p", "-threads", "1",
-        "-force_key_frames", f"expr:eq(mod(n,{frames}),0)",
-        "-map_metadata", "-1", "-fflags", "+bitexact", "-flags:v", "+bitexact", *split, pattern,
+        exe or find_ffmpeg(),
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-y",
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "rgb24",
+        "-s",
+        f"{w}x{h}",
+        "-r",
+        str(fps),
+        "-i",
+        "pipe:",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-crf",
+        "16",
+        "-pix_fmt",
+        "yuv420p",
+        "-threads",
+        "1",
+        "-force_key_frames",
+        f"expr:eq(mod(n,{frames}),0)",
+        "-map_metadata",
+        "-1",
+        "-fflags",
+        "+bitexact",
+        "-flags:v",
+        "+bitexact",
+        *split,
+        pattern,
     ]
 
 
@@ -199,8 +231,9 @@ def _make_group(out: Path, cfg: SynthConfig, group: list[tuple[str, str, int, st
     tmp.mkdir(parents=True)
     try:
         argv = encode_argv(str(tmp / "%04d.mp4"), cfg.size, cfg.fps, cfg.frames, len(group))
-        clips = (render_video(name, _rng(cfg, *entry[:3]), cfg.frames, cfg.size, cfg.grain).tobytes()
-                 for entry in group)
+        clips = (
+            render_video(name, _rng(cfg, *entry[:3]), cfg.frames, cfg.size, cfg.grain).tobytes() for entry in group
+        )
         pipe_frames(argv, clips, timeout=600)
         if len(group) == 1:
             (tmp / "%04d.mp4").rename(tmp / "0000.mp4")
@@ -216,16 +249,34 @@ def _meta(cfg: SynthConfig) -> dict:
     return {"generator": "pipeline.synth", "config": {**asdict(cfg), "size": list(cfg.size)}}
 
 
-def make_dataset(out: str | os.PathLike, *, classes: int = 8, train_per_class: int = 24, val_per_class: int = 8,
-                 frames: int = 48, size: tuple[int, int] = (160, 120), fps: int = 25, seed: int = 0,
-                 grain: float = 0.0, workers: int | None = None) -> Path:
+def make_dataset(
+    out: str | os.PathLike,
+    *,
+    classes: int = 8,
+    train_per_class: int = 24,
+    val_per_class: int = 8,
+    frames: int = 48,
+    size: tuple[int, int] = (160, 120),
+    fps: int = 25,
+    seed: int = 0,
+    grain: float = 0.0,
+    workers: int | None = None,
+) -> Path:
     """Write the synthetic dataset to `out` (class-per-folder, train and val) and return `out`.
 
     If `out` already holds a complete dataset with the same settings it is
     reused as is, so tests and the demo can call this freely.
     """
-    cfg = SynthConfig(classes=classes, train_per_class=train_per_class, val_per_class=val_per_class,
-                      frames=frames, size=tuple(size), fps=fps, seed=seed, grain=grain)
+    cfg = SynthConfig(
+        classes=classes,
+        train_per_class=train_per_class,
+        val_per_class=val_per_class,
+        frames=frames,
+        size=tuple(size),
+        fps=fps,
+        seed=seed,
+        grain=grain,
+    )
     out = Path(out)
     plan = video_plan(cfg)
     meta_path = out / META
@@ -279,8 +330,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=parse_size, default=(160, 120), help="frame size WxH, even (default: 160x120)")
     p.add_argument("--fps", type=int, default=25, help="frame rate")
     p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same files")
-    p.add_argument("--grain", type=float, default=0.0,
-                   help="camera-like texture and sensor noise (std on 0-255; 0 = smooth synthetic frames)")
+    p.add_argument(
+        "--grain",
+        type=float,
+        default=0.0,
+        help="camera-like texture and sensor noise (std on 0-255; 0 = smooth synthetic frames)",
+    )
     p.add_argument("--workers", type=int, default=None, help="parallel encodes (default: all cores)")
     return p
 
@@ -288,15 +343,35 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        out = make_dataset(args.out, classes=args.classes, train_per_class=args.train_per_class,
-                           val_per_class=args.val_per_class, frames=args.frames, size=args.size, fps=args.fps,
-                           seed=args.seed, grain=args.grain, workers=args.workers)
+        out = make_dataset(
+            args.out,
+            classes=args.classes,
+            train_per_class=args.train_per_class,
+            val_per_class=args.val_per_class,
+            frames=args.frames,
+            size=args.size,
+            fps=args.fps,
+            seed=args.seed,
+            grain=args.grain,
+            workers=args.workers,
+        )
     except (ValueError, FFmpegError, OSError) as err:
         print(f"pipeline.synth: error: {err}", file=sys.stderr)
         return 1
-    n = len(video_plan(SynthConfig(classes=args.classes, train_per_class=args.train_per_class,
-                                   val_per_class=args.val_per_class, frames=args.frames, size=args.size,
-                                   fps=args.fps, seed=args.seed, grain=args.grain)))
+    n = len(
+        video_plan(
+            SynthConfig(
+                classes=args.classes,
+                train_per_class=args.train_per_class,
+                val_per_class=args.val_per_class,
+                frames=args.frames,
+                size=args.size,
+                fps=args.fps,
+                seed=args.seed,
+                grain=args.grain,
+            )
+        )
+    )
     print(f"wrote {n} videos ({args.classes} classes, {args.frames} frames, {args.size[0]}x{args.size[1]}) to {out}")
     return 0
 

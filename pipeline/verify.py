@@ -84,11 +84,15 @@ def check_sample(sample: dict, classes: list[str], video_ext: str | None, codec:
         (meta.get("label") == label, f"json label {meta.get('label')} != .lbl {label}"),
         (meta.get("frames") == frames, f"json frames {meta.get('frames')} != .frames {frames}"),
         (0 <= label < len(classes), f"label {label} outside the {len(classes)} classes"),
-        (0 <= label < len(classes) and meta.get("class") == classes[label],
-         f"json class {meta.get('class')!r} is not classes[{label}]"),
+        (
+            0 <= label < len(classes) and meta.get("class") == classes[label],
+            f"json class {meta.get('class')!r} is not classes[{label}]",
+        ),
         (meta.get("codec") == codec, f"json codec {meta.get('codec')!r} != manifest codec {codec!r}"),
-        (content_sha256(sample, video_ext, frames) == meta.get("sha256"),
-         f"{'video' if video_ext else 'frames'} sha256 differs from its json"),
+        (
+            content_sha256(sample, video_ext, frames) == meta.get("sha256"),
+            f"{'video' if video_ext else 'frames'} sha256 differs from its json",
+        ),
         (frames >= 1, f"frame count {frames} < 1"),
     ]
     return [f"{key}: {msg}" for ok, msg in checks if not ok]
@@ -123,8 +127,9 @@ def _check_shard_file(out: Path, entry: dict) -> list[str]:
     return problems
 
 
-def _check_shard(out: Path, entry: dict, ctx: dict, pool: ThreadPoolExecutor | None, report: VerifyReport,
-                 per_class: Counter) -> None:
+def _check_shard(
+    out: Path, entry: dict, ctx: dict, pool: ThreadPoolExecutor | None, report: VerifyReport, per_class: Counter
+) -> None:
     name = entry["file"]
     problems = _check_shard_file(out, entry)
     report.problems += problems
@@ -169,13 +174,19 @@ def _decode_jobs(pool: ThreadPoolExecutor, sample: dict, frames: int, video_ext:
     if not isinstance(frames, int) or frames < 1:
         return []
     if video_ext is not None:
-        return [(key, None, frames, pool.submit(count_decoded_frames, sample[video_ext]))] if video_ext in sample else []
-    return [(key, i, frames, pool.submit(decode_check, sample[ext]))
-            for i, ext in enumerate(frame_exts(frames)) if ext in sample]
+        return (
+            [(key, None, frames, pool.submit(count_decoded_frames, sample[video_ext]))] if video_ext in sample else []
+        )
+    return [
+        (key, i, frames, pool.submit(decode_check, sample[ext]))
+        for i, ext in enumerate(frame_exts(frames))
+        if ext in sample
+    ]
 
 
-def verify_dataset(out: str | Path, *, decode: bool = True, workers: int | None = None,
-                   progress: bool = False) -> VerifyReport:
+def verify_dataset(
+    out: str | Path, *, decode: bool = True, workers: int | None = None, progress: bool = False
+) -> VerifyReport:
     """Check every shard in `out` (a folder or a URL) against its manifest; the report lists each problem found.
 
     Shards on object storage are fetched one at a time into a temporary folder,
@@ -183,16 +194,19 @@ def verify_dataset(out: str | Path, *, decode: bool = True, workers: int | None 
     """
     if not storage.is_remote(out):
         if Path(out).exists() and not Path(out).is_dir():
-            raise NotADirectoryError(f"{out} is a file, not a shard folder: pass the folder `python -m pipeline.shard` "
-                                     "wrote (it holds manifest.json)")
+            raise NotADirectoryError(
+                f"{out} is a file, not a shard folder: pass the folder `python -m pipeline.shard` "
+                "wrote (it holds manifest.json)"
+            )
         return _verify(Path(out), decode, workers, progress)
     with tempfile.TemporaryDirectory(prefix="tpn-verify-") as tmp:
         local = Path(tmp)
         for name in (mf.MANIFEST, mf.CLASSES, mf.WARNINGS):
             storage.download(str(storage.join(out, name)), local / name)
         if not (local / mf.MANIFEST).is_file():
-            raise FileNotFoundError(f"{storage.join(out, mf.MANIFEST)} not found: is {out} a folder written by "
-                                    "`python -m pipeline.shard`?")
+            raise FileNotFoundError(
+                f"{storage.join(out, mf.MANIFEST)} not found: is {out} a folder written by `python -m pipeline.shard`?"
+            )
         report = _verify(local, decode, workers, progress, remote=str(out))
     report.out = out
     return report
@@ -212,12 +226,17 @@ def _verify(out: Path, decode: bool, workers: int | None, progress: bool, remote
         report.problems.append(f"{mf.CLASSES}: {len(classes)} classes, manifest says {manifest['classes']['count']}")
     listed = {s["file"] for s in manifest["shards"]} | {s["index"] for s in manifest["shards"]}
     present = storage.list_names(remote) if remote else [p.name for p in sorted(out.iterdir())]
-    report.problems += [f"{name}: on disk but not in the manifest" for name in present
-                        if mf.SHARD_RE.match(name) and name not in listed]
+    report.problems += [
+        f"{name}: on disk but not in the manifest" for name in present if mf.SHARD_RE.match(name) and name not in listed
+    ]
     settings = manifest["settings"]
     is_frames = settings["codec"] == "jpeg"
-    ctx = {"classes": classes, "ext": None if is_frames else settings["container"], "codec": settings["codec"],
-           "keys": {}}
+    ctx = {
+        "classes": classes,
+        "ext": None if is_frames else settings["container"],
+        "codec": settings["codec"],
+        "keys": {},
+    }
     per_class: Counter = Counter()
     pool = ThreadPoolExecutor(max_workers=workers or 2) if decode else None
     try:
@@ -244,8 +263,11 @@ def _sharding_warnings(out: Path) -> list[str]:
     if not path.is_file():
         return []
     records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return [f"{r['source']}: {r['decoded_frames']} of {r['claimed_frames']} claimed frames decoded "
-            f"(partly decodable source; sharded as decoded)" for r in records]
+    return [
+        f"{r['source']}: {r['decoded_frames']} of {r['claimed_frames']} claimed frames decoded "
+        f"(partly decodable source; sharded as decoded)"
+        for r in records
+    ]
 
 
 def _check_counts(manifest: dict, per_class: Counter) -> list[str]:
@@ -265,7 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
         "video checked against its recorded frame count. Exits 1 naming each problem.",
         formatter_class=HelpFormatter,
     )
-    p.add_argument("out", help="shard folder (holds manifest.json), or its URL (s3://bucket/k400, gs://..., https://...)")
+    p.add_argument(
+        "out", help="shard folder (holds manifest.json), or its URL (s3://bucket/k400, gs://..., https://...)"
+    )
     p.add_argument("--no-decode", action="store_true", help="skip decoding the videos (checksums and structure only)")
     p.add_argument("--workers", type=int, default=None, help="decoding threads (default: 2)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -275,8 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        report = verify_dataset(args.out, decode=not args.no_decode, workers=args.workers,
-                                progress=not args.no_progress)
+        report = verify_dataset(
+            args.out, decode=not args.no_decode, workers=args.workers, progress=not args.no_progress
+        )
     except (OSError, ValueError, KeyError) as err:
         print(f"pipeline.verify: error: {err}", file=sys.stderr)
         return 2
@@ -286,8 +311,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"WARNING {warning}")
     status = "OK" if report.ok else f"FAILED with {len(report.problems)} problem(s)"
     partly = f", {len(report.warnings)} from partly decodable sources" if report.warnings else ""
-    print(f"{status}: {report.shards} shard(s), {report.samples} sample(s){partly}, {report.decoded} decoded, "
-          f"in {report.out}")
+    print(
+        f"{status}: {report.shards} shard(s), {report.samples} sample(s){partly}, {report.decoded} decoded, "
+        f"in {report.out}"
+    )
     return 0 if report.ok else 1
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pipeline import storage
 from pipeline.errors import ShardReadError
 
+
 def read_index(idx, tar) -> list[dict[str, tuple[int, int, str]]]:
     """Parse a `wds2idx` index into per-sample {ext: (offset, size, member name)}."""
     try:
@@ -21,7 +22,9 @@ def read_index(idx, tar) -> list[dict[str, tuple[int, int, str]]]:
     lines = text.splitlines()
     head = lines[0].split() if lines else []
     if len(head) != 2 or not head[0].startswith("v1.") or not head[1].isdigit():
-        raise ShardReadError(f"{idx} is not a DALI webdataset index (first line {lines[:1]}): rebuild it with `wds2idx {tar} {idx}`")
+        raise ShardReadError(
+            f"{idx} is not a DALI webdataset index (first line {lines[:1]}): rebuild it with `wds2idx {tar} {idx}`"
+        )
     samples = []
     for number, line in enumerate(lines[1:], start=2):
         parts = line.split()
@@ -33,7 +36,9 @@ def read_index(idx, tar) -> list[dict[str, tuple[int, int, str]]]:
             {parts[i]: (int(parts[i + 1]), int(parts[i + 2]), parts[i + 3]) for i in range(0, len(parts), 4)}
         )
     if len(samples) != int(head[1]):
-        raise ShardReadError(f"{idx} announces {head[1]} samples but lists {len(samples)}: rebuild it with `wds2idx {tar} {idx}`")
+        raise ShardReadError(
+            f"{idx} announces {head[1]} samples but lists {len(samples)}: rebuild it with `wds2idx {tar} {idx}`"
+        )
     return samples
 
 

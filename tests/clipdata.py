@@ -55,9 +55,28 @@ def frame_codes(clips: torch.Tensor, spec: ClipSpec) -> np.ndarray:
 def source_argv(dst: Path, width: int, height: int) -> list[str]:
     """Near-lossless H.264 source from raw RGB on stdin (pipeline.shard re-encodes it to VP9)."""
     return [
-        find_ffmpeg(), "-hide_banner", "-loglevel", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24",
-        "-s", f"{width}x{height}", "-r", "25", "-i", "pipe:", "-c:v", "libx264", "-crf", "4",
-        "-pix_fmt", "yuv420p", str(dst),
+        find_ffmpeg(),
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-y",
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "rgb24",
+        "-s",
+        f"{width}x{height}",
+        "-r",
+        "25",
+        "-i",
+        "pipe:",
+        "-c:v",
+        "libx264",
+        "-crf",
+        "4",
+        "-pix_fmt",
+        "yuv420p",
+        str(dst),
     ]
 
 

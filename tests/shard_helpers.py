@@ -13,15 +13,41 @@ from pipeline.ffmpeg import find_ffmpeg, pipe_frames, run_ffmpeg
 SMALL = {"short_side": 48, "workers": 2, "min_frames": 8}
 
 
-def write_video(path: Path, frames: np.ndarray, fps: int = 25, vcodec: str = "libx264",
-                pix_fmt: str = "yuv420p", extra: tuple[str, ...] = ()) -> Path:
+def write_video(
+    path: Path,
+    frames: np.ndarray,
+    fps: int = 25,
+    vcodec: str = "libx264",
+    pix_fmt: str = "yuv420p",
+    extra: tuple[str, ...] = (),
+) -> Path:
     """Encode (T, H, W, 3) uint8 frames to `path` (container from the extension)."""
     t, h, w, _ = frames.shape
     path.parent.mkdir(parents=True, exist_ok=True)
     argv = [
-        find_ffmpeg(), "-hide_banner", "-loglevel", "error", "-y",
-        "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", str(fps), "-i", "pipe:",
-        "-c:v", vcodec, "-pix_fmt", pix_fmt, "-threads", "1", *extra, str(path),
+        find_ffmpeg(),
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-y",
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "rgb24",
+        "-s",
+        f"{w}x{h}",
+        "-r",
+        str(fps),
+        "-i",
+        "pipe:",
+        "-c:v",
+        vcodec,
+        "-pix_fmt",
+        pix_fmt,
+        "-threads",
+        "1",
+        *extra,
+        str(path),
     ]
     pipe_frames(argv, [frames.tobytes()], timeout=60)
     return path
@@ -41,8 +67,20 @@ def level_frames(n: int, w: int, h: int) -> np.ndarray:
 
 
 def write_audio_only(path: Path) -> Path:
-    argv = [find_ffmpeg(), "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i", "sine=d=0.5",
-            "-c:a", "aac", str(path)]
+    argv = [
+        find_ffmpeg(),
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-y",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=d=0.5",
+        "-c:a",
+        "aac",
+        str(path),
+    ]
     run_ffmpeg(argv, timeout=60)
     return path
 

@@ -12,7 +12,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m tpn",
         description="List the model zoo as a Markdown table (parameters counted from the models).",
     )
-    parser.add_argument("pattern", nargs="?", default=None, help="glob over names, e.g. '*tiny*' (default: the 18 zoo rows)")
+    parser.add_argument(
+        "pattern", nargs="?", default=None, help="glob over names, e.g. '*tiny*' (default: the 18 zoo rows)"
+    )
     return parser
 
 

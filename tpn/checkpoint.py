@@ -176,9 +176,14 @@ def read_checkpoint(path: str | Path) -> dict:
 
 
 # What a file that is not a checkpoint most likely is, by its first bytes (offset, magic).
-_KNOWN_FILES = (((4, b"ftyp"), "an MP4/MOV video"), ((0, b"\x1a\x45\xdf\xa3"), "a WebM/Matroska video"),
-                ((0, b"RIFF"), "an AVI video or WAV file"), ((0, b"\xff\xd8\xff"), "a JPEG image"),
-                ((0, b"\x89PNG"), "a PNG image"), ((0, b"ustar"), "a tar archive"))  # fmt: skip
+_KNOWN_FILES = (
+    ((4, b"ftyp"), "an MP4/MOV video"),
+    ((0, b"\x1a\x45\xdf\xa3"), "a WebM/Matroska video"),
+    ((0, b"RIFF"), "an AVI video or WAV file"),
+    ((0, b"\xff\xd8\xff"), "a JPEG image"),
+    ((0, b"\x89PNG"), "a PNG image"),
+    ((0, b"ustar"), "a tar archive"),
+)
 
 
 def _check_torch_file(path: Path) -> None:
@@ -232,7 +237,7 @@ def extract_state_dict(obj: Mapping) -> tuple[dict[str, Tensor], Mapping]:
         sd = obj
     sd = {k: v for k, v in sd.items() if isinstance(v, Tensor)}
     if sd and all(k.startswith("module.") for k in sd):  # saved from a DDP wrapper
-        sd = {k[len("module."):]: v for k, v in sd.items()}
+        sd = {k[len("module.") :]: v for k, v in sd.items()}
     return sd, obj
 
 
@@ -279,7 +284,9 @@ def _source_name(source) -> str:
 
 
 def _check_shapes(sd: dict, target: dict, name: str, drop_classifier: bool, report: LoadReport) -> dict:
-    bad = {k: (tuple(sd[k].shape), tuple(target[k].shape)) for k in sd if k in target and sd[k].shape != target[k].shape}
+    bad = {
+        k: (tuple(sd[k].shape), tuple(target[k].shape)) for k in sd if k in target and sd[k].shape != target[k].shape
+    }
     if not bad:
         return sd
     if drop_classifier and all(k.startswith(CLASSIFIER_PREFIXES) for k in bad):
@@ -369,8 +376,9 @@ def load_checkpoint(
     saved_arch = outer.get("architecture") if outer.get("format") == OWN_FORMAT else None
     differences = architecture_differences(saved_arch, model.config) if isinstance(saved_arch, Mapping) else []
     if differences:
-        what = (f"{name} holds {saved_as!r}, whose architecture differs from {model.config.name!r}: "
-                + "; ".join(differences))
+        what = f"{name} holds {saved_as!r}, whose architecture differs from {model.config.name!r}: " + "; ".join(
+            differences
+        )
         if not other_architecture:
             raise CheckpointError(
                 f"{what}. Its outputs would not be {model.config.name!r}'s: load it into {saved_as!r} (the tool's "
@@ -386,7 +394,9 @@ def load_checkpoint(
         _assign(model, dict(sd), name, strict, drop_classifier, report)
     except CheckpointError as e:
         if saved_as and saved_as != model.config.name:
-            raise CheckpointError(f"{e}\n(the checkpoint was saved from {saved_as!r}, not {model.config.name!r})") from None
+            raise CheckpointError(
+                f"{e}\n(the checkpoint was saved from {saved_as!r}, not {model.config.name!r})"
+            ) from None
         raise
     if model.config.backbone == "tsm":
         _set_tsm_shortcut(model, fmt, outer, report)
@@ -436,7 +446,9 @@ def init_from_imagenet(model: nn.Module, source: str | Path | Mapping) -> LoadRe
         if v.shape != t.shape:
             raise CheckpointError(f"{name}: {k} has shape {tuple(v.shape)}, the model wants {tuple(t.shape)}")
         out[k] = v
-    missing = [k for k in target if k.startswith("backbone.") and k not in out and not k.endswith("num_batches_tracked")]
+    missing = [
+        k for k in target if k.startswith("backbone.") and k not in out and not k.endswith("num_batches_tracked")
+    ]
     if missing:
         raise CheckpointError(f"{name} lacks {len(missing)} backbone tensors, e.g. {missing[:5]}")
     model.load_state_dict(out, strict=False)
@@ -464,8 +476,11 @@ def architecture_differences(saved: Mapping, config) -> list[str]:
     for f in ARCHITECTURE_FIELDS:
         a, b = _plain(saved.get(f)), now[f]
         if isinstance(a, dict) and isinstance(b, dict):
-            diffs += [f"{f}.{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
-                      if a.get(k) != b.get(k) and f"{f}.{k}" not in TRAINING_ONLY]
+            diffs += [
+                f"{f}.{k}: {a.get(k)!r} -> {b.get(k)!r}"
+                for k in sorted(set(a) | set(b))
+                if a.get(k) != b.get(k) and f"{f}.{k}" not in TRAINING_ONLY
+            ]
         elif a != b:
             diffs.append(f"{f}: {a!r} -> {b!r}")
     return diffs

@@ -107,42 +107,133 @@ def plan(p: DemoPaths, size: str, seed: int, codec: str = DEMO_CODEC) -> list[St
     """The demo's commands, in order (a pure function of the settings)."""
     s = SIZES[size]
     stages = [
-        Stage("synth", py("pipeline.synth", str(p.data), "--train-per-class", str(s["train"]),
-                          "--val-per-class", str(s["val"]), "--seed", str(seed))),
-        Stage("shard", py("pipeline.shard", str(p.data), "--out", str(p.shards), "--short-side", "keep",
-                          "--codec", codec)),
+        Stage(
+            "synth",
+            py(
+                "pipeline.synth",
+                str(p.data),
+                "--train-per-class",
+                str(s["train"]),
+                "--val-per-class",
+                str(s["val"]),
+                "--seed",
+                str(seed),
+            ),
+        ),
+        Stage(
+            "shard", py("pipeline.shard", str(p.data), "--out", str(p.shards), "--short-side", "keep", "--codec", codec)
+        ),
         Stage("verify", py("pipeline.verify", str(p.shards))),
         # The held-out test set: another seed, sharded alone with the train run's label order.
-        Stage("synth test", py("pipeline.synth", str(p.test_data), "--train-per-class", "0",
-                               "--val-per-class", str(s["test"]), "--seed", str(held_out_seed(seed)))),
-        Stage("shard test", py("pipeline.shard", str(p.test_data / "val"), "--out", str(p.test_shards),
-                               "--split", TEST_SPLIT, "--classes", str(p.shards / "classes.json"),
-                               "--short-side", "keep", "--codec", codec)),
+        Stage(
+            "synth test",
+            py(
+                "pipeline.synth",
+                str(p.test_data),
+                "--train-per-class",
+                "0",
+                "--val-per-class",
+                str(s["test"]),
+                "--seed",
+                str(held_out_seed(seed)),
+            ),
+        ),
+        Stage(
+            "shard test",
+            py(
+                "pipeline.shard",
+                str(p.test_data / "val"),
+                "--out",
+                str(p.test_shards),
+                "--split",
+                TEST_SPLIT,
+                "--classes",
+                str(p.shards / "classes.json"),
+                "--short-side",
+                "keep",
+                "--codec",
+                codec,
+            ),
+        ),
         Stage("verify test", py("pipeline.verify", str(p.test_shards))),
-    ]  # fmt: skip
+    ]
     for m in MODELS:
-        stages.append(Stage(f"train {m}", py(
-            "tpn.train", m, "--train", str(p.shards), "--val", str(p.shards), "--out", str(p.run(m)),
-            "--epochs", str(s["epochs"]), "--seed", str(seed),
-        )))  # fmt: skip
+        stages.append(
+            Stage(
+                f"train {m}",
+                py(
+                    "tpn.train",
+                    m,
+                    "--train",
+                    str(p.shards),
+                    "--val",
+                    str(p.shards),
+                    "--out",
+                    str(p.run(m)),
+                    "--epochs",
+                    str(s["epochs"]),
+                    "--seed",
+                    str(seed),
+                ),
+            )
+        )
     for m in MODELS:
-        stages.append(Stage(f"test {m}", py(
-            "tpn.test", m, "--checkpoint", str(p.run(m) / "best.pth"), "--shards", str(p.test_shards),
-            "--split", TEST_SPLIT, "--out", str(p.run(m) / "test.json"),
-        )))  # fmt: skip
+        stages.append(
+            Stage(
+                f"test {m}",
+                py(
+                    "tpn.test",
+                    m,
+                    "--checkpoint",
+                    str(p.run(m) / "best.pth"),
+                    "--shards",
+                    str(p.test_shards),
+                    "--split",
+                    TEST_SPLIT,
+                    "--out",
+                    str(p.run(m) / "test.json"),
+                ),
+            )
+        )
     ckpt = str(p.run(EXPORTED) / "best.pth")
-    gate = ["--model", EXPORTED, "--checkpoint", ckpt, "--val-shards", str(p.shards), "--split", "val",
-            *gate_limits(size)]  # fmt: skip
+    gate = [
+        "--model",
+        EXPORTED,
+        "--checkpoint",
+        ckpt,
+        "--val-shards",
+        str(p.shards),
+        "--split",
+        "val",
+        *gate_limits(size),
+    ]
     # export.trt redoes the ONNX step, then calibrates the FP16 ONNX on validation clips; the gates
     # run last so that no later export replaces a gated file.
     stages += [
-        Stage("export onnx", py("export.onnx", EXPORTED, "--checkpoint", ckpt, "--out", str(p.export), "--size", "test")),
-        Stage("export trt", py("export.trt", EXPORTED, "--checkpoint", ckpt, "--out", str(p.export),
-                               "--val-shards", str(p.shards), "--split", "val", *gate_limits(size)),
-              ok_codes=(0, 2), note="TensorRT not available: ONNX and FP16 ONNX kept, no engine built"),
+        Stage(
+            "export onnx", py("export.onnx", EXPORTED, "--checkpoint", ckpt, "--out", str(p.export), "--size", "test")
+        ),
+        Stage(
+            "export trt",
+            py(
+                "export.trt",
+                EXPORTED,
+                "--checkpoint",
+                ckpt,
+                "--out",
+                str(p.export),
+                "--val-shards",
+                str(p.shards),
+                "--split",
+                "val",
+                *gate_limits(size),
+            ),
+            ok_codes=(0, 2),
+            note="TensorRT not available: ONNX and FP16 ONNX kept, no engine built",
+        ),
         Stage("gate onnx", py("export.validate", str(p.onnx()), *gate)),
         Stage("gate fp16", py("export.validate", str(p.onnx(fp16=True)), *gate)),
-    ]  # fmt: skip
+    ]
     return stages
 
 
@@ -199,8 +290,11 @@ def _pct(v: float | None) -> str:
 
 
 def model_rows(p: DemoPaths, chance: float) -> tuple[list[str], dict[str, float], int | None]:
-    rows = ["| model | test Top-1 (test protocol) | Top-5 | test videos | val Top-1 of best.pth | train time | train clips/s |",
-            "|---|---|---|---|---|---|---|"]  # fmt: skip
+    rows = [
+        "| model | test Top-1 (test protocol) | Top-5 | test videos | val Top-1 of best.pth | train time "
+        "| train clips/s |",
+        "|---|---|---|---|---|---|---|",
+    ]
     top1, videos = {}, None
     for m in MODELS:
         train, test = read_json(p.run(m) / "summary.json") or {}, read_json(p.run(m) / "test.json") or {}
@@ -208,7 +302,8 @@ def model_rows(p: DemoPaths, chance: float) -> tuple[list[str], dict[str, float]
             top1[m], videos = test["top1"], test.get("num_videos")
         rows.append(
             f"| {m} | {_pct(test.get('top1'))} | {_pct(test.get('top5'))} | {test.get('num_videos', '-')} "
-            f"| {_pct(train.get('best_top1'))} | {train.get('train_time_s', 0):.0f} s | {train.get('clips_per_s', 0):.1f} |"
+            f"| {_pct(train.get('best_top1'))} | {train.get('train_time_s', 0):.0f} s "
+            f"| {train.get('clips_per_s', 0):.1f} |"
         )
     rows.append(f"\nchance level: {100 * chance:.1f}%")
     return rows, top1, videos
@@ -216,14 +311,17 @@ def model_rows(p: DemoPaths, chance: float) -> tuple[list[str], dict[str, float]
 
 def split_line(p: DemoPaths, seed: int) -> str:
     """How many videos each split holds (from the shard manifests) and the seeds that drew them."""
+
     def samples(folder: Path) -> dict[str, int]:
         splits = (read_json(folder / "manifest.json") or {}).get("splits", {})
         return {split: info.get("samples") for split, info in splits.items()}
 
     counts, test_count = samples(p.shards), samples(p.test_shards).get(TEST_SPLIT, "-")
     sizes = f"train {counts.get('train', '-')}, val {counts.get('val', '-')}, test {test_count}"
-    return (f"Videos per split: {sizes} (val picks best.pth, test is reported; "
-            f"seed {seed}, test videos drawn with seed {held_out_seed(seed)})")
+    return (
+        f"Videos per split: {sizes} (val picks best.pth, test is reported; "
+        f"seed {seed}, test videos drawn with seed {held_out_seed(seed)})"
+    )
 
 
 def verdict(top1: dict[str, float], chance: float, videos: int | None = None) -> str:
@@ -244,8 +342,10 @@ def verdict(top1: dict[str, float], chance: float, videos: int | None = None) ->
 
 
 def export_rows(p: DemoPaths) -> list[str]:
-    rows = ["| artifact | backend | Top-1 | PyTorch FP32 Top-1 | drop (points) | same prediction | gate |",
-            "|---|---|---|---|---|---|---|"]  # fmt: skip
+    rows = [
+        "| artifact | backend | Top-1 | PyTorch FP32 Top-1 | drop (points) | same prediction | gate |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for art in (p.onnx(), p.onnx(fp16=True)):
         g = (read_json(Path(f"{art}.gate.json")) or {}).get("gate")
         if g is None:
@@ -258,7 +358,9 @@ def export_rows(p: DemoPaths) -> list[str]:
             f"{'-' if agree is None else f'{100 * agree:.1f}%'} | {'passed' if g['passed'] else 'FAILED'} |"
         )
     engines = sorted(p.export.glob("*.engine"))
-    rows.append(f"\nTensorRT engine: {engines[0] if engines else 'not built (TensorRT or a GPU is not available here)'}")
+    rows.append(
+        f"\nTensorRT engine: {engines[0] if engines else 'not built (TensorRT or a GPU is not available here)'}"
+    )
     return rows
 
 
@@ -270,14 +372,26 @@ def summary(p: DemoPaths, results: list[StageResult], seed: int) -> str:
         status = "reused" if r.skipped else f"{r.returncode}"
         lines.append(f"| {r.name} | {status}{' (' + r.note + ')' if r.note else ''} | {r.seconds:.1f} s |")
     mrows, top1, videos = model_rows(p, chance)
-    lines += ["", f"Models (held-out synthetic test videos; seed {seed}):", *mrows, "", split_line(p, seed),
-              "", verdict(top1, chance, videos)]
+    lines += [
+        "",
+        f"Models (held-out synthetic test videos; seed {seed}):",
+        *mrows,
+        "",
+        split_line(p, seed),
+        "",
+        verdict(top1, chance, videos),
+    ]
     lines += ["", f"Exported {EXPORTED} (Top-1 gate on the validation shards{gate_note(p)}):", *export_rows(p)]
     manifest = read_json(p.shards / "manifest.json") or {}
     codec = manifest.get("settings", {}).get("codec", "?")
-    lines += ["", "Outputs:", f"  data    {p.data} (test: {p.test_data})",
-              f"  shards  {p.shards} (test: {p.test_shards}): {CODEC_NAMES.get(codec, codec)}",
-              f"  runs    {p.runs}", f"  export  {p.export}"]  # fmt: skip
+    lines += [
+        "",
+        "Outputs:",
+        f"  data    {p.data} (test: {p.test_data})",
+        f"  shards  {p.shards} (test: {p.test_shards}): {CODEC_NAMES.get(codec, codec)}",
+        f"  runs    {p.runs}",
+        f"  export  {p.export}",
+    ]
     return "\n".join(lines)
 
 
@@ -288,13 +402,21 @@ def build_parser() -> argparse.ArgumentParser:
         "TPN and a tiny baseline, test, export to ONNX / FP16 / TensorRT and gate the exports on Top-1.",
     )
     parser.add_argument("--out", type=Path, default=Path("demo_out"), help="working folder (default: demo_out)")
-    parser.add_argument("--size", choices=sorted(SIZES), default="default",
-                        help="'default' (24 train / 4 val / 8 test videos per class, 12 epochs) or 'smoke' "
-                             "(2 / 1 / 1 videos per class, 1 epoch: only proves the flow)")  # fmt: skip
+    parser.add_argument(
+        "--size",
+        choices=sorted(SIZES),
+        default="default",
+        help="'default' (24 train / 4 val / 8 test videos per class, 12 epochs) or 'smoke' "
+        "(2 / 1 / 1 videos per class, 1 epoch: only proves the flow)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed for the data and the training runs (default: 0)")
-    parser.add_argument("--codec", choices=sorted(CODEC_NAMES), default=DEMO_CODEC,
-                        help=f"shard format (default: {DEMO_CODEC}, the faster one to load on a CPU as measured "
-                             "by `python -m benchmarks.data`)")
+    parser.add_argument(
+        "--codec",
+        choices=sorted(CODEC_NAMES),
+        default=DEMO_CODEC,
+        help=f"shard format (default: {DEMO_CODEC}, the faster one to load on a CPU as measured "
+        "by `python -m benchmarks.data`)",
+    )
     parser.add_argument("--fresh", action="store_true", help="redo every stage instead of reusing finished ones")
     parser.add_argument("--dry-run", action="store_true", help="print the commands without running them")
     return parser
@@ -316,7 +438,10 @@ def main(argv: list[str] | None = None) -> int:
         results.append(r)
         if r.returncode not in stage.ok_codes:
             print(summary(p, results, args.seed))
-            print(f"\nstage '{stage.name}' failed with exit code {r.returncode}; fix it and re-run (finished stages are reused)")
+            print(
+                f"\nstage '{stage.name}' failed with exit code {r.returncode}; "
+                "fix it and re-run (finished stages are reused)"
+            )
             return 1
     print(summary(p, results, args.seed))
     return 0

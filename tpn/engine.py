@@ -200,7 +200,9 @@ class StepReport:
 class TrainStep:
     """`step(x, y) -> loss` (a device tensor, detached); eager, or replayed from one CUDA graph."""
 
-    def __init__(self, net: nn.Module, optimizer: torch.optim.Optimizer, opts: StepOptions, device: torch.device) -> None:
+    def __init__(
+        self, net: nn.Module, optimizer: torch.optim.Optimizer, opts: StepOptions, device: torch.device
+    ) -> None:
         self.optimizer, self.opts, self.device = optimizer, opts, device
         self.params = [p for p in net.parameters() if p.requires_grad]
         options = compile_options(opts.compile) if opts.compile else {}
@@ -213,9 +215,13 @@ class TrainStep:
         reason = graph_unavailable(device, opts)
         self.capture_wanted = reason is None
         compiled = opts.compile is not None
-        self.stats = StepReport(requested=step_mode(compiled, opts.cuda_graph), mode=step_mode(compiled, False),
-                                fallback=reason if opts.cuda_graph else None, compile=opts.compile,
-                                compile_options=options)  # fmt: skip
+        self.stats = StepReport(
+            requested=step_mode(compiled, opts.cuda_graph),
+            mode=step_mode(compiled, False),
+            fallback=reason if opts.cuda_graph else None,
+            compile=opts.compile,
+            compile_options=options,
+        )
         if reason and opts.cuda_graph:
             self._log_once(f"running the training step eagerly: {reason}")
 
@@ -324,7 +330,9 @@ class TrainStep:
     def _replay(self, x: Tensor, y: Tensor) -> Tensor:
         static_x, static_y, static_loss, _ = self._static
         if x.shape != static_x.shape or y.shape != static_y.shape:
-            self._log_once(f"batch shape {tuple(x.shape)} differs from the captured {tuple(static_x.shape)}: running it eagerly")
+            self._log_once(
+                f"batch shape {tuple(x.shape)} differs from the captured {tuple(static_x.shape)}: running it eagerly"
+            )
             self.stats.eager_steps += 1
             return self._step(self._prepare(x), y)
         static_x.copy_(x, non_blocking=True)
@@ -358,8 +366,7 @@ class LossLog:
             return []
         values = mean_over_ranks(self.buf[:n].clone(), env).tolist()  # the only host sync
         records = [
-            {"type": "train", "step": s, "epoch": e, "lr": lr, "loss": v}
-            for (s, e, lr), v in zip(self.meta, values)
+            {"type": "train", "step": s, "epoch": e, "lr": lr, "loss": v} for (s, e, lr), v in zip(self.meta, values)
         ]
         self.meta.clear()
         return records

@@ -54,9 +54,15 @@ def _ref_stats(x: Tensor, eps: float) -> tuple[Tensor, Tensor]:
 
 
 def _ref_gather_stats_with_counts(
-    x: Tensor, mean_all: Tensor, invstd_all: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
-    momentum: float, eps: float, counts: Tensor,
-) -> tuple[Tensor, Tensor]:  # fmt: skip
+    x: Tensor,
+    mean_all: Tensor,
+    invstd_all: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    momentum: float,
+    eps: float,
+    counts: Tensor,
+) -> tuple[Tensor, Tensor]:
     n_i = counts.to(mean_all.dtype)[:, None]  # (P, 1) values per channel on each process
     n = n_i.sum()
     mean = (mean_all * n_i).sum(0) / n
@@ -68,7 +74,9 @@ def _ref_gather_stats_with_counts(
     return mean, torch.rsqrt(var + eps)
 
 
-def _ref_elemt(x: Tensor, weight: Tensor | None, bias: Tensor | None, mean: Tensor, invstd: Tensor, eps: float) -> Tensor:
+def _ref_elemt(
+    x: Tensor, weight: Tensor | None, bias: Tensor | None, mean: Tensor, invstd: Tensor, eps: float
+) -> Tensor:
     y = (x.float() - _channel_view(mean, x)) * _channel_view(invstd, x)
     if weight is not None:
         y = y * _channel_view(weight.float(), x)
@@ -78,9 +86,15 @@ def _ref_elemt(x: Tensor, weight: Tensor | None, bias: Tensor | None, mean: Tens
 
 
 def _ref_backward_reduce(
-    dy: Tensor, x: Tensor, mean: Tensor, invstd: Tensor, weight: Tensor | None, input_g: bool, weight_g: bool,
+    dy: Tensor,
+    x: Tensor,
+    mean: Tensor,
+    invstd: Tensor,
+    weight: Tensor | None,
+    input_g: bool,
+    weight_g: bool,
     bias_g: bool,
-) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:  # fmt: skip
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
     g, dims = dy.float(), _reduce_dims(x)
     sum_dy = g.sum(dims)
     sum_dy_xmu = (g * (x.float() - _channel_view(mean, x))).sum(dims)
@@ -91,9 +105,15 @@ def _ref_backward_reduce(
 
 
 def _ref_backward_elemt(
-    dy: Tensor, x: Tensor, mean: Tensor, invstd: Tensor, weight: Tensor | None, sum_dy: Tensor, sum_dy_xmu: Tensor,
+    dy: Tensor,
+    x: Tensor,
+    mean: Tensor,
+    invstd: Tensor,
+    weight: Tensor | None,
+    sum_dy: Tensor,
+    sum_dy_xmu: Tensor,
     count: Tensor,
-) -> Tensor:  # fmt: skip
+) -> Tensor:
     n = count.sum().to(mean.dtype)
     scale = invstd if weight is None else invstd * weight.float()
     xmu = x.float() - _channel_view(mean, x)
@@ -105,9 +125,12 @@ def _ref_backward_elemt(
 # quantities with plain tensor ops (float32 accumulation, as the CUDA kernels), so the
 # autograd Function below runs, and is tested, on a CPU too.
 TORCH_BN_OPS = BatchNormOps(
-    torch.batch_norm_stats, torch.batch_norm_gather_stats_with_counts, torch.batch_norm_elemt,
-    torch.batch_norm_backward_reduce, torch.batch_norm_backward_elemt,
-)  # fmt: skip
+    torch.batch_norm_stats,
+    torch.batch_norm_gather_stats_with_counts,
+    torch.batch_norm_elemt,
+    torch.batch_norm_backward_reduce,
+    torch.batch_norm_backward_elemt,
+)
 REFERENCE_BN_OPS = BatchNormOps(
     _ref_stats, _ref_gather_stats_with_counts, _ref_elemt, _ref_backward_reduce, _ref_backward_elemt
 )
@@ -186,9 +209,11 @@ class BatchNorm3d(nn.BatchNorm3d):
         if self.impl == "reference":
             return True
         return x.is_cuda and not (
-            torch.compiler.is_compiling() or torch.jit.is_scripting() or torch.jit.is_tracing()
+            torch.compiler.is_compiling()
+            or torch.jit.is_scripting()
+            or torch.jit.is_tracing()
             or torch.onnx.is_in_onnx_export()
-        )  # fmt: skip
+        )
 
     def _momentum_factor(self) -> float:
         """nn.BatchNorm's running-average factor; counts the batch in num_batches_tracked."""

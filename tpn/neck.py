@@ -93,12 +93,8 @@ class TPNNeck(nn.Module):
         self.flow = cfg.flow
         self.upsample_scale = cfg.upsample_scale
         # res4 needs log2(c5 / c4) stride-2 convs to meet res5; res5 needs none.
-        self.spatial_modulation = nn.ModuleList(
-            [nn.Sequential(*self._spatial_convs(c4, c5)), nn.Identity()]
-        )
-        self.temporal_modulation = nn.ModuleList(
-            nn.Sequential() for _ in cfg.temporal_scales
-        )
+        self.spatial_modulation = nn.ModuleList([nn.Sequential(*self._spatial_convs(c4, c5)), nn.Identity()])
+        self.temporal_modulation = nn.ModuleList(nn.Sequential() for _ in cfg.temporal_scales)
         for tm, scale in zip(self.temporal_modulation, cfg.temporal_scales):
             tm.add_module("conv", nn.Conv3d(c5, mid, (3, 1, 1), 1, (1, 0, 0), groups=cfg.groups, bias=False))
             tm.add_module("pool", nn.MaxPool3d((scale, 1, 1), (scale, 1, 1), 0, ceil_mode=True))

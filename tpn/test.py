@@ -81,8 +81,13 @@ def _unpack(batch: Sequence) -> tuple[Tensor, Tensor, list[str] | None]:
 
 @torch.no_grad()
 def video_scores(
-    model: nn.Module, clips: Tensor, *, device: torch.device, max_clips: int,
-    amp_dtype: torch.dtype | None = None, channels_last: bool = False,
+    model: nn.Module,
+    clips: Tensor,
+    *,
+    device: torch.device,
+    max_clips: int,
+    amp_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
 ) -> Tensor:
     """(N, V, 3, F, H, W) views -> (N, K) per-video mean softmax probabilities (on the CPU)."""
     n, v = clips.shape[:2]
@@ -130,8 +135,11 @@ def evaluate(
                     raise ValueError("distributed evaluation needs sample keys: build the loader with return_keys=True")
                 k = [str(len(keys) + i) for i in range(clips.shape[0])]
             views = clips.shape[1]
-            probs.append(video_scores(model, clips, device=device, max_clips=max_clips,
-                                      amp_dtype=amp_dtype, channels_last=channels_last))  # fmt: skip
+            probs.append(
+                video_scores(
+                    model, clips, device=device, max_clips=max_clips, amp_dtype=amp_dtype, channels_last=channels_last
+                )
+            )
             labels += [int(v) for v in y.tolist()]
             keys += k
     finally:
@@ -156,17 +164,20 @@ def _report(parts: list[tuple], elapsed: float, keep_scores: bool, model: nn.Mod
     cfg = getattr(model, "config", None)
     per_video = [VideoScore(k, seen[k][0], seen[k][1].tolist()) for k in order] if keep_scores else None
     return EvalReport(
-        **acc, num_videos=len(order), views=views, time_s=elapsed,
-        model=getattr(cfg, "name", None), target_top1=getattr(cfg, "top1", None), scores=per_video,
-    )  # fmt: skip
+        **acc,
+        num_videos=len(order),
+        views=views,
+        time_s=elapsed,
+        model=getattr(cfg, "name", None),
+        target_top1=getattr(cfg, "top1", None),
+        scores=per_video,
+    )
 
 
 # ---------------------------------------------------------------------- shards
 
 
-def shard_source(
-    paths: Sequence[str], split: str | None, flag: str = "--split"
-) -> tuple[str | list[str], str | None]:
+def shard_source(paths: Sequence[str], split: str | None, flag: str = "--split") -> tuple[str | list[str], str | None]:
     """CLI shard arguments -> (ClipLoader source, split).
 
     One folder (or a URL not ending in .tar: a shard folder on object storage)
@@ -174,7 +185,9 @@ def shard_source(
     split the folder lacks is an error listing those it has and naming `flag`,
     the flag that gave `split`); .tar paths are read as given, whatever the split.
     """
-    if len(paths) == 1 and (Path(paths[0]).is_dir() or storage.is_remote(paths[0]) and not str(paths[0]).endswith(".tar")):
+    if len(paths) == 1 and (
+        Path(paths[0]).is_dir() or storage.is_remote(paths[0]) and not str(paths[0]).endswith(".tar")
+    ):
         return str(paths[0]), resolve_split(str(paths[0]), split, flag)
     return [str(p) for p in paths], None
 
@@ -207,8 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("name", help="zoo model name (see `python -m tpn`)")
     add_checkpoint_arg(p, required=True)
-    p.add_argument("--shards", required=True, nargs="+",
-                   help="a shard directory (its --split shards) or .tar paths, read as given")  # fmt: skip
+    p.add_argument(
+        "--shards", required=True, nargs="+", help="a shard directory (its --split shards) or .tar paths, read as given"
+    )
     add_split_arg(p, of="a --shards folder")
     p.add_argument("--flip", action="store_true", help="add horizontally flipped views (doubles the views)")
     p.add_argument("--clips", type=int, help="temporal clips per video for dense sampling (default: the config's)")
@@ -232,22 +246,41 @@ def run_test(args: argparse.Namespace, env: DistEnv) -> EvalReport:
     ckpt = read_checkpoint(args.checkpoint)  # once: the class count and the weights come from the same dict
     num_classes = args.num_classes or tpn.checkpoint_classes(ckpt).num_classes or cfg.num_classes
     model = tpn.create_model(args.name, num_classes=num_classes)
-    report = tpn.load_checkpoint(model, ckpt, source_name=args.checkpoint,
-                                 other_architecture=args.allow_other_architecture)
+    report = tpn.load_checkpoint(
+        model, ckpt, source_name=args.checkpoint, other_architecture=args.allow_other_architecture
+    )
     for note in report.notes:
         log.info(note)
     model.to(device)
     spec = protocol_spec(cfg.clip, flip=args.flip or None, clips=args.clips, crops=args.crops)
     source, split = shard_source(args.shards, args.split)
     loader = ClipLoader(
-        source, spec, mode="test", batch_size=args.batch_size, device=args.loader_device, decoder=args.decoder,
-        num_threads=args.workers, rank=env.rank, world_size=env.world_size, return_keys=True, split=split,
-    )  # fmt: skip
+        source,
+        spec,
+        mode="test",
+        batch_size=args.batch_size,
+        device=args.loader_device,
+        decoder=args.decoder,
+        num_threads=args.workers,
+        rank=env.rank,
+        world_size=env.world_size,
+        return_keys=True,
+        split=split,
+    )
     if env.is_main:
-        log.info("%s: %d views per video (%d clips), shards %s", args.name, spec.num_test_views, spec.num_test_clips, source)
+        log.info(
+            "%s: %d views per video (%d clips), shards %s", args.name, spec.num_test_views, spec.num_test_clips, source
+        )
     amp = torch.bfloat16 if args.amp and device.type == "cuda" else None
-    return evaluate(model, loader, device=device, env=env, amp_dtype=amp, max_clips=args.max_clips,
-                    keep_scores=args.per_video is not None)  # fmt: skip
+    return evaluate(
+        model,
+        loader,
+        device=device,
+        env=env,
+        amp_dtype=amp,
+        max_clips=args.max_clips,
+        keep_scores=args.per_video is not None,
+    )
 
 
 def write_reports(report: EvalReport, args: argparse.Namespace) -> None:
@@ -255,8 +288,17 @@ def write_reports(report: EvalReport, args: argparse.Namespace) -> None:
         settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
         atomic_write_json(args.out, {**report.to_dict(), "settings": settings})
     if args.per_video and report.scores is not None:
-        lines = [json.dumps({"key": s.key, "label": s.label, "pred": max(range(len(s.probs)), key=s.probs.__getitem__),
-                             "probs": s.probs}) for s in report.scores]  # fmt: skip
+        lines = [
+            json.dumps(
+                {
+                    "key": s.key,
+                    "label": s.label,
+                    "pred": max(range(len(s.probs)), key=s.probs.__getitem__),
+                    "probs": s.probs,
+                }
+            )
+            for s in report.scores
+        ]
         atomic_write_bytes(args.per_video, ("\n".join(lines) + "\n").encode())
 
 

@@ -35,30 +35,45 @@ def build_parser() -> argparse.ArgumentParser:
     i = p.add_argument_group("initialisation")
     i.add_argument("--num-classes", type=int, help="classifier size (default: the shards' classes.json count)")
     i.add_argument("--pretrained", help="2D ImageNet ResNet (torchvision-style .pth) to inflate into the backbone")
-    i.add_argument("--checkpoint", help="initial weights (this toolkit's, original TPN's or mmaction2's); a "
-                   "classifier of another size is left freshly initialised")  # fmt: skip
+    i.add_argument(
+        "--checkpoint",
+        help="initial weights (this toolkit's, original TPN's or mmaction2's); a "
+        "classifier of another size is left freshly initialised",
+    )
     add_other_architecture_arg(i)
     _add_logging_args(p.add_argument_group("checkpoints and logging"))
-    _add_execution_args(p.add_argument_group("execution", "under torchrun, --device cuda is each process's GPU "
-                                                          "(its LOCAL_RANK)"))  # fmt: skip
+    _add_execution_args(
+        p.add_argument_group("execution", "under torchrun, --device cuda is each process's GPU (its LOCAL_RANK)")
+    )
     return p
 
 
 def _add_data_args(g: argparse._ArgumentGroup) -> None:
-    g.add_argument("--train", nargs="+",
-                   help="training shards: a shard directory (its --train-split shards) or .tar paths, read as given")
-    g.add_argument("--val", nargs="+", help="validation shards: a shard directory (its --val-split shards) or .tar "
-                   "paths, read as given; omit to skip validation")  # fmt: skip
+    g.add_argument(
+        "--train",
+        nargs="+",
+        help="training shards: a shard directory (its --train-split shards) or .tar paths, read as given",
+    )
+    g.add_argument(
+        "--val",
+        nargs="+",
+        help="validation shards: a shard directory (its --val-split shards) or .tar "
+        "paths, read as given; omit to skip validation",
+    )
     g.add_argument("--train-split", help=_split_help("a --train directory", "train"))
     g.add_argument("--val-split", help=_split_help("a --val directory", "val"))
-    g.add_argument("--out", help="RUN_DIR for checkpoints, metrics, curves and summary (default with --resume: its run)")
+    g.add_argument(
+        "--out", help="RUN_DIR for checkpoints, metrics, curves and summary (default with --resume: its run)"
+    )
     g.add_argument("--resume", help="continue exactly from RUN_DIR (its newest checkpoint) or a step_*.pth file")
 
 
 def _split_help(of: str, default: str) -> str:
     """The words of pipeline.cli's --split (the same rule, `pipeline.resolve_split`) for tpn.train's two flags."""
-    return (f"which <split>-*.tar of {of} to read (default: {default}); 'all': every shard. A split that is not "
-            "there is an error listing the splits present")  # fmt: skip
+    return (
+        f"which <split>-*.tar of {of} to read (default: {default}); 'all': every shard. A split that is not "
+        "there is an error listing the splits present"
+    )
 
 
 def _add_recipe_args(r: argparse._ArgumentGroup) -> None:
@@ -74,8 +89,11 @@ def _add_recipe_args(r: argparse._ArgumentGroup) -> None:
     r.add_argument("--warmup-epochs", type=float, help="linear lr warmup length in epochs (0 = none)")
     r.add_argument("--aux-weight", type=float, help="TPN auxiliary loss weight")
     r.add_argument("--dropout", type=float, help="dropout before the classifier (default: the config's, 0.5)")
-    r.add_argument("--bn-eval", action=argparse.BooleanOptionalAction,
-                   help="keep BatchNorm in eval mode: fixed running statistics, trained affine (default: off)")  # fmt: skip
+    r.add_argument(
+        "--bn-eval",
+        action=argparse.BooleanOptionalAction,
+        help="keep BatchNorm in eval mode: fixed running statistics, trained affine (default: off)",
+    )
 
 
 def _add_logging_args(c: argparse._ArgumentGroup) -> None:
@@ -83,8 +101,11 @@ def _add_logging_args(c: argparse._ArgumentGroup) -> None:
     c.add_argument("--keep-last", type=int, help="rolling checkpoints to keep (default: 3; 0 = all)")
     c.add_argument("--log-every", type=int, help="read the loss back every N steps (default: 20)")
     c.add_argument("--val-every", type=int, help="validate every N epochs, and after the last (default: 1)")
-    c.add_argument("--val-views", choices=["single", "protocol"],
-                   help="validation views: one centre clip (default) or the full test protocol")  # fmt: skip
+    c.add_argument(
+        "--val-views",
+        choices=["single", "protocol"],
+        help="validation views: one centre clip (default) or the full test protocol",
+    )
     c.add_argument("--max-steps", type=int, help="stop after this many steps in total, with a checkpoint")
     c.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
@@ -94,18 +115,33 @@ def _add_execution_args(e: argparse._ArgumentGroup) -> None:
     add_device_args(e, defaults=False)  # --device, --loader-device, --decoder, --workers, as tpn.test has them
     add_threads_arg(e, argparse.SUPPRESS)
     e.add_argument("--amp", action=argparse.BooleanOptionalAction, help="bf16 autocast (default: on GPU only)")
-    e.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction,
-                   help="capture the whole step in one CUDA graph (default: on; GPU only)")  # fmt: skip
-    e.add_argument("--compile", nargs="?", const=DEFAULT_COMPILE, choices=list(COMPILE_PRESETS), metavar="PRESET",
-                   help=f"torch.compile the forward + loss, compiled during the warm-up steps (default: off); "
-                        f"PRESET is a set of Inductor options: {', '.join(COMPILE_PRESETS)} "
-                        f"(tpn.engine.COMPILE_PRESETS; without one: {DEFAULT_COMPILE})")  # fmt: skip
+    e.add_argument(
+        "--cuda-graph",
+        action=argparse.BooleanOptionalAction,
+        help="capture the whole step in one CUDA graph (default: on; GPU only)",
+    )
+    e.add_argument(
+        "--compile",
+        nargs="?",
+        const=DEFAULT_COMPILE,
+        choices=list(COMPILE_PRESETS),
+        metavar="PRESET",
+        help=f"torch.compile the forward + loss, compiled during the warm-up steps (default: off); "
+        f"PRESET is a set of Inductor options: {', '.join(COMPILE_PRESETS)} "
+        f"(tpn.engine.COMPILE_PRESETS; without one: {DEFAULT_COMPILE})",
+    )
     e.add_argument("--no-compile", dest="compile", action="store_const", const=None, help="do not compile (default)")
-    e.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
-                   help="channels_last_3d memory format (default: on for 3D models on GPU)")  # fmt: skip
-    e.add_argument("--bn-impl", choices=list(BN_IMPLS),
-                   help="BatchNorm3d kernels: auto (default) runs NDHWC activations on a GPU through PyTorch's "
-                        "channels-last batch-norm kernels (tpn.layers.BatchNorm3d); native is nn.BatchNorm3d's")  # fmt: skip
+    e.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        help="channels_last_3d memory format (default: on for 3D models on GPU)",
+    )
+    e.add_argument(
+        "--bn-impl",
+        choices=list(BN_IMPLS),
+        help="BatchNorm3d kernels: auto (default) runs NDHWC activations on a GPU through PyTorch's "
+        "channels-last batch-norm kernels (tpn.layers.BatchNorm3d); native is nn.BatchNorm3d's",
+    )
 
 
 def settings_from_args(args: argparse.Namespace) -> tuple[TrainSettings, dict | None]:

@@ -30,8 +30,18 @@ from tpn.schedule import scaled_lr
 
 log = logging.getLogger("tpn.train")
 
-RECIPE_FIELDS = ("epochs", "batch_size", "momentum", "nesterov", "weight_decay", "clip_grad",
-                 "lr_steps", "lr_gamma", "warmup_epochs", "aux_weight")  # fmt: skip
+RECIPE_FIELDS = (
+    "epochs",
+    "batch_size",
+    "momentum",
+    "nesterov",
+    "weight_decay",
+    "clip_grad",
+    "lr_steps",
+    "lr_gamma",
+    "warmup_epochs",
+    "aux_weight",
+)
 FIXED_ON_RESUME = ("batch_size", "seed")  # they decide the data order
 NOT_RESUMED = ("max_steps",)  # a stop point of the earlier invocation, not of the run
 BN_IMPLS = ("auto", "native")  # tpn.layers.BatchNorm3d impls a run may pick ("reference" is for tests)
@@ -95,21 +105,25 @@ class TrainSettings:
             compile_problem = None
         except ValueError:
             compile_problem = f"--compile must be one of {', '.join(COMPILE_PRESETS)}"
-        problems = [msg for ok, msg in (
-            (self.epochs >= 1, "--epochs must be >= 1"),
-            (self.batch_size >= 1, "--batch-size must be >= 1"),
-            (self.lr is None or self.lr > 0, "--lr must be > 0"),
-            (self.clip_grad >= 0, "--clip-grad must be >= 0 (0 = off)"),
-            (self.log_every >= 1, "--log-every must be >= 1"),
-            (self.save_every >= 0, "--save-every must be >= 0"),
-            (self.keep_last >= 0, "--keep-last must be >= 0 (0 = keep all)"),
-            (self.val_every >= 1, "--val-every must be >= 1"),
-            (self.max_steps is None or self.max_steps >= 1, "--max-steps must be >= 1"),
-            (self.val_views in ("single", "protocol"), "--val-views must be 'single' or 'protocol'"),
-            (bool(self.train), "--train needs at least one shard directory or .tar"),
-            (compile_problem is None, compile_problem),
-            (self.bn_impl in BN_IMPLS, f"--bn-impl must be one of {', '.join(BN_IMPLS)}"),
-        ) if not ok]  # fmt: skip
+        problems = [
+            msg
+            for ok, msg in (
+                (self.epochs >= 1, "--epochs must be >= 1"),
+                (self.batch_size >= 1, "--batch-size must be >= 1"),
+                (self.lr is None or self.lr > 0, "--lr must be > 0"),
+                (self.clip_grad >= 0, "--clip-grad must be >= 0 (0 = off)"),
+                (self.log_every >= 1, "--log-every must be >= 1"),
+                (self.save_every >= 0, "--save-every must be >= 0"),
+                (self.keep_last >= 0, "--keep-last must be >= 0 (0 = keep all)"),
+                (self.val_every >= 1, "--val-every must be >= 1"),
+                (self.max_steps is None or self.max_steps >= 1, "--max-steps must be >= 1"),
+                (self.val_views in ("single", "protocol"), "--val-views must be 'single' or 'protocol'"),
+                (bool(self.train), "--train needs at least one shard directory or .tar"),
+                (compile_problem is None, compile_problem),
+                (self.bn_impl in BN_IMPLS, f"--bn-impl must be one of {', '.join(BN_IMPLS)}"),
+            )
+            if not ok
+        ]
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -157,19 +171,25 @@ def read_resume_checkpoint(target: str | Path) -> tuple[Path, dict]:
     path = rundir.resume_checkpoint(target)
     ckpt = read_checkpoint(path)
     if "settings" not in ckpt or "progress" not in ckpt:
-        raise ValueError(f"{path} is not a training checkpoint of tpn.train (no settings/progress): use --checkpoint to start from its weights")
+        raise ValueError(
+            f"{path} is not a training checkpoint of tpn.train (no settings/progress): "
+            "use --checkpoint to start from its weights"
+        )
     return path, ckpt
 
 
 def resumed_settings(saved: dict[str, Any], given: dict[str, Any], name: str | None, path: Path) -> TrainSettings:
-    """The settings of a run resumed from the checkpoint at `path`: saved ones, given ones on top (see the table above)."""
+    """The settings of a run resumed from the checkpoint at `path`: saved ones, given ones on top (see the table
+    above)."""
     saved = {k: v for k, v in saved.items() if k not in NOT_RESUMED}
     if name and name != saved["model"]:
         raise ValueError(f"{path} trains {saved['model']!r}, not {name!r}")
     for fixed in FIXED_ON_RESUME:
         if fixed in given and given[fixed] != saved[fixed]:
-            raise ValueError(f"--{fixed.replace('_', '-')} {given[fixed]} differs from the resumed run's {saved[fixed]}; "
-                             "an exact resume needs the same data order")  # fmt: skip
+            raise ValueError(
+                f"--{fixed.replace('_', '-')} {given[fixed]} differs from the resumed run's {saved[fixed]}; "
+                "an exact resume needs the same data order"
+            )
     if "out" not in given:  # the run continues where its checkpoint lies
         saved["out"] = str(path.parent)
     changed = {k: v for k, v in given.items() if saved.get(k) != v}

@@ -36,9 +36,15 @@ def build_loader(make_loader: LoaderFactory, s: TrainSettings, env: DistEnv, whi
     paths, split = (s.train, s.train_split) if which == "train" else (s.val, s.val_split)
     source, split = shard_source(paths, split, flag=f"--{which}-split")
     kwargs: dict[str, Any] = dict(
-        batch_size=s.batch_size, device=s.loader_device, decoder=s.decoder, seed=s.seed, num_threads=s.workers,
-        rank=env.rank, world_size=env.world_size, split=split,
-    )  # fmt: skip
+        batch_size=s.batch_size,
+        device=s.loader_device,
+        decoder=s.decoder,
+        seed=s.seed,
+        num_threads=s.workers,
+        rank=env.rank,
+        world_size=env.world_size,
+        split=split,
+    )
     if which == "train":
         return make_loader(source, clip, mode="train", **kwargs)
     return make_loader(source, val_clip_spec(clip, s.val_views), mode="test", return_keys=True, **kwargs)
@@ -51,15 +57,21 @@ def build_train_model(
     when `initialise` (not when resuming)."""
     cfg = tpn.get_config(s.model)
     if num_classes != cfg.num_classes and is_main:
-        log.info("%s: %d classes in the shards (the config has %d): building the classifier for %d",
-                 s.model, num_classes, cfg.num_classes, num_classes)  # fmt: skip
+        log.info(
+            "%s: %d classes in the shards (the config has %d): building the classifier for %d",
+            s.model,
+            num_classes,
+            cfg.num_classes,
+            num_classes,
+        )
     extra = {} if s.dropout is None else {"dropout": s.dropout}
     model = set_batchnorm_impl(tpn.create_model(s.model, num_classes=num_classes, **extra), s.bn_impl)
     if initialise and s.pretrained:
         tpn.init_from_imagenet(model, s.pretrained)
     if initialise and s.checkpoint:
-        report = tpn.load_checkpoint(model, s.checkpoint, drop_classifier=True,
-                                     other_architecture=s.allow_other_architecture)
+        report = tpn.load_checkpoint(
+            model, s.checkpoint, drop_classifier=True, other_architecture=s.allow_other_architecture
+        )
         for note in report.notes:
             log.info(note)
     model.to(device)
@@ -89,9 +101,13 @@ def use_channels_last(s: TrainSettings, device: torch.device, amp: bool, is_main
 
 def step_options(s: TrainSettings, amp: torch.dtype | None, channels_last: bool, distributed: bool) -> StepOptions:
     return StepOptions(
-        clip_grad=s.clip_grad or None, amp_dtype=amp, channels_last=channels_last,
-        cuda_graph=s.cuda_graph, warmup_iters=11 if distributed else 3, compile=s.compile,
-    )  # fmt: skip
+        clip_grad=s.clip_grad or None,
+        amp_dtype=amp,
+        channels_last=channels_last,
+        cuda_graph=s.cuda_graph,
+        warmup_iters=11 if distributed else 3,
+        compile=s.compile,
+    )
 
 
 def step_net(model: nn.Module, aux_weight: float, env: DistEnv, device: torch.device) -> nn.Module:

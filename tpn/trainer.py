@@ -37,17 +37,29 @@ from torch import nn
 import tpn
 from tpn import rundir
 from tpn.distributed import (
-    DistEnv, barrier, env_from_environ, gather_objects, init_distributed, resolve_torch_device, shutdown,
-)  # fmt: skip
+    DistEnv,
+    barrier,
+    env_from_environ,
+    gather_objects,
+    init_distributed,
+    resolve_torch_device,
+    shutdown,
+)
 from tpn.engine import LossLog, StepReport, TrainStep, build_optimizer, pin_device_lr, set_lr
 from pipeline import atomic_write_json
 from tpn.schedule import StepSchedule
 from tpn.test import EvalReport, evaluate
 from tpn.train_settings import TrainSettings, effective_lr
 from tpn.train_setup import (
-    LoaderFactory, amp_dtype, build_loader, build_train_model, default_loader_factory, step_net, step_options,
+    LoaderFactory,
+    amp_dtype,
+    build_loader,
+    build_train_model,
+    default_loader_factory,
+    step_net,
+    step_options,
     use_channels_last,
-)  # fmt: skip
+)
 
 log = logging.getLogger("tpn.train")
 
@@ -164,9 +176,14 @@ class Trainer:
     """One run: model, optimizer, step, loaders and RUN_DIR bookkeeping; `fit` is the loop."""
 
     def __init__(
-        self, s: TrainSettings, env: DistEnv, device: torch.device, *,
-        resume: dict | None = None, make_loader: LoaderFactory | None = None,
-    ) -> None:  # fmt: skip
+        self,
+        s: TrainSettings,
+        env: DistEnv,
+        device: torch.device,
+        *,
+        resume: dict | None = None,
+        make_loader: LoaderFactory | None = None,
+    ) -> None:
         self.s, self.env, self.device = s, env, device
         self.run_dir = Path(s.out)
         self.wall0 = time.perf_counter()
@@ -179,22 +196,28 @@ class Trainer:
         self.val_loader = build_loader(make_loader, s, env, "val") if s.val else None
         self.num_classes = s.num_classes or self.train_loader.num_classes
         self.global_batch = s.batch_size * env.world_size
-        self.model = build_train_model(s, self.num_classes, device, self.channels_last, initialise=resume is None,
-                                 is_main=env.is_main)  # fmt: skip
+        self.model = build_train_model(
+            s, self.num_classes, device, self.channels_last, initialise=resume is None, is_main=env.is_main
+        )
         self.lr0 = effective_lr(s, env.world_size)
         self.schedule = StepSchedule(
-            base_lr=self.lr0, steps_per_epoch=len(self.train_loader), milestones=s.lr_steps,
-            gamma=s.lr_gamma, warmup_epochs=s.warmup_epochs,
-        )  # fmt: skip
+            base_lr=self.lr0,
+            steps_per_epoch=len(self.train_loader),
+            milestones=s.lr_steps,
+            gamma=s.lr_gamma,
+            warmup_epochs=s.warmup_epochs,
+        )
         params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = build_optimizer(params, lr=self.lr0, momentum=s.momentum, nesterov=s.nesterov,
-                                         weight_decay=s.weight_decay, device=device)  # fmt: skip
+        self.optimizer = build_optimizer(
+            params, lr=self.lr0, momentum=s.momentum, nesterov=s.nesterov, weight_decay=s.weight_decay, device=device
+        )
         self.progress = Progress()
         if resume is not None:
             self._restore(resume)
         net = step_net(self.model, s.aux_weight, env, device)
-        self.step_fn = TrainStep(net, self.optimizer, step_options(s, self.amp_dtype, self.channels_last, env.distributed),
-                                 device)  # fmt: skip
+        self.step_fn = TrainStep(
+            net, self.optimizer, step_options(s, self.amp_dtype, self.channels_last, env.distributed), device
+        )
         self.losses = LossLog(s.log_every, device)
         self.metrics = rundir.MetricsWriter(self.run_dir) if env.is_main else None
         if resume is not None and self.metrics:
@@ -258,8 +281,14 @@ class Trainer:
         """Say so when a (custom) loader gave fewer batches than its len(): the lr schedule counts len() per epoch."""
         given, expected = self.progress.batch, len(self.train_loader)
         if given < expected and self.env.is_main:
-            log.warning("epoch %d: the training loader gave %d batches, not the %d of its len(); the epoch ends here, "
-                        "but the lr schedule counts %d steps per epoch", epoch + 1, given, expected, expected)  # fmt: skip
+            log.warning(
+                "epoch %d: the training loader gave %d batches, not the %d of its len(); the epoch ends here, "
+                "but the lr schedule counts %d steps per epoch",
+                epoch + 1,
+                given,
+                expected,
+                expected,
+            )
 
     def _set_lr(self, lr: float) -> None:
         if lr != self._lr_set:
@@ -297,8 +326,14 @@ class Trainer:
         if self.s.max_steps:
             total = min(total, self.s.max_steps)
         gb = self.global_batch
-        return tqdm(total=total * gb, initial=self.progress.step * gb, unit="clip", unit_scale=True,
-                    desc=self.s.model, dynamic_ncols=True)  # fmt: skip
+        return tqdm(
+            total=total * gb,
+            initial=self.progress.step * gb,
+            unit="clip",
+            unit_scale=True,
+            desc=self.s.model,
+            dynamic_ncols=True,
+        )
 
     # ---------------------------------------------------------------- what the actions do
 
@@ -312,7 +347,9 @@ class Trainer:
         if self.metrics:
             self.metrics.write(records)
         if self.bar is not None:
-            self.bar.set_postfix(loss=f"{records[-1]['loss']:.4f}", lr=f"{records[-1]['lr']:.3g}", clips_s=f"{rate:.1f}")
+            self.bar.set_postfix(
+                loss=f"{records[-1]['loss']:.4f}", lr=f"{records[-1]['lr']:.3g}", clips_s=f"{rate:.1f}"
+            )
         bad = next((r for r in records if not math.isfinite(r["loss"])), None)
         if bad is not None:
             last = rundir.list_checkpoints(self.run_dir)
@@ -325,8 +362,12 @@ class Trainer:
     def end_epoch(self, epoch: int, validate: bool) -> None:
         """The epoch's record in metrics.jsonl, with the validation scores when `validate`."""
         p = self.progress
-        record: dict[str, Any] = {"type": "epoch", "epoch": epoch + 1, "step": p.step,
-                                  "train_time_s": round(p.train_time_s, 3)}  # fmt: skip
+        record: dict[str, Any] = {
+            "type": "epoch",
+            "epoch": epoch + 1,
+            "step": p.step,
+            "train_time_s": round(p.train_time_s, 3),
+        }
         if validate:
             record.update(self.validate(epoch))
         if self.metrics:
@@ -336,17 +377,33 @@ class Trainer:
         """Scores on the validation shards; a new best Top-1 is saved as best.pth."""
         p = self.progress
         self._sync_buffers()  # DDP: every rank evaluates with rank 0's BN statistics
-        report = evaluate(self.model, self.val_loader, device=self.device, env=self.env,
-                          amp_dtype=self.amp_dtype, channels_last=self.channels_last)  # fmt: skip
+        report = evaluate(
+            self.model,
+            self.val_loader,
+            device=self.device,
+            env=self.env,
+            amp_dtype=self.amp_dtype,
+            channels_last=self.channels_last,
+        )
         p.last_top1 = report.top1
         if p.best_top1 is None or report.top1 > p.best_top1:
             p.best_top1, p.best_epoch = report.top1, epoch + 1
             self._save_best(report)
         if self.env.is_main:
-            log.info("epoch %d: val Top-1 %.2f Top-5 %.2f (best %.2f, epoch %d)",
-                     epoch + 1, report.top1, report.top5, p.best_top1, p.best_epoch)  # fmt: skip
-        return dict(val_top1=report.top1, val_top5=report.top5, val_mean_class=report.mean_class_acc,
-                    val_videos=report.num_videos)  # fmt: skip
+            log.info(
+                "epoch %d: val Top-1 %.2f Top-5 %.2f (best %.2f, epoch %d)",
+                epoch + 1,
+                report.top1,
+                report.top5,
+                p.best_top1,
+                p.best_epoch,
+            )
+        return dict(
+            val_top1=report.top1,
+            val_top5=report.top5,
+            val_mean_class=report.mean_class_acc,
+            val_videos=report.num_videos,
+        )
 
     # ---------------------------------------------------------------- checkpoints
 
@@ -364,11 +421,17 @@ class Trainer:
         if not self.env.is_main:
             return
         derived = {
-            "world_size": self.env.world_size, "global_batch": self.global_batch,
-            "effective_lr": self.lr0, "num_classes": self.num_classes, "steps_per_epoch": len(self.train_loader),
-            "device": str(self.device), "amp_dtype": str(self.amp_dtype), "channels_last": self.channels_last,
-            "torch": torch.__version__, "cudnn": torch.backends.cudnn.version() if self.device.type == "cuda" else None,
-        }  # fmt: skip
+            "world_size": self.env.world_size,
+            "global_batch": self.global_batch,
+            "effective_lr": self.lr0,
+            "num_classes": self.num_classes,
+            "steps_per_epoch": len(self.train_loader),
+            "device": str(self.device),
+            "amp_dtype": str(self.amp_dtype),
+            "channels_last": self.channels_last,
+            "torch": torch.__version__,
+            "cudnn": torch.backends.cudnn.version() if self.device.type == "cuda" else None,
+        }
         atomic_write_json(self.run_dir / "settings.json", {"settings": self.s.to_dict(), "derived": derived})
 
     def _sync_buffers(self) -> None:
@@ -387,9 +450,14 @@ class Trainer:
 
         path = self.run_dir / rundir.checkpoint_name(self.progress.step)
         save_checkpoint(
-            path, self.model, optimizer=self.optimizer.state_dict(), progress=dataclasses.asdict(self.progress),
-            settings=self.s.to_dict(), rng=rng, classes=list(self.train_loader.classes),
-        )  # fmt: skip
+            path,
+            self.model,
+            optimizer=self.optimizer.state_dict(),
+            progress=dataclasses.asdict(self.progress),
+            settings=self.s.to_dict(),
+            rng=rng,
+            classes=list(self.train_loader.classes),
+        )
         rundir.prune_checkpoints(self.run_dir, self.s.keep_last)
         return path
 
@@ -398,24 +466,38 @@ class Trainer:
             return
         from tpn.checkpoint import save_checkpoint
 
-        save_checkpoint(self.run_dir / "best.pth", self.model, epoch=self.progress.epoch, step=self.progress.step,
-                        val=report.to_dict(), classes=list(self.train_loader.classes))  # fmt: skip
+        save_checkpoint(
+            self.run_dir / "best.pth",
+            self.model,
+            epoch=self.progress.epoch,
+            step=self.progress.step,
+            val=report.to_dict(),
+            classes=list(self.train_loader.classes),
+        )
 
     def finish(self, stopped: str) -> TrainSummary:
         p, s = self.progress, self.s
         summary = TrainSummary(
-            model=s.model, run_dir=str(self.run_dir), stopped=stopped, epochs_done=p.epoch, steps=p.step,
-            best_top1=p.best_top1, best_epoch=p.best_epoch, last_top1=p.last_top1,
+            model=s.model,
+            run_dir=str(self.run_dir),
+            stopped=stopped,
+            epochs_done=p.epoch,
+            steps=p.step,
+            best_top1=p.best_top1,
+            best_epoch=p.best_epoch,
+            last_top1=p.last_top1,
             train_time_s=p.train_time_s,
             clips_per_s=p.step * self.global_batch / max(p.train_time_s, 1e-9),
-            wall_time_s=time.perf_counter() - self.wall0, step_mode=self.step_fn.mode,
+            wall_time_s=time.perf_counter() - self.wall0,
+            step_mode=self.step_fn.mode,
             step=self.step_fn.report().to_dict(),
-        )  # fmt: skip
+        )
         if self.env.is_main:
             log_step_report(self.step_fn.report(), on_gpu=self.device.type == "cuda")
             atomic_write_json(self.run_dir / "summary.json", dataclasses.asdict(summary))
-            rundir.plot_curves(rundir.read_metrics(self.run_dir), self.run_dir / "curves.png", s.model,
-                               num_classes=self.num_classes)
+            rundir.plot_curves(
+                rundir.read_metrics(self.run_dir), self.run_dir / "curves.png", s.model, num_classes=self.num_classes
+            )
         barrier(self.env)
         return summary
 
@@ -429,16 +511,21 @@ def log_step_report(report: StepReport, on_gpu: bool) -> None:
     if report.compile:
         took = "" if report.compile_s is None else f" in {report.compile_s:.1f} s"
         compiled = f", compiled with preset {report.compile}{took}"
-    log.info("training step: %s (requested %s), %d steps: %d graph replays, %d eager%s", report.mode,
-             report.requested, report.steps, report.graph_replays, report.eager_steps, compiled)  # fmt: skip
+    log.info(
+        "training step: %s (requested %s), %d steps: %d graph replays, %d eager%s",
+        report.mode,
+        report.requested,
+        report.steps,
+        report.graph_replays,
+        report.eager_steps,
+        compiled,
+    )
     if report.fell_back and report.steps:
         level = logging.WARNING if on_gpu else logging.INFO
         log.log(level, "the training step ran as %s, not %s: %s", report.mode, report.requested, report.fallback)
 
 
-def train(
-    s: TrainSettings, *, resume: dict | None = None, make_loader: LoaderFactory | None = None
-) -> TrainSummary:
+def train(s: TrainSettings, *, resume: dict | None = None, make_loader: LoaderFactory | None = None) -> TrainSummary:
     """Train (or continue, with `resume` = a loaded checkpoint) and return the summary.
 
     Call once per process; under torchrun the process group is set up from
@@ -456,4 +543,3 @@ def train(
         return Trainer(s, env, device, resume=resume, make_loader=make_loader).fit()
     finally:
         shutdown()
-

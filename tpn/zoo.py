@@ -48,9 +48,7 @@ def get_config(name: str) -> ModelConfig:
     except KeyError:
         close = difflib.get_close_matches(name, list(_REGISTRY), n=5, cutoff=0.4)
         hint = f" Closest: {', '.join(close)}." if close else ""
-        raise ValueError(
-            f"unknown model {name!r}.{hint} See tpn.list_models() (or list_models('*tiny*'))."
-        ) from None
+        raise ValueError(f"unknown model {name!r}.{hint} See tpn.list_models() (or list_models('*tiny*')).") from None
 
 
 def apply_overrides(cfg: ModelConfig, overrides: dict[str, Any]) -> ModelConfig:
@@ -60,10 +58,7 @@ def apply_overrides(cfg: ModelConfig, overrides: dict[str, Any]) -> ModelConfig:
     neck_changes = {k: v for k, v in overrides.items() if k in neck_fields and k not in top}
     unknown = set(overrides) - top - neck_fields
     if unknown:
-        raise TypeError(
-            f"unknown override(s) {sorted(unknown)} for {cfg.name}; "
-            f"valid: {sorted(top | neck_fields)}"
-        )
+        raise TypeError(f"unknown override(s) {sorted(unknown)} for {cfg.name}; valid: {sorted(top | neck_fields)}")
     if neck_changes and cfg.neck is None:
         raise ValueError(f"{cfg.name} has no TPN neck; cannot set {sorted(neck_changes)}")
     top_changes = {k: v for k, v in overrides.items() if k not in neck_changes}
@@ -76,9 +71,7 @@ def build_model(cfg: ModelConfig) -> Recognizer:
     if cfg.backbone == "slowonly":
         backbone: nn.Module = SlowOnly(cfg.depth, cfg.width, cfg.blocks, cfg.with_cp)
     elif cfg.backbone == "tsm":
-        backbone = TSMResNet(
-            cfg.depth, cfg.width, cfg.blocks, cfg.clip.frames, cfg.shift_shortcut, cfg.with_cp
-        )
+        backbone = TSMResNet(cfg.depth, cfg.width, cfg.blocks, cfg.clip.frames, cfg.shift_shortcut, cfg.with_cp)
     else:
         raise ValueError(f"unknown backbone {cfg.backbone!r}")
     neck = None
@@ -122,9 +115,13 @@ _STH_CLIP = ClipSpec(frames=8, stride=1, sampling="segments", color_jitter=True,
 
 _FRAMES = {"f8s8": (8, 8), "f16s4": (16, 4), "f32s2": (32, 2)}
 _TOP1 = {  # (baseline, tpn) per depth and frames (MODEL_ZOO.md)
-    (50, "f8s8"): (74.9, 76.1), (50, "f16s4"): (76.1, 77.3), (50, "f32s2"): (75.7, 77.7),
-    (101, "f8s8"): (76.0, 77.2), (101, "f16s4"): (77.0, 78.1), (101, "f32s2"): (77.4, 78.9),
-}  # fmt: skip
+    (50, "f8s8"): (74.9, 76.1),
+    (50, "f16s4"): (76.1, 77.3),
+    (50, "f32s2"): (75.7, 77.7),
+    (101, "f8s8"): (76.0, 77.2),
+    (101, "f16s4"): (77.0, 78.1),
+    (101, "f32s2"): (77.4, 78.9),
+}
 
 
 def kinetics_neck(depth: int, frames: int) -> NeckConfig:
@@ -143,24 +140,37 @@ def _register_kinetics() -> None:
         for tag, (frames, stride) in _FRAMES.items():
             clip = _K400_CLIP.replace(frames=frames, stride=stride)
             base_top1, tpn_top1 = _TOP1[(depth, tag)]
-            common = dict(
-                backbone="slowonly", depth=depth, clip=clip, with_cp=frames > 8, **KINETICS
+            common = dict(backbone="slowonly", depth=depth, clip=clip, with_cp=frames > 8, **KINETICS)
+            register(
+                ModelConfig(
+                    name=f"baseline_r{depth}_{tag}",
+                    top1=base_top1,
+                    source=f"config_files/kinetics400/baseline/r{depth}{tag}.py",
+                    **common,
+                )
             )
-            register(ModelConfig(
-                name=f"baseline_r{depth}_{tag}", top1=base_top1,
-                source=f"config_files/kinetics400/baseline/r{depth}{tag}.py", **common,
-            ))  # fmt: skip
-            register(ModelConfig(
-                name=f"tpn_r{depth}_{tag}", top1=tpn_top1, neck=kinetics_neck(depth, frames),
-                source=f"config_files/kinetics400/tpn/r{depth}{tag}.py", **common,
-            ))  # fmt: skip
+            register(
+                ModelConfig(
+                    name=f"tpn_r{depth}_{tag}",
+                    top1=tpn_top1,
+                    neck=kinetics_neck(depth, frames),
+                    source=f"config_files/kinetics400/tpn/r{depth}{tag}.py",
+                    **common,
+                )
+            )
     for depth, top1 in ((50, 76.7), (101, 78.2)):
-        register(ModelConfig(
-            name=f"tpn_r{depth}_f8s8_mmaction", backbone="slowonly", depth=depth,
-            clip=_K400_CLIP, neck=kinetics_neck(depth, 8), top1=top1,
-            source=f"config_files/kinetics400/tpn/r{depth}f8s8.py (trained on MMAction's Kinetics copy)",
-            **KINETICS,
-        ))  # fmt: skip
+        register(
+            ModelConfig(
+                name=f"tpn_r{depth}_f8s8_mmaction",
+                backbone="slowonly",
+                depth=depth,
+                clip=_K400_CLIP,
+                neck=kinetics_neck(depth, 8),
+                top1=top1,
+                source=f"config_files/kinetics400/tpn/r{depth}f8s8.py (trained on MMAction's Kinetics copy)",
+                **KINETICS,
+            )
+        )
 
 
 def _register_sth() -> None:
@@ -168,12 +178,20 @@ def _register_sth() -> None:
     for version in ("v1", "v2"):
         for with_tpn in (False, True):
             kind = "tpn" if with_tpn else "baseline"
-            register(ModelConfig(
-                name=f"tsm50_{kind}_sth{version}", backbone="tsm", depth=50, clip=_STH_CLIP,
-                neck=NeckConfig(temporal_scales=(8, 8)) if with_tpn else None,
-                num_classes=174, dataset=f"sth{version}", recipe=STH_RECIPE,
-                top1=top1[(version, with_tpn)], source=f"config_files/sth{version}/tsm_{kind}.py",
-            ))  # fmt: skip
+            register(
+                ModelConfig(
+                    name=f"tsm50_{kind}_sth{version}",
+                    backbone="tsm",
+                    depth=50,
+                    clip=_STH_CLIP,
+                    neck=NeckConfig(temporal_scales=(8, 8)) if with_tpn else None,
+                    num_classes=174,
+                    dataset=f"sth{version}",
+                    recipe=STH_RECIPE,
+                    top1=top1[(version, with_tpn)],
+                    source=f"config_files/sth{version}/tsm_{kind}.py",
+                )
+            )
 
 
 # Tiny entries: width 8, one block per stage, 8 classes (the synthetic demo
@@ -182,9 +200,15 @@ def _register_sth() -> None:
 # "left" into "right" under the same label, so tiny clips are never flipped,
 # and crops keep at least half the frame so the moving object stays in view.
 _TINY_CLIP = ClipSpec(
-    frames=8, stride=4, crop_size=112, scale_range=(0.5, 1.0), flip=False, test_scale=128, test_crop=128,
+    frames=8,
+    stride=4,
+    crop_size=112,
+    scale_range=(0.5, 1.0),
+    flip=False,
+    test_scale=128,
+    test_crop=128,
     test_clips=2,
-)  # fmt: skip
+)
 # No dropout before the classifier: on the 256-d tiny features, dropout 0.5 made the start of
 # learning depend on the seed (tests/tpn/test_train.py, test_tiny_tpn_learns_the_synthetic_set).
 _TINY = dict(width=8, blocks=(1, 1, 1, 1), num_classes=8, dataset="synthetic", tiny=True, dropout=0.0)
@@ -195,14 +219,12 @@ def _register_tiny() -> None:
     tiny_tsm_clip = _TINY_CLIP.replace(sampling="segments", stride=1, twice_sample=True)
     entries = [
         dict(name="baseline_tiny_f8s4", backbone="slowonly", clip=_TINY_CLIP),
-        dict(name="tpn_tiny_f8s4", backbone="slowonly", clip=_TINY_CLIP,
-             neck=NeckConfig(temporal_scales=(8, 8))),
+        dict(name="tpn_tiny_f8s4", backbone="slowonly", clip=_TINY_CLIP, neck=NeckConfig(temporal_scales=(8, 8))),
         # The R101 pyramid (levels at T=2 and T=1, broadcast top-down add).
         dict(name="tpn_tiny_pyr_f8s4", backbone="slowonly", clip=_TINY_CLIP, neck=kinetics_neck(101, 8)),
         dict(name="tsm_tiny_baseline", backbone="tsm", clip=tiny_tsm_clip),
-        dict(name="tsm_tiny_tpn", backbone="tsm", clip=tiny_tsm_clip,
-             neck=NeckConfig(temporal_scales=(8, 8))),
-    ]  # fmt: skip
+        dict(name="tsm_tiny_tpn", backbone="tsm", clip=tiny_tsm_clip, neck=NeckConfig(temporal_scales=(8, 8))),
+    ]
     for e in entries:
         register(ModelConfig(recipe=_TINY_RECIPE, **_TINY, **e))
 

@@ -22,8 +22,19 @@ from pipeline.shard.core import (
 )
 
 PROG = "python -m pipeline.shard"
-_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
-          "kib": 2**10, "mib": 2**20, "gib": 2**30}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 10**3,
+    "kb": 10**3,
+    "m": 10**6,
+    "mb": 10**6,
+    "g": 10**9,
+    "gb": 10**9,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+}
 
 
 def parse_bytes(text: str) -> int:
@@ -50,68 +61,128 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
         description="Transcode a video dataset folder into WebDataset tar shards (VP9/WebM by default, or one "
-        "JPEG per frame with --codec jpeg) with DALI index files, classes.json, manifest.json and rejected.jsonl. Re-running the same command resumes.",
+        "JPEG per frame with --codec jpeg) with DALI index files, classes.json, manifest.json and rejected.jsonl. "
+        "Re-running the same command resumes.",
         epilog=f"Joining the outputs of --part runs: {PROG} merge OUT_0 ... OUT_N-1 --out OUT "
         f"(see `{PROG} merge --help`).",
         formatter_class=HelpFormatter,
     )
-    p.add_argument("src", help="dataset folder (class-per-folder, Kinetics CSV, Something-Something V1/V2), or its URL "
-                   "on object storage (s3://bucket/kinetics, gs://..., az://...): each input is then fetched by the "
-                   "worker that encodes it")
-    p.add_argument("--out", required=True,
-                   help="output folder for shards and manifest, or a URL (s3://bucket/k400, gs://..., az://...): "
-                   "shards are then made in --work and uploaded one by one as they are finished")
-    p.add_argument("--work", type=Path, default=None,
-                   help="with a URL --out: local folder where shards are made before upload (default: one in "
-                   "~/.cache/tpn-toolkit/shard-work); keep it to resume after a crash")
+    p.add_argument(
+        "src",
+        help="dataset folder (class-per-folder, Kinetics CSV, Something-Something V1/V2), or its URL "
+        "on object storage (s3://bucket/kinetics, gs://..., az://...): each input is then fetched by the "
+        "worker that encodes it",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output folder for shards and manifest, or a URL (s3://bucket/k400, gs://..., az://...): "
+        "shards are then made in --work and uploaded one by one as they are finished",
+    )
+    p.add_argument(
+        "--work",
+        type=Path,
+        default=None,
+        help="with a URL --out: local folder where shards are made before upload (default: one in "
+        "~/.cache/tpn-toolkit/shard-work); keep it to resume after a crash",
+    )
     p.add_argument("--layout", choices=LAYOUTS, default="auto", help="input layout; auto detects it from marker files")
-    p.add_argument("--annotations", type=Path, nargs="+", default=None,
-                   help="Kinetics CSV file(s) (default: CSVs with the Kinetics columns in SRC or SRC/annotations)")
-    p.add_argument("--split", default=None,
-                   help="split of a class-per-folder SRC without split folders (train, val, test, or validation, "
-                        "testing, ...; default: SRC's own name when it is one, e.g. kinetics/test, else train)")
-    p.add_argument("--classes", type=Path, default=None,
-                   help="classes.json to reuse (label order), e.g. from the train run when sharding val alone")
+    p.add_argument(
+        "--annotations",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="Kinetics CSV file(s) (default: CSVs with the Kinetics columns in SRC or SRC/annotations)",
+    )
+    p.add_argument(
+        "--split",
+        default=None,
+        help="split of a class-per-folder SRC without split folders (train, val, test, or validation, "
+        "testing, ...; default: SRC's own name when it is one, e.g. kinetics/test, else train)",
+    )
+    p.add_argument(
+        "--classes",
+        type=Path,
+        default=None,
+        help="classes.json to reuse (label order), e.g. from the train run when sharding val alone",
+    )
     enc = p.add_argument_group("encoding")
-    enc.add_argument("--codec", choices=("vp9", "h264", "jpeg"), default="vp9",
-                     help="vp9 in WebM: the smallest shards, decoded by PyAV on a CPU and DALI on a GPU; h264 in "
-                     "MP4: PyAV on a CPU, NVDEC on a GPU; jpeg stores every frame as its own JPEG (frame shards: "
-                     "several times the bytes of vp9, 8.8x on the camera-like synthetic set of "
-                     "benchmarks/results/2026-12-01-cpu2-data.json, but a clip decodes only its own frames: "
-                     "7x VP9's clips/s at 8x8 on a CPU, benchmarks/results/2026-12-06-cpu2-data.json)")
-    enc.add_argument("--short-side", type=_short_side, default=256,
-                     help="resize so the short side is this (even; keeps aspect); 'keep' keeps the source size")
-    enc.add_argument("--size", type=parse_size, default=None, help="fixed output size WxH (e.g. 320x240); overrides --short-side")
+    enc.add_argument(
+        "--codec",
+        choices=("vp9", "h264", "jpeg"),
+        default="vp9",
+        help="vp9 in WebM: the smallest shards, decoded by PyAV on a CPU and DALI on a GPU; h264 in "
+        "MP4: PyAV on a CPU, NVDEC on a GPU; jpeg stores every frame as its own JPEG (frame shards: "
+        "several times the bytes of vp9, but a clip decodes only its own frames, several times VP9's "
+        "clips/s on a CPU; the README's Performance section has both measured)",
+    )
+    enc.add_argument(
+        "--short-side",
+        type=_short_side,
+        default=256,
+        help="resize so the short side is this (even; keeps aspect); 'keep' keeps the source size",
+    )
+    enc.add_argument(
+        "--size", type=parse_size, default=None, help="fixed output size WxH (e.g. 320x240); overrides --short-side"
+    )
     enc.add_argument("--fps", type=float, default=None, help="output frame rate (default: the source's)")
     enc.add_argument("--gop", type=int, default=16, help="keyframe every GOP frames (closed GOPs; video codecs)")
-    enc.add_argument("--crf", "--quality", dest="crf", type=int, default=None,
-                     help="quality, lower is better: the CRF for vp9 (default 32) and h264 (default 23); for jpeg "
-                     "ffmpeg's mjpeg quantiser scale -q:v, 2..31 (default 2: `python -m benchmarks.jpeg_quality` "
-                     "on camera-like content found no larger -q:v within 1 dB PSNR of it; 3 stores 26%% fewer "
-                     "bytes at -1.4 dB)")
-    enc.add_argument("--threads", type=int, default=1,
-                     help="encoder threads per ffmpeg (part of the output bytes; parallelism comes from --workers)")
+    enc.add_argument(
+        "--crf",
+        "--quality",
+        dest="crf",
+        type=int,
+        default=None,
+        help="quality, lower is better: the CRF for vp9 (default 32) and h264 (default 23); for jpeg "
+        "ffmpeg's mjpeg quantiser scale -q:v, 2..31 (default 2: `python -m benchmarks.jpeg_quality` "
+        "on camera-like content found no larger -q:v within 1 dB PSNR of it; 3 stores 26%% fewer "
+        "bytes at -1.4 dB)",
+    )
+    enc.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="encoder threads per ffmpeg (part of the output bytes; parallelism comes from --workers)",
+    )
     enc.add_argument("--min-frames", type=int, default=DEFAULT_MIN_FRAMES, help="reject videos with fewer frames")
     enc.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds before one ffmpeg run is killed")
     sh = p.add_argument_group("sharding")
-    sh.add_argument("--shard-size", type=parse_bytes, default=DEFAULT_SHARD_SIZE, help="maximum bytes per shard (1GB, 500MB, ...)")
+    sh.add_argument(
+        "--shard-size", type=parse_bytes, default=DEFAULT_SHARD_SIZE, help="maximum bytes per shard (1GB, 500MB, ...)"
+    )
     sh.add_argument("--shard-samples", type=int, default=None, help="also cap the number of videos per shard")
-    sh.add_argument("--part", default=None, help="shard only part I of N (0-based, e.g. 0/4) for N machines; then merge")
+    sh.add_argument(
+        "--part", default=None, help="shard only part I of N (0-based, e.g. 0/4) for N machines; then merge"
+    )
     sh.add_argument("--seed", type=int, default=0, help="seed of the fixed shuffle of videos into shards")
-    sh.add_argument("--workers", type=int, default=None,
-                    help="parallel ffmpeg processes (default: all cores; with --engine ray and no cluster, the CPUs "
-                    "of the local Ray started for the run)")
+    sh.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="parallel ffmpeg processes (default: all cores; with --engine ray and no cluster, the CPUs "
+        "of the local Ray started for the run)",
+    )
     cl = p.add_argument_group("cluster")
-    cl.add_argument("--engine", choices=ENGINES, default="local",
-                    help="where the encodes run: local threads, or the tasks of a Ray cluster (needs "
-                    "pip install -e '.[cluster]'); the shards are the same bytes either way")
-    cl.add_argument("--ray-address", default=None,
-                    help="with --engine ray: the cluster's head, HOST:PORT as `ray start --head` printed it, or auto "
-                    "(default: $RAY_ADDRESS, else a local Ray started for the run)")
-    p.add_argument("--strict", action="store_true",
-                   help="also reject inputs that decode only partly (far fewer frames than their container claims, "
-                   "e.g. cut downloads; without --strict they are sharded and listed in warnings.jsonl), and exit "
-                   "non-zero if any input was rejected")
+    cl.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="local",
+        help="where the encodes run: local threads, or the tasks of a Ray cluster (needs "
+        "pip install -e '.[cluster]'); the shards are the same bytes either way",
+    )
+    cl.add_argument(
+        "--ray-address",
+        default=None,
+        help="with --engine ray: the cluster's head, HOST:PORT as `ray start --head` printed it, or auto "
+        "(default: $RAY_ADDRESS, else a local Ray started for the run)",
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="also reject inputs that decode only partly (far fewer frames than their container claims, "
+        "e.g. cut downloads; without --strict they are sharded and listed in warnings.jsonl), and exit "
+        "non-zero if any input was rejected",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace shards in OUT made from other inputs or settings")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -143,12 +214,32 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         report = shard_dataset(
-            args.src, args.out, layout=args.layout, codec=args.codec, short_side=args.short_side, size=args.size,
-            fps=args.fps, gop=args.gop, crf=args.crf, threads=args.threads, workers=args.workers,
-            shard_size=args.shard_size, shard_samples=args.shard_samples, classes=args.classes, part=args.part,
-            split=args.split, annotations=args.annotations, min_frames=args.min_frames, timeout=args.timeout,
-            seed=args.seed, overwrite=args.overwrite, strict=args.strict, progress=not args.no_progress,
-            work=args.work, engine=args.engine, ray_address=args.ray_address,
+            args.src,
+            args.out,
+            layout=args.layout,
+            codec=args.codec,
+            short_side=args.short_side,
+            size=args.size,
+            fps=args.fps,
+            gop=args.gop,
+            crf=args.crf,
+            threads=args.threads,
+            workers=args.workers,
+            shard_size=args.shard_size,
+            shard_samples=args.shard_samples,
+            classes=args.classes,
+            part=args.part,
+            split=args.split,
+            annotations=args.annotations,
+            min_frames=args.min_frames,
+            timeout=args.timeout,
+            seed=args.seed,
+            overwrite=args.overwrite,
+            strict=args.strict,
+            progress=not args.no_progress,
+            work=args.work,
+            engine=args.engine,
+            ray_address=args.ray_address,
         )
     except RejectedInputsError as err:
         print(summary_table(err.report))
@@ -157,8 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ShardingError, LayoutError, FFmpegError, ValueError, OSError) as err:
         return _fail(str(err))
     except KeyboardInterrupt:
-        print(f"\n{PROG}: interrupted; finished shards are kept, run the same command again to resume",
-              file=sys.stderr)
+        print(f"\n{PROG}: interrupted; finished shards are kept, run the same command again to resume", file=sys.stderr)
         return 130
     print(summary_table(report))
     if report.samples == 0:

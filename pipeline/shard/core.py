@@ -49,8 +49,14 @@ class RejectedInputsError(ShardingError):
     """`strict=True` and some inputs were rejected; outputs are written all the same."""
 
     def __init__(self, report: ShardReport):
-        partly = (f"; {len(report.warnings)} sharded input(s) decode only partly (an earlier run without strict "
-                  f"mode sharded them; see {report.out / mf.WARNINGS})") if report.warnings else ""
+        partly = (
+            (
+                f"; {len(report.warnings)} sharded input(s) decode only partly (an earlier run without strict "
+                f"mode sharded them; see {report.out / mf.WARNINGS})"
+            )
+            if report.warnings
+            else ""
+        )
         super().__init__(
             f"{len(report.rejected)} input(s) rejected (strict mode); see {report.out / mf.REJECTED}{partly}"
         )
@@ -136,7 +142,9 @@ def sample_components(item: WorkItem, o: Outcome, label: int, s: EncodeSettings)
         return {s.ext: Path(o.video).read_bytes(), **small, "json": meta_json}
     images = mjpeg_packets(o.video)
     if len(images) != o.frames:
-        raise ShardingError(f"{o.video}: {len(images)} JPEG frames read back, {o.frames} counted; re-run to re-encode it")
+        raise ShardingError(
+            f"{o.video}: {len(images)} JPEG frames read back, {o.frames} counted; re-run to re-encode it"
+        )
     # The checksum covers the frames as stored (their concatenation), so verify can recompute it.
     meta.update(sha256=frames_sha256(images), jpeg_q=None if o.copied else s.quality, copied=o.copied)
     meta_json = json.dumps(meta, ensure_ascii=False, sort_keys=True).encode("utf-8")
@@ -160,8 +168,9 @@ def tar_bytes(components: dict[str, bytes]) -> int:
     return sum(BLOCK + -(-len(d) // BLOCK) * BLOCK for d in components.values())
 
 
-def ordered(items: Iterable[tuple[int, WorkItem]], submit: Callable[[WorkItem], Future], window: int
-            ) -> Iterator[tuple[int, WorkItem, Outcome]]:
+def ordered(
+    items: Iterable[tuple[int, WorkItem]], submit: Callable[[WorkItem], Future], window: int
+) -> Iterator[tuple[int, WorkItem, Outcome]]:
     """Results in input order with at most `window` in flight: order never depends on timing."""
     pending: deque[tuple[int, WorkItem, Future]] = deque()
     it = iter(items)
@@ -213,8 +222,18 @@ def _remove_stale_shards(out: Path, records: list[ShardRecord]) -> None:
 class _Run:
     """Mutable state of one sharding pass: open writers, pending rejections, progress."""
 
-    def __init__(self, out: Path, s: EncodeSettings, labels: dict[str, int], progress: dict[str, SplitProgress],
-                 fp: str, shard_size: int, shard_samples: int | None, strict: bool = False, remote: str | None = None):
+    def __init__(
+        self,
+        out: Path,
+        s: EncodeSettings,
+        labels: dict[str, int],
+        progress: dict[str, SplitProgress],
+        fp: str,
+        shard_size: int,
+        shard_samples: int | None,
+        strict: bool = False,
+        remote: str | None = None,
+    ):
         self.out, self.s, self.labels, self.progress, self.fp = out, s, labels, progress, fp
         self.remote = remote  # upload each finished shard there
         self.shard_size, self.shard_samples, self.strict = shard_size, shard_samples, strict
@@ -232,10 +251,15 @@ class _Run:
     def take(self, ordinal: int, item: WorkItem, o: Outcome) -> None:
         record = self.out / mf.STAGING / f"{item.key}.json"
         if o.partial:
-            note = {"source": item.rel, "reason": "partly_decodable", "split": item.split, "decoded_frames": o.frames,
-                    "claimed_frames": o.claimed_frames,
-                    "message": f"{item.rel} decodes to {o.frames} frames but its container claims "
-                               f"{o.claimed_frames} (cut or damaged file)"}
+            note = {
+                "source": item.rel,
+                "reason": "partly_decodable",
+                "split": item.split,
+                "decoded_frames": o.frames,
+                "claimed_frames": o.claimed_frames,
+                "message": f"{item.rel} decodes to {o.frames} frames but its container claims "
+                f"{o.claimed_frames} (cut or damaged file)",
+            }
             if self.strict:
                 o = Outcome(item.key, reason="partly_decodable", message=note["message"])
             else:
@@ -275,7 +299,9 @@ class _Run:
             if self.remote is not None:
                 _upload_shard(self.out, self.remote, info.file, info.index)
             per_class = dict(sorted(self.per_class.pop(split).items()))
-            sp.shards.append(ShardRecord(split, info.file, info.index, info.samples, info.bytes, info.sha256, per_class))
+            sp.shards.append(
+                ShardRecord(split, info.file, info.index, info.samples, info.bytes, info.sha256, per_class)
+            )
         sp.rejected += self.pending_rejects.pop(split, [])
         sp.warnings += self.pending_warnings.pop(split, [])
         sp.through = self.last.get(split, sp.through)
@@ -339,8 +365,10 @@ def _check_remote_out(remote: str, fp: str, overwrite: bool) -> None:
     except FileNotFoundError:
         return
     if manifest.get("fingerprint") != fp and not overwrite:
-        raise ShardingError(f"{remote} already holds shards made from other inputs or settings; use a new --out, "
-                         "or pass --overwrite to replace them")
+        raise ShardingError(
+            f"{remote} already holds shards made from other inputs or settings; use a new --out, "
+            "or pass --overwrite to replace them"
+        )
 
 
 def _resolve_classes(ds: Dataset, classes: str | os.PathLike | list[str] | None) -> list[str]:
@@ -357,8 +385,11 @@ def _encode_all(todo: list[tuple[int, WorkItem]], run: _Run, engine, *, progress
     def submit(item: WorkItem) -> Future:
         early = reject_without_encoding(item)
         if early is None and item.class_name not in run.labels:
-            early = Outcome(item.key, reason="unknown_class",
-                            message=f"class {item.class_name!r} is not in the class list; pass the full list with --classes")
+            early = Outcome(
+                item.key,
+                reason="unknown_class",
+                message=f"class {item.class_name!r} is not in the class list; pass the full list with --classes",
+            )
         return done(early) if early is not None else engine.submit(item)
 
     desc = "shard" if engine.name == "local" else f"shard ({engine.name}, {engine.workers} CPUs)"
@@ -400,9 +431,16 @@ def _plan(ds: Dataset, s: EncodeSettings, classes, part: tuple[int, int] | None,
     settings = {**s.to_json(), **options}
     part_text = None if part is None else f"{part[0]}/{part[1]}"
     source = {"layout": ds.layout, "root": str(ds.root), "part": part_text, "notes": ds.notes}
-    fp = mf.fingerprint({"format": mf.FORMAT_VERSION, "settings": settings, "classes": class_list,
-                         "layout": ds.layout, "part": part_text,
-                         "items": [(i.key, i.split, i.class_name, i.rel) for i in items]})
+    fp = mf.fingerprint(
+        {
+            "format": mf.FORMAT_VERSION,
+            "settings": settings,
+            "classes": class_list,
+            "layout": ds.layout,
+            "part": part_text,
+            "items": [(i.key, i.split, i.class_name, i.rel) for i in items],
+        }
+    )
     return _Plan(ds.layout, class_list, items, settings, source, fp)
 
 
@@ -465,27 +503,67 @@ def shard_dataset(
     ds = scanner(src, layout, split=split, annotations=[Path(a) for a in annotations or []] or None, seed=seed)
     # strict is not in the fingerprint: re-running a finished set with strict=True checks it. Partly
     # decodable inputs that run meets are rejected; ones an earlier run sharded fail the check below.
-    plan = _plan(ds, s, classes, parse_part(part), min_frames=min_frames, shard_size=shard_size,
-                 shard_samples=shard_samples, seed=seed, timeout=timeout)
+    plan = _plan(
+        ds,
+        s,
+        classes,
+        parse_part(part),
+        min_frames=min_frames,
+        shard_size=shard_size,
+        shard_samples=shard_samples,
+        seed=seed,
+        timeout=timeout,
+    )
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     remote = str(out) if storage.is_remote(out) else None
     out = Path(work or default_work_dir(remote)).resolve() if remote else Path(out).resolve()
     # The engine first: an unreachable cluster is refused before anything is written.
-    runner = make_engine(engine, out / mf.STAGING, s, timeout, min_frames, workers=workers, items=len(plan.items),
-                         ray_address=ray_address)
+    runner = make_engine(
+        engine,
+        out / mf.STAGING,
+        s,
+        timeout,
+        min_frames,
+        workers=workers,
+        items=len(plan.items),
+        ray_address=ray_address,
+    )
     try:
         locks = [OutputLock(where) for where in ([out, remote] if remote else [out])]
         out.mkdir(parents=True, exist_ok=True)
-        with locks[0], (locks[1] if remote else contextlib.nullcontext()):
-            return _shard_locked(plan, out, remote, runner, s, overwrite=overwrite, strict=strict, progress=progress,
-                                 shard_size=shard_size, shard_samples=shard_samples, t0=t0)
+        with locks[0], locks[1] if remote else contextlib.nullcontext():
+            return _shard_locked(
+                plan,
+                out,
+                remote,
+                runner,
+                s,
+                overwrite=overwrite,
+                strict=strict,
+                progress=progress,
+                shard_size=shard_size,
+                shard_samples=shard_samples,
+                t0=t0,
+            )
     finally:
         runner.close()
 
 
-def _shard_locked(plan: _Plan, out: Path, remote: str | None, runner, s: EncodeSettings, *, overwrite: bool,
-                  strict: bool, progress: bool, shard_size: int, shard_samples: int | None, t0: float) -> ShardReport:
+def _shard_locked(
+    plan: _Plan,
+    out: Path,
+    remote: str | None,
+    runner,
+    s: EncodeSettings,
+    *,
+    overwrite: bool,
+    strict: bool,
+    progress: bool,
+    shard_size: int,
+    shard_samples: int | None,
+    t0: float,
+) -> ShardReport:
     """The run itself, holding the output's lock."""
     if remote:
         _check_remote_out(remote, plan.fingerprint, overwrite)
@@ -499,11 +577,25 @@ def _shard_locked(plan: _Plan, out: Path, remote: str | None, runner, s: EncodeS
     resumed = sum(len(sp.shards) for sp in kept.values())
     todo = [(n, it) for n, it in enumerate(plan.items) if n > kept.get(it.split, SplitProgress()).through]
     (out / mf.STAGING).mkdir(exist_ok=True)
-    run = _Run(out, s, {c: i for i, c in enumerate(plan.classes)}, kept, plan.fingerprint, shard_size, shard_samples,
-               strict, remote)
+    run = _Run(
+        out,
+        s,
+        {c: i for i, c in enumerate(plan.classes)},
+        kept,
+        plan.fingerprint,
+        shard_size,
+        shard_samples,
+        strict,
+        remote,
+    )
     encoded = _encode_all(todo, run, runner, progress=progress)
-    report = _finalize(out, run, plan, t0, {"engine": runner.name, "workers": runner.workers,
-                                            "resumed_shards": resumed, "encoded": encoded})
+    report = _finalize(
+        out,
+        run,
+        plan,
+        t0,
+        {"engine": runner.name, "workers": runner.workers, "resumed_shards": resumed, "encoded": encoded},
+    )
     if remote:
         for name in (mf.CLASSES, mf.REJECTED, mf.WARNINGS, mf.MANIFEST):  # the manifest last: the set is complete
             storage.upload(out / name, str(storage.join(remote, name)))
@@ -526,10 +618,23 @@ def _finished_report(out: Path, plan: _Plan) -> ShardReport | None:
     records = [mf.ShardRecord(**r) for r in manifest.get("shards", [])]
     if not mf.shards_intact(out, records):
         return None
-    lists = [[json.loads(line) for line in (out / name).read_text(encoding="utf-8").splitlines() if line.strip()]
-             if (out / name).is_file() else [] for name in (mf.REJECTED, mf.WARNINGS)]
-    return ShardReport(out, plan.layout, plan.classes, records, lists[0], len(plan.items), resumed_shards=len(records),
-                       manifest=manifest, warnings=lists[1])
+    lists = [
+        [json.loads(line) for line in (out / name).read_text(encoding="utf-8").splitlines() if line.strip()]
+        if (out / name).is_file()
+        else []
+        for name in (mf.REJECTED, mf.WARNINGS)
+    ]
+    return ShardReport(
+        out,
+        plan.layout,
+        plan.classes,
+        records,
+        lists[0],
+        len(plan.items),
+        resumed_shards=len(records),
+        manifest=manifest,
+        warnings=lists[1],
+    )
 
 
 def _finalize(out: Path, run: _Run, plan: _Plan, t0: float, run_info: dict) -> ShardReport:
@@ -538,11 +643,23 @@ def _finalize(out: Path, run: _Run, plan: _Plan, t0: float, run_info: dict) -> S
     rejected = [r for split in order for r in run.progress[split].rejected]
     warnings = [r for split in order for r in run.progress[split].warnings]
     wall = time.perf_counter() - t0
-    info = {"created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "wall_s": round(wall, 3),
-            "ffmpeg": find_ffmpeg(), **run_info}
-    manifest = mf.build_manifest(fp=plan.fingerprint, source=plan.source, settings=plan.settings,
-                                 classes=plan.classes, records=records, rejected=rejected, inputs=len(plan.items),
-                                 run=info, warnings=warnings)
+    info = {
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "wall_s": round(wall, 3),
+        "ffmpeg": find_ffmpeg(),
+        **run_info,
+    }
+    manifest = mf.build_manifest(
+        fp=plan.fingerprint,
+        source=plan.source,
+        settings=plan.settings,
+        classes=plan.classes,
+        records=records,
+        rejected=rejected,
+        inputs=len(plan.items),
+        run=info,
+        warnings=warnings,
+    )
     mf.write_outputs(out, manifest, plan.classes, rejected, warnings)
     _remove_stale_shards(out, records)
     # Finished: the folder holds only the dataset (a rerun finds the manifest, `_finished_report`). A remote
@@ -550,8 +667,17 @@ def _finalize(out: Path, run: _Run, plan: _Plan, t0: float, run_info: dict) -> S
     shutil.rmtree(out / mf.STAGING, ignore_errors=True)
     if run.remote is None:
         (out / mf.STATE).unlink(missing_ok=True)
-    return ShardReport(out, plan.layout, plan.classes, records, rejected, len(plan.items), wall_s=wall,
-                       manifest=manifest, warnings=warnings)
+    return ShardReport(
+        out,
+        plan.layout,
+        plan.classes,
+        records,
+        rejected,
+        len(plan.items),
+        wall_s=wall,
+        manifest=manifest,
+        warnings=warnings,
+    )
 
 
 def human_bytes(n: float) -> str:
@@ -566,8 +692,15 @@ def summary_table(report: ShardReport) -> str:
     """The closing table: per split videos, shards, bytes and classes; rejections by reason; totals."""
     rows = [("split", "videos", "shards", "size", "classes")]
     for split, summary in report.manifest.get("splits", {}).items():
-        rows.append((split, str(summary["samples"]), str(summary["shards"]), human_bytes(summary["bytes"]),
-                     str(len(summary["per_class"]))))
+        rows.append(
+            (
+                split,
+                str(summary["samples"]),
+                str(summary["shards"]),
+                human_bytes(summary["bytes"]),
+                str(len(summary["per_class"])),
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
     by_reason = Counter(r["reason"] for r in report.rejected)
@@ -577,13 +710,17 @@ def summary_table(report: ShardReport) -> str:
     for note in report.manifest.get("source", {}).get("notes", []):  # folders or lists not used, ...
         lines.append(f"note: {note}")
     if report.warnings:
-        lines.append(f"{len(report.warnings)} sharded input(s) decode only partly (fewer frames than their container "
-                     f"claims); see {report.out / mf.WARNINGS}, or re-run with --strict to reject them")
+        lines.append(
+            f"{len(report.warnings)} sharded input(s) decode only partly (fewer frames than their container "
+            f"claims); see {report.out / mf.WARNINGS}, or re-run with --strict to reject them"
+        )
     rate = report.encoded / report.wall_s if report.wall_s > 0 else 0.0
     lines.append(
         f"{report.samples} of {report.inputs} inputs sharded into {len(report.shards)} shard(s) in "
         f"{report.wall_s:.1f} s ({rate:.1f} videos/s encoded this run"
         + (f", {report.resumed_shards} shard(s) kept from an earlier run)" if report.resumed_shards else ")")
     )
-    lines.append(f"manifest: {storage.join(report.destination, mf.MANIFEST) if report.destination else report.manifest_path}")
+    lines.append(
+        f"manifest: {storage.join(report.destination, mf.MANIFEST) if report.destination else report.manifest_path}"
+    )
     return "\n".join(lines)

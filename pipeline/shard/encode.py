@@ -1,6 +1,7 @@
 """Worker side: transcode one input into the staging folder, or say why not.
 
-Runs in a worker thread (the encoding itself is an ffmpeg subprocess). The encoded file lands in `OUT/.staging/<key>.<ext>`
+Runs in a worker thread (the encoding itself is an ffmpeg subprocess), or as a cluster task
+(`encode_to_bytes`, whose bytes the driver stages). The encoded file lands in `OUT/.staging/<key>.<ext>`
 with a `<key>.json` record (written last, atomically); a resumed run reuses
 both instead of encoding again. Rejections are recorded the same way, so a
 file that timed out is not retried on every resume.
@@ -179,8 +180,10 @@ def _encode_local(item: WorkItem, s: EncodeSettings, tmp: Path, timeout: float, 
     src = source_spec(item)
     copied = copyable_frames(src, s)
     log = run_ffmpeg(copy_frames_argv(src, tmp) if copied else transcode_argv(src, tmp, s), timeout)
-    lost = StagedOutputLost(f"the encoded output of {item.rel} ({tmp}) vanished after ffmpeg wrote it: is another "
-                            "process cleaning that folder? Nothing was recorded for this input; rerun")
+    lost = StagedOutputLost(
+        f"the encoded output of {item.rel} ({tmp}) vanished after ffmpeg wrote it: is another "
+        "process cleaning that folder? Nothing was recorded for this input; rerun"
+    )
     if not tmp.is_file():
         raise lost
     try:
@@ -241,7 +244,9 @@ def copyable_frames(src: SourceSpec, s: EncodeSettings) -> bool:
 def reject_without_encoding(item: WorkItem) -> Outcome | None:
     """Inputs the main process can reject at once (listed but absent)."""
     if item.missing:
-        return Outcome(item.key, reason="missing_file", message=f"{item.rel} is listed in the annotations but not on disk")
+        return Outcome(
+            item.key, reason="missing_file", message=f"{item.rel} is listed in the annotations but not on disk"
+        )
     if item.problem is not None:
         return Outcome(item.key, reason=item.problem[0], message=f"{item.rel}: {item.problem[1]}")
     return None

@@ -60,8 +60,7 @@ class LocalEngine:
 
     name = "local"
 
-    def __init__(self, staging: Path, s: EncodeSettings, timeout: float, min_frames: int, workers: int,
-                 items: int):
+    def __init__(self, staging: Path, s: EncodeSettings, timeout: float, min_frames: int, workers: int, items: int):
         self.staging, self.s, self.timeout, self.min_frames = staging, s, timeout, min_frames
         self.workers = workers
         self.window = max(4, workers * 8)
@@ -86,8 +85,15 @@ class RayEngine:
 
     name = "ray"
 
-    def __init__(self, staging: Path, s: EncodeSettings, timeout: float, min_frames: int, address: str | None,
-                 workers: int | None = None):
+    def __init__(
+        self,
+        staging: Path,
+        s: EncodeSettings,
+        timeout: float,
+        min_frames: int,
+        address: str | None,
+        workers: int | None = None,
+    ):
         self.staging, self.s, self.timeout, self.min_frames = staging, s, timeout, min_frames
         self.ray = import_ray()
         self.address = address if address is not None else os.environ.get("RAY_ADDRESS") or None
@@ -95,7 +101,8 @@ class RayEngine:
         self.workers = max(1, int(self.ray.cluster_resources().get("CPU", 1)))
         self.window = RAY_WINDOW_PER_CPU * self.workers
         self.task = self.ray.remote(encode_to_bytes).options(
-            num_cpus=1, max_retries=RAY_TASK_RETRIES, retry_exceptions=[EncoderInterrupted, InputUnavailable])
+            num_cpus=1, max_retries=RAY_TASK_RETRIES, retry_exceptions=[EncoderInterrupted, InputUnavailable]
+        )
 
     def submit(self, item: WorkItem) -> Future:
         cached = load_staged(self.staging, item.key, self.s)  # staged by an earlier, interrupted run
@@ -136,8 +143,10 @@ class _Staged:
             cause = err.as_instanceof_cause()
             raise cause from None
         except ray.exceptions.RayError as err:  # worker or node lost more times than the task may be retried
-            raise ShardingError(f"a Ray task failed beyond its {RAY_TASK_RETRIES} retries ({type(err).__name__}: "
-                                f"{str(err)[:300]}); finished shards are kept, rerun the same command to resume") from None
+            raise ShardingError(
+                f"a Ray task failed beyond its {RAY_TASK_RETRIES} retries ({type(err).__name__}: "
+                f"{str(err)[:300]}); finished shards are kept, rerun the same command to resume"
+            ) from None
         return self.then(result)
 
 
@@ -163,8 +172,10 @@ def connect(ray, address: str | None, workers: int | None) -> bool:
     try:
         ray.init(address=address, **quiet)
     except (ConnectionError, RuntimeError, ValueError) as err:
-        raise ShardingError(f"could not join the Ray cluster at {address}: {err}. Check --ray-address / "
-                            "RAY_ADDRESS (the head's host:port, as `ray start --head` printed it)") from None
+        raise ShardingError(
+            f"could not join the Ray cluster at {address}: {err}. Check --ray-address / "
+            "RAY_ADDRESS (the head's host:port, as `ray start --head` printed it)"
+        ) from None
     return True
 
 
@@ -173,19 +184,31 @@ def check_reachable(address: str) -> None:
     hostport = address.split("://", 1)[-1].rstrip("/")
     host, _, port = hostport.rpartition(":")
     if not host or not port.isdigit():
-        raise ShardingError(f"--ray-address {address!r} must look like HOST:PORT (e.g. 10.0.0.1:6379), "
-                            "ray://HOST:PORT or auto")
+        raise ShardingError(
+            f"--ray-address {address!r} must look like HOST:PORT (e.g. 10.0.0.1:6379), ray://HOST:PORT or auto"
+        )
     try:
         with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S):
             pass
     except OSError as err:
-        raise ShardingError(f"no Ray cluster answers at --ray-address {address} ({err}); start one with "
-                            "`ray start --head` on that machine, or check the address and the network. Nothing was "
-                            "written") from None
+        raise ShardingError(
+            f"no Ray cluster answers at --ray-address {address} ({err}); start one with "
+            "`ray start --head` on that machine, or check the address and the network. Nothing was "
+            "written"
+        ) from None
 
 
-def make_engine(engine: str, staging: Path, s: EncodeSettings, timeout: float, min_frames: int, *,
-                workers: int | None, items: int, ray_address: str | None = None):
+def make_engine(
+    engine: str,
+    staging: Path,
+    s: EncodeSettings,
+    timeout: float,
+    min_frames: int,
+    *,
+    workers: int | None,
+    items: int,
+    ray_address: str | None = None,
+):
     if engine == "local":
         return LocalEngine(staging, s, timeout, min_frames, max(1, workers or len(os.sched_getaffinity(0))), items)
     if engine == "ray":

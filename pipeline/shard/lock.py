@@ -62,8 +62,14 @@ class Holder:
 
 
 def _me(command: str) -> Holder:
-    return Holder(socket.gethostname(), os.getpid(), dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                  time.time(), secrets.token_hex(8), command)
+    return Holder(
+        socket.gethostname(),
+        os.getpid(),
+        dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        time.time(),
+        secrets.token_hex(8),
+        command,
+    )
 
 
 def _parse(data: bytes) -> Holder | None:
@@ -145,8 +151,10 @@ class OutputLock:
             with os.fdopen(fd, "w") as f:
                 f.write(json.dumps(asdict(self.me)))
             return
-        raise OutputBusy(f"could not take the lock {path}: other runs keep taking it; is {self.where} shared by "
-                         "several runs started at once?")
+        raise OutputBusy(
+            f"could not take the lock {path}: other runs keep taking it; is {self.where} shared by "
+            "several runs started at once?"
+        )
 
     def _check_holder(self, data: bytes) -> None:
         """Refuse when a live run holds the lock; remove it (with a note) when that run is gone."""
@@ -158,10 +166,15 @@ class OutputLock:
                 f"{self.where} is being written by another run: {holder.describe()} (its heartbeat is {age:.0f} s "
                 f"old). Wait for it to finish or stop it; one output has one writer at a time. A run whose machine "
                 f"died releases its lock {STALE_AFTER_S:.0f} s after its last heartbeat, and this command then "
-                "takes over. To shard in parallel, give each run its own --out (e.g. --part I/N, then merge)")
+                "takes over. To shard in parallel, give each run its own --out (e.g. --part I/N, then merge)"
+            )
         self.took_over = holder
-        log.warning("%s: taking over the lock of a run that is gone (%s): %s", self.where, why,
-                    holder.describe() if holder else "unknown run")
+        log.warning(
+            "%s: taking over the lock of a run that is gone (%s): %s",
+            self.where,
+            why,
+            holder.describe() if holder else "unknown run",
+        )
         if self.remote:
             return
         # Rename first: of two runs taking over together, one rename wins and the other finds no file.
@@ -182,8 +195,10 @@ class OutputLock:
         time.sleep(SETTLE_S)
         current = self._read()
         if current is None or current.token != self.me.token:
-            raise OutputBusy(f"{self.where} is being written by another run that started at the same moment: "
-                             f"{current.describe() if current else 'unknown run'}; wait for it to finish")
+            raise OutputBusy(
+                f"{self.where} is being written by another run that started at the same moment: "
+                f"{current.describe() if current else 'unknown run'}; wait for it to finish"
+            )
 
     # -- heartbeat
 
@@ -191,8 +206,13 @@ class OutputLock:
         while not self._stop.wait(HEARTBEAT_S):
             current = self._read()
             if current is not None and current.token != self.me.token:
-                log.warning("%s: the output lock was taken over by %s while this run was still going (its heartbeat "
-                            "could not be written for %.0f s)", self.where, current.describe(), STALE_AFTER_S)
+                log.warning(
+                    "%s: the output lock was taken over by %s while this run was still going (its heartbeat "
+                    "could not be written for %.0f s)",
+                    self.where,
+                    current.describe(),
+                    STALE_AFTER_S,
+                )
                 return
             self.me = Holder(**{**asdict(self.me), "heartbeat": time.time()})
             try:

@@ -124,8 +124,18 @@ def split_summary(records: list[ShardRecord]) -> dict:
     }
 
 
-def build_manifest(*, fp: str, source: dict, settings: dict, classes: list[str], records: list[ShardRecord],
-                   rejected: list[dict], inputs: int, run: dict, warnings: list[dict] | None = None) -> dict:
+def build_manifest(
+    *,
+    fp: str,
+    source: dict,
+    settings: dict,
+    classes: list[str],
+    records: list[ShardRecord],
+    rejected: list[dict],
+    inputs: int,
+    run: dict,
+    warnings: list[dict] | None = None,
+) -> dict:
     """The manifest dict (pure): counts are derived from the shard records and rejections."""
     splits = sorted({r.split for r in records}, key=split_order)
     by_split = {s: split_summary([r for r in records if r.split == s]) for s in splits}
@@ -153,8 +163,9 @@ def build_manifest(*, fp: str, source: dict, settings: dict, classes: list[str],
     }
 
 
-def write_outputs(out: Path, manifest: dict, classes: list[str], rejected: list[dict],
-                  warnings: list[dict] | None = None) -> None:
+def write_outputs(
+    out: Path, manifest: dict, classes: list[str], rejected: list[dict], warnings: list[dict] | None = None
+) -> None:
     """classes.json, rejected.jsonl and warnings.jsonl first, manifest last: a manifest means the set is complete."""
     atomic_write_text(out / CLASSES, json.dumps(classes, ensure_ascii=False, indent=1) + "\n")
     for name, records in ((REJECTED, rejected), (WARNINGS, warnings or [])):

@@ -34,10 +34,13 @@ class MergeReport:
 
     def summary(self) -> str:
         t = self.manifest["totals"]
-        splits = ", ".join(f"{k}: {v['samples']} videos in {v['shards']} shard(s)"
-                           for k, v in self.manifest["splits"].items())
-        return (f"merged {len(self.parts)} part(s) into {self.out}: {splits}; {t['rejected']} rejected; "
-                f"{human_bytes(t['bytes'])}")
+        splits = ", ".join(
+            f"{k}: {v['samples']} videos in {v['shards']} shard(s)" for k, v in self.manifest["splits"].items()
+        )
+        return (
+            f"merged {len(self.parts)} part(s) into {self.out}: {splits}; {t['rejected']} rejected; "
+            f"{human_bytes(t['bytes'])}"
+        )
 
 
 def _part_index(m: dict, folder: Path) -> tuple[int, int]:
@@ -52,7 +55,9 @@ def _check_parts(folders: list[Path], manifests: list[dict], allow_missing: bool
     """Validate that the parts belong together; return their order (by part index)."""
     idx = [_part_index(m, f) for m, f in zip(manifests, folders)]
     if len({n for _, n in idx}) != 1:
-        raise MergeError(f"parts come from different N: {', '.join(f'{f} ({i}/{n})' for f, (i, n) in zip(folders, idx))}")
+        raise MergeError(
+            f"parts come from different N: {', '.join(f'{f} ({i}/{n})' for f, (i, n) in zip(folders, idx))}"
+        )
     seen: dict[int, Path] = {}
     for f, (i, _) in zip(folders, idx):
         if i in seen:
@@ -71,7 +76,9 @@ def _check_parts(folders: list[Path], manifests: list[dict], allow_missing: bool
     classes = [mf.read_class_file(f / mf.CLASSES) for f in folders]
     for f, c in zip(folders[1:], classes[1:]):
         if c != classes[0]:
-            raise MergeError(f"{f / mf.CLASSES} differs from {folders[0] / mf.CLASSES}; shard all parts with one --classes file")
+            raise MergeError(
+                f"{f / mf.CLASSES} differs from {folders[0] / mf.CLASSES}; shard all parts with one --classes file"
+            )
     return sorted(range(len(folders)), key=lambda k: idx[k][0])
 
 
@@ -93,8 +100,9 @@ def _split_order(names: set[str]) -> list[str]:
     return sorted(names, key=split_order)
 
 
-def merge_parts(parts: list[str | os.PathLike], out: str | os.PathLike, *, copy: bool = False,
-                allow_missing: bool = False) -> MergeReport:
+def merge_parts(
+    parts: list[str | os.PathLike], out: str | os.PathLike, *, copy: bool = False, allow_missing: bool = False
+) -> MergeReport:
     """Merge part folders into `out`; returns a `MergeReport` (its `manifest` is the merged manifest)."""
     folders = [Path(p).resolve() for p in parts]
     out = Path(out).resolve()
@@ -138,29 +146,41 @@ def _link_shards(folders: list[Path], manifests: list[dict], out: Path, copy: bo
             for s in (s for s in m["shards"] if s["split"] == split):
                 src = f / s["file"]
                 if not src.is_file() or src.stat().st_size != s["bytes"]:
-                    raise MergeError(f"{src} is missing or not {s['bytes']} bytes as its manifest says; re-run that part")
+                    raise MergeError(
+                        f"{src} is missing or not {s['bytes']} bytes as its manifest says; re-run that part"
+                    )
                 name = mf.shard_name(split, n)
                 _place(f / s["index"], out / Path(name).with_suffix(".idx"), copy)
                 _place(src, out / name, copy)
                 shards.append({**s, "file": name, "index": Path(name).with_suffix(".idx").name})
                 n += 1
         mine = [s for s in shards if s["split"] == split]
-        per_split[split] = {"samples": sum(s["samples"] for s in mine), "shards": len(mine),
-                            "bytes": sum(s["bytes"] for s in mine), "per_class": dict(sorted(per_class.items()))}
+        per_split[split] = {
+            "samples": sum(s["samples"] for s in mine),
+            "shards": len(mine),
+            "bytes": sum(s["bytes"] for s in mine),
+            "per_class": dict(sorted(per_class.items())),
+        }
     return shards, per_split
 
 
-def _merged_manifest(manifests: list[dict], folders: list[Path], fp: str, shards: list[dict], per_split: dict,
-                     rejected: list[dict]) -> dict:
+def _merged_manifest(
+    manifests: list[dict], folders: list[Path], fp: str, shards: list[dict], per_split: dict, rejected: list[dict]
+) -> dict:
     ref = manifests[0]
     reasons = Counter(r["reason"] for r in rejected)
     return {
         "format": mf.FORMAT_VERSION,
         "tool": {"name": mf.TOOL, "version": mf.tool_version()},
         "fingerprint": fp,
-        "source": {**ref["source"], "part": None,
-                   "merged_from": [{"dir": str(f), "part": m["source"]["part"], "fingerprint": m["fingerprint"]}
-                                   for f, m in zip(folders, manifests)]},
+        "source": {
+            **ref["source"],
+            "part": None,
+            "merged_from": [
+                {"dir": str(f), "part": m["source"]["part"], "fingerprint": m["fingerprint"]}
+                for f, m in zip(folders, manifests)
+            ],
+        },
         "settings": ref["settings"],
         "classes": ref["classes"],
         "splits": per_split,

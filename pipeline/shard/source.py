@@ -61,7 +61,7 @@ def build_skeleton(url: str, into: Path) -> Path:
         raise LayoutError(f"{url}: no objects under it; pass the dataset's folder URL ({storage.REMOTE_HINT})")
     into.mkdir(parents=True)
     for path, info in sorted(listing.items()):
-        rel = path[len(root):].strip("/")
+        rel = path[len(root) :].strip("/")
         if not rel or not path.startswith(root + "/"):
             continue
         local = into / rel

@@ -34,8 +34,11 @@ def coded_folders(tmp_path_factory):
     write_source(root / "v.mp4", frames)
     (root / "v").mkdir()
     for i, frame in enumerate(frames):
-        cv2.imwrite(str(root / "v" / f"img_{i + 1:05d}.jpg"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR),
-                    [cv2.IMWRITE_JPEG_QUALITY, 95])
+        cv2.imwrite(
+            str(root / "v" / f"img_{i + 1:05d}.jpg"),
+            cv2.cvtColor(frame, cv2.COLOR_RGB2BGR),
+            [cv2.IMWRITE_JPEG_QUALITY, 95],
+        )
     return root
 
 
@@ -51,8 +54,18 @@ def test_peers_decode_exactly_the_planned_frames_and_augment_like_the_recipe(cod
         plan = plan_sample(SPEC, "train", 3, epoch, 0, 40, (48, 64), 0)
         assert clip.shape == (3, SPEC.frames, SPEC.crop_size, SPEC.crop_size) and clip.dtype == torch.float32
         # the coded colours survive the jitter only as a colour map: compare the frames before jitter
-        plain = peers.augment(decode(where, plan.frames), plan.__class__(**{**plan.__dict__, "train": plan.train.__class__(
-            indices=plan.train.indices, box=plan.train.box, flip=plan.train.flip, jitter=None)}), SPEC)
+        plain = peers.augment(
+            decode(where, plan.frames),
+            plan.__class__(
+                **{
+                    **plan.__dict__,
+                    "train": plan.train.__class__(
+                        indices=plan.train.indices, box=plan.train.box, flip=plan.train.flip, jitter=None
+                    ),
+                }
+            ),
+            SPEC,
+        )
         np.testing.assert_array_equal(frame_codes(plain, SPEC), plan.frames)
         assert label == 0 and not torch.equal(clip, plain)  # the jitter did change the colours
 
@@ -65,9 +78,27 @@ def test_peer_list_files_round_trip(tmp_path):
 
 def test_footage_cut_keeps_the_display_aspect_with_square_pixels(tmp_path):
     src = tmp_path / "sar.mp4"  # 176x144 stored, 128:117 pixels: displayed about 4:3
-    subprocess.run([find_ffmpeg(), "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i",
-                    "testsrc=size=176x144:rate=25:duration=4", "-vf", "setsar=128/117", "-c:v", "libx264",
-                    "-pix_fmt", "yuv420p", str(src)], check=True, timeout=60)
+    subprocess.run(
+        [
+            find_ffmpeg(),
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=176x144:rate=25:duration=4",
+            "-vf",
+            "setsar=128/117",
+            "-c:v",
+            "libx264",
+            "-pix_fmt",
+            "yuv420p",
+            str(src),
+        ],
+        check=True,
+        timeout=60,
+    )
     dst = tmp_path / "cut.mp4"
     subprocess.run(footage.cut_argv(find_ffmpeg(), src, dst, 5, (1.0, 1.0)), check=True, timeout=120)
     import av

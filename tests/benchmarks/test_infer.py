@@ -23,16 +23,30 @@ def test_summarize_uses_the_median_round():
 
 
 def _row(backend, batch, cps, model="tpn_r50_f8s8", tiny=False, device="cpu", threads=2):
-    return {"model": model, "tiny": tiny, "batch": batch, "backend": backend, "clips_per_s": cps,
-            "median_ms": 1e3 * batch / cps, "device": device, "threads": threads}  # fmt: skip
+    return {
+        "model": model,
+        "tiny": tiny,
+        "batch": batch,
+        "backend": backend,
+        "clips_per_s": cps,
+        "median_ms": 1e3 * batch / cps,
+        "device": device,
+        "threads": threads,
+    }
 
 
 def test_ratios_and_goals():
-    rows = add_ratios([
-        _row("torch-fp32", 1, 1.0), _row("ort-cpu", 1, 1.5), _row("ort-cpu (disable)", 1, 3.0),
-        _row("torch-fp32", 8, 2.0), _row("ort-cpu", 8, 2.2),
-        _row("torch-fp32", 1, 10.0, model="t", tiny=True), _row("ort-cpu", 1, 100.0, model="t", tiny=True),
-    ])  # fmt: skip
+    rows = add_ratios(
+        [
+            _row("torch-fp32", 1, 1.0),
+            _row("ort-cpu", 1, 1.5),
+            _row("ort-cpu (disable)", 1, 3.0),
+            _row("torch-fp32", 8, 2.0),
+            _row("ort-cpu", 8, 2.2),
+            _row("torch-fp32", 1, 10.0, model="t", tiny=True),
+            _row("ort-cpu", 1, 100.0, model="t", tiny=True),
+        ]
+    )
     assert [r["ratio_vs_torch_fp32"] for r in rows[:5]] == pytest.approx([1.0, 1.5, 3.0, 1.0, 1.1])
     ort, ort_cuda, trt, agree = goal_lines(rows, "cpu")
     # judged on the default backend at batch 1 of the full model, not the tiny one or a variant
@@ -43,10 +57,14 @@ def test_ratios_and_goals():
 
 
 def test_gpu_goals_at_batch_32():
-    rows = add_ratios([
-        _row("torch-fp32", 32, 100.0, device="cuda"), _row("ort-cuda-fp16", 32, 320.0, device="cuda"),
-        _row("ort-cuda-fp16", 8, 500.0, device="cuda"), _row("torch-fp32", 8, 100.0, device="cuda"),
-    ])  # fmt: skip
+    rows = add_ratios(
+        [
+            _row("torch-fp32", 32, 100.0, device="cuda"),
+            _row("ort-cuda-fp16", 32, 320.0, device="cuda"),
+            _row("ort-cuda-fp16", 8, 500.0, device="cuda"),
+            _row("torch-fp32", 8, 100.0, device="cuda"),
+        ]
+    )
     assert "3.20x at batch 32 -> met" in goal_lines(rows, "cuda")[1]  # batch 32, not the better batch 8
     for r in rows:
         r.update(val_video_agreement=0.99, val_videos=200, weights="checkpoint")
@@ -58,14 +76,19 @@ def test_gpu_goals_at_batch_32():
 
 def test_a_slower_multithreaded_pytorch_marks_the_cpu_ratios_unreliable():
     """The failure of an earlier report: PyTorch on 2 busy threads far slower than on one."""
-    rows = add_ratios([
-        _row("torch-fp32", 1, 0.2), _row("ort-cpu", 1, 0.62),
-        _row("torch-fp32 (1 thread)", 1, 0.57, threads=1), _row("ort-cpu (1 thread)", 1, 0.74, threads=1),
-    ])  # fmt: skip
+    rows = add_ratios(
+        [
+            _row("torch-fp32", 1, 0.2),
+            _row("ort-cpu", 1, 0.62),
+            _row("torch-fp32 (1 thread)", 1, 0.57, threads=1),
+            _row("ort-cpu (1 thread)", 1, 0.74, threads=1),
+        ]
+    )
     assert "not trustworthy" in unreliable_models(rows)["tpn_r50_f8s8"]
     assert "UNRELIABLE" in goal_lines(rows, "cpu")[0]
-    fair = add_ratios([_row("torch-fp32", 1, 0.9), _row("ort-cpu", 1, 1.2),
-                       _row("torch-fp32 (1 thread)", 1, 0.57, threads=1)])  # fmt: skip
+    fair = add_ratios(
+        [_row("torch-fp32", 1, 0.9), _row("ort-cpu", 1, 1.2), _row("torch-fp32 (1 thread)", 1, 0.57, threads=1)]
+    )
     assert unreliable_models(fair) == {} and "-> met" in goal_lines(fair, "cpu")[0]
 
 

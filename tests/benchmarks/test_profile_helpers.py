@@ -50,8 +50,13 @@ def test_copies_are_classified_by_what_made_them():
         FakeEvent("aten::add", [shape, shape], [cl, nd]),
     ]
     got = classify_copies(events)
-    assert got == {"layout_copies": 1, "input_layout_copies": 1, "weight_layout_copies": 1, "dtype_casts": 1,
-                   "layout_copies_by_op": {"aten::max_pool3d_with_indices_backward in MaxPool3DWithIndicesBackward0": 1}}  # fmt: skip
+    assert got == {
+        "layout_copies": 1,
+        "input_layout_copies": 1,
+        "weight_layout_copies": 1,
+        "dtype_casts": 1,
+        "layout_copies_by_op": {"aten::max_pool3d_with_indices_backward in MaxPool3DWithIndicesBackward0": 1},
+    }
 
 
 def test_trace_events_nest_into_their_enclosing_ops():
@@ -59,7 +64,13 @@ def test_trace_events_nest_into_their_enclosing_ops():
         return {"ph": "X", "cat": cat, "name": name, "pid": 1, "tid": tid, "ts": ts, "dur": dur, "args": args}
 
     events = [
-        ev("aten::copy_", 1, 12.0, 2.0, **{"Input Dims": [[1], [1]], "Input Strides": [[1], [1]], "Input type": ["float"] * 2}),
+        ev(
+            "aten::copy_",
+            1,
+            12.0,
+            2.0,
+            **{"Input Dims": [[1], [1]], "Input Strides": [[1], [1]], "Input type": ["float"] * 2},
+        ),
         ev("aten::clone", 1, 11.0, 4.0),
         ev("tpn.step.input_to_ndhwc", 1, 10.0, 20.0, cat="user_annotation"),
         ev("aten::add", 1, 16.0, 1.0),  # after clone ended: a sibling, inside the annotation

@@ -18,21 +18,56 @@ def _machine(gpu="NVIDIA H100 80GB HBM3", date="2026-11-25T15:00:00+00:00"):
 
 
 def _train_payload():
-    return {"machine": _machine(), "rows": [
-        {"mode": "fp32-eager", "model": "m", "batch": 16, "device": "cuda", "clips_per_s": 100.0, "median_step_ms": 160.0,
-         "tflops_per_s": 50.0, "mfu": 0.1, "speedup": 1.0},
-        {"mode": "bf16-cl3d-graph", "model": "m", "batch": 16, "device": "cuda", "clips_per_s": 250.0,
-         "median_step_ms": 64.0, "tflops_per_s": 125.0, "mfu": 0.25, "speedup": 2.5},
-        {"mode": "bf16-cl3d-compile-graph", "model": "m", "batch": 16, "device": "cuda", "clips_per_s": 900.0,
-         "median_step_ms": 17.8, "tflops_per_s": 450.0, "mfu": 0.9, "speedup": 9.0, "invalid": "fell back to eager"},
-    ]}  # fmt: skip
+    return {
+        "machine": _machine(),
+        "rows": [
+            {
+                "mode": "fp32-eager",
+                "model": "m",
+                "batch": 16,
+                "device": "cuda",
+                "clips_per_s": 100.0,
+                "median_step_ms": 160.0,
+                "tflops_per_s": 50.0,
+                "mfu": 0.1,
+                "speedup": 1.0,
+            },
+            {
+                "mode": "bf16-cl3d-graph",
+                "model": "m",
+                "batch": 16,
+                "device": "cuda",
+                "clips_per_s": 250.0,
+                "median_step_ms": 64.0,
+                "tflops_per_s": 125.0,
+                "mfu": 0.25,
+                "speedup": 2.5,
+            },
+            {
+                "mode": "bf16-cl3d-compile-graph",
+                "model": "m",
+                "batch": 16,
+                "device": "cuda",
+                "clips_per_s": 900.0,
+                "median_step_ms": 17.8,
+                "tflops_per_s": 450.0,
+                "mfu": 0.9,
+                "speedup": 9.0,
+                "invalid": "fell back to eager",
+            },
+        ],
+    }
 
 
 def _loader_payload(machine=None):
-    return {"machine": machine or _machine(), "clip": "8x8 at 224", "rows": [
-        {"label": "nvdec vp9, batch 8", "codec": "vp9", "clips_per_s": 50.0, "vs_default": 1.0},
-        {"label": "nvdec h264, batch 8", "codec": "h264", "clips_per_s": 70.0, "vs_default": 1.4},
-    ]}  # fmt: skip
+    return {
+        "machine": machine or _machine(),
+        "clip": "8x8 at 224",
+        "rows": [
+            {"label": "nvdec vp9, batch 8", "codec": "vp9", "clips_per_s": 50.0, "vs_default": 1.0},
+            {"label": "nvdec h264, batch 8", "codec": "h264", "clips_per_s": 70.0, "vs_default": 1.4},
+        ],
+    }
 
 
 # ------------------------------------------------------- README vs results
@@ -128,14 +163,33 @@ def _loaders_payload() -> dict:
     """A `benchmarks.data` payload: two clip shapes, decord failed to run, one shape flagged afterwards."""
     contenders = ["frames", "rawframes", "vp9", "decord"]
     rows = []
-    for config, frames, raw, vp9 in (("8x8", 120.0, 50.0, 20.0), ("16x4", 60.0, 30.0, 15.0), ("32x2", 30.0, 15.0, 12.0)):
-        rows.append({"config": config, "frames_clips_per_s": frames, "rawframes_clips_per_s": raw, "vp9_clips_per_s": vp9,
-                     "decord_error": "ImportError: No module named 'decord'", "frames_vs_rawframes": frames / raw,
-                     "frames_vs_rawframes_rounds": [frames / raw, 2.5], "limit_opencv_clips_per_s": 400.0,
-                     "limit_simplejpeg_clips_per_s": 700.0, "frames_vs_limit": frames / 400.0, "crosses_epoch": []})
+    for config, frames, raw, vp9 in (
+        ("8x8", 120.0, 50.0, 20.0),
+        ("16x4", 60.0, 30.0, 15.0),
+        ("32x2", 30.0, 15.0, 12.0),
+    ):
+        rows.append(
+            {
+                "config": config,
+                "frames_clips_per_s": frames,
+                "rawframes_clips_per_s": raw,
+                "vp9_clips_per_s": vp9,
+                "decord_error": "ImportError: No module named 'decord'",
+                "frames_vs_rawframes": frames / raw,
+                "frames_vs_rawframes_rounds": [frames / raw, 2.5],
+                "limit_opencv_clips_per_s": 400.0,
+                "limit_simplejpeg_clips_per_s": 700.0,
+                "frames_vs_limit": frames / 400.0,
+                "crosses_epoch": [],
+            }
+        )
     rows[2]["invalid"] = "timed on a busy machine"
-    return {"machine": _machine(gpu=None), "settings": {"contenders": contenders, "batch_size": 8, "workers": 2,
-                                                        "content": "footage"}, "videos": 120, "results": rows}
+    return {
+        "machine": _machine(gpu=None),
+        "settings": {"contenders": contenders, "batch_size": 8, "workers": 2, "content": "footage"},
+        "videos": 120,
+        "results": rows,
+    }
 
 
 def test_loaders_table_and_goals_say_what_ran_and_what_failed():
@@ -191,14 +245,20 @@ def test_infer_chart_keeps_one_model_and_the_chosen_backends():
 
 def test_train_table_notes_tf32_only_where_a_gpu_ran_and_precision_table_pairs_rows():
     gpu = train_table(_train_payload())
-    assert gpu[2].startswith("| fp32-eager (PyTorch defaults: TF32 convolutions) | 100.0 | 160.0 | 50.0 | 10.0% | 1.00x |")
+    assert gpu[2].startswith(
+        "| fp32-eager (PyTorch defaults: TF32 convolutions) | 100.0 | 160.0 | 50.0 | 10.0% | 1.00x |"
+    )
     cpu = _train_payload()
     cpu["rows"] = [{**cpu["rows"][0], "device": "cpu", "clips_per_s": 0.21}]
     assert train_table(cpu)[2].startswith("| fp32-eager | 0.21 |")
     assert train_table(_train_payload())[4].startswith("| bf16-cl3d-compile-graph (**invalid**: fell back to eager) |")
-    infer = {"rows": [{"model": "m", "batch": 1, "backend": "torch-fp32", "clips_per_s": 10.0},
-                      {"model": "m", "batch": 1, "backend": "torch-bf16", "clips_per_s": 15.0},
-                      {"model": "m", "batch": 8, "backend": "torch-fp32", "clips_per_s": 40.0}]}  # fmt: skip
+    infer = {
+        "rows": [
+            {"model": "m", "batch": 1, "backend": "torch-fp32", "clips_per_s": 10.0},
+            {"model": "m", "batch": 1, "backend": "torch-bf16", "clips_per_s": 15.0},
+            {"model": "m", "batch": 8, "backend": "torch-fp32", "clips_per_s": 40.0},
+        ]
+    }
     assert precision_table(infer, "m")[2:] == ["| m | 1 | 10.0 | 15.0 | 1.50x |"]
 
 

@@ -15,7 +15,9 @@ from benchmarks.__main__ import BENCHES, loader_lines, loader_vs_training
 @pytest.mark.timeout(900)
 def test_benchmark_suite_tiny_writes_one_report(tmp_path):
     out = tmp_path / "results"
-    run = subprocess.run([sys.executable, "-m", "benchmarks", "--tiny", "--results", str(out)], capture_output=True, text=True)
+    run = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--tiny", "--results", str(out)], capture_output=True, text=True
+    )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     (report,) = out.glob("*-tiny.json")
     data = json.loads(report.read_text())
@@ -29,13 +31,20 @@ def test_benchmark_suite_tiny_writes_one_report(tmp_path):
 
 def test_loader_vs_training_compares_8x8_loading_with_the_fastest_training_mode():
     payloads = {
-        "data": {"settings": {"device": "gpu"}, "results": [
-            {"config": "8x8", "vp9_clips_per_s": 100.0, "frames_clips_per_s": 300.0},
-            {"config": "32x2", "vp9_clips_per_s": 90.0, "frames_clips_per_s": 900.0}]},
-        "train": {"rows": [
-            {"mode": "fp32-eager", "model": "tpn_r50_f8s8", "batch": 16, "clips_per_s": 50.0},
-            {"mode": "bf16-cl3d-graph", "model": "tpn_r50_f8s8", "batch": 16, "clips_per_s": 240.0}]},
-    }  # fmt: skip
+        "data": {
+            "settings": {"device": "gpu"},
+            "results": [
+                {"config": "8x8", "vp9_clips_per_s": 100.0, "frames_clips_per_s": 300.0},
+                {"config": "32x2", "vp9_clips_per_s": 90.0, "frames_clips_per_s": 900.0},
+            ],
+        },
+        "train": {
+            "rows": [
+                {"mode": "fp32-eager", "model": "tpn_r50_f8s8", "batch": 16, "clips_per_s": 50.0},
+                {"mode": "bf16-cl3d-graph", "model": "tpn_r50_f8s8", "batch": 16, "clips_per_s": 240.0},
+            ]
+        },
+    }
     d = loader_vs_training(payloads)
     assert d["ratio"] == pytest.approx(1.25) and "bf16-cl3d-graph" in d["train"] and "gpu" in d["loader"]
     assert "JPEG frames, 8x8" in d["loader"]  # the faster format, at the trained model's clip shape
@@ -43,9 +52,16 @@ def test_loader_vs_training_compares_8x8_loading_with_the_fastest_training_mode(
     assert loader_vs_training({"data": payloads["data"]}) is None
     # a faster row that did not run as named (a graph that fell back, a flagged row) is never the training rate
     payloads["train"]["rows"] += [
-        {"mode": "bf16-cl3d-compile-graph", "model": "tpn_r50_f8s8", "batch": 16, "clips_per_s": 900.0, "ok": False,
-         "problem": "requested compiled-cuda-graph, ran compiled"},
-        {"mode": "bf16-cl3d", "model": "tpn_r50_f8s8", "batch": 16, "clips_per_s": 800.0, "invalid": "timer bug"}]
+        {
+            "mode": "bf16-cl3d-compile-graph",
+            "model": "tpn_r50_f8s8",
+            "batch": 16,
+            "clips_per_s": 900.0,
+            "ok": False,
+            "problem": "requested compiled-cuda-graph, ran compiled",
+        },
+        {"mode": "bf16-cl3d", "model": "tpn_r50_f8s8", "batch": 16, "clips_per_s": 800.0, "invalid": "timer bug"},
+    ]
     assert loader_vs_training(payloads)["ratio"] == pytest.approx(1.25)
 
 
@@ -63,9 +79,13 @@ def test_loader_variants_start_with_the_loaders_default_and_run_on_cpu(tmp_path)
     assert {v.hw_load for v in gpu if v.codec == "jpeg"} >= {0.0, 1.0}  # the hardware decoder's share is measured
     assert all(v.decoder in ("host", "cpu", "pyav") for v in variants(False) + variants(False, tiny=True))
     assert {v.codec for v in variants(False)} == {"vp9", "jpeg"}
-    run = subprocess.run([sys.executable, "-m", "benchmarks.loader_variants", "--tiny", "--data", str(tmp_path / "d"),
-                          "--name", "lv"], env={**os.environ, "TPN_BENCH_RESULTS": str(tmp_path)},
-                         capture_output=True, text=True, timeout=600)  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, "-m", "benchmarks.loader_variants", "--tiny", "--data", str(tmp_path / "d"), "--name", "lv"],
+        env={**os.environ, "TPN_BENCH_RESULTS": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     rows = json.loads((tmp_path / "lv.json").read_text())["rows"]
     assert len(rows) == 4 and all(r["clips_per_s"] > 0 for r in rows) and rows[0]["vs_default"] == 1.0
@@ -91,4 +111,6 @@ def test_data_benchmark_warms_up_past_each_loaders_queue(tmp_path):
     fits = measure(batches(), "frames-dali", s, warmup=4, epoch_batches=12)
     spans = measure(batches(), "frames-dali", s, warmup=7, epoch_batches=12)
     assert fits["crosses_epoch"] is False and spans["crosses_epoch"] is True
-    assert not any(k.startswith("worker_") for k in spans)  # a spanning window's thread shares are left out  # a spanning window's thread shares are left out
+    assert not any(
+        k.startswith("worker_") for k in spans
+    )  # a spanning window's thread shares are left out  # a spanning window's thread shares are left out

@@ -6,15 +6,32 @@ import pytest
 import torch
 
 from benchmarks.train import (
-    ModeSpec, add_speedups, categorize, category_table, count_step_flops, goal_lines, main, mfu, mode_problem,
-    modes_for, parse_mode, mode_step_options,
-)  # fmt: skip
+    ModeSpec,
+    add_speedups,
+    categorize,
+    category_table,
+    count_step_flops,
+    goal_lines,
+    main,
+    mfu,
+    mode_problem,
+    modes_for,
+    parse_mode,
+    mode_step_options,
+)
 from tpn.engine import DEFAULT_COMPILE
 
 
 def test_modes_per_device():
-    assert modes_for("cuda", False) == ["fp32-eager", "fp32-notf32-eager", "bf16-cl3d-nativebn", "bf16-cl3d",
-                                        "bf16-cl3d-graph", "bf16-cl3d-bneval-graph", "bf16-cl3d-compile-graph"]  # fmt: skip
+    assert modes_for("cuda", False) == [
+        "fp32-eager",
+        "fp32-notf32-eager",
+        "bf16-cl3d-nativebn",
+        "bf16-cl3d",
+        "bf16-cl3d-graph",
+        "bf16-cl3d-bneval-graph",
+        "bf16-cl3d-compile-graph",
+    ]
     assert modes_for("cuda", False, ("coordesc", DEFAULT_COMPILE))[-1] == "bf16-cl3d-compile=coordesc-graph"
     assert modes_for("cpu", False) == ["fp32-eager", "fp32-cl3d"]
     assert modes_for("cpu", True) == ["fp32-eager", "fp32-cl3d", "bf16-eager"]
@@ -36,8 +53,14 @@ def test_parse_mode(mode, spec):
     assert parse_mode(mode) == spec
 
 
-@pytest.mark.parametrize("mode, message", [("fp16-eager", "fp32 or bf16"), ("bf16-cl3d-fast", "unknown option 'fast'"),
-                                           ("bf16-compile=turbo-graph", "unknown compile preset 'turbo'")])  # fmt: skip
+@pytest.mark.parametrize(
+    "mode, message",
+    [
+        ("fp16-eager", "fp32 or bf16"),
+        ("bf16-cl3d-fast", "unknown option 'fast'"),
+        ("bf16-compile=turbo-graph", "unknown compile preset 'turbo'"),
+    ],
+)
 def test_bad_modes_are_refused_clearly(mode, message):
     with pytest.raises(ValueError, match=message):
         parse_mode(mode)
@@ -56,7 +79,13 @@ def test_bad_modes_are_refused_clearly(mode, message):
 )
 def test_step_options_per_mode(mode, is_3d, amp, channels_last, graph, compile):
     o = mode_step_options(mode, is_3d)
-    assert (o.amp_dtype, o.channels_last, o.cuda_graph, o.compile, o.clip_grad) == (amp, channels_last, graph, compile, 40.0)
+    assert (o.amp_dtype, o.channels_last, o.cuda_graph, o.compile, o.clip_grad) == (
+        amp,
+        channels_last,
+        graph,
+        compile,
+        40.0,
+    )
 
 
 def report(**kw) -> dict:
@@ -68,8 +97,11 @@ def report(**kw) -> dict:
     "requested, rep, problem",
     [
         ("cuda-graph", report(), None),  # 3 eager warm-up steps, then capture + 5 replays
-        ("cuda-graph", report(mode="eager", graph_replays=0, eager_steps=9, fallback="CUDA graph capture failed (x)"),
-         "requested cuda-graph, ran eager: CUDA graph capture failed (x)"),
+        (
+            "cuda-graph",
+            report(mode="eager", graph_replays=0, eager_steps=9, fallback="CUDA graph capture failed (x)"),
+            "requested cuda-graph, ran eager: CUDA graph capture failed (x)",
+        ),
         ("compiled+cuda-graph", report(), "requested compiled+cuda-graph, ran cuda-graph"),
         ("cuda-graph", report(graph_replays=5, eager_steps=4), "5 graph replays and 4 eager steps for 9 calls"),
         ("cuda-graph", report(steps=8), "9 calls but 8 steps"),
@@ -84,15 +116,25 @@ def test_mode_problem(requested, rep, problem):
 
 def test_mfu_and_speedups_skip_failed_rows():
     assert mfu(2e12, 0.5, 8e12) == pytest.approx(0.5)
-    rows = add_speedups([{"mode": "fp32-eager", "clips_per_s": 10.0}, {"mode": "bf16-cl3d", "clips_per_s": 25.0},
-                         {"mode": "bf16-cl3d-graph", "clips_per_s": 30.0, "ok": False}])  # fmt: skip
+    rows = add_speedups(
+        [
+            {"mode": "fp32-eager", "clips_per_s": 10.0},
+            {"mode": "bf16-cl3d", "clips_per_s": 25.0},
+            {"mode": "bf16-cl3d-graph", "clips_per_s": 30.0, "ok": False},
+        ]
+    )
     assert [r["speedup"] for r in rows] == [1.0, 2.5, None]
 
 
 def test_goal_lines():
     rows = [{"mode": "fp32-eager", "speedup": 1.0, "mfu": 0.1}, {"mode": "bf16-cl3d-graph", "speedup": 2.2, "mfu": 0.3}]
     met, missed, graph = goal_lines(rows, "NVIDIA H100 80GB HBM3")
-    assert "2.20x -> NOT met" in met and "30.0% -> NOT met" in missed and "(uncompiled) >= 2.0x" in graph and graph.endswith("-> met")
+    assert (
+        "2.20x -> NOT met" in met
+        and "30.0% -> NOT met" in missed
+        and "(uncompiled) >= 2.0x" in graph
+        and graph.endswith("-> met")
+    )
     assert "not measurable" in goal_lines(rows[:1], "CPU")[0]
     rows.append({"mode": "bf16-cl3d-compile-graph", "speedup": 4.0, "mfu": 0.4, "layout_copies": None})
     rows.append({"mode": "bf16-cl3d-compile=mm1x1-graph", "speedup": 9.0, "mfu": 0.9, "ok": False})  # never counts
@@ -105,14 +147,23 @@ def test_goal_lines():
 @pytest.mark.parametrize(
     "name, category",
     [
-        ("void at::native::reduce_kernel<128, 4, at::native::ReduceOp<float, at::native::WelfordOps<c10::BFloat16", "normalization"),
+        (
+            "void at::native::reduce_kernel<128, 4, at::native::ReduceOp<float, at::native::WelfordOps<c10::BFloat16",
+            "normalization",
+        ),
         ("void at::native::batch_norm_backward_reduce_channels_last_kernel<4, c10::BFloat16, float>", "normalization"),
         ("sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc_tilesize128x128x64", "convolution/matmul"),
         ("nvjet_sm90_tst_128x256_64x4_2x1_v_bz_coopA_TNN", "convolution/matmul"),
-        ("void at::native::unrolled_elementwise_kernel<at::native::direct_copy_kernel_cuda(at::TensorIteratorBase&)", "copies"),
+        (
+            "void at::native::unrolled_elementwise_kernel<at::native::direct_copy_kernel_cuda(at::TensorIteratorBase&)",
+            "copies",
+        ),
         ("void tensorTransformGeneric<__nv_bfloat16, __nv_bfloat16, float, true, false, false>", "copies"),
         ("void at::native::(anonymous namespace)::max_pool3d_with_indices_single_out_frame<c10::BFloat16>", "pooling"),
-        ("void at::native::multi_tensor_apply_kernel<at::native::(anonymous namespace)::FusedSgdMathFunctor", "optimizer"),
+        (
+            "void at::native::multi_tensor_apply_kernel<at::native::(anonymous namespace)::FusedSgdMathFunctor",
+            "optimizer",
+        ),
         ("void at::native::vectorized_elementwise_kernel<8, at::native::CUDAFunctor_add<c10::BFloat16>", "elementwise"),
         ("triton_poi_fused__to_copy_clone_3", "copies"),
         ("triton_poi_fused_convolution_4", "copies"),  # an input laid out for a convolution
@@ -132,8 +183,10 @@ def test_kernel_categories(name, category):
 
 
 def test_category_table_shares():
-    rows = [{"category": "normalization", "ms_per_step": 3.0, "calls_per_step": 2},
-            {"category": "copies", "ms_per_step": 1.0, "calls_per_step": 4}]  # fmt: skip
+    rows = [
+        {"category": "normalization", "ms_per_step": 3.0, "calls_per_step": 2},
+        {"category": "copies", "ms_per_step": 1.0, "calls_per_step": 4},
+    ]
     table = {r["category"]: r for r in category_table(rows)}
     assert table["normalization"]["share"] == pytest.approx(0.75) and table["copies"]["calls_per_step"] == 4
     assert table["elementwise"]["ms_per_step"] == 0
@@ -157,18 +210,26 @@ def test_step_flops_are_counted_from_the_model():
 
 @pytest.mark.usefixtures("onednn_convolutions")
 def test_cpu_run_records_modes_layout_and_profile(tmp_path, monkeypatch, capsys):
-    """The tiny benchmark on a CPU, with a CUDA-graph row that cannot run here: it is failed, not reported as a graph."""
+    """The tiny benchmark on a CPU, with a CUDA-graph row that cannot run here: it is failed, not reported as a
+    graph."""
     import benchmarks.common
 
     monkeypatch.setattr(benchmarks.common, "RESULTS", tmp_path)
-    rc = main(["--tiny", "--modes", "fp32-eager", "fp32-cl3d", "fp32-cl3d-graph", "--profile", "fp32-cl3d",
-               "--name", "t"])  # fmt: skip
+    rc = main(
+        ["--tiny", "--modes", "fp32-eager", "fp32-cl3d", "fp32-cl3d-graph", "--profile", "fp32-cl3d", "--name", "t"]
+    )
     assert rc == 1  # the graph row did not run as named
     d = json.loads((tmp_path / "t.json").read_text())
     rows = {r["mode"]: r for r in d["rows"]}
     assert d["failed_rows"] == ["fp32-cl3d-graph"]
     g = rows["fp32-cl3d-graph"]
-    assert (g["ok"], g["requested"], g["ran_as"], g["graph_replays"], g["speedup"]) == (False, "cuda-graph", "eager", 0, None)
+    assert (g["ok"], g["requested"], g["ran_as"], g["graph_replays"], g["speedup"]) == (
+        False,
+        "cuda-graph",
+        "eager",
+        0,
+        None,
+    )
     assert "need a GPU" in g["problem"] and "FAILED fp32-cl3d-graph" in capsys.readouterr().out
     cl = rows["fp32-cl3d"]
     assert cl["ok"] and cl["ran_as"] == "eager" and cl["layout_copies"] == 0 and cl["input_layout_copies"] == 1
@@ -188,8 +249,14 @@ def test_compile_only_records_and_prints_what_ran(monkeypatch, capsys):
     class Stub:  # a compiled contender without the compiling: what compile_only reads of one
         def __init__(self, mode):
             self.calls = 0
-            report = StepReport(requested="compiled", mode="eager", steps=0, compile=DEFAULT_COMPILE,
-                                fallback="no compiler here", compile_s=None)
+            report = StepReport(
+                requested="compiled",
+                mode="eager",
+                steps=0,
+                compile=DEFAULT_COMPILE,
+                fallback="no compiler here",
+                compile_s=None,
+            )
             self.step = type("S", (), {"report": lambda _: report})()
 
         def __call__(self):
@@ -197,8 +264,17 @@ def test_compile_only_records_and_prints_what_ran(monkeypatch, capsys):
             self.step.report().steps += 1
 
     monkeypatch.setattr(bt, "make_contender", lambda name, mode, device, batch: Stub(mode))
-    plan = bt.Plan(name="tpn_tiny_f8s4", device=torch.device("cpu"), batch=2, rounds=1, steps=1, warmup=2,
-                   modes=("fp32", "bf16-compile"), profile=(), alternate=False)
+    plan = bt.Plan(
+        name="tpn_tiny_f8s4",
+        device=torch.device("cpu"),
+        batch=2,
+        rounds=1,
+        steps=1,
+        warmup=2,
+        modes=("fp32", "bf16-compile"),
+        profile=(),
+        alternate=False,
+    )
     rows = bt.compile_only(plan)
     assert [r["mode"] for r in rows] == ["bf16-compile"]  # modes without compile are skipped
     assert rows[0]["ran_as"] == "eager" and rows[0]["compile_s"] is None

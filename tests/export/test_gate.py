@@ -222,8 +222,6 @@ def test_runtime_names_missing_files_and_tensorrt(tmp_path):
         pytest.skip("TensorRT is installed: the missing-TensorRT message cannot be shown")
 
 
-
-
 # ----------------------------------------------------------------- the gate without shards
 
 
@@ -277,8 +275,13 @@ ENOUGH = Thresholds(min_videos=16)  # the test shards' 16 videos
 
 def _gate(work, artifacts, **kw):
     kw.setdefault("thresholds", ENOUGH)
-    return gate(artifacts, model_name=TINY, checkpoint=kw.pop("checkpoint", work["ckpt"]),
-                val_shards=kw.pop("val_shards", work["shards"]), **kw)  # fmt: skip
+    return gate(
+        artifacts,
+        model_name=TINY,
+        checkpoint=kw.pop("checkpoint", work["ckpt"]),
+        val_shards=kw.pop("val_shards", work["shards"]),
+        **kw,
+    )
 
 
 def test_shard_gate_passes_the_fp16_export_of_a_fitted_model_and_binds_the_marker(work):
@@ -293,7 +296,10 @@ def test_shard_gate_passes_the_fp16_export_of_a_fitted_model_and_binds_the_marke
     marker = json.loads(validated_marker(work["fp16"].path).read_text())
     assert marker["artifact"]["sha256"] == sha256_file(work["fp16"].path)
     assert marker["checkpoint"]["sha256"] == sha256_file(work["ckpt"]) and marker["model"] == TINY
-    assert marker["shards"]["split"] == "val" and marker["shards"]["fingerprint"] == shard_fingerprint(work["shards"], "val").sha256
+    assert (
+        marker["shards"]["split"] == "val"
+        and marker["shards"]["fingerprint"] == shard_fingerprint(work["shards"], "val").sha256
+    )
     assert marker["videos"] == 16 and marker["protocol"]["views"] == 6 and marker["thresholds"]["min_videos"] == 16
     assert marker["results"]["prediction_agreement"] == 1.0 and marker["provenance"]["toolkit"]
     assert check_marker(work["fp16"].path).valid and check_marker(work["onnx"].path, checkpoint=work["ckpt"]).valid
@@ -324,7 +330,7 @@ def test_gate_refuses_a_reference_at_chance(work, tmp_path):
 
 def test_gate_fails_an_artifact_of_other_weights_with_a_similar_top1(work, tmp_path):
     """Both models are right on half the videos, but not on the same half: only agreement tells them apart."""
-    half = lambda wrong_odd: (lambda i, y: (y + 1) % 8 if i % 2 == wrong_odd else y)  # noqa: E731
+    half = lambda wrong_odd: lambda i, y: (y + 1) % 8 if i % 2 == wrong_odd else y  # noqa: E731
     ref = trained_tiny(tmp_path, work["shards"], relabel=half(1), file="ref.pth")
     other = trained_tiny(tmp_path, work["shards"], seed=1, relabel=half(0), file="other.pth")
     art = export_onnx(TINY, checkpoint=other, out_dir=tmp_path, size="test", parity_batches=(2,)).path
@@ -394,12 +400,24 @@ def test_marker_checks_the_artifact_and_older_markers(work, tmp_path):
 def test_shard_gate_cli_fails_a_damaged_artifact(work, tmp_path):
     bad = damage(work["onnx"].path, tmp_path / f"{TINY}.onnx", DAMAGED_CONV, -1.0)
     validated_marker(bad).write_text('{"sha256": "stale"}')
-    argv = [str(bad), "--model", TINY, "--checkpoint", str(work["ckpt"]), "--val-shards", str(work["shards"]),
-            "--min-videos", "16"]  # fmt: skip
+    argv = [
+        str(bad),
+        "--model",
+        TINY,
+        "--checkpoint",
+        str(work["ckpt"]),
+        "--val-shards",
+        str(work["shards"]),
+        "--min-videos",
+        "16",
+    ]
     assert validate_main(argv) == 1
     gate_json = json.loads((tmp_path / f"{TINY}.onnx.gate.json").read_text())["gate"]
     assert gate_json["verdict"] == "failed" and not gate_json["passed"]
-    assert abs(gate_json["difference"]) > gate_json["thresholds"]["max_drop"] and "below PyTorch" in gate_json["failures"][0]
+    assert (
+        abs(gate_json["difference"]) > gate_json["thresholds"]["max_drop"]
+        and "below PyTorch" in gate_json["failures"][0]
+    )
     assert {c["key"]: c["passed"] for c in gate_json["criteria"]}["top1_difference"] is False
     assert not validated_marker(bad).exists() and not check_marker(bad).valid
 
@@ -408,8 +426,17 @@ def test_a_missing_split_names_the_splits_present(work, capsys):
     assert validation_split(work["shards"], "val") == "val" and validation_split(work["shards"], "all") is None
     with pytest.raises(ExportError, match=r"no 'test' split.*splits present: val"):
         validation_split(work["shards"], "test")
-    argv = [work["onnx"].path, "--model", TINY, "--checkpoint", str(work["ckpt"]), "--val-shards",
-            str(work["shards"]), "--split", "train"]  # fmt: skip
+    argv = [
+        work["onnx"].path,
+        "--model",
+        TINY,
+        "--checkpoint",
+        str(work["ckpt"]),
+        "--val-shards",
+        str(work["shards"]),
+        "--split",
+        "train",
+    ]
     assert validate_main(argv) == 3
     assert "splits present: val" in capsys.readouterr().err
 
@@ -440,8 +467,10 @@ class BrokenLoader:
     def __iter__(self):
         c = self.clip
         for _ in range(self.good):
-            yield torch.zeros(self.batch_size, c.num_test_views, 3, c.frames, c.test_crop, c.test_crop), torch.zeros(
-                self.batch_size, dtype=torch.long)
+            yield (
+                torch.zeros(self.batch_size, c.num_test_views, 3, c.frames, c.test_crop, c.test_crop),
+                torch.zeros(self.batch_size, dtype=torch.long),
+            )
         raise DataError("val-000000.tar, sample v1: DALI could not decode it")
 
 
@@ -476,9 +505,15 @@ def test_calibration_stops_early_and_closes_the_loader(work, broken_loader, monk
 
 def _report(**kw) -> GateReport:
     return GateReport(
-        artifact="a", model=TINY, source=ModelSource(name=TINY, num_classes=4), backend="ort-cpu",
-        precision="fp32", mode="shards", thresholds=kw.pop("thresholds", Thresholds(min_videos=10)), **kw,
-    )  # fmt: skip
+        artifact="a",
+        model=TINY,
+        source=ModelSource(name=TINY, num_classes=4),
+        backend="ort-cpu",
+        precision="fp32",
+        mode="shards",
+        thresholds=kw.pop("thresholds", Thresholds(min_videos=10)),
+        **kw,
+    )
 
 
 def _scores(pred: list[int], k: int = 4) -> torch.Tensor:

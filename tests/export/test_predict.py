@@ -126,7 +126,8 @@ def test_top_classes_and_class_files(tmp_path):
 
 @pytest.fixture(scope="module")
 def folder(work):
-    """Every validation video as webm (the shard's own bytes) and one lossless re-encode per container, plus bad files."""
+    """Every validation video as webm (the shard's own bytes) and one lossless re-encode per container, plus bad
+    files."""
     out = work["root"] / "mixed"
     (out / "sub").mkdir(parents=True)
     expected = {}
@@ -149,8 +150,16 @@ def folder(work):
 def test_folder_of_containers_is_classified_and_bad_files_listed(work, folder, source, tmp_path, capsys):
     out, expected, short = folder
     js = tmp_path / "pred.json"
-    argv = [str(work[source]), str(out), "--model", TINY, "--classes", str(work["shards"] / "classes.json"),
-            "--json", str(js)]  # fmt: skip
+    argv = [
+        str(work[source]),
+        str(out),
+        "--model",
+        TINY,
+        "--classes",
+        str(work["shards"] / "classes.json"),
+        "--json",
+        str(js),
+    ]
     assert main(argv) == 1  # some files failed
     text = capsys.readouterr().out
     assert f"classified {len(expected)} of {len(expected) + 2} videos" in text and "1 non-video files skipped" in text
@@ -160,7 +169,10 @@ def test_folder_of_containers_is_classified_and_bad_files_listed(work, folder, s
     for path, label in expected.items():
         top = videos[path]["top5"]
         assert len(top) == 5 and top[0]["class"] == label, (path, top)
-        assert all(top[i]["prob"] >= top[i + 1]["prob"] for i in range(4)) and 0.0 < sum(t["prob"] for t in top) <= 1.0 + 1e-5
+        assert (
+            all(top[i]["prob"] >= top[i + 1]["prob"] for i in range(4))
+            and 0.0 < sum(t["prob"] for t in top) <= 1.0 + 1e-5
+        )
         assert videos[path]["views"] == 6 and videos[path]["frames"] == 40
     assert videos[str(out / "broken.mp4")]["error"].startswith("cannot be read")
     assert "[Errno" not in videos[str(out / "broken.mp4")]["error"]  # libav's reason in words, not its number
@@ -249,9 +261,27 @@ def test_find_videos(tmp_path):
 def test_non_square_pixels_are_shown_at_the_display_aspect_ratio(tmp_path):
     """predict applies pipeline.shard's rule: 176x144 with 128:117 pixels is classified as a 4:3-ish frame."""
     src = tmp_path / "qcif.mp4"
-    subprocess.run([find_ffmpeg(), "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i",
-                    "testsrc=size=176x144:rate=25:duration=2", "-vf", "setsar=128/117", "-c:v", "libx264",
-                    "-pix_fmt", "yuv420p", str(src)], check=True, timeout=60)  # fmt: skip
+    subprocess.run(
+        [
+            find_ffmpeg(),
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=176x144:rate=25:duration=2",
+            "-vf",
+            "setsar=128/117",
+            "-c:v",
+            "libx264",
+            "-pix_fmt",
+            "yuv420p",
+            str(src),
+        ],
+        check=True,
+        timeout=60,
+    )
     spec = tpn.get_config(TINY).clip.replace(test_crops="full", test_clips=1)
     frames, _, _ = sampled_frames(src, spec, min_frames=1)
     h, w = frames.shape[1:3]

@@ -70,8 +70,9 @@ def test_export_uses_only_public_names_of_tpn_and_pipeline(path):
 
 @pytest.mark.parametrize("path", TPN_FILES, ids=lambda p: p.name)
 def test_tpn_uses_only_public_names_of_pipeline(path):
-    assert private_uses(path.read_text(encoding="utf-8"), {"pipeline": PUBLIC["pipeline"]}) == [], \
+    assert private_uses(path.read_text(encoding="utf-8"), {"pipeline": PUBLIC["pipeline"]}) == [], (
         f"{path.name} reaches past pipeline's public API"
+    )
 
 
 @pytest.mark.parametrize(
@@ -92,8 +93,10 @@ def test_the_check_catches_private_uses(source, problem):
 
 
 def test_the_check_allows_public_names():
-    ok = ("import tpn\nfrom pipeline import ClipSpec, sha256_file\nfrom export.errors import ExportError\n"
-          "from tpn.cli import add_checkpoint_arg\nx = tpn.get_config")
+    ok = (
+        "import tpn\nfrom pipeline import ClipSpec, sha256_file\nfrom export.errors import ExportError\n"
+        "from tpn.cli import add_checkpoint_arg\nx = tpn.get_config"
+    )
     assert private_uses(ok) == []
 
 

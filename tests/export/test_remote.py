@@ -26,7 +26,9 @@ def test_gate_on_object_storage_binds_the_remote_data(s3, tmp_path):
     assert validation_split(url, "val") == "val"
     with pytest.raises(ExportError, match="splits present: val"):
         validation_split(url, "test")
-    assert shard_fingerprint(url, "val").sha256 == shard_fingerprint(local, "val").sha256  # the same data, wherever it is
+    assert (
+        shard_fingerprint(url, "val").sha256 == shard_fingerprint(local, "val").sha256
+    )  # the same data, wherever it is
     r = validate(art, model_name=TINY, checkpoint=ckpt, val_shards=url, thresholds=Thresholds(min_videos=8))
     assert r.passed and r.shards["location"] == url and r.videos == 8
     assert check_marker(art).valid  # re-checked against the bucket

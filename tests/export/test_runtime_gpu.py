@@ -33,7 +33,9 @@ def test_runner_feeds_a_float16_input_in_its_own_type(tmp_path):
     y = helper.make_tensor_value_info("logits", TensorProto.FLOAT16, ["batch", 3])
     node = helper.make_node("ReduceMean", ["clips", "axes"], ["logits"], keepdims=0)
     axes = onnx.numpy_helper.from_array(np.array([2, 3, 4], np.int64), "axes")
-    model = helper.make_model(helper.make_graph([node], "g", [x], [y], [axes]), opset_imports=[helper.make_opsetid("", 20)])
+    model = helper.make_model(
+        helper.make_graph([node], "g", [x], [y], [axes]), opset_imports=[helper.make_opsetid("", 20)]
+    )
     path = tmp_path / "m.onnx"
     onnx.save(model, str(path))
     runner = runtime.load(path, backend="ort-cpu")

@@ -1,4 +1,5 @@
-"""TensorRT: version-dependent build flags and profile shapes (pure), the CLI without TensorRT, a real build on a GPU."""
+"""TensorRT: version-dependent build flags and profile shapes (pure), the CLI without TensorRT, a real build on a
+GPU."""
 
 from __future__ import annotations
 
@@ -167,7 +168,7 @@ def test_cli_without_tensorrt_gates_and_marks_both_onnx_files_and_exits_2(tmp_pa
     assert main(argv) == 2
     text = capsys.readouterr().out
     assert "random weights" not in text
-    summary = text[text.index("artifacts:"):]
+    summary = text[text.index("artifacts:") :]
     assert summary.count("gate PASSED") == 2 and "engine not built" in summary
     for name in (f"{TINY}.onnx", f"{TINY}.fp16.onnx"):
         assert check_marker(out / name, checkpoint=ckpt, val_shards=shards).valid, name
@@ -183,7 +184,10 @@ def test_export_status():
         def __init__(self, passed):
             self.passed = passed
 
-    ok, bad = ArtifactResult("onnx", "m.onnx", True, Gate(True)), ArtifactResult("fp16", "m.fp16.onnx", True, Gate(False))
+    ok, bad = (
+        ArtifactResult("onnx", "m.onnx", True, Gate(True)),
+        ArtifactResult("fp16", "m.fp16.onnx", True, Gate(False)),
+    )
     missing = ArtifactResult("engine", None, False, missing="TensorRT is not installed")
     assert export_status([ok]) == 0
     assert export_status([ok, missing]) == 2

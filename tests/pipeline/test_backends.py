@@ -18,9 +18,16 @@ frames differ more: DALI converts whole frames to RGB (upsampling the 4:2:0
 chroma first), the host resamples the chroma planes straight to the output.
 """
 
-WINDOW_MISSING = ("pipeline._jpegwindow is not built (setup.py needs a C compiler and libjpeg-turbo's headers, "
-                  "e.g. Debian's libjpeg62-turbo-dev; reinstall with pip install -e .)")
-TOLERANCE = {("jpeg", "train"): (0.5, 3), ("jpeg", "test"): (1.0, 6), ("vp9", "train"): (1.5, 8), ("vp9", "test"): (2.0, 9)}
+WINDOW_MISSING = (
+    "pipeline._jpegwindow is not built (setup.py needs a C compiler and libjpeg-turbo's headers, "
+    "e.g. Debian's libjpeg62-turbo-dev; reinstall with pip install -e .)"
+)
+TOLERANCE = {
+    ("jpeg", "train"): (0.5, 3),
+    ("jpeg", "test"): (1.0, 6),
+    ("vp9", "train"): (1.5, 8),
+    ("vp9", "test"): (2.0, 9),
+}
 
 from pathlib import Path
 
@@ -39,7 +46,9 @@ def textured_frames(n: int, size: tuple[int, int], seed: int) -> np.ndarray:
     """Camera-like frames: a coarse random texture panning right by a pixel per frame, plus sensor noise."""
     rng = np.random.default_rng(seed)
     w, h = size
-    base = cv2.resize(rng.integers(0, 256, (h // 6, w // 6, 3), dtype=np.uint8), (w + n, h), interpolation=cv2.INTER_CUBIC)
+    base = cv2.resize(
+        rng.integers(0, 256, (h // 6, w // 6, 3), dtype=np.uint8), (w + n, h), interpolation=cv2.INTER_CUBIC
+    )
     noise = rng.normal(0, 6, (n, h, w, 3))
     return np.stack([np.clip(base[:, i : i + w] + noise[i], 0, 255).astype(np.uint8) for i in range(n)])
 
@@ -227,8 +236,9 @@ def test_window_decode_is_the_full_decode_cut_to_the_window(tmp_path):
         for frame in frames:
             jpeg = simplejpeg.encode_jpeg(frame, quality=95, colorsubsampling=subsampling)
             for denom in (1, 2, 4, 8):
-                full = simplejpeg.decode_jpeg(jpeg, min_height=-(-256 // denom), min_width=-(-341 // denom),
-                                              min_factor=denom)
+                full = simplejpeg.decode_jpeg(
+                    jpeg, min_height=-(-256 // denom), min_width=-(-341 // denom), min_factor=denom
+                )
                 h, w = full.shape[:2]
                 for _ in range(6):
                     y0, x0 = rng.integers(0, h - 1), rng.integers(0, w - 1)
@@ -236,7 +246,7 @@ def test_window_decode_is_the_full_decode_cut_to_the_window(tmp_path):
                     pixels, top, left, rows, cols = host._jpegwindow.decode(jpeg, y0, x0, y1, x1, denom)
                     got = np.frombuffer(pixels, np.uint8).reshape(rows, cols, 3)
                     assert top == y0 and left <= x0 and top + rows == y1 and left + cols >= x1
-                    np.testing.assert_array_equal(got, full[top:top + rows, left:left + cols])
+                    np.testing.assert_array_equal(got, full[top : top + rows, left : left + cols])
                     checked += 1
     assert checked == 2 * 3 * 4 * 6
 

@@ -24,8 +24,15 @@ OPTS = {**SMALL, "shard_samples": 2, "codec": "jpeg"}
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
-    return make_dataset(tmp_path_factory.mktemp("synth"), classes=2, train_per_class=2, val_per_class=1,
-                        frames=12, size=(64, 48), seed=4)
+    return make_dataset(
+        tmp_path_factory.mktemp("synth"),
+        classes=2,
+        train_per_class=2,
+        val_per_class=1,
+        frames=12,
+        size=(64, 48),
+        seed=4,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -166,8 +173,10 @@ def test_dangling_symlink_unreadable_file_and_directory_loop_are_listed(tmp_path
 
 def test_frame_shards_are_larger_than_vp9_but_hold_the_same_frames(frames, synth, tmp_path):
     shard_dataset(synth, tmp_path / "vp9", **{**OPTS, "codec": "vp9"})
-    size = {name: json.loads((out / "manifest.json").read_text())["totals"]["bytes"]
-            for name, out in (("vp9", tmp_path / "vp9"), ("jpeg", frames))}
+    size = {
+        name: json.loads((out / "manifest.json").read_text())["totals"]["bytes"]
+        for name, out in (("vp9", tmp_path / "vp9"), ("jpeg", frames))
+    }
     assert size["jpeg"] > size["vp9"]
     vp9 = {json.loads(s["json"])["key"]: json.loads(s["json"])["frames"] for s in samples(tmp_path / "vp9")}
     jpeg = {json.loads(s["json"])["key"]: json.loads(s["json"])["frames"] for s in samples(frames)}

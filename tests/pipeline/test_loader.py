@@ -245,7 +245,9 @@ def test_three_test_crops_run_along_the_long_side(gradient):
 
 def test_full_frame_test_views_keep_the_whole_resized_frame(gradient):
     spec = ClipSpec(frames=2, stride=1, test_clips=2, test_scale=32, test_crops="full")
-    shapes = {keys[0].split("-")[0]: clips.shape for clips, _, keys in loader(gradient, spec, mode="test", batch_size=1)}
+    shapes = {
+        keys[0].split("-")[0]: clips.shape for clips, _, keys in loader(gradient, spec, mode="test", batch_size=1)
+    }
     assert shapes == {"wide": (1, 2, 3, 2, 32, 48), "tall": (1, 2, 3, 2, 48, 32)}
 
 
@@ -360,7 +362,9 @@ def test_h264_shards_decode_exactly_on_cpu(tmp_path, decoder):
     assert ld.decoder == ("host" if decoder == "auto" else "pyav")
     batches = 0
     for clips, _, keys in every_batch(ld):
-        np.testing.assert_array_equal(frame_codes(clips, SMALL), np.stack([expected_train_view(ld, k, 0).indices for k in keys]))
+        np.testing.assert_array_equal(
+            frame_codes(clips, SMALL), np.stack([expected_train_view(ld, k, 0).indices for k in keys])
+        )
         batches += 1
     assert batches == len(ld) == 1
 
@@ -402,12 +406,16 @@ def test_corrupt_video_names_shard_and_key_and_does_not_hang(tmp_path, coded, ba
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("codec, decoder", [("vp9", "nvdec"), ("h264", "nvdec"), ("vp9", "cpu"),
-                                           ("jpeg", "nvjpeg"), ("jpeg", "cpu"), ("jpeg", "host")])
+@pytest.mark.parametrize(
+    "codec, decoder",
+    [("vp9", "nvdec"), ("h264", "nvdec"), ("vp9", "cpu"), ("jpeg", "nvjpeg"), ("jpeg", "cpu"), ("jpeg", "host")],
+)
 def test_gpu_loader_decodes_the_sampled_frames(tmp_path, codec, decoder):
     # NVDEC's smallest VP9 frame is 128x128, so these videos are larger than the CPU fixtures.
-    videos = {c: [(f"{c}{j}_{n}", coded_frames(n, (192, 144))) for j, n in enumerate(ns)] for c, ns in
-              {"a": [70, 9], "b": [40, 23]}.items()}
+    videos = {
+        c: [(f"{c}{j}_{n}", coded_frames(n, (192, 144))) for j, n in enumerate(ns)]
+        for c, ns in {"a": [70, 9], "b": [40, 23]}.items()
+    }
     shards = make_shards(tmp_path, videos, codec=codec)
     train = ClipLoader(shards, SMALL, batch_size=2, device="gpu", decoder=decoder, return_keys=True, seed=2)
     for clips, labels, keys in every_batch(train):

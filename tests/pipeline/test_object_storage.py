@@ -83,8 +83,15 @@ def test_unreachable_endpoint_fails_with_the_url_after_retries(shards, monkeypat
     import fsspec
 
     # fsspec's own configuration (what FSSPEC_S3_ENDPOINT_URL sets) points s3:// at the dead port
-    monkeypatch.setitem(fsspec.config.conf, "s3", {"endpoint_url": f"http://127.0.0.1:{port}", "retries": 1,
-                                                   "config_kwargs": {"connect_timeout": 1, "retries": {"max_attempts": 1}}})
+    monkeypatch.setitem(
+        fsspec.config.conf,
+        "s3",
+        {
+            "endpoint_url": f"http://127.0.0.1:{port}",
+            "retries": 1,
+            "config_kwargs": {"connect_timeout": 1, "retries": {"max_attempts": 1}},
+        },
+    )
     fsspec.AbstractFileSystem.clear_instance_cache()
     try:
         with pytest.raises(OSError, match=rf"{url}/manifest.json.*tries"):
@@ -116,10 +123,29 @@ def test_train_and_test_clis_take_a_bucket_url(shards, tmp_path):
     reports = {}
     for name, where in (("local", str(local)), ("s3", url)):
         out = tmp_path / f"{name}.json"
-        cmd = [sys.executable, "-m", "tpn.test", "tpn_tiny_f8s4", "--checkpoint", str(checkpoint), "--shards", where,
-               "--split", "train", "--out", str(out), "--batch-size", "4", "--device", "cpu", "--num-classes", "3"]
-        run = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True,
-                             timeout=300, env=os.environ)
+        cmd = [
+            sys.executable,
+            "-m",
+            "tpn.test",
+            "tpn_tiny_f8s4",
+            "--checkpoint",
+            str(checkpoint),
+            "--shards",
+            where,
+            "--split",
+            "train",
+            "--out",
+            str(out),
+            "--batch-size",
+            "4",
+            "--device",
+            "cpu",
+            "--num-classes",
+            "3",
+        ]
+        run = subprocess.run(
+            cmd, cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=300, env=os.environ
+        )
         assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
         reports[name] = json.loads(out.read_text())
     assert reports["local"]["num_videos"] == reports["s3"]["num_videos"] == 8
@@ -156,12 +182,35 @@ def test_shard_uploads_to_a_bucket_and_resumes_from_what_is_there(s3, tmp_path):
             write_video(src / c / f"{c}{i}.mp4", noise_frames(10, 64, 48, seed=i))
     url = f"s3://{BUCKET}/made"
     work = tmp_path / "work"
-    args = [str(src), "--out", url, "--work", str(work), "--short-side", "48", "--shard-samples", "2",
-            "--codec", "jpeg", "--no-progress", "--workers", "1"]
+    args = [
+        str(src),
+        "--out",
+        url,
+        "--work",
+        str(work),
+        "--short-side",
+        "48",
+        "--shard-samples",
+        "2",
+        "--codec",
+        "jpeg",
+        "--no-progress",
+        "--workers",
+        "1",
+    ]
     assert shard_main(args) == 0
     names = set(s3.ls(f"{BUCKET}/made", detail=False))
-    assert {f"{BUCKET}/made/{n}" for n in ("manifest.json", "classes.json", "rejected.jsonl",
-                                           "train-000000.tar", "train-000000.idx", "train-000002.tar")} <= names
+    assert {
+        f"{BUCKET}/made/{n}"
+        for n in (
+            "manifest.json",
+            "classes.json",
+            "rejected.jsonl",
+            "train-000000.tar",
+            "train-000000.idx",
+            "train-000002.tar",
+        )
+    } <= names
     assert not list(work.glob("*.tar"))  # uploaded shards are not kept locally
     assert verify_dataset(url).ok
     s3.rm(f"{BUCKET}/made/train-000001.tar")  # lost in the bucket: the rerun cannot re-upload it...

@@ -14,14 +14,19 @@ def folder(tmp_path) -> Path:
     return tmp_path
 
 
-@pytest.mark.parametrize("split, expected", [("train", "train"), ("test", "test"), ("all", None), (None, None), ("", None)])
+@pytest.mark.parametrize(
+    "split, expected", [("train", "train"), ("test", "test"), ("all", None), (None, None), ("", None)]
+)
 def test_a_present_split_or_all(folder, split, expected):
     assert resolve_split(folder, split) == expected
 
 
 def test_a_missing_split_lists_those_present_and_names_the_flag(folder):
-    with pytest.raises(ShardReadError, match=r"no 'val' split.*splits present: test, train\. Pass --split with one "
-                                             r"of them \(or --split all for every shard\)"):  # fmt: skip
+    with pytest.raises(
+        ShardReadError,
+        match=r"no 'val' split.*splits present: test, train\. Pass --split with one "
+        r"of them \(or --split all for every shard\)",
+    ):
         resolve_split(folder, "val")
     # a tool whose flag has another name (tpn.train's --val-split) is named as such
     with pytest.raises(ShardReadError, match=r"Pass --val-split with one of them \(or --val-split all ") as e:

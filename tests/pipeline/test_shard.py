@@ -29,8 +29,15 @@ OPTS = {**SMALL, "shard_samples": 2}
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
-    return make_dataset(tmp_path_factory.mktemp("synth"), classes=3, train_per_class=2, val_per_class=1,
-                        frames=24, size=(64, 48), seed=3)
+    return make_dataset(
+        tmp_path_factory.mktemp("synth"),
+        classes=3,
+        train_per_class=2,
+        val_per_class=1,
+        frames=24,
+        size=(64, 48),
+        seed=3,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -51,17 +58,32 @@ def test_layout_of_outputs(sharded):
     out, report = sharded
     names = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
     assert names == [
-        "classes.json", "manifest.json", "rejected.jsonl",
-        "train-000000.idx", "train-000000.tar", "train-000001.idx", "train-000001.tar",
-        "train-000002.idx", "train-000002.tar", "val-000000.idx", "val-000000.tar", "val-000001.idx", "val-000001.tar",
+        "classes.json",
+        "manifest.json",
+        "rejected.jsonl",
+        "train-000000.idx",
+        "train-000000.tar",
+        "train-000001.idx",
+        "train-000001.tar",
+        "train-000002.idx",
+        "train-000002.tar",
+        "val-000000.idx",
+        "val-000000.tar",
+        "val-000001.idx",
+        "val-000001.tar",
         "warnings.jsonl",
     ]
     assert report.samples == 9 and report.per_split == {"train": 6, "val": 3} and not report.rejected
     m = json.loads((out / "manifest.json").read_text())
     assert m["settings"]["codec"] == "vp9" and m["settings"]["gop"] == 16
     assert m["splits"]["train"]["per_class"] == {"left_slow": 2, "right_slow": 2, "down_slow": 2}
-    assert m["totals"] == {"inputs": 9, "samples": 9, "rejected": 0, "shards": 5,
-                           "bytes": sum((out / s["file"]).stat().st_size for s in m["shards"])}
+    assert m["totals"] == {
+        "inputs": 9,
+        "samples": 9,
+        "rejected": 0,
+        "shards": 5,
+        "bytes": sum((out / s["file"]).stat().st_size for s in m["shards"]),
+    }
     for s in m["shards"]:
         data = (out / s["file"]).read_bytes()
         assert s["bytes"] == len(data) and s["sha256"] == hashlib.sha256(data).hexdigest()
@@ -75,8 +97,19 @@ def test_classes_and_labels_round_trip(sharded, synth):
     for entry, sample in _all_samples(out):
         assert set(sample) == {"__key__", "webm", "lbl", "frames", "json"}
         meta = json.loads(sample["json"])
-        assert set(meta) == {"key", "class", "label", "frames", "fps", "width", "height", "duration", "source",
-                             "sha256", "codec"}
+        assert set(meta) == {
+            "key",
+            "class",
+            "label",
+            "frames",
+            "fps",
+            "width",
+            "height",
+            "duration",
+            "source",
+            "sha256",
+            "codec",
+        }
         (label,) = struct.unpack("<i", sample["lbl"])
         (frames,) = struct.unpack("<i", sample["frames"])
         split, folder_class, _ = meta["source"].split("/")
@@ -127,8 +160,11 @@ def test_dali_reads_shards_and_decodes_exact_frames(tmp_path):
     @dali.pipeline_def(batch_size=2, num_threads=1, device_id=None)
     def pipe():
         video, label, frames = fn.readers.webdataset(
-            paths=[str(out / "train-000000.tar")], index_paths=[str(out / "train-000000.idx")],
-            ext=["webm", "lbl", "frames"], dtypes=[types.UINT8, types.INT32, types.INT32])
+            paths=[str(out / "train-000000.tar")],
+            index_paths=[str(out / "train-000000.idx")],
+            ext=["webm", "lbl", "frames"],
+            dtypes=[types.UINT8, types.INT32, types.INT32],
+        )
         return fn.decoders.video(video, device="cpu", frames=wanted), label, frames
 
     p = pipe()
@@ -171,8 +207,21 @@ def test_other_settings_into_the_same_out_are_refused(synth, tmp_path):
 def test_kill_9_then_rerun_gives_the_uninterrupted_manifest(sharded, synth, tmp_path):
     out, _ = sharded
     killed = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "pipeline.shard", str(synth), "--out", str(killed), "--short-side", "48",
-           "--shard-samples", "2", "--workers", "1", "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline.shard",
+        str(synth),
+        "--out",
+        str(killed),
+        "--short-side",
+        "48",
+        "--shard-samples",
+        "2",
+        "--workers",
+        "1",
+        "--no-progress",
+    ]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     # Kill once the first shard is committed (its resume record is written right after the rename).
@@ -203,10 +252,15 @@ def test_parts_merge_into_the_full_set(sharded, synth, tmp_path):
         merge_parts(parts[:1], tmp_path / "merged")
     report = merge_parts(list(reversed(parts)), tmp_path / "merged")
     merged = tmp_path / "merged"
-    assert keys[0] | keys[1] == {s["__key__"] for _, s in _all_samples(out)} == {s["__key__"] for _, s in _all_samples(merged)}
+    assert (
+        keys[0] | keys[1]
+        == {s["__key__"] for _, s in _all_samples(out)}
+        == {s["__key__"] for _, s in _all_samples(merged)}
+    )
     full = json.loads((out / "manifest.json").read_text())
-    assert report.manifest["splits"] == {k: {**v, "shards": report.manifest["splits"][k]["shards"]}
-                                         for k, v in full["splits"].items()}
+    assert report.manifest["splits"] == {
+        k: {**v, "shards": report.manifest["splits"][k]["shards"]} for k, v in full["splits"].items()
+    }
     assert json.loads((merged / "classes.json").read_text()) == json.loads((out / "classes.json").read_text())
     assert verify_dataset(merged).ok
     linked = sorted(merged.glob("*.tar"))

@@ -164,9 +164,27 @@ def test_non_square_pixels_are_sharded_at_the_display_aspect_ratio(tmp_path):
 
     src = tmp_path / "src" / "a" / "qcif.mp4"
     src.parent.mkdir(parents=True)
-    subprocess.run([find_ffmpeg(), "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i",
-                    "testsrc=size=176x144:rate=25:duration=1", "-vf", "setsar=128/117", "-c:v", "libx264",
-                    "-pix_fmt", "yuv420p", str(src)], check=True, timeout=60)  # fmt: skip
+    subprocess.run(
+        [
+            find_ffmpeg(),
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=176x144:rate=25:duration=1",
+            "-vf",
+            "setsar=128/117",
+            "-c:v",
+            "libx264",
+            "-pix_fmt",
+            "yuv420p",
+            str(src),
+        ],
+        check=True,
+        timeout=60,
+    )
     shard_dataset(src.parent.parent, tmp_path / "out", workers=1)  # short side 256
     (sample,) = list(iter_samples(sorted((tmp_path / "out").glob("*.tar"))[0]))
     meta = json.loads(sample["json"])

@@ -38,8 +38,16 @@ SLOW_S = 0.4  # seconds the cluster's ffmpeg waits before it starts
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
     """Camera-like content (grain), three classes, train and val, and a corrupt video."""
-    root = make_dataset(tmp_path_factory.mktemp("synth"), classes=3, train_per_class=3, val_per_class=1,
-                        frames=24, size=(64, 48), seed=5, grain=6.0)
+    root = make_dataset(
+        tmp_path_factory.mktemp("synth"),
+        classes=3,
+        train_per_class=3,
+        val_per_class=1,
+        frames=24,
+        size=(64, 48),
+        seed=5,
+        grain=6.0,
+    )
     broken = next((root / "train").iterdir()) / "broken.mp4"
     broken.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 8)
     return root
@@ -56,8 +64,11 @@ def slow_ffmpeg(folder: Path, kill_once: bool = False) -> Path:
     """An ffmpeg that waits SLOW_S first; with `kill_once`, the first encode on any node dies of SIGKILL
     (as the kernel's OOM killer would end it) and leaves `folder/killed` behind."""
     wrapper = folder / "ffmpeg-slow"
-    kill = (f"case \"$*\" in *-c:v*) if mkdir '{folder}/killed' 2>/dev/null; then kill -9 $$; fi;; esac\n"
-            if kill_once else "")
+    kill = (
+        f"case \"$*\" in *-c:v*) if mkdir '{folder}/killed' 2>/dev/null; then kill -9 $$; fi;; esac\n"
+        if kill_once
+        else ""
+    )
     wrapper.write_text(f"#!/bin/sh\nsleep {SLOW_S}\n{kill}exec '{find_ffmpeg()}' \"$@\"\n")
     wrapper.chmod(wrapper.stat().st_mode | stat.S_IEXEC)
     return wrapper
@@ -134,8 +145,11 @@ def test_a_node_lost_mid_run_costs_only_its_videos(synth, local_run, cluster, tm
     cluster.wait_for_nodes()
     out = tmp_path / "lost"
     result = {}
-    thread = threading.Thread(target=lambda: result.update(report=shard_dataset(
-        synth, out, engine="ray", ray_address=cluster.address, **OPTS)))
+    thread = threading.Thread(
+        target=lambda: result.update(
+            report=shard_dataset(synth, out, engine="ray", ray_address=cluster.address, **OPTS)
+        )
+    )
     thread.start()
     deadline = time.monotonic() + 60
     while not list((out / ".staging").glob("*.json")) and time.monotonic() < deadline:
@@ -151,8 +165,23 @@ def test_a_node_lost_mid_run_costs_only_its_videos(synth, local_run, cluster, tm
 
 def test_a_killed_driver_resumes_from_its_last_shard(synth, local_run, cluster, tmp_path):
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "pipeline.shard", str(synth), "--out", str(out), "--short-side", "48",
-           "--shard-samples", "2", "--engine", "ray", "--ray-address", cluster.address, "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline.shard",
+        str(synth),
+        "--out",
+        str(out),
+        "--short-side",
+        "48",
+        "--shard-samples",
+        "2",
+        "--engine",
+        "ray",
+        "--ray-address",
+        cluster.address,
+        "--no-progress",
+    ]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while not (out / ".shard-state.json").exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -184,8 +213,23 @@ def test_an_unreachable_address_is_named_and_nothing_is_written(synth, tmp_path)
     with pytest.raises(ShardingError, match=f"127.0.0.1:{port}"):
         shard_dataset(synth, out, engine="ray", ray_address=f"127.0.0.1:{port}", **OPTS)
     assert not out.exists()
-    r = subprocess.run([sys.executable, "-m", "pipeline.shard", str(synth), "--out", str(out), "--engine", "ray",
-                        "--ray-address", "not-an-address"], cwd=REPO, capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.shard",
+            str(synth),
+            "--out",
+            str(out),
+            "--engine",
+            "ray",
+            "--ray-address",
+            "not-an-address",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2 and "HOST:PORT" in r.stderr and not out.exists()
 
 
@@ -203,13 +247,28 @@ def test_ray_missing_is_a_clear_error(synth, tmp_path, monkeypatch):
 def test_a_second_run_on_the_same_output_is_refused_naming_the_first(synth, local_run, tmp_path):
     out = tmp_path / "busy"
     env = {**os.environ, "TPN_FFMPEG": str(slow_ffmpeg(tmp_path))}
-    cmd = [sys.executable, "-m", "pipeline.shard", str(synth), "--out", str(out), "--short-side", "48",
-           "--shard-samples", "2", "--workers", "2", "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline.shard",
+        str(synth),
+        "--out",
+        str(out),
+        "--short-side",
+        "48",
+        "--shard-samples",
+        "2",
+        "--workers",
+        "2",
+        "--no-progress",
+    ]
     first = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while not (out / LOCK).exists() and time.monotonic() < deadline:
         time.sleep(0.01)
-    with pytest.raises(OutputBusy, match=rf"pid {first.pid}.*{socket.gethostname()}|{socket.gethostname()}.*pid {first.pid}"):
+    with pytest.raises(
+        OutputBusy, match=rf"pid {first.pid}.*{socket.gethostname()}|{socket.gethostname()}.*pid {first.pid}"
+    ):
         shard_dataset(synth, out, **OPTS)
     second = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     assert second.returncode == 2 and f"pid {first.pid}" in second.stderr
@@ -223,8 +282,13 @@ def test_a_lock_of_a_run_that_is_gone_is_taken_over_with_a_note(synth, local_run
     out.mkdir()
     dead = subprocess.Popen(["true"])
     dead.wait()
-    lock = {"host": socket.gethostname(), "pid": dead.pid, "started": "2026-01-01T00:00:00+00:00",
-            "heartbeat": time.time(), "token": "x"}
+    lock = {
+        "host": socket.gethostname(),
+        "pid": dead.pid,
+        "started": "2026-01-01T00:00:00+00:00",
+        "heartbeat": time.time(),
+        "token": "x",
+    }
     (out / LOCK).write_text(json.dumps(lock))
     with caplog.at_level(logging.WARNING, logger="pipeline.shard"):
         shard_dataset(synth, out, **OPTS)

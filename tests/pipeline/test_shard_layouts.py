@@ -15,8 +15,11 @@ from tests.shard_helpers import SMALL, noise_frames, rejected, write_video
 
 def _samples(out: Path) -> list[dict]:
     m = json.loads((out / "manifest.json").read_text())
-    return [{**json.loads(s["json"]), "split": e["split"], "lbl": struct.unpack("<i", s["lbl"])[0]}
-            for e in m["shards"] for s in iter_samples(out / e["file"])]
+    return [
+        {**json.loads(s["json"]), "split": e["split"], "lbl": struct.unpack("<i", s["lbl"])[0]}
+        for e in m["shards"]
+        for s in iter_samples(out / e["file"])
+    ]
 
 
 def _clip(path: Path, seed: int = 0, n: int = 12) -> Path:
@@ -108,21 +111,38 @@ def sthv2(tmp_path):
     src = tmp_path / "sthv2"
     (src / "labels").mkdir(parents=True)
     # The dataset's own indices (not alphabetical) must be kept.
-    (src / "labels" / "something-something-v2-labels.json").write_text(json.dumps(
-        {"Putting something on something": "0", "Holding something": "1"}))
-    (src / "labels" / "something-something-v2-train.json").write_text(json.dumps([
-        {"id": "11", "label": "holding a cup", "template": "Holding [something]", "placeholders": ["a cup"]},
-        {"id": "12", "label": "putting a pen on a book", "template": "Putting [something] on [something]",
-         "placeholders": ["a pen", "a book"]},
-        {"id": "99", "label": "holding air", "template": "Holding [something]", "placeholders": ["air"]},
-    ]))
-    (src / "labels" / "something-something-v2-validation.json").write_text(json.dumps([
-        {"id": "13", "label": "holding a mug", "template": "Holding [something]", "placeholders": ["a mug"]},
-    ]))
+    (src / "labels" / "something-something-v2-labels.json").write_text(
+        json.dumps({"Putting something on something": "0", "Holding something": "1"})
+    )
+    (src / "labels" / "something-something-v2-train.json").write_text(
+        json.dumps(
+            [
+                {"id": "11", "label": "holding a cup", "template": "Holding [something]", "placeholders": ["a cup"]},
+                {
+                    "id": "12",
+                    "label": "putting a pen on a book",
+                    "template": "Putting [something] on [something]",
+                    "placeholders": ["a pen", "a book"],
+                },
+                {"id": "99", "label": "holding air", "template": "Holding [something]", "placeholders": ["air"]},
+            ]
+        )
+    )
+    (src / "labels" / "something-something-v2-validation.json").write_text(
+        json.dumps(
+            [
+                {"id": "13", "label": "holding a mug", "template": "Holding [something]", "placeholders": ["a mug"]},
+            ]
+        )
+    )
     videos = src / "20bn-something-something-v2"
     for i in ("11", "12", "13"):
-        write_video(videos / f"{i}.webm", noise_frames(12, 64, 48, int(i)), vcodec="libvpx-vp9",
-                    extra=("-deadline", "realtime", "-cpu-used", "8"))
+        write_video(
+            videos / f"{i}.webm",
+            noise_frames(12, 64, 48, int(i)),
+            vcodec="libvpx-vp9",
+            extra=("-deadline", "realtime", "-cpu-used", "8"),
+        )
     return src
 
 
@@ -137,7 +157,9 @@ def test_sthv2(sthv2, tmp_path):
         "20bn-something-something-v2/12.webm": ("train", 0),
         "20bn-something-something-v2/13.webm": ("val", 1),
     }
-    assert [(r["source"], r["reason"]) for r in rejected(out)] == [("20bn-something-something-v2/99.webm", "missing_file")]
+    assert [(r["source"], r["reason"]) for r in rejected(out)] == [
+        ("20bn-something-something-v2/99.webm", "missing_file")
+    ]
 
 
 def test_sthv2_unknown_template_is_a_clear_error(sthv2):
@@ -153,8 +175,23 @@ def test_sthv2_unknown_template_is_a_clear_error(sthv2):
 def _jpegs(folder: Path, n: int, seed: int) -> None:
     folder.mkdir(parents=True)
     frames = noise_frames(n, 64, 48, seed)
-    argv = [find_ffmpeg(), "-hide_banner", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24",
-            "-s", "64x48", "-i", "pipe:", "-start_number", "1", str(folder / "%05d.jpg")]
+    argv = [
+        find_ffmpeg(),
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "rgb24",
+        "-s",
+        "64x48",
+        "-i",
+        "pipe:",
+        "-start_number",
+        "1",
+        str(folder / "%05d.jpg"),
+    ]
     pipe_frames(argv, [frames.tobytes()], timeout=60)
 
 
@@ -242,4 +279,6 @@ def test_every_layout_reads_from_object_storage(layout, request, s3, tmp_path):
         if path.suffix in (".tar", ".idx") or path.name == "classes.json":
             assert (remote / path.name).read_bytes() == path.read_bytes(), path.name
     # object stores hold no empty folders: sthv1's never-extracted folder is absent there, rejected all the same
-    assert [(r["source"], r["reason"]) for r in rejected(remote)] == [(r["source"], r["reason"]) for r in rejected(local)]
+    assert [(r["source"], r["reason"]) for r in rejected(remote)] == [
+        (r["source"], r["reason"]) for r in rejected(local)
+    ]

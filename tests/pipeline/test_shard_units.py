@@ -133,8 +133,12 @@ def test_make_key_is_dot_free_ascii_and_unique():
 
 
 def test_canonical_order_is_deterministic_and_split_major():
-    items = [WorkItem(make_key(f"{s}/{c}/{i}.mp4"), s, c, f"{s}/{c}/{i}.mp4", "")
-             for s in ("val", "train") for c in "ab" for i in range(5)]
+    items = [
+        WorkItem(make_key(f"{s}/{c}/{i}.mp4"), s, c, f"{s}/{c}/{i}.mp4", "")
+        for s in ("val", "train")
+        for c in "ab"
+        for i in range(5)
+    ]
     a = canonical_order(items, seed=0)
     b = canonical_order(list(reversed(items)), seed=0)
     assert a == b

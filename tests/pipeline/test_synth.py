@@ -12,16 +12,20 @@ TINY = {"classes": 2, "train_per_class": 2, "val_per_class": 1, "frames": 16, "s
 
 
 def _digests(root):
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*.mp4"))}
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*.mp4"))
+    }
 
 
 def test_layout_and_reuse(tmp_path):
     out = make_dataset(tmp_path / "s", **TINY, seed=1)
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.mp4")) == [
-        "train/left_slow/left_slow_0000.mp4", "train/left_slow/left_slow_0001.mp4",
-        "train/right_slow/right_slow_0000.mp4", "train/right_slow/right_slow_0001.mp4",
-        "val/left_slow/left_slow_0000.mp4", "val/right_slow/right_slow_0000.mp4",
+        "train/left_slow/left_slow_0000.mp4",
+        "train/left_slow/left_slow_0001.mp4",
+        "train/right_slow/right_slow_0000.mp4",
+        "train/right_slow/right_slow_0001.mp4",
+        "val/left_slow/left_slow_0000.mp4",
+        "val/right_slow/right_slow_0000.mp4",
     ]
     stamp = (out / "train/left_slow/left_slow_0000.mp4").stat().st_mtime_ns
     make_dataset(out, **TINY, seed=1)  # complete with the same settings: reused untouched
@@ -84,8 +88,24 @@ def test_config_validation_and_cli(tmp_path, capsys):
     (tmp_path / "busy" / "mine.txt").write_text("keep me")
     assert main([str(tmp_path / "busy")]) == 1
     assert "not empty" in capsys.readouterr().err and (tmp_path / "busy" / "mine.txt").exists()
-    assert main([str(tmp_path / "cli"), "--classes", "2", "--train-per-class", "1", "--val-per-class", "1",
-                 "--frames", "8", "--size", "64x48"]) == 0
+    assert (
+        main(
+            [
+                str(tmp_path / "cli"),
+                "--classes",
+                "2",
+                "--train-per-class",
+                "1",
+                "--val-per-class",
+                "1",
+                "--frames",
+                "8",
+                "--size",
+                "64x48",
+            ]
+        )
+        == 0
+    )
     assert "wrote 4 videos" in capsys.readouterr().out
     with pytest.raises(SystemExit) as e:
         main(["--help"])

@@ -16,8 +16,9 @@ from tests.shard_helpers import SMALL
 
 @pytest.fixture(scope="module")
 def clean(tmp_path_factory):
-    src = make_dataset(tmp_path_factory.mktemp("src"), classes=2, train_per_class=2, val_per_class=1,
-                       frames=16, size=(64, 48), seed=2)
+    src = make_dataset(
+        tmp_path_factory.mktemp("src"), classes=2, train_per_class=2, val_per_class=1, frames=16, size=(64, 48), seed=2
+    )
     out = tmp_path_factory.mktemp("out")
     shard_dataset(src, out, **SMALL, shard_samples=2)
     return out
@@ -81,15 +82,29 @@ def test_wrong_frame_count_is_caught_by_decoding(damaged):
 
 
 def test_check_sample_names_each_inconsistency():
-    meta = {"key": "k", "label": 1, "frames": 5, "class": "b", "codec": "vp9",
-            "sha256": hashlib.sha256(b"v").hexdigest()}
-    good = {"__key__": "k", "webm": b"v", "lbl": struct.pack("<i", 1), "frames": struct.pack("<i", 5),
-            "json": json.dumps(meta).encode()}
+    meta = {
+        "key": "k",
+        "label": 1,
+        "frames": 5,
+        "class": "b",
+        "codec": "vp9",
+        "sha256": hashlib.sha256(b"v").hexdigest(),
+    }
+    good = {
+        "__key__": "k",
+        "webm": b"v",
+        "lbl": struct.pack("<i", 1),
+        "frames": struct.pack("<i", 5),
+        "json": json.dumps(meta).encode(),
+    }
     assert check_sample(good, ["a", "b"], "webm", "vp9") == []
     assert check_sample({**good, "lbl": struct.pack("<i", 0)}, ["a", "b"], "webm", "vp9") == [
-        "k: json label 1 != .lbl 0", "k: json class 'b' is not classes[0]"]
+        "k: json label 1 != .lbl 0",
+        "k: json class 'b' is not classes[0]",
+    ]
     assert check_sample({k: v for k, v in good.items() if k != "frames"}, ["a", "b"], "webm", "vp9") == [
-        "k: missing component .frames"]
+        "k: missing component .frames"
+    ]
     assert check_sample(good, ["a", "b"], "webm", "h264") == ["k: json codec 'vp9' != manifest codec 'h264'"]
 
 

@@ -142,9 +142,17 @@ def test_training_steps_of_a_tiny_tpn_match_nn_batchnorm():
     results = {}
     for impl in ("native", "reference"):
         model = set_batchnorm_impl(copy.deepcopy(base), impl)
-        opt = build_optimizer(list(model.parameters()), lr=0.005, momentum=0.9, nesterov=True, weight_decay=1e-4,
-                              device=torch.device("cpu"))  # fmt: skip
-        step = TrainStep(LossModule(model, 0.5), opt, StepOptions(clip_grad=40.0, channels_last=True), torch.device("cpu"))
+        opt = build_optimizer(
+            list(model.parameters()),
+            lr=0.005,
+            momentum=0.9,
+            nesterov=True,
+            weight_decay=1e-4,
+            device=torch.device("cpu"),
+        )
+        step = TrainStep(
+            LossModule(model, 0.5), opt, StepOptions(clip_grad=40.0, channels_last=True), torch.device("cpu")
+        )
         losses = torch.stack([step(x, y) for x, y in batches])
         results[impl] = (losses, model.state_dict())
     assert_close(results["reference"][0], results["native"][0])
@@ -209,4 +217,6 @@ def test_cuda_path_launches_channels_last_kernels():
         kernels[impl] = [e.key for e in prof.key_averages() if e.self_device_time_total > 0]
     fast = " ".join(kernels["auto"]).lower()
     assert "channels_last" in fast and "welfordops" not in fast, kernels["auto"]
-    assert "welfordops" in " ".join(kernels["native"]).lower()  # the control: nn.BatchNorm3d on NDHWC takes the generic path
+    assert (
+        "welfordops" in " ".join(kernels["native"]).lower()
+    )  # the control: nn.BatchNorm3d on NDHWC takes the generic path

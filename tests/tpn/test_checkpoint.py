@@ -101,16 +101,30 @@ def test_mmaction2_names_follow_the_reference():
     t = convert_state_dict(tsm.state_dict(), MMACTION2_TSM)
     s = convert_state_dict(slow.state_dict(), MMACTION2_3D)
     for k in [
-        "backbone.conv1.conv.weight", "backbone.conv1.bn.running_mean",
-        "backbone.layer1.0.conv1.conv.net.weight", "backbone.layer1.0.conv1.bn.weight",
-        "backbone.layer1.0.conv2.conv.weight", "backbone.layer1.0.downsample.conv.weight",
-        "neck.temporal_modulation_ops.0.conv.conv.weight", "neck.downsample_ops.0.conv.conv.weight",
-        "neck.level_fusion_1.downsamples.0.conv.conv.weight", "neck.level_fusion_2.downsamples.1.conv.bn.bias",
-        "neck.level_fusion_1.fusion_conv.conv.weight", "neck.pyramid_fusion.bn.weight",
-        "neck.aux_head.conv.conv.weight", "neck.aux_head.fc.bias", "cls_head.fc_cls.weight",
-    ]:  # fmt: skip
+        "backbone.conv1.conv.weight",
+        "backbone.conv1.bn.running_mean",
+        "backbone.layer1.0.conv1.conv.net.weight",
+        "backbone.layer1.0.conv1.bn.weight",
+        "backbone.layer1.0.conv2.conv.weight",
+        "backbone.layer1.0.downsample.conv.weight",
+        "neck.temporal_modulation_ops.0.conv.conv.weight",
+        "neck.downsample_ops.0.conv.conv.weight",
+        "neck.level_fusion_1.downsamples.0.conv.conv.weight",
+        "neck.level_fusion_2.downsamples.1.conv.bn.bias",
+        "neck.level_fusion_1.fusion_conv.conv.weight",
+        "neck.pyramid_fusion.bn.weight",
+        "neck.aux_head.conv.conv.weight",
+        "neck.aux_head.fc.bias",
+        "cls_head.fc_cls.weight",
+    ]:
         assert k in t, k
-    assert "backbone.layer3.0.conv1.conv.weight" in s and tuple(s["backbone.layer3.0.conv1.conv.weight"].shape) == (256, 512, 3, 1, 1)
+    assert "backbone.layer3.0.conv1.conv.weight" in s and tuple(s["backbone.layer3.0.conv1.conv.weight"].shape) == (
+        256,
+        512,
+        3,
+        1,
+        1,
+    )
     assert detect_format(t) == detect_format(s) == "mmaction2"
 
 
@@ -264,7 +278,11 @@ def test_checkpoint_classes_reads_weights_only_and_explains_bad_files(tmp_path):
 
 def imagenet_2d_state_dict(seed: int) -> dict:
     """A torchvision-style 2D ResNet state dict of the tiny width (TSM names are torchvision's)."""
-    sd = {k[len("backbone."):]: v for k, v in fresh("tsm_tiny_baseline", seed).state_dict().items() if k.startswith("backbone.")}
+    sd = {
+        k[len("backbone.") :]: v
+        for k, v in fresh("tsm_tiny_baseline", seed).state_dict().items()
+        if k.startswith("backbone.")
+    }
     sd["fc.weight"], sd["fc.bias"] = torch.randn(1000, 256), torch.zeros(1000)
     return sd
 

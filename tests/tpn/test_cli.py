@@ -37,8 +37,11 @@ def test_train_and_test_take_the_same_device_and_loader_flags():
     argv = ["--device", "cpu", "--loader-device", "cuda", "--decoder", "pyav", "--workers", "3"]
     got_train = vars(train_parser().parse_args(["tpn_tiny_f8s4", "--train", "x", "--out", "y", *argv]))
     got_test = vars(eval_parser().parse_args(["tpn_tiny_f8s4", "--checkpoint", "c", "--shards", "s", *argv]))
-    assert {k: got_train[k] for k in SHARED} == {k: got_test[k] for k in SHARED} == {
-        "device": "cpu", "loader_device": "cuda", "decoder": "pyav", "workers": 3}
+    assert (
+        {k: got_train[k] for k in SHARED}
+        == {k: got_test[k] for k in SHARED}
+        == {"device": "cpu", "loader_device": "cuda", "decoder": "pyav", "workers": 3}
+    )
 
 
 def test_unset_flags_stay_out_of_a_training_namespace():
@@ -46,7 +49,12 @@ def test_unset_flags_stay_out_of_a_training_namespace():
     train = vars(train_parser().parse_args(["--resume", "run"]))
     assert not set(SHARED) & set(train) and "threads" not in train
     test = vars(eval_parser().parse_args(["tpn_tiny_f8s4", "--checkpoint", "c", "--shards", "s"]))
-    assert {k: test[k] for k in SHARED} == {"device": "auto", "loader_device": "auto", "decoder": "auto", "workers": None}
+    assert {k: test[k] for k in SHARED} == {
+        "device": "auto",
+        "loader_device": "auto",
+        "decoder": "auto",
+        "workers": None,
+    }
 
 
 def test_the_flags_offer_what_the_loader_accepts():
@@ -111,10 +119,12 @@ def test_python_m_tpn_train_runs_the_trainer_module_once():
     import subprocess
     import sys
 
-    script = ("import runpy, sys; sys.argv = ['tpn.train', '--help']\n"
-              "try:\n    runpy.run_module('tpn.train', run_name='__main__')\nexcept SystemExit:\n    pass\n"
-              "import gc\n"
-              "copies = [o for o in gc.get_objects() if isinstance(o, type) and o.__name__ == 'NonFiniteLoss']\n"
-              "print('tpn.train' in sys.modules, len(copies))")
+    script = (
+        "import runpy, sys; sys.argv = ['tpn.train', '--help']\n"
+        "try:\n    runpy.run_module('tpn.train', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+        "import gc\n"
+        "copies = [o for o in gc.get_objects() if isinstance(o, type) and o.__name__ == 'NonFiniteLoss']\n"
+        "print('tpn.train' in sys.modules, len(copies))"
+    )
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert run.stdout.strip().splitlines()[-1] == "False 1", run.stdout[-500:] + run.stderr[-2000:]

@@ -17,10 +17,21 @@ def test_plan_is_the_documented_flow(tmp_path):
     stages = plan(DemoPaths(tmp_path), "default", seed=0)
     modules = [s.argv[2] for s in stages]
     assert modules == [
-        "pipeline.synth", "pipeline.shard", "pipeline.verify", "pipeline.synth", "pipeline.shard", "pipeline.verify",
-        "tpn.train", "tpn.train", "tpn.test", "tpn.test",
-        "export.onnx", "export.trt", "export.validate", "export.validate",
-    ]  # fmt: skip
+        "pipeline.synth",
+        "pipeline.shard",
+        "pipeline.verify",
+        "pipeline.synth",
+        "pipeline.shard",
+        "pipeline.verify",
+        "tpn.train",
+        "tpn.train",
+        "tpn.test",
+        "tpn.test",
+        "export.onnx",
+        "export.trt",
+        "export.validate",
+        "export.validate",
+    ]
     assert [s.argv[3] for s in stages if s.argv[2] == "tpn.train"] == list(MODELS)
     trt = next(s for s in stages if s.argv[2] == "export.trt")
     assert 2 in trt.ok_codes  # "TensorRT not available" is an expected outcome, not a failure
@@ -75,11 +86,19 @@ def test_demo_smoke_runs_end_to_end_and_reuses_finished_stages(tmp_path):
     first = subprocess.run(cmd, capture_output=True, text=True)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     text = first.stdout
-    for needle in ["tpn demo: summary", "| tpn_tiny_f8s4 |", "| baseline_tiny_f8s4 |", "chance level: 12.5%",
-                   "held-out synthetic test videos; seed 0", "Videos per split: train 16, val 8, test 8",
-                   f"test videos drawn with seed {held_out_seed(0)}",
-                   "tpn_tiny_f8s4.onnx | ort-cpu (fp32)", "tpn_tiny_f8s4.fp16.onnx | ort-cpu (fp16)", "TensorRT engine:",
-                   "JPEG frame shards"]:  # fmt: skip
+    for needle in [
+        "tpn demo: summary",
+        "| tpn_tiny_f8s4 |",
+        "| baseline_tiny_f8s4 |",
+        "chance level: 12.5%",
+        "held-out synthetic test videos; seed 0",
+        "Videos per split: train 16, val 8, test 8",
+        f"test videos drawn with seed {held_out_seed(0)}",
+        "tpn_tiny_f8s4.onnx | ort-cpu (fp32)",
+        "tpn_tiny_f8s4.fp16.onnx | ort-cpu (fp16)",
+        "TensorRT engine:",
+        "JPEG frame shards",
+    ]:
         assert needle in text, needle
     p = DemoPaths(out)
     test_videos, seen_videos = _digests(p.test_data), _digests(p.data)

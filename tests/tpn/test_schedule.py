@@ -44,7 +44,9 @@ def test_step_decay_at_epoch_boundaries(step, expected):
 WARM = StepSchedule(base_lr=0.1, steps_per_epoch=4, milestones=(3,), warmup_epochs=1)
 
 
-@pytest.mark.parametrize("step, expected", [(0, 0.025), (1, 0.05), (2, 0.075), (3, 0.1), (4, 0.1), (11, 0.1), (12, 0.01)])
+@pytest.mark.parametrize(
+    "step, expected", [(0, 0.025), (1, 0.05), (2, 0.075), (3, 0.1), (4, 0.1), (11, 0.1), (12, 0.01)]
+)
 def test_linear_warmup_then_decay(step, expected):
     assert WARM(step) == pytest.approx(expected)
 

@@ -48,13 +48,15 @@ def test_views_are_averaged_as_softmax_probabilities():
 
 
 def test_accuracies():
-    scores = torch.tensor([
-        [0.7, 0.2, 0.1],  # label 0: right
-        [0.1, 0.5, 0.4],  # label 2: second best
-        [0.6, 0.3, 0.1],  # label 1: wrong
-        [0.2, 0.7, 0.1],  # label 1: right
-        [0.1, 0.2, 0.7],  # label 2: right
-    ])  # fmt: skip
+    scores = torch.tensor(
+        [
+            [0.7, 0.2, 0.1],  # label 0: right
+            [0.1, 0.5, 0.4],  # label 2: second best
+            [0.6, 0.3, 0.1],  # label 1: wrong
+            [0.2, 0.7, 0.1],  # label 1: right
+            [0.1, 0.2, 0.7],  # label 2: right
+        ]
+    )
     labels = torch.tensor([0, 2, 1, 1, 2])
     acc = accuracy(scores, labels)
     assert acc["top1"] == pytest.approx(60.0)
@@ -132,9 +134,29 @@ def checkpoint(tmp_path_factory) -> Path:
 
 
 def cli(shards: Path, checkpoint: Path, out: Path) -> list[str]:
-    return [TINY, "--checkpoint", str(checkpoint), "--shards", str(shards), "--clips", "1", "--crops", "center",
-            "--batch-size", "8", "--device", "cpu", "--loader-device", "cpu", "--workers", "1",
-            "--out", str(out / "report.json"), "--per-video", str(out / "scores.jsonl")]  # fmt: skip
+    return [
+        TINY,
+        "--checkpoint",
+        str(checkpoint),
+        "--shards",
+        str(shards),
+        "--clips",
+        "1",
+        "--crops",
+        "center",
+        "--batch-size",
+        "8",
+        "--device",
+        "cpu",
+        "--loader-device",
+        "cpu",
+        "--workers",
+        "1",
+        "--out",
+        str(out / "report.json"),
+        "--per-video",
+        str(out / "scores.jsonl"),
+    ]
 
 
 def read_outputs(out: Path) -> tuple[dict, dict[str, dict]]:
@@ -187,8 +209,17 @@ def test_cli_reads_the_checkpoint_once_and_names_it_in_errors(shards, checkpoint
 
 @pytest.mark.slow
 def test_two_processes_gather_every_video_once(shards, checkpoint, single_process, tmp_path):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "tpn.test", *cli(shards, checkpoint, tmp_path)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "tpn.test",
+        *cli(shards, checkpoint, tmp_path),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]

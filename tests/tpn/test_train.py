@@ -32,11 +32,28 @@ def shards(tmp_path_factory) -> Path:
 def small_run(shards: Path, out: Path, **changes) -> TrainSettings:
     """2 epochs x 16 steps of 8 clips on one 128-video shard, validation on the val shard."""
     base = dict(
-        model=MODEL, train=(str(shards / "train-000000.tar"),), val=(str(shards / "val-000000.tar"),),
-        out=str(out), epochs=2, batch_size=8, lr=0.02, momentum=0.9, nesterov=True, weight_decay=1e-4,
-        clip_grad=40.0, lr_steps=(1,), lr_gamma=0.1, warmup_epochs=0.5, aux_weight=0.5,
-        device="cpu", threads=2, workers=2, log_every=5, progress=False, seed=0,
-    )  # fmt: skip
+        model=MODEL,
+        train=(str(shards / "train-000000.tar"),),
+        val=(str(shards / "val-000000.tar"),),
+        out=str(out),
+        epochs=2,
+        batch_size=8,
+        lr=0.02,
+        momentum=0.9,
+        nesterov=True,
+        weight_decay=1e-4,
+        clip_grad=40.0,
+        lr_steps=(1,),
+        lr_gamma=0.1,
+        warmup_epochs=0.5,
+        aux_weight=0.5,
+        device="cpu",
+        threads=2,
+        workers=2,
+        log_every=5,
+        progress=False,
+        seed=0,
+    )
     return TrainSettings(**{**base, **changes})
 
 
@@ -77,8 +94,10 @@ def test_uninterrupted_run_writes_its_outputs(uninterrupted):
     assert {"settings.json", "metrics.jsonl", "summary.json", "curves.png", "best.pth"} <= names
     # save-every 4 and epoch ends (16, 32): the newest 3 are kept
     assert [p.name for p in rundir.list_checkpoints(uninterrupted)] == [
-        "step_00000024.pth", "step_00000028.pth", "step_00000032.pth",
-    ]  # fmt: skip
+        "step_00000024.pth",
+        "step_00000028.pth",
+        "step_00000032.pth",
+    ]
     settings = json.loads((uninterrupted / "settings.json").read_text())
     assert settings["derived"]["steps_per_epoch"] == 16 and settings["derived"]["num_classes"] == 8
     summary = json.loads((uninterrupted / "summary.json").read_text())
@@ -109,11 +128,35 @@ def wait_for_checkpoint(proc: subprocess.Popen, run_dir: Path, min_step: int, ti
 
 def cli_args(s: TrainSettings) -> list[str]:
     return [
-        s.model, "--train", *s.train, "--val", *s.val, "--out", s.out, "--epochs", str(s.epochs),
-        "--batch-size", str(s.batch_size), "--lr", str(s.lr), "--lr-steps", *map(str, s.lr_steps),
-        "--warmup-epochs", str(s.warmup_epochs), "--device", "cpu", "--threads", "2", "--workers", "2",
-        "--log-every", str(s.log_every), "--save-every", str(s.save_every), "--no-progress",
-    ]  # fmt: skip
+        s.model,
+        "--train",
+        *s.train,
+        "--val",
+        *s.val,
+        "--out",
+        s.out,
+        "--epochs",
+        str(s.epochs),
+        "--batch-size",
+        str(s.batch_size),
+        "--lr",
+        str(s.lr),
+        "--lr-steps",
+        *map(str, s.lr_steps),
+        "--warmup-epochs",
+        str(s.warmup_epochs),
+        "--device",
+        "cpu",
+        "--threads",
+        "2",
+        "--workers",
+        "2",
+        "--log-every",
+        str(s.log_every),
+        "--save-every",
+        str(s.save_every),
+        "--no-progress",
+    ]
 
 
 @pytest.mark.slow
@@ -201,7 +244,14 @@ def test_a_loader_that_runs_out_early_still_ends_its_epochs(shards, tmp_path, ca
     epochs = [(r["epoch"], r["step"]) for r in rundir.read_metrics(tmp_path) if r["type"] == "epoch"]
     assert epochs == [(1, 3), (2, 6)]  # each epoch starts at its first batch, none carried over
     assert final_state(tmp_path)["progress"] | {"train_time_s": 0} == {
-        "step": 6, "epoch": 2, "batch": 0, "best_top1": None, "best_epoch": None, "last_top1": None, "train_time_s": 0}
+        "step": 6,
+        "epoch": 2,
+        "batch": 0,
+        "best_top1": None,
+        "best_epoch": None,
+        "last_top1": None,
+        "train_time_s": 0,
+    }
     assert "epoch 1: the training loader gave 3 batches, not the 16 of its len()" in caplog.text
 
 
@@ -221,8 +271,21 @@ def test_help_documents_every_flag():
     undocumented = [a.dest for a in parser._actions if not a.help]
     assert undocumented == []
     text = parser.format_help()
-    for flag in ("--epochs", "--batch-size", "--lr", "--resume", "--device", "--save-every", "--keep-last",
-                 "--pretrained", "--checkpoint", "--cuda-graph", "--amp", "--warmup-epochs", "--clip-grad"):  # fmt: skip
+    for flag in (
+        "--epochs",
+        "--batch-size",
+        "--lr",
+        "--resume",
+        "--device",
+        "--save-every",
+        "--keep-last",
+        "--pretrained",
+        "--checkpoint",
+        "--cuda-graph",
+        "--amp",
+        "--warmup-epochs",
+        "--clip-grad",
+    ):
         assert flag in text
 
 
@@ -255,8 +318,9 @@ def test_a_missing_split_names_the_flag_that_chose_it(tmp_path, which, flag):
     s = small_run(tmp_path, tmp_path / "run", train=(str(tmp_path),), val=(str(tmp_path),))
     with pytest.raises(ShardReadError, match=rf"splits present: test\. Pass {flag} with one of them"):
         build_loader(lambda *a, **kw: pytest.fail("no loader for a missing split"), s, DistEnv(), which)
-    built = build_loader(lambda source, clip, **kw: kw["split"], dataclasses.replace(s, **{f"{which}_split": "test"}),
-                         DistEnv(), which)  # fmt: skip
+    built = build_loader(
+        lambda source, clip, **kw: kw["split"], dataclasses.replace(s, **{f"{which}_split": "test"}), DistEnv(), which
+    )
     assert built == "test"
 
 
@@ -276,8 +340,19 @@ def test_tiny_tpn_learns_the_synthetic_set(shards, tmp_path):
     dropout 0.5 on the 256-d tiny features, when learning starts depended on the seed (5-epoch
     runs: 77% Top-1 for seed 0, 23% for seed 1); without it seeds 0-2 reach 80-84% here.
     """
-    s = small_run(shards, tmp_path, train=(str(shards),), val=(str(shards),), epochs=4, lr=None, lr_steps=(3,),
-                  warmup_epochs=1.0, dropout=0.0, log_every=16, val_every=2)
+    s = small_run(
+        shards,
+        tmp_path,
+        train=(str(shards),),
+        val=(str(shards),),
+        epochs=4,
+        lr=None,
+        lr_steps=(3,),
+        warmup_epochs=1.0,
+        dropout=0.0,
+        log_every=16,
+        val_every=2,
+    )
     summary = train(s)
     assert summary.steps == 4 * TRAIN_VIDEOS // 8
     assert summary.best_top1 >= 50.0, rundir.read_metrics(tmp_path)[-1]
@@ -288,11 +363,15 @@ def test_tiny_tpn_learns_the_synthetic_set(shards, tmp_path):
 def test_loader_decoder_and_compile_flags_reach_the_settings():
     from tpn.engine import DEFAULT_COMPILE
 
-    s, _ = settings_from_args(build_parser().parse_args([MODEL, "--train", "x", "--out", "y", "--decoder", "pyav", "--compile"]))
+    s, _ = settings_from_args(
+        build_parser().parse_args([MODEL, "--train", "x", "--out", "y", "--decoder", "pyav", "--compile"])
+    )
     assert (s.decoder, s.compile) == ("pyav", DEFAULT_COMPILE)
     s, _ = settings_from_args(build_parser().parse_args([MODEL, "--train", "x", "--out", "y", "--compile", "mm1x1"]))
     assert s.compile == "mm1x1"
-    s, _ = settings_from_args(build_parser().parse_args([MODEL, "--train", "x", "--out", "y", "--compile", "--no-compile"]))
+    s, _ = settings_from_args(
+        build_parser().parse_args([MODEL, "--train", "x", "--out", "y", "--compile", "--no-compile"])
+    )
     assert s.compile is None
     s, _ = settings_from_args(build_parser().parse_args([MODEL, "--train", "x", "--out", "y"]))
     assert (s.decoder, s.compile) == ("auto", None)

@@ -37,17 +37,46 @@ def shards(tmp_path_factory) -> Path:
 
 def flags(shards: Path, out: Path, batch: int, threads: int) -> list[str]:
     return [
-        MODEL, "--train", str(shards / "train-000000.tar"), "--val", str(shards / "val-000000.tar"),
-        "--out", str(out), "--epochs", "1", "--batch-size", str(batch), "--dropout", "0", "--bn-eval",
-        "--device", "cpu", "--threads", str(threads), "--workers", "1", "--log-every", "4", "--no-progress",
-    ]  # fmt: skip
+        MODEL,
+        "--train",
+        str(shards / "train-000000.tar"),
+        "--val",
+        str(shards / "val-000000.tar"),
+        "--out",
+        str(out),
+        "--epochs",
+        "1",
+        "--batch-size",
+        str(batch),
+        "--dropout",
+        "0",
+        "--bn-eval",
+        "--device",
+        "cpu",
+        "--threads",
+        str(threads),
+        "--workers",
+        "1",
+        "--log-every",
+        "4",
+        "--no-progress",
+    ]
 
 
 @pytest.fixture(scope="module")
 def runs(shards, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("ddp")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "tpn.train", *flags(shards, root / "two", batch=4, threads=1)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "tpn.train",
+        *flags(shards, root / "two", batch=4, threads=1),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert main(flags(shards, root / "one", batch=8, threads=2)) == 0

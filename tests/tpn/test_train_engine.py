@@ -156,8 +156,11 @@ def test_channels_last_reformats_only_5d_clips_and_still_learns_on_cpu():
     step = TrainStep(LossModule(model, 0.5), opt, StepOptions(channels_last=True), CPU)
     x, y = tiny_batch(4)  # (N, C, T, H, W)
     ndhwc = step._prepare(x)
-    assert ndhwc.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous(
-        memory_format=torch.channels_last_3d) and torch.equal(ndhwc, x)  # fmt: skip
+    assert (
+        ndhwc.is_contiguous(memory_format=torch.channels_last_3d)
+        and not x.is_contiguous(memory_format=torch.channels_last_3d)
+        and torch.equal(ndhwc, x)
+    )
     frames = x[:, :, 0]  # (N, C, H, W): a 4-D input is passed through untouched
     assert step._prepare(frames) is frames
     plain = TrainStep(LossModule(model, 0.5), opt, StepOptions(channels_last=False), CPU)
@@ -175,8 +178,15 @@ def tiny_step(opts: StepOptions) -> TrainStep:
     return TrainStep(LossModule(model, 0.5), opt, opts, CPU)
 
 
-@pytest.mark.parametrize("compiled, graph, name", [(False, False, "eager"), (False, True, "cuda-graph"),
-                                                    (True, False, "compiled"), (True, True, "compiled+cuda-graph")])  # fmt: skip
+@pytest.mark.parametrize(
+    "compiled, graph, name",
+    [
+        (False, False, "eager"),
+        (False, True, "cuda-graph"),
+        (True, False, "compiled"),
+        (True, True, "compiled+cuda-graph"),
+    ],
+)
 def test_step_mode_names(compiled, graph, name):
     assert step_mode(compiled, graph) == name
 
@@ -251,7 +261,12 @@ def test_compile_presets_reach_torch_compile(monkeypatch):
     assert seen["options"] == {"conv_1x1_as_mm": True}
     step(*tiny_batch())
     r = step.report()
-    assert (r.requested, r.mode, r.compile, r.compile_options) == ("compiled", "compiled", "mm1x1", {"conv_1x1_as_mm": True})
+    assert (r.requested, r.mode, r.compile, r.compile_options) == (
+        "compiled",
+        "compiled",
+        "mm1x1",
+        {"conv_1x1_as_mm": True},
+    )
     assert r.compile_s is not None and r.compile_s > 0  # the first step is timed
     tiny_step(StepOptions(compile=True, cuda_graph=False))
     assert seen["options"] == (compile_options(DEFAULT_COMPILE) or None)
@@ -280,8 +295,12 @@ def test_cuda_graph_steps_match_eager_steps(monkeypatch):
     a skipped update would cause.
     """
     dev = torch.device("cuda")
-    for flags, name, value in ((torch.backends.cudnn, "benchmark", False), (torch.backends.cudnn, "deterministic", True),
-                               (torch.backends.cudnn, "allow_tf32", False), (torch.backends.cuda.matmul, "allow_tf32", False)):
+    for flags, name, value in (
+        (torch.backends.cudnn, "benchmark", False),
+        (torch.backends.cudnn, "deterministic", True),
+        (torch.backends.cudnn, "allow_tf32", False),
+        (torch.backends.cuda.matmul, "allow_tf32", False),
+    ):
         monkeypatch.setattr(flags, name, value)  # restored after the test
     torch.manual_seed(0)
     base = tpn.create_model("tpn_tiny_f8s4", dropout=0.0)
@@ -290,8 +309,12 @@ def test_cuda_graph_steps_match_eager_steps(monkeypatch):
     # the third run is a control: eager with the rate left at its first value (a baked-in rate)
     for name, graph, schedule in (("eager", False, True), ("graph", True, True), ("baked", False, False)):
         model = copy.deepcopy(base).to(dev)
-        opt = build_optimizer(list(model.parameters()), lr=0.005, momentum=0.9, nesterov=True, weight_decay=1e-4, device=dev)
-        step = TrainStep(LossModule(model, 0.5), opt, StepOptions(clip_grad=40.0, cuda_graph=graph, warmup_iters=2), dev)
+        opt = build_optimizer(
+            list(model.parameters()), lr=0.005, momentum=0.9, nesterov=True, weight_decay=1e-4, device=dev
+        )
+        step = TrainStep(
+            LossModule(model, 0.5), opt, StepOptions(clip_grad=40.0, cuda_graph=graph, warmup_iters=2), dev
+        )
         losses = []
         for i in range(6):
             if schedule:
@@ -306,7 +329,8 @@ def test_cuda_graph_steps_match_eager_steps(monkeypatch):
 
     def close(a: str, b: str) -> bool:
         return torch.allclose(runs[a][0], runs[b][0], rtol=1e-3, atol=0) and torch.allclose(
-            runs[a][1], runs[b][1], rtol=1e-3, atol=1e-3)
+            runs[a][1], runs[b][1], rtol=1e-3, atol=1e-3
+        )
 
     assert close("graph", "eager")
     assert not close("baked", "eager")  # the tolerance does catch a rate that never changes
@@ -316,7 +340,10 @@ def test_cuda_graph_steps_match_eager_steps(monkeypatch):
 def test_compiled_and_captured_steps_follow_the_eager_steps(monkeypatch):
     """torch.compile + CUDA graph: the same losses as eager (fused kernels round differently)."""
     dev = torch.device("cuda")
-    for flags, name, value in ((torch.backends.cudnn, "allow_tf32", False), (torch.backends.cuda.matmul, "allow_tf32", False)):
+    for flags, name, value in (
+        (torch.backends.cudnn, "allow_tf32", False),
+        (torch.backends.cuda.matmul, "allow_tf32", False),
+    ):
         monkeypatch.setattr(flags, name, value)
     torch.manual_seed(0)
     base = tpn.create_model("tpn_tiny_f8s4", dropout=0.0)
@@ -324,8 +351,12 @@ def test_compiled_and_captured_steps_follow_the_eager_steps(monkeypatch):
     losses = {}
     for compiled in (False, True):
         model = copy.deepcopy(base).to(dev)
-        opt = build_optimizer(list(model.parameters()), lr=0.005, momentum=0.9, nesterov=True, weight_decay=1e-4, device=dev)
-        step = TrainStep(LossModule(model, 0.5), opt, StepOptions(clip_grad=40.0, compile=compiled, warmup_iters=2), dev)
+        opt = build_optimizer(
+            list(model.parameters()), lr=0.005, momentum=0.9, nesterov=True, weight_decay=1e-4, device=dev
+        )
+        step = TrainStep(
+            LossModule(model, 0.5), opt, StepOptions(clip_grad=40.0, compile=compiled, warmup_iters=2), dev
+        )
         losses[compiled] = torch.stack([step(*(t.to(dev) for t in tiny_batch(4, seed=i))) for i in range(5)]).cpu()
         r = step.report()
         assert (r.mode, r.graph_replays, r.eager_steps) == ("compiled+cuda-graph" if compiled else "cuda-graph", 3, 2)

@@ -26,8 +26,11 @@ def test_checkpoints_are_listed_by_step_and_pruned_to_the_newest(tmp_path):
     (tmp_path / "best.pth").write_bytes(b"x")
     (tmp_path / ".step_00000999.pth.tmp-123-abcd").write_bytes(b"x")  # a temp file is never a checkpoint
     assert [p.name for p in rundir.list_checkpoints(tmp_path)] == [
-        "step_00000007.pth", "step_00000035.pth", "step_00000100.pth", "step_00002000.pth",
-    ]  # fmt: skip
+        "step_00000007.pth",
+        "step_00000035.pth",
+        "step_00000100.pth",
+        "step_00002000.pth",
+    ]
     removed = rundir.prune_checkpoints(tmp_path, keep=2)
     assert [p.name for p in removed] == ["step_00000007.pth", "step_00000035.pth"]
     assert [p.name for p in rundir.list_checkpoints(tmp_path)] == ["step_00000100.pth", "step_00002000.pth"]
@@ -80,7 +83,9 @@ def test_metrics_are_appended_and_truncated_for_a_resume(tmp_path):
 
 def test_curves_png(tmp_path):
     records = [{"type": "train", "step": s, "loss": 2.0 / s} for s in range(1, 30)]
-    records += [{"type": "epoch", "epoch": e, "step": 10 * e, "val_top1": 10.0 * e, "val_top5": 20.0 * e} for e in (1, 2)]
+    records += [
+        {"type": "epoch", "epoch": e, "step": 10 * e, "val_top1": 10.0 * e, "val_top5": 20.0 * e} for e in (1, 2)
+    ]
     path = rundir.plot_curves(records, tmp_path / "curves.png", "demo")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert rundir.plot_curves([], tmp_path / "none.png", "demo") is None

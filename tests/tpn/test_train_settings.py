@@ -21,7 +21,12 @@ def saved(**changes) -> dict:
 def test_a_new_run_takes_the_zoo_recipe_under_the_given_settings():
     recipe = tpn.get_config(MODEL).recipe
     s = resolve_settings(MODEL, {"train": ["shards"], "out": "runs/a", "epochs": 3})
-    assert (s.epochs, s.batch_size, s.lr_steps, s.clip_grad) == (3, recipe.batch_size, recipe.lr_steps, recipe.clip_grad)
+    assert (s.epochs, s.batch_size, s.lr_steps, s.clip_grad) == (
+        3,
+        recipe.batch_size,
+        recipe.lr_steps,
+        recipe.clip_grad,
+    )
     assert s.train == ("shards",) and s.lr is None  # None: the recipe's lr scaled to the global batch
 
 
@@ -47,7 +52,11 @@ def test_resumed_settings_are_the_saved_ones_under_the_given(given, expected):
 @pytest.mark.parametrize(
     "given, name, message",
     [
-        ({"batch_size": 4}, None, "--batch-size 4 differs from the resumed run's 8; an exact resume needs the same data order"),
+        (
+            {"batch_size": 4},
+            None,
+            "--batch-size 4 differs from the resumed run's 8; an exact resume needs the same data order",
+        ),
         ({"seed": 1}, None, "--seed 1 differs from the resumed run's 0"),
         ({}, "tsm_tiny_tpn", "trains 'tpn_tiny_f8s4', not 'tsm_tiny_tpn'"),
         ({"epochs": 0}, None, "--epochs must be >= 1"),
@@ -93,8 +102,14 @@ def test_bn_impl_comes_from_the_settings_and_survives_a_saved_run(tmp_path):
     s, _ = settings_from_args(build_parser().parse_args([MODEL, "--train", "x", "--out", "y", "--bn-impl", "native"]))
     assert s.bn_impl == "native" and s.to_dict()["bn_impl"] == "native"  # settings.json and checkpoints keep it
     for impl in ("native", "auto"):
-        model = build_train_model(TrainSettings.from_dict({**s.to_dict(), "bn_impl": impl}), 8, torch.device("cpu"),
-                                  False, initialise=False, is_main=True)  # fmt: skip
+        model = build_train_model(
+            TrainSettings.from_dict({**s.to_dict(), "bn_impl": impl}),
+            8,
+            torch.device("cpu"),
+            False,
+            initialise=False,
+            is_main=True,
+        )
         bns = [m for m in model.modules() if isinstance(m, BatchNorm3d)]
         assert bns and {m.impl for m in bns} == {impl}
     old = {k: v for k, v in saved().items() if k != "bn_impl"}  # settings saved before the flag existed

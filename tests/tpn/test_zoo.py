@@ -12,12 +12,25 @@ from tpn.layers import temporal_shift
 from tpn.neck import modulated_time
 
 ZOO = {
-    "baseline_r50_f8s8", "tpn_r50_f8s8", "baseline_r50_f16s4", "tpn_r50_f16s4",
-    "baseline_r50_f32s2", "tpn_r50_f32s2", "baseline_r101_f8s8", "tpn_r101_f8s8",
-    "baseline_r101_f16s4", "tpn_r101_f16s4", "baseline_r101_f32s2", "tpn_r101_f32s2",
-    "tpn_r50_f8s8_mmaction", "tpn_r101_f8s8_mmaction", "tsm50_baseline_sthv1",
-    "tsm50_tpn_sthv1", "tsm50_baseline_sthv2", "tsm50_tpn_sthv2",
-}  # fmt: skip
+    "baseline_r50_f8s8",
+    "tpn_r50_f8s8",
+    "baseline_r50_f16s4",
+    "tpn_r50_f16s4",
+    "baseline_r50_f32s2",
+    "tpn_r50_f32s2",
+    "baseline_r101_f8s8",
+    "tpn_r101_f8s8",
+    "baseline_r101_f16s4",
+    "tpn_r101_f16s4",
+    "baseline_r101_f32s2",
+    "tpn_r101_f32s2",
+    "tpn_r50_f8s8_mmaction",
+    "tpn_r101_f8s8_mmaction",
+    "tsm50_baseline_sthv1",
+    "tsm50_tpn_sthv1",
+    "tsm50_baseline_sthv2",
+    "tsm50_tpn_sthv2",
+}
 TINY = tpn.list_models("*tiny*")
 
 
