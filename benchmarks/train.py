@@ -57,500 +57,49 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
-import json
 import re
 import statistics
 import sys
-import tempfile
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
 import tpn
-from benchmarks.common import GOAL_TRAIN_SPEEDUP, bar_plot, cpu_has_native_bf16, results_path, sync, write_results
+from benchmarks.common import bar_plot, cpu_has_native_bf16, results_path, sync, write_results
 from export.validate import strict_fp32  # TF32 off for convs and matmuls, restored after
 from tpn.engine import (
     COMPILE_PRESETS,
     DEFAULT_COMPILE,
-    INPUT_TO_NDHWC,
     MIN_CUDNN,
     LossModule,
-    StepOptions,
     TrainStep,
     build_optimizer,
     compile_options,
-    step_mode,
 )
 from pipeline.fileio import atomic_write_bytes
 from tpn.cli import add_device_arg
 from tpn.distributed import DistEnv, resolve_torch_device
 from tpn.layers import set_batchnorm_impl
-
-BASELINE = "fp32-eager"
-GOAL_SPEEDUP, GOAL_MFU, GOAL_GRAPH_SPEEDUP = GOAL_TRAIN_SPEEDUP, 0.35, 2.0  # the goals on an H100/H200
-WARMUP_ITERS = 3  # TrainStep's eager steps before capture
-
-
-# ----------------------------------------------------------------- modes (pure)
-
-
-@dataclass(frozen=True)
-class ModeSpec:
-    bf16: bool
-    notf32: bool = False
-    cl3d: bool = False
-    bn: str = "auto"  # "auto" (tpn.layers.BatchNorm3d), "native" (nn.BatchNorm3d's kernels), "eval" (frozen)
-    compile: str | None = None  # a COMPILE_PRESETS name
-    graph: bool = False
-
-    @property
-    def requested(self) -> str:
-        return step_mode(self.compile is not None, self.graph)
-
-
-def parse_mode(mode: str) -> ModeSpec:
-    """'bf16-cl3d-compile=mm1x1-graph' -> ModeSpec; a clear error for anything unknown."""
-    precision, *flags = mode.split("-")
-    if precision not in ("fp32", "bf16"):
-        raise ValueError(f"mode {mode!r} must start with fp32 or bf16")
-    kw: dict = {"bf16": precision == "bf16"}
-    for flag in flags:
-        name, _, preset = flag.partition("=")
-        if flag in ("notf32", "cl3d", "graph"):
-            kw[flag] = True
-        elif flag in ("nativebn", "bneval"):
-            kw["bn"] = "native" if flag == "nativebn" else "eval"
-        elif name == "compile":
-            kw["compile"] = preset or DEFAULT_COMPILE
-            if kw["compile"] not in COMPILE_PRESETS:
-                raise ValueError(
-                    f"mode {mode!r}: unknown compile preset {preset!r}; choose from {', '.join(COMPILE_PRESETS)}"
-                )
-        elif flag != "eager":
-            raise ValueError(
-                f"mode {mode!r}: unknown option {flag!r} (notf32, cl3d, nativebn, bneval, compile[=P], graph, eager)"
-            )
-    return ModeSpec(**kw)
-
-
-def modes_for(device: str, native_bf16_cpu: bool, presets: tuple[str, ...] = ()) -> list[str]:
-    if device == "cuda":
-        return [
-            "fp32-eager",
-            "fp32-notf32-eager",
-            "bf16-cl3d-nativebn",
-            "bf16-cl3d",
-            "bf16-cl3d-graph",
-            "bf16-cl3d-bneval-graph",
-            "bf16-cl3d-compile-graph",
-            *(f"bf16-cl3d-compile={p}-graph" for p in presets if p != DEFAULT_COMPILE),
-        ]
-    return ["fp32-eager", "fp32-cl3d", *(["bf16-eager"] if native_bf16_cpu else [])]
-
-
-def mode_step_options(mode: str, is_3d: bool) -> StepOptions:
-    spec = parse_mode(mode)
-    return StepOptions(
-        clip_grad=40.0,
-        amp_dtype=torch.bfloat16 if spec.bf16 else None,
-        channels_last=spec.cl3d and is_3d,  # TSM's 2D convs stay NCHW
-        cuda_graph=spec.graph,
-        compile=spec.compile,
-        warmup_iters=WARMUP_ITERS,
-    )
-
-
-def mode_problem(requested: str, report: dict, calls: int) -> str | None:
-    """Why a row does not show what its name says (None: it ran as requested, every step accounted for)."""
-    if report["mode"] != requested:
-        return f"requested {requested}, ran {report['mode']}: {report['fallback']}"
-    if report["steps"] != calls:
-        return f"{calls} calls but {report['steps']} steps recorded"
-    if requested.endswith("cuda-graph"):
-        expected = (calls - WARMUP_ITERS, WARMUP_ITERS)  # the capture step is trained on by its first replay
-        if (report["graph_replays"], report["eager_steps"]) != expected:
-            return (
-                f"{report['graph_replays']} graph replays and {report['eager_steps']} eager steps for {calls} "
-                f"calls (expected {expected[0]} and {expected[1]})"
-            )
-    elif report["graph_replays"]:
-        return f"{report['graph_replays']} graph replays in a mode without a graph"
-    return None
-
-
-def mfu(flops_per_step: float, seconds_per_step: float, peak_flops: float) -> float:
-    """Model FLOPs utilisation: achieved FLOP/s over the device's measured matmul FLOP/s."""
-    return flops_per_step / seconds_per_step / peak_flops
-
-
-def add_speedups(rows: list[dict]) -> list[dict]:
-    base = next((r["clips_per_s"] for r in rows if r["mode"] == BASELINE and r.get("ok", True)), None)
-    for r in rows:
-        r["speedup"] = r["clips_per_s"] / base if base and r.get("ok", True) else None
-    return rows
-
-
-def goal_lines(rows: list[dict], device_name: str) -> list[str]:
-    """The goals, judged on the rows that ran as named (failed rows never count)."""
-    ok = [r for r in rows if r.get("ok", True) and r.get("speedup") is not None]
-    compiled = [r for r in ok if r["mode"].endswith("graph") and "compile" in r["mode"]]
-    plain = [r for r in ok if r["mode"].endswith("graph") and "compile" not in r["mode"]]
-    if not compiled and not plain:
-        return [
-            f"goals (H100/H200): >= {GOAL_SPEEDUP}x fp32 eager and MFU >= {GOAL_MFU:.0%}: not measurable "
-            "without a captured mode (GPU only)"
-        ]
-    gpu = any(k in device_name for k in ("H100", "H200"))
-    where = f"on {device_name}" + ("" if gpu else " (the goals are set for an H100/H200)")
-    lines = []
-    best = max(compiled or plain, key=lambda r: r["speedup"])  # the fastest captured mode
-    lines.append(
-        f"{best['mode']} >= {GOAL_SPEEDUP}x fp32-eager {where}: {best['speedup']:.2f}x -> "
-        + ("met" if best["speedup"] >= GOAL_SPEEDUP else "NOT met")
-    )
-    lines.append(
-        f"MFU >= {GOAL_MFU:.0%} {where}: {best['mfu']:.1%} -> " + ("met" if best["mfu"] >= GOAL_MFU else "NOT met")
-    )
-    if plain:
-        g = max(plain, key=lambda r: r["speedup"])
-        lines.append(
-            f"{g['mode']} (uncompiled) >= {GOAL_GRAPH_SPEEDUP}x fp32-eager: {g['speedup']:.2f}x -> "
-            + ("met" if g["speedup"] >= GOAL_GRAPH_SPEEDUP else "NOT met")
-        )
-    return lines + layout_goal_lines(rows)
-
-
-def layout_goal_lines(rows: list[dict]) -> list[str]:
-    counted = [r for r in rows if r.get("layout_copies") is not None]
-    if not counted:
-        return []
-    worst = max(counted, key=lambda r: r["layout_copies"])
-    verdict = "met" if worst["layout_copies"] == 0 else f"NOT met ({worst['mode']}: {worst['layout_copies']})"
-    return [f"zero layout copies per step in every channels_last_3d row: {verdict}"]
-
-
-# ----------------------------------------------------------------- layout copies (pure over profiler events)
-
-_COPY_FAMILY = {
-    "aten::copy_",
-    "aten::clone",
-    "aten::contiguous",
-    "aten::_to_copy",
-    "aten::to",
-    "aten::empty_like",
-    "aten::empty_strided",
-    "aten::reshape",
-    "aten::_reshape_alias",
-}
-
-
-def dim_order(shape: list[int], strides: list[int]) -> tuple[int, ...]:
-    """The dims that hold data, outermost first: (0, 1, 2, 3, 4) is NCDHW, (0, 2, 3, 4, 1) NDHWC."""
-    dims = [d for d in range(len(shape)) if shape[d] > 1 and strides[d] != 0]  # size-1 / broadcast dims carry no layout
-    return tuple(sorted(dims, key=lambda d: -strides[d]))
-
-
-def _cause(evt) -> tuple[str, object | None]:
-    """The op a copy was made for (the nearest enclosing op outside the copy family), and its event.
-
-    In the backward the autograd node is named too, e.g.
-    'aten::max_pool3d_with_indices_backward in MaxPool3DWithIndicesBackward0'.
-    """
-    op, p = None, evt.cpu_parent
-    while p is not None:
-        if p.name == INPUT_TO_NDHWC:
-            return "input", p
-        if p.name.startswith("autograd::engine::evaluate_function: "):
-            node = p.name.split(": ", 1)[1]
-            return (f"{op.name} in {node}" if op is not None else node), op
-        if op is None and p.name not in _COPY_FAMILY:
-            op = p
-        p = p.cpu_parent
-    return (op.name if op is not None else "top level"), op
-
-
-@dataclass
-class OpRecord:
-    """One CPU-side op of a profile: what `classify_copies` reads, under FunctionEvent's names."""
-
-    name: str
-    input_shapes: list
-    structured_input_strides: list
-    input_dtypes: list
-    cpu_parent: OpRecord | None = None
-
-
-def nest_records(trace_events: list[dict]) -> list[OpRecord]:
-    """Chrome-trace events -> OpRecords, each with the innermost op of its thread that encloses it as parent."""
-    ops = sorted(
-        (e for e in trace_events if e.get("ph") == "X" and e.get("cat", "").lower() in ("cpu_op", "user_annotation")),
-        key=lambda e: (e["pid"], e["tid"], e["ts"], -e["dur"]),
-    )
-    out: list[OpRecord] = []
-    stack: list[tuple[OpRecord, float]] = []  # (op, end) of the enclosing ops
-    thread = None
-    for e in ops:
-        if (e["pid"], e["tid"]) != thread:
-            stack, thread = [], (e["pid"], e["tid"])
-        end = e["ts"] + e["dur"]
-        while stack and stack[-1][1] < end - 1e-3:  # that op ended before this one did: not a parent
-            stack.pop()
-        args = e.get("args", {})
-        rec = OpRecord(
-            e["name"],
-            args.get("Input Dims", []),
-            args.get("Input Strides", []),
-            args.get("Input type", []),
-            stack[-1][0] if stack else None,
-        )
-        out.append(rec)
-        stack.append((rec, end))
-    return out
-
-
-def trace_records(prof) -> list[OpRecord]:
-    """The ops of a finished profile (record_shapes=True) with shapes, strides, dtypes and parents.
-
-    Read from the exported Chrome trace, which carries input strides since
-    PyTorch 2.4; FunctionEvent itself only has them since 2.12.
-    """
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "trace.json"
-        prof.export_chrome_trace(str(path))
-        records = nest_records(json.loads(path.read_text())["traceEvents"])
-    if any(r.name == "aten::copy_" and r.input_shapes and not r.structured_input_strides for r in records):
-        raise RuntimeError("this PyTorch's profiler records no input strides: layout copies cannot be counted")
-    return records
-
-
-def classify_copies(events) -> dict:
-    """Count the layout-changing copies among profiled ops (OpRecords; see the module docstring)."""
-    out = {
-        "layout_copies": 0,
-        "input_layout_copies": 0,
-        "weight_layout_copies": 0,
-        "dtype_casts": 0,
-        "layout_copies_by_op": Counter(),
-    }
-    for e in events:
-        if e.name != "aten::copy_" or len(e.input_shapes) < 2 or len(e.input_shapes[0]) < 4:
-            continue
-        (dst, src), (dst_st, src_st) = e.input_shapes[:2], e.structured_input_strides[:2]
-        if dst != src:
-            continue  # a broadcasting fill, not a layout change
-        if dim_order(dst, dst_st) == dim_order(src, src_st):
-            out["dtype_casts"] += int(e.input_dtypes[0] != e.input_dtypes[1])
-            continue
-        cause, op = _cause(e)
-        if cause == "input":
-            out["input_layout_copies"] += 1
-        elif op is not None and op.name == "aten::convolution_backward" and list(dst) == list(op.input_shapes[2]):
-            out["weight_layout_copies"] += 1  # the conv kernel computed the weight gradient in another layout
-        else:
-            out["layout_copies"] += 1
-            out["layout_copies_by_op"][cause] += 1
-    out["layout_copies_by_op"] = dict(out["layout_copies_by_op"].most_common())
-    return out
-
-
-def mixed_layouts(tensors: list[tuple[list[int], list[int]]]) -> bool:
-    """True when tensors (shape, strides) of 4+ dims disagree on the order of the dims they share.
-
-    An op whose operands disagree either converts (a copy) or reads one of
-    them strided; an NDHWC step has none. Size-1 and broadcast dims carry no
-    order, so an expanded gradient or a 1x1x1 kernel agrees with anything.
-    """
-    orders = [dim_order(shape, strides) for shape, strides in tensors if len(shape) >= 4]
-    for i, a in enumerate(orders):
-        for b in orders[i + 1 :]:
-            common = set(a) & set(b)
-            if [d for d in a if d in common] != [d for d in b if d in common]:
-                return True
-    return False
-
-
-class MixedLayoutOps(TorchDispatchMode):
-    """Records every aten op (forward and backward) whose tensors of 4+ dims disagree on their layout.
-
-    Views are skipped (they move no data). What it sees is what the device's
-    kernels produce: run on a GPU, it also catches CUDA-only layout decisions
-    (such as the nearest-3D upsample kernel returning NCDHW).
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.ops: Counter = Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
-        out = func(*args, **(kwargs or {}))
-        is_view = any(r.alias_info is not None and not r.alias_info.is_write for r in func._schema.returns)
-        if not is_view:
-            tensors = [t for t in tree_flatten((args, kwargs, out))[0] if isinstance(t, Tensor) and t.dim() >= 4]
-            if mixed_layouts([(list(t.shape), list(t.stride())) for t in tensors]):
-                self.ops[str(func.overloadpacket)] += 1
-        return out
-
-
-# ----------------------------------------------------------------- kernel categories (pure)
-
-CATEGORIES = (
-    "convolution/matmul",
-    "normalization",
-    "elementwise",
-    "reduction",
-    "pooling",
-    "copies",
-    "optimizer",
-    "other",
+from benchmarks.flops import count_step_flops, matmul_peak
+from benchmarks.kernels import categorize, category_table
+from benchmarks.layout_copies import MixedLayoutOps, classify_copies, trace_records
+from benchmarks.train_modes import (
+    WARMUP_ITERS,
+    ModeSpec,
+    add_speedups,
+    goal_lines,
+    mfu,
+    mode_problem,
+    mode_step_options,
+    modes_for,
+    parse_mode,
 )
-# Ops a pointwise Triton kernel may be named after while it only moves data ("convolution": an input
-# laid out for a convolution).
-_COPY_OPS = {
-    "clone",
-    "to",
-    "copy",
-    "cat",
-    "convert",
-    "element",
-    "type",
-    "permute",
-    "view",
-    "select",
-    "slice",
-    "expand",
-    "as",
-    "strided",
-    "unsqueeze",
-    "squeeze",
-    "constant",
-    "pad",
-    "t",
-    "transpose",
-    "convolution",
-}
-_RULES = (  # (category, substrings of the lower-cased kernel / op name); the first match wins
-    ("normalization", ("batch_norm", "batchnorm", "welford", "bn_fw", "bn_bw")),
-    ("optimizer", ("multi_tensor", "foreach", "sgd", "lpnorm", "optimizer", "vector_norm")),  # + grad clipping
-    ("copies", ("nchwtonhwc", "nhwctonchw")),  # cuDNN's own layout conversions (named cudnn::...)
-    (
-        "convolution/matmul",
-        (
-            "conv",
-            "xmma",
-            "gemm",
-            "nvjet",
-            "cutlass",
-            "cudnn",
-            "implicit",
-            "fprop",
-            "dgrad",
-            "wgrad",
-            "addmm",
-            "aten::mm",
-            "matmul",
-            "linear",
-            "mkldnn",
-        ),
-    ),
-    ("copies", ("copy", "clone", "catarray", "aten::cat", "contiguous", "transform", "transpose")),
-    ("pooling", ("pool",)),
-    ("reduction", ("reduce", "aten::sum", "aten::mean", "aten::var")),
-    (
-        "elementwise",
-        (
-            "elementwise",
-            "threshold",
-            "relu",
-            "aten::add",
-            "aten::mul",
-            "aten::div",
-            "aten::sub",
-            "fill",
-            "dropout",
-            "aten::where",
-            "aten::zero",
-            "clamp",
-        ),
-    ),
-)
-
-
-def categorize(name: str) -> str:
-    """The kind of work a CUDA kernel (or CPU op) does, from its name; Inductor's Triton kernels by prefix.
-
-    A fused kernel counts once, under the first rule it matches (a BatchNorm kernel with a fused ReLU is
-    normalization).
-    """
-    n = name.lower()
-    m = re.match(r"triton_(poi|red|per|tem)_fused_(.*?)(_\d+)?$", n)
-    if m and "batch_norm" not in n:
-        kind, ops = m.group(1), set(m.group(2).split("_")) - {""}
-        if kind == "tem":
-            return "convolution/matmul"
-        if kind == "poi":
-            return "copies" if ops <= _COPY_OPS else "elementwise"
-        return "reduction"
-    return next((cat for cat, keys in _RULES if any(k in n for k in keys)), "other")
-
-
-def category_table(rows: list[dict]) -> list[dict]:
-    """Per category: ms per step, share of the total, calls per step (rows from `kernel_rows`)."""
-    total = sum(r["ms_per_step"] for r in rows) or 1.0
-    out = []
-    for cat in CATEGORIES:
-        mine = [r for r in rows if r["category"] == cat]
-        ms = sum(r["ms_per_step"] for r in mine)
-        out.append(
-            {
-                "category": cat,
-                "ms_per_step": ms,
-                "share": ms / total,
-                "calls_per_step": sum(r["calls_per_step"] for r in mine),
-            }
-        )
-    return out
 
 
 # ----------------------------------------------------------------- measuring
-
-
-def count_step_flops(name: str, batch: int) -> float:
-    """FLOPs of one training step's forward + backward, counted on the meta device (no compute)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    cfg = tpn.get_config(name)
-    with torch.device("meta"):
-        model = tpn.create_model(name)
-        x = torch.empty(batch, *cfg.input_shape)
-        y = torch.zeros(batch, dtype=torch.long)
-    counter = FlopCounterMode(display=False)
-    with counter:
-        LossModule(model, cfg.recipe.aux_weight)(x, y).backward()
-    return float(counter.get_total_flops())
-
-
-def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, rounds: int = 5) -> float:
-    """Measured dense matmul FLOP/s (n x n x n), median of rounds after a warm-up."""
-    a = torch.randn(n, n).to(device, dtype)
-    b = torch.randn(n, n).to(device, dtype)
-    reps = 20 if device.type == "cuda" else 2
-    times = []
-    for r in range(rounds + 1):
-        sync(device)
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            a @ b
-        sync(device)
-        if r:
-            times.append(time.perf_counter() - t0)
-    return 2 * n**3 * reps / statistics.median(times)
 
 
 @dataclass
@@ -933,7 +482,15 @@ def set_up_device(plan: Plan, cudnn_limit: int | None) -> None:
         )
 
 
-def run(args: argparse.Namespace) -> dict:
+@dataclass
+class RunResult:
+    """What `run` measured: the JSON payload, and the profile rendered as text (the JSON holds it as data)."""
+
+    payload: dict
+    profile_text: str = ""
+
+
+def run(args: argparse.Namespace) -> RunResult:
     plan = resolve(args)
     set_up_device(plan, args.cudnn_benchmark_limit)
     settings = {
@@ -942,7 +499,7 @@ def run(args: argparse.Namespace) -> dict:
         "compile_presets": {p: compile_options(p) for p in COMPILE_PRESETS},
     }
     if args.compile_only:
-        return {"compile_only": compile_only(plan), "model": plan.name, "batch": plan.batch, **settings}
+        return RunResult({"compile_only": compile_only(plan), "model": plan.name, "batch": plan.batch, **settings})
     notes = []
     if plan.device.type == "cpu" and not cpu_has_native_bf16() and not args.modes:
         notes.append("bf16 skipped: this CPU has no native bf16 (emulated bf16 convs are far slower than fp32)")
@@ -957,7 +514,7 @@ def run(args: argparse.Namespace) -> dict:
     rows, profiles = measure(plan, flops, peak)
     add_speedups(rows)
     device_name = torch.cuda.get_device_name(plan.device) if plan.device.type == "cuda" else "CPU"
-    return {
+    payload = {
         "rows": rows,
         "flops_per_step": flops,
         "gflops_per_clip": flops / plan.batch / 1e9,
@@ -973,8 +530,8 @@ def run(args: argparse.Namespace) -> dict:
         "notes": notes,
         "failed_rows": [r["mode"] for r in rows if not r["ok"]],
         "profiles": {m: p for m, (p, _) in profiles.items()},
-        "_profile_text": "".join(t for _, t in profiles.values()),
     }
+    return RunResult(payload, "".join(text for _, text in profiles.values()))
 
 
 def _f(v, spec: str) -> str:
@@ -1017,14 +574,14 @@ def print_table(payload: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        payload = run(args)
+        result = run(args)
     except (ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    payload, text = result.payload, result.profile_text
     if args.compile_only:
         print(f"results: {write_results(args.name, payload)}")
         return 1 if any(r["problem"] for r in payload["compile_only"]) else 0
-    text = payload.pop("_profile_text")
     print_table(payload)
     path = write_results(args.name, payload)
     if text:

@@ -132,19 +132,34 @@ class Fp16Report:
 # ----------------------------------------------------------------- analysis (pure functions)
 
 
-def fp16_stats(x: np.ndarray) -> TensorStats:
-    x = np.asarray(x, np.float32)
-    a = np.abs(x)
-    with np.errstate(over="ignore"):
-        r = x.astype(np.float16).astype(np.float32)
-    norm = float(np.sqrt(np.square(x, dtype=np.float64).sum()))
-    err = float(np.sqrt(np.square(r - x, dtype=np.float64).sum())) if np.isfinite(r).all() else np.inf
-    return TensorStats(
-        max_abs=float(a.max()) if a.size else 0.0,
-        rel_err=err / norm if norm > 0 else 0.0,
-        subnormal=int(((a > 0) & (a < FP16_TINY)).sum()),
-        size=int(a.size),
-    )
+def fp16_stats(*values: np.ndarray) -> TensorStats:
+    """What rounding to FP16 does to a tensor (or to the values of several, e.g. one activation over clips)."""
+    acc = _Rounding()
+    for x in values:
+        acc.add(x)
+    return acc.stats()
+
+
+class _Rounding:
+    """Running sums behind `fp16_stats`: max |x|, sum x^2, sum (fp16(x) - x)^2, subnormal count, size."""
+
+    def __init__(self):
+        self.max_abs, self.sq, self.sq_err, self.subnormal, self.size = 0.0, 0.0, 0.0, 0, 0
+
+    def add(self, value: np.ndarray) -> None:
+        x = np.asarray(value, np.float32)
+        with np.errstate(over="ignore"):
+            r = x.astype(np.float16).astype(np.float32)
+        ax = np.abs(x)
+        self.max_abs = max(self.max_abs, float(ax.max()) if ax.size else 0.0)
+        self.sq += float(np.square(x, dtype=np.float64).sum())
+        self.sq_err += float(np.square(r - x, dtype=np.float64).sum()) if np.isfinite(r).all() else np.inf
+        self.subnormal += int(((ax > 0) & (ax < FP16_TINY)).sum())
+        self.size += int(ax.size)
+
+    def stats(self) -> TensorStats:
+        rel_err = float(np.sqrt(self.sq_err / self.sq)) if self.sq > 0 else 0.0
+        return TensorStats(max_abs=self.max_abs, rel_err=rel_err, subnormal=self.subnormal, size=self.size)
 
 
 def consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
@@ -248,32 +263,14 @@ def activation_stats(
             probe.graph.output.append(onnx.helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
     fetch = names if logits_name in names else [*names, logits_name]
     sess = open_session(probe.SerializeToString(), threads=0)
-    acc: dict[str, list[float]] = {}  # name -> [max_abs, sum sq, sum sq err, subnormal, size]
+    acc = {name: _Rounding() for name in names}
     logits = []
     for i in range(0, len(clips), batch):
         outs = dict(zip(fetch, sess.run(fetch, {INPUT_NAME: clips[i : i + batch]})))
         logits.append(outs[logits_name])
         for name in names:
-            _accumulate(acc.setdefault(name, [0.0, 0.0, 0.0, 0, 0]), outs[name])
-    stats = {
-        name: TensorStats(
-            max_abs=a[0], rel_err=float(np.sqrt(a[2] / a[1])) if a[1] > 0 else 0.0, subnormal=a[3], size=a[4]
-        )
-        for name, a in acc.items()
-    }
-    return stats, np.concatenate(logits)
-
-
-def _accumulate(a: list, value: np.ndarray) -> None:
-    x = value.astype(np.float32, copy=False)
-    with np.errstate(over="ignore"):
-        r = x.astype(np.float16).astype(np.float32)
-    ax = np.abs(x)
-    a[0] = max(a[0], float(ax.max()) if ax.size else 0.0)
-    a[1] += float(np.square(x, dtype=np.float64).sum())
-    a[2] += float(np.square(r - x, dtype=np.float64).sum()) if np.isfinite(r).all() else np.inf
-    a[3] += int(((ax > 0) & (ax < FP16_TINY)).sum())
-    a[4] += int(ax.size)
+            acc[name].add(outs[name])
+    return {name: a.stats() for name, a in acc.items()}, np.concatenate(logits)
 
 
 def calibration_clips(

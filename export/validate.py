@@ -52,7 +52,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -116,8 +116,47 @@ class Criterion:
         return f"[{mark}] {self.name}: {value} (needs {self.rule} {self.threshold:g}){detail}"
 
 
-@dataclass
+@dataclass(frozen=True)
+class Judgement:
+    """What the scores say, against the thresholds: `judge`'s (pure) answer, copied whole into a GateReport."""
+
+    thresholds: Thresholds
+    verdict: str  # "passed", "failed" or "refused" (no Top-1 statement possible on these videos)
+    passed: bool
+    criteria: list[Criterion]
+    failures: list[str]
+    videos: int = 0
+    artifact_top1: float | None = None
+    torch_top1: float | None = None
+    difference: float | None = None  # artifact - PyTorch, in points
+    prediction_agreement: float | None = None  # share of videos where both pick the same class
+    chance_top1: float | None = None
+    chance_p_value: float | None = None
+    zoo_top1: float | None = None
+    zoo_checked: bool = False
+
+
+JUDGEMENT_FIELDS = (
+    "verdict",
+    "passed",
+    "criteria",
+    "failures",
+    "videos",
+    "artifact_top1",
+    "torch_top1",
+    "difference",
+    "prediction_agreement",
+    "chance_top1",
+    "chance_p_value",
+    "zoo_top1",
+    "zoo_checked",
+)
+
+
+@dataclass(frozen=True)
 class GateReport:
+    """One artifact's gate, made once when the gate is over (`gate`): who, on what, and the `Judgement`."""
+
     artifact: str
     model: str
     source: ModelSource
@@ -146,6 +185,11 @@ class GateReport:
     notes: list[str] = field(default_factory=list)
     marker: str | None = None
     seconds: float = 0.0
+
+    @classmethod
+    def of(cls, judgement: Judgement, **fields) -> GateReport:
+        """A report holding `judgement`'s results and the given identity, data and notes fields."""
+        return cls(thresholds=judgement.thresholds, **{k: getattr(judgement, k) for k in JUDGEMENT_FIELDS}, **fields)
 
     def summary(self) -> str:
         verdict = self.verdict.upper()
@@ -187,52 +231,48 @@ def chance_level(labels: torch.Tensor, num_classes: int) -> float:
 
 
 def judge(
-    report: GateReport, art: torch.Tensor, ref: torch.Tensor, labels: torch.Tensor, zoo_top1: float | None
-) -> None:
-    """Fill in the results, criteria and verdict from (N, K) per-video scores (pure: no models involved)."""
-    t = report.thresholds
+    t: Thresholds, art: torch.Tensor, ref: torch.Tensor, labels: torch.Tensor, zoo_top1: float | None
+) -> Judgement:
+    """Results, criteria and verdict from (N, K) per-video scores of the artifact and of PyTorch (pure)."""
     n, num_classes = len(labels), ref.shape[1]
-    report.videos = n
-    report.artifact_top1 = accuracy(art, labels)["top1"]
-    report.torch_top1 = accuracy(ref, labels)["top1"]
-    report.difference = round(report.artifact_top1 - report.torch_top1, 6)
-    report.prediction_agreement = float((art.argmax(1) == ref.argmax(1)).float().mean())
-    report.chance_top1 = 100.0 * chance_level(labels, num_classes)
+    artifact_top1, torch_top1 = accuracy(art, labels)["top1"], accuracy(ref, labels)["top1"]
+    difference = round(artifact_top1 - torch_top1, 6)
+    agreement = float((art.argmax(1) == ref.argmax(1)).float().mean())
+    chance_top1 = 100.0 * chance_level(labels, num_classes)
     correct = int((ref.argmax(1) == labels).sum())
-    report.chance_p_value = binomial_tail(correct, n, report.chance_top1 / 100.0)
-    report.criteria = [
+    chance_p = binomial_tail(correct, n, chance_top1 / 100.0)
+    criteria = [
         Criterion("videos", "videos", n, ">=", t.min_videos, n >= t.min_videos, _videos_detail(n)),
         Criterion(
             "chance",
             "reference above chance (binomial p-value)",
-            report.chance_p_value,
+            chance_p,
             "<=",
             t.chance_alpha,
-            report.chance_p_value <= t.chance_alpha,
-            f"PyTorch FP32 Top-1 {report.torch_top1:.2f}% vs chance {report.chance_top1:.2f}%",
+            chance_p <= t.chance_alpha,
+            f"PyTorch FP32 Top-1 {torch_top1:.2f}% vs chance {chance_top1:.2f}%",
         ),
         Criterion(
             "top1_difference",
             "|Top-1 difference| (points)",
-            abs(report.difference),
+            abs(difference),
             "<=",
             t.max_drop,
-            abs(report.difference) <= t.max_drop,
-            f"artifact - PyTorch = {report.difference:+.2f}",
+            abs(difference) <= t.max_drop,
+            f"artifact - PyTorch = {difference:+.2f}",
         ),
         Criterion(
             "agreement",
             "per-video top-1 agreement",
-            report.prediction_agreement,
+            agreement,
             ">=",
             t.min_agreement,
-            report.prediction_agreement >= t.min_agreement,
+            agreement >= t.min_agreement,
         ),
     ]
     if zoo_top1 is not None:
-        report.zoo_checked, report.zoo_top1 = True, zoo_top1
-        below = zoo_top1 - report.artifact_top1
-        report.criteria.append(
+        below = zoo_top1 - artifact_top1
+        criteria.append(
             Criterion(
                 "zoo",
                 "points below the zoo's Top-1",
@@ -243,9 +283,25 @@ def judge(
                 f"zoo {zoo_top1:.2f}%",
             )
         )
-    report.verdict = gate_verdict(report.criteria)
-    report.passed = report.verdict == "passed"
-    report.failures = failure_lines(report)
+    verdict = gate_verdict(criteria)
+    j = Judgement(
+        t,
+        verdict,
+        verdict == "passed",
+        criteria,
+        [],
+        n,
+        artifact_top1,
+        torch_top1,
+        difference,
+        agreement,
+        chance_top1,
+        chance_p,
+        zoo_top1,
+        zoo_top1 is not None,
+    )
+    j.failures.extend(failure_lines(j))
+    return j
 
 
 def _videos_detail(n: int) -> str:
@@ -269,7 +325,7 @@ def videos_to_beat_chance(chance: float, alpha: float) -> int:
     return max(1, math.ceil(math.log(alpha) / math.log(chance) - 1e-9))
 
 
-def chance_refusal(report: GateReport) -> str:
+def chance_refusal(report: Judgement) -> str:
     """Why the chance test failed: a set too small for it to pass at all, or a reference near chance."""
     t, n, chance = report.thresholds, report.videos, report.chance_top1 / 100.0
     best = binomial_tail(n, n, chance)  # all n correct
@@ -291,7 +347,7 @@ def chance_refusal(report: GateReport) -> str:
     )
 
 
-def failure_lines(report: GateReport) -> list[str]:
+def failure_lines(report: Judgement) -> list[str]:
     """What went wrong, in words a user can act on."""
     t, lines = report.thresholds, []
     for c in report.criteria:
@@ -368,36 +424,31 @@ def protocol_of(clip) -> dict:
 class _Track:
     """One artifact's running state over the shards."""
 
+    artifact: str
     runner: runtime.Runner
-    report: GateReport
     meter: AgreementMeter
     scores: list[torch.Tensor] = field(default_factory=list)
 
 
-def synthetic_gate(runner: runtime.Runner, model: nn.Module, report: GateReport, *, clips: int, seed: int) -> None:
+def synthetic_pass(runner: runtime.Runner, model: nn.Module, *, clips: int, seed: int) -> Agreement:
+    """The artifact's logits against PyTorch's on seeded synthetic clips."""
     clip = model.config.clip
     x = synthetic_clips(clips, tuple(runner.input_shape[1:]), mean=clip.mean, std=clip.std, seed=seed)
     meter = AgreementMeter(artifact_tolerance(runner))
     for i in range(0, clips, 4):
         xb = torch.from_numpy(x[i : i + 4])
         meter.add(_np(runner(xb)), _np(reference_logits(model, xb)))
-    report.agreement = meter.result()
-    report.verdict = "passed" if report.agreement.passed else "failed"
-    report.passed = report.agreement.passed
-    report.criteria = [
-        Criterion(
-            "logits",
-            "worst logit error / allowed",
-            report.agreement.worst_excess,
-            "<=",
-            1.0,
-            report.agreement.worst_excess <= 1.0,
-            report.agreement.summary(),
-        )
-    ]
-    if not report.passed:
-        report.failures.append(f"logits disagree with PyTorch: {report.agreement.summary()}")
-    report.notes.insert(0, NO_ACCURACY.format(n=clips))
+    return meter.result()
+
+
+def judge_logits(t: Thresholds, agreement: Agreement) -> Judgement:
+    """The synthetic check's verdict: logits within tolerance of PyTorch's (no Top-1 statement; pure)."""
+    ok = agreement.worst_excess <= 1.0
+    criterion = Criterion(
+        "logits", "worst logit error / allowed", agreement.worst_excess, "<=", 1.0, ok, agreement.summary()
+    )
+    failures = [] if ok else [f"logits disagree with PyTorch: {agreement.summary()}"]
+    return Judgement(t, "passed" if ok else "failed", ok, [criterion], failures)
 
 
 def shard_pass(
@@ -508,36 +559,46 @@ def gate(
     for meta, art in zip(metas, artifacts):
         check_artifact_weights(meta, art, source)
     zoo = zoo_target(model, source, zoo_checkpoint) if val_shards is not None else (None, None)
-    tracks = [_new_track(a, backend, source, val_shards, thresholds) for a in artifacts]
+    tracks = [_new_track(a, backend) for a in artifacts]
     on_gpu = any(t.runner.device.type == "cuda" for t in tracks)
     model = model.to(torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu"))
     with strict_fp32():
         if val_shards is None:
-            for t in tracks:
-                synthetic_gate(t.runner, model, t.report, clips=synthetic, seed=seed)
+            results = [_synthetic_result(t, model, thresholds, synthetic, seed) for t in tracks]
         else:
-            _gate_on_shards(tracks, model, val_shards, split, zoo, batch_size, max_videos)
-    for t in tracks:
-        t.report.seconds = round(time.perf_counter() - t0, 2)
-        mark(t.report)
-    return [t.report for t in tracks]
+            results = _shard_results(tracks, model, val_shards, split, zoo, thresholds, batch_size, max_videos)
+    reports = []
+    for t, (judgement, fields) in zip(tracks, results):
+        report = GateReport.of(
+            judgement,
+            artifact=t.artifact,
+            model=source.name,
+            source=source,
+            backend=t.runner.backend,
+            precision=t.runner.precision,
+            seconds=round(time.perf_counter() - t0, 2),
+            **fields,
+        )
+        marker, note = mark(report)
+        reports.append(replace(report, marker=marker, notes=[*report.notes, *([note] if note else [])]))
+    return reports
 
 
-def _new_track(artifact, backend, source: ModelSource, val_shards, thresholds: Thresholds) -> _Track:
+def _new_track(artifact, backend) -> _Track:
     runner = runtime.load(artifact, backend=backend)
-    report = GateReport(
-        artifact=str(artifact),
-        model=source.name,
-        source=source,
-        backend=runner.backend,
-        precision=runner.precision,
-        mode="shards" if val_shards else "synthetic",
-        thresholds=thresholds,
-    )
-    return _Track(runner, report, AgreementMeter(artifact_tolerance(runner)))
+    return _Track(str(artifact), runner, AgreementMeter(artifact_tolerance(runner)))
 
 
-def _gate_on_shards(tracks, model, val_shards, split, zoo: tuple, batch_size, max_videos) -> None:
+def _synthetic_result(t: _Track, model: nn.Module, thresholds: Thresholds, clips: int, seed: int):
+    agreement = synthetic_pass(t.runner, model, clips=clips, seed=seed)
+    return judge_logits(thresholds, agreement), {
+        "mode": "synthetic",
+        "agreement": agreement,
+        "notes": [NO_ACCURACY.format(n=clips)],
+    }
+
+
+def _shard_results(tracks, model, val_shards, split, zoo: tuple, thresholds, batch_size, max_videos) -> list:
     ref, labels = shard_pass(
         tracks, model, val_shards=val_shards, split=split, batch_size=batch_size, max_videos=max_videos
     )
@@ -548,13 +609,24 @@ def _gate_on_shards(tracks, model, val_shards, split, zoo: tuple, batch_size, ma
     except ExportError as e:
         data.update(fingerprint=None, fingerprint_kind=str(e))
     target, note = zoo
+    results = []
     for t in tracks:
-        r = t.report
-        r.notes += [note] if note else []
-        r.agreement, r.views_per_video = t.meter.result(), model.config.clip.num_test_views
-        r.shards, r.protocol = data, protocol_of(model.config.clip)
-        judge(r, torch.cat(t.scores)[: len(labels)], ref, labels, zoo_top1=target)
-        r.accuracy_validated = r.passed
+        judgement = judge(thresholds, torch.cat(t.scores)[: len(labels)], ref, labels, zoo_top1=target)
+        results.append(
+            (
+                judgement,
+                {
+                    "mode": "shards",
+                    "agreement": t.meter.result(),
+                    "views_per_video": model.config.clip.num_test_views,
+                    "shards": data,
+                    "protocol": protocol_of(model.config.clip),
+                    "accuracy_validated": judgement.passed,
+                    "notes": [note] if note else [],
+                },
+            )
+        )
+    return results
 
 
 def _location(shards: str | os.PathLike) -> str:
@@ -567,8 +639,9 @@ def validate(artifact: str | os.PathLike, **kwargs) -> GateReport:
     return gate([artifact], **kwargs)[0]
 
 
-def mark(report: GateReport) -> None:
+def mark(report: GateReport) -> tuple[str | None, str | None]:
     """Write `<artifact>.validated.json` on a passing gate with shards; remove any earlier one on a failure.
+    Returns (the marker written, or None; a note for the report, or None).
 
     A passing synthetic check says nothing about Top-1, so it neither
     writes a marker nor takes away one an earlier gate on shards wrote
@@ -577,15 +650,12 @@ def mark(report: GateReport) -> None:
     marker = validated_marker(report.artifact)
     if not report.passed:
         marker.unlink(missing_ok=True)
-        return
+        return None, None
     if report.mode != "shards":
-        return
+        return None, None
     if report.shards.get("fingerprint") is None:
-        report.notes.append(
-            f"not marked validated: the shards cannot be fingerprinted ({report.shards['fingerprint_kind']})"
-        )
         marker.unlink(missing_ok=True)
-        return
+        return None, f"not marked validated: the shards cannot be fingerprinted ({report.shards['fingerprint_kind']})"
     src = report.source
     payload = {
         "model": report.model,
@@ -611,7 +681,7 @@ def mark(report: GateReport) -> None:
             "zoo_top1": report.zoo_top1,
         },
     }
-    report.marker = str(write_marker(report.artifact, payload))
+    return str(write_marker(report.artifact, payload)), None
 
 
 def _np(t: torch.Tensor) -> np.ndarray:

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from tpn.layers import ResidualBlock, init_backbone_, temporal_shift
-from tpn.resnet3d import EXPANSION, SPATIAL_STRIDES, stage_blocks, stage_channels
+from tpn.resnet3d import EXPANSION, add_stages, add_stem, projection, stage_blocks, stem_and_stages
 
 
 class ShiftBottleneck(ResidualBlock):
@@ -40,9 +40,7 @@ class ShiftBottleneck(ResidualBlock):
         self.conv3 = nn.Conv2d(planes, out_ch, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_ch)
         self.relu = nn.ReLU(inplace=True)
-        self.downsample = None
-        if stride != 1 or in_ch != out_ch:
-            self.downsample = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.BatchNorm2d(out_ch))
+        self.downsample = projection(in_ch, out_ch, stride, dims=2)
         self.segments = segments
         self.shift_shortcut = shift_shortcut
         self.with_cp = with_cp
@@ -79,20 +77,15 @@ class TSMResNet(nn.Module):
         super().__init__()
         self.segments = segments
         self.shift_shortcut = shift_shortcut
-        self.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(3, 2, 1)
-        in_ch = width
-        for i, n in enumerate(stage_blocks(depth, blocks)):
-            planes = width * 2**i
-            layer = []
-            for b in range(n):
-                stride = SPATIAL_STRIDES[i] if b == 0 else 1
-                layer.append(ShiftBottleneck(in_ch, planes, stride, segments, shift_shortcut, with_cp))
-                in_ch = planes * EXPANSION
-            self.add_module(f"layer{i + 1}", nn.Sequential(*layer))
-        self.channels = stage_channels(width)
+        add_stem(self, width, dims=2)
+        self.channels = add_stages(
+            self,
+            width,
+            stage_blocks(depth, blocks),
+            lambda stage, in_ch, planes, stride: ShiftBottleneck(
+                in_ch, planes, stride, segments, shift_shortcut, with_cp
+            ),
+        )
         init_backbone_(self)
 
     def set_shift_shortcut(self, shifted: bool) -> None:
@@ -107,9 +100,5 @@ class TSMResNet(nn.Module):
             raise ValueError(
                 f"TSM backbone expects T={self.segments} frames (segments), got input of shape {tuple(x.shape)}"
             )
-        x = x.transpose(1, 2).flatten(0, 1)  # (N*T, 3, H, W)
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (N*T, w, H/4, W/4)
-        x = self.layer2(self.layer1(x))  # (N*T, 8w, H/8, W/8)
-        res4 = self.layer3(x)  # (N*T, 16w, H/16, W/16)
-        res5 = self.layer4(res4)  # (N*T, 32w, H/32, W/32)
+        res4, res5 = stem_and_stages(self, x.transpose(1, 2).flatten(0, 1))  # frames as (N*T, 3, H, W) images
         return unfold_time(res4, self.segments), unfold_time(res5, self.segments)

@@ -3,7 +3,7 @@ them, and trace events nested into their enclosing ops (what the layout tests in
 
 import pytest
 
-from benchmarks.train import classify_copies, dim_order, mixed_layouts, nest_records
+from benchmarks.layout_copies import classify_copies, dim_order, mixed_layouts, nest_records
 
 
 @pytest.mark.parametrize(

@@ -5,19 +5,18 @@ import json
 import pytest
 import torch
 
-from benchmarks.train import (
+from benchmarks.flops import count_step_flops
+from benchmarks.kernels import categorize, category_table
+from benchmarks.train import main
+from benchmarks.train_modes import (
     ModeSpec,
     add_speedups,
-    categorize,
-    category_table,
-    count_step_flops,
     goal_lines,
-    main,
     mfu,
     mode_problem,
+    mode_step_options,
     modes_for,
     parse_mode,
-    mode_step_options,
 )
 from tpn.engine import DEFAULT_COMPILE
 

@@ -25,10 +25,9 @@ from export.errors import CheckFailed, ExportError, MissingDependencyError
 from export.marker import NotValidated, check_marker, load_validated
 from export.outputs import validated_marker
 from export.shards import shard_fingerprint, validation_split
-from export.source import ModelSource, load_model, synthetic_clips
+from export.source import load_model, synthetic_clips
 from export.tolerance import FP16, FP32, compare_logits
 from export.validate import (
-    GateReport,
     Thresholds,
     binomial_tail,
     chance_level,
@@ -503,17 +502,7 @@ def test_calibration_stops_early_and_closes_the_loader(work, broken_loader, monk
 # ----------------------------------------------------------------- the verdict (pure)
 
 
-def _report(**kw) -> GateReport:
-    return GateReport(
-        artifact="a",
-        model=TINY,
-        source=ModelSource(name=TINY, num_classes=4),
-        backend="ort-cpu",
-        precision="fp32",
-        mode="shards",
-        thresholds=kw.pop("thresholds", Thresholds(min_videos=10)),
-        **kw,
-    )
+DEFAULT = Thresholds(min_videos=10)
 
 
 def _scores(pred: list[int], k: int = 4) -> torch.Tensor:
@@ -533,42 +522,40 @@ def test_binomial_tail_and_chance():
 def test_judge_table():
     labels = torch.arange(12) % 4
     right = _scores(labels.tolist())
-    r = _report()
-    judge(r, right, right, labels, zoo_top1=None)
+    r = judge(DEFAULT, right, right, labels, zoo_top1=None)
     assert r.verdict == "passed" and r.difference == 0.0
     # one changed video of 12 is 8.3 points, in either direction
     worse, better = labels.clone(), labels.clone()
     worse[0], better[0] = 1, 1
     ref_one_wrong = _scores(better.tolist())
-    r = _report()
-    judge(r, _scores(worse.tolist()), right, labels, zoo_top1=None)
+    r = judge(DEFAULT, _scores(worse.tolist()), right, labels, zoo_top1=None)
     assert r.verdict == "failed" and r.difference == pytest.approx(-100 / 12) and "below PyTorch" in r.failures[0]
-    r = _report()
-    judge(r, right, ref_one_wrong, labels, zoo_top1=None)
+    r = judge(DEFAULT, right, ref_one_wrong, labels, zoo_top1=None)
     assert r.verdict == "failed" and r.difference == pytest.approx(100 / 12) and "another model" in r.failures[0]
     # same Top-1, other videos right: only agreement fails
     shifted = labels.clone()
     shifted[0], shifted[1] = 1, 2
-    r = _report(thresholds=Thresholds(min_videos=10, max_drop=50.0))
-    judge(r, _scores(shifted.tolist()), _scores(better.tolist()), labels, zoo_top1=None)
+    r = judge(
+        Thresholds(min_videos=10, max_drop=50.0),
+        _scores(shifted.tolist()),
+        _scores(better.tolist()),
+        labels,
+        zoo_top1=None,
+    )
     assert [c.key for c in r.criteria if not c.passed] == ["agreement"] and r.verdict == "failed"
     # the zoo target
-    r = _report()
-    judge(r, right, right, labels, zoo_top1=100.2)
+    r = judge(DEFAULT, right, right, labels, zoo_top1=100.2)
     assert r.passed and r.zoo_checked and r.criteria[-1].key == "zoo"
-    r = _report()
-    judge(r, right, right, labels, zoo_top1=105.0)
+    r = judge(DEFAULT, right, right, labels, zoo_top1=105.0)
     assert r.verdict == "failed" and "zoo" in r.failures[0]
 
 
 def test_judge_refuses_before_judging():
     labels = torch.arange(12) % 4
-    r = _report(thresholds=Thresholds(min_videos=13))
-    judge(r, _scores(labels.tolist()), _scores(labels.tolist()), labels, zoo_top1=None)
+    r = judge(Thresholds(min_videos=13), _scores(labels.tolist()), _scores(labels.tolist()), labels, zoo_top1=None)
     assert r.verdict == "refused" and "too few" in r.failures[0]
     constant = _scores([0] * 12)  # always class 0: 25%, exactly chance
-    r = _report()
-    judge(r, constant, constant, labels, zoo_top1=None)
+    r = judge(DEFAULT, constant, constant, labels, zoo_top1=None)
     assert r.verdict == "refused" and r.chance_p_value > 0.5 and "likely causes" in r.failures[0]
     assert "--chance-alpha 0.001" in r.failures[0]
 
@@ -576,8 +563,7 @@ def test_judge_refuses_before_judging():
 def test_a_set_too_small_for_the_chance_test_says_so_and_how_many_videos_it_needs():
     # 6 videos of 3 classes: even 6/6 correct has p = (1/3)^6 = 0.00137 > 0.001
     labels = torch.arange(6) % 3
-    r = _report(thresholds=Thresholds(min_videos=1))
-    judge(r, _scores(labels.tolist()), _scores(labels.tolist()), labels, zoo_top1=None)
+    r = judge(Thresholds(min_videos=1), _scores(labels.tolist()), _scores(labels.tolist()), labels, zoo_top1=None)
     assert r.verdict == "refused" and r.torch_top1 == 100.0
     assert "too few for the chance test to pass at all" in r.failures[0] and "6/6 correct" in r.failures[0]
     assert "needs at least 7 videos" in r.failures[0] and "--chance-alpha" in r.failures[0]

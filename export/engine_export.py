@@ -1,0 +1,178 @@
+"""The whole export: ONNX -> FP16 ONNX -> TensorRT engine -> the gate of every file made.
+
+`export_engine` runs the steps (`export.onnx`, `export.fp16`,
+`export.tensorrt`) and gates every file it made in one pass over the
+validation shards (`export.validate.gate`: the data is decoded and PyTorch
+runs once); each passing file gets its own `.validated.json`. Without
+TensorRT or a CUDA GPU the two ONNX files are still made and gated, and
+the engine is listed as not built with the reason. `python -m export.trt`
+is its command line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from export.errors import EXIT_FAILED, EXIT_MISSING, EXIT_OK, MissingDependencyError
+from export.fp16 import Fp16Report, to_fp16
+from export.onnx import OnnxReport, export_onnx
+from export.outputs import default_out_dir
+from export.shards import validation_split
+from export.source import ModelSource, load_model
+from export.tensorrt import TrtReport, build_engine, missing_requirements
+from export.validate import GateReport, Thresholds, gate
+
+
+def resolve_size(size: str | int | tuple[int, int], val_shards: str | None) -> str | int | tuple[int, int]:
+    """'auto': the test-protocol crop when the gate runs on shards (it feeds test views), else the training crop."""
+    if size == "auto":
+        return "test" if val_shards else "train"
+    return size
+
+
+@dataclass
+class ArtifactResult:
+    """One file `export_engine` made (or could not make), and its gate."""
+
+    kind: str  # "onnx", "fp16" or "engine"
+    path: str | None
+    built: bool
+    gate: GateReport | None = None
+    missing: str | None = None  # why it was not built
+
+    def line(self) -> str:
+        if not self.built:
+            return f"  {self.kind:<6} not built: {self.missing}"
+        if self.gate is None:
+            return f"  {self.kind:<6} {self.path}: not gated"
+        g = self.gate
+        what = (
+            "no accuracy validated (no --val-shards)"
+            if g.mode == "synthetic"
+            else f"Top-1 {g.artifact_top1:.2f}% vs PyTorch {g.torch_top1:.2f}%, agreement "
+            f"{100 * g.prediction_agreement:.1f}% on {g.videos} videos"
+        )
+        marked = f"; marked: {Path(g.marker).name}" if g.marker else ""
+        return f"  {self.kind:<6} {self.path}: gate {g.verdict.upper()} ({g.backend}, {g.precision}; {what}){marked}"
+
+
+@dataclass
+class EngineExport:
+    """Every step of `export_engine`; `status` is the CLI's exit code."""
+
+    onnx: OnnxReport
+    fp16: Fp16Report
+    engine: TrtReport | dict
+    artifacts: list[ArtifactResult]
+    status: int
+    warning: str | None = None  # random weights
+
+
+def export_status(artifacts: list[ArtifactResult]) -> int:
+    """1 when a gate did not pass, else 2 when the engine is missing, else 0 (pure)."""
+    if any(a.gate is not None and not a.gate.passed for a in artifacts):
+        return EXIT_FAILED
+    if any(not a.built for a in artifacts):
+        return EXIT_MISSING
+    return EXIT_OK
+
+
+def export_engine(
+    name_or_model: str | torch.nn.Module,
+    *,
+    checkpoint: str | Path | None = None,
+    source: ModelSource | None = None,
+    out_dir: str | Path | None = None,
+    size: str | int | tuple[int, int] = "auto",
+    opset: int = 20,
+    seed: int = 0,
+    calib_clips: int = 4,
+    max_batch: int = 32,
+    opt_batch: int = 8,
+    typing: str = "auto",
+    workspace_gib: float = 4.0,
+    val_shards: str | Path | None = None,
+    split: str | None = "val",
+    thresholds=None,
+    zoo_checkpoint: bool | None = None,
+    batch_size: int = 4,
+    max_videos: int | None = None,
+    log=print,
+) -> EngineExport:
+    """ONNX -> FP16 ONNX -> engine, then one gate over every file made (the Top-1 gate with `val_shards`).
+
+    `name_or_model` may be a zoo model already holding its weights, with
+    `source` saying where they came from (as `export_onnx` takes it).
+    Without TensorRT or a GPU the two ONNX files are still gated (ONNX
+    Runtime) and, when the gate passes on `val_shards`, marked validated.
+    """
+    # One model for every step: without a checkpoint its random weights must be the same throughout.
+    model, loaded = load_model(name_or_model, checkpoint)
+    source = source or loaded
+    warning = source.random_weights_warning()
+    if warning:
+        log(warning)
+    split = validation_split(val_shards, split) if val_shards else split
+    missing = missing_requirements()
+    if missing:
+        log(f"note: no engine can be built here ({missing}); the ONNX and FP16 ONNX files are still made and gated")
+    out_dir = Path(out_dir) if out_dir else default_out_dir(model.config.name)
+    size = resolve_size(size, val_shards)
+    onnx_r = export_onnx(model, source=source, out_dir=out_dir, size=size, opset=opset, seed=seed)
+    log(onnx_r.summary())
+    fp16_r = to_fp16(onnx_r.path, calibration=val_shards, split=split, num_clips=calib_clips, seed=seed)
+    log(fp16_r.summary())
+    arts = [ArtifactResult("onnx", onnx_r.path, True), ArtifactResult("fp16", fp16_r.path, True)]
+    try:
+        engine = build_engine(
+            fp16_r.path, max_batch=max_batch, opt_batch=opt_batch, typing=typing, workspace_gib=workspace_gib
+        )
+        log(engine.summary())
+        arts.append(ArtifactResult("engine", engine.path, True))
+    except MissingDependencyError as e:
+        engine = {"built": False, "missing": str(e)}
+        arts.append(ArtifactResult("engine", None, False, missing=str(e)))
+    built = [a for a in arts if a.built]
+    reports = gate(
+        [a.path for a in built],
+        model_name=model,
+        source=source,
+        val_shards=val_shards,
+        split=split,
+        thresholds=thresholds or Thresholds(),
+        zoo_checkpoint=zoo_checkpoint,
+        batch_size=batch_size,
+        max_videos=max_videos,
+    )
+    for a, r in zip(built, reports):
+        a.gate = r
+        log(r.summary())
+    return EngineExport(onnx_r, fp16_r, engine, arts, export_status(arts), warning)
+
+
+ENGINE_ARGS = (
+    "size",
+    "opset",
+    "seed",
+    "calib_clips",
+    "max_batch",
+    "opt_batch",
+    "typing",
+    "workspace_gib",
+    "val_shards",
+    "split",
+    "zoo_checkpoint",
+    "batch_size",
+    "max_videos",
+)
+
+
+def summary_lines(r: EngineExport) -> list[str]:
+    """The closing summary: every artifact with its gate result."""
+    lines = ["artifacts:"] + [a.line() for a in r.artifacts]
+    if r.warning:
+        lines.append("random weights: the gates above say nothing about accuracy")
+    return lines
