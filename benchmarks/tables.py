@@ -60,6 +60,12 @@ def _ray_rows(d: dict) -> list[str]:
         f"| wall s (median) | {_f(m['ray1_wall_s'])} | {_f(m['ray2_wall_s'])} | "
         f"**{_f(d['ray_vs_local_wall'], 3)}** 2 nodes / local engine on 2 workers "
         f"(goal <= {d['goal_ray_vs_local_wall']}); {same} |",
+    ] + [
+        "",
+        "per round: 2 / 1 node "
+        + ", ".join(f"{r['ray1_wall_s'] / r['ray2_wall_s']:.2f}" for r in d["rounds"])
+        + "; ray / local "
+        + ", ".join(f"{r['ray2_wall_s'] / r['shard_wall_s']:.2f}" for r in d["rounds"]),
     ]
 
 
