@@ -82,7 +82,7 @@ from tpn.engine import (
 from pipeline.fileio import atomic_write_bytes
 from tpn.cli import add_device_arg
 from tpn.distributed import DistEnv, resolve_torch_device
-from tpn.layers import set_batchnorm_impl
+from tpn.layers import set_batchnorm_impl, train_mode
 from benchmarks.flops import count_step_flops, matmul_peak
 from benchmarks.kernels import categorize, category_table
 from benchmarks.layout_copies import MixedLayoutOps, classify_copies, trace_records
@@ -125,12 +125,7 @@ def make_bench_model(name: str, spec: ModeSpec, device: torch.device) -> nn.Modu
     if spec.cl3d and tpn.get_config(name).backbone == "slowonly":
         model.to(memory_format=torch.channels_last_3d)
     set_batchnorm_impl(model, "native" if spec.bn == "native" else "auto")
-    model.train()
-    if spec.bn == "eval":  # frozen statistics, as tpn.train --bn-eval
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.eval()
-    return model
+    return train_mode(model, bn_eval=spec.bn == "eval")  # frozen statistics, as tpn.train --bn-eval
 
 
 def make_contender(name: str, mode: str, device: torch.device, batch: int) -> Contender:

@@ -21,14 +21,14 @@ for H.264, with the augmentation on the GPU.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 Mode = Literal["train", "test"]
 Device = Literal["auto", "cpu", "gpu", "cuda"]
 Decoder = Literal["auto", "nvdec", "cpu", "pyav", "nvjpeg", "host"]
 
-LOADER_DEVICES: tuple[Device, ...] = ("auto", "cpu", "gpu", "cuda")  # "cuda" is another name for "gpu"
-DECODERS: tuple[Decoder, ...] = ("auto", "nvdec", "cpu", "pyav", "nvjpeg", "host")
+LOADER_DEVICES: tuple[Device, ...] = get_args(Device)  # "cuda" is another name for "gpu"
+DECODERS: tuple[Decoder, ...] = get_args(Decoder)
 FRAME_DECODERS: tuple[Decoder, ...] = ("auto", "host", "cpu", "nvjpeg")  # what frame shards accept
 VIDEO_DECODERS: tuple[Decoder, ...] = ("auto", "host", "nvdec", "cpu", "pyav")  # what video shards accept
 CPU_CODECS = ("vp9", "vp8", "mjpeg")  # what DALI's CPU video decoder handles

@@ -235,6 +235,17 @@ def set_batchnorm_impl(model: nn.Module, impl: BatchNormImpl) -> nn.Module:
     return model
 
 
+def train_mode(model: nn.Module, bn_eval: bool = False) -> nn.Module:
+    """`model.train()`; with `bn_eval`, every BatchNorm stays in eval mode (frozen running statistics, affine
+    still trained: the recipe's fine-tuning from ImageNet weights, `tpn.train --bn-eval`)."""
+    model.train()
+    if bn_eval:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+    return model
+
+
 class ConvBNReLU3d(nn.Sequential):
     """Conv3d (no bias) -> BatchNorm3d -> optional ReLU, named `conv` / `bn`."""
 

@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 import tpn
 from tpn import rundir
@@ -46,6 +45,7 @@ from tpn.distributed import (
     shutdown,
 )
 from tpn.engine import LossLog, StepReport, TrainStep, build_optimizer, pin_device_lr, set_lr
+from tpn.layers import train_mode
 from pipeline import atomic_write_json
 from tpn.schedule import StepSchedule
 from tpn.test import EvalReport, evaluate
@@ -299,11 +299,7 @@ class Trainer:
         return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
     def train_mode(self) -> None:
-        self.model.train()
-        if self.s.bn_eval:
-            for m in self.model.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
+        train_mode(self.model, self.s.bn_eval)
 
     def begin(self) -> None:
         self.write_settings()

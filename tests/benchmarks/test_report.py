@@ -96,7 +96,7 @@ def test_check_fails_when_a_result_file_changes_and_report_repairs_the_readme(tm
     readme.write_text(report.README.read_text().replace("](benchmarks/results/", "](results/"))
     args = ["--readme", str(readme), "--results", str(results)]
     assert report.main(["--check", *args]) == 0
-    shard = results / "2026-11-25-cpu2-shard.json"
+    shard = results / f"{report.CPU2_LOAD}-shard.json"
     payload = json.loads(shard.read_text())
     payload["ratio_wall"] = 1.234
     shard.write_text(json.dumps(payload))
@@ -105,9 +105,10 @@ def test_check_fails_when_a_result_file_changes_and_report_repairs_the_readme(tm
     before = readme.read_text()
     assert report.main(args) == 0
     after = readme.read_text()
-    assert "**1.234** (goal <= 1.1)" in after and "**1.016**" not in after
+    old = f"**{json.loads((report.common.RESULTS / shard.name).read_text())['ratio_wall']:.3f}**"
+    assert "**1.234** (goal <= 1.1)" in after and old not in after
     # only the changed block moved; the prose around it is untouched
-    assert after.replace("**1.234**", "**1.016**") == before
+    assert after.replace("**1.234**", old) == before
     assert report.main(["--check", *args]) == 0
     drawn = sorted(p.name for p in (results / "report").glob("*.png"))
     assert drawn == sorted(f"{b.name}.png" for b in report.BLOCKS if b.chart is not None)
