@@ -79,8 +79,8 @@ def test_tpn_uses_only_public_names_of_pipeline(path):
     "source, problem",
     [
         ("from tpn.metrics import accuracy", "from tpn.metrics import"),
-        ("import pipeline.storage", "import pipeline.storage"),
-        ("from pipeline import storage", "from pipeline import storage"),
+        ("import pipeline.wds", "import pipeline.wds"),
+        ("from pipeline import wds", "from pipeline import wds"),
         ("from pipeline import sampling as s", "from pipeline import sampling"),
         ("import tpn\ndef f():\n    return tpn.checkpoint.read_checkpoint", "tpn.checkpoint"),
         ("import tpn as t\nx = t.metrics", "t.metrics"),
