@@ -257,12 +257,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def merge_main(argv: list[str]) -> int:
-    from pipeline.shard.merge import MergeError, merge_parts
+    from pipeline.shard.merge import merge_parts
 
     args = build_merge_parser().parse_args(argv)
     try:
         report = merge_parts(args.parts, args.out, copy=args.copy, allow_missing=args.allow_missing_parts)
-    except (MergeError, ValueError, OSError) as err:
+    except (ShardingError, ValueError, OSError) as err:
         return _fail(str(err))
     print(report.summary())
     return 0

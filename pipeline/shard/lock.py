@@ -99,6 +99,15 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def live_holder(where: str | Path) -> Holder | None:
+    """The run holding `where`'s lock when it is still going (None: no lock, or its run is gone)."""
+    try:
+        holder = _parse(storage.read_bytes(storage.join(where, LOCK)))
+    except FileNotFoundError:
+        return None
+    return holder if holder is not None and gone_reason(holder) is None else None
+
+
 class OutputLock:
     """The lock of one output (a local folder or a URL); use as a context manager."""
 

@@ -20,6 +20,7 @@ from pipeline.errors import ShardingError
 from pipeline.shard import manifest as mf
 from pipeline.shard.core import human_bytes
 from pipeline.fileio import atomic_write, fsync_dir, temp_path
+from pipeline.shard.lock import OutputLock, live_holder
 
 
 class MergeError(ShardingError, ValueError):
@@ -108,6 +109,10 @@ def merge_parts(
     out = Path(out).resolve()
     if out in folders:
         raise MergeError(f"--out {out} is one of the parts; merge into a new folder")
+    for folder in folders:
+        holder = live_holder(folder)
+        if holder is not None:
+            raise MergeError(f"part {folder} is still being written by {holder.describe()}: wait for it to finish")
     manifests = [mf.read_manifest(f) for f in folders]
     order = _check_parts(folders, manifests, allow_missing)
     folders, manifests = [folders[k] for k in order], [manifests[k] for k in order]
@@ -115,7 +120,11 @@ def merge_parts(
     previous = mf.existing_fingerprint(out) if out.is_dir() else None
     if previous is not None and previous != fp:
         raise MergeError(f"{out} already holds other shards; merge into a new or empty folder")
-    out.mkdir(parents=True, exist_ok=True)
+    with OutputLock(out, command="pipeline.shard merge"):  # checked above: now write, one merge at a time
+        return _write_merged(folders, manifests, fp, out, copy)
+
+
+def _write_merged(folders: list[Path], manifests: list[dict], fp: str, out: Path, copy: bool) -> MergeReport:
     shards, per_split = _link_shards(folders, manifests, out, copy)
     fsync_dir(out)
     rejected, warnings = (_jsonl(folders, name) for name in (mf.REJECTED, mf.WARNINGS))

@@ -335,3 +335,32 @@ def test_our_own_output_vanishing_is_retried_not_blamed_on_the_input(synth, tmp_
     monkeypatch.setattr(encode_mod, "_encode_local", lambda *a: (_ for _ in ()).throw(StagedOutputLost("gone")))
     with pytest.raises(StagedOutputLost):
         outcome_of(item, EncodeSettings(short_side=48), tmp_path / "y.webm", 60, 8)
+
+
+def test_merge_refuses_a_part_still_being_written_and_locks_its_output(synth, tmp_path):
+    from pipeline.shard import MergeError, merge_parts
+
+    parts = [tmp_path / f"p{i}" for i in range(2)]
+    for i, p in enumerate(parts):
+        shard_dataset(synth, p, **OPTS, part=f"{i}/2")
+    running = {
+        "host": socket.gethostname(),
+        "pid": os.getpid() + 0,
+        "started": "2026-01-01T00:00:00+00:00",
+        "heartbeat": time.time(),
+        "token": "x",
+    }
+    parent = subprocess.Popen(["sleep", "30"])  # a live process standing for the part's run
+    try:
+        (parts[1] / LOCK).write_text(json.dumps({**running, "pid": parent.pid}))
+        with pytest.raises(MergeError, match=f"still being written by pipeline.shard on host .*pid {parent.pid}"):
+            merge_parts(parts, tmp_path / "merged")
+        (parts[1] / LOCK).unlink()
+        with OutputLock(tmp_path / "merged"):
+            with pytest.raises(OutputBusy):
+                merge_parts(parts, tmp_path / "merged")
+    finally:
+        parent.kill()
+        parent.wait()
+    report = merge_parts(parts, tmp_path / "merged")
+    assert report.manifest["totals"]["samples"] == 12 and not (tmp_path / "merged" / LOCK).exists()
