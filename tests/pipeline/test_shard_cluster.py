@@ -203,6 +203,13 @@ def test_an_object_storage_source_gives_the_same_shards(synth, local_run, cluste
         report = shard_dataset(url, out, engine=engine, ray_address=cluster.address, **OPTS)
         assert report.manifest["source"]["root"] == url
         same_shards(out, local_run)
+    # source and output both in the bucket, encodes on the cluster: the bucket gets the local engine's bytes
+    out_url = f"s3://{BUCKET}/shards/synth-ray"
+    shard_dataset(url, out_url, engine="ray", ray_address=cluster.address, work=tmp_path / "work", **OPTS)
+    for path in sorted(local_run.iterdir()):
+        if path.suffix in (".tar", ".idx") or path.name in ("classes.json", "rejected.jsonl"):
+            assert s3.cat_file(f"{BUCKET}/shards/synth-ray/{path.name}") == path.read_bytes(), path.name
+    assert not s3.exists(f"{BUCKET}/shards/synth-ray/{LOCK}")
 
 
 def test_an_unreachable_address_is_named_and_nothing_is_written(synth, tmp_path):
