@@ -53,6 +53,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 
 import numpy as np
@@ -136,26 +137,10 @@ class Judgement:
     zoo_checked: bool = False
 
 
-JUDGEMENT_FIELDS = (
-    "verdict",
-    "passed",
-    "criteria",
-    "failures",
-    "videos",
-    "artifact_top1",
-    "torch_top1",
-    "difference",
-    "prediction_agreement",
-    "chance_top1",
-    "chance_p_value",
-    "zoo_top1",
-    "zoo_checked",
-)
-
-
-@dataclass(frozen=True)
-class GateReport:
-    """One artifact's gate, made once when the gate is over (`gate`): who, on what, and the `Judgement`."""
+@dataclass(frozen=True, kw_only=True)
+class GateReport(Judgement):
+    """One artifact's gate, made once when the gate is over (`gate`): the `Judgement`, and who was judged on
+    what."""
 
     artifact: str
     model: str
@@ -163,25 +148,11 @@ class GateReport:
     backend: str
     precision: str
     mode: str  # "shards" or "synthetic"
-    thresholds: Thresholds
     accuracy_validated: bool = False
-    verdict: str = "failed"  # "passed", "failed" or "refused" (no Top-1 statement possible on these videos)
-    passed: bool = False
-    criteria: list[Criterion] = field(default_factory=list)
     agreement: Agreement | None = None  # per-view logits vs PyTorch
     shards: dict | None = None  # location, split, fingerprint
     protocol: dict | None = None
-    videos: int = 0
     views_per_video: int = 0
-    artifact_top1: float | None = None
-    torch_top1: float | None = None
-    difference: float | None = None  # artifact - PyTorch, in points
-    prediction_agreement: float | None = None  # share of videos where both pick the same class
-    chance_top1: float | None = None
-    chance_p_value: float | None = None
-    zoo_top1: float | None = None
-    zoo_checked: bool = False
-    failures: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     marker: str | None = None
     seconds: float = 0.0
@@ -189,7 +160,7 @@ class GateReport:
     @classmethod
     def of(cls, judgement: Judgement, **fields) -> GateReport:
         """A report holding `judgement`'s results and the given identity, data and notes fields."""
-        return cls(thresholds=judgement.thresholds, **{k: getattr(judgement, k) for k in JUDGEMENT_FIELDS}, **fields)
+        return cls(**{f.name: getattr(judgement, f.name) for f in dataclass_fields(Judgement)}, **fields)
 
     def summary(self) -> str:
         verdict = self.verdict.upper()

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -93,3 +97,21 @@ def manifest_without_run(out: Path) -> dict:
 
 def rejected(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "rejected.jsonl").read_text().splitlines() if line.strip()]
+
+
+def shard_command(src: Path, out: Path, *options: str) -> list[str]:
+    """`python -m pipeline.shard SRC --out OUT` at the tests' small settings (short side 48, 2 videos a shard)."""
+    return [sys.executable, "-m", "pipeline.shard", str(src), "--out", str(out), "--short-side", "48",
+            "--shard-samples", "2", "--no-progress", *options]  # fmt: skip
+
+
+def kill_after_first_shard(cmd: list[str], out: Path, cwd: Path, timeout: float = 120) -> None:
+    """Run `cmd`, SIGKILL it once its first shard is committed (the resume record is written right after the
+    rename), and check that it had not finished by then."""
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    while not (out / ".shard-state.json").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "manifest.json").exists(), "the run finished before it could be killed"

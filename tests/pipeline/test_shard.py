@@ -4,12 +4,9 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import struct
 import subprocess
-import sys
 import tarfile
-import time
 from pathlib import Path
 
 import av
@@ -21,7 +18,16 @@ from pipeline.synth import make_dataset
 from pipeline.verify import verify_dataset
 from pipeline.fileio import is_temp_name
 from pipeline.wds import index_of_tar, iter_samples
-from tests.shard_helpers import SMALL, level_frames, manifest_without_run, noise_frames, rejected, write_video
+from tests.shard_helpers import (
+    SMALL,
+    kill_after_first_shard,
+    shard_command,
+    level_frames,
+    manifest_without_run,
+    noise_frames,
+    rejected,
+    write_video,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 OPTS = {**SMALL, "shard_samples": 2}
@@ -207,29 +213,7 @@ def test_other_settings_into_the_same_out_are_refused(synth, tmp_path):
 def test_kill_9_then_rerun_gives_the_uninterrupted_manifest(sharded, synth, tmp_path):
     out, _ = sharded
     killed = tmp_path / "killed"
-    cmd = [
-        sys.executable,
-        "-m",
-        "pipeline.shard",
-        str(synth),
-        "--out",
-        str(killed),
-        "--short-side",
-        "48",
-        "--shard-samples",
-        "2",
-        "--workers",
-        "1",
-        "--no-progress",
-    ]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    # Kill once the first shard is committed (its resume record is written right after the rename).
-    while not (killed / ".shard-state.json").exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (killed / "manifest.json").exists(), "the run finished before it could be killed"
+    kill_after_first_shard(shard_command(synth, killed, "--workers", "1"), killed, REPO)
     for tar in killed.glob("*.tar"):  # whatever is under a final name is complete
         assert (killed / f"{tar.stem}.idx").read_text() == index_of_tar(tar)
         with tarfile.open(tar) as t:

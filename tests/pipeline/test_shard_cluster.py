@@ -8,7 +8,6 @@ through a wrapper that waits a little first, so that a run lasts long enough to 
 import json
 import logging
 import os
-import signal
 import socket
 import stat
 import subprocess
@@ -25,7 +24,7 @@ from pipeline.shard import encode as encode_mod
 from pipeline.shard.encode import StagedOutputLost, outcome_of
 from pipeline.shard.lock import LOCK, STALE_AFTER_S, OutputBusy, OutputLock
 from pipeline.synth import make_dataset
-from tests.shard_helpers import SMALL
+from tests.shard_helpers import SMALL, kill_after_first_shard, shard_command
 
 ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402
@@ -165,30 +164,7 @@ def test_a_node_lost_mid_run_costs_only_its_videos(synth, local_run, cluster, tm
 
 def test_a_killed_driver_resumes_from_its_last_shard(synth, local_run, cluster, tmp_path):
     out = tmp_path / "killed"
-    cmd = [
-        sys.executable,
-        "-m",
-        "pipeline.shard",
-        str(synth),
-        "--out",
-        str(out),
-        "--short-side",
-        "48",
-        "--shard-samples",
-        "2",
-        "--engine",
-        "ray",
-        "--ray-address",
-        cluster.address,
-        "--no-progress",
-    ]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while not (out / ".shard-state.json").exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (out / "manifest.json").exists(), "the run finished before it could be killed"
+    kill_after_first_shard(shard_command(synth, out, "--engine", "ray", "--ray-address", cluster.address), out, REPO)
     report = shard_dataset(synth, out, engine="ray", ray_address=cluster.address, **OPTS)
     assert report.resumed_shards >= 1  # the killed driver's lock was taken over: its pid is gone
     same_shards(out, local_run)
@@ -254,21 +230,7 @@ def test_ray_missing_is_a_clear_error(synth, tmp_path, monkeypatch):
 def test_a_second_run_on_the_same_output_is_refused_naming_the_first(synth, local_run, tmp_path):
     out = tmp_path / "busy"
     env = {**os.environ, "TPN_FFMPEG": str(slow_ffmpeg(tmp_path))}
-    cmd = [
-        sys.executable,
-        "-m",
-        "pipeline.shard",
-        str(synth),
-        "--out",
-        str(out),
-        "--short-side",
-        "48",
-        "--shard-samples",
-        "2",
-        "--workers",
-        "2",
-        "--no-progress",
-    ]
+    cmd = shard_command(synth, out, "--workers", "2")
     first = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while not (out / LOCK).exists() and time.monotonic() < deadline:
