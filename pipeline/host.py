@@ -179,16 +179,22 @@ class HostClips:
     # -- one clip (runs in a worker thread; the OpenCV and libjpeg-turbo calls release the GIL)
 
     def _train_clip(self, out: np.ndarray, plan: SamplePlan, unique: np.ndarray, order: np.ndarray, encoded) -> None:
-        """out (F, S, S, 3): decode, crop + resize, flip, colour map, normalise every distinct frame."""
+        """out (F, S, S, 3): decode, crop + resize and flip every distinct frame into one uint8 clip, then the
+        colour map and the normalisation over the whole clip at once (one call each: fewer calls that take
+        and give back the GIL per frame)."""
         view, size = plan.train, self.spec.crop_size
         box = view.box
+        window = (box.y, box.x, box.y + box.h, box.x + box.w)
         jitter = jitter_matrix(view.jitter) if view.jitter is not None else None
-        for k, picture in enumerate(self._pictures(encoded, plan, unique, box=box, out_side=size)):
-            x = picture.resize((box.y, box.x, box.y + box.h, box.x + box.w), (size, size), flip=view.flip)
-            colour = _colour_map(jitter, picture.colour)
-            if colour is not None:
-                x = cv2.transform(x, colour)  # on uint8: rounded and clipped to 0-255, as DALI's operators do
-            _write(x, self.normalise, [out[p] for p in np.flatnonzero(order == k)])
+        pictures = list(self._pictures(encoded, plan, unique, box=box, out_side=size))
+        clip = np.empty((len(pictures), size, size, 3), np.uint8)
+        for k, picture in enumerate(pictures):
+            picture.resize(window, (size, size), flip=view.flip, dst=clip[k])
+        _colour_clip(clip, [_colour_map(jitter, p.colour) for p in pictures])
+        # every clip position gets the frame it shows (a frame repeats when the video is shorter than the clip)
+        np.copyto(out, clip if np.array_equal(order, np.arange(len(clip))) else clip[order])
+        flat = out.reshape(-1, size, 3)
+        cv2.transform(flat, self.normalise, dst=flat)
 
     def _test_clip(self, out: np.ndarray, plan: SamplePlan, unique: np.ndarray, order: np.ndarray, encoded) -> None:
         """out (C, V', F, H, W, 3): decode, resize the short side, then every (crop, flip) view."""
@@ -267,7 +273,9 @@ class Picture:
     width: int
     colour: np.ndarray | None = None
 
-    def resize(self, box: tuple[float, float, float, float], size: tuple[int, int], flip: bool = False) -> np.ndarray:
+    def resize(
+        self, box: tuple[float, float, float, float], size: tuple[int, int], flip: bool = False, dst=None
+    ) -> np.ndarray:
         raise NotImplementedError
 
     def rgb(self) -> np.ndarray:
@@ -292,11 +300,14 @@ class RgbPicture(Picture):
         self.window, self.origin = origin is not None, origin or (0, 0)
         self.scale = scale or (image.shape[0] / height, image.shape[1] / width)
 
-    def resize(self, box, size, flip=False):
+    def resize(self, box, size, flip=False, dst=None):
         image = self.image
         if image.shape[:2] == size and tuple(box) == (0, 0, *size) and not flip and not self.window:
+            if dst is not None:
+                np.copyto(dst, image)
+                return dst
             return image
-        return _warp(image, box, size, *self.scale, flip, origin=self.origin)
+        return _warp(image, box, size, *self.scale, flip, origin=self.origin, dst=dst)
 
     def rgb(self):
         if self.window:
@@ -340,12 +351,15 @@ class Yuv420Picture(Picture):
         self.planes, self.colour = (y, u, v), colour
         self.height, self.width = y.shape
 
-    def resize(self, box, size, flip=False):
+    def resize(self, box, size, flip=False, dst=None):
         y, u, v = self.planes
         cy, cx = u.shape[0] / self.height, u.shape[1] / self.width
-        return cv2.merge(
-            [_warp(y, box, size, 1.0, 1.0, flip), _warp(u, box, size, cy, cx, flip), _warp(v, box, size, cy, cx, flip)]
-        )
+        planes = [
+            _warp(y, box, size, 1.0, 1.0, flip),
+            _warp(u, box, size, cy, cx, flip),
+            _warp(v, box, size, cy, cx, flip),
+        ]
+        return cv2.merge(planes, dst=dst)
 
     def rgb(self):
         """Chroma upsampled bilinearly (centre-sited) in float, converted, rounded once: DALI's and
@@ -386,6 +400,7 @@ def _warp(
     sx: float,
     flip: bool = False,
     origin: tuple[int, int] = (0, 0),
+    dst: np.ndarray | None = None,
 ) -> np.ndarray:
     """The frame window box = (y0, x0, y1, x1) resampled (bilinear) to size = (H, W) from a plane that
     holds the frame at scale (sy, sx) (1: full size; 0.5: 4:2:0 chroma or a 1/2 DCT-scaled decode), or
@@ -401,7 +416,7 @@ def _warp(
         ax, bx = -ax, bx + ax * (w - 1)
     m = np.array([[ax, 0.0, bx], [0.0, ay, sy * y0 + 0.5 * ay - 0.5 - origin[0]]], np.float32)
     return cv2.warpAffine(
-        plane, m, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE
+        plane, m, (w, h), dst=dst, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE
     )
 
 
@@ -441,6 +456,21 @@ class _Buffers:
 def _unused(buf: np.ndarray) -> bool:
     """No reference to `buf` but the pool's list (the other two: this argument and getrefcount's)."""
     return sys.getrefcount(buf) <= 3
+
+
+def _colour_clip(clip: np.ndarray, maps: list[np.ndarray | None]) -> None:
+    """Apply each frame's 3x4 colour map to uint8 `clip` (K, S, S, 3) in place, rounded and clipped to 0-255 as
+    DALI's operators do; one call for the whole clip when its frames share one map (they do, but for a video
+    whose frames change colour space)."""
+    if all(m is None for m in maps):
+        return
+    if all(m is not None and np.array_equal(m, maps[0]) for m in maps):
+        flat = clip.reshape(-1, clip.shape[2], 3)
+        cv2.transform(flat, maps[0], dst=flat)
+        return
+    for frame, m in zip(clip, maps):
+        if m is not None:
+            cv2.transform(frame, m, dst=frame)
 
 
 def _colour_map(jitter: np.ndarray | None, to_rgb: np.ndarray | None) -> np.ndarray | None:
