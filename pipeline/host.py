@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import ctypes
 import math
+import re
 import sys
 import threading
 from collections import deque
@@ -224,6 +225,9 @@ class HostClips:
         """The distinct frames `unique`, in order, decoded as late as possible (a frame shard's training
         frames: only the window `box` needs, at the smallest DCT scale that keeps it `out_side` wide)."""
         if self.data.is_frames:
+            if box is not None and WINDOW_DECODE:  # a clip's windows in one call: the GIL given back once
+                yield from self._decode_windows(encoded, plan, unique, box, out_side)
+                return
             for frame, jpeg in zip(unique, encoded):
                 yield self._decode_jpeg(jpeg, plan, int(frame), box, out_side)
             return
@@ -237,6 +241,20 @@ class HostClips:
             ) from err
         yield from pictures
 
+    def _decode_windows(self, encoded, plan: SamplePlan, unique: np.ndarray, box, out_side: int) -> list[RgbPicture]:
+        """The window `box` needs of every frame, decoded together (`window_pictures`)."""
+        height, width = self.data.frame_size(plan.index)
+        denom = dct_denominator(min(box.h, box.w), out_side)
+        try:
+            return window_pictures(list(encoded), (box.y, box.x, box.y + box.h, box.x + box.w), denom, height, width)
+        except ValueError as err:
+            item = re.search(r"\(item (\d+)\)", str(err))
+            frame = f", frame {int(unique[int(item.group(1))])}" if item else ""
+            raise DataError(
+                f"could not decode {self.data.where(plan.index)}{frame} ({err}); "
+                + VERIFY_HINT.format(dir=self.data.folder(plan.index))
+            ) from None
+
     def _decode_jpeg(self, jpeg: bytes, plan: SamplePlan, frame: int, box, out_side: int) -> RgbPicture:
         """The frame, or with a `box` the window of it the box needs, at 1/2, 1/4 or 1/8 size where the box
         stays at least `out_side` wide (DCT-domain scaling)."""
@@ -245,8 +263,6 @@ class HostClips:
             if box is None:
                 return RgbPicture(simplejpeg.decode_jpeg(jpeg, colorspace="RGB"), height, width)
             denom = dct_denominator(min(box.h, box.w), out_side)
-            if WINDOW_DECODE:
-                return window_picture(jpeg, (box.y, box.x, box.y + box.h, box.x + box.w), denom, height, width)
             scale = {}
             if denom > 1:
                 scale = {"min_height": -(-height // denom), "min_width": -(-width // denom), "min_factor": denom}
@@ -324,11 +340,11 @@ def dct_denominator(box_side: float, out_side: int) -> int:
     return next(d for d in (8, 4, 2, 1) if d == 1 or box_side >= d * out_side)
 
 
-def window_picture(
-    jpeg: bytes, box: tuple[float, float, float, float], denom: int, height: int, width: int
-) -> RgbPicture:
-    """The part of a `height` x `width` JPEG frame that resampling `box` = (y0, x0, y1, x1) reads, decoded at
-    1/denom (libjpeg-turbo's partial decoding, `pipeline._jpegwindow`)."""
+def window_pictures(
+    jpegs: list[bytes], box: tuple[float, float, float, float], denom: int, height: int, width: int
+) -> list[RgbPicture]:
+    """The part of each `height` x `width` JPEG frame that resampling `box` = (y0, x0, y1, x1) reads, decoded
+    at 1/denom (libjpeg-turbo's partial decoding, `pipeline._jpegwindow`), all in one call."""
     sy, sx = -(-height // denom) / height, -(-width // denom) / width  # libjpeg rounds scaled sizes up
     y0, x0, y1, x1 = box
     window = (
@@ -337,9 +353,24 @@ def window_picture(
         math.ceil(sy * y1) + WINDOW_MARGIN,
         math.ceil(sx * x1) + WINDOW_MARGIN,
     )
-    pixels, top, left, rows, cols = _jpegwindow.decode(jpeg, *window, denom)
-    image = np.frombuffer(pixels, np.uint8).reshape(rows, cols, 3)
-    return RgbPicture(image, height, width, scale=(sy, sx), origin=(top, left))
+    pixels, regions = _jpegwindow.decode_many([(jpeg, *window, denom) for jpeg in jpegs])
+    return [
+        RgbPicture(
+            np.frombuffer(pixels, np.uint8, rows * cols * 3, offset).reshape(rows, cols, 3),
+            height,
+            width,
+            scale=(sy, sx),
+            origin=(top, left),
+        )
+        for offset, top, left, rows, cols in regions
+    ]
+
+
+def window_picture(
+    jpeg: bytes, box: tuple[float, float, float, float], denom: int, height: int, width: int
+) -> RgbPicture:
+    """`window_pictures` of one frame."""
+    return window_pictures([jpeg], box, denom, height, width)[0]
 
 
 class Yuv420Picture(Picture):

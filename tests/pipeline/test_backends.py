@@ -185,9 +185,9 @@ def test_host_decodes_crops_twice_the_output_at_reduced_size(tmp_path, monkeypat
 
     class WindowSpy:
         @staticmethod
-        def decode(data, top, left, bottom, right, denom):
-            result = real_window.decode(data, top, left, bottom, right, denom)
-            decoded.append((-(-144 // denom), None))  # the rows of the frame at the scale it decoded
+        def decode_many(items):
+            result = real_window.decode_many(items)
+            decoded.extend((-(-144 // item[-1]), None) for item in items)  # the frame's rows at its decode scale
             return result
 
     real_window = host._jpegwindow
@@ -249,9 +249,19 @@ def test_window_decode_is_the_full_decode_cut_to_the_window(tmp_path):
                     np.testing.assert_array_equal(got, full[top : top + rows, left : left + cols])
                     checked += 1
     assert checked == 2 * 3 * 4 * 6
+    # several windows in one call: the same regions, packed in one buffer
+    items = [(simplejpeg.encode_jpeg(f, quality=90), 10 * k, 7 * k, 120 + k, 200 + 9 * k, 1 << k) for k, f in
+             enumerate(frames)]  # fmt: skip
+    pixels, regions = host._jpegwindow.decode_many(items)
+    for item, (offset, top, left, rows, cols) in zip(items, regions, strict=True):
+        alone, *where = host._jpegwindow.decode(*item)
+        assert where == [top, left, rows, cols]
+        assert pixels[offset : offset + rows * cols * 3] == alone
 
 
 def test_window_decode_names_bad_input():
+    import simplejpeg
+
     from pipeline import host
 
     if host._jpegwindow is None:
@@ -260,3 +270,8 @@ def test_window_decode_names_bad_input():
         host._jpegwindow.decode(b"\xff\xd8 not a jpeg", 0, 0, 8, 8, 1)
     with pytest.raises(ValueError, match="denom"):
         host._jpegwindow.decode(b"", 0, 0, 8, 8, 3)
+    good = simplejpeg.encode_jpeg(np.zeros((16, 16, 3), np.uint8))
+    with pytest.raises(ValueError, match=r"JPEG decode failed \(item 1\)"):
+        host._jpegwindow.decode_many([(good, 0, 0, 8, 8, 1), (b"\xff\xd8 not a jpeg", 0, 0, 8, 8, 1)])
+    with pytest.raises(ValueError, match=r"outside the image \(item 0\)"):
+        host._jpegwindow.decode_many([(good, 20, 20, 30, 30, 1)])
