@@ -385,6 +385,14 @@ def run_ffmpeg(argv: list[str], timeout: float | None, input_bytes: bytes | None
     return stderr
 
 
+def raw_rgb_input(width: int, height: int, fps: float | None = None, exe: str | None = None) -> list[str]:
+    """The start of an ffmpeg command that reads raw RGB24 frames of width x height from stdin (at `fps`,
+    else ffmpeg's default of 25); add the output options and the output (pure)."""
+    rate = ["-r", f"{fps:g}"] if fps is not None else []
+    return [exe or find_ffmpeg(), "-hide_banner", "-loglevel", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24",
+            "-s", f"{width}x{height}", *rate, "-i", "pipe:"]  # fmt: skip
+
+
 def pipe_frames(argv: list[str], chunks: Iterable[bytes], timeout: float) -> None:
     """Run ffmpeg feeding `chunks` to its stdin (raw frames); raise `FFmpegError` on failure.
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.cli import HelpFormatter
-from pipeline.ffmpeg import FFmpegError, find_ffmpeg, parse_size, pipe_frames
+from pipeline.ffmpeg import FFmpegError, parse_size, pipe_frames, raw_rgb_input
 from pipeline.fileio import atomic_write_text
 
 DIRECTIONS = {"right": (0, 1), "left": (0, -1), "down": (1, 0), "up": (-1, 0)}  # (dy, dx)
@@ -171,21 +171,7 @@ def encode_argv(
     if videos == 1:
         split = ["-f", "mp4"]
     return [
-        exe or find_ffmpeg(),
-        "-hide_banner",
-        "-loglevel",
-        "error",
-        "-y",
-        "-f",
-        "rawvideo",
-        "-pix_fmt",
-        "rgb24",
-        "-s",
-        f"{w}x{h}",
-        "-r",
-        str(fps),
-        "-i",
-        "pipe:",
+        *raw_rgb_input(w, h, fps, exe),
         "-c:v",
         "libx264",
         "-preset",

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from pipeline import ClipSpec
-from pipeline.ffmpeg import find_ffmpeg
+from pipeline.ffmpeg import raw_rgb_input
 from pipeline.shard import shard_dataset
 
 # class -> frame counts; 9, 12 and 23 are shorter than some clip spans below
@@ -55,21 +55,7 @@ def frame_codes(clips: torch.Tensor, spec: ClipSpec) -> np.ndarray:
 def source_argv(dst: Path, width: int, height: int) -> list[str]:
     """Near-lossless H.264 source from raw RGB on stdin (pipeline.shard re-encodes it to VP9)."""
     return [
-        find_ffmpeg(),
-        "-hide_banner",
-        "-loglevel",
-        "error",
-        "-y",
-        "-f",
-        "rawvideo",
-        "-pix_fmt",
-        "rgb24",
-        "-s",
-        f"{width}x{height}",
-        "-r",
-        "25",
-        "-i",
-        "pipe:",
+        *raw_rgb_input(width, height, 25),
         "-c:v",
         "libx264",
         "-crf",

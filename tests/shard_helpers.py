@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.ffmpeg import find_ffmpeg, pipe_frames, run_ffmpeg
+from pipeline.ffmpeg import find_ffmpeg, pipe_frames, raw_rgb_input, run_ffmpeg
 
 # Small enough to keep every test quick on 2 cores; even, so the default encoder settings apply.
 SMALL = {"short_side": 48, "workers": 2, "min_frames": 8}
@@ -29,21 +29,7 @@ def write_video(
     t, h, w, _ = frames.shape
     path.parent.mkdir(parents=True, exist_ok=True)
     argv = [
-        find_ffmpeg(),
-        "-hide_banner",
-        "-loglevel",
-        "error",
-        "-y",
-        "-f",
-        "rawvideo",
-        "-pix_fmt",
-        "rgb24",
-        "-s",
-        f"{w}x{h}",
-        "-r",
-        str(fps),
-        "-i",
-        "pipe:",
+        *raw_rgb_input(w, h, fps),
         "-c:v",
         vcodec,
         "-pix_fmt",
@@ -115,3 +101,13 @@ def kill_after_first_shard(cmd: list[str], out: Path, cwd: Path, timeout: float 
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (out / "manifest.json").exists(), "the run finished before it could be killed"
+
+
+def write_anamorphic(path: Path, seconds: int) -> Path:
+    """ffmpeg's test pattern as 176x144 QCIF H.264 with 128:117 pixels (displayed about 4:3), as cameras of
+    that format store it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    run_ffmpeg([find_ffmpeg(), "-hide_banner", "-loglevel", "error", "-f", "lavfi",
+                "-i", f"testsrc=size=176x144:rate=25:duration={seconds}", "-vf", "setsar=128/117",
+                "-c:v", "libx264", "-pix_fmt", "yuv420p", str(path)], timeout=60)  # fmt: skip
+    return path

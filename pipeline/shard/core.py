@@ -33,7 +33,7 @@ from pipeline.sample_index import INDEX_DIR
 from pipeline.layouts import Dataset, WorkItem, scan
 from pipeline.shard import manifest as mf
 from pipeline.shard.encode import Outcome, reject_without_encoding
-from pipeline.shard.engines import ENGINES, done, make_engine
+from pipeline.shard.engines import done, make_engine
 from pipeline.shard.lock import OutputLock
 from pipeline.shard.source import scan_url
 from pipeline.shard.manifest import ShardRecord, SplitProgress
@@ -514,8 +514,6 @@ def shard_dataset(
         seed=seed,
         timeout=timeout,
     )
-    if engine not in ENGINES:
-        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     remote = str(out) if storage.is_remote(out) else None
     out = Path(work or default_work_dir(remote)).resolve() if remote else Path(out).resolve()
     # The engine first: an unreachable cluster is refused before anything is written.
@@ -530,9 +528,9 @@ def shard_dataset(
         ray_address=ray_address,
     )
     try:
-        locks = [OutputLock(where) for where in ([out, remote] if remote else [out])]
-        out.mkdir(parents=True, exist_ok=True)
-        with locks[0], locks[1] if remote else contextlib.nullcontext():
+        with contextlib.ExitStack() as held:
+            for where in [out, remote] if remote else [out]:  # the local folder's lock creates it
+                held.enter_context(OutputLock(where))
             return _shard_locked(
                 plan,
                 out,

@@ -143,15 +143,13 @@ def outcome_of(item: WorkItem, s: EncodeSettings, tmp: Path, timeout: float, min
     (another process cleaned the folder?); a second loss stops the run, naming
     the input, with nothing recorded for it.
     """
-    for attempt in (1, 2):
+    try:
         try:
             return _encode(item, s, tmp, timeout, min_frames)
-        except FFmpegError as err:
-            return Outcome(item.key, reason=err.reason, message=err.message)
         except StagedOutputLost:
-            if attempt == 2:
-                raise
-    raise AssertionError("unreachable")  # pragma: no cover
+            return _encode(item, s, tmp, timeout, min_frames)  # once more; a second loss goes up
+    except FFmpegError as err:
+        return Outcome(item.key, reason=err.reason, message=err.message)
 
 
 def stage(staging: Path, s: EncodeSettings, outcome: Outcome, encoded: Path | None) -> Outcome:

@@ -27,7 +27,7 @@ import secrets
 import socket
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from pipeline import storage
@@ -99,12 +99,17 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def live_holder(where: str | Path) -> Holder | None:
-    """The run holding `where`'s lock when it is still going (None: no lock, or its run is gone)."""
+def _read_lock(path: str | Path) -> bytes | None:
     try:
-        holder = _parse(storage.read_bytes(storage.join(where, LOCK)))
+        return storage.read_bytes(path)
     except FileNotFoundError:
         return None
+
+
+def live_holder(where: str | Path) -> Holder | None:
+    """The run holding `where`'s lock when it is still going (None: no lock, or its run is gone)."""
+    data = _read_lock(storage.join(where, LOCK))
+    holder = None if data is None else _parse(data)
     return holder if holder is not None and gone_reason(holder) is None else None
 
 
@@ -155,7 +160,9 @@ class OutputLock:
             try:
                 fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
             except FileExistsError:
-                self._check_holder(path.read_bytes() if path.exists() else b"")
+                data = _read_lock(path)
+                if data is not None:  # else its holder released it just now: try again
+                    self._check_holder(data)
                 continue
             with os.fdopen(fd, "w") as f:
                 f.write(json.dumps(asdict(self.me)))
@@ -197,7 +204,7 @@ class OutputLock:
     # -- remote: write, settle, read back
 
     def _acquire_remote(self) -> None:
-        data = self._read_bytes()
+        data = _read_lock(self.path)
         if data is not None:
             self._check_holder(data)
         self._write()
@@ -223,7 +230,7 @@ class OutputLock:
                     STALE_AFTER_S,
                 )
                 return
-            self.me = Holder(**{**asdict(self.me), "heartbeat": time.time()})
+            self.me = replace(self.me, heartbeat=time.time())
             try:
                 self._write()
             except OSError as err:  # a missed heartbeat is not worth stopping the run for
@@ -236,12 +243,6 @@ class OutputLock:
         else:
             atomic_write_text(self.path, text, durable=False)
 
-    def _read_bytes(self) -> bytes | None:
-        try:
-            return storage.read_bytes(self.path)
-        except FileNotFoundError:
-            return None
-
     def _read(self) -> Holder | None:
-        data = self._read_bytes()
+        data = _read_lock(self.path)
         return None if data is None else _parse(data)

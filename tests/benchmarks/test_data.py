@@ -12,6 +12,7 @@ from pipeline.ffmpeg import find_ffmpeg
 from pipeline.plan import plan_sample
 from pipeline.shardset import ShardSet
 from tests.clipdata import SMALL, coded_frames, coded_shards, frame_codes, write_source
+from tests.shard_helpers import write_anamorphic
 
 SPEC = SMALL.replace(color_jitter=True)
 
@@ -78,27 +79,7 @@ def test_peer_list_files_round_trip(tmp_path):
 
 def test_footage_cut_keeps_the_display_aspect_with_square_pixels(tmp_path):
     src = tmp_path / "sar.mp4"  # 176x144 stored, 128:117 pixels: displayed about 4:3
-    subprocess.run(
-        [
-            find_ffmpeg(),
-            "-hide_banner",
-            "-loglevel",
-            "error",
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc=size=176x144:rate=25:duration=4",
-            "-vf",
-            "setsar=128/117",
-            "-c:v",
-            "libx264",
-            "-pix_fmt",
-            "yuv420p",
-            str(src),
-        ],
-        check=True,
-        timeout=60,
-    )
+    write_anamorphic(src, seconds=4)
     dst = tmp_path / "cut.mp4"
     subprocess.run(footage.cut_argv(find_ffmpeg(), src, dst, 5, (1.0, 1.0)), check=True, timeout=120)
     import av

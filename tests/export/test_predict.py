@@ -33,6 +33,7 @@ from pipeline import ClipLoader
 from pipeline.ffmpeg import find_ffmpeg
 from pipeline.shardset import ShardSet
 from tests.export_helpers import TINY, make_val_shards, trained_tiny
+from tests.shard_helpers import write_anamorphic
 
 # container: ffmpeg codec arguments (lossless, so the frames are the shard video's exactly)
 LOSSLESS = {
@@ -261,27 +262,7 @@ def test_find_videos(tmp_path):
 def test_non_square_pixels_are_shown_at_the_display_aspect_ratio(tmp_path):
     """predict applies pipeline.shard's rule: 176x144 with 128:117 pixels is classified as a 4:3-ish frame."""
     src = tmp_path / "qcif.mp4"
-    subprocess.run(
-        [
-            find_ffmpeg(),
-            "-hide_banner",
-            "-loglevel",
-            "error",
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc=size=176x144:rate=25:duration=2",
-            "-vf",
-            "setsar=128/117",
-            "-c:v",
-            "libx264",
-            "-pix_fmt",
-            "yuv420p",
-            str(src),
-        ],
-        check=True,
-        timeout=60,
-    )
+    write_anamorphic(src, seconds=2)
     spec = tpn.get_config(TINY).clip.replace(test_crops="full", test_clips=1)
     frames, _, _ = sampled_frames(src, spec, min_frames=1)
     h, w = frames.shape[1:3]

@@ -2,7 +2,6 @@
 
 import json
 import struct
-import subprocess
 
 import pytest
 
@@ -10,7 +9,7 @@ from pipeline.ffmpeg import EncodeSettings, output_geometry
 from pipeline.shard import shard_dataset
 from pipeline.shard.__main__ import main
 from pipeline.wds import iter_samples
-from tests.shard_helpers import SMALL, noise_frames, rejected, write_audio_only, write_video
+from tests.shard_helpers import SMALL, noise_frames, rejected, write_anamorphic, write_audio_only, write_video
 
 GOOD = {  # relative path -> source (W, H)
     "mixed/normal.mp4": (64, 48),
@@ -160,31 +159,10 @@ def test_an_encoder_killed_by_a_signal_is_retried_never_rejected(tmp_path, monke
 def test_non_square_pixels_are_sharded_at_the_display_aspect_ratio(tmp_path):
     """176x144 stored with 128:117 pixels is shown 4:3-ish (192x144): the shards keep that shape, and the
     sample's .json records the source's SAR."""
-    from pipeline.ffmpeg import display_width, find_ffmpeg, output_geometry, source_sar
+    from pipeline.ffmpeg import display_width, output_geometry, source_sar
 
     src = tmp_path / "src" / "a" / "qcif.mp4"
-    src.parent.mkdir(parents=True)
-    subprocess.run(
-        [
-            find_ffmpeg(),
-            "-hide_banner",
-            "-loglevel",
-            "error",
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc=size=176x144:rate=25:duration=1",
-            "-vf",
-            "setsar=128/117",
-            "-c:v",
-            "libx264",
-            "-pix_fmt",
-            "yuv420p",
-            str(src),
-        ],
-        check=True,
-        timeout=60,
-    )
+    write_anamorphic(src, seconds=1)
     shard_dataset(src.parent.parent, tmp_path / "out", workers=1)  # short side 256
     (sample,) = list(iter_samples(sorted((tmp_path / "out").glob("*.tar"))[0]))
     meta = json.loads(sample["json"])

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.ffmpeg import find_ffmpeg, pipe_frames
+from pipeline.ffmpeg import pipe_frames, raw_rgb_input
 from pipeline.layouts import LayoutError, detect_layout, frames_pattern, scan
 from pipeline.shard import shard_dataset
 from pipeline.wds import iter_samples
@@ -176,18 +176,7 @@ def _jpegs(folder: Path, n: int, seed: int) -> None:
     folder.mkdir(parents=True)
     frames = noise_frames(n, 64, 48, seed)
     argv = [
-        find_ffmpeg(),
-        "-hide_banner",
-        "-loglevel",
-        "error",
-        "-f",
-        "rawvideo",
-        "-pix_fmt",
-        "rgb24",
-        "-s",
-        "64x48",
-        "-i",
-        "pipe:",
+        *raw_rgb_input(64, 48),
         "-start_number",
         "1",
         str(folder / "%05d.jpg"),
