@@ -23,6 +23,10 @@ Per frame it does what the DALI graphs do (`pipeline.dali_frames`,
 4. normalise: uint8 to float32, then (x - mean) / std as one diagonal
    3x4 map (`cv2.transform`), written straight into the batch tensor.
 
+A training clip batches what it can: its frames' windows decode in one
+call (`decode_many`), its frames are resampled into one uint8 clip, and
+steps 3 and 4 each run once over the whole clip.
+
 Every call above releases the GIL, so `num_threads` threads decode clips of
 a batch in parallel while a reader thread fetches the next batches' bytes
 and the caller trains on the current one. The plan (frames, boxes, flips,
