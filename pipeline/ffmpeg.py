@@ -14,6 +14,7 @@ import functools
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -51,19 +52,48 @@ class FFmpegError(RuntimeError):
 
 
 class EncoderInterrupted(ShardingError):
-    """ffmpeg died of a signal (the run was interrupted, or the machine killed it): not the input's fault.
+    """ffmpeg ended because of a signal (the run was interrupted, or the machine killed it): not the input's fault.
 
     Nothing is recorded for the input, so the next run encodes it again;
-    it is never listed as rejected.
+    it is never listed as rejected. `signum` is the signal (0 when unknown).
     """
+
+    def __init__(self, message: str, signum: int = 0):
+        super().__init__(message)
+        self.signum = signum
+
+    @property
+    def stray(self) -> bool:
+        """An interrupt this process ignores (a background job): it reached only ffmpeg, and the run goes on."""
+        return self.signum == signal.SIGINT and signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+
+
+# ffmpeg catches SIGINT, SIGTERM and SIGQUIT and then exits on its own: status 255, saying so at info level
+# ("Exiting normally, received signal 2."), or 123 after more than three signals. A terminal's Ctrl-C reaches
+# it that way (the whole process group gets SIGINT).
+_CAUGHT_SIGNAL = re.compile(r"received signal (\d+)|Received > 3 system signals", re.I)
+
+
+def stopping_signal(returncode: int, stderr: str) -> int | None:
+    """The signal that ended an ffmpeg run, whether it died of it or exited after catching it (0: a signal,
+    number unknown); None when it ended on its own (pure)."""
+    if returncode < 0:
+        return -returncode
+    m = _CAUGHT_SIGNAL.search(stderr) if returncode in (255, 123) else None
+    if m is None:
+        return None
+    return int(m.group(1)) if m.group(1) else 0
 
 
 def check_exit(returncode: int, stderr: str, what: str = "ffmpeg") -> None:
     """Raise for a failed ffmpeg: `EncoderInterrupted` when a signal ended it, else `FFmpegError`."""
-    if returncode < 0:
+    signum = stopping_signal(returncode, stderr)
+    if signum is not None:
+        which = f"signal {signum}" if signum else "signals"
         raise EncoderInterrupted(
-            f"{what} was stopped by signal {-returncode} before it finished: nothing was recorded for this input; "
-            "rerun the same command to resume (it encodes the input again)"
+            f"{what} was stopped by {which} before it finished: nothing was recorded for this input; "
+            "rerun the same command to resume (it encodes the input again)",
+            signum,
         )
     if returncode != 0:
         raise FFmpegError(classify_ffmpeg_error(stderr), tail(stderr) or f"ffmpeg exited with {returncode}")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pipeline.ffmpeg import (
     EncodeSettings,
+    EncoderInterrupted,
     FFmpegError,
     SourceSpec,
     claimed_frames,
@@ -139,15 +140,21 @@ def encode_to_bytes(item: WorkItem, s: EncodeSettings, timeout: float, min_frame
 def outcome_of(item: WorkItem, s: EncodeSettings, tmp: Path, timeout: float, min_frames: int) -> Outcome:
     """Encode `item` to `tmp`: its outcome, a rejection when the input is at fault.
 
-    An encoded file that vanished before it was read back is encoded once more
-    (another process cleaned the folder?); a second loss stops the run, naming
-    the input, with nothing recorded for it.
+    Encoded once more, never rejected: an encoded file that vanished before it
+    was read back (another process cleaned the folder?), and an ffmpeg stopped
+    by an interrupt this process ignores (a background job's group got Ctrl-C;
+    the run goes on). A second time, or any other signal (Ctrl-C, kill, the
+    OOM killer), stops the run, naming the input, with nothing recorded for it.
     """
     try:
         try:
             return _encode(item, s, tmp, timeout, min_frames)
         except StagedOutputLost:
-            return _encode(item, s, tmp, timeout, min_frames)  # once more; a second loss goes up
+            pass
+        except EncoderInterrupted as err:
+            if not err.stray:
+                raise
+        return _encode(item, s, tmp, timeout, min_frames)  # once more; a second loss goes up
     except FFmpegError as err:
         return Outcome(item.key, reason=err.reason, message=err.message)
 

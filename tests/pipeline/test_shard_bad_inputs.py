@@ -1,7 +1,12 @@
 """Messy inputs: each bad file is listed with its reason, every good one is sharded."""
 
 import json
+import os
+import signal
 import struct
+import subprocess
+import time
+from pathlib import Path
 
 import pytest
 
@@ -9,7 +14,15 @@ from pipeline.ffmpeg import EncodeSettings, output_geometry
 from pipeline.shard import shard_dataset
 from pipeline.shard.__main__ import main
 from pipeline.wds import iter_samples
-from tests.shard_helpers import SMALL, noise_frames, rejected, write_anamorphic, write_audio_only, write_video
+from tests.shard_helpers import (
+    SMALL,
+    noise_frames,
+    rejected,
+    shard_command,
+    write_anamorphic,
+    write_audio_only,
+    write_video,
+)
 
 GOOD = {  # relative path -> source (W, H)
     "mixed/normal.mp4": (64, 48),
@@ -172,3 +185,88 @@ def test_non_square_pixels_are_sharded_at_the_display_aspect_ratio(tmp_path):
     assert (meta["width"], meta["height"]) == output_geometry(176, 144, EncodeSettings(), sar) == (342, 256)
     square = output_geometry(176, 144, EncodeSettings())
     assert square == (312, 256)  # what it was sharded to before: 9% too narrow
+
+
+@pytest.mark.parametrize(
+    "returncode, stderr, signum",
+    [
+        (-9, "", 9),  # died of SIGKILL
+        (255, "[out#0/webm] ...\nExiting normally, received signal 2.\n", 2),  # caught Ctrl-C
+        (255, "Exiting normally, received signal 15.", 15),  # caught SIGTERM
+        (123, "Received > 3 system signals, hard exiting.", 0),
+        (255, "Error opening output file: Operation not permitted", None),  # AVERROR(EPERM) is 255 too
+        (1, "received signal 2 in the file name", None),
+        (0, "", None),
+    ],
+)
+def test_the_signal_that_stopped_ffmpeg(returncode, stderr, signum):
+    from pipeline.ffmpeg import stopping_signal
+
+    assert stopping_signal(returncode, stderr) == signum
+
+
+def _slow_once_ffmpeg(folder, name: str, pid_file) -> dict:
+    """An `ffmpeg` that reads `name` at its native rate the first time (so a signal finds it busy), writing its
+    pid to `pid_file` first; everything else is the real ffmpeg. Returns the environment that selects it."""
+    from pipeline.ffmpeg import find_ffmpeg
+
+    real = find_ffmpeg()
+    fake = folder / "ffmpeg"
+    fake.write_text(
+        f'#!/bin/sh\ncase "$*" in *{name}*) if [ ! -e "{pid_file}" ]; then echo $$ > "{pid_file}"; '
+        f'exec "{real}" -re "$@"; fi;; esac\nexec "{real}" "$@"\n'
+    )
+    fake.chmod(0o755)
+    return {**os.environ, "TPN_FFMPEG": str(fake)}
+
+
+def _signal_group_when_busy(cmd, env, pid_file, cwd, ignore_sigint: bool = False) -> int:
+    """Run `cmd` in a process group of its own, send SIGINT to the whole group (as a terminal's Ctrl-C does)
+    once the slow ffmpeg is running, and return the command's exit status."""
+
+    def child_setup():
+        if ignore_sigint:  # what a shell does for a background job
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, start_new_session=True, preexec_fn=child_setup,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not pid_file.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert pid_file.exists(), proc.communicate()[1].decode()
+    time.sleep(0.5)  # ffmpeg is reading its input by now, its signal handlers installed
+    os.killpg(proc.pid, signal.SIGINT)
+    proc.communicate(timeout=120)
+    return proc.returncode
+
+
+@pytest.mark.parametrize("codec", ["vp9", "jpeg"])
+def test_ctrl_c_while_sharding_loses_no_video(tmp_path, codec):
+    """Ctrl-C reaches ffmpeg too, which exits on its own after catching it: the input it was encoding is not
+    rejected, and the rerun shards every video."""
+    src = tmp_path / "src"
+    for k in range(4):
+        write_video(src / "a" / f"v{k}.mp4", noise_frames(100, 64, 48, k))  # 4 s each at 25 fps
+    out, pid_file = tmp_path / "out", tmp_path / "ffmpeg.pid"
+    cmd = shard_command(src, out, "--codec", codec, "--workers", "2")
+    env = _slow_once_ffmpeg(tmp_path, "v1.mp4", pid_file)
+    assert _signal_group_when_busy(cmd, env, pid_file, cwd=Path.cwd()) == 130
+    assert not (out / "manifest.json").exists()
+    assert main([str(src), "--out", str(out), "--short-side", "48", "--shard-samples", "2", "--codec", codec,
+                 "--no-progress"]) == 0  # fmt: skip
+    assert rejected(out) == []
+    assert json.loads((out / "manifest.json").read_text())["totals"]["samples"] == 4
+
+
+def test_a_background_run_goes_on_when_its_group_gets_ctrl_c(tmp_path):
+    """A background job ignores SIGINT, but ffmpeg installs its own handler and exits: the run encodes that
+    input again and finishes with every video, none rejected."""
+    src = tmp_path / "src"
+    for k in range(3):
+        write_video(src / "a" / f"v{k}.mp4", noise_frames(100, 64, 48, k))
+    out, pid_file = tmp_path / "out", tmp_path / "ffmpeg.pid"
+    cmd = shard_command(src, out, "--workers", "2")
+    env = _slow_once_ffmpeg(tmp_path, "v1.mp4", pid_file)
+    assert _signal_group_when_busy(cmd, env, pid_file, cwd=Path.cwd(), ignore_sigint=True) == 0
+    assert rejected(out) == []
+    assert json.loads((out / "manifest.json").read_text())["totals"]["samples"] == 3
