@@ -92,15 +92,23 @@ def shard_command(src: Path, out: Path, *options: str) -> list[str]:
 
 
 def kill_after_first_shard(cmd: list[str], out: Path, cwd: Path, timeout: float = 120) -> None:
-    """Run `cmd`, SIGKILL it once its first shard is committed (the resume record is written right after the
+    """Run `cmd`, SIGKILL it once its first shard is committed (the resume record lists it right after the
     rename), and check that it had not finished by then."""
     proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + timeout
-    while not (out / ".shard-state.json").exists() and proc.poll() is None and time.monotonic() < deadline:
+    while not _committed_a_shard(out) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (out / "manifest.json").exists(), "the run finished before it could be killed"
+
+
+def _committed_a_shard(out: Path) -> bool:
+    try:
+        state = json.loads((out / ".shard-state.json").read_text())
+    except (OSError, ValueError):  # not there yet, or read while being replaced
+        return False
+    return any(split["shards"] for split in state["splits"].values())
 
 
 def write_anamorphic(path: Path, seconds: int) -> Path:

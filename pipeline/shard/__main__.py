@@ -183,7 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
         "e.g. cut downloads; without --strict they are sharded and listed in warnings.jsonl), and exit "
         "non-zero if any input was rejected",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace shards in OUT made from other inputs or settings")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace what OUT holds under the names this tool writes (shards of other inputs or settings, "
+        "or another tool's files); files under other names are never touched",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 

@@ -188,8 +188,11 @@ def ordered(
 
 def _prepare_out(out: Path, fp: str, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
+    foreign = mf.local_foreign_outputs(out)
+    if foreign and not overwrite:
+        raise ShardingError(_foreign_message(str(out), foreign))
     previous = mf.existing_fingerprint(out)
-    if previous is not None and previous != fp:
+    if foreign or (previous is not None and previous != fp):
         if not overwrite:
             raise ShardingError(
                 f"{out} already holds shards made from other inputs or settings; "
@@ -203,10 +206,18 @@ def _prepare_out(out: Path, fp: str, overwrite: bool) -> None:
                 p.unlink(missing_ok=True)
 
 
+def _foreign_message(out: str, foreign: list[str]) -> str:
+    return (
+        f"{out} holds {len(foreign)} file(s) that `python -m pipeline.shard` did not write, under names it "
+        f"writes: {mf.describe_names(foreign)}. Nothing was changed. Use a new --out, or pass --overwrite to "
+        "replace them (files under other names are never touched)"
+    )
+
+
 def remove_outputs(out: Path) -> None:
     """Delete everything `pipeline.shard` writes in `out` (and nothing else)."""
     for p in out.iterdir():
-        if mf.SHARD_RE.match(p.name) or p.name in (mf.MANIFEST, mf.CLASSES, mf.REJECTED, mf.STATE):
+        if p.is_file() and (mf.is_output_name(p.name) or p.name == mf.STATE):
             p.unlink()
     shutil.rmtree(out / mf.STAGING, ignore_errors=True)
     shutil.rmtree(out / INDEX_DIR, ignore_errors=True)  # the loader's index cache of the old shards
@@ -359,16 +370,28 @@ def default_work_dir(remote: str) -> Path:
     return base / hashlib.sha256(remote.encode()).hexdigest()[:16]
 
 
-def _check_remote_out(remote: str, fp: str, overwrite: bool) -> None:
+def _check_remote_out(remote: str, work: Path, fp: str, overwrite: bool) -> None:
+    """Refuse (or, with `overwrite`, clear) a URL output holding another run's or another tool's files."""
     try:
-        manifest = json.loads(storage.read_bytes(str(storage.join(remote, mf.MANIFEST))))
+        names = storage.list_names(remote)
     except FileNotFoundError:
-        return
-    if manifest.get("fingerprint") != fp and not overwrite:
+        names = []
+    manifest = None
+    if mf.MANIFEST in names:
+        manifest = mf.own_manifest(storage.read_bytes(str(storage.join(remote, mf.MANIFEST))))
+    foreign = mf.foreign_outputs(names, manifest, mf.claimed(work))
+    if foreign and not overwrite:
+        raise ShardingError(_foreign_message(remote, foreign))
+    other_run = manifest is not None and manifest.get("fingerprint") != fp
+    if other_run and not overwrite:
         raise ShardingError(
             f"{remote} already holds shards made from other inputs or settings; use a new --out, "
             "or pass --overwrite to replace them"
         )
+    if foreign or other_run:
+        for name in names:
+            if mf.is_output_name(name):
+                storage.remove(str(storage.join(remote, name)))
 
 
 def _resolve_classes(ds: Dataset, classes: str | os.PathLike | list[str] | None) -> list[str]:
@@ -564,7 +587,7 @@ def _shard_locked(
 ) -> ShardReport:
     """The run itself, holding the output's lock."""
     if remote:
-        _check_remote_out(remote, plan.fingerprint, overwrite)
+        _check_remote_out(remote, out, plan.fingerprint, overwrite)
     _prepare_out(out, plan.fingerprint, overwrite)
     finished = None if remote else _finished_report(out, plan)
     if finished is not None:  # the same command ran to the end before: nothing to do
@@ -572,6 +595,8 @@ def _shard_locked(
             raise RejectedInputsError(finished)
         return finished
     kept = _restore(out, plan.fingerprint, remote)
+    # Saved before any output: until the manifest, this claims the files under our names in `out` as this run's.
+    mf.save_state(out, plan.fingerprint, kept)
     resumed = sum(len(sp.shards) for sp in kept.values())
     todo = [(n, it) for n, it in enumerate(plan.items) if n > kept.get(it.split, SplitProgress()).through]
     (out / mf.STAGING).mkdir(exist_ok=True)

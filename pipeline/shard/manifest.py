@@ -103,6 +103,67 @@ def existing_fingerprint(out: Path) -> str | None:
     return None
 
 
+OUTPUT_NAMES = (MANIFEST, CLASSES, REJECTED, WARNINGS)
+
+
+def is_output_name(name: str) -> bool:
+    """A name `pipeline.shard` writes in an output folder (besides its hidden state, lock and staging)."""
+    return name in OUTPUT_NAMES or SHARD_RE.match(name) is not None
+
+
+def own_manifest(data: bytes | str) -> dict | None:
+    """The manifest in `data` when this toolkit wrote it, else None (another tool's, or not JSON)."""
+    try:
+        manifest = json.loads(data)
+    except ValueError:
+        return None
+    ours = isinstance(manifest, dict) and (manifest.get("tool") or {}).get("name") == TOOL
+    return manifest if ours and "fingerprint" in manifest else None
+
+
+def claimed(out: Path) -> bool:
+    """Whether a run of ours is under way in `out`: its resume state is there (saved before any output)."""
+    try:
+        data = json.loads((out / STATE).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and "fingerprint" in data and "splits" in data
+
+
+def foreign_outputs(names: list[str], manifest: dict | None, run_under_way: bool) -> list[str]:
+    """Of the file `names` in an output folder, those under names this toolkit writes that none of its own
+    records vouches for: another tool's `train-000000.tar` or `manifest.json` (pure).
+
+    A run of ours under way claims the folder (every such name is its own); a
+    finished one vouches for its manifest's shards and the files beside it.
+    """
+    candidates = sorted(n for n in names if is_output_name(n))
+    if run_under_way:
+        return []
+    if manifest is None:
+        return candidates
+    vouched = set(OUTPUT_NAMES) | {s[k] for s in manifest.get("shards", []) for k in ("file", "index")}
+    return [n for n in candidates if n not in vouched]
+
+
+def local_foreign_outputs(out: Path) -> list[str]:
+    """`foreign_outputs` of a local folder."""
+    if not out.is_dir():
+        return []
+    names = [p.name for p in out.iterdir() if p.is_file()]
+    try:
+        manifest = own_manifest((out / MANIFEST).read_bytes())
+    except OSError:
+        manifest = None
+    return foreign_outputs(names, manifest, claimed(out))
+
+
+def describe_names(names: list[str], shown: int = 5) -> str:
+    """'a, b, c and 4 more' (pure)."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
 def shards_intact(out: Path, records: list[ShardRecord]) -> bool:
     """Cheap resume check: every committed shard and index is on disk at its recorded size."""
     for r in records:

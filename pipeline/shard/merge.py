@@ -117,6 +117,12 @@ def merge_parts(
     order = _check_parts(folders, manifests, allow_missing)
     folders, manifests = [folders[k] for k in order], [manifests[k] for k in order]
     fp = mf.fingerprint({"merged": [m["fingerprint"] for m in manifests]})
+    foreign = mf.local_foreign_outputs(out)
+    if foreign:
+        raise MergeError(
+            f"{out} holds file(s) that `python -m pipeline.shard` did not write, under names a merge writes: "
+            f"{mf.describe_names(foreign)}. Nothing was changed; merge into a new or empty folder"
+        )
     previous = mf.existing_fingerprint(out) if out.is_dir() else None
     if previous is not None and previous != fp:
         raise MergeError(f"{out} already holds other shards; merge into a new or empty folder")
@@ -125,12 +131,14 @@ def merge_parts(
 
 
 def _write_merged(folders: list[Path], manifests: list[dict], fp: str, out: Path, copy: bool) -> MergeReport:
+    mf.save_state(out, fp, {})  # claims the folder: a rerun after a crash knows the linked shards are its own
     shards, per_split = _link_shards(folders, manifests, out, copy)
     fsync_dir(out)
     rejected, warnings = (_jsonl(folders, name) for name in (mf.REJECTED, mf.WARNINGS))
     manifest = _merged_manifest(manifests, folders, fp, shards, per_split, rejected)
     manifest["warnings"] = {"file": mf.WARNINGS, "count": len(warnings)}
     mf.write_outputs(out, manifest, mf.read_class_file(folders[0] / mf.CLASSES), rejected, warnings)
+    (out / mf.STATE).unlink()
     return MergeReport(out, folders, manifest)
 
 

@@ -4,6 +4,7 @@ The loader must give exactly the batches it gives from a local disk (same permut
 crops, resume), fetch only byte ranges, and name the object when one is missing.
 """
 
+import json
 import os
 import socket
 from pathlib import Path
@@ -221,3 +222,22 @@ def test_shard_uploads_to_a_bucket_and_resumes_from_what_is_there(s3, tmp_path):
     shard_dataset(src, local, short_side=48, shard_samples=2, codec="jpeg", workers=1)
     for tar in sorted(local.glob("*.tar")):
         assert s3.cat_file(f"{BUCKET}/made/{tar.name}") == tar.read_bytes()
+
+
+def test_a_bucket_prefix_another_tool_wrote_is_refused_naming_its_objects(s3, tmp_path):
+    from pipeline.shard import ShardingError, shard_dataset
+    from tests.shard_helpers import noise_frames, write_video
+
+    src = tmp_path / "src"
+    for i in range(2):
+        write_video(src / "a" / f"a{i}.mp4", noise_frames(10, 64, 48, seed=i))
+    s3.pipe(f"{BUCKET}/theirs/manifest.json", b'{"made_by": "another tool"}')
+    s3.pipe(f"{BUCKET}/theirs/train-000000.tar", b"their tar")
+    s3.pipe(f"{BUCKET}/theirs/readme.txt", b"keep me")
+    url, opts = f"s3://{BUCKET}/theirs", {"work": tmp_path / "work", "short_side": 48, "workers": 1}
+    with pytest.raises(ShardingError, match=r"2 file.*manifest.json, train-000000.tar.*--overwrite"):
+        shard_dataset(src, url, **opts)
+    assert s3.cat_file(f"{BUCKET}/theirs/train-000000.tar") == b"their tar"
+    report = shard_dataset(src, url, **opts, overwrite=True)
+    assert report.samples == 2 and s3.cat_file(f"{BUCKET}/theirs/readme.txt") == b"keep me"
+    assert json.loads(s3.cat_file(f"{BUCKET}/theirs/manifest.json"))["tool"]["name"] == "pipeline.shard"

@@ -210,6 +210,64 @@ def test_other_settings_into_the_same_out_are_refused(synth, tmp_path):
     assert report.samples == 3
 
 
+def _another_tools_folder(folder: Path) -> dict[str, bytes]:
+    """A folder another tool wrote under the names pipeline.shard writes, and a file under a name it does not."""
+    files = {
+        "train-000000.tar": b"someone else's tar",
+        "manifest.json": b'{"made_by": "another tool", "videos": 10}',
+        "classes.json": b'["cat", "dog"]',
+        "notes.txt": b"keep me",
+    }
+    folder.mkdir(parents=True)
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    return files
+
+
+def test_a_folder_another_tool_wrote_is_refused_naming_its_files(synth, tmp_path, capsys):
+    from pipeline.shard.__main__ import main
+
+    out = tmp_path / "theirs"
+    files = _another_tools_folder(out)
+    with pytest.raises(ShardingError, match=r"3 file.*classes.json, manifest.json, train-000000.tar.*--overwrite"):
+        shard_dataset(synth, out, **OPTS)
+    assert main([str(synth), "--out", str(out), "--short-side", "48", "--no-progress"]) == 2
+    assert "did not write" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == files  # nothing touched, nothing added
+    report = shard_dataset(synth, out, **OPTS, overwrite=True)  # only when asked explicitly
+    assert report.samples == 9 and verify_dataset(out).ok
+    assert (out / "notes.txt").read_bytes() == b"keep me"
+    assert json.loads((out / "manifest.json").read_text())["tool"]["name"] == "pipeline.shard"
+
+
+def test_a_merge_into_another_tools_folder_is_refused(sharded, synth, tmp_path):
+    parts = [tmp_path / f"p{i}" for i in range(2)]
+    for i, p in enumerate(parts):
+        shard_dataset(synth, p, **OPTS, part=f"{i}/2")
+    files = _another_tools_folder(tmp_path / "theirs")
+    with pytest.raises(ShardingError, match="did not write.*manifest.json"):
+        merge_parts(parts, tmp_path / "theirs")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "theirs").iterdir()} == files
+
+
+def test_a_shard_left_by_a_killed_run_of_ours_is_its_own_not_anothers(synth, tmp_path):
+    """A run may die between a shard's rename and its commit: the resume state, saved before any output,
+    claims that shard as the run's own, so the rerun resumes. Without any record of ours, it is refused."""
+    from pipeline.shard import manifest as mf
+
+    out = tmp_path / "o"
+    shard_dataset(synth, out, **OPTS, part="0/3")
+    reference = {p.name: p.read_bytes() for p in out.glob("*.tar")}
+    fingerprint = json.loads((out / "manifest.json").read_text())["fingerprint"]
+    (out / "manifest.json").unlink()
+    mf.save_state(out, fingerprint, {})  # killed after renaming its shards, before committing any
+    assert shard_dataset(synth, out, **OPTS, part="0/3").samples == 3
+    assert {p.name: p.read_bytes() for p in out.glob("*.tar")} == reference
+    (out / "manifest.json").unlink()
+    with pytest.raises(ShardingError, match="did not write"):
+        shard_dataset(synth, out, **OPTS, part="0/3")
+
+
 def test_kill_9_then_rerun_gives_the_uninterrupted_manifest(sharded, synth, tmp_path):
     out, _ = sharded
     killed = tmp_path / "killed"
