@@ -13,7 +13,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from pipeline.fileio import atomic_write, atomic_write_json
+from pipeline.io.files import atomic_write, atomic_write_json
 
 # Goals that more than one benchmark, table or chart states (one definition each).
 GOAL_TRAIN_SPEEDUP = 3.0  # the fastest training mode against fp32 eager, on an H100/H200

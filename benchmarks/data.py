@@ -2,7 +2,7 @@
 
 On the same videos (real footage by default, `benchmarks.footage`), the same
 cores and the same clips (frames, crop, flip and colour jitter from
-`pipeline.sampling` with the same random streams), for 8x8, 16x4 and 32x2
+`pipeline.clips.sampling` with the same random streams), for 8x8, 16x4 and 32x2
 training clips at 224 with the recipe's augmentation, batch 8:
 
 | contender | reads | decodes and augments |
@@ -49,9 +49,10 @@ import numpy as np
 
 from benchmarks import charts
 from benchmarks.common import endless, results_path, thread_schedstats, tree_cpu_seconds, write_results
-from pipeline import ClipSpec, sampling
+from pipeline import ClipSpec
+from pipeline.clips import sampling
 from pipeline.cli import add_loader_device_arg
-from pipeline.shardset import ShardSet
+from pipeline.format.shardset import ShardSet
 
 CONFIGS = {"8x8": (8, 8), "16x4": (16, 4), "32x2": (32, 2)}
 CONTENDERS = ("frames", "frames-whole", "frames-dali", "rawframes", "vp9", "vp9-dali", "decord")
@@ -217,7 +218,8 @@ def spec_of(config: str, **changes) -> ClipSpec:
 def batches_of(who: str, paths: dict[str, Path], spec: ClipSpec, s: Settings):
     """An endless stream of training batches from contender `who`."""
     if who in SHARD_CONTENDERS:
-        from pipeline import ClipLoader, host
+        from pipeline import ClipLoader
+        from pipeline.clips import host
 
         host.WINDOW_DECODE = who != "frames-whole" and host._jpegwindow is not None  # read as frames decode
         shards = paths["jpeg" if who.startswith("frames") else "vp9"]
@@ -415,10 +417,11 @@ def breakdown(paths: dict[str, Path], s: Settings, clips: int = 24) -> dict:
     and reading, and ms per clip of video decoding."""
     import cv2
 
-    from pipeline import ClipLoader, host
-    from pipeline.colour import jitter_matrix, normalise_matrix
-    from pipeline.host import RgbPicture, video_picture
-    from pipeline.pyav import decoded_frames
+    from pipeline import ClipLoader
+    from pipeline.clips import host
+    from pipeline.clips.colour import jitter_matrix, normalise_matrix
+    from pipeline.clips.host import RgbPicture, video_picture
+    from pipeline.clips.pyav import decoded_frames
 
     cv2.setNumThreads(1)
     spec = spec_of("8x8")
@@ -516,7 +519,7 @@ def run(s: Settings, name: str | None = None) -> dict:
     data = ShardSet.open(paths["jpeg"])
     jpegs = sample_jpegs(data)
     rows = [bench_config(config, paths, jpegs, s, len(data)) for config in s.configs]
-    from pipeline import host
+    from pipeline.clips import host
 
     payload = {
         "settings": {**asdict(s), "data": str(s.data)},
@@ -573,7 +576,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from pipeline.loader import resolve_loader_device
+    from pipeline.clips.loader import resolve_loader_device
 
     device = resolve_loader_device(args.loader_device)
     content = args.content or ("synthetic" if args.tiny else "footage")

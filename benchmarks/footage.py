@@ -85,7 +85,7 @@ def cut_argv(ffmpeg: str, src: Path, dst: Path, start: int, window: tuple[float,
 
 def make_sources(root: Path, videos_per_source: int, workers: int) -> Path:
     """root/src/<source>/<source>_<k>.mp4: the cut videos (kept when already there)."""
-    from pipeline.ffmpeg import find_ffmpeg
+    from pipeline.shard.ffmpeg import find_ffmpeg
 
     ffmpeg, data, jobs = find_ffmpeg(), footage_dir(), []
     for name, file in SOURCES.items():
@@ -117,7 +117,7 @@ def videos(src: Path) -> list[tuple[Path, int]]:
 
 def make_rawframes(root: Path, src: Path, workers: int) -> Path:
     """mmaction2's rawframes folders (ffmpeg -q:v 2 JPEGs) and their list file; returns the list file."""
-    from pipeline.ffmpeg import find_ffmpeg
+    from pipeline.shard.ffmpeg import find_ffmpeg
 
     ffmpeg, jobs, lines = find_ffmpeg(), [], []
     for video, label in videos(src):
@@ -154,7 +154,7 @@ def make_rawframes(root: Path, src: Path, workers: int) -> Path:
 
 def make_mp4(root: Path, src: Path, workers: int) -> Path:
     """H.264 with x264's defaults (CRF 23, keyframes up to 250 apart) and its list file; returns the list."""
-    from pipeline.ffmpeg import find_ffmpeg
+    from pipeline.shard.ffmpeg import find_ffmpeg
 
     ffmpeg, jobs, rows = find_ffmpeg(), [], []
     for video, label in videos(src):

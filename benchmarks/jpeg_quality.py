@@ -73,7 +73,7 @@ def measure(src: Path, out: Path, q: int) -> dict:
     from PIL import Image
 
     from pipeline.shard import shard_dataset
-    from pipeline.shardset import ShardSet
+    from pipeline.format.shardset import ShardSet
 
     shards = out / f"q{q}"
     shard_dataset(src, shards, codec="jpeg", crf=q, short_side=None, workers=2)
@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.ffmpeg import parse_size
+    from pipeline.shard.ffmpeg import parse_size
     from pipeline.synth import make_dataset
 
     args = build_parser().parse_args(argv)

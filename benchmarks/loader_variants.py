@@ -158,7 +158,7 @@ def time_variant(v: Variant, shards: Path, spec: ClipSpec, device: str, batches:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from pipeline.loader import resolve_loader_device
+    from pipeline.clips.loader import resolve_loader_device
 
     device = resolve_loader_device("auto")
     s = Settings(data=args.data, tiny=args.tiny, content="synthetic")

@@ -12,7 +12,7 @@ Both run in a torch DataLoader with one worker per core and do the recipe's
 augmentation per clip with OpenCV and numpy (`augment`): the random resized
 crop, resize to the crop size (bilinear), flip, colour jitter as one affine
 map, normalise to float32, (3, F, S, S). Frames, boxes, flips and jitter
-come from `pipeline.sampling` with the same per-sample random streams as
+come from `pipeline.clips.sampling` with the same per-sample random streams as
 `ClipLoader`, so every contender does the same work on the same clips.
 Samples stream endlessly in a shuffled order (no epoch boundary inside a
 timing window).
@@ -29,8 +29,8 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipeline import ClipSpec
-from pipeline.colour import jitter_matrix
-from pipeline.plan import plan_sample
+from pipeline.clips.colour import jitter_matrix
+from pipeline.clips.plan import plan_sample
 
 
 def read_list(path: Path) -> list[tuple[str, int, int, int, int]]:

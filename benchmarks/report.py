@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks import charts, common
-from pipeline.fileio import atomic_write_text
+from pipeline.io.files import atomic_write_text
 from benchmarks.tables import (
     breakdown_table,
     loaders_goal_lines,

@@ -40,7 +40,7 @@ SIZES = (300_000, 3_000_000)
 
 def synthetic_index(n: int, shards: int = 300):
     """A SampleIndex of n video samples spread over `shards` shards (what build_index makes, at scale)."""
-    from pipeline.sample_index import INDEX_VERSION, SampleIndex
+    from pipeline.format.sample_index import INDEX_VERSION, SampleIndex
 
     rng = np.random.default_rng(0)
     keys = [f"video{i:09d}-{rng.integers(1 << 40):010x}" for i in range(n)]
@@ -74,7 +74,7 @@ def rss():
     fields = dict(l.split(':', 1) for l in open('/proc/self/status') if ':' in l)
     return int(fields['VmRSS'].split()[0]) * 1024
 from pathlib import Path
-from pipeline.sample_index import SampleIndex
+from pipeline.format.sample_index import SampleIndex
 before = rss()
 t0 = time.perf_counter()
 ix = SampleIndex.load(Path(sys.argv[1]))
@@ -172,7 +172,8 @@ def loader_rate(location, spec, batches: int, batch_size: int, threads: int) -> 
 
 def range_loop_rate(url: str, spec, batches: int, batch_size: int) -> float:
     """Clips/s of fetching exactly the loader's byte ranges, one concurrent request batch per batch."""
-    from pipeline import ClipLoader, sampling
+    from pipeline import ClipLoader
+    from pipeline.clips import sampling
 
     loader = ClipLoader(url, spec, batch_size=batch_size, device="cpu", seed=3)
     data = loader.data

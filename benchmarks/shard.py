@@ -36,8 +36,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from benchmarks.common import bar_plot, results_path, write_results
-from pipeline.ffmpeg import EncodeSettings, SourceSpec, parse_size, transcode_argv
-from pipeline.layouts import scan
+from pipeline.shard.ffmpeg import EncodeSettings, SourceSpec, parse_size, transcode_argv
+from pipeline.shard.layouts import scan
 from pipeline.shard import shard_dataset
 from pipeline.synth import make_dataset
 

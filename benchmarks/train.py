@@ -79,7 +79,7 @@ from tpn.engine import (
     build_optimizer,
     compile_options,
 )
-from pipeline.fileio import atomic_write_bytes
+from pipeline.io.files import atomic_write_bytes
 from tpn.cli import add_device_arg
 from tpn.distributed import DistEnv, resolve_torch_device
 from tpn.layers import set_batchnorm_impl, train_mode

@@ -23,7 +23,7 @@ gate apply it through the loader's test mode:
 
 Any container and codec PyAV's libavcodec reads works. Frames are decoded
 in order, without seeking: timestamps in user files are often irregular,
-so `pipeline.pyav` (which seeks by timestamp in the constant-rate shards)
+so `pipeline.clips.pyav` (which seeks by timestamp in the constant-rate shards)
 is not used here. Files that do not decode, or hold fewer than
 `--min-frames` frames, are listed with the reason while the others are
 classified; the exit status is then 1.

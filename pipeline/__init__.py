@@ -7,10 +7,10 @@ its modules is internal.
 """
 
 from pipeline.clip import IMAGENET_MEAN, IMAGENET_STD, ClipSpec
-from pipeline.colour import yuv_to_rgb_matrix
+from pipeline.clips.colour import yuv_to_rgb_matrix
 from pipeline.errors import DataError, ShardError, ShardingError, ShardReadError
-from pipeline.ffmpeg import display_width, source_sar
-from pipeline.fileio import (
+from pipeline.display import display_width, source_sar
+from pipeline.io.files import (
     atomic_write,
     atomic_write_bytes,
     atomic_write_json,
@@ -19,13 +19,14 @@ from pipeline.fileio import (
     sha256_file,
     staging_dir,
 )
-from pipeline.sampling import clip_indices, decode_plan, test_crop_positions
-from pipeline.classes import parse_classes
-from pipeline.discovery import ALL_SPLITS, find_shards, index_path, resolve_split
+from pipeline.clips.sampling import clip_indices, decode_plan, test_crop_positions
+from pipeline.format.classes import parse_classes
+from pipeline.format.discovery import ALL_SPLITS, find_shards, resolve_split
+from pipeline.format.index import index_path
 
 # A location is a local path or a URL (s3://, gs://, https://, ...): `storage` reads either
 # (storage.is_remote, .exists, .join, .name_of, .read_bytes, .size_of, .splits_in, ...).
-from pipeline import storage
+from pipeline.io import storage
 
 __all__ = [
     "ClipSpec",
@@ -64,7 +65,7 @@ __all__ = [
 def __getattr__(name: str):
     # The loader pulls in DALI; import it only when asked for.
     if name == "ClipLoader":
-        from pipeline.loader import ClipLoader
+        from pipeline.clips.loader import ClipLoader
 
         return ClipLoader
     raise AttributeError(f"module 'pipeline' has no attribute {name!r}")

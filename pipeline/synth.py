@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.cli import HelpFormatter
-from pipeline.ffmpeg import FFmpegError, parse_size, pipe_frames, raw_rgb_input
-from pipeline.fileio import atomic_write_text
+from pipeline.shard.ffmpeg import FFmpegError, parse_size, pipe_frames, raw_rgb_input
+from pipeline.io.files import atomic_write_text
 
 DIRECTIONS = {"right": (0, 1), "left": (0, -1), "down": (1, 0), "up": (-1, 0)}  # (dy, dx)
 SPEEDS = {"slow": 0.012, "fast": 0.036}  # fraction of the frame's extent per frame

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from pipeline import ClipSpec
-from pipeline.ffmpeg import raw_rgb_input
+from pipeline.shard.ffmpeg import raw_rgb_input
 from pipeline.shard import shard_dataset
 
 # class -> frame counts; 9, 12 and 23 are shorter than some clip spans below

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.ffmpeg import find_ffmpeg, pipe_frames, raw_rgb_input, run_ffmpeg
+from pipeline.shard.ffmpeg import find_ffmpeg, pipe_frames, raw_rgb_input, run_ffmpeg
 
 # Small enough to keep every test quick on 2 cores; even, so the default encoder settings apply.
 SMALL = {"short_side": 48, "workers": 2, "min_frames": 8}

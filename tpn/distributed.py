@@ -47,7 +47,7 @@ def resolve_torch_device(spec: str, env: DistEnv) -> torch.device:
     """Where the model runs: 'auto' | 'cpu' | 'cuda' | 'cuda:N' -> a torch.device (made current).
 
     Under torchrun, 'cuda' means this rank's GPU (LOCAL_RANK). The loader's
-    device is another question, answered by `pipeline.loader.resolve_loader_device`.
+    device is another question, answered by `pipeline.clips.loader.resolve_loader_device`.
     """
     if spec == "auto":
         spec = "cuda" if torch.cuda.is_available() else "cpu"

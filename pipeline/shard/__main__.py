@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 from pipeline.cli import HelpFormatter
-from pipeline.ffmpeg import FFmpegError, parse_size
-from pipeline.layouts import LAYOUTS, LayoutError
+from pipeline.shard.ffmpeg import FFmpegError, parse_size
+from pipeline.shard.layouts import LAYOUTS, LayoutError
 from pipeline.shard.engines import ENGINES
 from pipeline.shard.core import (
     DEFAULT_MIN_FRAMES,

@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import shutil
-import struct
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
@@ -26,19 +25,20 @@ from pathlib import Path
 
 from pipeline.splits import split_order
 from pipeline.errors import ShardingError
-from pipeline.ffmpeg import EncodeSettings, find_ffmpeg, has_encoder
-from pipeline.jpeg import mjpeg_packets
-from pipeline import storage
-from pipeline.sample_index import INDEX_DIR
-from pipeline.layouts import Dataset, WorkItem, scan
+from pipeline.shard.ffmpeg import EncodeSettings, find_ffmpeg, has_encoder
+from pipeline.shard.ffmpeg import mjpeg_packets
+from pipeline.io import storage
+from pipeline.format.sample_index import INDEX_DIR
+from pipeline.shard.layouts import Dataset, WorkItem, scan
 from pipeline.shard import manifest as mf
 from pipeline.shard.encode import Outcome, reject_without_encoding
 from pipeline.shard.engines import done, make_engine
 from pipeline.shard.lock import OutputLock
 from pipeline.shard.source import scan_url
 from pipeline.shard.manifest import ShardRecord, SplitProgress
-from pipeline.fileio import is_temp_name
-from pipeline.wds import BLOCK, ShardWriter, tar_file_size
+from pipeline.io.files import is_temp_name
+from pipeline.format.members import frame_ext, frames_sha256, pack_int32
+from pipeline.format.tar import BLOCK, ShardWriter, tar_file_size
 
 DEFAULT_SHARD_SIZE = 1_000_000_000
 DEFAULT_MIN_FRAMES = 8
@@ -136,7 +136,7 @@ def sample_components(item: WorkItem, o: Outcome, label: int, s: EncodeSettings)
         "codec": s.codec,
         **({"sar": o.sar} if o.sar else {}),  # the source's non-square pixels (width and height are displayed)
     }
-    small = {"lbl": struct.pack("<i", label), "frames": struct.pack("<i", o.frames)}
+    small = {"lbl": pack_int32(label), "frames": pack_int32(o.frames)}
     if not s.is_frames:
         meta_json = json.dumps(meta, ensure_ascii=False, sort_keys=True).encode("utf-8")
         return {s.ext: Path(o.video).read_bytes(), **small, "json": meta_json}
@@ -149,18 +149,6 @@ def sample_components(item: WorkItem, o: Outcome, label: int, s: EncodeSettings)
     meta.update(sha256=frames_sha256(images), jpeg_q=None if o.copied else s.quality, copied=o.copied)
     meta_json = json.dumps(meta, ensure_ascii=False, sort_keys=True).encode("utf-8")
     return {**small, "json": meta_json, **{frame_ext(i): image for i, image in enumerate(images)}}
-
-
-def frames_sha256(images: list[bytes]) -> str:
-    h = hashlib.sha256()
-    for image in images:
-        h.update(image)
-    return h.hexdigest()
-
-
-def frame_ext(index: int) -> str:
-    """Extension of frame `index` in a frame shard: '000042.jpg'."""
-    return f"{index:06d}.jpg"
 
 
 def tar_bytes(components: dict[str, bytes]) -> int:

@@ -16,7 +16,7 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from pipeline.ffmpeg import (
+from pipeline.shard.ffmpeg import (
     EncodeSettings,
     EncoderInterrupted,
     FFmpegError,
@@ -27,14 +27,14 @@ from pipeline.ffmpeg import (
     output_geometry,
     probe_encoded,
     run_ffmpeg,
-    source_sar,
     transcode_argv,
 )
+from pipeline.display import source_sar
 from pipeline.errors import ShardingError
-from pipeline.jpeg import JpegError, decode_check
-from pipeline.layouts import WorkItem, frames_pattern
+from pipeline.format.jpeg import JpegError, decode_check
+from pipeline.shard.layouts import WorkItem, frames_pattern
 from pipeline.shard.source import fetched
-from pipeline.fileio import atomic_write_text, temp_path
+from pipeline.io.files import atomic_write_text, temp_path
 
 
 @dataclass

@@ -31,11 +31,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from pipeline.errors import ShardingError
-from pipeline.ffmpeg import EncodeSettings, EncoderInterrupted
-from pipeline.layouts import WorkItem
+from pipeline.shard.ffmpeg import EncodeSettings, EncoderInterrupted
+from pipeline.shard.layouts import WorkItem
 from pipeline.shard.source import InputUnavailable
 from pipeline.shard.encode import Outcome, encode_item, encode_to_bytes, load_staged, stage
-from pipeline.fileio import temp_path
+from pipeline.io.files import temp_path
 
 ENGINES = ("local", "ray")
 RAY_WINDOW_PER_CPU = 4

@@ -30,9 +30,9 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from pipeline import storage
+from pipeline.io import storage
 from pipeline.errors import ShardingError
-from pipeline.fileio import atomic_write_text
+from pipeline.io.files import atomic_write_text
 
 LOCK = ".shard-lock.json"
 HEARTBEAT_S = 10.0

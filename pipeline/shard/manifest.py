@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pipeline.splits import split_order
-from pipeline.fileio import atomic_write_text
-from pipeline.classes import parse_classes
+from pipeline.io.files import atomic_write_text
+from pipeline.format.classes import parse_classes
 
 FORMAT_VERSION = 1
 TOOL = "pipeline.shard"

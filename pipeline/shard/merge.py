@@ -19,7 +19,7 @@ from pipeline.splits import split_order
 from pipeline.errors import ShardingError
 from pipeline.shard import manifest as mf
 from pipeline.shard.core import human_bytes
-from pipeline.fileio import atomic_write, fsync_dir, temp_path
+from pipeline.io.files import atomic_write, fsync_dir, temp_path
 from pipeline.shard.lock import OutputLock, live_holder
 
 

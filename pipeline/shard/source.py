@@ -1,6 +1,6 @@
 """A source dataset on object storage (`s3://`, `gs://`, `az://`, ... through fsspec).
 
-The layouts (`pipeline.layouts`) scan a local tree. For a URL source the
+The layouts (`pipeline.shard.layouts`) scan a local tree. For a URL source the
 driver lists the objects once and builds a *skeleton* of the tree in a local
 temp folder: every folder; every small metadata file (annotation CSVs and
 JSONs, label lists; downloaded, they are what the layouts read); every other
@@ -20,10 +20,10 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from pipeline import storage
+from pipeline.io import storage
 from pipeline.errors import ShardingError
-from pipeline.ffmpeg import FFmpegError
-from pipeline.layouts import Dataset, LayoutError, WorkItem, scan
+from pipeline.shard.ffmpeg import FFmpegError
+from pipeline.shard.layouts import Dataset, LayoutError, WorkItem, scan
 
 METADATA_EXTS = frozenset({".csv", ".json", ".txt", ".lst", ".tsv"})
 METADATA_MAX_BYTES = 256 * 2**20
@@ -35,7 +35,7 @@ class InputUnavailable(ShardingError):
 
 
 def scan_url(url: str, layout: str = "auto", **options) -> Dataset:
-    """`pipeline.layouts.scan` of the tree under `url`; items point at their objects' URLs."""
+    """`pipeline.shard.layouts.scan` of the tree under `url`; items point at their objects' URLs."""
     with tempfile.TemporaryDirectory(prefix="tpn-source-") as folder:
         root = build_skeleton(url, Path(folder) / "src")
         ds = scan(root, layout, **options)

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from benchmarks import common, data, footage, peers
-from pipeline.ffmpeg import find_ffmpeg
-from pipeline.plan import plan_sample
-from pipeline.shardset import ShardSet
+from pipeline.shard.ffmpeg import find_ffmpeg
+from pipeline.clips.plan import plan_sample
+from pipeline.format.shardset import ShardSet
 from tests.clipdata import SMALL, coded_frames, coded_shards, frame_codes, write_source
 from tests.shard_helpers import write_anamorphic
 

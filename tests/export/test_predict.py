@@ -30,8 +30,8 @@ from export.predict import (
     top_classes,
 )
 from pipeline import ClipLoader
-from pipeline.ffmpeg import find_ffmpeg
-from pipeline.shardset import ShardSet
+from pipeline.shard.ffmpeg import find_ffmpeg
+from pipeline.format.shardset import ShardSet
 from tests.export_helpers import TINY, make_val_shards, trained_tiny
 from tests.shard_helpers import write_anamorphic
 

@@ -79,7 +79,7 @@ def test_tpn_uses_only_public_names_of_pipeline(path):
     "source, problem",
     [
         ("from tpn.metrics import accuracy", "from tpn.metrics import"),
-        ("import pipeline.wds", "import pipeline.wds"),
+        ("import pipeline.format.tar", "import pipeline.format.tar"),
         ("from pipeline import wds", "from pipeline import wds"),
         ("from pipeline import sampling as s", "from pipeline import sampling"),
         ("import tpn\ndef f():\n    return tpn.checkpoint.read_checkpoint", "tpn.checkpoint"),

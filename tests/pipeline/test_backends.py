@@ -19,7 +19,7 @@ chroma first), the host resamples the chroma planes straight to the output.
 """
 
 WINDOW_MISSING = (
-    "pipeline._jpegwindow is not built (setup.py needs a C compiler and libjpeg-turbo's headers, "
+    "pipeline.clips._jpegwindow is not built (setup.py needs a C compiler and libjpeg-turbo's headers, "
     "e.g. Debian's libjpeg62-turbo-dev; reinstall with pip install -e .)"
 )
 TOLERANCE = {
@@ -37,8 +37,9 @@ import pytest
 import torch
 from nvidia.dali import fn, pipeline_def
 
-from pipeline import ClipLoader, ClipSpec, sampling
-from pipeline.colour import jitter_matrix, normalise_matrix
+from pipeline import ClipLoader, ClipSpec
+from pipeline.clips import sampling
+from pipeline.clips.colour import jitter_matrix, normalise_matrix
 from tests.clipdata import make_shards, to_rgb
 
 
@@ -143,7 +144,7 @@ def test_normalise_matrix_is_crop_mirror_normalize_on_uint8():
 
 
 def test_host_batch_buffers_are_reused_only_when_nothing_refers_to_them():
-    from pipeline.host import _Buffers
+    from pipeline.clips.host import _Buffers
 
     def address(a: np.ndarray) -> int:
         return a.__array_interface__["data"][0]
@@ -167,8 +168,8 @@ def test_host_batch_buffers_are_reused_only_when_nothing_refers_to_them():
 @pytest.mark.parametrize("window", [False, True], ids=["whole", "window"])
 def test_host_decodes_crops_twice_the_output_at_reduced_size(tmp_path, monkeypatch, window):
     """DCT-domain scaling: a crop box at least twice the output decodes at 1/2 (or less), the frames stay exact
-    (whole frames with simplejpeg, windows with pipeline._jpegwindow)."""
-    from pipeline import host
+    (whole frames with simplejpeg, windows with pipeline.clips._jpegwindow)."""
+    from pipeline.clips import host
     from tests.clipdata import SMALL, coded_frames, frame_codes
 
     if window and host._jpegwindow is None:
@@ -223,7 +224,7 @@ def test_window_decode_is_the_full_decode_cut_to_the_window(tmp_path):
     """pipeline._jpegwindow gives exactly the pixels a whole-frame decode has there, at every DCT scale."""
     import simplejpeg
 
-    from pipeline import host
+    from pipeline.clips import host
 
     if host._jpegwindow is None:
         if Path("/usr/include/jpeglib.h").exists():
@@ -262,7 +263,7 @@ def test_window_decode_is_the_full_decode_cut_to_the_window(tmp_path):
 def test_window_decode_names_bad_input():
     import simplejpeg
 
-    from pipeline import host
+    from pipeline.clips import host
 
     if host._jpegwindow is None:
         pytest.skip(WINDOW_MISSING)

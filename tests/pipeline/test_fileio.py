@@ -4,7 +4,7 @@ import stat
 
 import pytest
 
-from pipeline.fileio import atomic_write, atomic_write_json, atomic_write_text, is_temp_name, sha256_file, temp_path
+from pipeline.io.files import atomic_write, atomic_write_json, atomic_write_text, is_temp_name, sha256_file, temp_path
 
 
 def test_atomic_write_replaces_and_leaves_no_temp(tmp_path):

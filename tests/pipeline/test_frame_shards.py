@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from pipeline.ffmpeg import DEFAULT_JPEG_Q, count_decoded_frames
-from pipeline.jpeg import decode_check
+from pipeline.shard.ffmpeg import DEFAULT_JPEG_Q, count_decoded_frames
+from pipeline.format.jpeg import decode_check
 from pipeline.shard import merge_parts, shard_dataset
-from pipeline.shardset import ShardSet
+from pipeline.format.shardset import ShardSet
 from pipeline.synth import make_dataset
-from pipeline.verify import verify_dataset
-from pipeline.wds import index_of_tar, iter_samples
+from pipeline.shard.verify import verify_dataset
+from pipeline.format.tar import index_of_tar, iter_samples
 from tests.shard_helpers import SMALL, rejected, write_video, noise_frames
 
 OPTS = {**SMALL, "shard_samples": 2, "codec": "jpeg"}

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import ClipLoader, ClipSpec, sampling
+from pipeline import ClipLoader, ClipSpec
+from pipeline.clips import sampling
 from pipeline import ShardReadError
 from tests.clipdata import SMALL, coded_frames, coded_shards, frame_codes, gradient_shards, make_shards, to_rgb
 
@@ -193,7 +194,7 @@ def test_two_ranks_see_disjoint_samples(coded):
 
 
 def test_rank_and_world_size_come_from_torch_distributed(monkeypatch):
-    from pipeline.loader import resolve_rank
+    from pipeline.clips.loader import resolve_rank
 
     assert resolve_rank(None, None) == (0, 1)
     dist = torch.distributed
@@ -311,7 +312,7 @@ def test_gpu_without_a_gpu_says_what_to_use(coded):
 @pytest.mark.parametrize("has_gpu", [False, True])
 def test_loader_device_vocabulary(has_gpu, monkeypatch):
     # "cuda" names the same place as "gpu"; what comes back is always "gpu" or "cpu"
-    from pipeline import loader
+    from pipeline.clips import loader
 
     monkeypatch.setattr(loader.torch.cuda, "is_available", lambda: has_gpu)
     monkeypatch.setattr(loader, "dali_gpu_count", lambda: int(has_gpu))

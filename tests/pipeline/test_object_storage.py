@@ -17,7 +17,7 @@ pytest.importorskip("s3fs")
 pytest.importorskip("moto.server")
 
 from pipeline import ClipLoader  # noqa: E402
-from pipeline.shardset import ShardSet  # noqa: E402
+from pipeline.format.shardset import ShardSet  # noqa: E402
 from tests.clipdata import SMALL, coded_shards, frame_codes  # noqa: E402
 from tests.s3_helpers import BUCKET, upload  # noqa: E402
 
@@ -155,8 +155,8 @@ def test_train_and_test_clis_take_a_bucket_url(shards, tmp_path):
 
 
 def test_verify_reads_a_bucket_and_names_a_damaged_shard(s3, shards):
-    from pipeline.verify import main as verify_main
-    from pipeline.verify import verify_dataset
+    from pipeline.shard.verify import main as verify_main
+    from pipeline.shard.verify import verify_dataset
 
     local, url = shards
     report = verify_dataset(url)
@@ -174,7 +174,7 @@ def test_shard_uploads_to_a_bucket_and_resumes_from_what_is_there(s3, tmp_path):
     """pipeline.shard --out s3://...: shards go up as they finish; a rerun uploads only what is missing."""
     from pipeline.shard import shard_dataset
     from pipeline.shard.__main__ import main as shard_main
-    from pipeline.verify import verify_dataset
+    from pipeline.shard.verify import verify_dataset
     from tests.shard_helpers import noise_frames, write_video
 
     src = tmp_path / "src"

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from pipeline import ClipSpec, batching, sampling
+from pipeline import ClipSpec
+from pipeline.clips import batching, sampling
 
 
 def rng(i=0):

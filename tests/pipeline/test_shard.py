@@ -15,9 +15,9 @@ import pytest
 
 from pipeline.shard import RejectedInputsError, ShardingError, merge_parts, shard_dataset
 from pipeline.synth import make_dataset
-from pipeline.verify import verify_dataset
-from pipeline.fileio import is_temp_name
-from pipeline.wds import index_of_tar, iter_samples
+from pipeline.shard.verify import verify_dataset
+from pipeline.io.files import is_temp_name
+from pipeline.format.tar import index_of_tar, iter_samples
 from tests.shard_helpers import (
     SMALL,
     kill_after_first_shard,
@@ -409,7 +409,7 @@ def test_merge_cli(sharded, synth, tmp_path, capsys):
 
 def test_encodes_reused_from_staging_are_not_counted_as_encoded(synth, sharded, tmp_path):
     """A rerun after a kill reuses staged videos: the summary's videos/s counts only what ffmpeg encoded."""
-    from pipeline.ffmpeg import EncodeSettings
+    from pipeline.shard.ffmpeg import EncodeSettings
     from pipeline.shard import core
     from pipeline.shard.encode import encode_item
 

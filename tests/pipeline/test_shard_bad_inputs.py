@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.ffmpeg import EncodeSettings, output_geometry
+from pipeline.shard.ffmpeg import EncodeSettings, output_geometry
 from pipeline.shard import shard_dataset
 from pipeline.shard.__main__ import main
-from pipeline.wds import iter_samples
+from pipeline.format.tar import iter_samples
 from tests.shard_helpers import (
     SMALL,
     noise_frames,
@@ -125,7 +125,7 @@ def test_frames_record_is_int32(messy_out):
 def test_partly_decodable_input_is_sharded_with_a_warning_or_rejected_in_strict_mode(tmp_path):
     """A download cut mid-way: the container (moov first) claims 40 frames, about half decode."""
     from pipeline.shard import RejectedInputsError
-    from pipeline.verify import main as verify_main
+    from pipeline.shard.verify import main as verify_main
 
     src = tmp_path / "src"
     full = write_video(src / "a" / "cut.mp4", noise_frames(40, 64, 48), extra=("-movflags", "+faststart", "-g", "4"))
@@ -148,7 +148,7 @@ def test_partly_decodable_input_is_sharded_with_a_warning_or_rejected_in_strict_
 def test_an_encoder_killed_by_a_signal_is_retried_never_rejected(tmp_path, monkeypatch):
     """ffmpeg dying of a signal (an interrupted run, the OOM killer) says so, records nothing, and a
     rerun encodes the input: it never becomes a permanent 'ffmpeg_error' rejection."""
-    from pipeline.ffmpeg import EncoderInterrupted, find_ffmpeg
+    from pipeline.shard.ffmpeg import EncoderInterrupted, find_ffmpeg
 
     src = tmp_path / "src"
     for k in range(3):
@@ -172,7 +172,8 @@ def test_an_encoder_killed_by_a_signal_is_retried_never_rejected(tmp_path, monke
 def test_non_square_pixels_are_sharded_at_the_display_aspect_ratio(tmp_path):
     """176x144 stored with 128:117 pixels is shown 4:3-ish (192x144): the shards keep that shape, and the
     sample's .json records the source's SAR."""
-    from pipeline.ffmpeg import display_width, output_geometry, source_sar
+    from pipeline.display import display_width, source_sar
+    from pipeline.shard.ffmpeg import output_geometry
 
     src = tmp_path / "src" / "a" / "qcif.mp4"
     write_anamorphic(src, seconds=1)
@@ -200,7 +201,7 @@ def test_non_square_pixels_are_sharded_at_the_display_aspect_ratio(tmp_path):
     ],
 )
 def test_the_signal_that_stopped_ffmpeg(returncode, stderr, signum):
-    from pipeline.ffmpeg import stopping_signal
+    from pipeline.shard.ffmpeg import stopping_signal
 
     assert stopping_signal(returncode, stderr) == signum
 
@@ -208,7 +209,7 @@ def test_the_signal_that_stopped_ffmpeg(returncode, stderr, signum):
 def _slow_once_ffmpeg(folder, name: str, pid_file) -> dict:
     """An `ffmpeg` that reads `name` at its native rate the first time (so a signal finds it busy), writing its
     pid to `pid_file` first; everything else is the real ffmpeg. Returns the environment that selects it."""
-    from pipeline.ffmpeg import find_ffmpeg
+    from pipeline.shard.ffmpeg import find_ffmpeg
 
     real = find_ffmpeg()
     fake = folder / "ffmpeg"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.ffmpeg import find_ffmpeg
+from pipeline.shard.ffmpeg import find_ffmpeg
 from pipeline.shard import ShardingError, shard_dataset
 from pipeline.shard import encode as encode_mod
 from pipeline.shard.encode import StagedOutputLost, outcome_of
@@ -286,8 +286,8 @@ def test_a_url_output_has_one_writer_too(s3):
 
 
 def test_our_own_output_vanishing_is_retried_not_blamed_on_the_input(synth, tmp_path, monkeypatch):
-    from pipeline.ffmpeg import EncodeSettings
-    from pipeline.layouts import scan
+    from pipeline.shard.ffmpeg import EncodeSettings
+    from pipeline.shard.layouts import scan
 
     item = scan(synth).items[0]
     real, calls = encode_mod._encode_local, []

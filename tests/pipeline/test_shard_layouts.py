@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.ffmpeg import pipe_frames, raw_rgb_input
-from pipeline.layouts import LayoutError, detect_layout, frames_pattern, scan
+from pipeline.shard.ffmpeg import pipe_frames, raw_rgb_input
+from pipeline.shard.layouts import LayoutError, detect_layout, frames_pattern, scan
 from pipeline.shard import shard_dataset
-from pipeline.wds import iter_samples
+from pipeline.format.tar import iter_samples
 from tests.shard_helpers import SMALL, noise_frames, rejected, write_video
 
 

@@ -7,7 +7,7 @@ import tarfile
 
 import pytest
 
-from pipeline.ffmpeg import (
+from pipeline.shard.ffmpeg import (
     EncodeSettings,
     SourceSpec,
     classify_ffmpeg_error,
@@ -16,10 +16,12 @@ from pipeline.ffmpeg import (
     scale_filter,
     transcode_argv,
 )
-from pipeline.layouts import WorkItem, canonical_order, kinetics_name, make_key, sth_template_key
+from pipeline.shard.layouts import WorkItem, canonical_order, kinetics_name, make_key, sth_template_key
 from pipeline.shard.__main__ import parse_bytes
 from pipeline.shard.core import parse_part, select_part, tar_bytes
-from pipeline.wds import ShardWriter, format_index, index_of_tar, split_name, tar_file_size
+from pipeline.format.index import format_index
+from pipeline.format.members import split_name
+from pipeline.format.tar import ShardWriter, index_of_tar, tar_file_size
 
 
 @pytest.mark.parametrize(
@@ -227,7 +229,7 @@ def test_the_shipped_ffmpeg_wins_over_the_systems_unless_told(tmp_path, monkeypa
     """A distribution's ffmpeg on PATH (another version, other pixels) is not picked up by accident."""
     import imageio_ffmpeg
 
-    from pipeline.ffmpeg import find_ffmpeg
+    from pipeline.shard.ffmpeg import find_ffmpeg
 
     fake = tmp_path / "bin" / "ffmpeg"
     fake.parent.mkdir()

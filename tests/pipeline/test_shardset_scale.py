@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.filepool import FilePool
-from pipeline.sample_index import INDEX_DIR, load_index
-from pipeline.shardset import ShardSet
+from pipeline.io.filepool import FilePool
+from pipeline.format.discovery import locate_shards
+from pipeline.format.sample_index import INDEX_DIR, load_index
+from pipeline.format.shardset import ShardSet
 from tests.clipdata import SMALL, coded_frames, make_shards
 
 REPO = Path(__file__).resolve().parents[2]
@@ -89,7 +90,7 @@ def test_index_is_cached_and_rebuilt_when_a_shard_changes(many, tmp_path):
     first = ShardSet.open(copy)
     caches = list((copy / INDEX_DIR).iterdir())
     assert len(caches) == 1 and not first.index.shard.flags.writeable  # a view of the memory-mapped cache
-    again = load_index(first.tars)
+    again = load_index(first.tars, checksums=locate_shards(copy).checksums)
     assert [again.key(i) for i in range(len(again))] == [first.key(i) for i in range(len(first))]
     assert list((copy / INDEX_DIR).iterdir()) == caches  # reused, not rebuilt
     # Re-shard one member (here: rewrite a label) and update the manifest checksum: the cache key changes.

@@ -9,8 +9,8 @@ import pytest
 
 from pipeline.shard import shard_dataset
 from pipeline.synth import make_dataset
-from pipeline.verify import check_sample, main, verify_dataset
-from pipeline.wds import ShardWriter, iter_samples
+from pipeline.shard.verify import check_sample, main, verify_dataset
+from pipeline.format.tar import ShardWriter, iter_samples
 from tests.shard_helpers import SMALL
 
 

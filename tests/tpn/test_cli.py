@@ -6,7 +6,7 @@ import typing
 
 import pytest
 
-from pipeline import loader
+from pipeline.clips import loader
 from pipeline.cli import DECODERS, LOADER_DEVICES
 
 SHARED = ("device", "loader_device", "decoder", "workers")  # dests of --device, --loader-device, --decoder, --workers

@@ -1,15 +1,13 @@
-"""JPEG frames of frame shards: read them out of ffmpeg's MJPEG output, check that they decode.
+"""The JPEG frames of frame shards: check that one is a complete image that decodes.
 
-`pipeline.shard --codec jpeg` has ffmpeg (the same filters as for the video
-codecs) write the frames as MJPEG in Matroska: every packet is one complete
-baseline JPEG, and the container keeps the frame rate. Those packets become
-the shard's per-frame members, unchanged.
+`pipeline.shard` checks a frame folder's JPEGs before storing them as they
+are, `pipeline.verify` every stored frame, and the DALI frame backend names
+the frame a batch failed on.
 """
 
 from __future__ import annotations
 
 import io
-import os
 from dataclasses import dataclass
 
 
@@ -40,10 +38,4 @@ def decode_check(data: bytes | memoryview) -> JpegInfo:
         raise JpegError(f"does not decode: {err}") from None
 
 
-def mjpeg_packets(path: str | os.PathLike) -> list[bytes]:
-    """The JPEG images of an MJPEG stream we encoded, in presentation order (one per packet)."""
-    import av
-
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        return [bytes(p) for p in container.demux(stream) if p.size > 0]
+# END

@@ -1,4 +1,4 @@
-"""The `.idx` files beside the tars: DALI's `wds2idx` format, parsed.
+"""The `.idx` files beside the tars: DALI's `wds2idx` format, written and parsed.
 
 `v1.2 N` on the first line, then one line per sample of `ext offset size
 name` groups (one group per member of the sample, in tar order).
@@ -6,8 +6,26 @@ name` groups (one group per member of the sample, in tar order).
 
 from __future__ import annotations
 
-from pipeline import storage
+from pathlib import Path
+
 from pipeline.errors import ShardReadError
+from pipeline.io import storage
+
+IDX_VERSION = "v1.2"
+
+
+def index_path(tar):
+    """The `.idx` beside a shard (a path, or a URL)."""
+    if isinstance(tar, Path):
+        return tar.with_suffix(".idx")
+    return str(tar)[: -len(".tar")] + ".idx" if str(tar).endswith(".tar") else f"{tar}.idx"
+
+
+def format_index(samples: list[list[tuple[str, int, int, str]]]) -> str:
+    """DALI index text for samples given as [(ext, data_offset, size, member_name), ...]."""
+    lines = [f"{IDX_VERSION} {len(samples)}"]
+    lines += [" ".join(f"{e} {o} {s} {n}" for e, o, s, n in comps) for comps in samples]
+    return "\n".join(lines) + "\n"
 
 
 def read_index(idx, tar) -> list[dict[str, tuple[int, int, str]]]:
@@ -40,10 +58,3 @@ def read_index(idx, tar) -> list[dict[str, tuple[int, int, str]]]:
             f"{idx} announces {head[1]} samples but lists {len(samples)}: rebuild it with `wds2idx {tar} {idx}`"
         )
     return samples
-
-
-def key_of(member: str) -> str:
-    """'dir/key.ext' -> 'dir/key' (the extension starts at the first dot of the base name)."""
-    slash = member.rfind("/") + 1
-    dot = member.find(".", slash)
-    return member if dot < 0 else member[:dot]

@@ -2,7 +2,7 @@
 
 The host reads each sample's encoded video straight out of the tar by its
 `.idx` offset and hands DALI the bytes with the distinct frames to decode
-(`pipeline.sampling.decode_plan`). `fn.decoders.video` decodes them (NVDEC
+(`pipeline.clips.sampling.decode_plan`). `fn.decoders.video` decodes them (NVDEC
 through `device="mixed"`, or libavcodec on the CPU threads); with decoder
 "pyav" the host decodes them instead (PyAV in `num_threads` threads, any
 codec libavcodec reads) and DALI gets raw frames. Resize, crop, jitter,
@@ -20,10 +20,18 @@ import torch
 from nvidia.dali import fn, pipeline_def
 
 from pipeline.clip import ClipSpec
-from pipeline.dali_graph import DaliBackend, Feed, augment_test, augment_train, dali_reason, device_id, view_inputs
+from pipeline.clips.dali_graph import (
+    DaliBackend,
+    Feed,
+    augment_test,
+    augment_train,
+    dali_reason,
+    device_id,
+    view_inputs,
+)
 from pipeline.errors import VERIFY_HINT, DataError
 from pipeline.options import Mode
-from pipeline.pyav import decode_frames
+from pipeline.clips.pyav import decode_frames
 
 
 def feed_fields(mode: Mode, spec: ClipSpec, decoder: str = "cpu") -> tuple[str, ...]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline import sampling
+from pipeline.clips import sampling
 from pipeline.clip import ClipSpec
 from pipeline.options import Mode
 

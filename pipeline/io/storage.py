@@ -2,7 +2,7 @@
 
 A shard location is a path or a URL (`s3://`, `gs://`, `az://`, `http(s)://`,
 any fsspec protocol). Readers fetch byte ranges: local files with `os.pread`
-through a bounded pool of descriptors (`pipeline.filepool.FilePool`), remote
+through a bounded pool of descriptors (`pipeline.io.filepool.FilePool`), remote
 objects with fsspec's `cat_ranges`, which sends a batch's ranges as concurrent
 requests (asynchronous filesystems: s3fs, gcsfs, adlfs, HTTP). Failed ranges
 are retried a bounded number of times; the error names the object, the range
@@ -13,7 +13,6 @@ variables or its config files; they are never written to logs or reports.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -124,30 +123,6 @@ def list_names(folder: str) -> list[str]:
     fs, path = filesystem(folder)
     fs.invalidate_cache(path.rstrip("/"))
     return sorted(name_of(p) for p in fs.ls(path.rstrip("/"), detail=False))
-
-
-def list_remote_shards(folder: str, split: str | None) -> list[str]:
-    """Shard URLs of a remote folder: from its manifest.json when there is one, else by listing."""
-    manifest_url = join(folder, "manifest.json")
-    try:
-        manifest = json.loads(read_bytes(manifest_url))
-        names = [s["file"] for s in manifest.get("shards", []) if split is None or s.get("split") == split]
-        return sorted(str(join(folder, n)) for n in names)
-    except FileNotFoundError:
-        fs, path = filesystem(folder)
-        fs.invalidate_cache(path.rstrip("/"))  # listings are cached per filesystem object
-        pattern = f"{split}-*.tar" if split else "*.tar"
-        protocol = folder.split("://", 1)[0]
-        return sorted(f"{protocol}://{p}" for p in fs.glob(f"{path.rstrip('/')}/{pattern}"))
-
-
-def splits_in(folder: str | Path) -> list[str]:
-    """The splits a shard folder holds (`<split>-NNNNNN.tar` names)."""
-    if is_remote(folder):
-        names = [name_of(u) for u in list_remote_shards(str(folder), None)]
-    else:
-        names = [p.name for p in Path(folder).glob("*-*.tar")]
-    return sorted({n.split("-")[0] for n in names})
 
 
 class RemoteReader:

@@ -1,10 +1,10 @@
 """Clips decoded and augmented in host threads, no DALI: the CPU path of both shard kinds.
 
-Per frame it does what the DALI graphs do (`pipeline.dali_frames`,
-`pipeline.dali_video`), with the operators a CPU runs fastest:
+Per frame it does what the DALI graphs do (`pipeline.clips.dali_frames`,
+`pipeline.clips.dali_video`), with the operators a CPU runs fastest:
 
 1. decode: a frame shard's JPEG with libjpeg-turbo. A training frame decodes
-   only the window its crop box needs (`pipeline._jpegwindow`: rows above it
+   only the window its crop box needs (`pipeline.clips._jpegwindow`: rows above it
    skipped, rows below it never decoded, columns cut to the iMCU columns that
    cover it; the window's pixels are those of a full decode), and where the
    box is at least twice the output on both sides, at 1/2, 1/4 or 1/8 size by
@@ -19,7 +19,7 @@ Per frame it does what the DALI graphs do (`pipeline.dali_frames`,
    RGB at full size (test views are: whole frames to RGB first, as DALI and
    `export.predict` do);
 3. one 3x4 colour map (`cv2.transform`): the clip's jitter
-   (`pipeline.colour.jitter_matrix`) after the frame's YUV -> RGB matrix;
+   (`pipeline.clips.colour.jitter_matrix`) after the frame's YUV -> RGB matrix;
 4. normalise: uint8 to float32, then (x - mean) / std as one diagonal
    3x4 map (`cv2.transform`), written straight into the batch tensor.
 
@@ -30,7 +30,7 @@ steps 3 and 4 each run once over the whole clip.
 Every call above releases the GIL, so `num_threads` threads decode clips of
 a batch in parallel while a reader thread fetches the next batches' bytes
 and the caller trains on the current one. The plan (frames, boxes, flips,
-jitter, test crops) is the `pipeline.plan.SamplePlan` the DALI path
+jitter, test crops) is the `pipeline.clips.plan.SamplePlan` the DALI path
 consumes, so the two paths return the same frames, boxes and flips; their
 pixels differ by resampling and rounding only (`tests/pipeline/test_backends.py`
 states the tolerances).
@@ -59,16 +59,16 @@ import simplejpeg
 import torch
 
 try:
-    from pipeline import _jpegwindow
+    from pipeline.clips import _jpegwindow
 except ImportError:  # built at install where a C compiler and libjpeg-turbo's headers are present (setup.py)
     _jpegwindow = None
 
 from pipeline.clip import ClipSpec
-from pipeline.colour import compose, jitter_matrix, normalise_matrix, yuv_to_rgb_matrix
+from pipeline.clips.colour import compose, jitter_matrix, normalise_matrix, yuv_to_rgb_matrix
 from pipeline.errors import VERIFY_HINT, DataError
-from pipeline.plan import SamplePlan, crop_origin, resize_shorter
-from pipeline.pyav import decoded_frames
-from pipeline.shardset import ShardSet
+from pipeline.clips.plan import SamplePlan, crop_origin, resize_shorter
+from pipeline.clips.pyav import decoded_frames
+from pipeline.format.shardset import ShardSet
 
 # OpenCV would split each small resize over its own thread pool; the loader's threads are the parallelism.
 cv2.setNumThreads(1)
@@ -348,7 +348,7 @@ def window_pictures(
     jpegs: list[bytes], box: tuple[float, float, float, float], denom: int, height: int, width: int
 ) -> list[RgbPicture]:
     """The part of each `height` x `width` JPEG frame that resampling `box` = (y0, x0, y1, x1) reads, decoded
-    at 1/denom (libjpeg-turbo's partial decoding, `pipeline._jpegwindow`), all in one call."""
+    at 1/denom (libjpeg-turbo's partial decoding, `pipeline.clips._jpegwindow`), all in one call."""
     sy, sx = -(-height // denom) / height, -(-width // denom) / width  # libjpeg rounds scaled sizes up
     y0, x0, y1, x1 = box
     window = (

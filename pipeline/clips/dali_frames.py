@@ -8,7 +8,7 @@ same resize / crop / flip / normalise follow per image, and the host
 regroups the images into clips. Training clips come back in
 `channels_last_3d` memory order (a view of DALI's NHWC output, no copy).
 
-On a CPU the host path (`pipeline.host`) does the same work faster;
+On a CPU the host path (`pipeline.clips.host`) does the same work faster;
 decoder "cpu" keeps this graph for comparison and for GPU loaders that
 decode on the CPU threads.
 """
@@ -20,7 +20,7 @@ import torch
 from nvidia.dali import fn, pipeline_def, types
 
 from pipeline.clip import ClipSpec
-from pipeline.dali_graph import (
+from pipeline.clips.dali_graph import (
     HW_DECODER_LOAD,
     DaliBackend,
     Feed,
@@ -30,7 +30,7 @@ from pipeline.dali_graph import (
     view_inputs,
 )
 from pipeline.errors import VERIFY_HINT, DataError
-from pipeline.jpeg import JpegError, decode_check
+from pipeline.format.jpeg import JpegError, decode_check
 from pipeline.options import Mode
 
 

@@ -20,30 +20,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.fileio import atomic_write_text, fsync_dir, sha256_file, temp_path
+from pipeline.format.index import format_index
+from pipeline.format.members import check_key, split_name
+from pipeline.io.files import atomic_write_text, fsync_dir, sha256_file, temp_path
 
-IDX_VERSION = "v1.2"
 BLOCK = tarfile.BLOCKSIZE  # 512
 
 
 def tar_file_size(content: int) -> int:
     """Final size of a tar whose members take `content` bytes: end blocks, then padding to a full record."""
     return -(-(content + 2 * BLOCK) // tarfile.RECORDSIZE) * tarfile.RECORDSIZE
-
-
-def split_name(name: str) -> tuple[str, str]:
-    """'dir/key.a.b' -> ('dir/key', 'a.b'): the extension starts at the first dot (as DALI and webdataset)."""
-    slash = name.rfind("/") + 1
-    dot = name.find(".", slash)
-    if dot < 0:
-        return name, ""
-    return name[:dot], name[dot + 1 :]
-
-
-def check_key(key: str) -> None:
-    """Keys become tar member names: ASCII, no dots, no slashes, short enough for a USTAR header."""
-    if not key or "." in key or "/" in key or not key.isascii() or len(key) > 80 or key.startswith("-"):
-        raise ValueError(f"invalid sample key {key!r}: need 1-80 ASCII chars without '.' or '/'")
 
 
 def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
@@ -54,13 +40,6 @@ def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
     info.uid = info.gid = 0
     info.uname = info.gname = ""
     return info
-
-
-def format_index(samples: list[list[tuple[str, int, int, str]]]) -> str:
-    """DALI index text for samples given as [(ext, data_offset, size, member_name), ...]."""
-    lines = [f"{IDX_VERSION} {len(samples)}"]
-    lines += [" ".join(f"{e} {o} {s} {n}" for e, o, s, n in comps) for comps in samples]
-    return "\n".join(lines) + "\n"
 
 
 @dataclass

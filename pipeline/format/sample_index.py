@@ -18,22 +18,18 @@ import hashlib
 import json
 import mmap
 import os
-import re
 import shutil
 from pathlib import Path
 
 import numpy as np
 
-from pipeline import storage
-from pipeline.discovery import index_path
 from pipeline.errors import VERIFY_HINT, ShardReadError
-from pipeline.fileio import temp_path
-from pipeline.filepool import open_reader
-from pipeline.wds_index import key_of, read_index
+from pipeline.format.index import index_path, read_index
+from pipeline.format.members import FRAME_RE, REQUIRED, VIDEO_EXTS, parse_int32, split_name
+from pipeline.io import storage
+from pipeline.io.filepool import open_reader
+from pipeline.io.files import temp_path
 
-VIDEO_EXTS = {"webm": "vp9", "mp4": "h264"}
-FRAME_RE = re.compile(r"^(\d{6})\.jpg$")
-REQUIRED = ("lbl", "frames", "json")
 INDEX_DIR = ".index"
 INDEX_VERSION = 3
 
@@ -128,15 +124,9 @@ class SampleIndex:
         return cls(arrays, meta, buf if size else None)
 
 
-def _cache_key(tars: list) -> str:
-    """Changes whenever a shard or its index changes: manifest checksums where listed, else size and time."""
-    listed: dict[str, str] = {}
-    for folder in {storage.parent(t) for t in tars}:
-        try:
-            manifest = json.loads(storage.read_bytes(storage.join(folder, "manifest.json")))
-            listed.update({str(storage.join(folder, s["file"])): s["sha256"] for s in manifest.get("shards", [])})
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
+def _cache_key(tars: list, listed: dict[str, str]) -> str:
+    """Changes whenever a shard or its index changes: the checksums its manifest lists (`listed`, str(tar) ->
+    sha256), else its size and time."""
     h = hashlib.sha256(f"v{INDEX_VERSION}".encode())
     for tar in tars:
         parts = [str(tar), listed.get(str(tar), "")]
@@ -155,9 +145,9 @@ def _cache_key(tars: list) -> str:
     return h.hexdigest()[:32]
 
 
-def _cache_folder(tars: list, split: str | None) -> Path:
+def _cache_folder(tars: list, split: str | None, checksums: dict[str, str]) -> Path:
     """DIR/.index/ beside local shards when writable, else the user's cache directory (always for URLs)."""
-    key = _cache_key(tars)
+    key = _cache_key(tars, checksums)
     folders = {str(storage.parent(t)) for t in tars}
     name = f"{split or 'all'}-{key}" if len(folders) == 1 else f"list-{key}"
     if isinstance(tars[0], Path):
@@ -171,9 +161,15 @@ def _cache_folder(tars: list, split: str | None) -> Path:
     return base / hashlib.sha256(where.encode()).hexdigest()[:16] / name
 
 
-def load_index(tars: list, split: str | None = None, cache: bool = True) -> SampleIndex:
-    """The compact index of `tars`: memory-mapped from the cache, or built (and cached atomically)."""
-    folder = _cache_folder(tars, split) if cache else None
+def load_index(
+    tars: list, split: str | None = None, cache: bool = True, checksums: dict[str, str] | None = None
+) -> SampleIndex:
+    """The compact index of `tars`: memory-mapped from the cache, or built (and cached atomically).
+
+    `checksums` (str(tar) -> sha256, as `pipeline.format.discovery.locate_shards` reads them from the
+    manifests) key the cache; shards without one are keyed by their size and time.
+    """
+    folder = _cache_folder(tars, split, checksums or {}) if cache else None
     if folder is not None and (folder / "meta.json").is_file():
         try:
             return SampleIndex.load(folder)
@@ -236,7 +232,7 @@ def build_index(tars: list) -> SampleIndex:
 
 def _add_sample(cols: dict, keys: bytearray, number: int, tar, entry: dict, members: tuple) -> tuple[str, str]:
     name = next(iter(entry.values()))[2]
-    key = key_of(name)
+    key, _ = split_name(name)
     frames = sorted((int(m.group(1)), v) for ext, v in entry.items() if (m := FRAME_RE.match(ext)))
     videos = [ext for ext in VIDEO_EXTS if ext in entry]
     problem = ""
@@ -301,8 +297,7 @@ def _parse_small(tar, key: str, members: tuple) -> tuple[int, int, dict]:
     """(label, frame count, geometry) from a sample's lbl, frames and json bytes."""
     where = f"shard {tar}, sample {key!r}"
     try:
-        label = int(np.frombuffer(members[0], dtype="<i4")[0])
-        count = int(np.frombuffer(members[1], dtype="<i4")[0])
+        label, count = parse_int32(members[0]), parse_int32(members[1])
         meta = json.loads(members[2])
         info = {"width": int(meta["width"]), "height": int(meta["height"]), "fps": float(meta.get("fps") or 0.0)}
     except (ValueError, IndexError, KeyError, TypeError) as err:

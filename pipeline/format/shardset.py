@@ -3,10 +3,10 @@
 The loader reads a sample's members straight out of the tar by offset, so
 any sample can be fetched in any order: that is what lets an epoch be a pure
 permutation and a resume start at any batch. The parts, one concern each:
-`pipeline.discovery` (which tars), `pipeline.wds_index` (their `.idx`
-files), `pipeline.sample_index` (the cached per-sample arrays),
-`pipeline.filepool` (bounded open files, remote range reads) and
-`pipeline.classes` (`classes.json`).
+`pipeline.format.discovery` (which tars), `pipeline.format.index` (their `.idx`
+files), `pipeline.format.sample_index` (the cached per-sample arrays),
+`pipeline.io.filepool` (bounded open files, remote range reads) and
+`pipeline.format.classes` (`classes.json`).
 """
 
 from __future__ import annotations
@@ -17,12 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import storage
-from pipeline.classes import classes_of_shards
-from pipeline.discovery import find_shards
+from pipeline.io import storage
+from pipeline.format.classes import classes_of_shards
+from pipeline.format.discovery import locate_shards
 from pipeline.errors import VERIFY_HINT, ShardReadError
-from pipeline.filepool import open_reader
-from pipeline.sample_index import SampleIndex, load_index
+from pipeline.io.filepool import open_reader
+from pipeline.format.members import pack_int32
+from pipeline.format.sample_index import SampleIndex, load_index
 
 
 class ShardSet:
@@ -52,9 +53,9 @@ class ShardSet:
         max_open: int | None = None,
         cache: bool = True,
     ) -> ShardSet:
-        tars = find_shards(shards, split)
-        classes = classes_of_shards(tars)
-        return cls(tars, load_index(tars, split, cache), classes, max_open)
+        found = locate_shards(shards, split)
+        classes = classes_of_shards(found.tars)
+        return cls(found.tars, load_index(found.tars, split, cache, found.checksums), classes, max_open)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -105,9 +106,9 @@ class ShardSet:
         if name == "meta":
             return self.read(index, int(ix.json_off[index]), int(ix.json_size[index]), "member .json")
         if name == "lbl":
-            return np.array([ix.label[index]], "<i4").tobytes()
+            return pack_int32(int(ix.label[index]))
         if name == "frames":
-            return np.array([ix.frames[index]], "<i4").tobytes()
+            return pack_int32(int(ix.frames[index]))
         raise ValueError(f"unknown member {name!r}: use video, meta, lbl or frames")
 
     def frame_bytes(self, index: int, frames: Sequence[int]) -> list[bytes]:

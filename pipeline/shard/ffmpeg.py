@@ -26,6 +26,7 @@ from typing import Literal
 
 import ffmpeg as ffmpeg_python
 
+from pipeline.display import display_width
 from pipeline.errors import ShardingError
 
 Codec = Literal["vp9", "h264", "jpeg"]
@@ -33,7 +34,7 @@ CODECS: dict[str, dict[str, str]] = {
     "vp9": {"encoder": "libvpx-vp9", "container": "webm", "ext": "webm"},
     "h264": {"encoder": "libx264", "container": "mp4", "ext": "mp4"},
     # Frame shards: ffmpeg's mjpeg encoder (baseline, 4:2:0) into Matroska, one JPEG per packet; the
-    # shard stores each packet as its own `<key>.NNNNNN.jpg` member (see pipeline.jpeg).
+    # shard stores each packet as its own `<key>.NNNNNN.jpg` member (see pipeline.format.jpeg).
     "jpeg": {"encoder": "mjpeg", "container": "matroska", "ext": "mkv"},
 }
 DEFAULT_CRF = {"vp9": 32, "h264": 23}
@@ -207,14 +208,6 @@ def parse_size(text: str) -> tuple[int, int]:
     if not m:
         raise ValueError(f"size must look like WIDTHxHEIGHT (e.g. 320x240), got {text!r}")
     return int(m.group(1)), int(m.group(2))
-
-
-def display_width(width: int, sar: tuple[int, int] | None) -> int:
-    """The width a `width`-pixel-wide frame is shown at with sample aspect ratio `sar` (even, as ffmpeg's
-    `trunc(iw * sar / 2) * 2` of `sar_filter`); square or unknown pixels keep it."""
-    if not sar or sar[0] == sar[1]:
-        return width
-    return max(2, int(width * sar[0] / sar[1] / 2) * 2)
 
 
 def sar_filter(sar: tuple[int, int] | None) -> list[str]:
@@ -464,22 +457,6 @@ class VideoInfo:
     codec: str
 
 
-def source_sar(path: str | os.PathLike) -> tuple[int, int] | None:
-    """A source video's sample aspect ratio when its pixels are not square (None: square, unknown or unreadable:
-    ffmpeg then says what is wrong with the file)."""
-    import av
-
-    try:
-        with av.open(str(path)) as container:
-            stream = container.streams.video[0]
-            sar = stream.sample_aspect_ratio or stream.codec_context.sample_aspect_ratio
-    except (av.FFmpegError, IndexError, OSError):
-        return None
-    if not sar or sar.numerator <= 0 or sar.denominator <= 0 or sar.numerator == sar.denominator:
-        return None
-    return sar.numerator, sar.denominator
-
-
 def probe_encoded(path: str | os.PathLike) -> VideoInfo:
     """Frame count and geometry of a file we encoded, by counting packets (no decoding).
 
@@ -518,3 +495,12 @@ def count_decoded_frames(video: str | os.PathLike | bytes) -> int:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         return sum(1 for _ in container.decode(stream))
+
+
+def mjpeg_packets(path: str | os.PathLike) -> list[bytes]:
+    """The JPEG images of an MJPEG stream we encoded, in presentation order (one per packet)."""
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        return [bytes(p) for p in container.demux(stream) if p.size > 0]

@@ -9,7 +9,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipeline import storage
+from pipeline.io import storage
 
 
 def default_max_open() -> int:

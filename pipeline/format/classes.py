@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from pipeline import storage
+from pipeline.io import storage
 from pipeline.errors import ShardReadError
 
 

@@ -18,7 +18,7 @@ import math
 
 import numpy as np
 
-from pipeline.sampling import Jitter
+from pipeline.clips.sampling import Jitter
 
 # The RGB -> YIQ matrix DALI's hsv operator uses; its inverse takes YIQ back.
 RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.321], [0.211, -0.523, 0.311]])

@@ -2,18 +2,18 @@
 
 The loader decides *what* every batch holds: sample order, frame indices,
 crop boxes, flips and jitter are pure functions of (seed, epoch, sample)
-(`pipeline.batching`, `pipeline.sampling`, `pipeline.plan`). A backend,
+(`pipeline.clips.batching`, `pipeline.clips.sampling`, `pipeline.clips.plan`). A backend,
 chosen by the shards' kind, the device and the decoder
 (`pipeline.options`), does the work:
 
-* `pipeline.host`: either kind on a CPU (the default there): libjpeg-turbo
+* `pipeline.clips.host`: either kind on a CPU (the default there): libjpeg-turbo
   or PyAV decodes, OpenCV augments, in host threads;
-* `pipeline.dali_frames`: frame shards through DALI (nvJPEG on a GPU);
-* `pipeline.dali_video`: video shards through DALI (libavcodec, NVDEC, or
+* `pipeline.clips.dali_frames`: frame shards through DALI (nvJPEG on a GPU);
+* `pipeline.clips.dali_video`: video shards through DALI (libavcodec, NVDEC, or
   PyAV-decoded frames).
 
 Every backend reads a sample's bytes straight out of the tar by its `.idx`
-offset (`pipeline.shardset`), rather than streaming the tars in order. That
+offset (`pipeline.format.shardset`), rather than streaming the tars in order. That
 buys three things the trainer relies on: an epoch is a true permutation of
 all samples, batch k of epoch e can be produced without decoding batches
 0..k-1 (exact mid-epoch resume), and test mode sees every sample exactly
@@ -34,15 +34,15 @@ from pathlib import Path
 
 import torch
 
-from pipeline import batching
+from pipeline.clips import batching
 from pipeline.clip import ClipSpec
-from pipeline.dali_frames import DaliFrames
-from pipeline.dali_graph import HW_DECODER_LOAD, dali_gpu_count
-from pipeline.dali_video import DaliVideo
-from pipeline.host import HostClips
+from pipeline.clips.dali_frames import DaliFrames
+from pipeline.clips.dali_graph import HW_DECODER_LOAD, dali_gpu_count
+from pipeline.clips.dali_video import DaliVideo
+from pipeline.clips.host import HostClips
 from pipeline.options import DECODERS, LOADER_DEVICES, Decoder, Device, Mode, resolve_decoder
-from pipeline.plan import SamplePlan, plan_sample
-from pipeline.shardset import ShardSet
+from pipeline.clips.plan import SamplePlan, plan_sample
+from pipeline.format.shardset import ShardSet
 
 
 class ClipLoader:

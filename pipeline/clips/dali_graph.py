@@ -19,10 +19,10 @@ import torch
 from nvidia.dali import backend, fn, types
 from nvidia.dali.backend import TensorListGPU
 
-from pipeline import sampling
+from pipeline.clips import sampling
 from pipeline.clip import ClipSpec
 from pipeline.errors import DataError, ShardError
-from pipeline.plan import SamplePlan
+from pipeline.clips.plan import SamplePlan
 
 # Share of the JPEGs that nvJPEG gives the hardware decoder on GPUs that have one (DALI's default).
 HW_DECODER_LOAD = 0.65
