@@ -63,7 +63,7 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    # The loader pulls in DALI; import it only when asked for.
+    # The loader pulls in torch: import it only when asked for, so that the commands' --help stays fast.
     if name == "ClipLoader":
         from pipeline.clips.loader import ClipLoader
 

@@ -39,14 +39,14 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 def add_loader_device_arg(
     parser: ArgContainer, default: Any = "auto", flags: Sequence[str] = ("--loader-device",)
 ) -> None:
-    """Where DALI decodes and augments. `flags` keeps an older name of the flag working."""
+    """Where the loader decodes and augments. `flags` keeps an older name of the flag working."""
     parser.add_argument(
         *flags,
         dest="loader_device",
         choices=LOADER_DEVICES,
         default=default,
-        help="where the DALI loader decodes and augments: auto (the GPU when torch and DALI see one), cpu, "
-        "or gpu (also spelt cuda) (default: auto)",
+        help="where the loader decodes and augments: auto (the GPU when torch and DALI see one, else the CPU, "
+        "where host threads do the work), cpu, or gpu (also spelt cuda) (default: auto)",
     )
 
 
@@ -63,13 +63,13 @@ def add_decoder_arg(parser: ArgContainer, default: Any = "auto") -> None:
 
 
 def add_workers_arg(parser: ArgContainer, default: Any = None, flags: Sequence[str] = ("--workers",)) -> None:
-    """DALI's decoding threads. `flags` keeps an older name of the flag working."""
+    """The loader's decoding threads (host threads or DALI's). `flags` keeps an older name of the flag working."""
     parser.add_argument(
         *flags,
         dest="workers",
         type=int,
         default=default,
-        help="DALI decoding threads per process (default: the usable CPUs)",
+        help="decoding threads per process, the host backend's or DALI's (default: the usable CPUs)",
     )
 
 

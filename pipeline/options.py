@@ -32,6 +32,11 @@ DECODERS: tuple[Decoder, ...] = get_args(Decoder)
 FRAME_DECODERS: tuple[Decoder, ...] = ("auto", "host", "cpu", "nvjpeg")  # what frame shards accept
 VIDEO_DECODERS: tuple[Decoder, ...] = ("auto", "host", "nvdec", "cpu", "pyav")  # what video shards accept
 CPU_CODECS = ("vp9", "vp8", "mjpeg")  # what DALI's CPU video decoder handles
+# Frame shards on a GPU: the share of the JPEGs nvJPEG gives the hardware decoder where the GPU has one
+# (DALI's default).
+HW_DECODER_LOAD = 0.65
+DALI_DECODERS = ("cpu", "nvjpeg", "nvdec", "pyav")  # the decoders that run a DALI backend
+GPU_EXTRA_HINT = "pip install -e '.[gpu]' (or pip install nvidia-dali-cuda130)"
 
 
 def resolve_decoder(decoder: Decoder, device: str, codec: str) -> str:

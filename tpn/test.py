@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 import tpn
-from pipeline import ClipSpec, atomic_write_bytes, atomic_write_json, resolve_split, storage
+from pipeline import ClipLoader, ClipSpec, atomic_write_bytes, atomic_write_json, resolve_split, storage
 from pipeline.cli import add_split_arg
 from tpn.checkpoint import read_checkpoint
 from tpn.cli import add_checkpoint_arg, add_device_args
@@ -238,8 +238,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_test(args: argparse.Namespace, env: DistEnv) -> EvalReport:
-    from pipeline import ClipLoader  # imports DALI
-
     cfg = tpn.get_config(args.name)
     device = resolve_torch_device(args.device, env)
     init_distributed(device, env)

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 import tpn
+from pipeline import ClipLoader
 from tpn.distributed import DistEnv
 from tpn.engine import LossModule, StepOptions, cudnn_problem
 from tpn.layers import set_batchnorm_impl
@@ -25,8 +26,6 @@ LoaderFactory = Callable[..., Any]  # pipeline.ClipLoader's signature
 
 
 def default_loader_factory() -> LoaderFactory:
-    from pipeline import ClipLoader  # imports DALI
-
     return ClipLoader
 
 

@@ -21,7 +21,6 @@ from nvidia.dali import fn, pipeline_def, types
 
 from pipeline.clip import ClipSpec
 from pipeline.clips.dali_graph import (
-    HW_DECODER_LOAD,
     DaliBackend,
     Feed,
     augment_test,
@@ -31,7 +30,7 @@ from pipeline.clips.dali_graph import (
 )
 from pipeline.errors import VERIFY_HINT, DataError
 from pipeline.format.jpeg import JpegError, decode_check
-from pipeline.options import Mode
+from pipeline.options import HW_DECODER_LOAD, Mode
 
 
 def frame_feed_fields(mode: Mode, spec: ClipSpec) -> tuple[str, ...]:

@@ -19,13 +19,10 @@ import torch
 from nvidia.dali import backend, fn, types
 from nvidia.dali.backend import TensorListGPU
 
-from pipeline.clips import sampling
 from pipeline.clip import ClipSpec
-from pipeline.errors import DataError, ShardError
+from pipeline.clips import sampling
 from pipeline.clips.plan import SamplePlan
-
-# Share of the JPEGs that nvJPEG gives the hardware decoder on GPUs that have one (DALI's default).
-HW_DECODER_LOAD = 0.65
+from pipeline.errors import DataError, ShardError
 
 
 def augment_train(x, feed: dict, spec: ClipSpec, layout: str = "CFHW") -> list:
@@ -141,7 +138,8 @@ def as_torch(output) -> torch.Tensor:
     return torch.from_dlpack(tensor)
 
 
-def dali_gpu_count() -> int:
+def gpu_count() -> int:
+    """The CUDA devices DALI sees."""
     try:
         return int(backend.GetCUDADeviceCount())
     except RuntimeError:

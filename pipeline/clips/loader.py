@@ -12,6 +12,9 @@ chosen by the shards' kind, the device and the decoder
 * `pipeline.clips.dali_video`: video shards through DALI (libavcodec, NVDEC, or
   PyAV-decoded frames).
 
+DALI is imported only when a DALI backend is chosen (or a GPU loader is
+asked for), so the host path runs where DALI is not installed.
+
 Every backend reads a sample's bytes straight out of the tar by its `.idx`
 offset (`pipeline.format.shardset`), rather than streaming the tars in order. That
 buys three things the trainer relies on: an epoch is a true permutation of
@@ -28,25 +31,33 @@ first): view = (clip * crops + crop) * flips + flip.
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
 
-from pipeline.clips import batching
 from pipeline.clip import ClipSpec
-from pipeline.clips.dali_frames import DaliFrames
-from pipeline.clips.dali_graph import HW_DECODER_LOAD, dali_gpu_count
-from pipeline.clips.dali_video import DaliVideo
+from pipeline.clips import batching
 from pipeline.clips.host import HostClips
-from pipeline.options import DECODERS, LOADER_DEVICES, Decoder, Device, Mode, resolve_decoder
 from pipeline.clips.plan import SamplePlan, plan_sample
 from pipeline.format.shardset import ShardSet
+from pipeline.options import (
+    DALI_DECODERS,
+    DECODERS,
+    GPU_EXTRA_HINT,
+    HW_DECODER_LOAD,
+    LOADER_DEVICES,
+    Decoder,
+    Device,
+    Mode,
+    resolve_decoder,
+)
 
 
 class ClipLoader:
-    """Batches of clips from WebDataset shards (video or JPEG frames), decoded and augmented by DALI.
+    """Batches of clips from WebDataset shards (video or JPEG frames), decoded and augmented.
 
     shards: a shard directory (all `*.tar`, or `<split>-*.tar` with `split`)
         or a list of tar paths, each with its `.idx` beside it. The format
@@ -58,7 +69,7 @@ class ClipLoader:
         module docstring for the view order), every sample once over all ranks.
     device: "gpu" (or "cuda") augments on the GPU and returns CUDA tensors;
         "cpu" returns CPU tensors; "auto" picks the GPU when torch and DALI
-        see one.
+        see one (without DALI installed, the CPU).
     decoder: which backend decodes (`pipeline.options` has the table).
         Frame shards: "auto" is "host" on a CPU (libjpeg-turbo + OpenCV in
         host threads) and "nvjpeg" on a GPU; "cpu" decodes with DALI on its
@@ -67,7 +78,8 @@ class ClipLoader:
         "auto" picks "cpu" for VP9 and "nvdec" for H.264; on device "cpu"
         DALI decodes on the CPU. "pyav" (either device, any codec
         libavcodec reads) decodes the sampled frames with PyAV in
-        `num_threads` host threads and hands DALI raw frames.
+        `num_threads` host threads and hands DALI raw frames. Every decoder
+        but "host" runs DALI (the `[gpu]` extra).
     seed: with the epoch (`set_epoch`) it fixes every batch bit for bit.
     rank, world_size: default to torch.distributed's when initialised.
     return_keys: also yield the list of sample keys of each batch.
@@ -78,7 +90,8 @@ class ClipLoader:
         to the hardware JPEG decoder (the rest decode on CUDA cores).
 
     Bad shards raise at construction (FileNotFoundError, `ShardReadError`,
-    ValueError for H.264 on CPU); a video or frame DALI cannot decode raises
+    ValueError for H.264 on CPU, ImportError naming the extra for a DALI
+    decoder without DALI); a video or frame that does not decode raises
     `DataError` during iteration, naming its shard, key (and frame).
     Open files are released by `close()`, `with ClipLoader(...) as loader:`
     or garbage collection.
@@ -207,8 +220,8 @@ class ClipLoader:
             return HostClips(*args, **common)
         dali = {**common, "decoder": self.decoder, "seed": self.seed, "batch_size": self.batch_size}
         if self.data.is_frames:
-            return DaliFrames(*args, hw_decoder_load=hw_decoder_load, **dali)
-        return DaliVideo(*args, **dali)
+            return _dali_backend("dali_frames", "DaliFrames")(*args, hw_decoder_load=hw_decoder_load, **dali)
+        return _dali_backend("dali_video", "DaliVideo")(*args, **dali)
 
     def _check_codec(self) -> None:
         if self.data.codec == "h264" and self.decoder == "cpu":
@@ -229,17 +242,43 @@ class ClipLoader:
 
 
 def resolve_loader_device(device: Device) -> str:
-    """Where the loader runs: "gpu" or "cpu". 'auto' -> 'gpu' when torch and DALI both see a CUDA device."""
+    """Where the loader runs: "gpu" or "cpu". 'auto' -> 'gpu' when torch and DALI both see a CUDA device.
+
+    DALI is asked only when torch sees a GPU and the device is not "cpu".
+    """
     if device not in LOADER_DEVICES:
         raise ValueError(f"device must be 'auto', 'cpu', 'gpu' or 'cuda' (the same as 'gpu'), got {device!r}")
+    if device == "cpu":
+        return "cpu"
     has_gpu = torch.cuda.is_available() and dali_gpu_count() > 0
     if device in ("gpu", "cuda") and not has_gpu:
         raise RuntimeError(
             f"device={device!r} but torch and DALI see no CUDA GPU: use device='cpu' (VP9 shards) or device='auto'"
         )
-    if device == "auto":
-        return "gpu" if has_gpu else "cpu"
-    return "cpu" if device == "cpu" else "gpu"
+    return "gpu" if has_gpu else "cpu"
+
+
+def dali_gpu_count() -> int:
+    """The GPUs DALI sees (0 when DALI is not installed)."""
+    try:
+        from pipeline.clips.dali_graph import gpu_count
+    except ImportError:
+        return 0
+    return gpu_count()
+
+
+def _dali_backend(module: str, name: str):
+    """A DALI backend class, imported now that it is chosen; a clear error when DALI is not installed."""
+    try:
+        imported = importlib.import_module(f"pipeline.clips.{module}")
+    except ImportError as err:
+        if not (err.name or "").startswith("nvidia"):
+            raise
+        raise ImportError(
+            f"decoders {', '.join(map(repr, DALI_DECODERS))} run NVIDIA DALI, which is not installed: "
+            f"{GPU_EXTRA_HINT}; or use decoder='host' (the CPU path)"
+        ) from None
+    return getattr(imported, name)
 
 
 def resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
