@@ -1,6 +1,6 @@
 """`python -m benchmarks`: every benchmark in one run, sized for the machine, one report.
 
-Runs the shard, data, pipeline, train and infer benchmarks (each as its own
+Runs the shard, data, feed, train and infer benchmarks (each as its own
 `python -m benchmarks.X` command, printed before it runs), then writes
 `benchmarks/results/<date>-<device>.json` (all payloads plus the machine),
 and `<date>-<device>.md` (the tables, each under the command that produced it).
@@ -22,27 +22,28 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks import charts, common
+from benchmarks import common
+from benchmarks.rows import valid_rows
 from benchmarks.tables import (
     goal_lines,
     infer_table,
     loaders_goal_lines,
     loaders_table,
-    pipeline_table,
+    feed_table,
     shard_table,
     train_table,
 )
 
-BENCHES = ("shard", "data", "pipeline", "train", "infer")
+BENCHES = ("shard", "data", "feed", "train", "infer")
 # Arguments per benchmark: "full" fits a 2-core CPU box in minutes (a GPU box runs the GPU paths
 # of the same scripts), "tiny" only proves the commands work.
 ARGS = {
     "full": {
         "shard": ["--videos-per-class", "4", "--rounds", "3"],
-        # the camera-like synthetic set the pipeline benchmark and benchmarks/gpu.sh's later stages share
+        # the camera-like synthetic set the feed benchmark and benchmarks/gpu.sh's later stages share
         # (python -m benchmarks.data alone reads real footage, which needs the [bench] extra)
         "data": ["--content", "synthetic"],
-        "pipeline": [],
+        "feed": [],
         "train": [],
         "infer": [],
     },
@@ -62,7 +63,7 @@ ARGS = {
             "1",
         ],
         "data": ["--tiny"],
-        "pipeline": ["--tiny"],
+        "feed": ["--tiny"],
         "train": ["--tiny"],
         "infer": ["--tiny"],
     },
@@ -93,7 +94,7 @@ def printable(argv: list[str]) -> str:
 TABLES: dict[str, Callable[[dict], list[str]]] = {
     "shard": shard_table,
     "data": lambda d: [*loaders_table(d), "", *loaders_goal_lines(d)],
-    "pipeline": pipeline_table,
+    "feed": feed_table,
     "infer": infer_table,
     "train": lambda d: [*train_table(d), *goal_lines(d)],
 }
@@ -102,7 +103,7 @@ TABLES: dict[str, Callable[[dict], list[str]]] = {
 def loader_vs_training(payloads: dict[str, dict]) -> dict | None:
     """The faster shard format's 8x8 ClipLoader clips/s over the fastest training mode's clips/s."""
     data = next((r for r in payloads.get("data", {}).get("results", []) if r["config"] == "8x8"), None)
-    rows = [r for r in charts.valid_rows(payloads.get("train", {}).get("rows", [])) if r.get("clips_per_s")]
+    rows = [r for r in valid_rows(payloads.get("train", {}).get("rows", [])) if r.get("clips_per_s")]
     if data is None or not rows:
         return None
     best = max(rows, key=lambda r: r["clips_per_s"])

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks.common import GOAL_LOADER_VS_TRAIN, GOAL_TRAIN_SPEEDUP, machine_line, save_figure
+from benchmarks.rows import LOADER_LABELS, valid_rows
 
 # Result files measured before payloads could flag figures: stem -> {series: why it is invalid}.
 KNOWN_INVALID: dict[str, dict[str, str]] = {
@@ -74,19 +75,6 @@ def invalid_series(stem: str, payload: dict) -> dict[str, str]:
     """Series of this result file that must not be drawn, with the reason."""
     return {**KNOWN_INVALID.get(stem, {}), **payload.get("invalid", {})}
 
-
-def row_problem(r: dict) -> str | None:
-    """Why a row must not be drawn, tabled as valid or picked as a rate: flagged after its run
-    (`invalid`), or it did not run as its name says (`ok: False`, with the run's `problem`)."""
-    if r.get("invalid"):
-        return str(r["invalid"])
-    if r.get("ok") is False:
-        return str(r.get("problem") or "did not run as named")
-    return None
-
-
-def valid_rows(rows: list[dict]) -> list[dict]:
-    return [r for r in rows if isinstance(r, dict) and row_problem(r) is None]
 
 
 def fastest_training(train: dict) -> dict:
@@ -167,8 +155,6 @@ def infer_chart(infer: dict, model: str, backends: list[str] | None = None) -> C
 
 def loaders_chart(data: dict) -> Chart:
     """`benchmarks.data`: every contender's clips/s per clip shape, and the JPEG decode limit, one run."""
-    from benchmarks.tables import LOADER_LABELS
-
     rows = valid_rows(data["results"])
     series = [
         Series(LOADER_LABELS[w], [r.get(f"{w}_clips_per_s") for r in rows]) for w in data["settings"]["contenders"]

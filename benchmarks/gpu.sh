@@ -4,7 +4,7 @@
 #
 #   benchmarks/gpu.sh OUT [STAGE ...]
 #
-# Stages (default: all, in this order): env tests train infer data pipeline variants trainrun export demo.
+# Stages (default: all, in this order): env tests train infer data feed variants trainrun export demo.
 #
 # `export` measures the inference goals on the GPU in one stage: ONNX Runtime's CUDA provider (a smoke
 # test, then benchmarks.infer on tpn_r50_f8s8 at batch 1/8/32: PyTorch fp32/bf16, ORT-CUDA FP32 and
@@ -23,7 +23,7 @@
 set -uo pipefail
 OUT=${1:?usage: benchmarks/gpu.sh OUT [STAGE ...]}
 shift
-STAGES=${*:-env tests train infer data pipeline variants trainrun export demo}
+STAGES=${*:-env tests train infer data feed variants trainrun export demo}
 PY=${PYTHON:-python3}
 DATA=/tmp/tpn-bench-data-grain  # where benchmarks.data caches its shards (shards-vp9, shards-jpeg)
 export PYTHONUNBUFFERED=1
@@ -134,7 +134,7 @@ for s in $STAGES; do
              tests/tpn/test_train_engine.py tests/export/test_trt.py tests/export/test_runtime_gpu.py ;;
     # one report per day and device: each --only run joins the report in OUT/results
     train) train_stage ;;
-    infer|data|pipeline) stage "$s" 360 "$PY" -m benchmarks --only "$s" --results "$OUT/results" ;;
+    infer|data|feed) stage "$s" 360 "$PY" -m benchmarks --only "$s" --results "$OUT/results" ;;
     variants) stage variants 300 "$PY" -m benchmarks.loader_variants \
                 --name "$(date +%F)-$("$PY" -c 'from benchmarks.__main__ import device_slug; print(device_slug())')-loader_variants" ;;
     # the benchmark shards hold one (train) split: validation and test read every shard of it
@@ -144,7 +144,7 @@ for s in $STAGES; do
                 --shards "$DATA/shards-jpeg" --split all --out "$OUT/run/test.json" ;;
     export) export -f export_check; export PY OUT DATA; stage export 540 bash -c export_check ;;
     demo) stage demo 420 "$PY" -m tpn.demo --size smoke --out /tmp/tpn-demo-gpu ;;
-    *) echo "unknown stage $s (env tests train infer data pipeline variants trainrun export demo)"; status=2 ;;
+    *) echo "unknown stage $s (env tests train infer data feed variants trainrun export demo)"; status=2 ;;
   esac
 done
 cat "$OUT/stages.txt"

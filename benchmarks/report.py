@@ -52,7 +52,7 @@ from benchmarks.tables import (
     breakdown_table,
     loaders_goal_lines,
     loaders_table,
-    pipeline_table,
+    feed_table,
     scale_table,
     goal_lines,
     infer_table,
@@ -137,7 +137,7 @@ BLOCKS: tuple[Block, ...] = (
         table=lambda d: [*loaders_table(d), "", *loaders_goal_lines(d), "", *breakdown_table(d)],
         chart=lambda r: charts.loaders_chart(r[f"{CPU2_LOAD}-data"]),
     ),
-    Block(name="cpu2-pipeline", source=f"{CPU2_DEC}-pipeline", table=pipeline_table),
+    Block(name="cpu2-pipeline", source=f"{CPU2_DEC}-pipeline", table=feed_table),
     Block(name="cpu2-scale", source=f"{CPU2_DEC}-scale", table=scale_table),
     Block(
         name="cpu2-infer",

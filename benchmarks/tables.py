@@ -6,7 +6,7 @@ Used by `python -m benchmarks` (the per-run report) and `benchmarks.report`
 
 from __future__ import annotations
 
-from benchmarks.charts import row_problem
+from benchmarks.rows import LOADER_LABELS, row_problem
 
 # Modes whose names alone would mislead a reader: what PyTorch actually did in them on a GPU.
 MODE_NOTES = {
@@ -29,7 +29,7 @@ def _pct(v, digits: int = 1) -> str:
 
 
 def _name(r: dict, text: str) -> str:
-    """A row's first cell; a row that is not valid (see `charts.row_problem`) says why (charts leave it out)."""
+    """A row's first cell; a row that is not valid (see `rows.row_problem`) says why (charts leave it out)."""
     problem = row_problem(r)
     return f"{text} (**invalid**: {problem})" if problem else str(text)
 
@@ -69,15 +69,6 @@ def _ray_rows(d: dict) -> list[str]:
     ]
 
 
-LOADER_LABELS = {
-    "frames": "ClipLoader, frame shards (host)",
-    "frames-dali": "ClipLoader, frame shards (DALI CPU)",
-    "frames-whole": "ClipLoader, frame shards (host, whole-frame decode)",
-    "rawframes": "mmaction2-style rawframes",
-    "vp9": "ClipLoader, VP9 shards (host)",
-    "vp9-dali": "ClipLoader, VP9 shards (DALI CPU)",
-    "decord": "mmaction2-style decord, H.264",
-}
 LOADER_GOALS = {
     "frames_vs_rawframes": (2.0, "frame shards / rawframes"),
     "frames_vs_limit": (0.7, "frame shards / JPEG decode limit (OpenCV)"),
@@ -174,7 +165,7 @@ def _step_label(step: str, b: dict) -> str:
     return step.replace("_", " + ")
 
 
-def pipeline_table(d: dict) -> list[str]:
+def feed_table(d: dict) -> list[str]:
     rows = [
         f"{d['model']} on {d['device']}, batch {d['batch']}, step mode {d['step_mode']}"
         + (" (compiled)" if d.get("compiled") else ""),

@@ -74,7 +74,7 @@ def test_values_outside_the_vocabulary_are_refused_by_the_parser(bad, capsys):
     [
         ("benchmarks.data", ["--device", "cpu"], "loader_device", "cpu"),  # older name of --loader-device
         ("benchmarks.data", ["--loader-device", "cuda"], "loader_device", "cuda"),
-        ("benchmarks.pipeline", ["--threads", "3"], "workers", 3),  # older name of --workers
+        ("benchmarks.feed", ["--threads", "3"], "workers", 3),  # older name of --workers
         ("benchmarks.scale", ["--workers", "3"], "workers", 3),
         ("benchmarks.scale", ["--threads", "3"], "workers", 3),
         ("benchmarks.train", ["--device", "cuda:1"], "device", "cuda:1"),

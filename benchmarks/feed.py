@@ -1,4 +1,4 @@
-"""`python -m benchmarks.pipeline`: does the loader keep the training step fed? One run, per shard format.
+"""`python -m benchmarks.feed`: does the loader keep the training step fed? One run, per shard format.
 
 Contenders, measured in interleaved rounds in one process (medians reported):
 
@@ -137,7 +137,7 @@ def print_table(payload: dict) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m benchmarks.pipeline", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m benchmarks.feed", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--model", default=None, help="zoo name (default: tpn_r50_f8s8 on a GPU, tpn_tiny_f8s4 on a CPU)")
     p.add_argument("--batch", type=int, default=None, help="clips per step (default: 16 on a GPU, 8 on a CPU)")
@@ -148,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", help="torch.compile the step (GPU)")
     p.add_argument("--tiny", action="store_true", help="CI smoke run: few small videos and batches")
     p.add_argument("--data", type=Path, default=None, help="video and shard cache (default: benchmarks.data's)")
-    p.add_argument("--name", default=None, help="results name under benchmarks/results/ (default: pipeline[_tiny])")
+    p.add_argument("--name", default=None, help="results name under benchmarks/results/ (default: feed[_tiny])")
     return p
 
 
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     args.data = args.data or default_data_dir(args.tiny)
     payload = run(args)
     print_table(payload)
-    name = args.name or ("pipeline_tiny" if args.tiny else "pipeline")
+    name = args.name or ("feed_tiny" if args.tiny else "feed")
     path = write_results(
         name, {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, **payload}
     )
