@@ -76,7 +76,6 @@ def invalid_series(stem: str, payload: dict) -> dict[str, str]:
     return {**KNOWN_INVALID.get(stem, {}), **payload.get("invalid", {})}
 
 
-
 def fastest_training(train: dict) -> dict:
     rows = [r for r in valid_rows(train.get("rows", [])) if r.get("clips_per_s")]
     if not rows:

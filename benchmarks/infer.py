@@ -219,7 +219,7 @@ def build_artifacts(
 
         arts["fp16"] = to_fp16(arts["onnx"], calibration=calibration).path
     if want_trt:
-        from export.tensorrt import build_engine
+        from export.engine import build_engine
 
         arts["engine"] = build_engine(arts["fp16"], max_batch=max_batch, opt_batch=min(8, max_batch)).path
     return arts
@@ -418,7 +418,7 @@ def bench_model(
 
 
 def _trt_usable() -> bool:
-    from export.tensorrt import missing_requirements
+    from export.engine import missing_requirements
 
     return missing_requirements() is None
 

@@ -16,7 +16,7 @@ import tpn
 from export.errors import CheckFailed, ExportError
 from export.onnx import export_onnx, main, parse_input_size
 from export.onnxfile import onnx_clip_shape, read_metadata, write_model
-from export.trt import parse_input_size_or_auto
+from export.deploy import parse_input_size_or_auto
 from export.source import input_hw, load_model, synthetic_clips
 from export.tolerance import FP16, FP32, Tolerance, compare_logits
 from pipeline import sha256_file

@@ -12,9 +12,9 @@ import torch
 
 import tpn
 from export.errors import ExportError, MissingDependencyError
-from export.engine_export import ArtifactResult, export_status, resolve_size
-from export.tensorrt import NO_GPU, build_engine, build_mode, missing_requirements, profile_shapes
-from export.trt import main
+from export.deploy import ArtifactResult, export_status, resolve_size
+from export.engine import NO_GPU, build_engine, build_mode, missing_requirements, profile_shapes
+from export.deploy import main
 from export.marker import check_marker
 from tests.export_helpers import TINY, make_val_shards, trained_tiny
 
@@ -106,7 +106,7 @@ def test_the_engine_is_on_disk_before_it_gets_its_name(tmp_path, monkeypatch):
     """build_engine's file handling, with TensorRT's build replaced by a fixed plan."""
     import onnx
 
-    import export.tensorrt
+    import export.engine
 
     x = onnx.helper.make_tensor_value_info("clips", onnx.TensorProto.FLOAT, ["batch", 3, 8, 16, 16])
     y = onnx.helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["batch", 3, 8, 16, 16])
@@ -114,10 +114,10 @@ def test_the_engine_is_on_disk_before_it_gets_its_name(tmp_path, monkeypatch):
     src = tmp_path / "m.fp16.onnx"
     onnx.save(onnx.helper.make_model(graph), str(src))
     synced = []
-    monkeypatch.setattr(export.tensorrt, "missing_requirements", lambda: None)
-    monkeypatch.setattr(export.tensorrt, "import_tensorrt", lambda: TRT10)
-    monkeypatch.setattr(export.tensorrt, "_build", lambda *a: (b"engine plan", False, b"cache"))
-    monkeypatch.setattr(export.tensorrt, "fsync_file", lambda p: synced.append((p.parent != tmp_path, p.read_bytes())))
+    monkeypatch.setattr(export.engine, "missing_requirements", lambda: None)
+    monkeypatch.setattr(export.engine, "import_tensorrt", lambda: TRT10)
+    monkeypatch.setattr(export.engine, "_build", lambda *a: (b"engine plan", False, b"cache"))
+    monkeypatch.setattr(export.engine, "fsync_file", lambda p: synced.append((p.parent != tmp_path, p.read_bytes())))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "a GPU")
     r = build_engine(src)
     assert synced == [(True, b"engine plan")]  # fsynced in the staging folder, before publishing
