@@ -17,7 +17,7 @@ from pipeline import ClipLoader
 from tpn.distributed import DistEnv
 from tpn.engine import LossModule, StepOptions, cudnn_problem
 from tpn.layers import set_batchnorm_impl
-from tpn.test import shard_source
+from tpn.evaluate import shard_source
 from tpn.train_settings import TrainSettings, val_clip_spec
 
 log = logging.getLogger("tpn.train")

@@ -48,7 +48,7 @@ from tpn.engine import LossLog, StepReport, TrainStep, build_optimizer, pin_devi
 from tpn.layers import train_mode
 from pipeline import atomic_write_json
 from tpn.schedule import StepSchedule
-from tpn.test import EvalReport, evaluate
+from tpn.evaluate import EvalReport, evaluate
 from tpn.train_settings import TrainSettings, effective_lr
 from tpn.train_setup import (
     LoaderFactory,

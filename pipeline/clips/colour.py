@@ -1,4 +1,4 @@
-"""Colour jitter and normalisation as maps on 0-255 RGB: one 3x4 matrix and one lookup table per clip.
+"""Colour jitter, YUV -> RGB and normalisation as 3x4 affine maps on 0-255 RGB, one per clip.
 
 DALI's `fn.hsv` is a linear map of RGB (it works in YIQ: hue rotates the
 I/Q plane, saturation scales it), and `fn.brightness_contrast` is affine
@@ -6,10 +6,10 @@ I/Q plane, saturation scales it), and `fn.brightness_contrast` is affine
 matrix on RGB. The host path applies it with `cv2.transform` on uint8
 (rounded and clipped to 0-255 once, where DALI rounds and clips after each
 of its two operators: the two differ only where a channel saturates between
-them), then turns uint8 into normalised float32 through a 256-entry table
-per channel, which is exactly DALI's `crop_mirror_normalize` on uint8.
+them), then converts uint8 to float32 and normalises with one diagonal 3x4
+map, which is DALI's `crop_mirror_normalize` on uint8.
 
-The matrices are checked against DALI's operators in `tests/pipeline/test_colour.py`.
+The maps are checked against DALI's operators in `tests/pipeline/test_backends.py`.
 """
 
 from __future__ import annotations

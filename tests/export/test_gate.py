@@ -340,6 +340,23 @@ def test_gate_fails_an_artifact_of_other_weights_with_a_similar_top1(work, tmp_p
     assert [c.key for c in r.criteria if not c.passed] == ["agreement"]
 
 
+def test_the_gate_scores_videos_as_tpn_test_does(work, tmp_path):
+    """The gate's own pass over the test views gives PyTorch the Top-1 that `tpn.evaluate.evaluate` (behind
+    tpn.test and the trainer's validation) gives the same model on the same shards."""
+    from pipeline import ClipLoader
+    from tpn.evaluate import evaluate
+
+    wrong_thirds = lambda i, y: (y + 3) % 8 if i % 3 == 0 else y  # noqa: E731  (6 of the 16 videos)
+    ckpt = trained_tiny(tmp_path, work["shards"], relabel=wrong_thirds, file="thirds.pth")
+    art = export_onnx(TINY, checkpoint=ckpt, out_dir=tmp_path, size="test", parity_batches=(2,)).path
+    (r,) = _gate(work, [art], checkpoint=ckpt)
+    model, _ = load_model(TINY, ckpt)
+    loader = ClipLoader(work["shards"], model.config.clip, mode="test", batch_size=3, device="cpu", split="val")
+    report = evaluate(model, loader, device=torch.device("cpu"))
+    assert report.num_videos == r.videos == 16
+    assert report.top1 == r.torch_top1 == 62.5
+
+
 def _forget_weights(path) -> None:
     model = onnx.load(str(path))
     for p in model.metadata_props:

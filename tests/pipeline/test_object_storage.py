@@ -108,7 +108,7 @@ def test_train_and_test_clis_take_a_bucket_url(shards, tmp_path):
     import subprocess
     import sys
 
-    from tpn.test import shard_source
+    from tpn.evaluate import shard_source
 
     import tpn
 

@@ -16,7 +16,8 @@ from pipeline import ClipLoader
 from tests.train_helpers import VAL_VIDEOS, synthetic_shards
 from tpn.checkpoint import save_checkpoint
 from tpn.metrics import accuracy, average_views, topk_correct
-from tpn.test import _report, evaluate, main, protocol_spec
+from tpn.evaluate import _report, evaluate, protocol_spec
+from tpn.test import main
 
 TINY = "tpn_tiny_f8s4"
 
