@@ -10,15 +10,16 @@ gate apply it through the loader's test mode:
 
   - frames: `pipeline.clip_indices(spec, n, "test")` on the number
     of frames the file holds (its packets, checked against what decodes);
-  - frames are converted to RGB as DALI converts the shards (BT.601,
-    bilinear chroma), stretched to square pixels at the display aspect
-    ratio when the video's are not (as `pipeline.shard` does), and resized
-    so the short side is `test_scale`: for
-    frames up to the shards' size exactly as the loader's DALI resize,
-    larger ones with an antialiased filter (see `resize_short_side`);
+  - frames are converted to RGB as the loader converts its test views
+    (`pipeline.frame_rgb`: the frame's YUV matrix and range, bilinear
+    chroma), stretched to square pixels at the display aspect ratio when
+    the video's are not (as `pipeline.shard` does), and resized so the
+    short side is `test_scale` (`pipeline.resize_shorter`'s size): for
+    frames up to the shards' size exactly as the loader's resize, larger
+    ones with an antialiased filter (see `resize_short_side`);
   - crops at `pipeline.test_crop_positions`, with the origin at
-    pos * (extent - crop) as in DALI, optional flips, then the config's
-    mean/std; views are ordered clips, then crops, then flips;
+    `pipeline.crop_origin`, optional flips, then the config's mean/std;
+    views are ordered clips, then crops, then flips;
   - the video's score is the mean softmax over its views (`tpn.metrics`).
 
 Any container and codec PyAV's libavcodec reads works. Frames are decoded
@@ -32,7 +33,6 @@ classified; the exit status is then 1.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import time
@@ -57,12 +57,14 @@ from pipeline import (
     ClipSpec,
     ShardError,
     clip_indices,
+    crop_origin,
     decode_plan,
     display_width,
+    frame_rgb,
     parse_classes,
+    resize_shorter,
     source_sar,
     test_crop_positions,
-    yuv_to_rgb_matrix,
 )
 
 VIDEO_SUFFIXES = frozenset(
@@ -183,34 +185,6 @@ def decode_in_order(path: Path, wanted: np.ndarray, resize: Callable[[np.ndarray
     return out, n
 
 
-def frame_rgb(frame) -> np.ndarray:
-    """(H, W, 3) uint8 RGB of a decoded frame, converted as the loader's decoder converts the shards.
-
-    DALI turns 4:2:0 video into RGB with BT.601 limited-range coefficients
-    and bilinearly upsampled chroma; libswscale's default differs by a few
-    levels, and by up to ~50 at colour edges. Other pixel formats (and odd
-    sizes) go through libswscale.
-    """
-    if frame.format.name == "yuv420p" and frame.width % 2 == 0 and frame.height % 2 == 0:
-        h, w = frame.height, frame.width
-        planes = frame.to_ndarray(format="yuv420p")  # (H * 3/2, W): Y, then U and V as (H/4, W) blocks
-        u = planes[h : h + h // 4].reshape(h // 2, w // 2)
-        v = planes[h + h // 4 :].reshape(h // 2, w // 2)
-        return rgb_from_yuv420(planes[:h], u, v)
-    return frame.to_ndarray(format="rgb24")
-
-
-def rgb_from_yuv420(y: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """BT.601 limited-range YUV 4:2:0 -> (H, W, 3) uint8 RGB, chroma upsampled bilinearly (centre-sited)."""
-    h, w = y.shape
-    chroma = torch.from_numpy(np.stack([u, v])).float()[None]  # (1, 2, H/2, W/2)
-    cu, cv = torch.nn.functional.interpolate(chroma, size=(h, w), mode="bilinear", align_corners=False)[0]
-    yuv = torch.stack([torch.from_numpy(y).double(), cu.double(), cv.double()], dim=-1)  # (H, W, 3)
-    m = torch.from_numpy(yuv_to_rgb_matrix("bt601", full_range=False))  # the loader's matrix
-    rgb = yuv @ m[:, :3].T + m[:, 3]
-    return rgb.round().clamp(0, 255).to(torch.uint8).numpy()
-
-
 def av_reason(err: Exception) -> str:
     """libav's reason in words (PyAV's message starts with an '[Errno 1094995529]' no user can read)."""
     return getattr(err, "strerror", None) or str(err)
@@ -279,7 +253,7 @@ def resize_short_side(frame: np.ndarray, size: int) -> np.ndarray:
     if min(h, w) == size:
         return frame
     scale = size / min(h, w)
-    out_h, out_w = round(h * scale), round(w * scale)
+    out_h, out_w = resize_shorter(size, h, w)
     x = torch.from_numpy(frame).permute(2, 0, 1)[None].float()  # (1, 3, H, W)
     if scale < 1.0:
         y = torch.nn.functional.interpolate(
@@ -321,7 +295,7 @@ def crop(clips: torch.Tensor, spec: ClipSpec, h: int, w: int, pos: tuple[float, 
     size = spec.test_crop
     if size > min(h, w):
         raise VideoError(f"frames of {h}x{w} after resizing are smaller than the {size} test crop")
-    y0, x0 = (math.floor(p * (extent - size) + 0.5) for p, extent in ((pos[1], h), (pos[0], w)))  # half up, as DALI
+    y0, x0 = crop_origin(pos[1], h, size), crop_origin(pos[0], w, size)
     return clips[..., y0 : y0 + size, x0 : x0 + size]
 
 

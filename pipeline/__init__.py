@@ -8,6 +8,7 @@ its modules is internal.
 
 from pipeline.clip import IMAGENET_MEAN, IMAGENET_STD, ClipSpec
 from pipeline.clips.colour import yuv_to_rgb_matrix
+from pipeline.clips.plan import crop_origin, resize_shorter
 from pipeline.errors import DataError, ShardError, ShardingError, ShardReadError
 from pipeline.display import display_width, source_sar
 from pipeline.io.files import (
@@ -52,6 +53,9 @@ __all__ = [
     "display_width",
     "source_sar",
     "yuv_to_rgb_matrix",
+    "resize_shorter",
+    "crop_origin",
+    "frame_rgb",
     # shard folders, local or remote
     "find_shards",
     "index_path",
@@ -63,9 +67,14 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    # The loader pulls in torch: import it only when asked for, so that the commands' --help stays fast.
+    # The loader and the host backend pull in torch, PyAV and OpenCV: import them only when asked for, so
+    # that the commands' --help stays fast.
     if name == "ClipLoader":
         from pipeline.clips.loader import ClipLoader
 
         return ClipLoader
+    if name == "frame_rgb":
+        from pipeline.clips.host import frame_rgb
+
+        return frame_rgb
     raise AttributeError(f"module 'pipeline' has no attribute {name!r}")

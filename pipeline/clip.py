@@ -65,11 +65,6 @@ class ClipSpec:
             raise ValueError(f"ClipSpec.test_clips must be >= 1, got {self.test_clips}")
 
     @property
-    def span(self) -> int:
-        """Frames covered by one dense clip: (F - 1) * S + 1."""
-        return (self.frames - 1) * self.stride + 1
-
-    @property
     def num_test_clips(self) -> int:
         """Temporal clips per video at test time."""
         if self.sampling == "segments":

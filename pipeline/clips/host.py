@@ -408,6 +408,11 @@ class Yuv420Picture(Picture):
         return np.rint(rgb).astype(np.uint8)
 
 
+def frame_rgb(frame: av.VideoFrame) -> np.ndarray:
+    """(H, W, 3) uint8 RGB of a whole decoded frame, converted as the loader converts its test views."""
+    return video_picture(frame).rgb()
+
+
 def video_picture(frame: av.VideoFrame) -> Picture:
     """A decoded video frame: its planes when it is 8-bit 4:2:0, else converted to RGB by libswscale."""
     if frame.format.name not in ("yuv420p", "yuvj420p"):

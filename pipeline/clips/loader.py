@@ -45,7 +45,6 @@ from pipeline.clips.plan import SamplePlan, plan_sample
 from pipeline.format.shardset import ShardSet
 from pipeline.options import (
     DALI_DECODERS,
-    DECODERS,
     GPU_EXTRA_HINT,
     HW_DECODER_LOAD,
     LOADER_DEVICES,
@@ -125,8 +124,6 @@ class ClipLoader:
         self.return_keys, self.prefetch = return_keys, prefetch
         self.num_threads = num_threads or len(os.sched_getaffinity(0))
         self.device = resolve_loader_device(device)
-        if decoder not in DECODERS:
-            raise ValueError(f"decoder must be one of {', '.join(map(repr, DECODERS))}, got {decoder!r}")
         self.rank, self.world_size = resolve_rank(rank, world_size)
         self.data = ShardSet.open(shards, split, max_open=max_open)
         self._num_samples = len(self.data)

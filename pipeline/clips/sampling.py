@@ -32,13 +32,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
-
 import numpy as np
 
 from pipeline.clip import ClipSpec, ShortVideo
-
-Mode = Literal["train", "test"]
+from pipeline.options import Mode
 
 # Stream tags keep the per-sample streams apart from the epoch permutation.
 _SAMPLE_STREAM = 2
@@ -52,6 +49,11 @@ def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
 def _check_count(n: int) -> None:
     if n < 1:
         raise ValueError(f"a video needs at least one frame, got a frame count of {n}")
+
+
+def dense_span(frames: int, stride: int) -> int:
+    """Frames one dense clip covers, first to last: (F - 1) * S + 1."""
+    return (frames - 1) * stride + 1
 
 
 def fit_to_video(indices: np.ndarray, n: int, short_video: ShortVideo = "loop") -> np.ndarray:
@@ -68,7 +70,7 @@ def dense_train(
 ) -> np.ndarray:
     """(F,) indices of one dense clip with a uniformly random valid start."""
     _check_count(n)
-    span = (frames - 1) * stride + 1
+    span = dense_span(frames, stride)
     start = int(rng.integers(0, n - span + 1)) if n >= span else 0
     return fit_to_video(start + stride * np.arange(frames), n, short_video)
 
@@ -84,7 +86,7 @@ def dense_test_starts(n: int, span: int, clips: int) -> np.ndarray:
 def dense_test(n: int, frames: int, stride: int, clips: int, short_video: ShortVideo = "loop") -> np.ndarray:
     """(K, F) indices of K dense clips spread over the video."""
     _check_count(n)
-    span = (frames - 1) * stride + 1
+    span = dense_span(frames, stride)
     starts = dense_test_starts(n, span, clips)
     return fit_to_video(starts[:, None] + stride * np.arange(frames)[None, :], n, short_video)
 

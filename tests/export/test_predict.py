@@ -25,7 +25,6 @@ from export.predict import (
     protocol_views,
     read_class_names,
     resize_short_side,
-    rgb_from_yuv420,
     sampled_frames,
     top_classes,
 )
@@ -92,10 +91,13 @@ def test_views_match_the_loaders_test_mode(work, changes):
 
 
 def test_yuv_conversion_and_resize_units():
-    y = np.full((4, 6), 235, np.uint8)  # white in limited range
-    u = v = np.full((2, 3), 128, np.uint8)
-    assert (rgb_from_yuv420(y, u, v) == 255).all()
-    assert (rgb_from_yuv420(np.full((4, 6), 16, np.uint8), u, v) == 0).all()
+    import av
+
+    from pipeline import frame_rgb
+
+    for luma, rgb in ((235, 255), (16, 0)):  # white and black in limited range, no colour
+        planes = np.concatenate([np.full((4, 6), luma, np.uint8), np.full((2, 6), 128, np.uint8)])  # Y, U, V
+        assert (frame_rgb(av.VideoFrame.from_ndarray(planes, format="yuv420p")) == rgb).all()
     frame = np.random.default_rng(0).integers(0, 256, (72, 96, 3), dtype=np.uint8)
     assert resize_short_side(frame, 72) is frame
     assert resize_short_side(frame, 128).shape == (128, 171, 3)  # 96 * 128 / 72 = 170.7
