@@ -448,7 +448,9 @@ def breakdown(paths: dict[str, Path], s: Settings, clips: int = 24) -> dict:
                 whole = RgbPicture(simplejpeg.decode_jpeg(jpeg, colorspace="RGB"), h, w)
                 t = [time.perf_counter()]
                 whole_s += t[0] - t0
-                picture = host.window_picture(jpeg, (b.y, b.x, b.y + b.h, b.x + b.w), 1, h, w) if window else whole
+                picture = (
+                    host.window_pictures([jpeg], (b.y, b.x, b.y + b.h, b.x + b.w), 1, h, w)[0] if window else whole
+                )
                 t.append(time.perf_counter())
                 x = picture.resize((b.y, b.x, b.y + b.h, b.x + b.w), (spec.crop_size, spec.crop_size), flip=True)
                 t.append(time.perf_counter())

@@ -182,7 +182,7 @@ _KNOWN_FILES = (
     ((0, b"RIFF"), "an AVI video or WAV file"),
     ((0, b"\xff\xd8\xff"), "a JPEG image"),
     ((0, b"\x89PNG"), "a PNG image"),
-    ((0, b"ustar"), "a tar archive"),
+    ((257, b"ustar"), "a tar archive (a shard?)"),  # the USTAR magic sits after the first member's name
 )
 
 
@@ -194,8 +194,6 @@ def _check_torch_file(path: Path) -> None:
     if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
         return
     kind = next((what for (at, magic), what in _KNOWN_FILES if head[at : at + len(magic)] == magic), None)
-    if head[257:262] == b"ustar":
-        kind = "a tar archive (a shard?)"
     looks = f"it looks like {kind}" if kind else f"it starts with {head[:8]!r}"
     raise CheckpointError(
         f"{path} is not a PyTorch checkpoint ({looks}; a torch.save file is a zip archive or a pickle): "

@@ -370,13 +370,6 @@ def window_pictures(
     ]
 
 
-def window_picture(
-    jpeg: bytes, box: tuple[float, float, float, float], denom: int, height: int, width: int
-) -> RgbPicture:
-    """`window_pictures` of one frame."""
-    return window_pictures([jpeg], box, denom, height, width)[0]
-
-
 class Yuv420Picture(Picture):
     """A 4:2:0 video frame left in its Y, U, V planes: the window is resampled plane by plane, the
     chroma straight from half resolution (bilinear upsampling, no full-frame conversion), and the
