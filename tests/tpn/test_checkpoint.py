@@ -350,3 +350,11 @@ def test_a_file_that_is_no_checkpoint_is_told_so(tmp_path):
     text.write_text("hello")
     with pytest.raises(CheckpointError, match=r"not a PyTorch checkpoint \(it starts with b'hello'"):
         tpn.read_checkpoint(text)
+    import io
+    import tarfile
+
+    shard = tmp_path / "train-000000.tar"
+    with tarfile.open(shard, "w", format=tarfile.USTAR_FORMAT) as tar:
+        tar.addfile(tarfile.TarInfo("key.lbl"), io.BytesIO())
+    with pytest.raises(CheckpointError, match=r"it looks like a tar archive \(a shard\?\)"):
+        tpn.read_checkpoint(shard)
