@@ -76,7 +76,7 @@ def measure(src: Path, out: Path, q: int) -> dict:
     from pipeline.format.shardset import ShardSet
 
     shards = out / f"q{q}"
-    shard_dataset(src, shards, codec="jpeg", crf=q, short_side=None, workers=2)
+    shard_dataset(src, shards, codec="jpeg", quality=q, short_side=None, workers=2)
     data = ShardSet.open(shards)
     sizes, scores, images = [], [], []
     for i in range(len(data)):

@@ -17,7 +17,7 @@ gate apply it through the loader's test mode:
     short side is `test_scale` (`pipeline.resize_shorter`'s size): for
     frames up to the shards' size exactly as the loader's resize, larger
     ones with an antialiased filter (see `resize_short_side`);
-  - crops at `pipeline.test_crop_positions`, with the origin at
+  - crops at `pipeline.view_crop_positions`, with the origin at
     `pipeline.crop_origin`, optional flips, then the config's mean/std;
     views are ordered clips, then crops, then flips;
   - the video's score is the mean softmax over its views (`tpn.metrics`).
@@ -64,7 +64,7 @@ from pipeline import (
     parse_classes,
     resize_shorter,
     source_sar,
-    test_crop_positions,
+    view_crop_positions,
 )
 
 VIDEO_SUFFIXES = frozenset(
@@ -281,7 +281,7 @@ def protocol_views(frames: np.ndarray, spec: ClipSpec) -> torch.Tensor:
     h, w = clips.shape[-2:]
     mean = torch.tensor(spec.mean).view(1, 3, 1, 1, 1)
     std = torch.tensor(spec.std).view(1, 3, 1, 1, 1)
-    crops = [crop(clips, spec, h, w, pos) for pos in test_crop_positions(spec, h, w)]
+    crops = [crop(clips, spec, h, w, pos) for pos in view_crop_positions(spec, h, w)]
     flips = (False, True) if spec.test_flip else (False,)
     views = [c.flip(-1) if f else c for c in crops for f in flips]  # crops, then flips
     per_clip = torch.stack(views, dim=1)  # (C, crops * flips, 3, F, S, S): clips-major

@@ -20,7 +20,7 @@ from pipeline.io.files import (
     sha256_file,
     staging_dir,
 )
-from pipeline.clips.sampling import clip_indices, decode_plan, test_crop_positions
+from pipeline.clips.sampling import clip_indices, decode_plan, view_crop_positions
 from pipeline.format.classes import parse_classes
 from pipeline.format.discovery import ALL_SPLITS, find_shards, resolve_split
 from pipeline.format.index import index_path
@@ -49,7 +49,7 @@ __all__ = [
     # the test protocol's frames and crops, and the display geometry of a source video
     "clip_indices",
     "decode_plan",
-    "test_crop_positions",
+    "view_crop_positions",
     "display_width",
     "source_sar",
     "yuv_to_rgb_matrix",

@@ -37,19 +37,19 @@ def train_batches(num_samples: int, batch_size: int, seed: int, epoch: int, rank
     return mine[: count * batch_size].reshape(count, batch_size)
 
 
-def test_samples(num_samples: int, rank: int, world_size: int) -> np.ndarray:
+def eval_samples(num_samples: int, rank: int, world_size: int) -> np.ndarray:
     """Sample indices of rank `rank` in test order."""
     return np.arange(rank, num_samples, world_size)
 
 
-def num_test_batches(num_samples: int, batch_size: int, rank: int, world_size: int) -> int:
+def num_eval_batches(num_samples: int, batch_size: int, rank: int, world_size: int) -> int:
     mine = len(range(rank, num_samples, world_size))
     return -(-mine // batch_size)
 
 
-def test_batch(num_samples: int, batch_size: int, batch: int, rank: int, world_size: int) -> np.ndarray:
+def eval_batch(num_samples: int, batch_size: int, batch: int, rank: int, world_size: int) -> np.ndarray:
     """Sample indices of test batch `batch` on rank `rank` (the last one may be short)."""
-    mine = test_samples(num_samples, rank, world_size)
+    mine = eval_samples(num_samples, rank, world_size)
     return mine[batch * batch_size : (batch + 1) * batch_size]
 
 

@@ -260,8 +260,8 @@ class HostClips:
             ) from None
 
     def _decode_jpeg(self, jpeg: bytes, plan: SamplePlan, frame: int, box, out_side: int) -> RgbPicture:
-        """The frame, or with a `box` the window of it the box needs, at 1/2, 1/4 or 1/8 size where the box
-        stays at least `out_side` wide (DCT-domain scaling)."""
+        """The whole frame, decoded at 1/2, 1/4 or 1/8 size where a `box` stays at least `out_side` wide
+        (DCT-domain scaling; without a box, at full size). Windows are `window_pictures`' work."""
         height, width = self.data.frame_size(plan.index)
         try:
             if box is None:

@@ -157,7 +157,7 @@ class ClipLoader:
         n = self._num_samples
         if self.mode == "train":
             return batching.num_train_batches(n, self.batch_size, self.world_size)
-        return batching.num_test_batches(n, self.batch_size, self.rank, self.world_size)
+        return batching.num_eval_batches(n, self.batch_size, self.rank, self.world_size)
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """Choose the epoch the next iteration yields, starting at batch `start_batch`.
@@ -206,7 +206,7 @@ class ClipLoader:
         n = len(self.data)
         if self.mode == "train":
             return batching.train_batches(n, self.batch_size, self.seed, epoch, self.rank, self.world_size)
-        return [batching.test_batch(n, self.batch_size, b, self.rank, self.world_size) for b in range(len(self))]
+        return [batching.eval_batch(n, self.batch_size, b, self.rank, self.world_size) for b in range(len(self))]
 
     # -- internals
 

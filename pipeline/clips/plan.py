@@ -42,7 +42,7 @@ def plan_sample(
         if view.flip:
             label = sampling.flip_label(label, spec.flip_label_map)
         return SamplePlan(index, label, view.indices, train=view)
-    positions = np.array(sampling.test_crop_positions(spec, height, width), np.float32)
+    positions = np.array(sampling.view_crop_positions(spec, height, width), np.float32)
     return SamplePlan(index, label, sampling.clip_indices(spec, count, "test"), positions=positions)
 
 

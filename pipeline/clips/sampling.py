@@ -248,7 +248,7 @@ def three_crop_positions(height: int, width: int) -> list[tuple[float, float]]:
     return [(0.5, 0.0), (0.5, 0.5), (0.5, 1.0)]
 
 
-def test_crop_positions(spec: ClipSpec, height: int, width: int) -> list[tuple[float, float]]:
+def view_crop_positions(spec: ClipSpec, height: int, width: int) -> list[tuple[float, float]]:
     """(x, y) positions of the spatial test crops, in view order ("full" has one: the frame)."""
     if spec.test_crops == "three":
         return three_crop_positions(height, width)

@@ -11,15 +11,8 @@ from pipeline.cli import HelpFormatter
 from pipeline.shard.ffmpeg import FFmpegError, parse_size
 from pipeline.shard.layouts import LAYOUTS, LayoutError
 from pipeline.shard.engines import ENGINES
-from pipeline.shard.core import (
-    DEFAULT_MIN_FRAMES,
-    DEFAULT_SHARD_SIZE,
-    DEFAULT_TIMEOUT,
-    RejectedInputsError,
-    ShardingError,
-    shard_dataset,
-    summary_table,
-)
+from pipeline.shard.core import RejectedInputsError, ShardingError, shard_dataset, summary_table
+from pipeline.shard.options import DEFAULT_MIN_FRAMES, DEFAULT_SHARD_SIZE, DEFAULT_TIMEOUT, ShardOptions
 
 PROG = "python -m pipeline.shard"
 _UNITS = {
@@ -128,9 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("--fps", type=float, default=None, help="output frame rate (default: the source's)")
     enc.add_argument("--gop", type=int, default=16, help="keyframe every GOP frames (closed GOPs; video codecs)")
     enc.add_argument(
-        "--crf",
         "--quality",
-        dest="crf",
+        "--crf",
+        dest="quality",
         type=int,
         default=None,
         help="quality, lower is better: the CRF for vp9 (default 32) and h264 (default 23); for jpeg "
@@ -212,40 +205,19 @@ def _fail(message: str) -> int:
     return 2
 
 
+def options_of(args: argparse.Namespace) -> ShardOptions:
+    """The parsed command line as a `ShardOptions` (every flag but SRC, --out and --no-progress is a keyword)."""
+    keywords = {k: v for k, v in vars(args).items() if k not in ("src", "out", "no_progress")}
+    return ShardOptions.of(**keywords, progress=not args.no_progress)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["merge"]:
         return merge_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
-        report = shard_dataset(
-            args.src,
-            args.out,
-            layout=args.layout,
-            codec=args.codec,
-            short_side=args.short_side,
-            size=args.size,
-            fps=args.fps,
-            gop=args.gop,
-            crf=args.crf,
-            threads=args.threads,
-            workers=args.workers,
-            shard_size=args.shard_size,
-            shard_samples=args.shard_samples,
-            classes=args.classes,
-            part=args.part,
-            split=args.split,
-            annotations=args.annotations,
-            min_frames=args.min_frames,
-            timeout=args.timeout,
-            seed=args.seed,
-            overwrite=args.overwrite,
-            strict=args.strict,
-            progress=not args.no_progress,
-            work=args.work,
-            engine=args.engine,
-            ray_address=args.ray_address,
-        )
+        report = shard_dataset(args.src, args.out, options_of(args))
     except RejectedInputsError as err:
         print(summary_table(err.report))
         print(f"{PROG}: error: {err}", file=sys.stderr)

@@ -36,13 +36,10 @@ from pipeline.shard.engines import done, make_engine
 from pipeline.shard.lock import OutputLock
 from pipeline.shard.source import scan_url
 from pipeline.shard.manifest import ShardRecord, SplitProgress
+from pipeline.shard.options import ShardOptions
 from pipeline.io.files import is_temp_name
 from pipeline.format.members import frame_ext, frames_sha256, pack_int32
 from pipeline.format.tar import BLOCK, ShardWriter, tar_file_size
-
-DEFAULT_SHARD_SIZE = 1_000_000_000
-DEFAULT_MIN_FRAMES = 8
-DEFAULT_TIMEOUT = 600.0
 
 
 class RejectedInputsError(ShardingError):
@@ -94,19 +91,6 @@ class ShardReport:
         return self.out / mf.MANIFEST
 
 
-def parse_part(part: str | tuple[int, int] | None) -> tuple[int, int] | None:
-    """'2/8' -> (2, 8): 0-based part index out of n."""
-    if part is None or isinstance(part, tuple):
-        return part
-    try:
-        i, n = (int(x) for x in part.split("/"))
-    except ValueError:
-        raise ValueError(f"part must look like I/N (e.g. 0/4), got {part!r}") from None
-    if not 0 <= i < n:
-        raise ValueError(f"part {part}: need 0 <= I < N (parts are numbered from 0)")
-    return i, n
-
-
 def select_part(items: list[WorkItem], part: tuple[int, int] | None) -> list[WorkItem]:
     """Every n-th item from i: disjoint, covering, and balanced across classes and splits."""
     if part is None:
@@ -146,7 +130,7 @@ def sample_components(item: WorkItem, o: Outcome, label: int, s: EncodeSettings)
             f"{o.video}: {len(images)} JPEG frames read back, {o.frames} counted; re-run to re-encode it"
         )
     # The checksum covers the frames as stored (their concatenation), so verify can recompute it.
-    meta.update(sha256=frames_sha256(images), jpeg_q=None if o.copied else s.quality, copied=o.copied)
+    meta.update(sha256=frames_sha256(images), jpeg_q=None if o.copied else s.resolved_quality, copied=o.copied)
     meta_json = json.dumps(meta, ensure_ascii=False, sort_keys=True).encode("utf-8")
     return {**small, "json": meta_json, **{frame_ext(i): image for i, image in enumerate(images)}}
 
@@ -224,18 +208,15 @@ class _Run:
     def __init__(
         self,
         out: Path,
-        s: EncodeSettings,
+        opts: ShardOptions,
         labels: dict[str, int],
         progress: dict[str, SplitProgress],
         fp: str,
-        shard_size: int,
-        shard_samples: int | None,
-        strict: bool = False,
         remote: str | None = None,
     ):
-        self.out, self.s, self.labels, self.progress, self.fp = out, s, labels, progress, fp
+        self.out, self.s, self.labels, self.progress, self.fp = out, opts.encode, labels, progress, fp
         self.remote = remote  # upload each finished shard there
-        self.shard_size, self.shard_samples, self.strict = shard_size, shard_samples, strict
+        self.shard_size, self.shard_samples, self.strict = opts.shard_size, opts.shard_samples, opts.strict
         self.pending_warnings: dict[str, list[dict]] = {}
         self.writers: dict[str, ShardWriter] = {}
         self.per_class: dict[str, Counter[str]] = {}
@@ -436,10 +417,10 @@ class _Plan:
     fingerprint: str
 
 
-def _plan(ds: Dataset, s: EncodeSettings, classes, part: tuple[int, int] | None, **options) -> _Plan:
-    class_list = _resolve_classes(ds, classes)
+def _plan(ds: Dataset, opts: ShardOptions) -> _Plan:
+    class_list, part = _resolve_classes(ds, opts.classes), opts.part
     items = select_part(ds.items, part)
-    settings = {**s.to_json(), **options}
+    settings = {**opts.encode.to_json(), **opts.packing()}
     part_text = None if part is None else f"{part[0]}/{part[1]}"
     source = {"layout": ds.layout, "root": str(ds.root), "part": part_text, "notes": ds.notes}
     fp = mf.fingerprint(
@@ -456,35 +437,15 @@ def _plan(ds: Dataset, s: EncodeSettings, classes, part: tuple[int, int] | None,
 
 
 def shard_dataset(
-    src: str | os.PathLike,
-    out: str | os.PathLike,
-    *,
-    layout: str = "auto",
-    codec: str = "vp9",
-    short_side: int | None = 256,
-    size: tuple[int, int] | None = None,
-    fps: float | None = None,
-    gop: int = 16,
-    crf: int | None = None,
-    threads: int = 1,
-    workers: int | None = None,
-    shard_size: int = DEFAULT_SHARD_SIZE,
-    shard_samples: int | None = None,
-    classes: str | os.PathLike | list[str] | None = None,
-    part: str | tuple[int, int] | None = None,
-    split: str | None = None,
-    annotations: list[str | os.PathLike] | None = None,
-    strict: bool = False,
-    min_frames: int = DEFAULT_MIN_FRAMES,
-    timeout: float = DEFAULT_TIMEOUT,
-    seed: int = 0,
-    overwrite: bool = False,
-    progress: bool = False,
-    work: str | os.PathLike | None = None,
-    engine: str = "local",
-    ray_address: str | None = None,
+    src: str | os.PathLike, out: str | os.PathLike, options: ShardOptions | None = None, **keywords
 ) -> ShardReport:
     """Transcode every video under `src` into WebDataset shards in `out`; resumable, deterministic.
+
+    Takes a `ShardOptions`, or its flat keywords (those of the command line):
+    `layout`, `split`, `annotations`, `classes`, `part`; `codec`, `short_side`,
+    `size`, `fps`, `gop`, `quality`, `threads`; `shard_size`, `shard_samples`,
+    `min_frames`, `timeout`, `seed`; `workers`, `engine`, `ray_address`,
+    `work`, `strict`, `overwrite`, `progress`.
 
     Re-running the same call resumes: committed shards are kept and only the
     rest is encoded again. `out` may be a URL (s3://, gs://, az://, ...): shards
@@ -501,85 +462,42 @@ def shard_dataset(
     local Ray started for the call; see `pipeline.shard.engines`); the outputs are byte for byte those of
     `engine="local"`. One run writes to an output at a time (`pipeline.shard.lock`): a second is refused.
     """
+    if options is not None and keywords:
+        raise TypeError("pass either a ShardOptions or its keywords to shard_dataset, not both")
+    opts = options if options is not None else ShardOptions.of(**keywords)
     t0 = time.perf_counter()
     if not storage.is_remote(out) and Path(out).exists() and not Path(out).is_dir():
         raise ShardingError(f"--out {out} is a file, not a folder: pass a folder for the shards (it is created)")
-    s = EncodeSettings(codec=codec, short_side=short_side, size=size, fps=fps, gop=gop, crf=crf, threads=threads)
+    s = opts.encode
     exe = find_ffmpeg()
     if not has_encoder(exe, s.encoder):
         raise ShardingError(f"{exe} has no {s.encoder} encoder; install an ffmpeg built with it or set TPN_FFMPEG")
-    if shard_size < 1 or (shard_samples is not None and shard_samples < 1) or min_frames < 1:
-        raise ValueError("shard_size, shard_samples and min_frames must be >= 1")
     scanner = scan_url if storage.is_remote(src) else scan  # a URL source: see pipeline.shard.source
-    ds = scanner(src, layout, split=split, annotations=[Path(a) for a in annotations or []] or None, seed=seed)
+    ds = scanner(src, opts.layout, split=opts.split, annotations=list(opts.annotations) or None, seed=opts.seed)
     # strict is not in the fingerprint: re-running a finished set with strict=True checks it. Partly
     # decodable inputs that run meets are rejected; ones an earlier run sharded fail the check below.
-    plan = _plan(
-        ds,
-        s,
-        classes,
-        parse_part(part),
-        min_frames=min_frames,
-        shard_size=shard_size,
-        shard_samples=shard_samples,
-        seed=seed,
-        timeout=timeout,
-    )
+    plan = _plan(ds, opts)
     remote = str(out) if storage.is_remote(out) else None
-    out = Path(work or default_work_dir(remote)).resolve() if remote else Path(out).resolve()
+    out = Path(opts.work or default_work_dir(remote)).resolve() if remote else Path(out).resolve()
     # The engine first: an unreachable cluster is refused before anything is written.
-    runner = make_engine(
-        engine,
-        out / mf.STAGING,
-        s,
-        timeout,
-        min_frames,
-        workers=workers,
-        items=len(plan.items),
-        ray_address=ray_address,
-    )
+    runner = make_engine(opts, out / mf.STAGING, items=len(plan.items))
     try:
         with contextlib.ExitStack() as held:
             for where in [out, remote] if remote else [out]:  # the local folder's lock creates it
                 held.enter_context(OutputLock(where))
-            return _shard_locked(
-                plan,
-                out,
-                remote,
-                runner,
-                s,
-                overwrite=overwrite,
-                strict=strict,
-                progress=progress,
-                shard_size=shard_size,
-                shard_samples=shard_samples,
-                t0=t0,
-            )
+            return _shard_locked(plan, out, remote, runner, opts, t0)
     finally:
         runner.close()
 
 
-def _shard_locked(
-    plan: _Plan,
-    out: Path,
-    remote: str | None,
-    runner,
-    s: EncodeSettings,
-    *,
-    overwrite: bool,
-    strict: bool,
-    progress: bool,
-    shard_size: int,
-    shard_samples: int | None,
-    t0: float,
-) -> ShardReport:
+def _shard_locked(plan: _Plan, out: Path, remote: str | None, runner, opts: ShardOptions, t0: float) -> ShardReport:
     """The run itself, holding the output's lock."""
     if remote:
-        _check_remote_out(remote, out, plan.fingerprint, overwrite)
-    _prepare_out(out, plan.fingerprint, overwrite)
+        _check_remote_out(remote, out, plan.fingerprint, opts.overwrite)
+    _prepare_out(out, plan.fingerprint, opts.overwrite)
     finished = None if remote else _finished_report(out, plan)
     if finished is not None:  # the same command ran to the end before: nothing to do
-        if strict and (finished.rejected or finished.warnings):
+        if opts.strict and (finished.rejected or finished.warnings):
             raise RejectedInputsError(finished)
         return finished
     kept = _restore(out, plan.fingerprint, remote)
@@ -588,18 +506,8 @@ def _shard_locked(
     resumed = sum(len(sp.shards) for sp in kept.values())
     todo = [(n, it) for n, it in enumerate(plan.items) if n > kept.get(it.split, SplitProgress()).through]
     (out / mf.STAGING).mkdir(exist_ok=True)
-    run = _Run(
-        out,
-        s,
-        {c: i for i, c in enumerate(plan.classes)},
-        kept,
-        plan.fingerprint,
-        shard_size,
-        shard_samples,
-        strict,
-        remote,
-    )
-    encoded = _encode_all(todo, run, runner, progress=progress)
+    run = _Run(out, opts, {c: i for i, c in enumerate(plan.classes)}, kept, plan.fingerprint, remote)
+    encoded = _encode_all(todo, run, runner, progress=opts.progress)
     report = _finalize(
         out,
         run,
@@ -612,7 +520,7 @@ def _shard_locked(
             storage.upload(out / name, str(storage.join(remote, name)))
         report.destination = remote
     report.resumed_shards, report.encoded = resumed, encoded
-    if strict and (report.rejected or report.warnings):
+    if opts.strict and (report.rejected or report.warnings):
         raise RejectedInputsError(report)
     return report
 

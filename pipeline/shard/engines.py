@@ -35,6 +35,7 @@ from pipeline.shard.ffmpeg import EncodeSettings, EncoderInterrupted
 from pipeline.shard.layouts import WorkItem
 from pipeline.shard.source import InputUnavailable
 from pipeline.shard.encode import Outcome, encode_item, encode_to_bytes, load_staged, stage
+from pipeline.shard.options import ShardOptions
 from pipeline.io.files import temp_path
 
 ENGINES = ("local", "ray")
@@ -198,19 +199,11 @@ def check_reachable(address: str) -> None:
         ) from None
 
 
-def make_engine(
-    engine: str,
-    staging: Path,
-    s: EncodeSettings,
-    timeout: float,
-    min_frames: int,
-    *,
-    workers: int | None,
-    items: int,
-    ray_address: str | None = None,
-):
-    if engine == "local":
+def make_engine(opts: ShardOptions, staging: Path, *, items: int):
+    """The engine `opts.engine` names, encoding into `staging` with `opts`' settings."""
+    s, timeout, min_frames, workers = opts.encode, opts.timeout, opts.min_frames, opts.workers
+    if opts.engine == "local":
         return LocalEngine(staging, s, timeout, min_frames, max(1, workers or len(os.sched_getaffinity(0))), items)
-    if engine == "ray":
-        return RayEngine(staging, s, timeout, min_frames, ray_address, workers)
-    raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if opts.engine == "ray":
+        return RayEngine(staging, s, timeout, min_frames, opts.ray_address, workers)
+    raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {opts.engine!r}")

@@ -148,7 +148,9 @@ class EncodeSettings:
     size: tuple[int, int] | None = None  # fixed (W, H); overrides short_side
     fps: float | None = None  # None: the source's frame rate
     gop: int = 16
-    crf: int | None = None  # None: DEFAULT_CRF[codec]; for jpeg: the mjpeg -q:v (None: DEFAULT_JPEG_Q)
+    # Lower is better: the CRF of vp9 / h264 (None: DEFAULT_CRF[codec]), ffmpeg's mjpeg quantiser scale -q:v for
+    # jpeg (None: DEFAULT_JPEG_Q).
+    quality: int | None = None
     vp9_deadline: str = "realtime"
     vp9_cpu_used: int = 8
     x264_preset: str = "veryfast"
@@ -169,8 +171,8 @@ class EncodeSettings:
             raise ValueError(f"fps must be > 0, got {self.fps}")
         if self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
-        if self.codec == "jpeg" and self.crf is not None and not 2 <= self.crf <= 31:
-            raise ValueError(f"JPEG quality (mjpeg -q:v) must be in 2..31 (2 is finest), got {self.crf}")
+        if self.codec == "jpeg" and self.quality is not None and not 2 <= self.quality <= 31:
+            raise ValueError(f"JPEG quality (mjpeg -q:v) must be in 2..31 (2 is finest), got {self.quality}")
 
     @property
     def encoder(self) -> str:
@@ -185,9 +187,10 @@ class EncodeSettings:
         return CODECS[self.codec]["ext"]
 
     @property
-    def quality(self) -> int:
-        if self.crf is not None:
-            return self.crf
+    def resolved_quality(self) -> int:
+        """`quality`, or the codec's default."""
+        if self.quality is not None:
+            return self.quality
         return DEFAULT_JPEG_Q if self.codec == "jpeg" else DEFAULT_CRF[self.codec]
 
     @property
@@ -196,9 +199,11 @@ class EncodeSettings:
         return self.codec == "jpeg"
 
     def to_json(self) -> dict:
-        d = asdict(self)
-        d["size"] = list(self.size) if self.size else None
-        d.update(crf=self.quality, container=self.container, encoder=self.encoder, pix_fmt="yuv420p")
+        """The manifest's `settings` record. Its quality key keeps its first name, `crf` (for every codec), so
+        manifests and their fingerprints stay what earlier runs wrote."""
+        d = {("crf" if k == "quality" else k): v for k, v in asdict(self).items()}
+        d.update(size=list(self.size) if self.size else None, crf=self.resolved_quality)
+        d.update(container=self.container, encoder=self.encoder, pix_fmt="yuv420p")
         return d
 
 
@@ -259,10 +264,10 @@ def codec_options(s: EncodeSettings) -> dict[str, object]:
     """Encoder options: CRF quality, a closed GOP of exactly `gop` frames, no scene-cut keyframes."""
     if s.is_frames:
         # Every frame stands alone: no GOP. -q:v is the quantiser scale (2 finest .. 31).
-        return {"c:v": s.encoder, "q:v": s.quality, "threads": s.threads, "f": "matroska"}
+        return {"c:v": s.encoder, "q:v": s.resolved_quality, "threads": s.threads, "f": "matroska"}
     common: dict[str, object] = {
         "c:v": s.encoder,
-        "crf": s.quality,
+        "crf": s.resolved_quality,
         "g": s.gop,
         "keyint_min": s.gop,
         "threads": s.threads,

@@ -1,7 +1,7 @@
 """What `pipeline.shard` writes besides the shards: manifest, classes, rejections, resume state.
 
 `manifest.json` is the contract with the loader and `pipeline.verify`:
-`settings.codec` ("vp9" | "h264"), every shard's file, sample count, byte
+`settings.codec` ("vp9" | "h264" | "jpeg"), every shard's file, sample count, byte
 size and sha256, per-split and per-class counts. Everything but the `run`
 section is a pure function of inputs and settings, so an interrupted and
 resumed run writes the same manifest as an uninterrupted one.

@@ -111,3 +111,17 @@ def test_pipeline_imports_neither_dali_nor_tpn():
     code = "import sys, pipeline; print(sorted(m for m in sys.modules if m.split('.')[0] in ('tpn', 'nvidia')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"
+
+
+def test_no_library_function_is_named_like_a_test():
+    """pytest collects any imported function whose name starts with `test`: none of the packages' is."""
+    found = []
+    for package in ("pipeline", "tpn", "export", "benchmarks"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            found += [
+                f"{path.relative_to(ROOT)}: {node.name}"
+                for node in tree.body
+                if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name.lower().startswith("test")
+            ]
+    assert found == []

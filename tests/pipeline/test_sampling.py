@@ -160,7 +160,7 @@ def test_flip_label_swaps_left_right_pairs():
 def test_three_crops_run_along_the_long_side():
     assert [p[0] for p in sampling.three_crop_positions(240, 320)] == [0.0, 0.5, 1.0]
     assert [p[1] for p in sampling.three_crop_positions(320, 240)] == [0.0, 0.5, 1.0]
-    assert sampling.test_crop_positions(ClipSpec(test_crops="center"), 240, 320) == [(0.5, 0.5)]
+    assert sampling.view_crop_positions(ClipSpec(test_crops="center"), 240, 320) == [(0.5, 0.5)]
 
 
 # -- batches and ranks ----------------------------------------------------------------------
@@ -187,8 +187,8 @@ def test_train_batches_reshuffle_each_epoch_and_repeat_per_seed():
 def test_test_batches_see_every_sample_exactly_once(n, batch, world):
     seen = []
     for r in range(world):
-        count = batching.num_test_batches(n, batch, r, world)
-        batches = [batching.test_batch(n, batch, b, r, world) for b in range(count)]
+        count = batching.num_eval_batches(n, batch, r, world)
+        batches = [batching.eval_batch(n, batch, b, r, world) for b in range(count)]
         assert all(1 <= len(b) <= batch for b in batches)
         seen += [int(i) for b in batches for i in b]
     assert sorted(seen) == list(range(n))
