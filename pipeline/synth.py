@@ -20,7 +20,7 @@ import os
 import shutil
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +50,7 @@ class SynthConfig:
     grain: float = 0.0
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "size", tuple(self.size))  # a list from JSON or a caller is the same size
         if not 2 <= self.classes <= len(CLASS_NAMES):
             raise ValueError(f"classes must be in 2..{len(CLASS_NAMES)}, got {self.classes}")
         w, h = self.size
@@ -236,33 +237,17 @@ def _meta(cfg: SynthConfig) -> dict:
 
 
 def make_dataset(
-    out: str | os.PathLike,
-    *,
-    classes: int = 8,
-    train_per_class: int = 24,
-    val_per_class: int = 8,
-    frames: int = 48,
-    size: tuple[int, int] = (160, 120),
-    fps: int = 25,
-    seed: int = 0,
-    grain: float = 0.0,
-    workers: int | None = None,
+    out: str | os.PathLike, config: SynthConfig | None = None, *, workers: int | None = None, **settings
 ) -> Path:
     """Write the synthetic dataset to `out` (class-per-folder, train and val) and return `out`.
 
+    Takes a `SynthConfig`, or its fields as keywords (`classes=`, `frames=`, ...).
     If `out` already holds a complete dataset with the same settings it is
     reused as is, so tests and the demo can call this freely.
     """
-    cfg = SynthConfig(
-        classes=classes,
-        train_per_class=train_per_class,
-        val_per_class=val_per_class,
-        frames=frames,
-        size=tuple(size),
-        fps=fps,
-        seed=seed,
-        grain=grain,
-    )
+    if config is not None and settings:
+        raise TypeError("pass either a SynthConfig or its fields to make_dataset, not both")
+    cfg = config if config is not None else SynthConfig(**settings)
     out = Path(out)
     plan = video_plan(cfg)
     meta_path = out / META
@@ -329,35 +314,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        out = make_dataset(
-            args.out,
-            classes=args.classes,
-            train_per_class=args.train_per_class,
-            val_per_class=args.val_per_class,
-            frames=args.frames,
-            size=args.size,
-            fps=args.fps,
-            seed=args.seed,
-            grain=args.grain,
-            workers=args.workers,
-        )
+        cfg = SynthConfig(**{f.name: getattr(args, f.name) for f in fields(SynthConfig)})  # a flag per field
+        out = make_dataset(args.out, cfg, workers=args.workers)
     except (ValueError, FFmpegError, OSError) as err:
         print(f"pipeline.synth: error: {err}", file=sys.stderr)
         return 1
-    n = len(
-        video_plan(
-            SynthConfig(
-                classes=args.classes,
-                train_per_class=args.train_per_class,
-                val_per_class=args.val_per_class,
-                frames=args.frames,
-                size=args.size,
-                fps=args.fps,
-                seed=args.seed,
-                grain=args.grain,
-            )
-        )
-    )
+    n = len(video_plan(cfg))
     print(f"wrote {n} videos ({args.classes} classes, {args.frames} frames, {args.size[0]}x{args.size[1]}) to {out}")
     return 0
 

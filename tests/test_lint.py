@@ -11,14 +11,20 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_ruff_finds_nothing():
-    if (
-        shutil.which("ruff") is None
-        and subprocess.run([sys.executable, "-m", "ruff", "--version"], capture_output=True).returncode != 0
-    ):
+def ruff() -> list[str]:
+    """The command that runs ruff: the module when it is installed in this Python, else a `ruff` binary on
+    PATH; skips the test when there is neither."""
+    if subprocess.run([sys.executable, "-m", "ruff", "--version"], capture_output=True).returncode == 0:
+        return [sys.executable, "-m", "ruff"]
+    binary = shutil.which("ruff")
+    if binary is None:
         pytest.skip("ruff is in the [test] extra: pip install -e '.[test]'")
+    return [binary]
+
+
+def test_ruff_finds_nothing():
     run = subprocess.run(
-        [sys.executable, "-m", "ruff", "check", "--output-format", "concise", str(ROOT)],
+        [*ruff(), "check", "--output-format", "concise", str(ROOT)],
         capture_output=True,
         text=True,
         timeout=300,
@@ -28,13 +34,8 @@ def test_ruff_finds_nothing():
 
 
 def test_ruff_format_changes_nothing():
-    if (
-        shutil.which("ruff") is None
-        and subprocess.run([sys.executable, "-m", "ruff", "--version"], capture_output=True).returncode != 0
-    ):
-        pytest.skip("ruff is in the [test] extra: pip install -e '.[test]'")
     run = subprocess.run(
-        [sys.executable, "-m", "ruff", "format", "--check", str(ROOT)],
+        [*ruff(), "format", "--check", str(ROOT)],
         capture_output=True,
         text=True,
         timeout=300,
