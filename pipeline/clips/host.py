@@ -45,8 +45,8 @@ from __future__ import annotations
 import ctypes
 import math
 import re
-import sys
 import threading
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -463,32 +463,35 @@ def name_os_thread(name: str) -> None:
 
 
 class _Buffers:
-    """Batch buffers reused once nothing refers to them any more.
+    """Batch memory, reused once the batch handed out from it is gone.
 
-    A batch tensor shares its numpy buffer's memory (and holds a reference to
-    it) for as long as the tensor or any view of it lives. A buffer whose only
-    reference is this pool's is free: reusing it skips the page faults a fresh
-    allocation of tens of MB costs on its first write, every batch. Thread-safe:
-    the reader thread takes buffers while the caller drops batches.
+    `take` hands out a fresh array view of pooled memory and keeps only a weak
+    reference to that view. A batch tensor (`torch.from_numpy`) and every view
+    of it keep the array alive, so the memory is free again exactly when the
+    caller holds nothing of that batch: a batch the caller keeps is never
+    written again. Reusing memory skips the page faults a fresh allocation of
+    tens of MB costs on its first write, every batch. Thread-safe: the reader
+    thread takes buffers while the caller drops batches.
     """
 
     def __init__(self, keep: int):
-        self.keep = keep
-        self._free: list[np.ndarray] = []
+        self.keep = keep  # slots remembered; a kept batch beyond them just keeps its own memory
+        self._slots: list[tuple[np.ndarray, weakref.ref | None]] = []  # (memory, the array lent from it)
         self._lock = threading.Lock()
 
     def take(self, shape: tuple[int, ...]) -> np.ndarray:
         with self._lock:
-            for i in range(len(self._free)):
-                if self._free[i].shape == shape and _unused(self._free[i]):
-                    return self._free[i]
-            self._free = self._free[-(self.keep - 1) :] + [np.empty(shape, np.float32)]
-            return self._free[-1]
+            for k, (memory, lent) in enumerate(self._slots):
+                if memory.shape == shape and (lent is None or lent() is None):
+                    return self._lend(k, memory)
+            self._slots = self._slots[-(self.keep - 1) :] if self.keep > 1 else []
+            self._slots.append((np.empty(shape, np.float32), None))
+            return self._lend(len(self._slots) - 1, self._slots[-1][0])
 
-
-def _unused(buf: np.ndarray) -> bool:
-    """No reference to `buf` but the pool's list (the other two: this argument and getrefcount's)."""
-    return sys.getrefcount(buf) <= 3
+    def _lend(self, k: int, memory: np.ndarray) -> np.ndarray:
+        array = memory.view()
+        self._slots[k] = (memory, weakref.ref(array))
+        return array
 
 
 def _colour_clip(clip: np.ndarray, maps: list[np.ndarray | None]) -> None:

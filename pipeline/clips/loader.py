@@ -94,6 +94,11 @@ class ClipLoader:
     `DataError` during iteration, naming its shard, key (and frame).
     Open files are released by `close()`, `with ClipLoader(...) as loader:`
     or garbage collection.
+
+    A yielded batch is the caller's, whatever the backend: nothing writes it
+    again once it is yielded, so batches may be kept (the host backend reuses
+    a batch's memory only once nothing refers to it; DALI does not reuse an
+    output buffer a tensor still refers to).
     """
 
     def __init__(

@@ -16,7 +16,7 @@ import torch
 from pipeline import ClipLoader, ClipSpec
 from pipeline.clips import sampling
 from pipeline import ShardReadError
-from tests.clipdata import SMALL, coded_frames, coded_shards, frame_codes, gradient_shards, make_shards, to_rgb
+from tests.clipdata import CODED, SMALL, coded_frames, coded_shards, frame_codes, gradient_shards, make_shards, to_rgb
 
 
 FORMATS = ["vp9", "jpeg"]
@@ -432,6 +432,21 @@ def test_gpu_loader_decodes_the_sampled_frames(tmp_path, codec, decoder):
             np.testing.assert_array_equal(sample, np.repeat(want, 3, axis=0))
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("codec, decoder", [("vp9", "cpu"), ("jpeg", "nvjpeg"), ("jpeg", "host")])
+def test_a_gpu_batch_the_caller_keeps_is_never_written_again(tmp_path, codec, decoder):
+    videos = {c: [(f"{c}{j}_{n}", coded_frames(n, (192, 144))) for j, n in enumerate(ns)] for c, ns in CODED.items()}
+    ld = ClipLoader(make_shards(tmp_path, videos, codec=codec), SMALL, batch_size=1, prefetch=1, device="gpu",
+                    decoder=decoder)  # fmt: skip
+    kept = None
+    for epoch in range(3):
+        ld.set_epoch(epoch)
+        for clips, _ in every_batch(ld):
+            if kept is None:
+                kept, expected = clips, clips.clone()
+    assert torch.equal(kept, expected)
+
+
 def test_decoder_choice_per_device_and_codec():
     from pipeline.options import resolve_decoder
 
@@ -452,3 +467,33 @@ def test_decoder_choice_per_device_and_codec():
         resolve_decoder("nvdec", "gpu", "jpeg")
     with pytest.raises(ValueError, match="nvjpeg.*JPEG frame shards.*'auto', 'host', 'nvdec', 'cpu', 'pyav'"):
         resolve_decoder("nvjpeg", "gpu", "vp9")
+
+
+# -- who owns a batch -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("mode", ["train", "test"])
+def test_a_batch_the_caller_keeps_is_never_written_again(coded, backend, mode):
+    """Every backend yields batches the caller owns: one kept while the loader goes on (three more epochs,
+    its memory pools cycling) holds what it held, in train and test mode alike."""
+    ld = loader(coded, backend=backend, mode=mode, batch_size=1, prefetch=1)
+    kept = None
+    for epoch in range(3):
+        ld.set_epoch(epoch)
+        for clips, _, _ in every_batch(ld):
+            if kept is None:  # the first batch of the first epoch, kept through every batch after it
+                kept, expected = clips, clips.clone()
+                view = kept[0]  # a view keeps the batch as much as the batch itself
+    assert torch.equal(kept, expected) and torch.equal(view, expected[0])
+
+
+def test_the_host_loader_reuses_the_memory_of_batches_let_go(coded):
+    """Batches the caller drops give their memory back: the host path does not pay a fresh allocation's page
+    faults on every batch."""
+    ld = loader(coded, backend="host")
+    addresses = []
+    for epoch in range(3):
+        ld.set_epoch(epoch)
+        addresses += [clips.data_ptr() for clips, _, _ in every_batch(ld)]
+    assert len(set(addresses)) < len(addresses)
