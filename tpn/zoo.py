@@ -113,15 +113,32 @@ _K400_CLIP = ClipSpec(color_jitter=True)
 # Seed Sth training: 8 TSN segments; test twice-sample (2 clips) x 3 crops of 256.
 _STH_CLIP = ClipSpec(frames=8, stride=1, sampling="segments", color_jitter=True, twice_sample=True)
 
-_FRAMES = {"f8s8": (8, 8), "f16s4": (16, 4), "f32s2": (32, 2)}
-_TOP1 = {  # (baseline, tpn) per depth and frames (MODEL_ZOO.md)
-    (50, "f8s8"): (74.9, 76.1),
-    (50, "f16s4"): (76.1, 77.3),
-    (50, "f32s2"): (75.7, 77.7),
-    (101, "f8s8"): (76.0, 77.2),
-    (101, "f16s4"): (77.0, 78.1),
-    (101, "f32s2"): (77.4, 78.9),
-}
+# The seed's rows (MODEL_ZOO.md), one per name: a reader finds a model by searching for its name.
+# name, ResNet depth, frames x stride, TPN neck, Top-1 target, the original config file.
+_KINETICS_ROWS = (
+    ("baseline_r50_f8s8", 50, (8, 8), False, 74.9, "baseline/r50f8s8.py"),
+    ("tpn_r50_f8s8", 50, (8, 8), True, 76.1, "tpn/r50f8s8.py"),
+    ("baseline_r50_f16s4", 50, (16, 4), False, 76.1, "baseline/r50f16s4.py"),
+    ("tpn_r50_f16s4", 50, (16, 4), True, 77.3, "tpn/r50f16s4.py"),
+    ("baseline_r50_f32s2", 50, (32, 2), False, 75.7, "baseline/r50f32s2.py"),
+    ("tpn_r50_f32s2", 50, (32, 2), True, 77.7, "tpn/r50f32s2.py"),
+    ("baseline_r101_f8s8", 101, (8, 8), False, 76.0, "baseline/r101f8s8.py"),
+    ("tpn_r101_f8s8", 101, (8, 8), True, 77.2, "tpn/r101f8s8.py"),
+    ("baseline_r101_f16s4", 101, (16, 4), False, 77.0, "baseline/r101f16s4.py"),
+    ("tpn_r101_f16s4", 101, (16, 4), True, 78.1, "tpn/r101f16s4.py"),
+    ("baseline_r101_f32s2", 101, (32, 2), False, 77.4, "baseline/r101f32s2.py"),
+    ("tpn_r101_f32s2", 101, (32, 2), True, 78.9, "tpn/r101f32s2.py"),
+    # trained on MMAction's Kinetics copy
+    ("tpn_r50_f8s8_mmaction", 50, (8, 8), True, 76.7, "tpn/r50f8s8.py (trained on MMAction's Kinetics copy)"),
+    ("tpn_r101_f8s8_mmaction", 101, (8, 8), True, 78.2, "tpn/r101f8s8.py (trained on MMAction's Kinetics copy)"),
+)
+# name, dataset, TPN neck, Top-1 target, the original config file (TSM-50, 8 segments).
+_STH_ROWS = (
+    ("tsm50_baseline_sthv1", "sthv1", False, 48.2, "sthv1/tsm_baseline.py"),
+    ("tsm50_tpn_sthv1", "sthv1", True, 50.7, "sthv1/tsm_tpn.py"),
+    ("tsm50_baseline_sthv2", "sthv2", False, 62.3, "sthv2/tsm_baseline.py"),
+    ("tsm50_tpn_sthv2", "sthv2", True, 64.7, "sthv2/tsm_tpn.py"),
+)
 
 
 def kinetics_neck(depth: int, frames: int) -> NeckConfig:
@@ -136,62 +153,38 @@ def kinetics_neck(depth: int, frames: int) -> NeckConfig:
 
 
 def _register_kinetics() -> None:
-    for depth in (50, 101):
-        for tag, (frames, stride) in _FRAMES.items():
-            clip = _K400_CLIP.replace(frames=frames, stride=stride)
-            base_top1, tpn_top1 = _TOP1[(depth, tag)]
-            common = dict(backbone="slowonly", depth=depth, clip=clip, with_cp=frames > 8, **KINETICS)
-            register(
-                ModelConfig(
-                    name=f"baseline_r{depth}_{tag}",
-                    top1=base_top1,
-                    source=f"config_files/kinetics400/baseline/r{depth}{tag}.py",
-                    **common,
-                )
-            )
-            register(
-                ModelConfig(
-                    name=f"tpn_r{depth}_{tag}",
-                    top1=tpn_top1,
-                    neck=kinetics_neck(depth, frames),
-                    source=f"config_files/kinetics400/tpn/r{depth}{tag}.py",
-                    **common,
-                )
-            )
-    for depth, top1 in ((50, 76.7), (101, 78.2)):
+    for name, depth, (frames, stride), with_tpn, top1, source in _KINETICS_ROWS:
         register(
             ModelConfig(
-                name=f"tpn_r{depth}_f8s8_mmaction",
+                name=name,
                 backbone="slowonly",
                 depth=depth,
-                clip=_K400_CLIP,
-                neck=kinetics_neck(depth, 8),
+                clip=_K400_CLIP.replace(frames=frames, stride=stride),
+                neck=kinetics_neck(depth, frames) if with_tpn else None,
+                with_cp=frames > 8,
                 top1=top1,
-                source=f"config_files/kinetics400/tpn/r{depth}f8s8.py (trained on MMAction's Kinetics copy)",
+                source=f"config_files/kinetics400/{source}",
                 **KINETICS,
             )
         )
 
 
 def _register_sth() -> None:
-    top1 = {("v1", False): 48.2, ("v1", True): 50.7, ("v2", False): 62.3, ("v2", True): 64.7}
-    for version in ("v1", "v2"):
-        for with_tpn in (False, True):
-            kind = "tpn" if with_tpn else "baseline"
-            register(
-                ModelConfig(
-                    name=f"tsm50_{kind}_sth{version}",
-                    backbone="tsm",
-                    depth=50,
-                    clip=_STH_CLIP,
-                    neck=NeckConfig(temporal_scales=(8, 8)) if with_tpn else None,
-                    num_classes=174,
-                    dataset=f"sth{version}",
-                    recipe=STH_RECIPE,
-                    top1=top1[(version, with_tpn)],
-                    source=f"config_files/sth{version}/tsm_{kind}.py",
-                )
+    for name, dataset, with_tpn, top1, source in _STH_ROWS:
+        register(
+            ModelConfig(
+                name=name,
+                backbone="tsm",
+                depth=50,
+                clip=_STH_CLIP,
+                neck=NeckConfig(temporal_scales=(8, 8)) if with_tpn else None,
+                num_classes=174,
+                dataset=dataset,
+                recipe=STH_RECIPE,
+                top1=top1,
+                source=f"config_files/{source}",
             )
+        )
 
 
 # Tiny entries: width 8, one block per stage, 8 classes (the synthetic demo
