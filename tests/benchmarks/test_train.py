@@ -208,6 +208,7 @@ def test_step_flops_are_counted_from_the_model():
 
 
 @pytest.mark.usefixtures("onednn_convolutions")
+@pytest.mark.slow
 def test_cpu_run_records_modes_layout_and_profile(tmp_path, monkeypatch, capsys):
     """The tiny benchmark on a CPU, with a CUDA-graph row that cannot run here: it is failed, not reported as a
     graph."""

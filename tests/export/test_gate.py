@@ -316,6 +316,7 @@ def test_gate_refuses_too_few_videos_by_default(work, tmp_path):
     assert "too few" in r.failures[0] and not validated_marker(art).exists()
 
 
+@pytest.mark.slow
 def test_gate_refuses_a_reference_at_chance(work, tmp_path):
     """An untrained checkpoint: its export is faithful, but no Top-1 statement can be made on it."""
     untrained = save_checkpoint(tmp_path / "untrained.pth", tpn.create_model(TINY))
@@ -327,6 +328,7 @@ def test_gate_refuses_a_reference_at_chance(work, tmp_path):
     assert "not clearly above chance" in r.failures[0] and "untrained checkpoint" in r.failures[0]
 
 
+@pytest.mark.slow
 def test_gate_fails_an_artifact_of_other_weights_with_a_similar_top1(work, tmp_path):
     """Both models are right on half the videos, but not on the same half: only agreement tells them apart."""
     half = lambda wrong_odd: lambda i, y: (y + 1) % 8 if i % 2 == wrong_odd else y  # noqa: E731
@@ -340,6 +342,7 @@ def test_gate_fails_an_artifact_of_other_weights_with_a_similar_top1(work, tmp_p
     assert [c.key for c in r.criteria if not c.passed] == ["agreement"]
 
 
+@pytest.mark.slow
 def test_the_gate_scores_videos_as_tpn_test_does(work, tmp_path):
     """The gate's own pass over the test views gives PyTorch the Top-1 that `tpn.evaluate.evaluate` (behind
     tpn.test and the trainer's validation) gives the same model on the same shards."""

@@ -93,7 +93,12 @@ def test_synthetic_clips_are_seeded_and_normalised():
 # ----------------------------------------------------------------- every family exports and matches
 
 
-@pytest.mark.parametrize("name", TINY)
+# One SlowOnly TPN and one TSM TPN in the quick set; the other families (each export takes seconds) run with
+# the slow tests.
+QUICK_FAMILIES = {"tpn_tiny_f8s4", "tsm_tiny_tpn"}
+
+
+@pytest.mark.parametrize("name", [n if n in QUICK_FAMILIES else pytest.param(n, marks=pytest.mark.slow) for n in TINY])
 def test_every_family_exports_and_matches_pytorch(name, tmp_path):
     torch.manual_seed(0)
     model = tpn.create_model(name)
@@ -183,6 +188,7 @@ def test_cli_checkpoint_of_another_model(capsys, tmp_path):
     assert not list(tmp_path.glob("*.onnx"))
 
 
+@pytest.mark.slow
 def test_cli_checkpoint_of_another_architecture_needs_the_flag(capsys, tmp_path):
     ckpt = save_checkpoint(tmp_path / "f8s4.pth", tpn.create_model("tpn_tiny_f8s4"))
     argv = ["tpn_tiny_pyr_f8s4", "--checkpoint", str(ckpt), "--out", str(tmp_path / "out"), "--parity-batches", "1"]

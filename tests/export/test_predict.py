@@ -242,6 +242,7 @@ def test_bad_inputs_are_named(work, tmp_path, capsys):
     assert "no video files" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_an_export_at_the_training_size_is_refused_with_what_to_do(work, tmp_path, capsys):
     """The test protocol feeds test_crop views; a default (--size train) export takes the training crop."""
     spec = tpn.get_config(TINY).clip

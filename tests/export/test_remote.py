@@ -18,6 +18,7 @@ from tests.export_helpers import TINY, make_val_shards, trained_tiny  # noqa: E4
 from tests.s3_helpers import BUCKET, upload  # noqa: E402
 
 
+@pytest.mark.slow
 def test_gate_on_object_storage_binds_the_remote_data(s3, tmp_path):
     local = make_val_shards(tmp_path)
     ckpt = trained_tiny(tmp_path, local)

@@ -150,6 +150,7 @@ def test_cli_without_checkpoint_or_tensorrt_says_random_weights_first_and_exits_
         assert kinds[k]["gate"]["mode"] == "synthetic" and kinds[k]["gate"]["passed"]
 
 
+@pytest.mark.slow
 def test_cli_without_tensorrt_gates_and_marks_both_onnx_files_and_exits_2(tmp_path, capsys):
     if _trt_usable():
         pytest.skip("TensorRT and a GPU are present here: the missing-engine path cannot run")

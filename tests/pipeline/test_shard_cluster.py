@@ -113,6 +113,7 @@ def same_shards(a: Path, b: Path) -> None:
     assert any(k.endswith(".tar") for k in fa) and "rejected.jsonl" in fa and "warnings.jsonl" in fa
 
 
+@pytest.mark.slow
 def test_ray_on_two_nodes_writes_the_local_engines_bytes(synth, local_run, cluster, tmp_path):
     out = tmp_path / "ray"
     report = shard_dataset(synth, out, engine="ray", ray_address=cluster.address, **OPTS)
@@ -124,6 +125,7 @@ def test_ray_on_two_nodes_writes_the_local_engines_bytes(synth, local_run, clust
     assert not ray.is_initialized()  # the run left the cluster it joined
 
 
+@pytest.mark.slow
 def test_an_encode_killed_by_a_signal_was_retried(synth, local_run, cluster, tmp_path):
     """The cluster's first encode died of SIGKILL (see `slow_ffmpeg`): Ray ran it again, nothing was lost."""
     if not cluster.killed.is_dir():  # this test runs alone: the kill happens in this run
@@ -139,6 +141,7 @@ def broken_rel(root: Path) -> str:
     return next(p for p in root.rglob("broken.mp4")).relative_to(root).as_posix()
 
 
+@pytest.mark.slow
 def test_a_node_lost_mid_run_costs_only_its_videos(synth, local_run, cluster, tmp_path):
     extra = cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
@@ -162,6 +165,7 @@ def test_a_node_lost_mid_run_costs_only_its_videos(synth, local_run, cluster, tm
     assert lost_mid_run
 
 
+@pytest.mark.slow
 def test_a_killed_driver_resumes_from_its_last_shard(synth, local_run, cluster, tmp_path):
     out = tmp_path / "killed"
     kill_after_first_shard(shard_command(synth, out, "--engine", "ray", "--ray-address", cluster.address), out, REPO)
@@ -170,6 +174,7 @@ def test_a_killed_driver_resumes_from_its_last_shard(synth, local_run, cluster, 
     same_shards(out, local_run)
 
 
+@pytest.mark.slow
 def test_an_object_storage_source_gives_the_same_shards(synth, local_run, cluster, s3, tmp_path):
     from tests.s3_helpers import BUCKET
 

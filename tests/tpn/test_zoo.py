@@ -189,6 +189,7 @@ def test_a_recognizer_built_from_parts_round_trips_a_checkpoint(tmp_path):
     assert torch.load(path, weights_only=True)["name"] == "hand_built"
 
 
+@pytest.mark.slow
 def test_full_size_tpn_r50_forward_shapes():
     torch.manual_seed(0)
     model = tpn.create_model("tpn_r50_f8s8").eval()
