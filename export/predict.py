@@ -55,15 +55,15 @@ from export.outputs import write_json
 from export.source import load_model, reference_logits
 from pipeline import (
     ClipSpec,
+    Display,
     ShardError,
     clip_indices,
     crop_origin,
     decode_plan,
-    display_width,
     frame_rgb,
     parse_classes,
     resize_shorter,
-    source_sar,
+    source_display,
     view_crop_positions,
 )
 
@@ -199,8 +199,8 @@ def sampled_frames(path: Path, spec: ClipSpec, min_frames: int) -> tuple[np.ndar
         n = count_frames(path)
         if n < min_frames:
             raise VideoError(too_short(n, spec, min_frames))
-        sar = source_sar(path)  # non-square pixels: shown (and sharded) at the display aspect ratio first
-        resize = lambda f: resize_short_side(to_display(f, sar), spec.test_scale)  # noqa: E731
+        display = source_display(path)  # pixels' aspect ratio and rotation: shown (and sharded) upright first
+        resize = lambda f: resize_short_side(to_display(f, display), spec.test_scale)  # noqa: E731
         indices = clip_indices(spec, n, "test")  # (C, F)
         unique, order = decode_plan(indices)
         frames, decoded = decode_in_order(path, unique, resize)
@@ -221,15 +221,18 @@ def sampled_frames(path: Path, spec: ClipSpec, min_frames: int) -> tuple[np.ndar
     return np.stack([frames[int(i)] for i in unique])[order], n, note
 
 
-def to_display(frame: np.ndarray, sar: tuple[int, int] | None) -> np.ndarray:
-    """Non-square pixels stretched to square ones at the display width (pipeline.shard's rule); else as is."""
+def to_display(frame: np.ndarray, display: Display) -> np.ndarray:
+    """A stored frame as it is shown (pipeline.shard's rules): non-square pixels stretched to square ones at
+    the display width, then turned upright."""
     h, w = frame.shape[:2]
-    width = display_width(w, sar)
-    if width == w:
-        return frame
-    x = torch.from_numpy(frame).permute(2, 0, 1)[None].float()
-    y = torch.nn.functional.interpolate(x, size=(h, width), mode="bilinear", align_corners=False, antialias=width < w)
-    return y[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+    width = display.stretched_width(w)
+    if width != w:
+        x = torch.from_numpy(frame).permute(2, 0, 1)[None].float()
+        y = torch.nn.functional.interpolate(
+            x, size=(h, width), mode="bilinear", align_corners=False, antialias=width < w
+        )
+        frame = y[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+    return np.ascontiguousarray(np.rot90(frame, display.rotation // 90)) if display.rotation else frame
 
 
 def too_short(n: int, spec: ClipSpec, min_frames: int) -> str:

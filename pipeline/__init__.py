@@ -10,7 +10,7 @@ from pipeline.clip import IMAGENET_MEAN, IMAGENET_STD, ClipSpec
 from pipeline.clips.colour import yuv_to_rgb_matrix
 from pipeline.clips.plan import crop_origin, resize_shorter
 from pipeline.errors import DataError, ShardError, ShardingError, ShardReadError
-from pipeline.display import display_width, source_sar
+from pipeline.display import Display, source_display
 from pipeline.io.files import (
     atomic_write,
     atomic_write_bytes,
@@ -50,8 +50,8 @@ __all__ = [
     "clip_indices",
     "decode_plan",
     "view_crop_positions",
-    "display_width",
-    "source_sar",
+    "Display",
+    "source_display",
     "yuv_to_rgb_matrix",
     "resize_shorter",
     "crop_origin",

@@ -111,11 +111,17 @@ def _committed_a_shard(out: Path) -> bool:
     return any(split["shards"] for split in state["splits"].values())
 
 
-def write_anamorphic(path: Path, seconds: int) -> Path:
+def write_anamorphic(path: Path, seconds: float, sar: str = "128/117", rotation: int = 0) -> Path:
     """ffmpeg's test pattern as 176x144 QCIF H.264 with 128:117 pixels (displayed about 4:3), as cameras of
-    that format store it."""
+    that format store it; with `rotation`, a display rotation (degrees counter-clockwise), as phones store
+    a portrait video: the frames stored sideways, the container saying how to turn them."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    run_ffmpeg([find_ffmpeg(), "-hide_banner", "-loglevel", "error", "-f", "lavfi",
-                "-i", f"testsrc=size=176x144:rate=25:duration={seconds}", "-vf", "setsar=128/117",
-                "-c:v", "libx264", "-pix_fmt", "yuv420p", str(path)], timeout=60)  # fmt: skip
+    stored = path.with_name(f".stored-{path.name}") if rotation else path
+    run_ffmpeg([find_ffmpeg(), "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi",
+                "-i", f"testsrc=size=176x144:rate=25:duration={seconds}", "-vf", f"setsar={sar}",
+                "-c:v", "libx264", "-pix_fmt", "yuv420p", str(stored)], timeout=60)  # fmt: skip
+    if rotation:
+        run_ffmpeg([find_ffmpeg(), "-hide_banner", "-loglevel", "error", "-y", "-display_rotation", str(rotation),
+                    "-i", str(stored), "-c", "copy", str(path)], timeout=60)  # fmt: skip
+        stored.unlink()
     return path

@@ -119,6 +119,7 @@ def sample_components(item: WorkItem, o: Outcome, label: int, s: EncodeSettings)
         "sha256": o.sha256,
         "codec": s.codec,
         **({"sar": o.sar} if o.sar else {}),  # the source's non-square pixels (width and height are displayed)
+        **({"rotation": o.rotation} if o.rotation else {}),  # and its display rotation (shown upright)
     }
     small = {"lbl": pack_int32(label), "frames": pack_int32(o.frames)}
     if not s.is_frames:

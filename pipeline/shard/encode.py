@@ -29,7 +29,7 @@ from pipeline.shard.ffmpeg import (
     run_ffmpeg,
     transcode_argv,
 )
-from pipeline.display import source_sar
+from pipeline.display import source_display
 from pipeline.errors import ShardingError
 from pipeline.format.jpeg import JpegError, decode_check
 from pipeline.shard.layouts import WorkItem, frames_pattern
@@ -56,6 +56,7 @@ class Outcome:
     copied: bool = False  # frame shards: source JPEGs stored as they were, not re-encoded
     claimed_frames: int | None = None  # frames the source container claims (duration x rate), when it says
     sar: str | None = None  # the source's sample aspect ratio ("128:117") when its pixels are not square
+    rotation: int = 0  # the source's display rotation (degrees counter-clockwise) when it has one
     fresh: bool = False  # ffmpeg ran for it in this call (not reused from staging); not part of the record
 
     @property
@@ -83,7 +84,7 @@ def source_spec(item: WorkItem) -> SourceSpec:
         raise FFmpegError("missing_file", f"{item.rel} does not exist")
     if path.stat().st_size == 0:
         raise FFmpegError("unreadable", f"{item.rel} is empty (0 bytes)")
-    return SourceSpec(str(path), sar=source_sar(path))
+    return SourceSpec(str(path), display=source_display(path))
 
 
 def _staged(staging: Path, key: str, s: EncodeSettings) -> tuple[Path, Path]:
@@ -217,7 +218,8 @@ def _encode_local(item: WorkItem, s: EncodeSettings, tmp: Path, timeout: float, 
         bytes=len(data),
         copied=copied,
         claimed_frames=claimed_frames(log, info.fps),
-        sar=f"{src.sar[0]}:{src.sar[1]}" if src.sar else None,
+        sar=f"{src.display.sar[0]}:{src.display.sar[1]}" if src.display.sar else None,
+        rotation=src.display.rotation,
     )
 
 

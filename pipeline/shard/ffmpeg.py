@@ -26,7 +26,7 @@ from typing import Literal
 
 import ffmpeg as ffmpeg_python
 
-from pipeline.display import display_width
+from pipeline.display import Display
 from pipeline.errors import ShardingError
 
 Codec = Literal["vp9", "h264", "jpeg"]
@@ -215,20 +215,30 @@ def parse_size(text: str) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
-def sar_filter(sar: tuple[int, int] | None) -> list[str]:
-    """Stretch non-square pixels to square ones at the display aspect ratio, before every geometry rule."""
+def sar_filter(display: Display) -> list[str]:
+    """Stretch non-square pixels to square ones at the display aspect ratio, before every geometry rule.
+
+    ffmpeg has already turned the frame upright (its autorotation, before the
+    filters), and the SAR applies to the stored frame: after a quarter turn the
+    stored width, the one to stretch, is the height.
+    """
+    sar = display.sar
     if not sar or sar[0] == sar[1]:
         return []
+    if display.sideways:
+        return [f"scale=w=iw:h=trunc(ih*{sar[0]}/{sar[1]}/2)*2", "setsar=1"]
     return [f"scale=w=trunc(iw*{sar[0]}/{sar[1]}/2)*2:h=ih", "setsar=1"]
 
 
-def output_geometry(width: int, height: int, s: EncodeSettings, sar: tuple[int, int] | None = None) -> tuple[int, int]:
-    """The (W, H) ffmpeg produces for a `width` x `height` source with pixels of aspect `sar` (mirrors
-    `sar_filter` then `scale_filter`: every rule applies to the displayed size).
+def output_geometry(
+    width: int, height: int, s: EncodeSettings, display: Display = Display()
+) -> tuple[int, int]:
+    """The (W, H) ffmpeg produces for a stored `width` x `height` source shown as `display` says (mirrors
+    the autorotation, `sar_filter` then `scale_filter`: every rule applies to the displayed size).
 
     ffmpeg's `-2` keeps the aspect ratio and rounds to the nearest multiple of 2.
     """
-    width = display_width(width, sar)
+    width, height = display.size(width, height)
     if s.size is not None:
         return s.size
     if s.short_side is None:
@@ -252,9 +262,9 @@ def scale_filter(s: EncodeSettings) -> str:
     return f"scale=w='if(lte(iw,ih),{n},-2)':h='if(lte(iw,ih),-2,{n})'"
 
 
-def video_filter(s: EncodeSettings, sar: tuple[int, int] | None = None) -> str:
+def video_filter(s: EncodeSettings, display: Display = Display()) -> str:
     parts = [] if s.fps is None else [f"fps={s.fps:g}"]
-    parts += sar_filter(sar)
+    parts += sar_filter(display)
     # JPEG stores full-range YCbCr (JFIF); the video codecs limited-range 4:2:0.
     parts += [scale_filter(s), "setsar=1", "format=yuvj420p" if s.is_frames else "format=yuv420p"]
     return ",".join(parts)
@@ -290,7 +300,7 @@ class SourceSpec:
     fps: float | None = None  # frames only
     pattern: str = "%05d.jpg"  # frames only
     start_number: int = 1  # frames only
-    sar: tuple[int, int] | None = None  # the video's sample aspect ratio when its pixels are not square
+    display: Display = Display()  # a video's non-square pixels and display rotation
 
 
 def transcode_argv(src: SourceSpec, dst: str | os.PathLike, s: EncodeSettings, exe: str | None = None) -> list[str]:
@@ -306,7 +316,7 @@ def transcode_argv(src: SourceSpec, dst: str | os.PathLike, s: EncodeSettings, e
     out_kwargs = {
         **codec_options(s),
         "map": "0:v:0",
-        "vf": video_filter(s, src.sar),
+        "vf": video_filter(s, src.display),
         "an": None,
         "sn": None,
         "dn": None,

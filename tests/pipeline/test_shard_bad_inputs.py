@@ -172,7 +172,7 @@ def test_an_encoder_killed_by_a_signal_is_retried_never_rejected(tmp_path, monke
 def test_non_square_pixels_are_sharded_at_the_display_aspect_ratio(tmp_path):
     """176x144 stored with 128:117 pixels is shown 4:3-ish (192x144): the shards keep that shape, and the
     sample's .json records the source's SAR."""
-    from pipeline.display import display_width, source_sar
+    from pipeline.display import Display, source_display
     from pipeline.shard.ffmpeg import output_geometry
 
     src = tmp_path / "src" / "a" / "qcif.mp4"
@@ -180,12 +180,33 @@ def test_non_square_pixels_are_sharded_at_the_display_aspect_ratio(tmp_path):
     shard_dataset(src.parent.parent, tmp_path / "out", workers=1)  # short side 256
     (sample,) = list(iter_samples(sorted((tmp_path / "out").glob("*.tar"))[0]))
     meta = json.loads(sample["json"])
-    sar = source_sar(src)  # x264 stores 128:117 as the equal 93:85 (reduced to its own limits)
+    display = source_display(src)  # x264 stores 128:117 as the equal 93:85 (reduced to its own limits)
+    sar = display.sar
     assert sar is not None and abs(sar[0] / sar[1] - 128 / 117) < 1e-3 and meta["sar"] == f"{sar[0]}:{sar[1]}"
-    assert display_width(176, sar) == 192
-    assert (meta["width"], meta["height"]) == output_geometry(176, 144, EncodeSettings(), sar) == (342, 256)
-    square = output_geometry(176, 144, EncodeSettings())
+    assert display.rotation == 0 and "rotation" not in meta and display.size(176, 144) == (192, 144)
+    assert (meta["width"], meta["height"]) == output_geometry(176, 144, EncodeSettings(), display) == (342, 256)
+    square = output_geometry(176, 144, EncodeSettings(), Display())
     assert square == (312, 256)  # what it was sharded to before: 9% too narrow
+
+
+@pytest.mark.parametrize("rotation, sar", [(90, "128/117"), (-90, "128/117"), (90, "1/1"), (180, "128/117")])
+def test_a_phone_video_is_sharded_upright_its_pixels_stretched_before_the_turn(tmp_path, rotation, sar):
+    """A display rotation turns the stored frames upright; the SAR belongs to the stored frame, so after a
+    quarter turn it stretches the height (176 x 128/117 = 192.6 -> 192: a 144x192 picture, 0.75 wide)."""
+    from pipeline.display import source_display
+    from pipeline.shard.ffmpeg import output_geometry
+
+    src = write_anamorphic(tmp_path / "src" / "a" / "phone.mp4", seconds=0.6, sar=sar, rotation=rotation)
+    display = source_display(src)
+    assert display.rotation == rotation % 360
+    shard_dataset(src.parent.parent, tmp_path / "out", workers=1, short_side=None)
+    (sample,) = list(iter_samples(sorted((tmp_path / "out").glob("*.tar"))[0]))
+    meta = json.loads(sample["json"])
+    shown = {(90, "128/117"): (144, 192), (90, "1/1"): (144, 176), (180, "128/117"): (192, 144)}[
+        (abs(rotation), sar)
+    ]
+    assert (meta["width"], meta["height"]) == output_geometry(176, 144, EncodeSettings(short_side=None), display)
+    assert (meta["width"], meta["height"]) == shown and meta["rotation"] == rotation % 360
 
 
 @pytest.mark.parametrize(
