@@ -172,8 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--strict",
         action="store_true",
-        help="also reject inputs that decode only partly (far fewer frames than their container claims, "
-        "e.g. cut downloads; without --strict they are sharded and listed in warnings.jsonl), and exit "
+        help="also reject imperfect inputs: those that decode only partly (far fewer frames than their "
+        "container claims, e.g. cut downloads) and frame folders with a gap in their numbering (without "
+        "--strict they are sharded, a gap's frames kept in order, and listed in warnings.jsonl), and exit "
         "non-zero if any input was rejected",
     )
     p.add_argument(

@@ -72,7 +72,7 @@ class ShardReport:
     encoded: int = 0  # inputs ffmpeg encoded in this call (not reused from staging, not rejected before encoding)
     wall_s: float = 0.0
     manifest: dict = field(default_factory=dict)
-    warnings: list[dict] = field(default_factory=list)  # sharded, but partly decodable
+    warnings: list[dict] = field(default_factory=list)  # sharded, but imperfect (partly decodable, frame gaps)
     destination: str | None = None  # the URL the shards were uploaded to (out is then the local work folder)
 
     @property
@@ -203,6 +203,31 @@ def _remove_stale_shards(out: Path, records: list[ShardRecord]) -> None:
             p.unlink()
 
 
+def sharding_note(item: WorkItem, o: Outcome) -> dict | None:
+    """What warnings.jsonl says of an input sharded although imperfect (--strict rejects it instead): one that
+    decodes to far fewer frames than its container claims, or a frame folder with a gap in its numbering."""
+    if o.partial:
+        return {
+            "source": item.rel,
+            "reason": "partly_decodable",
+            "split": item.split,
+            "decoded_frames": o.frames,
+            "claimed_frames": o.claimed_frames,
+            "message": f"{item.rel}: only {o.frames} of its {o.claimed_frames} frames decode (a cut or damaged "
+            "file); sharded as decoded",
+        }
+    if o.ok and o.missing_frames:
+        return {
+            "source": item.rel,
+            "reason": "frame_gap",
+            "split": item.split,
+            "missing": o.missing_frames,
+            "message": f"{item.rel}: frames {o.missing_frames} are missing from its numbering; its {o.frames} "
+            "frames are kept in order",
+        }
+    return None
+
+
 class _Run:
     """Mutable state of one sharding pass: open writers, pending rejections, progress."""
 
@@ -231,18 +256,10 @@ class _Run:
 
     def take(self, ordinal: int, item: WorkItem, o: Outcome) -> None:
         record = self.out / mf.STAGING / f"{item.key}.json"
-        if o.partial:
-            note = {
-                "source": item.rel,
-                "reason": "partly_decodable",
-                "split": item.split,
-                "decoded_frames": o.frames,
-                "claimed_frames": o.claimed_frames,
-                "message": f"{item.rel} decodes to {o.frames} frames but its container claims "
-                f"{o.claimed_frames} (cut or damaged file)",
-            }
+        note = sharding_note(item, o)
+        if note is not None:
             if self.strict:
-                o = Outcome(item.key, reason="partly_decodable", message=note["message"])
+                o = Outcome(item.key, reason=note["reason"], message=note["message"])
             else:
                 self.pending_warnings.setdefault(item.split, []).append(note)
         if not o.ok:
@@ -630,9 +647,13 @@ def summary_table(report: ShardReport) -> str:
     for note in report.manifest.get("source", {}).get("notes", []):  # folders or lists not used, ...
         lines.append(f"note: {note}")
     if report.warnings:
+        kinds = Counter(w.get("reason", "partly_decodable") for w in report.warnings)
+        what = {"partly_decodable": "decode only partly (fewer frames than their container claims)",
+                "frame_gap": "have gaps in their frame numbering (kept in order)"}  # fmt: skip
+        detail = "; ".join(f"{n} {what.get(k, k)}" for k, n in sorted(kinds.items()))
         lines.append(
-            f"{len(report.warnings)} sharded input(s) decode only partly (fewer frames than their container "
-            f"claims); see {report.out / mf.WARNINGS}, or re-run with --strict to reject them"
+            f"{len(report.warnings)} sharded input(s) are imperfect: {detail}; see {report.out / mf.WARNINGS}, "
+            "or re-run with --strict to reject them"
         )
     rate = report.encoded / report.wall_s if report.wall_s > 0 else 0.0
     lines.append(

@@ -9,10 +9,14 @@ file that timed out is not retried on every resume.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import json
 import os
+import re
 import tempfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -57,6 +61,7 @@ class Outcome:
     claimed_frames: int | None = None  # frames the source container claims (duration x rate), when it says
     sar: str | None = None  # the source's sample aspect ratio ("128:117") when its pixels are not square
     rotation: int = 0  # the source's display rotation (degrees counter-clockwise) when it has one
+    missing_frames: str | None = None  # a frame folder's gap in its numbering ("11-12"), its frames kept in order
     fresh: bool = False  # ffmpeg ran for it in this call (not reused from staging); not part of the record
 
     @property
@@ -85,6 +90,64 @@ def source_spec(item: WorkItem) -> SourceSpec:
     if path.stat().st_size == 0:
         raise FFmpegError("unreadable", f"{item.rel} is empty (0 bytes)")
     return SourceSpec(str(path), display=source_display(path))
+
+
+@dataclass(frozen=True)
+class FrameFolder:
+    """A folder of numbered JPEG frames, every one decoded once: their numbers and sizes."""
+
+    numbers: tuple[int, ...]  # sorted
+    names: tuple[str, ...]  # the file of each number
+    sizes: frozenset[tuple[int, int]]
+
+    @property
+    def missing(self) -> list[int]:
+        """Numbers absent between the first and the last (a gap in the numbering)."""
+        return sorted(set(range(self.numbers[0], self.numbers[-1] + 1)) - set(self.numbers))
+
+
+def check_frame_folder(folder: Path, rel: str) -> FrameFolder:
+    """Decode every numbered frame of `folder`: a frame that does not decode rejects the whole input, whatever
+    the codec (ffmpeg's MJPEG decoder would conceal it, e.g. by repeating a neighbour)."""
+    numbered = {}
+    for path in folder.iterdir():
+        m = re.fullmatch(r"(\d+)\.jpe?g", path.name, re.I)
+        if m:
+            numbered[int(m.group(1))] = path.name
+    sizes = set()
+    for number in sorted(numbered):
+        try:
+            info = decode_check((folder / numbered[number]).read_bytes())
+        except JpegError as err:
+            raise FFmpegError("unreadable", f"frame {numbered[number]} of {rel}: {err}") from None
+        sizes.add((info.width, info.height))
+    order = tuple(sorted(numbered))
+    return FrameFolder(order, tuple(numbered[n] for n in order), frozenset(sizes))
+
+
+def number_ranges(numbers: list[int]) -> str:
+    """[11, 12, 20] -> '11-12, 20' (pure)."""
+    runs: list[list[int]] = []
+    for n in numbers:
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    return ", ".join(f"{a}-{b}" if a != b else str(a) for a, b in runs)
+
+
+@contextlib.contextmanager
+def _frames_in_order(src: SourceSpec, frames: FrameFolder) -> Iterator[SourceSpec]:
+    """`src`, or with a gap in its numbering, a temp folder of links numbered 1, 2, ... to the frames in
+    order: the rule is to keep every frame there is, in order (the warning names the gap)."""
+    if not frames.missing:
+        yield src
+        return
+    with tempfile.TemporaryDirectory(prefix="tpn-frames-") as tmp:
+        ext = Path(frames.names[0]).suffix
+        for n, name in enumerate(frames.names, start=1):
+            os.symlink(Path(src.path) / name, Path(tmp) / f"{n:06d}{ext}")
+        yield dataclasses.replace(src, path=tmp, pattern=f"%06d{ext}", start_number=1)
 
 
 def _staged(staging: Path, key: str, s: EncodeSettings) -> tuple[Path, Path]:
@@ -184,8 +247,10 @@ def _encode(item: WorkItem, s: EncodeSettings, tmp: Path, timeout: float, min_fr
 
 def _encode_local(item: WorkItem, s: EncodeSettings, tmp: Path, timeout: float, min_frames: int) -> Outcome:
     src = source_spec(item)
-    copied = copyable_frames(src, s)
-    log = run_ffmpeg(copy_frames_argv(src, tmp) if copied else transcode_argv(src, tmp, s), timeout)
+    frames = check_frame_folder(Path(src.path), item.rel) if src.kind == "frames" else None
+    copied = frames is not None and copyable_frames(frames, src, s)
+    with contextlib.nullcontext(src) if frames is None else _frames_in_order(src, frames) as ordered:
+        log = run_ffmpeg(copy_frames_argv(ordered, tmp) if copied else transcode_argv(ordered, tmp, s), timeout)
     lost = StagedOutputLost(
         f"the encoded output of {item.rel} ({tmp}) vanished after ffmpeg wrote it: is another "
         "process cleaning that folder? Nothing was recorded for this input; rerun"
@@ -220,31 +285,17 @@ def _encode_local(item: WorkItem, s: EncodeSettings, tmp: Path, timeout: float, 
         claimed_frames=claimed_frames(log, info.fps),
         sar=f"{src.display.sar[0]}:{src.display.sar[1]}" if src.display.sar else None,
         rotation=src.display.rotation,
+        missing_frames=number_ranges(frames.missing) if frames is not None and frames.missing else None,
     )
 
 
-def copyable_frames(src: SourceSpec, s: EncodeSettings) -> bool:
-    """Whether a JPEG frame folder already is what `--codec jpeg` would write, so it is stored, not re-encoded.
-
-    True when the frame rate stays, every frame decodes and all share one size
-    that the size rules keep as it is (e.g. Something-Something V1's frames with
-    `--short-side keep`). A frame that does not decode rejects the input.
-    """
-    if not s.is_frames or src.kind != "frames" or (s.fps is not None and s.fps != src.fps):
+def copyable_frames(frames: FrameFolder, src: SourceSpec, s: EncodeSettings) -> bool:
+    """Whether a checked JPEG frame folder already is what `--codec jpeg` would write, so it is stored, not
+    re-encoded: the frame rate stays and all frames share one size that the size rules keep as it is (e.g.
+    Something-Something V1's frames with `--short-side keep`)."""
+    if not s.is_frames or (s.fps is not None and s.fps != src.fps) or len(frames.sizes) != 1:
         return False
-    folder = Path(src.path)
-    sizes = set()
-    for path in sorted(folder.iterdir()):
-        if not path.name.lower().endswith((".jpg", ".jpeg")):
-            continue
-        try:
-            info = decode_check(path.read_bytes())
-        except JpegError as err:
-            raise FFmpegError("unreadable", f"frame {path.name} of {folder.name}: {err}") from None
-        sizes.add((info.width, info.height))
-    if len(sizes) != 1:
-        return False
-    (size,) = sizes
+    (size,) = frames.sizes
     return output_geometry(*size, s) == size
 
 

@@ -230,9 +230,7 @@ def sar_filter(display: Display) -> list[str]:
     return [f"scale=w=trunc(iw*{sar[0]}/{sar[1]}/2)*2:h=ih", "setsar=1"]
 
 
-def output_geometry(
-    width: int, height: int, s: EncodeSettings, display: Display = Display()
-) -> tuple[int, int]:
+def output_geometry(width: int, height: int, s: EncodeSettings, display: Display = Display()) -> tuple[int, int]:
     """The (W, H) ffmpeg produces for a stored `width` x `height` source shown as `display` says (mirrors
     the autorotation, `sar_filter` then `scale_filter`: every rule applies to the displayed size).
 
@@ -369,6 +367,7 @@ REJECT_REASONS = (
     "dangling_symlink",
     "directory_loop",
     "partly_decodable",  # only with strict=True; otherwise such inputs are sharded and listed as warnings
+    "frame_gap",  # only with strict=True: a frame folder whose numbering has a gap (otherwise kept, and warned of)
 )
 
 _PATTERNS = [

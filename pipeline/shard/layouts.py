@@ -165,13 +165,31 @@ def scan_folder(root: Path, split: str | None = None) -> Dataset:
 KINETICS_COLUMNS = {"label", "youtube_id", "time_start", "time_end", "split"}
 
 
+def _csv_header(path: Path) -> set[str]:
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        return {h.strip() for h in next(csv.reader(f), [])}
+
+
+def _check_kinetics_header(path: Path, header: set[str]) -> None:
+    missing = sorted(KINETICS_COLUMNS - header)
+    if missing:
+        raise LayoutError(
+            f"{path} looks like a Kinetics annotation CSV but has no {', '.join(missing)} column: a Kinetics CSV "
+            f"needs {', '.join(sorted(KINETICS_COLUMNS))}; fix its header (or pass --layout folder if it is "
+            "not one)"
+        )
+
+
 def _kinetics_csvs(root: Path) -> list[Path]:
+    """The Kinetics annotation CSVs in SRC or SRC/annotations; one that has some of the columns (a
+    youtube_id, or three of the five) but not all is an error naming it, never a silent fallback."""
     found = []
     for folder in (root, root / "annotations"):
         for p in sorted(folder.glob("*.csv")) if folder.is_dir() else []:
-            with open(p, newline="", encoding="utf-8") as f:
-                header = next(csv.reader(f), [])
-            if KINETICS_COLUMNS <= {h.strip() for h in header}:
+            header = _csv_header(p)
+            present = header & KINETICS_COLUMNS
+            if "youtube_id" in present or len(present) >= 3:
+                _check_kinetics_header(p, header)
                 found.append(p)
     return found
 
@@ -181,20 +199,36 @@ def kinetics_name(youtube_id: str, start: float, end: float) -> str:
     return f"{youtube_id}_{int(float(start)):06d}_{int(float(end)):06d}"
 
 
+def _kinetics_stem(row: dict, path: Path, line: int) -> str:
+    try:
+        return kinetics_name(row["youtube_id"], row["time_start"], row["time_end"])
+    except (ValueError, TypeError):
+        raise LayoutError(
+            f"{path}, line {line}: time_start {row.get('time_start')!r} and time_end {row.get('time_end')!r} must "
+            "be numbers (seconds); fix that row"
+        ) from None
+
+
 def scan_kinetics(root: Path, annotations: list[Path] | None = None) -> Dataset:
     csvs = annotations or _kinetics_csvs(root)
     if not csvs:
         raise LayoutError(f"{root}: no Kinetics CSV with columns {sorted(KINETICS_COLUMNS)} in SRC or SRC/annotations")
+    for csv_path in annotations or []:
+        if not Path(csv_path).is_file():
+            raise LayoutError(f"--annotations {csv_path}: no such file")
+        _check_kinetics_header(Path(csv_path), _csv_header(Path(csv_path)))
     on_disk: dict[str, Path] = {}
     for p in videos_under(root):
         on_disk.setdefault(p.stem, p)
     items, ignored, seen = [], 0, set()
     for csv_path in csvs:
-        with open(csv_path, newline="", encoding="utf-8") as f:
-            for row in csv.DictReader(f):
-                split = normalize_split(row.get("split", ""))
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            reader.fieldnames = [h.strip() for h in reader.fieldnames or []]
+            for row in reader:
+                split = normalize_split(row.get("split") or "")
                 label = (row.get("label") or "").strip()
-                stem = kinetics_name(row["youtube_id"], row["time_start"], row["time_end"])
+                stem = _kinetics_stem(row, Path(csv_path), reader.line_num)
                 if split is None or not label or stem in seen:
                     ignored += 1  # test rows (no label to learn or score) and repeated rows
                     continue
@@ -212,13 +246,22 @@ def scan_kinetics(root: Path, annotations: list[Path] | None = None) -> Dataset:
 # ---- Something-Something ------------------------------------------------------
 
 
-def _find_one(root: Path, patterns: list[str], what: str) -> Path:
+def _find_optional(root: Path, patterns: list[str]) -> Path | None:
     for folder in (root, root / "annotations", root / "labels"):
         for pattern in patterns:
             hits = sorted(folder.glob(pattern)) if folder.is_dir() else []
             if hits:
                 return hits[0]
-    raise LayoutError(f"{root}: no {what} found (looked for {', '.join(patterns)} in SRC, SRC/annotations, SRC/labels)")
+    return None
+
+
+def _find_one(root: Path, patterns: list[str], what: str) -> Path:
+    found = _find_optional(root, patterns)
+    if found is None:
+        raise LayoutError(
+            f"{root}: no {what} found (looked for {', '.join(patterns)} in SRC, SRC/annotations, SRC/labels)"
+        )
+    return found
 
 
 def _media_dir(root: Path, candidates: list[str]) -> Path:
@@ -235,9 +278,42 @@ def sth_template_key(template: str) -> str:
 
 def _load_json(path: Path):
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise LayoutError(f"{path}: cannot read JSON ({err}); re-download or fix the file") from err
+        return json.loads(path.read_text(encoding="utf-8-sig"))
+    except OSError as err:
+        raise LayoutError(f"{path}: cannot read it ({err})") from None
+    except json.JSONDecodeError as err:
+        raise LayoutError(
+            f"{path} is not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}; re-download or fix it"
+        ) from None
+
+
+def _sthv2_entries(path: Path) -> list[dict]:
+    """A V2 split list: a JSON list of {"id", "template", ...}; anything else names the file and the entry."""
+    entries = _load_json(path)
+    if not isinstance(entries, list):
+        raise LayoutError(f"{path}: expected a JSON list of videos, found {type(entries).__name__}")
+    for n, e in enumerate(entries):
+        missing = [k for k in ("id", "template") if not isinstance(e, dict) or k not in e]
+        if missing:
+            keys = sorted(e) if isinstance(e, dict) else type(e).__name__
+            raise LayoutError(
+                f"{path}: entry {n} has no {' or '.join(repr(k) for k in missing)} (it has {keys}); each entry "
+                'needs "id" and "template"'
+            )
+    return entries
+
+
+def _listed_item(root: Path, path: Path, split: str, class_name: str, frames: bool = False) -> WorkItem:
+    """An input a list names: missing when nothing is on disk under its name; something of the other kind
+    there (a folder named like a video, a file where a frame folder belongs) is a problem named as such."""
+    rel = path.relative_to(root).as_posix()
+    kind = {"kind": "frames", "fps": STHV1_FPS} if frames else {}
+    wrong = path.is_file() if frames else path.is_dir()
+    if wrong:
+        what = "a file, not a folder of frames" if frames else "a folder, not a video file"
+        return WorkItem(make_key(rel), split, class_name, rel, str(path), problem=("unreadable", f"is {what}"), **kind)
+    there = path.is_dir() if frames else path.is_file()
+    return WorkItem(make_key(rel), split, class_name, rel, str(path), missing=not there, **kind)
 
 
 def scan_sthv2(root: Path) -> Dataset:
@@ -248,17 +324,15 @@ def scan_sthv2(root: Path) -> Dataset:
     video_dir = _media_dir(root, ["20bn-something-something-v2", "videos"])
     items = []
     for split, patterns in (("train", ["*train.json"]), ("val", ["*validation.json", "*val.json"])):
-        try:
-            entries = _load_json(_find_one(root, patterns, f"{split} list"))
-        except LayoutError:
+        listed = _find_optional(root, patterns)
+        if listed is None:
             continue
-        for e in entries:
+        for e in _sthv2_entries(listed):
             name = sth_template_key(e["template"])
             if name not in labels:
                 raise LayoutError(f"{root}: template {e['template']!r} of video {e['id']} is not in the labels JSON")
             path = video_dir / f"{e['id']}.webm"
-            rel = path.relative_to(root).as_posix()
-            items.append(WorkItem(make_key(rel), split, name, rel, str(path), missing=not path.is_file()))
+            items.append(_listed_item(root, path, split, name))
     if not items:
         raise LayoutError(f"{root}: no train/validation JSON lists for Something-Something V2")
     return Dataset("sthv2", root, items, classes, _unlabelled_test_lists(root, "*test*.json"))
@@ -266,33 +340,19 @@ def scan_sthv2(root: Path) -> Dataset:
 
 def scan_sthv1(root: Path) -> Dataset:
     labels_csv = _find_one(root, ["*labels.csv"], "Something-Something V1 labels CSV")
-    classes = [line.strip() for line in labels_csv.read_text(encoding="utf-8").splitlines() if line.strip()]
+    classes = [line.strip() for line in labels_csv.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
     known = set(classes)
     frame_dir = _media_dir(root, ["20bn-something-something-v1", "rawframes", "frames"])
     items = []
     for split, patterns in (("train", ["*train.csv"]), ("val", ["*validation.csv", "*val.csv"])):
-        try:
-            lines = _find_one(root, patterns, f"{split} list").read_text(encoding="utf-8").splitlines()
-        except LayoutError:
+        listed = _find_optional(root, patterns)
+        if listed is None:
             continue
-        for line in filter(str.strip, lines):
+        for line in filter(str.strip, listed.read_text(encoding="utf-8-sig").splitlines()):
             vid, _, name = line.partition(";")
             if name.strip() not in known:
                 raise LayoutError(f"{root}: label {name.strip()!r} of video {vid} is not in {labels_csv.name}")
-            path = frame_dir / vid.strip()
-            rel = path.relative_to(root).as_posix()
-            items.append(
-                WorkItem(
-                    make_key(rel),
-                    split,
-                    name.strip(),
-                    rel,
-                    str(path),
-                    kind="frames",
-                    fps=STHV1_FPS,
-                    missing=not path.is_dir(),
-                )
-            )
+            items.append(_listed_item(root, frame_dir / vid.strip(), split, name.strip(), frames=True))
     if not items:
         raise LayoutError(f"{root}: no train/validation CSV lists for Something-Something V1")
     return Dataset("sthv1", root, items, classes, _unlabelled_test_lists(root, "*test*.csv"))

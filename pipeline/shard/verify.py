@@ -37,7 +37,7 @@ from pipeline.format.tar import index_of_tar, iter_samples
 class VerifyReport:
     out: Path | str  # a folder or the URL of one
     problems: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)  # partly decodable sources, from warnings.jsonl
+    warnings: list[str] = field(default_factory=list)  # imperfect sources, from warnings.jsonl
     shards: int = 0
     samples: int = 0
     decoded: int = 0
@@ -253,16 +253,12 @@ def _verify(out: Path, decode: bool, workers: int | None, progress: bool, remote
 
 
 def _sharding_warnings(out: Path) -> list[str]:
-    """What pipeline.shard recorded as partly decodable (the sources are not re-read here)."""
+    """What pipeline.shard recorded of imperfect sources, in its words (the sources are not re-read here)."""
     path = out / mf.WARNINGS
     if not path.is_file():
         return []
     records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return [
-        f"{r['source']}: {r['decoded_frames']} of {r['claimed_frames']} claimed frames decoded "
-        f"(partly decodable source; sharded as decoded)"
-        for r in records
-    ]
+    return [r["message"] for r in records]
 
 
 def _check_counts(manifest: dict, per_class: Counter) -> list[str]:
@@ -305,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     for warning in report.warnings:
         print(f"WARNING {warning}")
     status = "OK" if report.ok else f"FAILED with {len(report.problems)} problem(s)"
-    partly = f", {len(report.warnings)} from partly decodable sources" if report.warnings else ""
+    partly = f", {len(report.warnings)} from imperfect sources (warnings.jsonl)" if report.warnings else ""
     print(
         f"{status}: {report.shards} shard(s), {report.samples} sample(s){partly}, {report.decoded} decoded, "
         f"in {report.out}"

@@ -202,9 +202,7 @@ def test_a_phone_video_is_sharded_upright_its_pixels_stretched_before_the_turn(t
     shard_dataset(src.parent.parent, tmp_path / "out", workers=1, short_side=None)
     (sample,) = list(iter_samples(sorted((tmp_path / "out").glob("*.tar"))[0]))
     meta = json.loads(sample["json"])
-    shown = {(90, "128/117"): (144, 192), (90, "1/1"): (144, 176), (180, "128/117"): (192, 144)}[
-        (abs(rotation), sar)
-    ]
+    shown = {(90, "128/117"): (144, 192), (90, "1/1"): (144, 176), (180, "128/117"): (192, 144)}[(abs(rotation), sar)]
     assert (meta["width"], meta["height"]) == output_geometry(176, 144, EncodeSettings(short_side=None), display)
     assert (meta["width"], meta["height"]) == shown and meta["rotation"] == rotation % 360
 

@@ -271,3 +271,89 @@ def test_every_layout_reads_from_object_storage(layout, request, s3, tmp_path):
     assert [(r["source"], r["reason"]) for r in rejected(remote)] == [
         (r["source"], r["reason"]) for r in rejected(local)
     ]
+
+
+# ---- annotations that are wrong say so -----------------------------------------
+
+
+def test_a_kinetics_csv_without_a_column_is_an_error_naming_file_and_column(kinetics, tmp_path, capsys):
+    """A train CSV that lost its time_end column used to fall back to class folders (one class named after the
+    videos' folder, val merged into train) or, with --annotations, to a raw KeyError."""
+    from pipeline.shard.__main__ import main
+
+    train = kinetics / "annotations" / "train.csv"
+    train.write_text("label,youtube_id,time_start,split\nabseiling,--aaa,0,train\n")
+    with pytest.raises(LayoutError, match=r"train.csv looks like a Kinetics annotation CSV but has no time_end"):
+        scan(kinetics)
+    with pytest.raises(LayoutError, match=r"train.csv .*no time_end"):
+        scan(kinetics, "kinetics", annotations=[train])
+    assert main([str(kinetics), "--out", str(tmp_path / "out"), "--no-progress"]) == 2
+    assert "time_end" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_a_kinetics_time_that_is_no_number_names_the_file_and_row(kinetics):
+    (kinetics / "annotations" / "validate.csv").write_text(
+        "label,youtube_id,time_start,time_end,split\nair drumming,ccc,1,11,val\nair drumming,eee,1O,20,val\n"
+    )
+    with pytest.raises(LayoutError, match=r"validate.csv, line 3: time_start '1O'"):
+        scan(kinetics)
+
+
+def test_sthv2_lists_that_do_not_parse_or_lack_a_key_are_errors_naming_the_file(sthv2):
+    val = sthv2 / "labels" / "something-something-v2-validation.json"
+    val.write_text('[{"id": "13", "template": "Holding [something]"},\n]')  # a trailing comma
+    with pytest.raises(LayoutError, match=r"validation.json is not valid JSON: .* line 2, column 1"):
+        scan(sthv2)
+    val.write_text('[{"id": "13", "templat": "Holding [something]"}]')
+    with pytest.raises(LayoutError, match=r"validation.json: entry 0 has no 'template' \(it has \['id', 'templat'\]\)"):
+        scan(sthv2)
+
+
+def test_sthv2_a_folder_named_like_a_video_is_named_as_such(sthv2, tmp_path):
+    (sthv2 / "20bn-something-something-v2" / "99.webm").mkdir()
+    shard_dataset(sthv2, tmp_path / "out", **SMALL)
+    (r,) = rejected(tmp_path / "out")
+    assert r["source"].endswith("99.webm") and r["reason"] == "unreadable" and "a folder, not a video" in r["message"]
+
+
+def test_sthv1_labels_with_a_byte_order_mark_are_read(sthv1):
+    labels = sthv1 / "something-something-v1-labels.csv"
+    labels.write_bytes(b"\xef\xbb\xbf" + labels.read_bytes())
+    assert scan(sthv1).classes == ["Holding something", "Putting something on something"]
+
+
+@pytest.mark.parametrize("codec", ["vp9", "jpeg"])
+def test_a_corrupt_frame_rejects_its_video_whatever_the_codec(sthv1, tmp_path, codec):
+    """ffmpeg's MJPEG decoder conceals a corrupt frame (a neighbour repeated): with VP9 the video was sharded
+    with no word of it. Every frame is decoded first, so both codecs give the same verdict."""
+    bad = sthv1 / "20bn-something-something-v1" / "21" / "00005.jpg"
+    bad.write_bytes(bad.read_bytes()[:200])
+    shard_dataset(sthv1, tmp_path / codec, **SMALL, codec=codec)
+    got = {r["source"]: (r["reason"], r["message"]) for r in rejected(tmp_path / codec)}
+    reason, message = got["20bn-something-something-v1/21"]
+    assert reason == "unreadable" and "frame 00005.jpg of 20bn-something-something-v1/21" in message
+
+
+@pytest.mark.parametrize("codec", ["vp9", "jpeg"])
+def test_a_gap_in_the_numbering_keeps_every_frame_in_order_and_is_named(sthv1, tmp_path, codec):
+    """Frames 00004-00005 of 12 missing: the 10 there are sharded in order (ffmpeg's numbered input stopped at
+    the gap, keeping 3), and warnings.jsonl names the gap; --strict rejects the video instead."""
+    from pipeline.shard import RejectedInputsError
+
+    folder = sthv1 / "20bn-something-something-v1" / "21"
+    for n in (4, 5):
+        (folder / f"{n:05d}.jpg").unlink()
+    shard_dataset(sthv1, tmp_path / codec, **SMALL, codec=codec)
+    sample = next(s for s in _samples(tmp_path / codec) if s["source"].endswith("/21"))
+    assert sample["frames"] == 10
+    (warning,) = [json.loads(line) for line in (tmp_path / codec / "warnings.jsonl").read_text().splitlines()]
+    assert (
+        warning["reason"] == "frame_gap"
+        and warning["missing"] == "4-5"
+        and "frames 4-5 are missing" in (warning["message"])
+    )
+    with pytest.raises(RejectedInputsError):
+        shard_dataset(sthv1, tmp_path / f"{codec}-strict", **SMALL, codec=codec, strict=True)
+    assert ("20bn-something-something-v1/21", "frame_gap") in {
+        (r["source"], r["reason"]) for r in rejected(tmp_path / f"{codec}-strict")
+    }
