@@ -176,10 +176,33 @@ class RemoteReader:
         pass
 
 
+BUCKET_PROTOCOLS = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss")
+
+
+def missing_bucket(url: str) -> str | None:
+    """The URL of `url`'s bucket (container) when the store says it does not exist; None when it does, or
+    when the store has no buckets."""
+    protocol = url.split("://", 1)[0]
+    if protocol not in BUCKET_PROTOCOLS:
+        return None
+    try:
+        fs, path = filesystem(url)
+        bucket = path.split("/", 1)[0]
+        return None if fs.exists(bucket) else f"{protocol}://{bucket}"
+    except Exception:  # the question itself failed: say nothing more than the first error
+        return None
+
+
 def remote_error(url: str, what: str, err: BaseException | None) -> OSError:
     kind = type(err).__name__ if err is not None else "error"
     message = f"could not read {what} of {url} after {RETRIES} tries ({kind}: {err}); {REMOTE_HINT}"
     if isinstance(err, FileNotFoundError):
+        bucket = missing_bucket(url)
+        if bucket is not None:
+            return FileNotFoundError(
+                f"the bucket {bucket} does not exist ({what} of {url}): create it, or check the URL and the "
+                "endpoint (e.g. AWS_ENDPOINT_URL or FSSPEC_S3_ENDPOINT_URL)"
+            )
         return FileNotFoundError(f"{url} does not exist ({what}); {REMOTE_HINT}")
     if isinstance(err, PermissionError):
         return PermissionError(f"access to {url} denied ({what}); {REMOTE_HINT}")

@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     print(summary_table(report))
     if report.samples == 0:
-        return _fail(f"no video was sharded; see {report.out / 'rejected.jsonl'}")
+        return _fail(f"no video was sharded; see {report.location('rejected.jsonl')}")
     return 0
 
 

@@ -49,13 +49,13 @@ class RejectedInputsError(ShardingError):
         partly = (
             (
                 f"; {len(report.warnings)} sharded input(s) decode only partly (an earlier run without strict "
-                f"mode sharded them; see {report.out / mf.WARNINGS})"
+                f"mode sharded them; see {report.location(mf.WARNINGS)})"
             )
             if report.warnings
             else ""
         )
         super().__init__(
-            f"{len(report.rejected)} input(s) rejected (strict mode); see {report.out / mf.REJECTED}{partly}"
+            f"{len(report.rejected)} input(s) rejected (strict mode); see {report.location(mf.REJECTED)}{partly}"
         )
         self.report = report
 
@@ -89,6 +89,10 @@ class ShardReport:
     @property
     def manifest_path(self) -> Path:
         return self.out / mf.MANIFEST
+
+    def location(self, name: str) -> str | Path:
+        """Where the run's file `name` is for the user: in the bucket for a URL output, else in `out`."""
+        return storage.join(self.destination, name) if self.destination else self.out / name
 
 
 def select_part(items: list[WorkItem], part: tuple[int, int] | None) -> list[WorkItem]:
@@ -351,6 +355,23 @@ def _upload_shard(work: Path, remote: str, tar: str, idx: str) -> None:
         (work / name).unlink(missing_ok=True)
 
 
+def _place(location: str | os.PathLike) -> str:
+    """A comparable form of a folder or URL: resolved path, or URL without trailing slashes (pure for URLs)."""
+    if storage.is_remote(location):
+        return str(location).rstrip("/")
+    return str(Path(location).expanduser().resolve())
+
+
+def same_place(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    return _place(a) == _place(b)
+
+
+def inside(out: str | os.PathLike, src: str | os.PathLike) -> bool:
+    """Whether `out` is `src` or lies under it (folders or URLs of one store)."""
+    o, s = _place(out), _place(src)
+    return o == s or o.startswith(s.rstrip("/") + "/")
+
+
 def default_work_dir(remote: str) -> Path:
     """Where shards bound for `remote` are made: the user's cache, one folder per destination."""
     base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tpn-toolkit" / "shard-work"
@@ -486,6 +507,11 @@ def shard_dataset(
     t0 = time.perf_counter()
     if not storage.is_remote(out) and Path(out).exists() and not Path(out).is_dir():
         raise ShardingError(f"--out {out} is a file, not a folder: pass a folder for the shards (it is created)")
+    if inside(out, src):
+        raise ShardingError(
+            f"--out {out} is {'the source itself' if same_place(out, src) else 'inside the source'} {src}: the "
+            "shards would land among the dataset's own files; pass a folder (or prefix) outside it"
+        )
     s = opts.encode
     exe = find_ffmpeg()
     if not has_encoder(exe, s.encoder):
@@ -643,7 +669,7 @@ def summary_table(report: ShardReport) -> str:
     by_reason = Counter(r["reason"] for r in report.rejected)
     if by_reason:
         detail = ", ".join(f"{k}: {v}" for k, v in sorted(by_reason.items()))
-        lines.append(f"rejected {len(report.rejected)} ({detail}); see {report.out / mf.REJECTED}")
+        lines.append(f"rejected {len(report.rejected)} ({detail}); see {report.location(mf.REJECTED)}")
     for note in report.manifest.get("source", {}).get("notes", []):  # folders or lists not used, ...
         lines.append(f"note: {note}")
     if report.warnings:
@@ -652,7 +678,7 @@ def summary_table(report: ShardReport) -> str:
                 "frame_gap": "have gaps in their frame numbering (kept in order)"}  # fmt: skip
         detail = "; ".join(f"{n} {what.get(k, k)}" for k, n in sorted(kinds.items()))
         lines.append(
-            f"{len(report.warnings)} sharded input(s) are imperfect: {detail}; see {report.out / mf.WARNINGS}, "
+            f"{len(report.warnings)} sharded input(s) are imperfect: {detail}; see {report.location(mf.WARNINGS)}, "
             "or re-run with --strict to reject them"
         )
     rate = report.encoded / report.wall_s if report.wall_s > 0 else 0.0
@@ -661,7 +687,5 @@ def summary_table(report: ShardReport) -> str:
         f"{report.wall_s:.1f} s ({rate:.1f} videos/s encoded this run"
         + (f", {report.resumed_shards} shard(s) kept from an earlier run)" if report.resumed_shards else ")")
     )
-    lines.append(
-        f"manifest: {storage.join(report.destination, mf.MANIFEST) if report.destination else report.manifest_path}"
-    )
+    lines.append(f"manifest: {report.location(mf.MANIFEST)}")
     return "\n".join(lines)

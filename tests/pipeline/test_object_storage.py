@@ -241,3 +241,28 @@ def test_a_bucket_prefix_another_tool_wrote_is_refused_naming_its_objects(s3, tm
     report = shard_dataset(src, url, **opts, overwrite=True)
     assert report.samples == 2 and s3.cat_file(f"{BUCKET}/theirs/readme.txt") == b"keep me"
     assert json.loads(s3.cat_file(f"{BUCKET}/theirs/manifest.json"))["tool"]["name"] == "pipeline.shard"
+
+
+def test_object_storage_answers_name_the_bucket_and_the_bucket_copy(s3, tmp_path):
+    """A missing output bucket is named as a bucket; the summary points at rejected.jsonl in the bucket; an
+    output inside the source prefix is refused before anything is written."""
+    from pipeline.shard import ShardingError, shard_dataset
+    from pipeline.shard.core import summary_table
+    from tests.shard_helpers import noise_frames, write_video
+
+    src = tmp_path / "src"
+    for i in range(2):
+        write_video(src / "a" / f"a{i}.mp4", noise_frames(10, 64, 48, seed=i))
+    (src / "a" / "broken.mp4").write_bytes(b"not a video")
+    opts = {"work": tmp_path / "work", "short_side": 48, "workers": 1}
+    with pytest.raises(FileNotFoundError, match=r"the bucket s3://no-such-bucket does not exist"):
+        shard_dataset(src, "s3://no-such-bucket/k400", **opts)
+    report = shard_dataset(src, f"s3://{BUCKET}/answers", **opts)
+    assert f"see s3://{BUCKET}/answers/rejected.jsonl" in summary_table(report)
+    for out in (f"s3://{BUCKET}/dataset", f"s3://{BUCKET}/dataset/shards/"):
+        with pytest.raises(ShardingError, match="the source"):
+            shard_dataset(f"s3://{BUCKET}/dataset", out, **opts)
+    for out in (src, src / "shards"):
+        with pytest.raises(ShardingError, match="the source"):
+            shard_dataset(src, out, **opts)
+    assert not (src / "shards").exists()
