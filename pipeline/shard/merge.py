@@ -71,7 +71,13 @@ def _check_parts(folders: list[Path], manifests: list[dict], allow_missing: bool
     ref = manifests[0]
     for f, m in zip(folders[1:], manifests[1:]):
         if m["settings"] != ref["settings"]:
-            raise MergeError(f"{f} was encoded with other settings than {folders[0]}; re-run it with the same options")
+            differ = sorted(
+                k for k in set(m["settings"]) | set(ref["settings"]) if m["settings"].get(k) != ref["settings"].get(k)
+            )
+            detail = ", ".join(f"{k}: {m['settings'].get(k)!r} vs {ref['settings'].get(k)!r}" for k in differ[:6])
+            raise MergeError(
+                f"{f} was encoded with other settings than {folders[0]} ({detail}); re-run it with the same options"
+            )
         if m["source"]["layout"] != ref["source"]["layout"]:
             raise MergeError(f"{f} has layout {m['source']['layout']}, {folders[0]} has {ref['source']['layout']}")
     classes = [mf.read_class_file(f / mf.CLASSES) for f in folders]

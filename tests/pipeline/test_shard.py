@@ -299,6 +299,8 @@ def test_parts_merge_into_the_full_set(sharded, synth, tmp_path):
         == {s["__key__"] for _, s in _all_samples(out)}
         == {s["__key__"] for _, s in _all_samples(merged)}
     )
+    by_key = lambda folder: {s["__key__"]: s for _, s in _all_samples(folder)}  # noqa: E731
+    assert by_key(merged) == by_key(out)  # the same samples, byte for byte, in other shards
     full = json.loads((out / "manifest.json").read_text())
     assert report.manifest["splits"] == {
         k: {**v, "shards": report.manifest["splits"][k]["shards"]} for k, v in full["splits"].items()
@@ -313,6 +315,13 @@ def test_parts_merge_into_the_full_set(sharded, synth, tmp_path):
         c = copied / t.name
         assert c.stat().st_nlink == 1 and c.read_bytes() == t.read_bytes()
     assert verify_dataset(copied).ok and not any(is_temp_name(f.name) for f in copied.iterdir())
+
+
+def test_merging_parts_of_other_settings_names_the_setting(synth, tmp_path):
+    shard_dataset(synth, tmp_path / "p0", **OPTS, part="0/2")
+    shard_dataset(synth, tmp_path / "p1", **{**OPTS, "codec": "jpeg"}, part="1/2")
+    with pytest.raises(ValueError, match=r"other settings .*codec: 'jpeg' vs 'vp9'"):
+        merge_parts([tmp_path / "p0", tmp_path / "p1"], tmp_path / "merged")
 
 
 def test_shard_size_bounds_every_shard(sharded, synth, tmp_path):
