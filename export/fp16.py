@@ -29,9 +29,11 @@ Runtime under the `fp16` tolerance, or refused.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import copy
 import os
+import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -41,10 +43,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from export.errors import CheckFailed, ExportError
+from export.errors import EXIT_CODES_HELP, EXIT_FAILED, EXIT_OK, CheckFailed, ExportError, positive_int
 from export.onnx import ort_logits
 from export.onnxfile import INPUT_NAME, add_metadata, onnx_clip_shape, read_metadata, write_model
-from export.outputs import publish
+from export.outputs import publish, write_json
 from export.runtime import open_session
 from export.shards import view_batches
 from export.source import synthetic_clips
@@ -572,3 +574,60 @@ def _set_precision_metadata(model: onnx.ModelProto) -> None:
     del model.metadata_props[:]
     model.metadata_props.extend(kept)
     add_metadata(model, {"precision": "fp16-mixed"})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m export.fp16",
+        description=(
+            "Convert an FP32 ONNX export to mixed-precision FP16 (convolutions in FP16; the numerically "
+            "sensitive ops, the classifier and the layers whose weights or activations leave FP16's range stay "
+            "FP32) and check it against the FP32 model in ONNX Runtime under the fp16 tolerance. Writes "
+            "<name>.fp16.onnx beside the input (or --out) and its report as <name>.fp16.json; a file that fails "
+            "the check goes to rejected/ beside it and the exit status is 1."
+        ),
+        epilog=EXIT_CODES_HELP,
+    )
+    p.add_argument("onnx", type=Path, help="the FP32 ONNX file (python -m export.onnx NAME writes one)")
+    p.add_argument("--out", type=Path, help="the FP16 ONNX file to write (default: <name>.fp16.onnx beside it)")
+    p.add_argument(
+        "--calib-shards",
+        help="validation shard folder (or URL) whose test views calibrate the ranges (default: seeded "
+        "synthetic clips)",
+    )
+    p.add_argument("--split", default="val", help="split of --calib-shards to read (default %(default)s)")
+    p.add_argument("--calib-clips", type=positive_int, default=4, help="calibration clips (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic clips (default %(default)s)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        report = to_fp16(
+            args.onnx,
+            calibration=args.calib_shards,
+            out=args.out,
+            num_clips=args.calib_clips,
+            seed=args.seed,
+            split=args.split if args.calib_shards else None,
+        )
+    except CheckFailed as e:
+        write_json(_report_path(Path(e.report.path)), {"fp16": e.report, "passed": False})
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    except ExportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    write_json(_report_path(Path(report.path)), {"fp16": report, "passed": True})
+    print(report.summary())
+    print(f"report: {_report_path(Path(report.path))}")
+    return EXIT_OK
+
+
+def _report_path(fp16_onnx: Path) -> Path:
+    return fp16_onnx.with_name(fp16_onnx.name.removesuffix(".onnx") + ".json")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -139,6 +139,23 @@ def test_fp16_failure_is_enforced_and_not_published(work, tmp_path):
     assert (tmp_path / "rejected" / "m.fp16.onnx").exists()
 
 
+def test_fp16_command_converts_checks_and_reports(work, tmp_path, capsys):
+    from export.fp16 import main as fp16_main
+
+    out = tmp_path / "cli.fp16.onnx"
+    assert fp16_main([str(work["onnx"].path), "--out", str(out), "--calib-shards", str(work["shards"])]) == 0
+    printed = capsys.readouterr().out
+    assert "float nodes in FP16" in printed and str(tmp_path / "cli.fp16.json") in printed
+    report = json.loads((tmp_path / "cli.fp16.json").read_text())
+    assert report["passed"] and report["fp16"]["calibration"]["kind"] == "shards"
+    assert read_metadata(onnx.load(str(out)))["precision"] == "fp16-mixed"
+    assert fp16_main([str(tmp_path / "none.onnx")]) == 3  # bad input
+    assert fp16_main([str(out), "--out", str(tmp_path / "twice.fp16.onnx")]) == 3  # already FP16
+    with pytest.raises(SystemExit) as usage:
+        fp16_main([])
+    assert usage.value.code == 2
+
+
 def _graph(nodes, outputs):
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])
     ys = [helper.make_tensor_value_info(o, TensorProto.FLOAT, [2, 4]) for o in outputs]
