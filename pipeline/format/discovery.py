@@ -100,7 +100,9 @@ def find_shards(shards: str | Path | Sequence[str | Path], split: str | None = N
 
 
 def locate_shards(shards: str | Path | Sequence[str | Path], split: str | None = None) -> Shards:
-    """`find_shards`, with the checksums the shards' manifests record (each manifest read once)."""
+    """`find_shards`, with the checksums the shards' manifests record (each manifest read once). `split` is
+    read in the one split vocabulary (`validation` is `val`; "all" or "" is every tar)."""
+    split = None if split in (None, "", ALL_SPLITS) else normalize_split(split) or split
     if isinstance(shards, str) and storage.is_remote(shards):
         manifest = read_folder_manifest(shards)
         tars = _remote_tars(shards, split, manifest)

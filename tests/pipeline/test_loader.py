@@ -497,3 +497,20 @@ def test_the_host_loader_reuses_the_memory_of_batches_let_go(coded):
         ld.set_epoch(epoch)
         addresses += [clips.data_ptr() for clips, _, _ in every_batch(ld)]
     assert len(set(addresses)) < len(addresses)
+
+
+def test_every_name_of_a_split_reads_it(coded, tmp_path):
+    """One split vocabulary in every API: `validation` (or `VAL`) is `val`, `all` is every shard."""
+    import shutil
+
+    from pipeline.format.discovery import find_shards
+
+    shards = tmp_path / "shards"
+    shutil.copytree(coded, shards, ignore=shutil.ignore_patterns(".index"))
+    (shards / "train-000000.tar").rename(shards / "val-000000.tar")
+    (shards / "train-000000.idx").rename(shards / "val-000000.idx")
+    for name in ("val", "validation", "VAL"):
+        assert [t.name for t in find_shards(shards, name)] == ["val-000000.tar"]
+    assert len(find_shards(shards, "all")) == len(find_shards(shards))
+    with ClipLoader(shards, SMALL, batch_size=1, device="cpu", split="validation", mode="test") as ld:
+        assert len(ld.data) == 3
