@@ -12,8 +12,10 @@ import dataclasses
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
+from tpn import rundir
 from tpn.cli import add_device_args, add_other_architecture_arg, add_threads_arg
 from tpn.distributed import env_from_environ
 from tpn.engine import COMPILE_PRESETS, DEFAULT_COMPILE
@@ -159,12 +161,30 @@ def settings_from_args(args: argparse.Namespace) -> tuple[TrainSettings, dict | 
     return resolve_settings(name, given), None
 
 
+def interrupted_message(settings: TrainSettings | None) -> str:
+    """What an interrupted run says: its last checkpoint and the command that resumes from it."""
+    if settings is None:
+        return "interrupted before the run started; nothing was written"
+    checkpoints = rundir.list_checkpoints(Path(settings.out))
+    if not checkpoints:
+        return f"interrupted before the first checkpoint of {settings.out}: run the same command again to start over"
+    return (
+        f"interrupted: the last checkpoint is {checkpoints[-1]} (steps after it are lost); resume with "
+        f"`python -m tpn.train --resume {settings.out}`"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = build_parser().parse_args(argv)
+    settings = None
     try:
         settings, ckpt = settings_from_args(args)
         summary = train(settings, resume=ckpt)
+    except KeyboardInterrupt:
+        if env_from_environ().is_main:
+            print(f"\n{interrupted_message(settings)}", file=sys.stderr)
+        return 130
     except NonFiniteLoss as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

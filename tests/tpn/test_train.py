@@ -4,6 +4,7 @@ import dataclasses
 import itertools
 import json
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -262,6 +263,24 @@ def test_cli_reports_a_diverged_run(shards, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "training loss became" in err and "no checkpoint had been written yet" in err
     assert rundir.list_checkpoints(tmp_path) == []
+
+
+@pytest.mark.slow
+def test_ctrl_c_says_where_the_last_checkpoint_is_and_how_to_resume(shards, tmp_path):
+    """A terminal's Ctrl-C (SIGINT to the whole process group) ends a run with exit 130, no traceback, and the
+    checkpoint and the command to go on from."""
+    argv = cli_args(small_run(shards, tmp_path, save_every=2, epochs=2, workers=1, threads=1))
+    cmd = [sys.executable, "-m", "tpn.train", *argv]
+    proc = subprocess.Popen(cmd, cwd=Path(__file__).parents[2], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not rundir.list_checkpoints(tmp_path) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and f"resume with `python -m tpn.train --resume {tmp_path}`" in err
+    assert "the last checkpoint is " + str(tmp_path / "step_") in err
 
 
 # ---------------------------------------------------------------------- CLI
