@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from functools import partial
@@ -47,7 +48,7 @@ import torch
 
 import tpn
 from tpn.cli import add_other_architecture_arg
-from export.errors import EXIT_CODES_HELP, EXIT_FAILED, EXIT_OK, ExportError, positive_int
+from export.errors import EXIT_BAD_INPUT, EXIT_CODES_HELP, EXIT_FAILED, EXIT_OK, ExportError, positive_int
 from export import runtime
 from export.artifact import artifact_metadata, check_artifact_model, check_view_size
 from export.marker import check_marker
@@ -61,7 +62,9 @@ from pipeline import (
     crop_origin,
     decode_plan,
     frame_rgb,
+    is_partial,
     parse_classes,
+    partial_words,
     resize_shorter,
     source_display,
     view_crop_positions,
@@ -122,17 +125,32 @@ class PredictRun:
 # ----------------------------------------------------------------- finding videos
 
 
-def find_videos(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path], int, bool]:
-    """(video files, non-video files skipped in folders, whether a folder was given).
+FRAME_NAME = re.compile(r"(\d+)\.jpe?g", re.I)
 
-    Files named on the command line are tried whatever their suffix;
-    folders are walked recursively for video suffixes.
+
+def numbered_frames(folder: Path) -> list[tuple[int, Path]]:
+    """A frame folder's numbered JPEGs (00001.jpg, ...) by number; empty when it is no frame folder."""
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if p.is_file() and (m := FRAME_NAME.fullmatch(p.name))]
+    return sorted(found)
+
+
+def find_videos(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path], int, bool]:
+    """(videos, non-video files skipped in folders, whether a folder was given).
+
+    A video is a file, or a folder of numbered JPEG frames (Something-Something
+    V1's layout, classified as its frames in number order). Files named on the
+    command line are tried whatever their suffix; other folders are walked
+    recursively for video suffixes and frame folders.
     """
     videos, skipped, folder_given = [], 0, False
     for item in map(Path, inputs):
-        if item.is_dir():
+        if item.is_dir() and numbered_frames(item):
+            videos.append(item)
+        elif item.is_dir():
             folder_given = True
-            for f in sorted(p for p in item.rglob("*") if p.is_file()):
+            frame_dirs = sorted(d for d in item.rglob("*") if d.is_dir() and numbered_frames(d))
+            videos += frame_dirs
+            for f in sorted(p for p in item.rglob("*") if p.is_file() and p.parent not in frame_dirs):
                 if f.suffix.lower() in VIDEO_SUFFIXES:
                     videos.append(f)
                 else:
@@ -147,15 +165,20 @@ def find_videos(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path], int, b
 # ----------------------------------------------------------------- decoding
 
 
-def count_frames(path: Path) -> int:
-    """Frames in the file's first video stream, by its packets (no decoding)."""
+def count_frames(path: Path) -> tuple[int, int | None]:
+    """(frames in the file's first video stream by its packets, frames its container claims: its duration x
+    frame rate, as pipeline.shard reads them from ffmpeg; None when it does not say), without decoding."""
     import av
 
+    if path.stat().st_size == 0:
+        raise VideoError("is empty (0 bytes)")
     with av.open(str(path)) as container:
         if not container.streams.video:
             raise VideoError("no video stream")
         stream = container.streams.video[0]
-        return sum(1 for packet in container.demux(stream) if packet.size > 0)
+        rate = float(stream.average_rate or stream.guessed_rate or 0)
+        claimed = round(container.duration / 1_000_000 * rate) if container.duration and rate else None
+        return sum(1 for packet in container.demux(stream) if packet.size > 0), claimed
 
 
 def decode_in_order(path: Path, wanted: np.ndarray, resize: Callable[[np.ndarray], np.ndarray]) -> tuple[dict, int]:
@@ -195,30 +218,68 @@ def sampled_frames(path: Path, spec: ClipSpec, min_frames: int) -> tuple[np.ndar
     part of it decodes (its clips are then spread over the frames that do)."""
     import av
 
+    if path.is_dir():
+        return folder_frames(path, spec, min_frames)
     try:
-        n = count_frames(path)
-        if n < min_frames:
-            raise VideoError(too_short(n, spec, min_frames))
+        packets, claimed = count_frames(path)
+        if packets < min_frames:
+            raise VideoError(too_short(packets, spec, min_frames))
+        whole = max(packets, claimed or 0)  # the frames the file says it has
         display = source_display(path)  # pixels' aspect ratio and rotation: shown (and sharded) upright first
         resize = lambda f: resize_short_side(to_display(f, display), spec.test_scale)  # noqa: E731
-        indices = clip_indices(spec, n, "test")  # (C, F)
-        unique, order = decode_plan(indices)
+        n = packets
+        unique, order = decode_plan(clip_indices(spec, n, "test"))  # the test clips' frames (C, F)
         frames, decoded = decode_in_order(path, unique, resize)
-        note = None
-        if len(frames) < len(unique):  # fewer frames decode than the container holds: sample what is there
+        cut = len(frames) < len(unique)  # decoding failed before the last frame wanted: sample what decodes
+        if cut:
             if decoded < min_frames:
-                raise VideoError(f"only {decoded} of its {n} frames decode; " + too_short(decoded, spec, min_frames))
-            note = (
-                f"only {decoded} of its {n} frames decode (a cut or damaged file, as pipeline.shard's "
-                "warnings.jsonl lists such files): classified on those"
-            )
+                raise VideoError(f"{partial_words(decoded, whole)}; " + too_short(decoded, spec, min_frames))
             n = decoded
-            indices = clip_indices(spec, n, "test")
-            unique, order = decode_plan(indices)
+            unique, order = decode_plan(clip_indices(spec, n, "test"))
             frames, _ = decode_in_order(path, unique, resize)
+        note = None
+        if cut or is_partial(n, claimed):
+            note = f"{partial_words(n, whole)}: classified on those (pipeline.shard lists such files too)"
     except av.FFmpegError as e:
         raise VideoError(f"cannot be read: {av_reason(e)}") from None
     return np.stack([frames[int(i)] for i in unique])[order], n, note
+
+
+def folder_frames(folder: Path, spec: ClipSpec, min_frames: int) -> tuple[np.ndarray, int, str | None]:
+    """`sampled_frames` of a frame folder: its frames in number order, a gap in the numbering closed (as
+    pipeline.shard keeps them, and says so); a frame that does not decode fails the video (as it rejects it)."""
+    from PIL import Image
+
+    numbered = numbered_frames(folder)
+    n = len(numbered)
+    if n < min_frames:
+        raise VideoError(too_short(n, spec, min_frames))
+    unique, order = decode_plan(clip_indices(spec, n, "test"))
+    frames = {}
+    for i in unique:
+        path = numbered[int(i)][1]
+        try:
+            with Image.open(path) as image:
+                frames[int(i)] = resize_short_side(np.array(image.convert("RGB")), spec.test_scale)
+        except Exception as err:  # Pillow raises OSError, SyntaxError, ValueError... for bad data
+            raise VideoError(f"frame {path.name} does not decode: {err}") from None
+    numbers = [number for number, _ in numbered]
+    missing = sorted(set(range(numbers[0], numbers[-1] + 1)) - set(numbers))
+    note = None
+    if missing:
+        note = f"frames {_ranges(missing)} are missing from its numbering; its {n} frames are kept in order"
+    return np.stack([frames[int(i)] for i in unique])[order], n, note
+
+
+def _ranges(numbers: list[int]) -> str:
+    """[11, 12, 20] -> '11-12, 20'."""
+    runs: list[list[int]] = []
+    for k in numbers:
+        if runs and k == runs[-1][1] + 1:
+            runs[-1][1] = k
+        else:
+            runs.append([k, k])
+    return ", ".join(f"{a}-{b}" if a != b else str(a) for a, b in runs)
 
 
 def to_display(frame: np.ndarray, display: Display) -> np.ndarray:
@@ -378,7 +439,7 @@ def class_names(
     elif checkpoint is not None and (found := _checkpoint_names(checkpoint)):
         names, where = found, str(checkpoint)
     if names is None:
-        return [f"class {i}" for i in range(clf.num_classes)], "none found (pass --classes FILE)"
+        return [f"class {i}" for i in range(clf.num_classes)], None
     if len(names) != clf.num_classes:
         raise ExportError(f"{where} names {len(names)} classes but the model has {clf.num_classes}")
     return names, where
@@ -522,13 +583,22 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
     if clf.weights_note:
         print(f"WARNING: {clf.weights_note}", flush=True)
-    print(f"{model_file.name}: {clf.backend}; classes from {names_from}", file=sys.stderr)
-    if not videos:
+    if names_from is None:
         print(
-            f"error: no video files in {', '.join(args.videos)} (suffixes: {', '.join(sorted(VIDEO_SUFFIXES))})",
+            f"{model_file.name}: {clf.backend}; class names unknown (neither it nor --checkpoint records them): "
+            "classes are shown by number; pass --classes (a classes.json, a shard folder, or a text file with one "
+            "name per line) for names",
             file=sys.stderr,
         )
-        return EXIT_FAILED
+    else:
+        print(f"{model_file.name}: {clf.backend}; classes from {names_from}", file=sys.stderr)
+    if not videos:
+        print(
+            f"error: no videos in {', '.join(args.videos)} (video files by their suffix: "
+            f"{', '.join(sorted(VIDEO_SUFFIXES))}; or folders of numbered JPEG frames)",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_INPUT
     min_frames = args.min_frames if args.min_frames is not None else clf.spec.frames
     run = predict(clf, videos, names, min_frames=min_frames, max_views=args.max_views, log=print, progress=folder)
     run.skipped = skipped
@@ -547,7 +617,7 @@ def closing_line(run: PredictRun, seconds: float) -> str:
     return f"classified {len(run.predictions)} of {total} videos in {seconds:.1f}s; {len(run.failed)} failed{extra}"
 
 
-def json_payload(args: argparse.Namespace, clf: Classifier, names_from: str, run: PredictRun) -> dict:
+def json_payload(args: argparse.Namespace, clf: Classifier, names_from: str | None, run: PredictRun) -> dict:
     videos = {
         p.path: {"top5": p.top, "frames": p.frames, "views": p.views, **({"note": p.note} if p.note else {})}
         for p in run.predictions

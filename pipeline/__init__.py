@@ -10,7 +10,7 @@ from pipeline.clip import IMAGENET_MEAN, IMAGENET_STD, ClipSpec
 from pipeline.clips.colour import yuv_to_rgb_matrix
 from pipeline.clips.plan import crop_origin, resize_shorter
 from pipeline.errors import DataError, ShardError, ShardingError, ShardReadError
-from pipeline.display import Display, source_display
+from pipeline.display import Display, is_partial, partial_words, source_display
 from pipeline.io.files import (
     atomic_write,
     atomic_write_bytes,
@@ -52,6 +52,8 @@ __all__ = [
     "view_crop_positions",
     "Display",
     "source_display",
+    "is_partial",
+    "partial_words",
     "yuv_to_rgb_matrix",
     "resize_shorter",
     "crop_origin",

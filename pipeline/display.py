@@ -1,5 +1,5 @@
-"""How a source video is shown: its pixels' aspect ratio and its display rotation, and the displayed size
-that follows.
+"""How a source video is shown (its pixels' aspect ratio and display rotation, and the displayed size that
+follows), and how much of it decodes: the rules `pipeline.shard` and `export.predict` share.
 
 A camera may store non-square pixels (a sample aspect ratio, SAR) and a
 phone a display rotation (a display matrix: the frames are stored sideways
@@ -65,6 +65,20 @@ def source_display(path: str | os.PathLike) -> Display:
     if not sar or sar.numerator <= 0 or sar.denominator <= 0 or sar.numerator == sar.denominator:
         return Display(None, rotation)
     return Display((sar.numerator, sar.denominator), rotation)
+
+
+# How much of a source decodes: a download cut mid-way still claims its whole duration in its header.
+PARTIAL_FRACTION = 0.9  # fewer decoded frames than this share of the claimed ones: partly decodable
+
+
+def is_partial(decoded: int, claimed: int | None) -> bool:
+    """Decoded far fewer frames than the container claims (its duration x frame rate): a cut download."""
+    return claimed is not None and decoded < PARTIAL_FRACTION * claimed and claimed - decoded >= 2
+
+
+def partial_words(decoded: int, claimed: int) -> str:
+    """How `pipeline.shard`, `pipeline.verify` and `export.predict` all say it."""
+    return f"only {decoded} of its {claimed} frames decode (a cut or damaged file)"
 
 
 def quarter_turns(degrees: float) -> int:

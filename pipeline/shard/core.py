@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.splits import split_order
+from pipeline.display import partial_words
 from pipeline.errors import ShardingError
 from pipeline.shard.ffmpeg import EncodeSettings, find_ffmpeg, has_encoder
 from pipeline.shard.ffmpeg import mjpeg_packets
@@ -217,8 +218,7 @@ def sharding_note(item: WorkItem, o: Outcome) -> dict | None:
             "split": item.split,
             "decoded_frames": o.frames,
             "claimed_frames": o.claimed_frames,
-            "message": f"{item.rel}: only {o.frames} of its {o.claimed_frames} frames decode (a cut or damaged "
-            "file); sharded as decoded",
+            "message": f"{item.rel}: {partial_words(o.frames, o.claimed_frames)}; sharded as decoded",
         }
     if o.ok and o.missing_frames:
         return {

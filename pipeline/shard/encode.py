@@ -27,13 +27,12 @@ from pipeline.shard.ffmpeg import (
     SourceSpec,
     claimed_frames,
     copy_frames_argv,
-    is_partial,
     output_geometry,
     probe_encoded,
     run_ffmpeg,
     transcode_argv,
 )
-from pipeline.display import source_display
+from pipeline.display import is_partial, source_display
 from pipeline.errors import ShardingError
 from pipeline.format.jpeg import JpegError, decode_check
 from pipeline.shard.layouts import WorkItem, frames_pattern

@@ -338,9 +338,6 @@ def copy_frames_argv(src: SourceSpec, dst: str | os.PathLike, exe: str | None = 
     return [exe or find_ffmpeg(), "-nostdin", "-hide_banner", "-loglevel", "info", "-nostats", "-y", *args]
 
 
-PARTIAL_FRACTION = 0.9  # fewer decoded frames than this share of the claimed ones: partly decodable
-
-
 def claimed_frames(stderr: str, fps: float) -> int | None:
     """Frames the input's container claims (its duration x the output rate), from ffmpeg's info log (pure)."""
     m = re.search(r"Input #0.*?Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)", stderr, re.S)
@@ -348,11 +345,6 @@ def claimed_frames(stderr: str, fps: float) -> int | None:
         return None
     seconds = int(m.group(1)) * 3600 + int(m.group(2)) * 60 + float(m.group(3))
     return int(round(seconds * fps))
-
-
-def is_partial(decoded: int, claimed: int | None) -> bool:
-    """Decoded far fewer frames than the container claims: a cut download, say (pure)."""
-    return claimed is not None and decoded < PARTIAL_FRACTION * claimed and claimed - decoded >= 2
 
 
 # Reasons an input is rejected; rejected.jsonl only ever holds these words.

@@ -240,8 +240,38 @@ def test_bad_inputs_are_named(work, tmp_path, capsys):
     assert "names 3 classes but the model has 8" in capsys.readouterr().err
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert main([str(work["onnx"]), str(empty), "--model", TINY]) == 1
-    assert "no video files" in capsys.readouterr().err
+    assert main([str(work["onnx"]), str(empty), "--model", TINY]) == 3  # bad input, like a missing file
+    assert "no videos in" in capsys.readouterr().err
+
+
+def test_small_answers_say_what_is_what(work, tmp_path, capsys):
+    """Unknown class names are said once; an empty file is empty; a folder of JPEG frames is a video, given
+    directly or inside a folder, its gap named; a truncated video says how much of it decodes, in
+    pipeline.shard's words."""
+    from pipeline.shard.ffmpeg import find_ffmpeg
+
+    video = next(work["videos"].glob("*.webm"))
+    assert main([str(work["onnx"]), str(video), "--model", TINY]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.count("class names unknown") == 1 and "pass --classes" in captured.err
+    assert "classes from none" not in captured.err and "class " in captured.out
+    (tmp_path / "zero.mp4").write_bytes(b"")
+    assert main([str(work["onnx"]), str(tmp_path / "zero.mp4"), "--model", TINY]) == 1
+    assert "zero.mp4: is empty (0 bytes)" in capsys.readouterr().out
+    frames = tmp_path / "videos" / "v1" / "1025"
+    frames.mkdir(parents=True)
+    subprocess.run([find_ffmpeg(), "-v", "error", "-i", str(video), "-start_number", "1", str(frames / "%05d.jpg")],
+                   check=True)  # fmt: skip
+    (frames / "00003.jpg").unlink()
+    for given in (frames, tmp_path / "videos"):
+        assert main([str(work["onnx"]), str(given), "--model", TINY]) == 0
+        out = capsys.readouterr().out
+        assert "1025: " in out and "frames 3 are missing from its numbering" in out and "skipped" not in out
+    cut = tmp_path / "cut.webm"
+    data = video.read_bytes()
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    assert main([str(work["onnx"]), str(cut), "--model", TINY]) == 0
+    assert "frames decode (a cut or damaged file): classified on those" in capsys.readouterr().out
 
 
 @pytest.mark.slow
