@@ -134,7 +134,7 @@ def export_engine(
     if warning:
         log(warning)
     split = validation_split(val_shards, split) if val_shards else split
-    missing = missing_requirements()
+    missing = missing_requirements(short=True)  # said in full once, at the end
     if missing:
         log(f"note: no engine can be built here ({missing}); the ONNX and FP16 ONNX files are still made and gated")
     out_dir = Path(out_dir) if out_dir else default_out_dir(model.config.name)
@@ -152,7 +152,7 @@ def export_engine(
         arts.append(ArtifactResult("engine", engine.path, True))
     except MissingDependencyError as e:
         engine = {"built": False, "missing": str(e)}
-        arts.append(ArtifactResult("engine", None, False, missing=str(e)))
+        arts.append(ArtifactResult("engine", None, False, missing=missing_requirements(short=True) or str(e)))
     built = [a for a in arts if a.built]
     reports = gate(
         [a.path for a in built],

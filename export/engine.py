@@ -110,16 +110,17 @@ def profile_shapes(
     return {k: (b, *clip_shape) for k, b in (("min", min_batch), ("opt", opt_batch), ("max", max_batch))}
 
 
-def missing_requirements(trt_import=import_tensorrt, cuda: bool | None = None) -> str | None:
-    """What stops an engine build here, in words, or None when nothing does."""
+def missing_requirements(trt_import=import_tensorrt, cuda: bool | None = None, short: bool = False) -> str | None:
+    """What stops an engine build here, in words (with what to do; `short`: only what is missing), or None
+    when nothing does."""
     missing = []
     try:
         trt_import()
     except MissingDependencyError as e:
-        missing.append(str(e))
+        missing.append("TensorRT is not installed" if short else str(e))
     if not (torch.cuda.is_available() if cuda is None else cuda):
-        missing.append(NO_GPU)
-    return "; ".join(missing) or None
+        missing.append("no CUDA GPU is visible" if short else NO_GPU)
+    return ("; " if not short else " and ").join(missing) or None
 
 
 # ----------------------------------------------------------------- the build

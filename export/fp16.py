@@ -592,8 +592,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="the FP16 ONNX file to write (default: <name>.fp16.onnx beside it)")
     p.add_argument(
         "--calib-shards",
-        help="validation shard folder (or URL) whose test views calibrate the ranges (default: seeded "
-        "synthetic clips)",
+        help="validation shard folder (or URL) whose test views calibrate the ranges (default: seeded synthetic clips)",
     )
     p.add_argument("--split", default="val", help="split of --calib-shards to read (default %(default)s)")
     p.add_argument("--calib-clips", type=positive_int, default=4, help="calibration clips (default %(default)s)")
