@@ -30,7 +30,7 @@ from pipeline.shard.ffmpeg import EncodeSettings, find_ffmpeg, has_encoder
 from pipeline.shard.ffmpeg import mjpeg_packets
 from pipeline.io import storage
 from pipeline.format.sample_index import INDEX_DIR
-from pipeline.shard.layouts import Dataset, WorkItem, scan
+from pipeline.shard.layouts import WorkItem, scan
 from pipeline.shard import manifest as mf
 from pipeline.shard.encode import Outcome, reject_without_encoding
 from pipeline.shard.engines import done, make_engine
@@ -38,6 +38,7 @@ from pipeline.shard.lock import OutputLock
 from pipeline.shard.source import scan_url
 from pipeline.shard.manifest import ShardRecord, SplitProgress
 from pipeline.shard.options import ShardOptions
+from pipeline.shard.plan import Plan, make_plan
 from pipeline.io.files import is_temp_name
 from pipeline.format.members import frame_ext, frames_sha256, pack_int32
 from pipeline.format.tar import BLOCK, ShardWriter, tar_file_size
@@ -94,14 +95,6 @@ class ShardReport:
     def location(self, name: str) -> str | Path:
         """Where the run's file `name` is for the user: in the bucket for a URL output, else in `out`."""
         return storage.join(self.destination, name) if self.destination else self.out / name
-
-
-def select_part(items: list[WorkItem], part: tuple[int, int] | None) -> list[WorkItem]:
-    """Every n-th item from i: disjoint, covering, and balanced across classes and splits."""
-    if part is None:
-        return items
-    i, n = part
-    return items[i::n]
 
 
 def sample_components(item: WorkItem, o: Outcome, label: int, s: EncodeSettings) -> dict[str, bytes]:
@@ -402,12 +395,6 @@ def _check_remote_out(remote: str, work: Path, fp: str, overwrite: bool) -> None
                 storage.remove(str(storage.join(remote, name)))
 
 
-def _resolve_classes(ds: Dataset, classes: str | os.PathLike | list[str] | None) -> list[str]:
-    if classes is None:
-        return ds.classes
-    return list(classes) if isinstance(classes, list) else mf.read_class_file(Path(classes))
-
-
 def _encode_all(todo: list[tuple[int, WorkItem]], run: _Run, engine, *, progress: bool) -> int:
     """Encode `todo` on `engine` and feed results to `run` in input order; return how many inputs ffmpeg
     encoded in this call (not those reused from staging or rejected before encoding)."""
@@ -442,37 +429,6 @@ def _encode_all(todo: list[tuple[int, WorkItem]], run: _Run, engine, *, progress
         bar.close()
         engine.close(failed)
     return encoded
-
-
-@dataclass
-class _Plan:
-    """What a run will produce, fixed before any encoding: its fingerprint decides resume."""
-
-    layout: str
-    classes: list[str]
-    items: list[WorkItem]
-    settings: dict
-    source: dict
-    fingerprint: str
-
-
-def _plan(ds: Dataset, opts: ShardOptions) -> _Plan:
-    class_list, part = _resolve_classes(ds, opts.classes), opts.part
-    items = select_part(ds.items, part)
-    settings = {**opts.encode.to_json(), **opts.packing()}
-    part_text = None if part is None else f"{part[0]}/{part[1]}"
-    source = {"layout": ds.layout, "root": str(ds.root), "part": part_text, "notes": ds.notes}
-    fp = mf.fingerprint(
-        {
-            "format": mf.FORMAT_VERSION,
-            "settings": settings,
-            "classes": class_list,
-            "layout": ds.layout,
-            "part": part_text,
-            "items": [(i.key, i.split, i.class_name, i.rel) for i in items],
-        }
-    )
-    return _Plan(ds.layout, class_list, items, settings, source, fp)
 
 
 def shard_dataset(
@@ -520,7 +476,7 @@ def shard_dataset(
     ds = scanner(src, opts.layout, split=opts.split, annotations=list(opts.annotations) or None, seed=opts.seed)
     # strict is not in the fingerprint: re-running a finished set with strict=True checks it. Partly
     # decodable inputs that run meets are rejected; ones an earlier run sharded fail the check below.
-    plan = _plan(ds, opts)
+    plan = make_plan(ds, opts)
     remote = str(out) if storage.is_remote(out) else None
     out = Path(opts.work or default_work_dir(remote)).resolve() if remote else Path(out).resolve()
     # The engine first: an unreachable cluster is refused before anything is written.
@@ -534,7 +490,7 @@ def shard_dataset(
         runner.close()
 
 
-def _shard_locked(plan: _Plan, out: Path, remote: str | None, runner, opts: ShardOptions, t0: float) -> ShardReport:
+def _shard_locked(plan: Plan, out: Path, remote: str | None, runner, opts: ShardOptions, t0: float) -> ShardReport:
     """The run itself, holding the output's lock."""
     if remote:
         _check_remote_out(remote, out, plan.fingerprint, opts.overwrite)
@@ -560,7 +516,7 @@ def _shard_locked(plan: _Plan, out: Path, remote: str | None, runner, opts: Shar
         {"engine": runner.name, "workers": runner.workers, "resumed_shards": resumed, "encoded": encoded},
     )
     if remote:
-        for name in (mf.CLASSES, mf.REJECTED, mf.WARNINGS, mf.MANIFEST):  # the manifest last: the set is complete
+        for name in (mf.CLASSES, mf.REJECTED, mf.WARNINGS, mf.INPUTS, mf.MANIFEST):  # the manifest last
             storage.upload(out / name, str(storage.join(remote, name)))
         report.destination = remote
     report.resumed_shards, report.encoded = resumed, encoded
@@ -569,7 +525,7 @@ def _shard_locked(plan: _Plan, out: Path, remote: str | None, runner, opts: Shar
     return report
 
 
-def _finished_report(out: Path, plan: _Plan) -> ShardReport | None:
+def _finished_report(out: Path, plan: Plan) -> ShardReport | None:
     """The report of a finished run of the same command in `out` (its manifest, with every shard intact on
     disk), or None when there is work to do."""
     try:
@@ -582,9 +538,7 @@ def _finished_report(out: Path, plan: _Plan) -> ShardReport | None:
     if not mf.shards_intact(out, records):
         return None
     lists = [
-        [json.loads(line) for line in (out / name).read_text(encoding="utf-8").splitlines() if line.strip()]
-        if (out / name).is_file()
-        else []
+        mf.read_jsonl((out / name).read_bytes()) if (out / name).is_file() else []
         for name in (mf.REJECTED, mf.WARNINGS)
     ]
     return ShardReport(
@@ -593,14 +547,14 @@ def _finished_report(out: Path, plan: _Plan) -> ShardReport | None:
         plan.classes,
         records,
         lists[0],
-        len(plan.items),
+        len(plan.inputs),
         resumed_shards=len(records),
         manifest=manifest,
         warnings=lists[1],
     )
 
 
-def _finalize(out: Path, run: _Run, plan: _Plan, t0: float, run_info: dict) -> ShardReport:
+def _finalize(out: Path, run: _Run, plan: Plan, t0: float, run_info: dict) -> ShardReport:
     order = sorted(run.progress, key=split_order)
     records = [r for split in order for r in run.progress[split].shards]
     rejected = [r for split in order for r in run.progress[split].rejected]
@@ -619,11 +573,11 @@ def _finalize(out: Path, run: _Run, plan: _Plan, t0: float, run_info: dict) -> S
         classes=plan.classes,
         records=records,
         rejected=rejected,
-        inputs=len(plan.items),
+        inputs=len(plan.inputs),
         run=info,
         warnings=warnings,
     )
-    mf.write_outputs(out, manifest, plan.classes, rejected, warnings)
+    mf.write_outputs(out, manifest, plan.classes, rejected, warnings, plan.inputs)
     _remove_stale_shards(out, records)
     # Finished: the folder holds only the dataset (a rerun finds the manifest, `_finished_report`). A remote
     # run's `out` is its local work folder: its state stays there for the next run's upload check.
@@ -636,7 +590,7 @@ def _finalize(out: Path, run: _Run, plan: _Plan, t0: float, run_info: dict) -> S
         plan.classes,
         records,
         rejected,
-        len(plan.items),
+        len(plan.inputs),
         wall_s=wall,
         manifest=manifest,
         warnings=warnings,

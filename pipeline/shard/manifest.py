@@ -25,7 +25,8 @@ TOOL = "pipeline.shard"
 MANIFEST = "manifest.json"
 CLASSES = "classes.json"
 REJECTED = "rejected.jsonl"
-WARNINGS = "warnings.jsonl"  # sharded inputs that decode only partly
+WARNINGS = "warnings.jsonl"  # sharded inputs that are imperfect (decode only partly, gaps in frame numbering)
+INPUTS = "inputs.jsonl"  # every input of the plan, in its order: what a later run compares itself with
 STATE = ".shard-state.json"
 STAGING = ".staging"
 SHARD_RE = re.compile(r"^(?P<split>[a-z]+)-(?P<n>\d{6})\.(?P<ext>tar|idx)$")
@@ -103,7 +104,7 @@ def existing_fingerprint(out: Path) -> str | None:
     return None
 
 
-OUTPUT_NAMES = (MANIFEST, CLASSES, REJECTED, WARNINGS)
+OUTPUT_NAMES = (MANIFEST, CLASSES, REJECTED, WARNINGS, INPUTS)
 
 
 def is_output_name(name: str) -> bool:
@@ -225,13 +226,25 @@ def build_manifest(
 
 
 def write_outputs(
-    out: Path, manifest: dict, classes: list[str], rejected: list[dict], warnings: list[dict] | None = None
+    out: Path,
+    manifest: dict,
+    classes: list[str],
+    rejected: list[dict],
+    warnings: list[dict] | None = None,
+    inputs: list[dict] | None = None,
 ) -> None:
-    """classes.json, rejected.jsonl and warnings.jsonl first, manifest last: a manifest means the set is complete."""
+    """classes.json, rejected.jsonl, warnings.jsonl and inputs.jsonl first, manifest last: a manifest means the
+    set is complete."""
     atomic_write_text(out / CLASSES, json.dumps(classes, ensure_ascii=False, indent=1) + "\n")
-    for name, records in ((REJECTED, rejected), (WARNINGS, warnings or [])):
+    for name, records in ((REJECTED, rejected), (WARNINGS, warnings or []), (INPUTS, inputs or [])):
         atomic_write_text(out / name, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     atomic_write_text(out / MANIFEST, json.dumps(manifest, ensure_ascii=False, indent=1) + "\n")
+
+
+def read_jsonl(data: bytes | str) -> list[dict]:
+    """The records of a .jsonl file's text."""
+    text = data.decode("utf-8") if isinstance(data, bytes) else data
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def read_manifest(out: Path) -> dict:

@@ -8,7 +8,6 @@ either way through a temp name, and the manifest is written last.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from collections import Counter
@@ -140,21 +139,21 @@ def _write_merged(folders: list[Path], manifests: list[dict], fp: str, out: Path
     mf.save_state(out, fp, {})  # claims the folder: a rerun after a crash knows the linked shards are its own
     shards, per_split = _link_shards(folders, manifests, out, copy)
     fsync_dir(out)
-    rejected, warnings = (_jsonl(folders, name) for name in (mf.REJECTED, mf.WARNINGS))
+    rejected, warnings, inputs = (_jsonl(folders, name) for name in (mf.REJECTED, mf.WARNINGS, mf.INPUTS))
     manifest = _merged_manifest(manifests, folders, fp, shards, per_split, rejected)
     manifest["warnings"] = {"file": mf.WARNINGS, "count": len(warnings)}
-    mf.write_outputs(out, manifest, mf.read_class_file(folders[0] / mf.CLASSES), rejected, warnings)
+    mf.write_outputs(out, manifest, mf.read_class_file(folders[0] / mf.CLASSES), rejected, warnings, inputs)
     (out / mf.STATE).unlink()
     return MergeReport(out, folders, manifest)
 
 
 def _jsonl(folders: list[Path], name: str) -> list[dict]:
-    """The records of `name` (rejected.jsonl, warnings.jsonl) of every part, in part order."""
+    """The records of `name` (rejected.jsonl, warnings.jsonl, inputs.jsonl) of every part, in part order."""
     records = []
     for folder in folders:
         path = folder / name
         if path.is_file():
-            records += [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            records += mf.read_jsonl(path.read_bytes())
     return records
 
 

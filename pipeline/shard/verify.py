@@ -257,8 +257,7 @@ def _sharding_warnings(out: Path) -> list[str]:
     path = out / mf.WARNINGS
     if not path.is_file():
         return []
-    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return [r["message"] for r in records]
+    return [r["message"] for r in mf.read_jsonl(path.read_bytes())]
 
 
 def _check_counts(manifest: dict, per_class: Counter) -> list[str]:

@@ -65,6 +65,7 @@ def test_layout_of_outputs(sharded):
     names = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
     assert names == [
         "classes.json",
+        "inputs.jsonl",
         "manifest.json",
         "rejected.jsonl",
         "train-000000.idx",
@@ -93,6 +94,10 @@ def test_layout_of_outputs(sharded):
     for s in m["shards"]:
         data = (out / s["file"]).read_bytes()
         assert s["bytes"] == len(data) and s["sha256"] == hashlib.sha256(data).hexdigest()
+    inputs = [json.loads(line) for line in (out / "inputs.jsonl").read_text().splitlines()]
+    assert len(inputs) == 9 and set(inputs[0]) == {"source", "split", "class"}
+    sharded_sources = {json.loads(s["json"])["source"] for _, s in _all_samples(out)}
+    assert {i["source"] for i in inputs} == sharded_sources
 
 
 def test_classes_and_labels_round_trip(sharded, synth):

@@ -18,7 +18,8 @@ from pipeline.shard.ffmpeg import (
 )
 from pipeline.shard.layouts import WorkItem, canonical_order, kinetics_name, make_key, sth_template_key
 from pipeline.shard.__main__ import parse_bytes
-from pipeline.shard.core import select_part, tar_bytes
+from pipeline.shard.core import tar_bytes
+from pipeline.shard.plan import select_part
 from pipeline.shard.options import parse_part
 from pipeline.format.index import format_index
 from pipeline.format.members import split_name
