@@ -178,6 +178,13 @@ def build_parser() -> argparse.ArgumentParser:
         "non-zero if any input was rejected",
     )
     p.add_argument(
+        "--append",
+        action="store_true",
+        help="OUT was made from fewer inputs: encode only those added since into new shards after its own, "
+        "leaving every existing shard as it is (inputs removed or changed since, other settings, or a class "
+        "list that would move existing labels are refused, with the reason)",
+    )
+    p.add_argument(
         "--overwrite",
         action="store_true",
         help="replace what OUT holds under the names this tool writes (shards of other inputs or settings, "

@@ -11,6 +11,7 @@ settings, never on the worker count or on timing.
 from __future__ import annotations
 
 import contextlib
+import copy
 import datetime as dt
 import hashlib
 import json
@@ -37,6 +38,7 @@ from pipeline.shard.engines import done, make_engine
 from pipeline.shard.lock import OutputLock
 from pipeline.shard.source import scan_url
 from pipeline.shard.manifest import ShardRecord, SplitProgress
+from pipeline.shard.append import Folder, append_plan, change_message, read_folder
 from pipeline.shard.options import ShardOptions
 from pipeline.shard.plan import Plan, make_plan
 from pipeline.io.files import is_temp_name
@@ -157,24 +159,33 @@ def ordered(
         yield ordinal, item, fut.result()
 
 
-def _prepare_out(out: Path, fp: str, overwrite: bool) -> None:
+def _prepare_out(out: Path, plan: Plan, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
     foreign = mf.local_foreign_outputs(out)
     if foreign and not overwrite:
         raise ShardingError(_foreign_message(str(out), foreign))
     previous = mf.existing_fingerprint(out)
-    if foreign or (previous is not None and previous != fp):
+    if foreign or (previous is not None and previous != plan.fingerprint and previous not in plan.accepts):
         if not overwrite:
-            raise ShardingError(
-                f"{out} already holds shards made from other inputs or settings; "
-                "use a new --out, or pass --overwrite to replace them"
-            )
+            raise ShardingError(_other_run_message(out, plan))
         remove_outputs(out)
     # Leftovers of a killed run: hidden temp files never become final, so drop them.
     for folder in (out, out / mf.STAGING):
         for p in folder.glob(".*") if folder.is_dir() else []:
             if is_temp_name(p.name) and p.is_file():
                 p.unlink(missing_ok=True)
+
+
+def _other_run_message(location: str | Path, plan: Plan) -> str:
+    """Why `location` is refused: what changed since the run that made it (or that it holds an unfinished
+    run of other inputs or settings)."""
+    folder = read_folder(location)
+    if folder is None or mf.existing_fingerprint(Path(location)) not in (None, folder.manifest["fingerprint"]):
+        return (
+            f"{location} holds an unfinished run of other inputs or settings: rerun that command to finish it, "
+            "use a new --out, or pass --overwrite to replace it"
+        )
+    return change_message(folder, plan)
 
 
 def _foreign_message(out: str, foreign: list[str]) -> str:
@@ -371,7 +382,7 @@ def default_work_dir(remote: str) -> Path:
     return base / hashlib.sha256(remote.encode()).hexdigest()[:16]
 
 
-def _check_remote_out(remote: str, work: Path, fp: str, overwrite: bool) -> None:
+def _check_remote_out(remote: str, work: Path, plan: Plan, overwrite: bool) -> None:
     """Refuse (or, with `overwrite`, clear) a URL output holding another run's or another tool's files."""
     try:
         names = storage.list_names(remote)
@@ -383,12 +394,9 @@ def _check_remote_out(remote: str, work: Path, fp: str, overwrite: bool) -> None
     foreign = mf.foreign_outputs(names, manifest, mf.claimed(work))
     if foreign and not overwrite:
         raise ShardingError(_foreign_message(remote, foreign))
-    other_run = manifest is not None and manifest.get("fingerprint") != fp
+    other_run = manifest is not None and manifest.get("fingerprint") not in (plan.fingerprint, *plan.accepts)
     if other_run and not overwrite:
-        raise ShardingError(
-            f"{remote} already holds shards made from other inputs or settings; use a new --out, "
-            "or pass --overwrite to replace them"
-        )
+        raise ShardingError(change_message(read_folder(remote), plan))
     if foreign or other_run:
         for name in names:
             if mf.is_output_name(name):
@@ -492,15 +500,26 @@ def shard_dataset(
 
 def _shard_locked(plan: Plan, out: Path, remote: str | None, runner, opts: ShardOptions, t0: float) -> ShardReport:
     """The run itself, holding the output's lock."""
+    if opts.append:
+        folder = read_folder(remote or out)
+        if folder is None:
+            raise ShardingError(
+                f"--append: {remote or out} holds no finished shards to add to; shard it first (without --append)"
+            )
+        plan = append_plan(folder, plan)
+        if not plan.items:  # every input is in the folder already
+            return _folder_report(folder, plan, out, remote)
     if remote:
-        _check_remote_out(remote, out, plan.fingerprint, opts.overwrite)
-    _prepare_out(out, plan.fingerprint, opts.overwrite)
+        _check_remote_out(remote, out, plan, opts.overwrite)
+    _prepare_out(out, plan, opts.overwrite)
     finished = None if remote else _finished_report(out, plan)
     if finished is not None:  # the same command ran to the end before: nothing to do
         if opts.strict and (finished.rejected or finished.warnings):
             raise RejectedInputsError(finished)
         return finished
     kept = _restore(out, plan.fingerprint, remote)
+    if plan.base is not None:
+        kept = _appending_from(out, remote, plan, kept)
     # Saved before any output: until the manifest, this claims the files under our names in `out` as this run's.
     mf.save_state(out, plan.fingerprint, kept)
     resumed = sum(len(sp.shards) for sp in kept.values())
@@ -523,6 +542,38 @@ def _shard_locked(plan: Plan, out: Path, remote: str | None, runner, opts: Shard
     if opts.strict and (report.rejected or report.warnings):
         raise RejectedInputsError(report)
     return report
+
+
+def _appending_from(out: Path, remote: str | None, plan: Plan, kept: dict[str, SplitProgress]):
+    """An append's committed progress: per split, an interrupted append's resume state, else the folder's own
+    shards. A folder missing a shard (or holding one of another size) is refused, so that no shard is ever
+    left out of the record (a run removes the shards its record does not list)."""
+    base = [r for sp in plan.base.values() for r in sp.shards]
+    whole = all(_uploaded(out, remote, r) for r in base) if remote else mf.shards_intact(out, base)
+    if not whole:
+        where = remote or out
+        raise ShardingError(
+            f"--append: {where} is missing a shard, or holds one of another size than its manifest says; "
+            f"check it with `python -m pipeline.verify {where}`"
+        )
+    return {**copy.deepcopy(plan.base), **kept}
+
+
+def _folder_report(folder: Folder, plan: Plan, out: Path, remote: str | None) -> ShardReport:
+    """The report of a finished folder as it is (an append that found nothing to add)."""
+    records = [mf.ShardRecord(**r) for r in folder.manifest.get("shards", [])]
+    return ShardReport(
+        out,
+        plan.layout,
+        folder.classes,
+        records,
+        folder.rejected,
+        len(folder.inputs or []),
+        resumed_shards=len(records),
+        manifest=folder.manifest,
+        warnings=folder.warnings,
+        destination=remote,
+    )
 
 
 def _finished_report(out: Path, plan: Plan) -> ShardReport | None:

@@ -59,11 +59,14 @@ class ShardOptions:
     work: Path | None = None  # with a URL output: where shards are made before upload
     strict: bool = False
     overwrite: bool = False
+    append: bool = False  # add the inputs new since the folder was made, in new shards (pipeline.shard.append)
     progress: bool = False
 
     def __post_init__(self) -> None:
         if self.shard_size < 1 or (self.shard_samples is not None and self.shard_samples < 1) or self.min_frames < 1:
             raise ValueError("shard_size, shard_samples and min_frames must be >= 1")
+        if self.append and (self.overwrite or self.part is not None):
+            raise ValueError("--append adds to a finished folder: it goes with neither --overwrite nor --part")
 
     @classmethod
     def of(cls, **keywords) -> ShardOptions:

@@ -139,9 +139,11 @@ def test_cli_without_checkpoint_or_tensorrt_says_random_weights_first_and_exits_
         assert "pip install --extra-index-url https://pypi.nvidia.com tensorrt" in err
     said = captured.out + captured.err
     assert said.count("TensorRT builds and runs engines on an NVIDIA GPU") <= 1  # the full reason once
-    assert said.count("pip install --extra-index-url") <= 1 and "(TensorRT is not installed and no CUDA GPU" in (
-        said
-    ) or not missing_requirements(cuda=True)
+    assert (
+        said.count("pip install --extra-index-url") <= 1
+        and "(TensorRT is not installed and no CUDA GPU" in (said)
+        or not missing_requirements(cuda=True)
+    )
     assert (out / "baseline_tiny_f8s4.onnx").is_file() and (out / "baseline_tiny_f8s4.fp16.onnx").is_file()
     assert not list(out.glob("*.engine")) and not list(out.glob("*.validated.json"))
     report = json.loads((out / "report.json").read_text())

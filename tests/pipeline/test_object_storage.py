@@ -266,3 +266,24 @@ def test_object_storage_answers_name_the_bucket_and_the_bucket_copy(s3, tmp_path
         with pytest.raises(ShardingError, match="the source"):
             shard_dataset(src, out, **opts)
     assert not (src / "shards").exists()
+
+
+def test_append_to_a_bucket_adds_shards_and_keeps_the_old_objects(s3, tmp_path):
+    from pipeline.shard import shard_dataset
+    from pipeline.shard.verify import verify_dataset
+    from tests.shard_helpers import noise_frames, write_video
+
+    src = tmp_path / "src"
+    for i in range(3):
+        write_video(src / "a" / f"a{i}.mp4", noise_frames(10, 64, 48, seed=i))
+    url, opts = f"s3://{BUCKET}/grows", {"work": tmp_path / "work", "short_side": 48, "workers": 1, "shard_samples": 2}
+    shard_dataset(src, url, **opts)
+    before = {p: s3.cat_file(p) for p in s3.ls(f"{BUCKET}/grows", detail=False) if p.endswith((".tar", ".idx"))}
+    write_video(src / "a" / "a3.mp4", noise_frames(10, 64, 48, seed=3))
+    report = shard_dataset(src, url, **opts, append=True)
+    s3.invalidate_cache()
+    after = {p: s3.cat_file(p) for p in s3.ls(f"{BUCKET}/grows", detail=False) if p.endswith((".tar", ".idx"))}
+    assert {p: after[p] for p in before} == before and len(after) == len(before) + 2
+    assert report.samples == 4 and verify_dataset(url).ok
+    inputs = s3.cat_file(f"{BUCKET}/grows/inputs.jsonl").decode().splitlines()
+    assert len(inputs) == 4 and json.loads(inputs[-1])["source"] == "a/a3.mp4"
