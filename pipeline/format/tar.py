@@ -32,7 +32,7 @@ def tar_file_size(content: int) -> int:
     return -(-(content + 2 * BLOCK) // tarfile.RECORDSIZE) * tarfile.RECORDSIZE
 
 
-def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
+def tarinfo(name: str, size: int) -> tarfile.TarInfo:
     info = tarfile.TarInfo(name)
     info.size = size
     info.mtime = 0
@@ -77,7 +77,7 @@ class ShardWriter:
         for ext, data in components.items():
             name = f"{key}.{ext}"
             header_at = self._file.tell()
-            self._tar.addfile(_tarinfo(name, len(data)), io.BytesIO(data))
+            self._tar.addfile(tarinfo(name, len(data)), io.BytesIO(data))
             # One 512-byte USTAR header per member: the data follows it directly.
             assert self._file.tell() == header_at + BLOCK + -(-len(data) // BLOCK) * BLOCK
             entry.append((ext, header_at + BLOCK, len(data), name))

@@ -118,6 +118,27 @@ def remove(url: str) -> None:
         pass
 
 
+def remove_many(urls: list[str]) -> None:
+    """Delete objects of one store in bulk requests (absent ones are no error)."""
+    if not urls:
+        return
+    fs, _ = filesystem(urls[0])
+    paths = [filesystem(u)[1] for u in urls]
+    try:
+        _with_retries(lambda: fs.rm(paths), urls[0], "the delete")
+    except FileNotFoundError:
+        pass
+
+
+def remove_tree(url: str) -> None:
+    """Delete every object under the prefix `url` (nothing when there is none)."""
+    fs, path = filesystem(url)
+    try:
+        _with_retries(lambda: fs.rm(path.rstrip("/"), recursive=True), url, "the delete")
+    except FileNotFoundError:
+        pass
+
+
 def list_names(folder: str) -> list[str]:
     """Names of the objects directly in a remote folder."""
     fs, path = filesystem(folder)

@@ -14,21 +14,20 @@ import contextlib
 import copy
 import datetime as dt
 import hashlib
-import json
 import os
+import resource
 import shutil
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.splits import split_order
 from pipeline.display import partial_words
 from pipeline.errors import ShardingError
-from pipeline.shard.ffmpeg import EncodeSettings, find_ffmpeg, has_encoder
-from pipeline.shard.ffmpeg import mjpeg_packets
+from pipeline.shard.ffmpeg import find_ffmpeg, has_encoder
 from pipeline.io import storage
 from pipeline.format.sample_index import INDEX_DIR
 from pipeline.shard.layouts import WorkItem, scan
@@ -42,8 +41,7 @@ from pipeline.shard.append import Folder, append_plan, change_message, read_fold
 from pipeline.shard.options import ShardOptions
 from pipeline.shard.plan import Plan, make_plan
 from pipeline.io.files import is_temp_name
-from pipeline.format.members import frame_ext, frames_sha256, pack_int32
-from pipeline.format.tar import BLOCK, ShardWriter, tar_file_size
+from pipeline.format.tar import tar_file_size
 
 
 class RejectedInputsError(ShardingError):
@@ -97,48 +95,6 @@ class ShardReport:
     def location(self, name: str) -> str | Path:
         """Where the run's file `name` is for the user: in the bucket for a URL output, else in `out`."""
         return storage.join(self.destination, name) if self.destination else self.out / name
-
-
-def sample_components(item: WorkItem, o: Outcome, label: int, s: EncodeSettings) -> dict[str, bytes]:
-    """A sample's tar members, extension -> bytes, in tar order.
-
-    Video shards: `<key>.webm|mp4`, `.lbl`, `.frames`, `.json`. Frame shards:
-    `.lbl`, `.frames`, `.json`, then one `<key>.NNNNNN.jpg` per frame, so a
-    reader fetches exactly the frames it samples by their index offsets.
-    """
-    meta = {
-        "key": item.key,
-        "class": item.class_name,
-        "label": label,
-        "frames": o.frames,
-        "fps": o.fps,
-        "width": o.width,
-        "height": o.height,
-        "duration": o.duration,
-        "source": item.rel,
-        "sha256": o.sha256,
-        "codec": s.codec,
-        **({"sar": o.sar} if o.sar else {}),  # the source's non-square pixels (width and height are displayed)
-        **({"rotation": o.rotation} if o.rotation else {}),  # and its display rotation (shown upright)
-    }
-    small = {"lbl": pack_int32(label), "frames": pack_int32(o.frames)}
-    if not s.is_frames:
-        meta_json = json.dumps(meta, ensure_ascii=False, sort_keys=True).encode("utf-8")
-        return {s.ext: Path(o.video).read_bytes(), **small, "json": meta_json}
-    images = mjpeg_packets(o.video)
-    if len(images) != o.frames:
-        raise ShardingError(
-            f"{o.video}: {len(images)} JPEG frames read back, {o.frames} counted; re-run to re-encode it"
-        )
-    # The checksum covers the frames as stored (their concatenation), so verify can recompute it.
-    meta.update(sha256=frames_sha256(images), jpeg_q=None if o.copied else s.resolved_quality, copied=o.copied)
-    meta_json = json.dumps(meta, ensure_ascii=False, sort_keys=True).encode("utf-8")
-    return {**small, "json": meta_json, **{frame_ext(i): image for i, image in enumerate(images)}}
-
-
-def tar_bytes(components: dict[str, bytes]) -> int:
-    """Bytes a sample adds to a tar: a 512-byte header per member plus padded data."""
-    return sum(BLOCK + -(-len(d) // BLOCK) * BLOCK for d in components.values())
 
 
 def ordered(
@@ -236,8 +192,44 @@ def sharding_note(item: WorkItem, o: Outcome) -> dict | None:
     return None
 
 
+@dataclass
+class _Open:
+    """A split's shard being filled: its fragments in order, their size and class counts."""
+
+    name: str
+    fragments: list = field(default_factory=list)
+    size: int = 0
+    per_class: Counter = field(default_factory=Counter)
+
+
+@dataclass
+class _Taken:
+    """What a split took since its last shard was closed: committed with the next one (or at the end)."""
+
+    rejected: list[dict] = field(default_factory=list)
+    warnings: list[dict] = field(default_factory=list)
+    through: int | None = None
+    staged: list[str] = field(default_factory=list)  # staged records and fragments, deleted once committed
+
+
+@dataclass
+class _Closed:
+    """A closed shard on its way (its pack job), or, with no pack, what a split took after its last shard."""
+
+    split: str
+    pack: Future | None
+    open: _Open | None
+    taken: _Taken
+
+
 class _Run:
-    """Mutable state of one sharding pass: open writers, pending rejections, progress."""
+    """One sharding pass: which sample goes into which shard, and committing packed shards in order.
+
+    Membership is decided here from the outcomes' fragment sizes alone; each
+    closed shard is packed by the engine (in parallel with the encodes and
+    with other packs), and committed to the resume state strictly in order
+    per split, so the state always describes a prefix of the work.
+    """
 
     def __init__(
         self,
@@ -246,83 +238,115 @@ class _Run:
         labels: dict[str, int],
         progress: dict[str, SplitProgress],
         fp: str,
+        engine,
         remote: str | None = None,
     ):
-        self.out, self.s, self.labels, self.progress, self.fp = out, opts.encode, labels, progress, fp
-        self.remote = remote  # upload each finished shard there
+        self.out, self.labels, self.progress, self.fp, self.engine = out, labels, progress, fp, engine
+        self.remote = remote  # the shards are written there
         self.shard_size, self.shard_samples, self.strict = opts.shard_size, opts.shard_samples, opts.strict
-        self.pending_warnings: dict[str, list[dict]] = {}
-        self.writers: dict[str, ShardWriter] = {}
-        self.per_class: dict[str, Counter[str]] = {}
-        self.staged: dict[str, list[Path]] = {}
-        self.pending_rejects: dict[str, list[dict]] = {}
-        self.last: dict[str, int] = {}
+        self.open: dict[str, _Open] = {}
+        self.taken: dict[str, _Taken] = {}
+        self.closed: deque[_Closed] = deque()
         self.rejected_count = 0
+        self.worker_cpu_s = 0.0
+        self.cleaner = ThreadPoolExecutor(1, thread_name_prefix="shard-clean")  # staged files of committed work
 
     def split(self, name: str) -> SplitProgress:
         return self.progress.setdefault(name, SplitProgress())
 
     def take(self, ordinal: int, item: WorkItem, o: Outcome) -> None:
-        record = self.out / mf.STAGING / f"{item.key}.json"
+        """Take one outcome (in input order): into the split's open shard, or its rejections."""
+        self.worker_cpu_s += o.cpu_s
         note = sharding_note(item, o)
-        if note is not None:
-            if self.strict:
-                o = Outcome(item.key, reason=note["reason"], message=note["message"])
-            else:
-                self.pending_warnings.setdefault(item.split, []).append(note)
+        if note is not None and self.strict:
+            o = Outcome(item.key, reason=note["reason"], message=note["message"], fragment=o.fragment)
+        shard = self.open.get(item.split)
+        if o.ok and shard is not None and tar_file_size(shard.size + o.fragment_bytes) > self.shard_size:
+            self.close(item.split)  # before taking this item: it opens the next shard
+        taken = self.taken.setdefault(item.split, _Taken())  # committed with the shard that holds this item
+        taken.through = ordinal
+        taken.staged += [
+            str(storage.join(self.engine.staging, f"{item.key}.json")),
+            *([o.fragment] if o.fragment else []),
+        ]
+        if note is not None and not self.strict:
+            taken.warnings.append(note)
         if not o.ok:
             self.rejected_count += 1
-            rec = {"source": item.rel, "reason": o.reason, "message": o.message, "split": item.split}
-            self.pending_rejects.setdefault(item.split, []).append(rec)
-            self._taken(item.split, ordinal, [record])
-            return
-        comps = sample_components(item, o, self.labels[item.class_name], self.s)
-        w = self.writers.get(item.split)
-        if w is not None and w.keys and tar_file_size(w.size + tar_bytes(comps)) > self.shard_size:
-            self.commit(item.split)  # before taking this item: it opens the next shard
-            w = None
-        if w is None:
-            name = mf.shard_name(item.split, len(self.split(item.split).shards))
-            w = self.writers[item.split] = ShardWriter(self.out / name)
-            self.per_class[item.split] = Counter()
-        w.add(item.key, comps)
-        self.per_class[item.split][item.class_name] += 1
-        self._taken(item.split, ordinal, [record, Path(o.video)])
-        if self.shard_samples and len(w.keys) >= self.shard_samples:
-            self.commit(item.split)  # close now so the shard is on disk as early as possible
+            taken.rejected.append({"source": item.rel, "reason": o.reason, "message": o.message, "split": item.split})
+        else:
+            self._add(item, o)
+        self._commit_ready(block=False)
 
-    def _taken(self, split: str, ordinal: int, staged: list[Path]) -> None:
-        """Mark an item as part of the split's pending work; its staged files go when that is committed."""
-        self.last[split] = ordinal
-        self.staged.setdefault(split, []).extend(staged)
-
-    def commit(self, split: str) -> None:
-        """Finish the split's open shard (if any) and record everything taken so far as done."""
-        sp = self.split(split)
-        w = self.writers.pop(split, None)
-        if w is not None:
-            info = w.close()
-            if self.remote is not None:
-                _upload_shard(self.out, self.remote, info.file, info.index)
-            per_class = dict(sorted(self.per_class.pop(split).items()))
-            sp.shards.append(
-                ShardRecord(split, info.file, info.index, info.samples, info.bytes, info.sha256, per_class)
+    def _add(self, item: WorkItem, o: Outcome) -> None:
+        shard = self.open.get(item.split)
+        if shard is None:
+            queued = sum(c.split == item.split and c.open is not None for c in self.closed)
+            shard = self.open[item.split] = _Open(
+                mf.shard_name(item.split, len(self.split(item.split).shards) + queued)
             )
-        sp.rejected += self.pending_rejects.pop(split, [])
-        sp.warnings += self.pending_warnings.pop(split, [])
-        sp.through = self.last.get(split, sp.through)
+        shard.fragments.append(o.piece())
+        shard.size += o.fragment_bytes
+        shard.per_class[item.class_name] += 1
+        if self.shard_samples and len(shard.fragments) >= self.shard_samples:
+            self.close(item.split)  # closed now so the shard is written as early as possible
+
+    def close(self, split: str) -> None:
+        """Hand the split's open shard to the engine to pack, with what the split took since its last one."""
+        shard = self.open.pop(split)
+        dest = str(storage.join(self.remote, shard.name)) if self.remote else str(self.out / shard.name)
+        self.closed.append(_Closed(split, self.engine.pack(dest, shard.fragments), shard, self.taken.pop(split)))
+
+    def _commit_ready(self, block: bool) -> None:
+        """Commit the closed shards whose packs are done, in order (all of them with `block`)."""
+        while self.closed and (block or self.closed[0].pack is None or self.closed[0].pack.done()):
+            self._commit(self.closed.popleft())
+
+    def _commit(self, c: _Closed) -> None:
+        sp = self.split(c.split)
+        if c.pack is not None:
+            info = c.pack.result()
+            per_class = dict(sorted(c.open.per_class.items()))
+            sp.shards.append(
+                ShardRecord(c.split, info.file, info.index, info.samples, info.bytes, info.sha256, per_class)
+            )
+        sp.rejected += c.taken.rejected
+        sp.warnings += c.taken.warnings
+        if c.taken.through is not None:
+            sp.through = c.taken.through
         mf.save_state(self.out, self.fp, self.progress)
-        for p in self.staged.pop(split, []):
-            p.unlink(missing_ok=True)
+        self.cleaner.submit(_remove_staged, c.taken.staged)
 
     def finish(self) -> None:
-        for split in sorted(set(self.writers) | set(self.pending_rejects) | set(self.last)):
-            self.commit(split)
+        for split in sorted(self.open):
+            self.close(split)
+        for split in sorted(self.taken):  # what came after a split's last shard: rejections, say
+            self.closed.append(_Closed(split, None, None, self.taken.pop(split)))
+        self._commit_ready(block=True)
+        self.cleaner.shutdown(wait=True)
 
     def abort(self) -> None:
-        for w in self.writers.values():
-            w.abort()
-        self.writers.clear()
+        """After a failure or an interrupt, once the engine has stopped: commit the shards whose packs did
+        finish, in order, up to the first that did not (a rerun packs that one again, under its name)."""
+        try:
+            while self.closed and (self.closed[0].pack is None or self.closed[0].pack.done()):
+                c = self.closed[0]
+                if c.pack is not None and (c.pack.cancelled() or c.pack.exception() is not None):
+                    break
+                self._commit(self.closed.popleft())
+        finally:
+            self.closed.clear()
+            self.cleaner.shutdown(wait=True)
+
+
+def _remove_staged(locations: list[str]) -> None:
+    """Delete staged records and fragments of committed work (a folder's files, or objects)."""
+    remote = [loc for loc in locations if storage.is_remote(loc)]
+    for loc in locations:
+        if not storage.is_remote(loc):
+            Path(loc).unlink(missing_ok=True)
+    if remote:
+        storage.remove_many(remote)
 
 
 def _restore(out: Path, fp: str, remote: str | None = None) -> dict[str, SplitProgress]:
@@ -416,7 +440,7 @@ def _encode_all(todo: list[tuple[int, WorkItem]], run: _Run, engine, *, progress
                 reason="unknown_class",
                 message=f"class {item.class_name!r} is not in the class list; pass the full list with --classes",
             )
-        return done(early) if early is not None else engine.submit(item)
+        return done(early) if early is not None else engine.submit(item, run.labels[item.class_name])
 
     desc = "shard" if engine.name == "local" else f"shard ({engine.name}, {engine.workers} CPUs)"
     bar = tqdm(total=len(todo), unit="video", disable=not progress, dynamic_ncols=True, desc=desc)
@@ -431,6 +455,7 @@ def _encode_all(todo: list[tuple[int, WorkItem]], run: _Run, engine, *, progress
         run.finish()
     except BaseException:
         failed = True
+        engine.close(failed)  # running jobs end first, then every finished pack is committed
         run.abort()
         raise
     finally:
@@ -488,7 +513,10 @@ def shard_dataset(
     remote = str(out) if storage.is_remote(out) else None
     out = Path(opts.work or default_work_dir(remote)).resolve() if remote else Path(out).resolve()
     # The engine first: an unreachable cluster is refused before anything is written.
-    runner = make_engine(opts, out / mf.STAGING, items=len(plan.items))
+    # Fragments are staged where the encodes can write and the packs read: beside the shards, or for a
+    # cluster writing to a URL, under the URL.
+    staging = storage.join(remote, mf.STAGING) if remote and opts.engine == "ray" else out / mf.STAGING
+    runner = make_engine(opts, str(staging), items=len(plan.items))
     try:
         with contextlib.ExitStack() as held:
             for where in [out, remote] if remote else [out]:  # the local folder's lock creates it
@@ -525,14 +553,20 @@ def _shard_locked(plan: Plan, out: Path, remote: str | None, runner, opts: Shard
     resumed = sum(len(sp.shards) for sp in kept.values())
     todo = [(n, it) for n, it in enumerate(plan.items) if n > kept.get(it.split, SplitProgress()).through]
     (out / mf.STAGING).mkdir(exist_ok=True)
-    run = _Run(out, opts, {c: i for i, c in enumerate(plan.classes)}, kept, plan.fingerprint, remote)
+    run = _Run(out, opts, {c: i for i, c in enumerate(plan.classes)}, kept, plan.fingerprint, runner, remote)
+    c0 = resource.getrusage(resource.RUSAGE_SELF)
     encoded = _encode_all(todo, run, runner, progress=opts.progress)
+    c1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = {
+        "coordinator_cpu_s": round(c1.ru_utime + c1.ru_stime - c0.ru_utime - c0.ru_stime, 3),
+        "worker_cpu_s": round(run.worker_cpu_s, 3),  # the encodes' reported CPU (their packs not counted)
+    }
     report = _finalize(
         out,
         run,
         plan,
         t0,
-        {"engine": runner.name, "workers": runner.workers, "resumed_shards": resumed, "encoded": encoded},
+        {"engine": runner.name, "workers": runner.workers, "resumed_shards": resumed, "encoded": encoded, **cpu},
     )
     if remote:
         for name in (mf.CLASSES, mf.REJECTED, mf.WARNINGS, mf.INPUTS, mf.MANIFEST):  # the manifest last
@@ -633,6 +667,8 @@ def _finalize(out: Path, run: _Run, plan: Plan, t0: float, run_info: dict) -> Sh
     # Finished: the folder holds only the dataset (a rerun finds the manifest, `_finished_report`). A remote
     # run's `out` is its local work folder: its state stays there for the next run's upload check.
     shutil.rmtree(out / mf.STAGING, ignore_errors=True)
+    if storage.is_remote(run.engine.staging):
+        storage.remove_tree(run.engine.staging)
     if run.remote is None:
         (out / mf.STATE).unlink(missing_ok=True)
     return ShardReport(

@@ -1,10 +1,15 @@
-"""Worker side: transcode one input into the staging folder, or say why not.
+"""Worker side: one input -> its sample's tar fragment, staged, or the reason it cannot be one.
 
-Runs in a worker thread (the encoding itself is an ffmpeg subprocess), or as a cluster task
-(`encode_to_bytes`, whose bytes the driver stages). The encoded file lands in `OUT/.staging/<key>.<ext>`
-with a `<key>.json` record (written last, atomically); a resumed run reuses
-both instead of encoding again. Rejections are recorded the same way, so a
-file that timed out is not retried on every resume.
+`prepare_sample` runs where the encodes run (a process of the local pool, or
+a Ray task): it transcodes the input with ffmpeg, probes the result, builds
+the sample's members (video or JPEG frames, `.lbl`, `.frames`, `.json`) and
+writes them as one tar fragment (`pipeline.shard.pack`) into the staging
+folder, `OUT/.staging` (or `URL/.staging` on object storage), with a
+`<key>.json` record written last. The process that packs shards reads only
+that small record. A resumed run reuses a staged fragment whose record and
+size (and, locally, sha256) check out, instead of encoding again.
+Rejections are recorded the same way, so a file that timed out is not
+retried on every resume.
 """
 
 from __future__ import annotations
@@ -15,9 +20,10 @@ import hashlib
 import json
 import os
 import re
+import resource
 import tempfile
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pipeline.shard.ffmpeg import (
@@ -27,6 +33,7 @@ from pipeline.shard.ffmpeg import (
     SourceSpec,
     claimed_frames,
     copy_frames_argv,
+    mjpeg_packets,
     output_geometry,
     probe_encoded,
     run_ffmpeg,
@@ -35,33 +42,40 @@ from pipeline.shard.ffmpeg import (
 from pipeline.display import is_partial, source_display
 from pipeline.errors import ShardingError
 from pipeline.format.jpeg import JpegError, decode_check
+from pipeline.format.members import frame_ext, frames_sha256, pack_int32
+from pipeline.io import storage
+from pipeline.io.files import atomic_write_text
 from pipeline.shard.layouts import WorkItem, frames_pattern
+from pipeline.shard.pack import Fragment, fragment_bytes, write_fragment
 from pipeline.shard.source import fetched
-from pipeline.io.files import atomic_write_text, temp_path
 
 
 @dataclass
 class Outcome:
-    """What happened to one work item; `video` is set when it was encoded."""
+    """What happened to one work item; when it was encoded, where its staged fragment is."""
 
     key: str
     reason: str | None = None  # None: encoded
     message: str = ""
-    video: str | None = None  # staged file
     frames: int = 0
     fps: float = 0.0
     width: int = 0
     height: int = 0
     duration: float = 0.0
     codec: str = ""
-    sha256: str = ""
-    bytes: int = 0
+    sha256: str = ""  # of the encoded video, or of the JPEG frames as stored
+    bytes: int = 0  # of the encoded video
     copied: bool = False  # frame shards: source JPEGs stored as they were, not re-encoded
     claimed_frames: int | None = None  # frames the source container claims (duration x rate), when it says
     sar: str | None = None  # the source's sample aspect ratio ("128:117") when its pixels are not square
     rotation: int = 0  # the source's display rotation (degrees counter-clockwise) when it has one
     missing_frames: str | None = None  # a frame folder's gap in its numbering ("11-12"), its frames kept in order
+    fragment: str | None = None  # the staged tar fragment (a path, or a URL)
+    fragment_bytes: int = 0
+    fragment_sha256: str = ""
+    members: list[list] = field(default_factory=list)  # (ext, data offset in the fragment, data size) per member
     fresh: bool = False  # ffmpeg ran for it in this call (not reused from staging); not part of the record
+    cpu_s: float = 0.0  # CPU the worker spent on it (its own and its ffmpeg's); not part of the record
 
     @property
     def partial(self) -> bool:
@@ -71,6 +85,13 @@ class Outcome:
     @property
     def ok(self) -> bool:
         return self.reason is None
+
+    def piece(self) -> Fragment:
+        """The fragment as the shard packer takes it."""
+        return Fragment(self.fragment, self.fragment_bytes, tuple(tuple(m) for m in self.members), self.key)
+
+
+TRANSIENT = ("fresh", "cpu_s")  # Outcome fields of one call, never staged
 
 
 def source_spec(item: WorkItem) -> SourceSpec:
@@ -149,26 +170,30 @@ def _frames_in_order(src: SourceSpec, frames: FrameFolder) -> Iterator[SourceSpe
         yield dataclasses.replace(src, path=tmp, pattern=f"%06d{ext}", start_number=1)
 
 
-def _staged(staging: Path, key: str, s: EncodeSettings) -> tuple[Path, Path]:
-    return staging / f"{key}.{s.ext}", staging / f"{key}.json"
+def _staged(staging: str, key: str) -> tuple[str, str]:
+    """(fragment, record) locations of `key` in `staging` (a folder, or a URL)."""
+    return str(storage.join(staging, f"{key}.frag")), str(storage.join(staging, f"{key}.json"))
 
 
-def load_staged(staging: Path, key: str, s: EncodeSettings) -> Outcome | None:
-    """A previous run's outcome for `key`, if its record (and video) survived."""
-    video, record = _staged(staging, key, s)
+def load_staged(staging: str, key: str) -> Outcome | None:
+    """A previous run's outcome for `key`, if its record (and fragment) survived."""
+    fragment, record = _staged(staging, key)
     try:
-        outcome = Outcome(**json.loads(record.read_text()))
+        outcome = Outcome(**json.loads(storage.read_bytes(record)))
     except (OSError, ValueError, TypeError):
         return None
-    if outcome.ok:
-        # Staged files are not fsync'ed (that is slow, and only power loss needs it): check them instead.
-        try:
-            data = video.read_bytes()
-        except OSError:
-            return None
-        if len(data) != outcome.bytes or hashlib.sha256(data).hexdigest() != outcome.sha256:
-            return None
-        outcome.video = str(video)
+    if not outcome.ok:
+        return outcome
+    # Staged files are not fsync'ed (that is slow, and only power loss needs it): check them instead. An object
+    # store shows only whole objects: its size says enough.
+    try:
+        if storage.is_remote(fragment):
+            return outcome if storage.size_of(fragment) == outcome.fragment_bytes else None
+        data = Path(fragment).read_bytes()
+    except OSError:
+        return None
+    if len(data) != outcome.fragment_bytes or hashlib.sha256(data).hexdigest() != outcome.fragment_sha256:
+        return None
     return outcome
 
 
@@ -176,28 +201,88 @@ class StagedOutputLost(ShardingError):
     """Our own encoded file could not be read back (removed under us): never the input's fault."""
 
 
-def encode_item(item: WorkItem, s: EncodeSettings, staging: str, timeout: float, min_frames: int) -> Outcome:
-    """Transcode `item` into `staging` (reusing a staged result) and return the outcome."""
-    staging_dir = Path(staging)
-    cached = load_staged(staging_dir, item.key, s)
+def prepare_sample(
+    item: WorkItem, s: EncodeSettings, staging: str, timeout: float, min_frames: int, label: int
+) -> Outcome:
+    """`item` encoded and staged as its sample's tar fragment in `staging` (a folder, or a URL), or the
+    reason it is rejected, recorded there too; a valid staged result is reused. Runs in a worker."""
+    c0 = _cpu()
+    cached = load_staged(staging, item.key)
     if cached is not None:
         return cached
-    tmp = temp_path(staging_dir / item.key, f".{s.ext}")
-    try:
-        return stage(staging_dir, s, outcome_of(item, s, tmp, timeout, min_frames), tmp)
-    finally:
-        tmp.unlink(missing_ok=True)
+    place = None if storage.is_remote(staging) else staging  # a local encode lands beside the shards, not in /tmp
+    with tempfile.TemporaryDirectory(prefix=".tpn-shard-", dir=place) as tmp:
+        encoded = Path(tmp) / f"encoded.{s.ext}"
+        outcome = outcome_of(item, s, encoded, timeout, min_frames)
+        if outcome.ok:
+            _stage_fragment(staging, item, outcome, sample_components(item, outcome, label, s, encoded), Path(tmp))
+        _stage_record(staging, outcome)
+    outcome.fresh, outcome.cpu_s = True, _cpu() - c0
+    return outcome
 
 
-def encode_to_bytes(item: WorkItem, s: EncodeSettings, timeout: float, min_frames: int) -> tuple[Outcome, bytes | None]:
-    """Transcode `item` in a private temp folder of this machine: (outcome, encoded bytes when it is ok).
+def _cpu() -> float:
+    """CPU seconds of this process and its reaped children (a worker runs one input at a time)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
-    What a remote worker (`pipeline.shard.engines`) runs: the driver stages the bytes with `stage`.
+
+def _stage_fragment(staging: str, item: WorkItem, outcome: Outcome, components: dict, tmp: Path) -> None:
+    fragment, _ = _staged(staging, item.key)
+    local = tmp / "fragment" if storage.is_remote(staging) else Path(fragment)
+    members, sha256 = write_fragment(local, item.key, components)
+    if storage.is_remote(staging):
+        storage.upload(local, fragment)
+    outcome.fragment, outcome.fragment_bytes, outcome.fragment_sha256 = fragment, fragment_bytes(components), sha256
+    outcome.members = [list(m) for m in members]
+
+
+def _stage_record(staging: str, outcome: Outcome) -> None:
+    """The record, written last (atomically, or as one object): a resumed run reuses what it names."""
+    _, record = _staged(staging, outcome.key)
+    text = json.dumps({k: v for k, v in asdict(outcome).items() if k not in TRANSIENT})
+    if storage.is_remote(record):
+        storage.write_bytes(record, text.encode())
+    else:
+        atomic_write_text(Path(record), text, durable=False)
+
+
+def sample_components(item: WorkItem, o: Outcome, label: int, s: EncodeSettings, encoded: Path) -> dict[str, bytes]:
+    """A sample's tar members, extension -> bytes, in tar order.
+
+    Video shards: `<key>.webm|mp4`, `.lbl`, `.frames`, `.json`. Frame shards:
+    `.lbl`, `.frames`, `.json`, then one `<key>.NNNNNN.jpg` per frame, so a
+    reader fetches exactly the frames it samples by their index offsets.
     """
-    with tempfile.TemporaryDirectory(prefix="tpn-shard-") as folder:
-        tmp = Path(folder) / f"encoded.{s.ext}"
-        outcome = outcome_of(item, s, tmp, timeout, min_frames)
-        return outcome, (tmp.read_bytes() if outcome.ok else None)
+    meta = {
+        "key": item.key,
+        "class": item.class_name,
+        "label": label,
+        "frames": o.frames,
+        "fps": o.fps,
+        "width": o.width,
+        "height": o.height,
+        "duration": o.duration,
+        "source": item.rel,
+        "sha256": o.sha256,
+        "codec": s.codec,
+        **({"sar": o.sar} if o.sar else {}),  # the source's non-square pixels (width and height are displayed)
+        **({"rotation": o.rotation} if o.rotation else {}),  # and its display rotation (shown upright)
+    }
+    small = {"lbl": pack_int32(label), "frames": pack_int32(o.frames)}
+    if not s.is_frames:
+        meta_json = json.dumps(meta, ensure_ascii=False, sort_keys=True).encode("utf-8")
+        return {s.ext: encoded.read_bytes(), **small, "json": meta_json}
+    images = mjpeg_packets(encoded)
+    if len(images) != o.frames:
+        raise ShardingError(
+            f"{item.rel}: {len(images)} JPEG frames read back, {o.frames} counted; re-run to re-encode it"
+        )
+    # The checksum covers the frames as stored (their concatenation), so verify can recompute it.
+    o.sha256 = frames_sha256(images)
+    meta.update(sha256=o.sha256, jpeg_q=None if o.copied else s.resolved_quality, copied=o.copied)
+    meta_json = json.dumps(meta, ensure_ascii=False, sort_keys=True).encode("utf-8")
+    return {**small, "json": meta_json, **{frame_ext(i): image for i, image in enumerate(images)}}
 
 
 def outcome_of(item: WorkItem, s: EncodeSettings, tmp: Path, timeout: float, min_frames: int) -> Outcome:
@@ -220,18 +305,6 @@ def outcome_of(item: WorkItem, s: EncodeSettings, tmp: Path, timeout: float, min
         return _encode(item, s, tmp, timeout, min_frames)  # once more; a second loss goes up
     except FFmpegError as err:
         return Outcome(item.key, reason=err.reason, message=err.message)
-
-
-def stage(staging: Path, s: EncodeSettings, outcome: Outcome, encoded: Path | None) -> Outcome:
-    """Move an encoded file (when the outcome is ok) to its staged name, then write the record (last,
-    atomically): a resumed run reuses both."""
-    video, record = _staged(staging, outcome.key, s)
-    if outcome.ok:
-        os.replace(encoded, video)
-        outcome.video = str(video)
-    atomic_write_text(record, json.dumps({k: v for k, v in asdict(outcome).items() if k != "fresh"}), durable=False)
-    outcome.fresh = True
-    return outcome
 
 
 def _encode(item: WorkItem, s: EncodeSettings, tmp: Path, timeout: float, min_frames: int) -> Outcome:

@@ -1,42 +1,50 @@
-"""Where the encode jobs run: this machine's threads (`local`) or the tasks of a Ray cluster (`ray`).
+"""Where the work runs: this machine's worker processes (`local`) or the tasks of a Ray cluster (`ray`).
 
-An engine takes work items and returns, per item, a future whose result is
-the item's `Outcome` with its encoded file staged in `OUT/.staging` on the
-driver. The driver consumes the futures in input order (`core.ordered`)
-and packs the shards itself, so shard membership never depends on the
-engine, the number of machines or timing: an engine only decides where
-ffmpeg runs.
+An engine does the per-video and per-shard work, so that the process that
+runs `pipeline.shard` (the coordinator) only decides which sample goes into
+which shard, from small records. Two kinds of job:
 
-- `local`: `workers` threads on this machine, each driving one ffmpeg
-  process that writes straight into the staging folder.
-- `ray`: one Ray task per input (`encode_to_bytes`), scheduled on any node
-  with a free CPU. The task reads its input itself (a path every node sees,
-  e.g. a shared filesystem), encodes into a temp folder of its node and
-  returns the encoded bytes through Ray's object store; the driver writes
-  them to staging. At most `RAY_WINDOW_PER_CPU` x the cluster's CPUs tasks
-  are in flight, so the object store and the driver hold at most that many
-  encoded videos at once. A task whose worker or node dies is retried
-  elsewhere (Ray's `max_retries`), as is one whose ffmpeg was killed by a
-  signal; a task that fails because of its input returns a rejection and is
-  never retried.
+- `submit(item, label)`: encode one input and stage its sample as a tar
+  fragment (`encode.prepare_sample`); the future's result is its `Outcome`
+  (a few hundred bytes: counts, the fragment's size and member table).
+- `pack(dest, fragments)`: write one shard and its `.idx` from fragments
+  (`pack.pack_shard`); the result is its `ShardInfo` (size, sha256).
+
+The coordinator takes outcomes in input order (`core.ordered`) and packs
+shards in that order too, so the bytes never depend on the engine, the
+number of machines or timing.
+
+- `local`: `workers` processes on this machine (forked once, before the run
+  starts any thread), each running one job at a time; ffmpeg runs as their
+  child. With one worker, or one input, the jobs run in the calling
+  process instead.
+- `ray`: one Ray task per job on any node with a free CPU. A task reads its
+  input itself (a path every node sees, or a URL) and writes its fragment
+  and its shards where the shards go: the output folder, which must then be
+  on a filesystem every node sees, or the output URL. No encoded byte
+  passes through the driver. At most `RAY_WINDOW_PER_CPU` x the cluster's
+  CPUs encode tasks are in flight. A task whose worker or node dies is run
+  again elsewhere (Ray's `max_retries`), as is one whose ffmpeg was killed by
+  a signal; a task that fails because of its input returns a rejection and
+  is never retried; a pack that dies leaves no shard under its final name
+  and is run again.
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import socket
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
+from concurrent.futures import Future, ProcessPoolExecutor
 
 from pipeline.errors import ShardingError
-from pipeline.shard.ffmpeg import EncodeSettings, EncoderInterrupted
+from pipeline.shard.encode import Outcome, prepare_sample
+from pipeline.shard.ffmpeg import EncoderInterrupted
 from pipeline.shard.layouts import WorkItem
-from pipeline.shard.source import InputUnavailable
-from pipeline.shard.encode import Outcome, encode_item, encode_to_bytes, load_staged, stage
 from pipeline.shard.options import ShardOptions
-from pipeline.io.files import temp_path
+from pipeline.shard.pack import Fragment, pack_shard
+from pipeline.shard.source import InputUnavailable
 
 ENGINES = ("local", "ray")
 RAY_WINDOW_PER_CPU = 4
@@ -45,36 +53,50 @@ CONNECT_TIMEOUT_S = 5.0
 CLUSTER_EXTRA_HINT = "pip install -e '.[cluster]' (or pip install 'ray>=2.40')"
 
 
-def done(outcome: Outcome) -> Future:
+def done(value) -> Future:
     fut: Future = Future()
-    fut.set_result(outcome)
+    fut.set_result(value)
+    return fut
+
+
+def _call(fn, *args) -> Future:
+    """`fn(*args)` run now, as a future (its exception kept for `result()`)."""
+    fut: Future = Future()
+    try:
+        fut.set_result(fn(*args))
+    except Exception as err:  # noqa: BLE001 - handed to whoever takes the result, as a pool would
+        fut.set_exception(err)
     return fut
 
 
 class LocalEngine:
-    """`workers` ffmpeg processes at a time on this machine, driven by threads.
-
-    Threads, not processes: the work happens in ffmpeg subprocesses, and the
-    Python side (probe, hash) is small. No pickling, no spawn rules for
-    callers' scripts.
-    """
+    """`workers` processes on this machine; inline in this process for one worker or one input."""
 
     name = "local"
 
-    def __init__(self, staging: Path, s: EncodeSettings, timeout: float, min_frames: int, workers: int, items: int):
-        self.staging, self.s, self.timeout, self.min_frames = staging, s, timeout, min_frames
-        self.workers = workers
+    def __init__(self, opts: ShardOptions, staging: str, workers: int, items: int):
+        self.opts, self.staging, self.workers = opts, staging, workers
         self.window = max(4, workers * 8)
-        self.pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 and items > 1 else None
+        self.pool = None
+        if workers > 1 and items > 1:
+            # Forked now, while this process runs no other thread of ours (the lock's heartbeat, the progress
+            # bar): a fork copies only the calling thread, and the workers must not inherit a held lock.
+            context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
+            self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
+            self.pool.submit(int).result()  # start the workers
 
-    def submit(self, item: WorkItem) -> Future:
-        args = (item, self.s, str(self.staging), self.timeout, self.min_frames)
-        if self.pool is None:
-            return done(encode_item(*args))
-        return self.pool.submit(encode_item, *args)
+    def submit(self, item: WorkItem, label: int) -> Future:
+        o = self.opts
+        args = (item, o.encode, self.staging, o.timeout, o.min_frames, label)
+        return _call(prepare_sample, *args) if self.pool is None else self.pool.submit(prepare_sample, *args)
+
+    def pack(self, dest: str, fragments: list[Fragment]) -> Future:
+        return (
+            _call(pack_shard, dest, fragments) if self.pool is None else self.pool.submit(pack_shard, dest, fragments)
+        )
 
     def close(self, failed: bool = False) -> None:
-        # After a failure, let running encodes finish (Ctrl-C has already stopped their ffmpeg): a caller that
+        # After a failure, let running jobs finish (Ctrl-C has already stopped their ffmpeg): a caller that
         # retries in this process must not race with them over the same staged files.
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=failed)
@@ -82,47 +104,30 @@ class LocalEngine:
 
 
 class RayEngine:
-    """One Ray task per input on the cluster at `address` (see the module docstring)."""
+    """One Ray task per job on the cluster at `address` (see the module docstring)."""
 
     name = "ray"
 
-    def __init__(
-        self,
-        staging: Path,
-        s: EncodeSettings,
-        timeout: float,
-        min_frames: int,
-        address: str | None,
-        workers: int | None = None,
-    ):
-        self.staging, self.s, self.timeout, self.min_frames = staging, s, timeout, min_frames
+    def __init__(self, opts: ShardOptions, staging: str):
+        self.opts, self.staging = opts, staging
         self.ray = import_ray()
-        self.address = address if address is not None else os.environ.get("RAY_ADDRESS") or None
-        self.owns = connect(self.ray, self.address, workers)
+        self.address = opts.ray_address if opts.ray_address is not None else os.environ.get("RAY_ADDRESS") or None
+        self.owns = connect(self.ray, self.address, opts.workers)
         self.workers = max(1, int(self.ray.cluster_resources().get("CPU", 1)))
         self.window = RAY_WINDOW_PER_CPU * self.workers
-        self.task = self.ray.remote(encode_to_bytes).options(
-            num_cpus=1, max_retries=RAY_TASK_RETRIES, retry_exceptions=[EncoderInterrupted, InputUnavailable]
+        retried = {"num_cpus": 1, "max_retries": RAY_TASK_RETRIES}
+        self.prepare = self.ray.remote(prepare_sample).options(
+            **retried, retry_exceptions=[EncoderInterrupted, InputUnavailable]
         )
+        self.packer = self.ray.remote(pack_shard).options(**retried)
 
-    def submit(self, item: WorkItem) -> Future:
-        cached = load_staged(self.staging, item.key, self.s)  # staged by an earlier, interrupted run
-        if cached is not None:
-            return done(cached)
-        ref = self.task.remote(item, self.s, self.timeout, self.min_frames)
-        return _Staged(ref.future(), lambda result: self._stage(item, result))
+    def submit(self, item: WorkItem, label: int) -> Future:
+        o = self.opts
+        ref = self.prepare.remote(item, o.encode, self.staging, o.timeout, o.min_frames, label)
+        return _RayResult(ref.future())
 
-    def _stage(self, item: WorkItem, result: tuple[Outcome, bytes | None]) -> Outcome:
-        outcome, data = result
-        tmp = None
-        if outcome.ok:
-            tmp = temp_path(self.staging / item.key, f".{self.s.ext}")
-            tmp.write_bytes(data)
-        try:
-            return stage(self.staging, self.s, outcome, tmp)
-        finally:
-            if tmp is not None:
-                tmp.unlink(missing_ok=True)
+    def pack(self, dest: str, fragments: list[Fragment]) -> Future:
+        return _RayResult(self.packer.remote(dest, fragments).future())
 
     def close(self, failed: bool = False) -> None:
         if self.owns:
@@ -130,16 +135,29 @@ class RayEngine:
             self.ray.shutdown()
 
 
-class _Staged:
-    """A Ray task's future whose result is staged on the driver when it is taken (in input order)."""
+class _RayResult:
+    """A Ray task's future whose errors read as the task's own (or name the retries spent)."""
 
-    def __init__(self, future: Future, then: Callable):
-        self.future, self.then = future, then
+    def __init__(self, future: Future):
+        self.future = future
+
+    def done(self) -> bool:
+        return self.future.done()
+
+    def cancelled(self) -> bool:
+        return self.future.cancelled()
+
+    def exception(self) -> BaseException | None:
+        try:
+            self.result()
+        except Exception as err:  # noqa: BLE001 - what a concurrent.futures.Future.exception() gives
+            return err
+        return None
 
     def result(self) -> Outcome:
         ray = import_ray()
         try:
-            result = self.future.result()
+            return self.future.result()
         except ray.exceptions.RayTaskError as err:
             cause = err.as_instanceof_cause()
             raise cause from None
@@ -148,7 +166,6 @@ class _Staged:
                 f"a Ray task failed beyond its {RAY_TASK_RETRIES} retries ({type(err).__name__}: "
                 f"{str(err)[:300]}); finished shards are kept, rerun the same command to resume"
             ) from None
-        return self.then(result)
 
 
 def import_ray():
@@ -199,11 +216,10 @@ def check_reachable(address: str) -> None:
         ) from None
 
 
-def make_engine(opts: ShardOptions, staging: Path, *, items: int):
-    """The engine `opts.engine` names, encoding into `staging` with `opts`' settings."""
-    s, timeout, min_frames, workers = opts.encode, opts.timeout, opts.min_frames, opts.workers
+def make_engine(opts: ShardOptions, staging: str, *, items: int):
+    """The engine `opts.engine` names, staging fragments in `staging` (a folder, or a URL)."""
     if opts.engine == "local":
-        return LocalEngine(staging, s, timeout, min_frames, max(1, workers or len(os.sched_getaffinity(0))), items)
+        return LocalEngine(opts, staging, max(1, opts.workers or len(os.sched_getaffinity(0))), items)
     if opts.engine == "ray":
-        return RayEngine(staging, s, timeout, min_frames, opts.ray_address, workers)
+        return RayEngine(opts, staging)
     raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {opts.engine!r}")

@@ -347,7 +347,7 @@ def test_interrupted_size_bounded_run_resumes_identically(sharded, synth, tmp_pa
     limit = 10240 + 2 * max(len(s["webm"]) for _, s in _all_samples(out))
     opts = {**SMALL, "shard_size": limit}
     shard_dataset(synth, tmp_path / "ref", **opts)
-    real, calls = core.sample_components, []
+    real, calls = core._Run.take, []
 
     def interrupted_at_the_sixth(*args, **kwargs):
         calls.append(1)
@@ -355,7 +355,7 @@ def test_interrupted_size_bounded_run_resumes_identically(sharded, synth, tmp_pa
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(core, "sample_components", interrupted_at_the_sixth)
+    monkeypatch.setattr(core._Run, "take", interrupted_at_the_sixth)
     with pytest.raises(KeyboardInterrupt):
         shard_dataset(synth, tmp_path / "cut", **opts)
     monkeypatch.undo()
@@ -425,14 +425,18 @@ def test_encodes_reused_from_staging_are_not_counted_as_encoded(synth, sharded, 
     """A rerun after a kill reuses staged videos: the summary's videos/s counts only what ffmpeg encoded."""
     from pipeline.shard.ffmpeg import EncodeSettings
     from pipeline.shard import core
-    from pipeline.shard.encode import encode_item
+    from pipeline.shard.encode import prepare_sample
 
     assert sharded[1].encoded == sharded[1].inputs == 9  # a fresh run encodes every input
     item, s = core.scan(synth, "auto").items[0], EncodeSettings(short_side=None)
-    assert encode_item(item, s, str(tmp_path), 60, 1).fresh
-    again = encode_item(item, s, str(tmp_path), 60, 1)
+    first = prepare_sample(item, s, str(tmp_path), 60, 1, 0)
+    assert first.fresh and first.cpu_s > 0
+    again = prepare_sample(item, s, str(tmp_path), 60, 1, 0)
     assert again.ok and not again.fresh  # reused from staging: not an encode of this run
-    assert "fresh" not in json.loads((tmp_path / f"{item.key}.json").read_text())  # nor part of the record
+    record = json.loads((tmp_path / f"{item.key}.json").read_text())
+    assert "fresh" not in record and "cpu_s" not in record  # nor part of the record
+    (tmp_path / f"{item.key}.frag").write_bytes(b"damaged")
+    assert prepare_sample(item, s, str(tmp_path), 60, 1, 0).fresh  # a damaged fragment is encoded again
 
 
 def test_a_finished_folder_holds_only_the_dataset(sharded, synth):

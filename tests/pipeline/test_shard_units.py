@@ -2,6 +2,7 @@
 
 import argparse
 import os
+import hashlib
 import io
 import tarfile
 
@@ -18,7 +19,7 @@ from pipeline.shard.ffmpeg import (
 )
 from pipeline.shard.layouts import WorkItem, canonical_order, kinetics_name, make_key, sth_template_key
 from pipeline.shard.__main__ import parse_bytes
-from pipeline.shard.core import tar_bytes
+from pipeline.shard.pack import Fragment, fragment_bytes, pack_shard, write_fragment
 from pipeline.shard.plan import select_part
 from pipeline.shard.options import parse_part
 from pipeline.format.index import format_index
@@ -184,14 +185,43 @@ def test_tar_file_size_predicts_the_writer(tmp_path):
     content = 0
     for i, n in enumerate([10, 700, 9000, 0]):
         comps = {"bin": b"z" * n}
-        content += tar_bytes(comps)
+        content += fragment_bytes(comps)
         w.add(f"k{i}", comps)
     assert w.size == content
     assert w.close().bytes == tar_file_size(content)
 
 
-def test_tar_bytes_counts_headers_and_padding():
-    assert tar_bytes({"a": b"x" * 700, "b": b""}) == 512 + 1024 + 512
+def test_fragment_bytes_counts_headers_and_padding():
+    assert fragment_bytes({"a": b"x" * 700, "b": b""}) == 512 + 1024 + 512
+
+
+def test_a_shard_packed_from_fragments_is_the_writers_shard(tmp_path):
+    """Samples written as fragments by whoever encodes them, then packed: the same tar and .idx, byte for
+    byte, as the writer's, and the same record."""
+    samples = {
+        "a-1": {"webm": b"x" * 700, "lbl": b"\0\0\0\0", "frames": b"\5\0\0\0", "json": b"{}"},
+        "b-2": {"lbl": b"\1\0\0\0", "json": b'{"k": 1}', "000000.jpg": b"\xff\xd8" * 300, "000001.jpg": b""},
+        "c-3": {"webm": b"z" * 10240, "json": b"{}"},
+    }
+    (tmp_path / "w").mkdir()
+    writer = ShardWriter(tmp_path / "w" / "train-000000.tar")
+    fragments = []
+    for key, comps in samples.items():
+        writer.add(key, comps)
+        members, sha256 = write_fragment(tmp_path / f"{key}.frag", key, comps)
+        data = (tmp_path / f"{key}.frag").read_bytes()
+        assert len(data) == fragment_bytes(comps) and hashlib.sha256(data).hexdigest() == sha256
+        fragments.append(Fragment(str(tmp_path / f"{key}.frag"), len(data), tuple(members), key))
+    written = writer.close()
+    (tmp_path / "p").mkdir()
+    packed = pack_shard(str(tmp_path / "p" / "train-000000.tar"), fragments)
+    assert packed == written
+    for name in ("train-000000.tar", "train-000000.idx"):
+        assert (tmp_path / "p" / name).read_bytes() == (tmp_path / "w" / name).read_bytes()
+    fragments[1] = Fragment(fragments[1].location, fragments[1].bytes + 1, fragments[1].members, "b-2")
+    with pytest.raises(OSError, match="b-2.frag holds"):
+        pack_shard(str(tmp_path / "p" / "train-000001.tar"), fragments)
+    assert sorted(p.name for p in (tmp_path / "p").iterdir()) == ["train-000000.idx", "train-000000.tar"]
 
 
 def test_format_index():
