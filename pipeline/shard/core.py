@@ -14,6 +14,7 @@ import contextlib
 import copy
 import datetime as dt
 import hashlib
+import itertools
 import os
 import resource
 import shutil
@@ -97,22 +98,36 @@ class ShardReport:
         return storage.join(self.destination, name) if self.destination else self.out / name
 
 
+def job_size(inputs: int, workers: int, most: int) -> int:
+    """Inputs per encode job: one for a small run (every worker busy at once), up to `most` (the engine's)
+    once there are at least four jobs per worker, so that a job's cost to the coordinator is shared (pure)."""
+    return max(1, min(most, inputs // (4 * max(1, workers))))
+
+
 def ordered(
-    items: Iterable[tuple[int, WorkItem]], submit: Callable[[WorkItem], Future], window: int
+    items: Iterable[tuple[int, WorkItem]],
+    early: Callable[[WorkItem], Outcome | None],
+    submit: Callable[[list[WorkItem]], Future],
+    window: int,
+    job: int = 1,
 ) -> Iterator[tuple[int, WorkItem, Outcome]]:
-    """Results in input order with at most `window` in flight: order never depends on timing."""
-    pending: deque[tuple[int, WorkItem, Future]] = deque()
+    """Results in input order, jobs of up to `job` consecutive inputs, at most `window` inputs in flight:
+    order never depends on timing. `early` rejects an input without a job (e.g. a file that is not there)."""
+    pending: deque[tuple[list[tuple[int, WorkItem, Outcome | None]], Future]] = deque()
     it = iter(items)
     while True:
-        while len(pending) < window:
-            nxt = next(it, None)
-            if nxt is None:
+        while len(pending) * job < max(window, job):
+            batch = [(ordinal, item, early(item)) for ordinal, item in itertools.islice(it, job)]
+            if not batch:
                 break
-            pending.append((nxt[0], nxt[1], submit(nxt[1])))
+            work = [item for _, item, rejected in batch if rejected is None]
+            pending.append((batch, submit(work) if work else done([])))
         if not pending:
             return
-        ordinal, item, fut = pending.popleft()
-        yield ordinal, item, fut.result()
+        batch, fut = pending.popleft()
+        results = iter(fut.result())
+        for ordinal, item, rejected in batch:
+            yield ordinal, item, rejected if rejected is not None else next(results)
 
 
 def _prepare_out(out: Path, plan: Plan, overwrite: bool) -> None:
@@ -432,22 +447,26 @@ def _encode_all(todo: list[tuple[int, WorkItem]], run: _Run, engine, *, progress
     encoded in this call (not those reused from staging or rejected before encoding)."""
     from tqdm import tqdm
 
-    def submit(item: WorkItem) -> Future:
-        early = reject_without_encoding(item)
-        if early is None and item.class_name not in run.labels:
-            early = Outcome(
+    def early(item: WorkItem) -> Outcome | None:
+        rejected = reject_without_encoding(item)
+        if rejected is None and item.class_name not in run.labels:
+            rejected = Outcome(
                 item.key,
                 reason="unknown_class",
                 message=f"class {item.class_name!r} is not in the class list; pass the full list with --classes",
             )
-        return done(early) if early is not None else engine.submit(item, run.labels[item.class_name])
+        return rejected
+
+    def submit(work: list[WorkItem]) -> Future:
+        return engine.submit([(item, run.labels[item.class_name]) for item in work])
 
     desc = "shard" if engine.name == "local" else f"shard ({engine.name}, {engine.workers} CPUs)"
     bar = tqdm(total=len(todo), unit="video", disable=not progress, dynamic_ncols=True, desc=desc)
     encoded = 0
     failed = False
     try:
-        for ordinal, item, outcome in ordered(todo, submit, window=engine.window):
+        job = job_size(len(todo), engine.workers, engine.max_job)
+        for ordinal, item, outcome in ordered(todo, early, submit, engine.window, job):
             encoded += outcome.fresh
             run.take(ordinal, item, outcome)
             bar.update(1)

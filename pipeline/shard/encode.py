@@ -21,6 +21,7 @@ import json
 import os
 import re
 import resource
+import socket
 import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -87,8 +88,8 @@ class Outcome:
         return self.reason is None
 
     def piece(self) -> Fragment:
-        """The fragment as the shard packer takes it."""
-        return Fragment(self.fragment, self.fragment_bytes, tuple(tuple(m) for m in self.members), self.key)
+        """The fragment as the shard packer takes it (its member table stays in the staged record)."""
+        return Fragment(self.fragment, self.fragment_bytes, self.key)
 
 
 TRANSIENT = ("fresh", "cpu_s")  # Outcome fields of one call, never staged
@@ -207,8 +208,14 @@ def prepare_sample(
     """`item` encoded and staged as its sample's tar fragment in `staging` (a folder, or a URL), or the
     reason it is rejected, recorded there too; a valid staged result is reused. Runs in a worker."""
     c0 = _cpu()
+    if not storage.is_remote(staging) and not Path(staging).is_dir():
+        raise ShardingError(
+            f"the staging folder {staging} is not there on {socket.gethostname()}: with --engine ray, --out must "
+            "be a folder every node sees (a shared filesystem) or a URL"
+        )
     cached = load_staged(staging, item.key)
     if cached is not None:
+        cached.members = []
         return cached
     place = None if storage.is_remote(staging) else staging  # a local encode lands beside the shards, not in /tmp
     with tempfile.TemporaryDirectory(prefix=".tpn-shard-", dir=place) as tmp:
@@ -218,7 +225,16 @@ def prepare_sample(
             _stage_fragment(staging, item, outcome, sample_components(item, outcome, label, s, encoded), Path(tmp))
         _stage_record(staging, outcome)
     outcome.fresh, outcome.cpu_s = True, _cpu() - c0
+    outcome.members = []  # in the record, for the packer: the coordinator gets a result of constant size
     return outcome
+
+
+def prepare_samples(
+    work: list[tuple[WorkItem, int]], s: EncodeSettings, staging: str, timeout: float, min_frames: int
+) -> list[Outcome]:
+    """`prepare_sample` of each (item, label) in turn: one job for a few inputs, so that what a job costs
+    the process that hands it out is shared by them."""
+    return [prepare_sample(item, s, staging, timeout, min_frames, label) for item, label in work]
 
 
 def _cpu() -> float:

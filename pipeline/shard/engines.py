@@ -4,9 +4,12 @@ An engine does the per-video and per-shard work, so that the process that
 runs `pipeline.shard` (the coordinator) only decides which sample goes into
 which shard, from small records. Two kinds of job:
 
-- `submit(item, label)`: encode one input and stage its sample as a tar
-  fragment (`encode.prepare_sample`); the future's result is its `Outcome`
-  (a few hundred bytes: counts, the fragment's size and member table).
+- `submit(work)`: encode a few inputs, [(item, label)], one after the other,
+  and stage each sample as a tar fragment (`encode.prepare_samples`); the
+  future's result is their `Outcome`s (a few hundred bytes each: counts, the
+  fragment's size; the member table stays in the staged record). A job of
+  several inputs shares what handing out a job costs (a Ray task about a
+  millisecond of the driver's CPU) between them.
 - `pack(dest, fragments)`: write one shard and its `.idx` from fragments
   (`pack.pack_shard`); the result is its `ShardInfo` (size, sha256).
 
@@ -39,7 +42,7 @@ import socket
 from concurrent.futures import Future, ProcessPoolExecutor
 
 from pipeline.errors import ShardingError
-from pipeline.shard.encode import Outcome, prepare_sample
+from pipeline.shard.encode import Outcome, prepare_samples
 from pipeline.shard.ffmpeg import EncoderInterrupted
 from pipeline.shard.layouts import WorkItem
 from pipeline.shard.options import ShardOptions
@@ -73,6 +76,7 @@ class LocalEngine:
     """`workers` processes on this machine; inline in this process for one worker or one input."""
 
     name = "local"
+    max_job = 1  # a job costs this process about 0.3 ms: next to an encode's CPU, nothing to share
 
     def __init__(self, opts: ShardOptions, staging: str, workers: int, items: int):
         self.opts, self.staging, self.workers = opts, staging, workers
@@ -85,10 +89,10 @@ class LocalEngine:
             self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
             self.pool.submit(int).result()  # start the workers
 
-    def submit(self, item: WorkItem, label: int) -> Future:
+    def submit(self, work: list[tuple[WorkItem, int]]) -> Future:
         o = self.opts
-        args = (item, o.encode, self.staging, o.timeout, o.min_frames, label)
-        return _call(prepare_sample, *args) if self.pool is None else self.pool.submit(prepare_sample, *args)
+        args = (work, o.encode, self.staging, o.timeout, o.min_frames)
+        return _call(prepare_samples, *args) if self.pool is None else self.pool.submit(prepare_samples, *args)
 
     def pack(self, dest: str, fragments: list[Fragment]) -> Future:
         return (
@@ -107,6 +111,7 @@ class RayEngine:
     """One Ray task per job on the cluster at `address` (see the module docstring)."""
 
     name = "ray"
+    max_job = 8  # a task costs the driver about a millisecond: shared by up to 8 inputs
 
     def __init__(self, opts: ShardOptions, staging: str):
         self.opts, self.staging = opts, staging
@@ -116,15 +121,14 @@ class RayEngine:
         self.workers = max(1, int(self.ray.cluster_resources().get("CPU", 1)))
         self.window = RAY_WINDOW_PER_CPU * self.workers
         retried = {"num_cpus": 1, "max_retries": RAY_TASK_RETRIES}
-        self.prepare = self.ray.remote(prepare_sample).options(
+        self.prepare = self.ray.remote(prepare_samples).options(
             **retried, retry_exceptions=[EncoderInterrupted, InputUnavailable]
         )
         self.packer = self.ray.remote(pack_shard).options(**retried)
 
-    def submit(self, item: WorkItem, label: int) -> Future:
+    def submit(self, work: list[tuple[WorkItem, int]]) -> Future:
         o = self.opts
-        ref = self.prepare.remote(item, o.encode, self.staging, o.timeout, o.min_frames, label)
-        return _RayResult(ref.future())
+        return _RayResult(self.prepare.remote(work, o.encode, self.staging, o.timeout, o.min_frames).future())
 
     def pack(self, dest: str, fragments: list[Fragment]) -> Future:
         return _RayResult(self.packer.remote(dest, fragments).future())
@@ -154,7 +158,7 @@ class _RayResult:
             return err
         return None
 
-    def result(self) -> Outcome:
+    def result(self) -> list[Outcome]:
         ray = import_ray()
         try:
             return self.future.result()

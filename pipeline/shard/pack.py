@@ -19,8 +19,9 @@ The bytes are those `format.tar.ShardWriter` writes for the same samples
 from __future__ import annotations
 
 import hashlib
+import json
 import os
-import shutil
+import socket
 import tarfile
 import tempfile
 from dataclasses import dataclass
@@ -37,13 +38,21 @@ CHUNK = 1 << 22
 
 @dataclass(frozen=True)
 class Fragment:
-    """A staged sample fragment: where it is (a path, or a URL), its size, and per member (ext, where its
-    data starts in the fragment, data size)."""
+    """A staged sample fragment: where it is (a path, or a URL), its size, its sample's key, and per member
+    (ext, where its data starts in the fragment, data size); None: read from the fragment's staged record
+    (`<key>.json` beside it), so that the coordinator never carries a table that grows with a video's
+    frame count."""
 
     location: str
     bytes: int
-    members: tuple[tuple[str, int, int], ...]
     key: str
+    members: tuple[tuple[str, int, int], ...] | None = None
+
+    def member_table(self) -> tuple[tuple[str, int, int], ...]:
+        if self.members is not None:
+            return self.members
+        record = self.location[: -len(".frag")] + ".json"
+        return tuple(tuple(m) for m in json.loads(storage.read_bytes(record))["members"])
 
 
 def fragment_bytes(components: dict[str, bytes]) -> int:
@@ -76,10 +85,10 @@ def write_fragment(path: Path, key: str, components: dict[str, bytes]) -> tuple[
 
 
 def shard_index(fragments: list[Fragment]) -> str:
-    """The shard's `.idx` text: every fragment's members at their offsets in the shard (pure)."""
+    """The shard's `.idx` text: every fragment's members at their offsets in the shard."""
     samples, start = [], 0
     for frag in fragments:
-        samples.append([(ext, start + at, size, f"{frag.key}.{ext}") for ext, at, size in frag.members])
+        samples.append([(ext, start + at, size, f"{frag.key}.{ext}") for ext, at, size in frag.member_table()])
         start += frag.bytes
     return format_index(samples)
 
@@ -140,12 +149,10 @@ def _open(location: str):
     if storage.is_remote(location):
         fs, path = storage.filesystem(location)
         return fs.open(path, "rb")
-    return open(location, "rb")
-
-
-def copy_to(location: str, path: Path) -> None:
-    """Put the local file `path` at `location` (a path, or a URL)."""
-    if storage.is_remote(location):
-        storage.upload(path, location)
-    else:
-        shutil.copyfile(path, location)
+    try:
+        return open(location, "rb")
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"the staged fragment {location} is not there on {socket.gethostname()}: removed under the run, or, "
+            "with --engine ray, --out is not a folder every node sees (use a shared filesystem or a URL); rerun"
+        ) from None

@@ -119,3 +119,15 @@ def test_benchmark_tiny_smoke(tmp_path, monkeypatch):
     result = (tmp_path / "results" / "data_tiny.json").read_text()
     assert '"frames_vs_rawframes"' in result and '"limit_opencv_clips_per_s"' in result
     assert (tmp_path / "results" / "data_tiny.png").is_file()
+
+
+def test_coordination_rows_take_the_slope_between_two_sizes():
+    """The cost that grows with the dataset is the slope between N and 3N videos; the rest is fixed."""
+    from benchmarks.shard import coordination_row
+
+    small = {"videos": 24, "coordinator_cpu_s": 0.2 + 24 * 0.001, "encode_cpu_s": 24 * 0.5}
+    large = {"videos": 72, "coordinator_cpu_s": 0.2 + 72 * 0.001, "encode_cpu_s": 72 * 0.5}
+    row = coordination_row(small, large, 200)
+    assert abs(row["coordinator_cpu_s_per_video_marginal"] - 0.001) < 1e-9
+    assert abs(row["coordinator_fixed_cpu_s"] - 0.2) < 1e-9 and abs(row["cores"] - 500) < 1e-6
+    assert abs(row["cores_whole_run"] - 0.5 / (0.272 / 72)) < 1e-6

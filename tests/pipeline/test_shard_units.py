@@ -211,14 +211,14 @@ def test_a_shard_packed_from_fragments_is_the_writers_shard(tmp_path):
         members, sha256 = write_fragment(tmp_path / f"{key}.frag", key, comps)
         data = (tmp_path / f"{key}.frag").read_bytes()
         assert len(data) == fragment_bytes(comps) and hashlib.sha256(data).hexdigest() == sha256
-        fragments.append(Fragment(str(tmp_path / f"{key}.frag"), len(data), tuple(members), key))
+        fragments.append(Fragment(str(tmp_path / f"{key}.frag"), len(data), key, tuple(members)))
     written = writer.close()
     (tmp_path / "p").mkdir()
     packed = pack_shard(str(tmp_path / "p" / "train-000000.tar"), fragments)
     assert packed == written
     for name in ("train-000000.tar", "train-000000.idx"):
         assert (tmp_path / "p" / name).read_bytes() == (tmp_path / "w" / name).read_bytes()
-    fragments[1] = Fragment(fragments[1].location, fragments[1].bytes + 1, fragments[1].members, "b-2")
+    fragments[1] = Fragment(fragments[1].location, fragments[1].bytes + 1, "b-2", fragments[1].members)
     with pytest.raises(OSError, match="b-2.frag holds"):
         pack_shard(str(tmp_path / "p" / "train-000001.tar"), fragments)
     assert sorted(p.name for p in (tmp_path / "p").iterdir()) == ["train-000000.idx", "train-000000.tar"]
@@ -281,3 +281,41 @@ def test_the_shipped_ffmpeg_wins_over_the_systems_unless_told(tmp_path, monkeypa
             find_ffmpeg()
     finally:
         find_ffmpeg.cache_clear()
+
+
+@pytest.mark.parametrize(
+    "inputs, workers, most, job",
+    [(9, 2, 8, 1), (24, 2, 8, 3), (72, 2, 8, 8), (10_000_000, 1600, 8, 8), (10_000, 500, 8, 5), (10_000, 2, 1, 1)],
+)
+def test_jobs_grow_with_the_run_to_share_their_cost(inputs, workers, most, job):
+    from pipeline.shard.core import job_size
+
+    assert job_size(inputs, workers, most) == job
+
+
+def test_results_come_in_input_order_whatever_the_jobs(tmp_path):
+    """Jobs of several inputs, some rejected without a job, finishing out of order: the outcomes come in
+    input order, each input once."""
+    import random
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipeline.shard.core import ordered
+    from pipeline.shard.encode import Outcome
+    from pipeline.shard.layouts import WorkItem
+
+    items = [(n, WorkItem(f"k{n}", "train", "a", f"a/{n}.mp4", f"/x/{n}.mp4")) for n in range(23)]
+    early = lambda item: Outcome(item.key, reason="missing_file") if item.key.endswith("3") else None  # noqa: E731
+    rng, lock, jobs = random.Random(0), threading.Lock(), []
+
+    def work(batch):
+        with lock:
+            jobs.append(len(batch))
+            delay = rng.random() / 100
+        threading.Event().wait(delay)
+        return [Outcome(item.key) for item in batch]
+
+    with ThreadPoolExecutor(4) as pool:
+        got = list(ordered(items, early, lambda batch: pool.submit(work, batch), window=8, job=3))
+    assert [(n, o.key) for n, _, o in got] == [(n, f"k{n}") for n in range(23)]
+    assert [o.key for _, _, o in got if not o.ok] == ["k3", "k13"] and max(jobs) == 3 and sum(jobs) == 21
