@@ -466,7 +466,8 @@ def _encode_all(todo: list[tuple[int, WorkItem]], run: _Run, engine, *, progress
     failed = False
     try:
         job = job_size(len(todo), engine.workers, engine.max_job)
-        for ordinal, item, outcome in ordered(todo, early, submit, engine.window, job):
+        window = max(engine.window, 2 * engine.workers * job)  # two jobs per worker in flight, whatever their size
+        for ordinal, item, outcome in ordered(todo, early, submit, window, job):
             encoded += outcome.fresh
             run.take(ordinal, item, outcome)
             bar.update(1)
