@@ -6,6 +6,7 @@ before they trust an artifact's outputs.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -16,13 +17,26 @@ from export.source import ModelSource
 
 
 def artifact_metadata(artifact: str | os.PathLike) -> dict[str, str]:
-    """What an ONNX file records about its origin (engines record nothing)."""
+    """What an ONNX file or an OpenVINO IR records about its origin (engines record nothing)."""
     if not Path(artifact).is_file():
         raise ExportError(f"{artifact} does not exist")
+    if str(artifact).endswith(runtime.OPENVINO_SUFFIXES):
+        return runtime.openvino_metadata(artifact)
     if not str(artifact).endswith(".onnx"):
         return {}
-
     return read_metadata(artifact)
+
+
+def calibration_of(meta: dict[str, str]) -> dict | None:
+    """The calibration an INT8 file records (export.int8): data location, split, clips, fingerprint."""
+    text = meta.get("calibration")
+    if not text:
+        return None
+    try:
+        record = json.loads(text)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def check_artifact_model(meta: dict[str, str], artifact: str | os.PathLike, name: str) -> None:

@@ -22,6 +22,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import onnx
 import torch
 
 from export.engine import TrtReport, build_engine, missing_requirements
@@ -36,6 +37,7 @@ from export.errors import (
     positive_int,
 )
 from export.fp16 import Fp16Report, to_fp16
+from export.int8 import DEFAULT_CLIPS, QUANTIZERS, Int8Report, calibrate, calibration_source, to_int8
 from export.onnx import SIZE_WORDS, OnnxReport, add_model_args, export_onnx, parse_input_size
 from export.outputs import default_out_dir, write_json
 from export.runtime import TRT_INSTALL
@@ -87,6 +89,7 @@ class EngineExport:
     artifacts: list[ArtifactResult]
     status: int
     warning: str | None = None  # random weights
+    int8: Int8Report | dict | None = None  # a dict when no INT8 file could be made: why
 
 
 def export_status(artifacts: list[ArtifactResult]) -> int:
@@ -107,7 +110,7 @@ def export_engine(
     size: str | int | tuple[int, int] = "auto",
     opset: int = 20,
     seed: int = 0,
-    calib_clips: int = 4,
+    calib_clips: int | None = None,
     max_batch: int = 32,
     opt_batch: int = 8,
     typing: str = "auto",
@@ -118,14 +121,23 @@ def export_engine(
     zoo_checkpoint: bool | None = None,
     batch_size: int = 4,
     max_videos: int | None = None,
+    int8: bool = False,
+    calib_shards: str | Path | None = None,
+    calib_split: str | None = None,
+    quantizer: str = "nncf",
     log=print,
 ) -> EngineExport:
-    """ONNX -> FP16 ONNX -> engine, then one gate over every file made (the Top-1 gate with `val_shards`).
+    """ONNX -> FP16 ONNX -> engine (and with `int8`, the INT8 files), then one gate over every file made
+    (the Top-1 gate with `val_shards`).
 
     `name_or_model` may be a zoo model already holding its weights, with
     `source` saying where they came from (as `export_onnx` takes it).
-    Without TensorRT or a GPU the two ONNX files are still gated (ONNX
-    Runtime) and, when the gate passes on `val_shards`, marked validated.
+    Without TensorRT or a GPU the ONNX files are still gated (ONNX Runtime,
+    or OpenVINO where it is installed) and, when the gate passes on
+    `val_shards`, marked validated. `calib_clips`: the FP16 range
+    calibration's clips (default 4) and the INT8 calibration's (default
+    `export.int8.DEFAULT_CLIPS`); INT8 calibrates on `calib_shards` at
+    `calib_split` (default: the train split of `val_shards`).
     """
     # One model for every step: without a checkpoint its random weights must be the same throughout.
     model, loaded = load_model(name_or_model, checkpoint)
@@ -134,6 +146,7 @@ def export_engine(
     if warning:
         log(warning)
     split = validation_split(val_shards, split) if val_shards else split
+    calib = calibration_source(val_shards, split, calib_shards, calib_split) if int8 else None  # refused early
     missing = missing_requirements(short=True)  # said in full once, at the end
     if missing:
         log(f"note: no engine can be built here ({missing}); the ONNX and FP16 ONNX files are still made and gated")
@@ -141,9 +154,13 @@ def export_engine(
     size = resolve_size(size, val_shards)
     onnx_r = export_onnx(model, source=source, out_dir=out_dir, size=size, opset=opset, seed=seed)
     log(onnx_r.summary())
-    fp16_r = to_fp16(onnx_r.path, calibration=val_shards, split=split, num_clips=calib_clips, seed=seed)
+    fp16_r = to_fp16(onnx_r.path, calibration=val_shards, split=split, num_clips=calib_clips or 4, seed=seed)
     log(fp16_r.summary())
     arts = [ArtifactResult("onnx", onnx_r.path, True), ArtifactResult("fp16", fp16_r.path, True)]
+    int8_r = None
+    if calib is not None:
+        int8_r, int8_arts = _int8(onnx_r.path, calib, calib_clips or DEFAULT_CLIPS, quantizer, log)
+        arts += int8_arts
     try:
         engine = build_engine(
             fp16_r.path, max_batch=max_batch, opt_batch=opt_batch, typing=typing, workspace_gib=workspace_gib
@@ -168,7 +185,30 @@ def export_engine(
     for a, r in zip(built, reports):
         a.gate = r
         log(r.summary())
-    return EngineExport(onnx_r, fp16_r, engine, arts, export_status(arts), warning)
+    return EngineExport(onnx_r, fp16_r, engine, arts, export_status(arts), warning, int8_r)
+
+
+def _int8(
+    onnx_path: str, calib: tuple, clips: int, quantizer: str, log
+) -> tuple[Int8Report | dict, list[ArtifactResult]]:
+    """The INT8 file of the FP32 ONNX (export.int8). One that missed its held-out accuracy is still gated (and
+    is marked only if the gate passes it); a missing quantizer is reported like a missing TensorRT."""
+    location, split, optimistic = calib
+    calibration = calibrate(onnx.load(onnx_path), location, split, clips, optimistic)
+    for note in calibration.notes:
+        log(f"WARNING: {note}")
+    if optimistic:
+        log(f"WARNING: INT8 calibrated on {location} split {split!r}, the videos the gate judges: it is optimistic")
+    try:
+        report = to_int8(onnx_path, calibration, quantizer=quantizer, log=log)
+    except CheckFailed as e:
+        report = e.report
+        log(f"WARNING: {e}")
+    except MissingDependencyError as e:
+        log(f"note: no INT8 file made: {e}")
+        return {"built": False, "missing": str(e)}, [ArtifactResult("int8", None, False, missing=str(e))]
+    log(report.summary())
+    return report, [ArtifactResult("int8", report.path, True)]
 
 
 ENGINE_ARGS = (
@@ -185,6 +225,10 @@ ENGINE_ARGS = (
     "zoo_checkpoint",
     "batch_size",
     "max_videos",
+    "int8",
+    "calib_shards",
+    "calib_split",
+    "quantizer",
 )
 
 
@@ -234,8 +278,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--calib-clips",
         type=positive_int,
-        default=4,
-        help="FP16 calibration clips (from --val-shards, else synthetic; default %(default)s)",
+        default=None,
+        help="calibration clips: of the FP16 ranges (from --val-shards, else synthetic; default 4) and, with "
+        f"--int8, of the INT8 scales (default {DEFAULT_CLIPS})",
+    )
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="also INT8 files for CPUs: <name>.int8.onnx (QDQ: ONNX Runtime, OpenVINO, TensorRT) and, with "
+        "OpenVINO installed (the [cpu] extra), <name>.int8.xml; calibrated on --calib-shards, gated with the rest",
+    )
+    p.add_argument(
+        "--calib-shards",
+        help="with --int8: shard folder whose videos calibrate the INT8 scales (default: --val-shards' folder)",
+    )
+    p.add_argument(
+        "--calib-split",
+        help="with --int8: split of --calib-shards (default train; val, the gate's own videos, only when named "
+        "here, and the gate then says it is optimistic)",
+    )
+    p.add_argument(
+        "--quantizer",
+        choices=QUANTIZERS,
+        default="nncf",
+        help="with --int8: nncf (default; the [cpu] extra) or onnxruntime (core install; slower INT8 on CPUs)",
     )
     add_gate_args(p)
     return p
@@ -268,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     except ExportError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
-    steps = {"onnx": r.onnx, "fp16": r.fp16, "engine": r.engine, "artifacts": r.artifacts}
+    steps = {"onnx": r.onnx, "fp16": r.fp16, "engine": r.engine, "int8": r.int8, "artifacts": r.artifacts}
     write_json(out / "report.json", {**head, **steps, "status": r.status, "passed": r.status == EXIT_OK})
     print("\n".join(summary_lines(r)))
     if isinstance(r.engine, dict):

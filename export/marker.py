@@ -144,6 +144,7 @@ def check_marker(
     _check_onnx_weights(art, marker, check)
     _check_checkpoint(marker, checkpoint, check)
     _check_shards(marker, val_shards, check)
+    _check_calibration(marker, check)
     check.valid = not check.problems
     return check
 
@@ -186,6 +187,27 @@ def _check_shards(marker: dict, val_shards: str | os.PathLike | None, check: Mar
         check.problems.append(
             f"the validation data changed: split {data.get('split')!r} of {folder} is not "
             "what the artifact was validated on"
+        )
+
+
+def _check_calibration(marker: dict, check: MarkerCheck) -> None:
+    """An INT8 file's calibration data, when it is still where it was, must be what its scales came from."""
+    data = marker.get("calibration")
+    if not data:
+        return
+    folder = _recorded(data.get("location"))
+    if folder is None:
+        check.notes.append(f"calibration shards {data.get('location')} are not there: calibration not re-checked")
+        return
+    try:
+        now = shard_fingerprint(folder, data.get("split")).sha256
+    except Exception as e:  # missing split, unreadable folder: the binding cannot hold
+        check.problems.append(f"cannot fingerprint the calibration shards {folder}: {e}")
+        return
+    if now != data.get("fingerprint"):
+        check.problems.append(
+            f"the calibration data changed: split {data.get('split')!r} of {folder} is not what the INT8 scales "
+            "came from; quantize again (python -m export.int8) and gate the new file"
         )
 
 

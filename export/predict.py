@@ -3,7 +3,7 @@
     python -m export.predict exports/tpn_r50/tpn_r50_f8s8.fp16.onnx videos/ --model tpn_r50_f8s8 \\
         --classes shards/k400/classes.json --json predictions.json
 
-SOURCE is an exported artifact (`.onnx`, FP16 `.onnx`, TensorRT `.engine`),
+SOURCE is an exported artifact (`.onnx`, FP16 or INT8 `.onnx`, OpenVINO `.xml`, TensorRT `.engine`),
 run through `export.runtime`, or the checkpoint itself, run in PyTorch.
 Each video gets the model's test protocol, as `tpn.test` and the Top-1
 gate apply it through the loader's test mode:
@@ -98,7 +98,7 @@ VIDEO_SUFFIXES = frozenset(
         ".f4v",
     }
 )
-ARTIFACT_SUFFIXES = (".onnx", ".engine", ".plan")
+ARTIFACT_SUFFIXES = (".onnx", ".engine", ".plan", ".xml")
 TOP_K = 5
 
 
@@ -384,13 +384,15 @@ class Classifier:
     class_names: list[str] | None = None  # what a checkpoint run in PyTorch records (an artifact records none)
 
 
-def load_classifier(model_file: Path, name: str, other_architecture: bool = False) -> Classifier:
+def load_classifier(
+    model_file: Path, name: str, other_architecture: bool = False, backend: runtime.Backend = "auto"
+) -> Classifier:
     """An exported artifact through `export.runtime`, or the checkpoint itself in PyTorch (a checkpoint of
     another architecture only with `other_architecture`, see `tpn.load_checkpoint`)."""
     if not model_file.is_file():
-        raise ExportError(f"{model_file} does not exist: pass an exported .onnx / .engine or a checkpoint")
+        raise ExportError(f"{model_file} does not exist: pass an exported .onnx / .xml / .engine or a checkpoint")
     if model_file.name.endswith(ARTIFACT_SUFFIXES):
-        return _artifact_classifier(model_file, name)
+        return _artifact_classifier(model_file, name, backend)
     model, weights = load_model(name, model_file, other_architecture=other_architecture)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(device)
@@ -404,14 +406,14 @@ def load_classifier(model_file: Path, name: str, other_architecture: bool = Fals
     )
 
 
-def _artifact_classifier(artifact: Path, name: str) -> Classifier:
+def _artifact_classifier(artifact: Path, name: str, backend: runtime.Backend = "auto") -> Classifier:
     meta = artifact_metadata(artifact)
     check_artifact_model(meta, artifact, name)
     try:
         spec = tpn.get_config(name).clip
     except ValueError as e:
         raise ExportError(str(e)) from None
-    runner = runtime.load(artifact)
+    runner = runtime.load(artifact, backend=backend)
     if spec.test_crops != "full":  # full-frame views take each video's own width: no fixed size to check
         check_view_size(runner, (spec.test_crop, spec.test_crop), name)
     validated = check_marker(artifact, model=name)
@@ -552,6 +554,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("videos", nargs="+", help="video files and/or folders (searched recursively for video files)")
     p.add_argument("--model", required=True, help="zoo model name the source belongs to (its test protocol)")
     p.add_argument("--checkpoint", help="checkpoint whose class names to use when SOURCE is an exported file")
+    p.add_argument(
+        "--backend",
+        choices=runtime.BACKENDS,
+        default="auto",
+        help="runtime of an exported file: auto (on a CPU OpenVINO when installed, for FP32 and INT8 files), "
+        "ort-cpu, ort-cuda, openvino, trt (default %(default)s)",
+    )
     add_other_architecture_arg(p)
     p.add_argument(
         "--classes",
@@ -573,7 +582,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     try:
         model_file = Path(args.source)
-        clf = load_classifier(model_file, args.model, args.allow_other_architecture)
+        clf = load_classifier(model_file, args.model, args.allow_other_architecture, args.backend)
         names, names_from = class_names(
             args.classes, clf, model_file, Path(args.checkpoint) if args.checkpoint else None
         )

@@ -4,8 +4,15 @@
     logits = runner(clips)  # (N, 3, T, H, W) float32 -> (N, num_classes) float32
 
 `.onnx` files run in ONNX Runtime (the CUDA provider when onnxruntime-gpu
-and a GPU are present, `pip install -e ".[gpu]"`, else the CPU provider);
-`.engine` / `.plan` files run in TensorRT. Outputs are float32 logits on
+and a GPU are present, `pip install -e ".[gpu]"`, else the CPU provider)
+or, `backend="openvino"`, in OpenVINO, which also runs its IR (`.xml`);
+`.engine` / `.plan` files run in TensorRT. `auto` picks, on a CPU, the
+fastest runtime installed for the file: OpenVINO (the `[cpu]` extra) for
+FP32 and INT8 files and IRs, ONNX Runtime for FP16 files (the precision
+they were checked in); on a GPU, CUDA. The runner's `backend` and
+`precision` say what ran: OpenVINO runs an FP32 or INT8 model's float
+parts in FP32 (its CPU plugin would pick bf16 on CPUs that have it unless
+told; `openvino_precision="bf16"` asks for it). Outputs are float32 logits on
 the runner's device (the GPU when there is one); inputs may live anywhere
 and are cast to the file's input type. On the GPU both ONNX Runtime and
 TensorRT read and write torch's CUDA tensors in place. Batches larger than
@@ -26,21 +33,42 @@ import torch
 
 from export.errors import ExportError, MissingDependencyError
 
-Backend = Literal["auto", "ort-cpu", "ort-cuda", "trt"]
+Backend = Literal["auto", "ort-cpu", "ort-cuda", "trt", "openvino"]
+BACKENDS: tuple[str, ...] = ("auto", "ort-cpu", "ort-cuda", "trt", "openvino")
 ENGINE_SUFFIXES = (".engine", ".plan")
+OPENVINO_SUFFIXES = (".xml",)
+CPU_EXTRA_HINT = "pip install -e '.[cpu]' (OpenVINO and NNCF)"
 TRT_INSTALL = (
     "install TensorRT with `pip install --extra-index-url https://pypi.nvidia.com tensorrt` "
     "(it needs an NVIDIA GPU with a recent driver)"
 )
 
 
-def pick_backend(path: str | os.PathLike, backend: Backend, *, ort_providers: list[str], cuda: bool) -> str:
-    """The concrete backend for `path`: engines need TensorRT; ONNX prefers CUDA when usable."""
+def pick_backend(
+    path: str | os.PathLike,
+    backend: Backend,
+    *,
+    ort_providers: list[str],
+    cuda: bool,
+    openvino: bool = False,
+    precision: str = "fp32",
+) -> str:
+    """The concrete backend for `path` (see the module docstring): engines need TensorRT, IRs OpenVINO; ONNX
+    prefers CUDA when usable, else OpenVINO when installed for FP32 and INT8 files (pure)."""
     is_engine = str(path).endswith(ENGINE_SUFFIXES)
+    is_ir = str(path).endswith(OPENVINO_SUFFIXES)
     if backend == "auto":
         if is_engine:
             return "trt"
-        return "ort-cuda" if cuda and "CUDAExecutionProvider" in ort_providers else "ort-cpu"
+        if is_ir:
+            return "openvino"
+        if cuda and "CUDAExecutionProvider" in ort_providers:
+            return "ort-cuda"
+        return "openvino" if openvino and precision != "fp16" else "ort-cpu"
+    if backend == "openvino" and is_engine:
+        raise ExportError(f"{path} is a TensorRT engine; OpenVINO runs .onnx files and its .xml IR")
+    if backend != "openvino" and is_ir:
+        raise ExportError(f"{path} is an OpenVINO IR: run it with backend 'openvino' (or 'auto')")
     if backend == "trt" and not is_engine:
         raise ExportError(f"{path} is not a TensorRT engine (.engine/.plan): build one with python -m export.trt")
     if backend.startswith("ort") and is_engine:
@@ -160,8 +188,8 @@ class OrtRunner(Runner):
         self.input_shape = tuple(d if isinstance(d, int) else None for d in inp.shape)
         self.max_batch = self.input_shape[0]
         self.num_classes = out.shape[-1] if isinstance(out.shape[-1], int) else None
-        meta = self.session.get_modelmeta().custom_metadata_map
-        self.precision = "fp16" if meta.get("tpn.precision", "fp32").startswith("fp16") else "fp32"
+        recorded = self.session.get_modelmeta().custom_metadata_map.get("tpn.precision", "fp32")
+        self.precision = "int8" if recorded.startswith("int8") else "fp16" if recorded.startswith("fp16") else "fp32"
         if self.input_dtype == torch.float16:
             self.precision = "fp16"
         self.run_options = ort.RunOptions()
@@ -250,6 +278,85 @@ class TrtRunner(Runner):
         return out
 
 
+def openvino_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None
+
+
+def import_openvino():
+    try:
+        import openvino
+    except ImportError:
+        raise MissingDependencyError(f"OpenVINO is not installed: {CPU_EXTRA_HINT}") from None
+    return openvino
+
+
+def file_precision(path: str | os.PathLike) -> str:
+    """What an exported file says of its precision ("fp32", "fp16", "int8"), from its metadata."""
+    from export.onnxfile import read_metadata
+
+    if str(path).endswith(".onnx"):
+        try:
+            recorded = read_metadata(path).get("precision", "fp32")
+        except Exception as err:  # protobuf's DecodeError and friends
+            raise ExportError(
+                f"{path} is not an ONNX file that can be read ({type(err).__name__}): export it again"
+            ) from None
+    elif str(path).endswith(OPENVINO_SUFFIXES):
+        recorded = openvino_metadata(path).get("precision", "fp32")
+    else:
+        return "fp16"
+    return "int8" if recorded.startswith("int8") else "fp16" if recorded.startswith("fp16") else "fp32"
+
+
+def openvino_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The tpn metadata an OpenVINO IR keeps as runtime info (export.int8 writes it), read from its .xml."""
+    import xml.etree.ElementTree as ET
+
+    try:
+        root = ET.parse(str(path)).getroot()
+    except (ET.ParseError, OSError) as err:
+        raise ExportError(f"{path} is not an OpenVINO IR that can be read ({err})") from None
+    tpn = root.find("rt_info/tpn")
+    return {child.tag: child.attrib.get("value", "") for child in tpn} if tpn is not None else {}
+
+
+class OpenVinoRunner(Runner):
+    """OpenVINO's CPU plugin, its inference precision set (not left to the CPU's default), latency mode."""
+
+    def __init__(self, path: str | os.PathLike, *, threads: int | None = None, precision: str = "f32") -> None:
+        ov = import_openvino()
+        if precision not in ("f32", "bf16"):
+            raise ExportError(f"openvino_precision must be 'f32' or 'bf16', got {precision!r}")
+        core = ov.Core()
+        try:
+            model = core.read_model(str(path))
+        except Exception as err:  # OpenVINO raises its own RuntimeError family
+            raise ExportError(f"OpenVINO cannot read {path}: {err}") from None
+        config = {
+            "INFERENCE_PRECISION_HINT": precision,
+            "INFERENCE_NUM_THREADS": len(os.sched_getaffinity(0)) if threads is None else threads,
+            "PERFORMANCE_HINT": "LATENCY",
+        }
+        self.compiled = core.compile_model(model, "CPU", config)
+        self.request = self.compiled.create_infer_request()
+        inp, out = self.compiled.input(0), self.compiled.output(0)
+        shape = inp.get_partial_shape()
+        self.input_shape = tuple(None if d.is_dynamic else d.get_length() for d in shape)
+        self.max_batch = self.input_shape[0]
+        self.num_classes = out.get_partial_shape()[-1].get_length()
+        self.backend, self.device = "openvino", torch.device("cpu")
+        kind = file_precision(path)
+        ran = self.compiled.get_property("INFERENCE_PRECISION_HINT")  # what the plugin settled on (an ov.Type)
+        self.inference_precision = ran.to_string() if hasattr(ran, "to_string") else str(ran)
+        self.precision = kind if kind != "fp32" else ("bf16" if self.inference_precision == "bf16" else "fp32")
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.request.infer({0: x.cpu().numpy()})[self.compiled.output(0)]
+        return torch.from_numpy(np.array(y, dtype=np.float32, copy=True))
+
+
 def import_tensorrt():
     try:
         import tensorrt
@@ -292,19 +399,30 @@ def load(
     threads: int | None = None,
     level: str = "all",
     tf32: bool = False,
+    openvino_precision: str = "f32",
 ) -> Runner:
-    """A runner for an `.onnx` file or a TensorRT `.engine`; see the module docstring.
+    """A runner for an `.onnx` file, an OpenVINO `.xml` or a TensorRT `.engine`; see the module docstring.
 
     tf32: let ONNX Runtime's CUDA provider use TF32 in FP32 convolutions
         (PyTorch's default on the GPU; off so FP32 files compute in FP32).
+    openvino_precision: OpenVINO's inference precision for the model's float
+        parts, "f32" (default) or "bf16".
     """
     if not Path(path).is_file():
         raise ExportError(f"{path} does not exist")
+    if backend not in BACKENDS:
+        raise ExportError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
     cuda = torch.cuda.is_available()
-    providers = ort_providers() if not str(path).endswith(ENGINE_SUFFIXES) else []
-    chosen = pick_backend(path, backend, ort_providers=providers, cuda=cuda)
+    native = str(path).endswith(ENGINE_SUFFIXES + OPENVINO_SUFFIXES)
+    providers = [] if native else ort_providers()
+    precision = file_precision(path)
+    chosen = pick_backend(
+        path, backend, ort_providers=providers, cuda=cuda, openvino=openvino_installed(), precision=precision
+    )
     if chosen == "trt":
         return TrtRunner(path)
+    if chosen == "openvino":
+        return OpenVinoRunner(path, threads=threads, precision=openvino_precision)
     if chosen == "ort-cpu" and backend == "auto" and (hint := gpu_build_hidden(providers, cuda)):
         warnings.warn(hint, stacklevel=2)
     return OrtRunner(path, cuda=chosen == "ort-cuda", threads=threads, level=level, tf32=tf32)

@@ -63,11 +63,17 @@ from torch import nn
 from export import runtime
 from export.errors import EXIT_CODES_HELP, EXIT_FAILED, EXIT_OK, ExportError, positive_int
 from export.marker import write_marker
-from export.artifact import artifact_metadata, check_artifact_model, check_artifact_weights, check_view_size
+from export.artifact import (
+    artifact_metadata,
+    calibration_of,
+    check_artifact_model,
+    check_artifact_weights,
+    check_view_size,
+)
 from export.outputs import validated_marker, write_json
 from export.shards import shard_fingerprint, validation_split, view_batches
 from export.source import ModelSource, load_model, reference_logits, synthetic_clips
-from export.tolerance import FP16, FP32, Agreement, AgreementMeter, Tolerance
+from export.tolerance import BF16, FP16, FP32, INT8, Agreement, AgreementMeter, Tolerance
 from pipeline import storage
 from pipeline.cli import add_split_arg
 from tpn import accuracy, average_views
@@ -172,7 +178,8 @@ class GateReport(Judgement):
             f"{_pct(None if self.prediction_agreement is None else 100 * self.prediction_agreement)} of "
             f"{self.videos} videos x {self.views_per_video} views"
         )
-        return text + "".join(f"\n  {c.line()}" for c in self.criteria) + "".join(f"\n  ! {f}" for f in self.failures)
+        criteria = "".join(f"\n  {c.line()}" for c in self.criteria) + "".join(f"\n  ! {f}" for f in self.failures)
+        return text + criteria + "".join(f"\n  note: {n}" for n in self.notes if n == OPTIMISTIC)
 
 
 def _pct(v: float | None) -> str:
@@ -362,7 +369,7 @@ def strict_fp32() -> Iterator[None]:
 
 
 def artifact_tolerance(runner: runtime.Runner) -> Tolerance:
-    return FP16 if runner.precision == "fp16" else FP32
+    return {"fp16": FP16, "int8": INT8, "bf16": BF16}.get(runner.precision, FP32)
 
 
 def check_classes(model: nn.Module, shard_classes: int, val_shards: str | os.PathLike) -> None:
@@ -539,7 +546,9 @@ def gate(
         else:
             results = _shard_results(tracks, model, val_shards, split, zoo, thresholds, batch_size, max_videos)
     reports = []
-    for t, (judgement, fields) in zip(tracks, results):
+    for meta, t, (judgement, fields) in zip(metas, tracks, results):
+        if optimistic_note(meta, fields.get("shards")):
+            fields = {**fields, "notes": [*fields.get("notes", []), OPTIMISTIC]}
         report = GateReport.of(
             judgement,
             artifact=t.artifact,
@@ -553,6 +562,18 @@ def gate(
         marker, note = mark(report)
         reports.append(replace(report, marker=marker, notes=[*report.notes, *([note] if note else [])]))
     return reports
+
+
+OPTIMISTIC = (
+    "optimistic: this INT8 file's scales were calibrated on the very videos judged here; gate it on other "
+    "videos (or quantize again from other calibration shards) for a fair verdict"
+)
+
+
+def optimistic_note(meta: dict[str, str], shards: dict | None) -> bool:
+    """Whether an INT8 file was calibrated on the split this gate judged (the fingerprints match)."""
+    calibration = calibration_of(meta)
+    return bool(calibration and shards and shards.get("fingerprint") == calibration.get("fingerprint"))
 
 
 def _new_track(artifact, backend) -> _Track:
@@ -652,6 +673,9 @@ def mark(report: GateReport) -> tuple[str | None, str | None]:
             "zoo_top1": report.zoo_top1,
         },
     }
+    calibration = calibration_of(artifact_metadata(report.artifact))
+    if calibration is not None:  # an INT8 file: the data its scales came from is bound too
+        payload["calibration"] = calibration
     return str(write_marker(report.artifact, payload)), None
 
 

@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 import tpn
+from export import runtime
 from export.errors import ExportError
 from export.onnx import export_onnx
 from export.predict import (
@@ -183,7 +184,8 @@ def test_folder_of_containers_is_classified_and_bad_files_listed(work, folder, s
     assert "[Errno" not in videos[str(out / "broken.mp4")]["error"]  # libav's reason in words, not its number
     assert "too short: 3 frames" in videos[str(short)]["error"]
     assert report["failed"] == {p: v["error"] for p, v in videos.items() if "error" in v}
-    assert report["backend"].startswith("ort-cpu" if source == "onnx" else "pytorch")
+    onnx_backend = "openvino" if runtime.openvino_installed() else "ort-cpu"
+    assert report["backend"].startswith(onnx_backend if source == "onnx" else "pytorch")
 
 
 def test_a_partly_decodable_video_is_classified_with_a_note(work, monkeypatch):
