@@ -17,10 +17,10 @@ The coordinator takes outcomes in input order (`core.ordered`) and packs
 shards in that order too, so the bytes never depend on the engine, the
 number of machines or timing.
 
-- `local`: `workers` processes on this machine (forked once, before the run
-  starts any thread), each running one job at a time; ffmpeg runs as their
-  child. With one worker, or one input, the jobs run in the calling
-  process instead.
+- `local`: `workers` processes on this machine (started once per run, by a
+  fork server, never forked from the caller), each running one job at a
+  time; ffmpeg runs as their child. With one worker, or one input, the jobs
+  run in the calling process instead.
 - `ray`: one Ray task per job on any node with a free CPU. A task reads its
   input itself (a path every node sees, or a URL) and writes its fragment
   and its shards where the shards go: the output folder, which must then be
@@ -72,6 +72,13 @@ def _call(fn, *args) -> Future:
     return fut
 
 
+def _adopt(environ: dict[str, str], cwd: str) -> None:
+    """Run in a new local worker: the caller's environment and working folder, not the fork server's."""
+    os.environ.clear()
+    os.environ.update(environ)
+    os.chdir(cwd)
+
+
 class LocalEngine:
     """`workers` processes on this machine; inline in this process for one worker or one input."""
 
@@ -83,10 +90,18 @@ class LocalEngine:
         self.window = max(4, workers * 8)
         self.pool = None
         if workers > 1 and items > 1:
-            # Forked now, while this process runs no other thread of ours (the lock's heartbeat, the progress
-            # bar): a fork copies only the calling thread, and the workers must not inherit a held lock.
-            context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
-            self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
+            # Workers come from a fork server: a clean process that has loaded only the sharding code. A plain
+            # fork of the caller copies whatever it has running, and a process that has run ONNX Runtime,
+            # OpenVINO, DALI or torch's thread pools before sharding (a notebook, the demo, a test session)
+            # hands its children locks held by threads that do not exist there; they then crash or hang.
+            methods = multiprocessing.get_all_start_methods()
+            context = multiprocessing.get_context("forkserver" if "forkserver" in methods else None)
+            if context.get_start_method() == "forkserver":
+                context.set_forkserver_preload(["pipeline.shard.encode", "pipeline.shard.pack"])
+            # The fork server was started with the environment of its time: the workers take the caller's as it
+            # is now (credentials and endpoints set since, as a fork would have seen them) and its folder.
+            here = (dict(os.environ), os.getcwd())
+            self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_adopt, initargs=here)
             self.pool.submit(int).result()  # start the workers
 
     def submit(self, work: list[tuple[WorkItem, int]]) -> Future:
