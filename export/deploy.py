@@ -37,7 +37,7 @@ from export.errors import (
     positive_int,
 )
 from export.fp16 import Fp16Report, to_fp16
-from export.int8 import DEFAULT_CLIPS, QUANTIZERS, Int8Report, calibrate, calibration_source, to_int8
+from export.int8 import DEFAULT_CLIPS, DEFAULT_QUANTIZER, QUANTIZERS, Int8Report, calibrate, calibration_source, to_int8
 from export.onnx import SIZE_WORDS, OnnxReport, add_model_args, export_onnx, parse_input_size
 from export.outputs import default_out_dir, write_json
 from export.runtime import TRT_INSTALL
@@ -124,7 +124,7 @@ def export_engine(
     int8: bool = False,
     calib_shards: str | Path | None = None,
     calib_split: str | None = None,
-    quantizer: str = "nncf",
+    quantizer: str = DEFAULT_QUANTIZER,
     log=print,
 ) -> EngineExport:
     """ONNX -> FP16 ONNX -> engine (and with `int8`, the INT8 files), then one gate over every file made
@@ -285,8 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--int8",
         action="store_true",
-        help="also INT8 files for CPUs: <name>.int8.onnx (QDQ: ONNX Runtime, OpenVINO, TensorRT) and, with "
-        "OpenVINO installed (the [cpu] extra), <name>.int8.xml; calibrated on --calib-shards, gated with the rest",
+        help="also <name>.int8.onnx for CPUs (QDQ: ONNX Runtime, OpenVINO, TensorRT), calibrated on "
+        "--calib-shards, gated with the rest",
     )
     p.add_argument(
         "--calib-shards",
@@ -300,8 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--quantizer",
         choices=QUANTIZERS,
-        default="nncf",
-        help="with --int8: nncf (default; the [cpu] extra) or onnxruntime (core install; slower INT8 on CPUs)",
+        default=DEFAULT_QUANTIZER,
+        help="with --int8: auto (default: nncf where installed, else onnxruntime), nncf (the [cpu] extra) or "
+        "onnxruntime (ONNX Runtime's quantize_static)",
     )
     add_gate_args(p)
     return p

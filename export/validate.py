@@ -1,7 +1,7 @@
 """The Top-1 gate: an exported artifact is trusted only if it classifies like its PyTorch model.
 
-With validation shards, each artifact (ONNX Runtime on CPU or CUDA, or a
-TensorRT engine, through `export.runtime`) and the PyTorch FP32 model see
+With validation shards, each artifact (ONNX Runtime on CPU or CUDA,
+OpenVINO, or a TensorRT engine, through `export.runtime`) and the PyTorch FP32 model see
 the same test-protocol views (`pipeline.ClipLoader` in test mode with the
 model's ClipSpec); each video's score is its views' mean softmax, as in
 `tpn.metrics`. Several artifacts of one model are gated in one pass over
@@ -750,22 +750,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m export.validate",
         description=(
-            "Top-1 gate of exported artifacts (.onnx or TensorRT .engine) against the PyTorch model. With "
-            "--val-shards it runs the test protocol and checks: enough videos, a reference above chance, the "
-            "Top-1 difference, per-video agreement and (for the zoo's weights) the zoo's Top-1; it writes "
+            "Top-1 gate of exported artifacts (.onnx, OpenVINO .xml or TensorRT .engine) against the PyTorch "
+            "model. With --val-shards it runs the test protocol and checks: enough videos, a reference above "
+            "chance, the Top-1 difference, per-video agreement and (for the zoo's weights) the zoo's Top-1; it writes "
             "<artifact>.validated.json only on a pass. Without --val-shards it compares logits on synthetic "
             "clips and validates no accuracy. Writes <artifact>.gate.json for each artifact."
         ),
         epilog=EXIT_CODES_HELP + " (1 also when the gate refuses: too few videos, or a reference at chance)",
     )
-    p.add_argument("artifacts", nargs="+", help="the .onnx files or .engine files to check (one model's)")
+    p.add_argument("artifacts", nargs="+", help="the .onnx, .xml or .engine files to check (one model's)")
     p.add_argument("--model", required=True, help="zoo model name the artifacts were exported from")
     add_checkpoint_arg(p, required=True, what="the weights the artifacts were exported from")
     p.add_argument(
         "--backend",
-        choices=["auto", "ort-cpu", "ort-cuda", "trt"],
+        choices=runtime.BACKENDS,
         default="auto",
-        help="runtime: auto picks TensorRT for engines, ONNX Runtime CUDA or CPU for .onnx (default %(default)s)",
+        help="runtime: auto picks TensorRT for engines, OpenVINO for IRs, and for .onnx ONNX Runtime's CUDA "
+        "provider on a GPU, else OpenVINO for FP32 and INT8 files where installed, else ONNX Runtime on the CPU "
+        "(default %(default)s)",
     )
     add_gate_args(p)
     return p

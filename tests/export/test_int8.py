@@ -256,7 +256,7 @@ def test_openvino_asked_for_without_the_extra_names_it(work, tmp_path, monkeypat
         to_int8(_copy_onnx(work, tmp_path), work["on_val"], ir=True, quantizer="onnxruntime")
     monkeypatch.setitem(sys.modules, "nncf", None)
     with pytest.raises(MissingDependencyError, match=r"\[cpu\].*--quantizer onnxruntime"):
-        to_int8(_copy_onnx(work, tmp_path), work["on_val"])
+        to_int8(_copy_onnx(work, tmp_path), work["on_val"], quantizer="nncf")
     assert not list(tmp_path.glob("*.int8.*"))  # nothing published before the refusal
 
 
@@ -304,6 +304,17 @@ def test_auto_picks_openvino_on_a_cpu_for_fp32_and_int8_but_not_fp16():
         runtime.pick_backend("m.xml", "ort-cpu", ort_providers=[], cuda=False)
 
 
+def test_auto_takes_nncf_where_installed(monkeypatch):
+    from export.int8 import resolve_quantizer
+
+    assert resolve_quantizer("onnxruntime") == "onnxruntime" and resolve_quantizer("nncf") == "nncf"
+    import importlib.util
+
+    assert resolve_quantizer("auto") == ("nncf" if importlib.util.find_spec("nncf") else "onnxruntime")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    assert resolve_quantizer("auto") == "onnxruntime"
+
+
 @pytest.mark.parametrize("quantizer", ["nncf", "onnxruntime"])
 def test_both_quantizers_keep_the_names_they_are_told_in_float(work, tmp_path, quantizer):
     model = onnx.load(work["onnx"])
@@ -326,6 +337,7 @@ def test_calibration_record_is_plain_json():
 # ----------------------------------------------------------------- export.trt --int8
 
 
+@pytest.mark.slow  # the whole export (ONNX, FP16, INT8, one gate); the quick set has each step on its own
 def test_export_trt_int8_makes_gates_and_reports_the_int8_file(work, tmp_path, capsys):
     from export.deploy import main as trt_main
 
@@ -351,7 +363,9 @@ def test_export_trt_int8_without_nncf_still_makes_and_gates_the_onnx_files(work,
     monkeypatch.setitem(sys.modules, "nncf", None)
     out = tmp_path / "exp"
     argv = [TINY, "--checkpoint", str(work["ckpt"]), "--out", str(out), "--val-shards", str(work["shards"])]
-    code = trt_main(argv + ["--int8", "--calib-shards", str(work["calib"]), "--min-videos", "16"])
+    code = trt_main(
+        argv + ["--int8", "--quantizer", "nncf", "--calib-shards", str(work["calib"]), "--min-videos", "16"]
+    )
     assert code == EXIT_MISSING, capsys.readouterr().err
     report = json.loads((out / "report.json").read_text())
     kinds = {a["kind"]: a for a in report["artifacts"]}
