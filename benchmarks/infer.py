@@ -25,13 +25,25 @@ ONNX (TF32 as PyTorch's FP32 convolutions) and the mixed-precision FP16 ONNX
 from `export.fp16`, torch tensors bound in place; TensorRT FP16 where
 TensorRT and a GPU are present (one engine, profile 1..max batch, opt 8).
 
+CPU deployment (with the `[cpu]` extra; `--no-cpu-deploy` skips it): the
+FP32 ONNX in OpenVINO at FP32 inference precision (`ov-fp32`) and, on CPUs
+with native BF16, at BF16 (`ov-bf16`); and the model quantized to INT8 by
+each quantizer of `export.int8` (one post-training pass, no layer kept in
+float: the speed of plain PTQ) in ONNX Runtime and OpenVINO:
+`ort-int8 (nncf)` / `ov-int8 (nncf)` (NNCF, the default where installed)
+and `ort-int8 (ortq)` / `ov-int8 (ortq)` (ONNX Runtime's quantize_static). Calibration: 32 synthetic clips, or with
+`--calib-shards` one test view of each of up to 64 videos of its train
+split. Goal: the best INT8 row >= 4x ONNX Runtime FP32 at batch 1
+(tpn_r50_f8s8, same threads).
+
 With `--val-shards`, every backend also classifies the test-protocol views
 of up to `--val-videos` validation videos (centre-cropped to the exported
 size), and its top-1 agreement with PyTorch FP32 is reported per view and
 per video. That needs trained weights (`--checkpoint`): on random weights
 the logits are near ties and agreement says little.
 
-Goals: ONNX Runtime CPU >= 1.2x PyTorch CPU eager at batch 1; ORT-CUDA FP16
+Goals: ONNX Runtime CPU >= 1.2x PyTorch CPU eager at batch 1; the best CPU INT8 >= 4x ONNX Runtime FP32
+at batch 1; ORT-CUDA FP16
 >= 3x PyTorch FP32 eager at batch 32 and FP16 top-1 agreement >= 99.5% on
 validation clips (tpn_r50_f8s8, on a GPU); TensorRT FP16 >= 5x. Writes
 benchmarks/results/infer.json and infer.png.
@@ -73,6 +85,9 @@ GOALS = {  # backend: (device, batch or None for the best, minimum speed-up over
     "trt-fp16": ("cuda", None, 5.0),
 }
 AGREEMENT_GOAL = ("ort-cuda-fp16", 0.995)  # video-level top-1 agreement with PyTorch FP32 on validation clips
+INT8_GOAL = ("tpn_r50_f8s8", 1, 4.0)  # (model, batch, best INT8 row over ONNX Runtime FP32 on the CPU)
+INT8_FILES = {"int8-nncf": "nncf", "int8-ortq": "onnxruntime"}  # artifact key -> export.int8 quantizer
+CALIB_CLIPS = 32
 
 
 # ----------------------------------------------------------------- pure helpers
@@ -141,7 +156,24 @@ def goal_lines(rows: list[dict], device: str) -> list[str]:
             f"{backend} >= {target}x PyTorch FP32 eager ({where}, {best['model']}): {best[key]:.2f}x "
             f"at batch {best['batch']} -> {verdict}"
         )
-    return lines + [agreement_goal_line(rows, device)]
+    return lines + [agreement_goal_line(rows, device)] + ([int8_goal_line(rows)] if device == "cpu" else [])
+
+
+def int8_goal_line(rows: list[dict]) -> str:
+    """The best INT8 row against ONNX Runtime FP32, same model, batch and threads."""
+    model, batch, target = INT8_GOAL
+    at = [r for r in rows if r["model"] == model and r["batch"] == batch and r["device"] == "cpu"]
+    base = next((r for r in at if r["backend"] == "ort-cpu"), None)
+    int8 = [r for r in at if "int8" in r["backend"] and not r["backend"].endswith(ONE_THREAD)]
+    head = f"best INT8 >= {target}x ONNX Runtime FP32 ({model}, batch {batch})"
+    if base is None or not int8:
+        return f"{head}: not measured on this machine"
+    best = max(int8, key=lambda r: r["clips_per_s"])
+    ratio = best["clips_per_s"] / base["clips_per_s"]
+    verdict = "met" if ratio >= target else "NOT met"
+    if model in unreliable_models(rows):
+        verdict = f"UNRELIABLE ({verdict} in this run; see the fairness note)"
+    return f"{head}: {best['backend']} {ratio:.2f}x -> {verdict}"
 
 
 def agreement_goal_line(rows: list[dict], device: str) -> str:
@@ -208,12 +240,26 @@ def torch_threads(n: int):
 
 
 def build_artifacts(
-    model: torch.nn.Module, source, work: Path, *, want_fp16: bool, want_trt: bool, max_batch: int, calibration=None
+    model: torch.nn.Module,
+    source,
+    work: Path,
+    *,
+    want_fp16: bool,
+    want_trt: bool,
+    max_batch: int,
+    calibration=None,
+    int8_clips: np.ndarray | None = None,
 ) -> dict[str, str]:
-    """FP32 ONNX always; FP16 ONNX for ORT-CUDA or TensorRT; an engine when TensorRT can build one here."""
+    """FP32 ONNX always; FP16 ONNX for ORT-CUDA or TensorRT; an engine when TensorRT can build one here; the
+    INT8 files of both quantizers when `int8_clips` are given."""
     from export.onnx import export_onnx
 
     arts = {"onnx": export_onnx(model, source=source, out_dir=work, parity_batches=(1,)).path}
+    if int8_clips is not None:
+        from export.int8 import quantize
+
+        for key, quantizer in INT8_FILES.items():
+            arts[key] = str(quantize(arts["onnx"], int8_clips, work / f"{key}.onnx", quantizer=quantizer))
     if want_fp16 or want_trt:
         from export.fp16 import to_fp16
 
@@ -241,7 +287,36 @@ def runners_for(arts: dict[str, str], device: str, batch: int, *, threads: int, 
     for level in ORT_LEVELS if batch == 1 else ("all",):
         label = "ort-cpu" if level == "all" else f"ort-cpu ({level})"
         run[label] = runtime.load(arts["onnx"], backend="ort-cpu", threads=threads, level=level)
+    if "int8-nncf" in arts:  # the CPU deployment rows (see the module docstring)
+        run["ov-fp32"] = runtime.load(arts["onnx"], backend="openvino", threads=threads)
+        if cpu_has_native_bf16():
+            run["ov-bf16"] = runtime.load(arts["onnx"], backend="openvino", threads=threads, openvino_precision="bf16")
+        for key in INT8_FILES:
+            tag = key.removeprefix("int8-")
+            run[f"ort-int8 ({tag})"] = runtime.load(arts[key], backend="ort-cpu", threads=threads)
+            run[f"ov-int8 ({tag})"] = runtime.load(arts[key], backend="openvino", threads=threads)
     return run
+
+
+def inference_precisions(runners: dict[str, Callable]) -> dict[str, str]:
+    """backend row -> the precision its runtime reported running in (OpenVINO's may differ from the hint)."""
+    return {name: r.precision for name, r in runners.items() if hasattr(r, "precision")}
+
+
+def int8_calibration(cfg, calib_shards: str | None) -> np.ndarray:
+    """Clips to calibrate the benchmark's INT8 files on: synthetic, or one test view per video of up to 64
+    videos of `calib_shards`' train split."""
+    if calib_shards is None:
+        return synthetic_clips(CALIB_CLIPS, cfg.input_shape, mean=cfg.clip.mean, std=cfg.clip.std, seed=99)
+    from export.int8 import calibration_clips
+
+    return calibration_clips(cfg.name, tuple(cfg.input_shape[-2:]), calib_shards, "train", 64).clips
+
+
+def cpu_deploy_available() -> bool:
+    import importlib.util
+
+    return runtime.openvino_installed() and importlib.util.find_spec("nncf") is not None
 
 
 def backends_for(
@@ -253,13 +328,15 @@ def backends_for(
     bf16: bool,
     threads: int,
     gpu_ort: bool,
-) -> dict[str, Callable[[], torch.Tensor]]:
+) -> tuple[dict[str, Callable[[], torch.Tensor]], dict[str, str]]:
+    """name -> a call on `x`, and name -> the precision each exported backend reported."""
     fns = {BASELINE: torch_fn(model, x, bf16=False)}
     if bf16:
         fns["torch-bf16"] = torch_fn(model, x, bf16=True)
-    for name, r in runners_for(arts, x.device.type, batch, threads=threads, gpu_ort=gpu_ort).items():
+    runners = runners_for(arts, x.device.type, batch, threads=threads, gpu_ort=gpu_ort)
+    for name, r in runners.items():
         fns[name] = lambda r=r: r(x)
-    return fns
+    return fns, inference_precisions(runners)
 
 
 def agreement(outs: dict[str, torch.Tensor]) -> dict[str, dict]:
@@ -344,6 +421,8 @@ def bench_model(
     checkpoint: str | None = None,
     val: dict | None = None,
     control: bool = True,
+    cpu_deploy: bool = True,
+    calib_shards: str | None = None,
 ) -> list[dict]:
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
@@ -353,11 +432,12 @@ def bench_model(
     cfg = model.config
     gpu_ort = dev.type == "cuda" and "CUDAExecutionProvider" in runtime.ort_providers()
     want_trt = dev.type == "cuda" and _trt_usable()
+    int8_clips = int8_calibration(cfg, calib_shards) if cpu_deploy and dev.type == "cpu" else None
     rows = []
     with tempfile.TemporaryDirectory(prefix="infer-bench-") as work:
         log(
             f"[{name}] exporting (ONNX{', FP16 ONNX' if gpu_ort or want_trt else ''}"
-            f"{', TensorRT engine' if want_trt else ''}) ..."
+            f"{', TensorRT engine' if want_trt else ''}{', INT8 ONNX' if int8_clips is not None else ''}) ..."
         )
         # exported from the CPU copy (the exporter's parity check runs ONNX Runtime on the CPU)
         arts = build_artifacts(
@@ -368,6 +448,7 @@ def bench_model(
             want_trt=want_trt,
             max_batch=max(batches),
             calibration=(val or {}).get("shards"),
+            int8_clips=int8_clips,
         )
         model = model.to(dev)
         load_before = os.getloadavg()[0]
@@ -375,7 +456,7 @@ def bench_model(
             x = torch.from_numpy(
                 synthetic_clips(batch, cfg.input_shape, mean=cfg.clip.mean, std=cfg.clip.std, seed=batch)
             ).to(dev)
-            fns = backends_for(model, arts, x, batch, bf16=bf16, threads=threads, gpu_ort=gpu_ort)
+            fns, precisions = backends_for(model, arts, x, batch, bf16=bf16, threads=threads, gpu_ort=gpu_ort)
             outs = {k: fn() for k, fn in fns.items()}
             agree = agreement(outs)
             times = interleaved(fns, rounds=rounds, warmup=warmup, sync=dev.type == "cuda")
@@ -391,6 +472,7 @@ def bench_model(
                         "device": dev.type,
                         "threads": 1 if backend.endswith(ONE_THREAD) else threads,
                         "weights": source.weights,
+                        **({"precision": precisions[backend]} if backend in precisions else {}),
                         **summarize(secs, batch),
                         **agree.get(backend, {}),
                     }
@@ -430,14 +512,15 @@ def table(rows: list[dict]) -> str:
     rows = add_ratios([dict(r) for r in rows])
     key = "ratio_vs_" + BASELINE.replace("-", "_")
     lines = [
-        f"{'model':<16} {'batch':>5}  {'backend':<24} {'median ms':>10} {'clips/s':>9} {'vs fp32':>8} {'max|diff|':>10}"
+        f"{'model':<16} {'batch':>5}  {'backend':<24} {'ran in':<6} {'median ms':>10} {'clips/s':>9} {'vs fp32':>8} "
+        f"{'max|diff|':>10}"
     ]
     for r in rows:
         ratio = f"{r[key]:.2f}x" if r[key] else "-"
         diff = f"{r['max_abs_diff']:>10.2g}" if r.get("max_abs_diff") is not None else f"{'-':>10}"
         lines.append(
-            f"{r['model']:<16} {r['batch']:>5}  {r['backend']:<24} {r['median_ms']:>10.1f} "
-            f"{r['clips_per_s']:>9.2f} {ratio:>8} {diff}"
+            f"{r['model']:<16} {r['batch']:>5}  {r['backend']:<24} {r.get('precision', '-'):<6} "
+            f"{r['median_ms']:>10.1f} {r['clips_per_s']:>9.2f} {ratio:>8} {diff}"
         )
     return "\n".join(lines)
 
@@ -522,6 +605,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--threads", type=int, help="CPU threads for PyTorch and ONNX Runtime alike (default: all cores)")
     p.add_argument("--no-control", action="store_true", help="skip the single-thread fairness control on a CPU")
+    p.add_argument(
+        "--no-cpu-deploy", action="store_true", help="skip the OpenVINO and INT8 rows on a CPU ([cpu] extra)"
+    )
+    p.add_argument(
+        "--calib-shards", help="INT8 calibration: shard folder whose train split to take (default: synthetic)"
+    )
     add_checkpoint_arg(p, what="weights for --models / the full model")
     p.add_argument("--val-shards", help="validation shards: also report each backend's top-1 agreement on them")
     add_split_arg(p, of="--val-shards")
@@ -548,10 +637,14 @@ def main(argv: list[str] | None = None) -> int:
         ]
     )
     rows: list[dict] = []
+    cpu_deploy = not gpu and not args.no_cpu_deploy and cpu_deploy_available()
+    if not gpu and not args.no_cpu_deploy and not cpu_deploy:
+        notes.append(f"no OpenVINO / INT8 rows: {runtime.CPU_EXTRA_HINT}")
     try:
         val = _val_settings(args)
         for name, batches in plan(args, gpu):
             tiny = tpn.get_config(name).tiny
+            tiny_default = tiny and not args.models  # the smoke model: the deployment rows are for real ones
             default_rounds = 2 if args.tiny else (20 if gpu else (5 if tiny else 3))
             warmup = (3 if gpu else 2) if args.warmup is None else args.warmup  # 0 is a choice, not "unset"
             rows += bench_model(
@@ -565,6 +658,8 @@ def main(argv: list[str] | None = None) -> int:
                 checkpoint=None if tiny and not args.models else args.checkpoint,
                 val=None if tiny and not args.models else val,
                 control=not args.no_control,
+                cpu_deploy=cpu_deploy and not tiny_default,
+                calib_shards=args.calib_shards,
             )
     except (ExportError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

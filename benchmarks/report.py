@@ -58,6 +58,7 @@ from benchmarks.tables import (
     infer_table,
     loader_variants_table,
     precision_table,
+    deploy_table,
     shard_table,
     train_table,
 )
@@ -145,6 +146,7 @@ BLOCKS: tuple[Block, ...] = (
         table=lambda d: infer_table(_non_tiny(d)),
         chart=lambda r: charts.infer_chart(r[f"{CPU2_DEC}-infer"], "tpn_r50_f8s8"),
     ),
+    Block(name="cpu2-deploy", source="2026-12-08-cpu2-infer-int8", table=deploy_table),
     Block(
         name="cpu2-train",
         source=f"{CPU2}-train",

@@ -258,6 +258,29 @@ def infer_table(d: dict) -> list[str]:
     return rows + [""] + goal_lines(d)
 
 
+def deploy_table(d: dict) -> list[str]:
+    """CPU deployment: every backend of each model and batch against ONNX Runtime FP32 (today's CPU path) and
+    PyTorch FP32, with the precision each runtime reported and its logits' distance to PyTorch FP32."""
+    rows = [
+        "| model | batch | backend | ran in | clips/s | median ms | x ONNX Runtime FP32 | x PyTorch FP32 "
+        "| max logit diff vs PyTorch |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    ort = {(r["model"], r["batch"]): r["clips_per_s"] for r in d["rows"] if r["backend"] == "ort-cpu"}
+    for r in d["rows"]:
+        if r["backend"].startswith("ort-cpu (") and "thread" not in r["backend"]:
+            continue  # the graph-optimisation levels: in the result file, not the deployment question
+        base = ort.get((r["model"], r["batch"]))
+        vs_ort = f"{_f(r['clips_per_s'] / base)}x" if base else "-"
+        ran = r.get("precision") or ("bf16" if "bf16" in r["backend"] else "fp32")
+        diff = "-" if r.get("max_abs_diff") is None else f"{r['max_abs_diff']:.2g}"
+        rows.append(
+            f"| {_name(r, r['model'])} | {r['batch']} | {r['backend']} | {ran} | {_rate(r['clips_per_s'])} "
+            f"| {_f(r['median_ms'], 1)} | {vs_ort} | {_f(r.get('ratio_vs_torch_fp32'))}x | {diff} |"
+        )
+    return rows + [""] + goal_lines(d)
+
+
 def train_table(d: dict) -> list[str]:
     """One row per training mode; the speedup is against fp32-eager of the same run."""
     base = next((r["mode"] for r in d["rows"] if r.get("speedup") == 1.0), "fp32-eager")

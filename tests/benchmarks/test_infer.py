@@ -11,6 +11,7 @@ from benchmarks.infer import (
     agreement_goal_line,
     build_parser,
     goal_lines,
+    int8_goal_line,
     plan,
     summarize,
     unreliable_models,
@@ -48,12 +49,27 @@ def test_ratios_and_goals():
         ]
     )
     assert [r["ratio_vs_torch_fp32"] for r in rows[:5]] == pytest.approx([1.0, 1.5, 3.0, 1.0, 1.1])
-    ort, ort_cuda, trt, agree = goal_lines(rows, "cpu")
+    ort, ort_cuda, trt, agree, int8 = goal_lines(rows, "cpu")
     # judged on the default backend at batch 1 of the full model, not the tiny one or a variant
     assert "1.50x at batch 1 -> met" in ort
-    assert all("not measured" in line for line in (ort_cuda, trt, agree))
+    assert all("not measured" in line for line in (ort_cuda, trt, agree, int8))
     slow = add_ratios([_row("torch-fp32", 1, 1.0), _row("ort-cpu", 1, 1.1)])
     assert "NOT met" in goal_lines(slow, "cpu")[0]
+
+
+def test_the_int8_goal_takes_the_best_int8_row_over_onnx_runtime_fp32_at_batch_1():
+    rows = [
+        _row("torch-fp32", 1, 1.0),
+        _row("ort-cpu", 1, 1.5),
+        _row("ov-int8 (nncf)", 1, 6.3),
+        _row("ort-int8 (ortq)", 1, 4.0),
+        _row("ov-int8 (nncf)", 8, 30.0),  # another batch: not judged
+        _row("ov-int8 (nncf)", 1, 50.0, model="t", tiny=True),  # another model: not judged
+    ]
+    assert "ov-int8 (nncf) 4.20x -> met" in int8_goal_line(rows)
+    rows[2]["clips_per_s"] = 5.0
+    assert "ov-int8 (nncf) 3.33x -> NOT met" in int8_goal_line(rows)
+    assert "not measured" in int8_goal_line([_row("ort-cpu", 1, 1.5)])
 
 
 def test_gpu_goals_at_batch_32():
