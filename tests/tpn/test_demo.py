@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+from export.runtime import openvino_installed
+
 from tpn.demo import MODELS, DemoPaths, held_out_seed, plan, verdict
 
 
@@ -94,12 +96,15 @@ def test_demo_smoke_runs_end_to_end_and_reuses_finished_stages(tmp_path):
         "held-out synthetic test videos; seed 0",
         "Videos per split: train 16, val 8, test 8",
         f"test videos drawn with seed {held_out_seed(0)}",
-        "tpn_tiny_f8s4.onnx | ort-cpu (fp32)",
-        "tpn_tiny_f8s4.fp16.onnx | ort-cpu (fp16)",
+        f"tpn_tiny_f8s4.onnx | {'openvino' if openvino_installed() else 'ort-cpu'} (fp32)",
+        "tpn_tiny_f8s4.fp16.onnx | ort-cpu (fp16)",  # FP16 stays in ONNX Runtime, where it was checked
+        "| tpn_tiny_f8s4.int8.onnx |",
         "TensorRT engine:",
         "JPEG frame shards",
     ]:
         assert needle in text, needle
+    if openvino_installed():  # the [cpu] extra: the INT8 file is made, gated and timed
+        assert "| tpn_tiny_f8s4.int8.onnx | openvino (int8) |" in text and "INT8 speed (batch 1" in text
     p = DemoPaths(out)
     test_videos, seen_videos = _digests(p.test_data), _digests(p.data)
     assert len(test_videos) == 8 and len(seen_videos) == 24 and not test_videos & seen_videos
