@@ -93,7 +93,9 @@ class LocalEngine:
             # Workers come from a fork server: a clean process that has loaded only the sharding code. A plain
             # fork of the caller copies whatever it has running, and a process that has run ONNX Runtime,
             # OpenVINO, DALI or torch's thread pools before sharding (a notebook, the demo, a test session)
-            # hands its children locks held by threads that do not exist there; they then crash or hang.
+            # hands its children locks held by threads that do not exist there; they then crash or hang. (Python
+            # 3.14 makes it the default start method on Linux.) As with any start method but
+            # fork, a script that shards through the Python API keeps its work under `if __name__ == "__main__"`.
             methods = multiprocessing.get_all_start_methods()
             context = multiprocessing.get_context("forkserver" if "forkserver" in methods else None)
             if context.get_start_method() == "forkserver":
