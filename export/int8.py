@@ -475,7 +475,7 @@ def save_openvino_ir(onnx_path: Path, xml: Path) -> list[Path]:
     """The ONNX file as OpenVINO's IR (`.xml` + `.bin`), its tpn metadata kept as runtime info."""
     ov = import_openvino()
     try:
-        model = ov.Core().read_model(str(onnx_path))
+        model = runtime.openvino_core().read_model(str(onnx_path))
     except Exception as err:  # OpenVINO raises its own RuntimeError family
         raise ExportError(f"OpenVINO cannot read {onnx_path}: {err}") from None
     for key, value in read_metadata(onnx_path).items():

@@ -22,6 +22,7 @@ gate marker does not hold, load it with `export.marker.load_validated`.
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from collections.abc import Sequence
@@ -322,14 +323,27 @@ def openvino_metadata(path: str | os.PathLike) -> dict[str, str]:
     return {child.tag: child.attrib.get("value", "") for child in tpn} if tpn is not None else {}
 
 
+@functools.cache
+def openvino_core():
+    """The one OpenVINO Core of this process, kept until it exits.
+
+    On Linux, OpenVINO's CPU plugin swaps in a signal stack of its own for the calling thread when a Core first
+    compiles a model, and puts back the one it found (freeing its own) when that Core and its models are gone.
+    With a Core per model, two models freed in the order they were made leave the thread with the freed stack
+    registered, and the next signal the process handles on that stack (a child process ending, with a Python
+    handler for SIGCHLD) kills it with SIGSEGV. One Core that lives as long as the process never puts one back.
+    """
+    return import_openvino().Core()
+
+
 class OpenVinoRunner(Runner):
     """OpenVINO's CPU plugin, its inference precision set (not left to the CPU's default), latency mode."""
 
     def __init__(self, path: str | os.PathLike, *, threads: int | None = None, precision: str = "f32") -> None:
-        ov = import_openvino()
+        import_openvino()  # a missing [cpu] extra is named even after a Core was made
         if precision not in ("f32", "bf16"):
             raise ExportError(f"openvino_precision must be 'f32' or 'bf16', got {precision!r}")
-        core = ov.Core()
+        core = openvino_core()
         try:
             model = core.read_model(str(path))
         except Exception as err:  # OpenVINO raises its own RuntimeError family

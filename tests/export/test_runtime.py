@@ -71,3 +71,34 @@ def test_only_open_session_constructs_sessions():
     found = {k: v for k, v in found.items() if v}
     assert list(found) == ["export/runtime.py"] and len(found["export/runtime.py"]) == 1
     assert session_constructions("import onnxruntime as ort\ns = ort.InferenceSession('m.onnx')") == [2]
+
+
+FREE_IN_ORDER = """
+import faulthandler, gc, signal, subprocess, sys
+faulthandler.enable()  # gives the main thread a signal stack, as pytest does
+from export import runtime
+first = runtime.load(sys.argv[1], backend="openvino")
+second = runtime.load(sys.argv[1], backend="openvino")
+del first
+gc.collect()
+del second
+gc.collect()
+signal.signal(signal.SIGCHLD, lambda *_: None)  # a Python handler runs on the signal stack
+subprocess.run(["true"], check=True)  # its end sends SIGCHLD
+print("alive")
+"""
+
+
+@pytest.mark.skipif(not runtime.openvino_installed(), reason="needs OpenVINO (the [cpu] extra)")
+def test_openvino_runners_freed_in_the_order_they_were_made_leave_the_process_alive(tmp_path):
+    """OpenVINO's CPU plugin swaps the thread's signal stack per Core and puts back the one it found: with a Core
+    per runner, freeing them first-made-first left a freed stack registered and the next signal killed the
+    process (SIGSEGV). One Core per process keeps it alive."""
+    import subprocess
+    import sys
+
+    onnx.save(doubling_model(), str(tmp_path / "m.onnx"))
+    done = subprocess.run(
+        [sys.executable, "-c", FREE_IN_ORDER, str(tmp_path / "m.onnx")], cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 0 and "alive" in done.stdout, (done.returncode, done.stderr[-2000:])
