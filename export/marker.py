@@ -175,40 +175,29 @@ def _check_checkpoint(marker: dict, checkpoint: str | os.PathLike | None, check:
 def _check_shards(marker: dict, val_shards: str | os.PathLike | None, check: MarkerCheck) -> None:
     data = marker["shards"]
     folder = val_shards if val_shards is not None else _recorded(data.get("location"))
-    if folder is None:
-        check.notes.append(f"validation shards {data.get('location')} are not there: data not re-checked")
-        return
-    try:
-        now = shard_fingerprint(folder, data.get("split")).sha256
-    except Exception as e:  # missing split, unreadable folder: the binding cannot hold
-        check.problems.append(f"cannot fingerprint the validation shards {folder}: {e}")
-        return
-    if now != data.get("fingerprint"):
-        check.problems.append(
-            f"the validation data changed: split {data.get('split')!r} of {folder} is not "
-            "what the artifact was validated on"
-        )
+    _check_fingerprint("validation", data, folder, check, "what the artifact was validated on")
 
 
 def _check_calibration(marker: dict, check: MarkerCheck) -> None:
     """An INT8 file's calibration data, when it is still where it was, must be what its scales came from."""
     data = marker.get("calibration")
-    if not data:
-        return
-    folder = _recorded(data.get("location"))
+    if data:
+        changed = "what the INT8 scales came from; quantize again (python -m export.int8) and gate the new file"
+        _check_fingerprint("calibration", data, _recorded(data.get("location")), check, changed)
+
+
+def _check_fingerprint(what: str, data: dict, folder, check: MarkerCheck, changed: str) -> None:
+    """The split `data` records, in `folder` (None: not there), must still have the fingerprint it recorded."""
     if folder is None:
-        check.notes.append(f"calibration shards {data.get('location')} are not there: calibration not re-checked")
+        check.notes.append(f"{what} shards {data.get('location')} are not there: {what} data not re-checked")
         return
     try:
         now = shard_fingerprint(folder, data.get("split")).sha256
     except Exception as e:  # missing split, unreadable folder: the binding cannot hold
-        check.problems.append(f"cannot fingerprint the calibration shards {folder}: {e}")
+        check.problems.append(f"cannot fingerprint the {what} shards {folder}: {e}")
         return
     if now != data.get("fingerprint"):
-        check.problems.append(
-            f"the calibration data changed: split {data.get('split')!r} of {folder} is not what the INT8 scales "
-            "came from; quantize again (python -m export.int8) and gate the new file"
-        )
+        check.problems.append(f"the {what} data changed: split {data.get('split')!r} of {folder} is not {changed}")
 
 
 def _recorded(location: str | None) -> str | None:
