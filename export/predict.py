@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 import time
 from functools import partial
@@ -69,6 +68,7 @@ from pipeline import (
     source_display,
     view_crop_positions,
 )
+from pipeline.frames import missing_numbers, number_ranges, numbered_frames
 
 VIDEO_SUFFIXES = frozenset(
     {
@@ -123,15 +123,6 @@ class PredictRun:
 
 
 # ----------------------------------------------------------------- finding videos
-
-
-FRAME_NAME = re.compile(r"(\d+)\.jpe?g", re.I)
-
-
-def numbered_frames(folder: Path) -> list[tuple[int, Path]]:
-    """A frame folder's numbered JPEGs (00001.jpg, ...) by number; empty when it is no frame folder."""
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if p.is_file() and (m := FRAME_NAME.fullmatch(p.name))]
-    return sorted(found)
 
 
 def find_videos(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path], int, bool]:
@@ -263,23 +254,11 @@ def folder_frames(folder: Path, spec: ClipSpec, min_frames: int) -> tuple[np.nda
                 frames[int(i)] = resize_short_side(np.array(image.convert("RGB")), spec.test_scale)
         except Exception as err:  # Pillow raises OSError, SyntaxError, ValueError... for bad data
             raise VideoError(f"frame {path.name} does not decode: {err}") from None
-    numbers = [number for number, _ in numbered]
-    missing = sorted(set(range(numbers[0], numbers[-1] + 1)) - set(numbers))
+    missing = missing_numbers([number for number, _ in numbered])
     note = None
     if missing:
-        note = f"frames {_ranges(missing)} are missing from its numbering; its {n} frames are kept in order"
+        note = f"frames {number_ranges(missing)} are missing from its numbering; its {n} frames are kept in order"
     return np.stack([frames[int(i)] for i in unique])[order], n, note
-
-
-def _ranges(numbers: list[int]) -> str:
-    """[11, 12, 20] -> '11-12, 20'."""
-    runs: list[list[int]] = []
-    for k in numbers:
-        if runs and k == runs[-1][1] + 1:
-            runs[-1][1] = k
-        else:
-            runs.append([k, k])
-    return ", ".join(f"{a}-{b}" if a != b else str(a) for a, b in runs)
 
 
 def to_display(frame: np.ndarray, display: Display) -> np.ndarray:

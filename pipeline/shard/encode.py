@@ -19,7 +19,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import re
 import resource
 import socket
 import tempfile
@@ -42,6 +41,7 @@ from pipeline.shard.ffmpeg import (
 )
 from pipeline.display import is_partial, source_display
 from pipeline.errors import ShardingError
+from pipeline.frames import missing_numbers, number_ranges, numbered_frames
 from pipeline.format.jpeg import JpegError, decode_check
 from pipeline.format.members import frame_ext, frames_sha256, pack_int32
 from pipeline.io import storage
@@ -124,17 +124,13 @@ class FrameFolder:
     @property
     def missing(self) -> list[int]:
         """Numbers absent between the first and the last (a gap in the numbering)."""
-        return sorted(set(range(self.numbers[0], self.numbers[-1] + 1)) - set(self.numbers))
+        return missing_numbers(list(self.numbers))
 
 
 def check_frame_folder(folder: Path, rel: str) -> FrameFolder:
     """Decode every numbered frame of `folder`: a frame that does not decode rejects the whole input, whatever
     the codec (ffmpeg's MJPEG decoder would conceal it, e.g. by repeating a neighbour)."""
-    numbered = {}
-    for path in folder.iterdir():
-        m = re.fullmatch(r"(\d+)\.jpe?g", path.name, re.I)
-        if m:
-            numbered[int(m.group(1))] = path.name
+    numbered = {number: path.name for number, path in numbered_frames(folder)}
     sizes = set()
     for number in sorted(numbered):
         try:
@@ -144,17 +140,6 @@ def check_frame_folder(folder: Path, rel: str) -> FrameFolder:
         sizes.add((info.width, info.height))
     order = tuple(sorted(numbered))
     return FrameFolder(order, tuple(numbered[n] for n in order), frozenset(sizes))
-
-
-def number_ranges(numbers: list[int]) -> str:
-    """[11, 12, 20] -> '11-12, 20' (pure)."""
-    runs: list[list[int]] = []
-    for n in numbers:
-        if runs and n == runs[-1][1] + 1:
-            runs[-1][1] = n
-        else:
-            runs.append([n, n])
-    return ", ".join(f"{a}-{b}" if a != b else str(a) for a, b in runs)
 
 
 @contextlib.contextmanager

@@ -25,6 +25,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.frames import FRAME_NAME, numbered_frames
 from pipeline.splits import SPLITS, normalize_split, split_order
 
 VIDEO_EXTS = frozenset(".mp4 .m4v .mov .webm .mkv .avi .mpg .mpeg .flv .wmv .3gp .ogv .ts .mts .m2ts".split())
@@ -392,15 +393,12 @@ def detect_layout(root: Path) -> str:
 
 def frames_pattern(folder: Path) -> tuple[str, int, int]:
     """ffmpeg pattern, first number and count for a folder of numbered JPEGs ('00001.jpg' -> '%05d.jpg')."""
-    numbered = []
-    for p in folder.iterdir():
-        m = re.fullmatch(r"(\d+)\.(jpe?g)", p.name, re.I)
-        if m:
-            numbered.append((int(m.group(1)), len(m.group(1)), m.group(2)))
+    numbered = numbered_frames(folder)
     if not numbered:
         raise FileNotFoundError(f"{folder}: no numbered JPEG frames (expected 00001.jpg, 00002.jpg, ...)")
-    first, width, ext = min(numbered)
-    return f"%0{width}d.{ext}", first, len(numbered)
+    first, path = numbered[0]
+    digits, ext = FRAME_NAME.fullmatch(path.name).groups()
+    return f"%0{len(digits)}d.{ext}", first, len(numbered)
 
 
 def canonical_order(items: list[WorkItem], seed: int = 0) -> list[WorkItem]:

@@ -3,7 +3,7 @@
 Every module is parsed (not imported), function-local imports included, and
 each import of another pipeline module is checked against what its room may
 use. The modules every room shares (clip spec, errors, splits, the loader's
-vocabularies, display geometry, CLI helpers) import only each other.
+vocabularies, display geometry, frame-folder names, CLI helpers) import only each other.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PIPELINE = ROOT / "pipeline"
-SHARED = {"clip", "errors", "splits", "options", "cli", "display"}
+SHARED = {"clip", "errors", "splits", "options", "cli", "display", "frames"}
 ROOMS = ("io", "format", "clips", "shard")
 MAY_USE = {  # room -> the rooms it may import besides itself and the shared modules
     "io": set(),

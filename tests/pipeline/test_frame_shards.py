@@ -182,3 +182,15 @@ def test_frame_shards_are_larger_than_vp9_but_hold_the_same_frames(frames, synth
     jpeg = {json.loads(s["json"])["key"]: json.loads(s["json"])["frames"] for s in samples(frames)}
     assert vp9 == jpeg
     assert np.all(np.array(list(jpeg.values())) == 12)
+
+
+def test_frame_folder_names_and_gaps(tmp_path):
+    from pipeline.frames import missing_numbers, number_ranges, numbered_frames
+
+    for name in ("00003.jpg", "00001.JPEG", "00012.jpg", "notes.txt", "2.png"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "00002.jpg").mkdir()  # a folder is never a frame
+    numbered = numbered_frames(tmp_path)
+    assert [(n, p.name) for n, p in numbered] == [(1, "00001.JPEG"), (3, "00003.jpg"), (12, "00012.jpg")]
+    assert missing_numbers([n for n, _ in numbered]) == [2, 4, 5, 6, 7, 8, 9, 10, 11]
+    assert number_ranges([2, 4, 5, 6, 11]) == "2, 4-6, 11" and missing_numbers([]) == []
