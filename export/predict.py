@@ -62,13 +62,15 @@ from pipeline import (
     decode_plan,
     frame_rgb,
     is_partial,
+    missing_numbers,
+    number_ranges,
+    numbered_frames,
     parse_classes,
     partial_words,
     resize_shorter,
     source_display,
     view_crop_positions,
 )
-from pipeline.frames import missing_numbers, number_ranges, numbered_frames
 
 VIDEO_SUFFIXES = frozenset(
     {

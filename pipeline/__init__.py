@@ -11,6 +11,7 @@ from pipeline.clips.colour import yuv_to_rgb_matrix
 from pipeline.clips.plan import crop_origin, resize_shorter
 from pipeline.errors import DataError, ShardError, ShardingError, ShardReadError
 from pipeline.display import Display, is_partial, partial_words, source_display
+from pipeline.frames import missing_numbers, number_ranges, numbered_frames
 from pipeline.io.files import (
     atomic_write,
     atomic_write_bytes,
@@ -46,7 +47,7 @@ __all__ = [
     "fsync_file",
     "sha256_file",
     "staging_dir",
-    # the test protocol's frames and crops, and the display geometry of a source video
+    # the test protocol's frames and crops, the display geometry of a source video, frame folders
     "clip_indices",
     "decode_plan",
     "view_crop_positions",
@@ -54,6 +55,9 @@ __all__ = [
     "source_display",
     "is_partial",
     "partial_words",
+    "numbered_frames",
+    "missing_numbers",
+    "number_ranges",
     "yuv_to_rgb_matrix",
     "resize_shorter",
     "crop_origin",
