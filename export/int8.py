@@ -54,7 +54,7 @@ from export.errors import (
     positive_int,
 )
 from export.fp16 import center_crop
-from export.onnxfile import INPUT_NAME, add_metadata, onnx_clip_shape, read_metadata
+from export.onnxfile import INPUT_NAME, add_metadata, load_onnx, onnx_clip_shape, read_metadata
 from export.outputs import publish, write_json
 from export import runtime
 from export.runtime import CPU_EXTRA_HINT, ENGINE_SUFFIXES, OPENVINO_SUFFIXES, import_openvino, open_session
@@ -457,12 +457,7 @@ def check_source(src: str | Path) -> onnx.ModelProto:
         )
     if not src.is_file():
         raise ExportError(f"{src} does not exist: export the model first (python -m export.onnx NAME)")
-    try:
-        model = onnx.load(str(src))
-    except Exception as err:  # protobuf's DecodeError and friends
-        raise ExportError(
-            f"{src} is not an ONNX file that can be read ({type(err).__name__}): export it again"
-        ) from None
+    model = load_onnx(src)
     if (precision := read_metadata(model).get("precision", "fp32")) != "fp32":
         raise ExportError(f"{src} is not an FP32 export ({precision}): quantize the FP32 ONNX")
     return model

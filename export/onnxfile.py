@@ -1,6 +1,6 @@
 """ONNX files as this toolkit writes them: the metadata they carry, their clip input, writing them.
 
-A leaf module (no other `export` module below it), so that the marker, the
+A leaf module (only `export.errors` below it), so that the marker, the
 runtime and the exporters can all read files without importing each other.
 """
 
@@ -11,6 +11,7 @@ from pathlib import Path
 
 import onnx
 
+from export.errors import ExportError
 from pipeline import fsync_file
 
 INPUT_NAME = "clips"
@@ -26,11 +27,22 @@ def add_metadata(proto: onnx.ModelProto, items: dict[str, object]) -> None:
         entry.key, entry.value = META_PREFIX + key, str(value)
 
 
+def load_onnx(path: str | os.PathLike, *, weights: bool = True) -> onnx.ModelProto:
+    """The ONNX file at `path` (without its external weights unless `weights`); a file that does not parse is
+    an ExportError naming it."""
+    try:
+        return onnx.load(str(path), load_external_data=weights)
+    except Exception as err:  # protobuf's DecodeError and friends
+        raise ExportError(
+            f"{path} is not an ONNX file that can be read ({type(err).__name__}): export it again"
+        ) from None
+
+
 def _graph_only(path_or_proto: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
     """The model as given, or its file without the weights (what the readers below need)."""
     if isinstance(path_or_proto, onnx.ModelProto):
         return path_or_proto
-    return onnx.load(str(path_or_proto), load_external_data=False)
+    return load_onnx(path_or_proto, weights=False)
 
 
 def read_metadata(path_or_proto: str | os.PathLike | onnx.ModelProto) -> dict[str, str]:

@@ -298,12 +298,7 @@ def file_precision(path: str | os.PathLike) -> str:
     from export.onnxfile import read_metadata
 
     if str(path).endswith(".onnx"):
-        try:
-            recorded = read_metadata(path).get("precision", "fp32")
-        except Exception as err:  # protobuf's DecodeError and friends
-            raise ExportError(
-                f"{path} is not an ONNX file that can be read ({type(err).__name__}): export it again"
-            ) from None
+        recorded = read_metadata(path).get("precision", "fp32")  # an unreadable file: ExportError naming it
     elif str(path).endswith(OPENVINO_SUFFIXES):
         recorded = openvino_metadata(path).get("precision", "fp32")
     else:
