@@ -354,22 +354,25 @@ def export_rows(p: DemoPaths) -> list[str]:
     ]
     for art in (p.onnx(), p.onnx(fp16=True)):
         g = (read_json(Path(f"{art}.gate.json")) or {}).get("gate")
-        if g is None:
-            rows.append(f"| {art.name} | - | - | - | - | - | not run |")
-            continue
-        agree = g.get("prediction_agreement")
-        rows.append(
-            f"| {art.name} | {g['backend']} ({g['precision']}) | {_pct(g.get('artifact_top1'))} | "
-            f"{_pct(g.get('torch_top1'))} | {_drop(g)} | "
-            f"{'-' if agree is None else f'{100 * agree:.1f}%'} | {'passed' if g['passed'] else 'FAILED'} |"
-        )
-    rows.append(int8_row(read_json(p.export / "report.json") or {}))
+        rows.append(f"| {art.name} | - | - | - | - | - | not run |" if g is None else gate_row(art.name, g))
+    report = read_json(p.export / "report.json") or {}
+    rows.append(int8_row(report))
     engines = sorted(p.export.glob("*.engine"))
     rows.append(
         f"\nTensorRT engine: {engines[0] if engines else 'not built (TensorRT or a GPU is not available here)'}"
     )
-    speed = int8_speed(read_json(p.export / "report.json") or {})
+    speed = int8_speed(report)
     return rows + ([speed] if speed else [])
+
+
+def gate_row(name: str, g: dict) -> str:
+    """One artifact's gate as a row of the export table."""
+    agree = g.get("prediction_agreement")
+    return (
+        f"| {name} | {g.get('backend')} ({g.get('precision')}) | {_pct(g.get('artifact_top1'))} | "
+        f"{_pct(g.get('torch_top1'))} | {_drop(g)} | "
+        f"{'-' if agree is None else f'{100 * agree:.1f}%'} | {'passed' if g.get('passed') else 'FAILED'} |"
+    )
 
 
 def _drop(gate: dict) -> str:
@@ -385,13 +388,7 @@ def int8_row(report: dict) -> str:
         return f"| {EXPORTED}.int8.onnx | - | - | - | - | - | not run |"
     if not art.get("built"):
         return f"| {EXPORTED}.int8.onnx | - | - | - | - | - | not made: {art.get('missing')} |"
-    g = art.get("gate") or {}
-    agree = g.get("prediction_agreement")
-    return (
-        f"| {Path(art['path']).name} | {g.get('backend')} ({g.get('precision')}) | {_pct(g.get('artifact_top1'))} | "
-        f"{_pct(g.get('torch_top1'))} | {_drop(g)} | "
-        f"{'-' if agree is None else f'{100 * agree:.1f}%'} | {'passed' if g.get('passed') else 'FAILED'} |"
-    )
+    return gate_row(Path(art["path"]).name, art.get("gate") or {})
 
 
 def int8_speed(report: dict) -> str | None:
