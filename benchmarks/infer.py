@@ -31,9 +31,9 @@ with native BF16, at BF16 (`ov-bf16`); and the model quantized to INT8 by
 each quantizer of `export.int8` (one post-training pass, no layer kept in
 float: the speed of plain PTQ) in ONNX Runtime and OpenVINO:
 `ort-int8 (nncf)` / `ov-int8 (nncf)` (NNCF, the default where installed)
-and `ort-int8 (ortq)` / `ov-int8 (ortq)` (ONNX Runtime's quantize_static). Calibration: 32 synthetic clips, or with
-`--calib-shards` one test view of each of up to 64 videos of its train
-split. Goal: the best INT8 row >= 4x ONNX Runtime FP32 at batch 1
+and `ort-int8 (ortq)` / `ov-int8 (ortq)` (ONNX Runtime's quantize_static).
+Calibration: 32 synthetic clips, or with `--calib-shards` one test view of
+each of up to 64 videos of its train split. Goal: the best INT8 row >= 4x ONNX Runtime FP32 at batch 1
 (tpn_r50_f8s8, same threads).
 
 With `--val-shards`, every backend also classifies the test-protocol views
