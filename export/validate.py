@@ -547,7 +547,7 @@ def gate(
             results = _shard_results(tracks, model, val_shards, split, zoo, thresholds, batch_size, max_videos)
     reports = []
     for meta, t, (judgement, fields) in zip(metas, tracks, results):
-        if optimistic_note(meta, fields.get("shards")):
+        if calibrated_on_gated_split(meta, fields.get("shards")):
             fields = {**fields, "notes": [*fields.get("notes", []), OPTIMISTIC]}
         report = GateReport.of(
             judgement,
@@ -570,7 +570,7 @@ OPTIMISTIC = (
 )
 
 
-def optimistic_note(meta: dict[str, str], shards: dict | None) -> bool:
+def calibrated_on_gated_split(meta: dict[str, str], shards: dict | None) -> bool:
     """Whether an INT8 file was calibrated on the split this gate judged (the fingerprints match)."""
     calibration = calibration_of(meta)
     return bool(calibration and shards and shards.get("fingerprint") == calibration.get("fingerprint"))
