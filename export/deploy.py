@@ -22,7 +22,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import onnx
 import torch
 
 from export.engine import TrtReport, build_engine, missing_requirements
@@ -37,7 +36,16 @@ from export.errors import (
     positive_int,
 )
 from export.fp16 import Fp16Report, to_fp16
-from export.int8 import DEFAULT_CLIPS, DEFAULT_QUANTIZER, QUANTIZERS, Int8Report, calibrate, calibration_source, to_int8
+from export.int8 import (
+    DEFAULT_CLIPS,
+    DEFAULT_QUANTIZER,
+    QUANTIZERS,
+    Int8Report,
+    calibrate,
+    calibration_source,
+    ready_quantizer,
+    to_int8,
+)
 from export.onnx import SIZE_WORDS, OnnxReport, add_model_args, export_onnx, parse_input_size
 from export.outputs import default_out_dir, write_json
 from export.runtime import TRT_INSTALL
@@ -194,7 +202,12 @@ def _int8(
     """The INT8 file of the FP32 ONNX (export.int8). One that missed its held-out accuracy is still gated (and
     is marked only if the gate passes it); a missing quantizer is reported like a missing TensorRT."""
     location, split, optimistic = calib
-    calibration = calibrate(onnx.load(onnx_path), location, split, clips, optimistic)
+    try:
+        ready_quantizer(quantizer)  # said before any calibration clip is decoded
+    except MissingDependencyError as e:
+        log(f"note: no INT8 file made: {e}")
+        return {"built": False, "missing": str(e)}, [ArtifactResult("int8", None, False, missing=str(e))]
+    calibration = calibrate(onnx_path, location, split, clips, optimistic)
     for note in calibration.notes:
         log(f"WARNING: {note}")
     if optimistic:
@@ -204,9 +217,6 @@ def _int8(
     except CheckFailed as e:
         report = e.report
         log(f"WARNING: {e}")
-    except MissingDependencyError as e:
-        log(f"note: no INT8 file made: {e}")
-        return {"built": False, "missing": str(e)}, [ArtifactResult("int8", None, False, missing=str(e))]
     log(report.summary())
     return report, [ArtifactResult("int8", report.path, True)]
 

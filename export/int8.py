@@ -33,6 +33,7 @@ import argparse
 import contextlib
 import io
 import json
+import os
 import sys
 import tempfile
 import time
@@ -174,10 +175,10 @@ def _same(a, b) -> bool:
 
 
 def calibrate(
-    model: onnx.ModelProto, location: str, split: str | None, clips: int, optimistic: bool = False
+    model: str | os.PathLike | onnx.ModelProto, location: str, split: str | None, clips: int, optimistic: bool = False
 ) -> Calibration:
     """One test view per video (the middle one) of the first `clips` videos, decoded by the loader, at the
-    ONNX model's input size."""
+    input size of the ONNX model (a file's graph is read without its weights)."""
     name = read_metadata(model).get("model")
     if name is None:
         raise ExportError("the ONNX file has no 'tpn.model' metadata: export it with export.onnx")
@@ -268,6 +269,15 @@ def quantize(
     add_metadata(model, {**meta, "precision": "int8", **extra})
     onnx.save(model, str(out))
     return out
+
+
+def ready_quantizer(quantizer: str) -> str:
+    """`resolve_quantizer`, refused with MissingDependencyError (naming the extra) when it is not installed:
+    asked before any calibration clip is decoded."""
+    quantizer = resolve_quantizer(quantizer)
+    if quantizer == "nncf":
+        import_nncf()
+    return quantizer
 
 
 def resolve_quantizer(quantizer: str) -> str:
@@ -382,9 +392,7 @@ def to_int8(
     t0 = time.perf_counter()
     src = Path(fp32_onnx)
     fp32 = check_source(src)
-    quantizer = resolve_quantizer(quantizer)
-    if quantizer == "nncf":
-        import_nncf()  # refused before anything is written
+    quantizer = ready_quantizer(quantizer)  # refused before anything is written
     if ir:
         import_openvino()
     out = Path(out) if out is not None else src.with_name(src.name.removesuffix(".onnx") + ".int8.onnx")
@@ -520,6 +528,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         model = check_source(args.onnx)
+        ready_quantizer(args.quantizer)
+        if args.ir:
+            import_openvino()
         split = validation_split(args.calib_shards, args.calib_split)
         calibration = calibrate(model, args.calib_shards, split, args.calib_clips)
         for note in calibration.notes:
