@@ -21,7 +21,7 @@ import shutil
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -264,7 +264,9 @@ class _Run:
         self.closed: deque[_Closed] = deque()
         self.rejected_count = 0
         self.worker_cpu_s = 0.0
-        self.cleaner = ThreadPoolExecutor(1, thread_name_prefix="shard-clean")  # staged files of committed work
+        # Removals of committed work's staged files, run by the engine where the encodes run: deleting a
+        # video's fragment costs the kernel about as much CPU as everything else this process does for it.
+        self.removals: list = []
 
     def split(self, name: str) -> SplitProgress:
         return self.progress.setdefault(name, SplitProgress())
@@ -330,7 +332,9 @@ class _Run:
         if c.taken.through is not None:
             sp.through = c.taken.through
         mf.save_state(self.out, self.fp, self.progress)
-        self.cleaner.submit(_remove_staged, c.taken.staged)
+        if c.taken.staged:
+            self.removals = [f for f in self.removals if not f.done()]
+            self.removals.append(self.engine.remove(c.taken.staged))
 
     def finish(self) -> None:
         for split in sorted(self.open):
@@ -338,7 +342,9 @@ class _Run:
         for split in sorted(self.taken):  # what came after a split's last shard: rejections, say
             self.closed.append(_Closed(split, None, None, self.taken.pop(split)))
         self._commit_ready(block=True)
-        self.cleaner.shutdown(wait=True)
+        for removal in self.removals:
+            # A removal that failed leaves staged files behind: the end of the run deletes the staging folder.
+            removal.exception()
 
     def abort(self) -> None:
         """After a failure or an interrupt, once the engine has stopped: commit the shards whose packs did
@@ -350,18 +356,9 @@ class _Run:
                     break
                 self._commit(self.closed.popleft())
         finally:
+            # Removals the stopped engine did not run leave staged files of committed work, which a rerun never
+            # reads (it starts after them) and deletes with the staging folder at its end.
             self.closed.clear()
-            self.cleaner.shutdown(wait=True)
-
-
-def _remove_staged(locations: list[str]) -> None:
-    """Delete staged records and fragments of committed work (a folder's files, or objects)."""
-    remote = [loc for loc in locations if storage.is_remote(loc)]
-    for loc in locations:
-        if not storage.is_remote(loc):
-            Path(loc).unlink(missing_ok=True)
-    if remote:
-        storage.remove_many(remote)
 
 
 def _restore(out: Path, fp: str, remote: str | None = None) -> dict[str, SplitProgress]:

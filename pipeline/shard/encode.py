@@ -222,6 +222,17 @@ def prepare_samples(
     return [prepare_sample(item, s, staging, timeout, min_frames, label) for item, label in work]
 
 
+def remove_staged(locations: list[str]) -> None:
+    """Delete staged records and fragments of committed work (a folder's files, or objects). Runs in a
+    worker, like the encodes that wrote them."""
+    remote = [loc for loc in locations if storage.is_remote(loc)]
+    for loc in locations:
+        if not storage.is_remote(loc):
+            Path(loc).unlink(missing_ok=True)
+    if remote:
+        storage.remove_many(remote)
+
+
 def _cpu() -> float:
     """CPU seconds of this process and its reaped children (a worker runs one input at a time)."""
     own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -12,6 +12,9 @@ which shard, from small records. Two kinds of job:
   millisecond of the driver's CPU) between them.
 - `pack(dest, fragments)`: write one shard and its `.idx` from fragments
   (`pack.pack_shard`); the result is its `ShardInfo` (size, sha256).
+- `remove(locations)`: delete the staged files of a committed shard's
+  inputs (`encode.remove_staged`). Once the engine is closed (after a
+  failure), it runs in the calling process.
 
 The coordinator takes outcomes in input order (`core.ordered`) and packs
 shards in that order too, so the bytes never depend on the engine, the
@@ -42,7 +45,7 @@ import socket
 from concurrent.futures import Future, ProcessPoolExecutor
 
 from pipeline.errors import ShardingError
-from pipeline.shard.encode import Outcome, prepare_samples
+from pipeline.shard.encode import Outcome, prepare_samples, remove_staged
 from pipeline.shard.ffmpeg import EncoderInterrupted
 from pipeline.shard.layouts import WorkItem
 from pipeline.shard.options import ShardOptions
@@ -116,6 +119,9 @@ class LocalEngine:
             _call(pack_shard, dest, fragments) if self.pool is None else self.pool.submit(pack_shard, dest, fragments)
         )
 
+    def remove(self, locations: list[str]) -> Future:
+        return _call(remove_staged, locations) if self.pool is None else self.pool.submit(remove_staged, locations)
+
     def close(self, failed: bool = False) -> None:
         # After a failure, let running jobs finish (Ctrl-C has already stopped their ffmpeg): a caller that
         # retries in this process must not race with them over the same staged files.
@@ -142,6 +148,8 @@ class RayEngine:
             **retried, retry_exceptions=[EncoderInterrupted, InputUnavailable]
         )
         self.packer = self.ray.remote(pack_shard).options(**retried)
+        self.remover = self.ray.remote(remove_staged).options(**retried)
+        self.closed = False
 
     def submit(self, work: list[tuple[WorkItem, int]]) -> Future:
         o = self.opts
@@ -150,7 +158,13 @@ class RayEngine:
     def pack(self, dest: str, fragments: list[Fragment]) -> Future:
         return _RayResult(self.packer.remote(dest, fragments).future())
 
+    def remove(self, locations: list[str]) -> Future:
+        if self.closed:
+            return _call(remove_staged, locations)
+        return _RayResult(self.remover.remote(locations).future())
+
     def close(self, failed: bool = False) -> None:
+        self.closed = True
         if self.owns:
             self.owns = False
             self.ray.shutdown()

@@ -446,3 +446,45 @@ def test_a_finished_folder_holds_only_the_dataset(sharded, synth):
     assert hidden == [] or hidden == [".index"], hidden  # .index: the loader's cache, made when shards are read
     report = shard_dataset(synth, out, **OPTS)
     assert report.encoded == 0 and report.samples == sum(1 for t in out.glob("*.tar") for _ in iter_samples(t))
+
+
+def test_committed_shards_staged_files_are_removed_by_the_engine(synth, tmp_path, monkeypatch):
+    """Each committed shard's staged records and fragments are deleted by one engine job, as the run goes
+    (where the encodes run, not by the coordinator); an engine stopped by a failure deletes them in place."""
+    from pipeline.shard import core
+    from pipeline.shard.engines import LocalEngine
+    from pipeline.shard.options import ShardOptions
+
+    calls: list[tuple[list[str], bool]] = []
+
+    class Recording:
+        def __init__(self, engine):
+            self.engine = engine
+
+        def __getattr__(self, name):
+            return getattr(self.engine, name)
+
+        def remove(self, locations):
+            fut = self.engine.remove(locations)
+            fut.result()
+            calls.append((locations, not any(Path(loc).exists() for loc in locations)))
+            return fut
+
+    real = core.make_engine
+    monkeypatch.setattr(core, "make_engine", lambda *a, **k: Recording(real(*a, **k)))
+    report = shard_dataset(synth, tmp_path / "out", **{**OPTS, "workers": 2})
+    assert len(calls) == len(report.shards)  # one job per committed shard (no input is rejected here)
+    assert all(gone for _, gone in calls)
+    names = sorted(Path(loc).name for locations, _ in calls for loc in locations)
+    keys = sorted(Path(loc).stem for locations, _ in calls for loc in locations if loc.endswith(".json"))
+    assert len(keys) == report.inputs == 9 and names == sorted(
+        [f"{k}.json" for k in keys] + [f"{k}.frag" for k in keys]
+    )
+
+    staged = tmp_path / "staged"
+    staged.mkdir()
+    (staged / "a.frag").write_bytes(b"x")
+    engine = LocalEngine(ShardOptions.of(**OPTS), str(staged), 2, 2)
+    engine.close(failed=True)
+    engine.remove([str(staged / "a.frag")]).result()
+    assert not (staged / "a.frag").exists()
