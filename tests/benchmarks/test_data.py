@@ -133,6 +133,30 @@ def test_coordination_rows_take_the_slope_between_two_sizes():
     assert abs(row["cores_whole_run"] - 0.5 / (0.56 / 72)) < 1e-6
 
 
+def test_the_coordinators_idle_rate_is_taken_out_of_the_slope():
+    """CPU the coordinator burns per second whatever it does (a Ray driver's threads) grows with the wall time,
+    not the videos: taken out before the slope, it leaves the per-video cost, and a share of one core."""
+    from benchmarks.shard import coordination_row
+    from benchmarks.tables import coordination_rows
+
+    idle, per_video = 0.002, 0.0008
+
+    def run(videos, wall):
+        cpu = 0.3 + idle * wall + per_video * videos
+        return {"videos": videos, "wall_s": wall, "coordinator_cpu_s": cpu, "idle_cpu_s_per_s": idle,
+                "encode_cpu_s": videos * 0.5}  # fmt: skip
+
+    row = coordination_row(run(72, 20.0), run(216, 60.0), 500)
+    assert row["slope_resolved"] and abs(row["coordinator_cpu_s_per_video_marginal"] - per_video) < 1e-9
+    assert abs(row["coordinator_fixed_cpu_s"] - 0.3) < 1e-9
+    assert abs(row["cores"] - 0.5 * (1 - idle) / per_video) < 1e-6
+    with_idle = per_video + idle * 40.0 / 144
+    assert abs(row["coordinator_cpu_s_per_video_marginal_with_idle"] - with_idle) < 1e-9
+    assert abs(row["cores_with_idle"] - 0.5 / with_idle) < 1e-6 and row["cores_with_idle"] < 500 < row["cores"]
+    text = "\n".join(coordination_rows({"rows": {"ray-jpeg": row}, "workers": 2}))
+    assert "2.0 ms/s" in text and "0.800 ms (1.356 ms)" in text and "**624** (>= 500: met)" in text
+
+
 def test_a_slope_within_noise_leaves_the_whole_run_as_a_lower_bound():
     from benchmarks.shard import coordination_row
     from benchmarks.tables import coordination_rows
