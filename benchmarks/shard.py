@@ -32,8 +32,10 @@ coordinator cost are told apart:
   joined to the cluster; it takes a fixed share of one core whatever the
   cluster's size, and is taken out of the slope below (on 2 cores, 3x the
   videos is 3x the wall time, so it would otherwise read as per-video work);
-- fixed per run: starting the workers, scanning, the manifest (joining Ray
-  happens before the measurement);
+- fixed per run: starting the workers, scanning, the manifest. Joining Ray
+  and what only a process's first run does (imports, sending the task
+  functions to the cluster) happen before the measurement: the process
+  first shards two videos (see `coordinated_run`);
 - per video: the slope between the two sizes, once the per-second part of
   each run's wall time is taken out. What grows with the dataset is that.
 "Cores one coordinator keeps busy" is the encode CPU per video times the
@@ -81,9 +83,23 @@ FOOTAGE = {"bikes": "bikes.mp4", "bunny": "bigbuckbunny.mp4"}
 
 
 def cpu_seconds() -> float:
-    """User + system CPU of this process and of its reaped children (the ffmpeg runs)."""
+    """User + system CPU of this process, of its reaped children (plain ffmpeg's runs) and of what its fork
+    server reaped (the local engine's workers, with their ffmpeg)."""
     own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime + forkserver_children_cpu()
+
+
+def forkserver_children_cpu() -> float:
+    """CPU seconds of the processes this process's fork server has reaped (0 before it starts). The local
+    engine's workers are the fork server's children, not this process's: RUSAGE_CHILDREN never sees them.
+    A pool's workers are reaped before its shutdown returns."""
+    from multiprocessing import forkserver
+
+    pid = getattr(forkserver._forkserver, "_forkserver_pid", None)  # no public accessor
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")  # cutime, cstime
 
 
 def measure(fn) -> tuple[float, float]:
@@ -163,15 +179,24 @@ def footage_copies(root: Path, per_source: int) -> Path:
     return root
 
 
-def coordinated_run(src: Path, out: Path, codec: str, workers: int, engine: str, address: str | None) -> dict:
+def coordinated_run(
+    src: Path, out: Path, codec: str, workers: int, engine: str, address: str | None, warm: Path
+) -> dict:
     """One sharding run, timed from the process that coordinates it (run in a fresh process), with that
-    process's CPU per second while idle (joined to the cluster, no video in flight) measured first."""
+    process's CPU per second while idle (joined to the cluster, no video in flight) measured first.
+
+    A run of the few videos in `warm` comes before both: the first run in a process imports the sharding and
+    encoding code and (with Ray) sends the task functions to the cluster, about 0.1 s of CPU whose size
+    differs from process to process. Done once per job whatever its size, it would only blur the slope."""
     where = {"ray_address": address} if address is not None else {}
     if engine == "ray":
         import ray
 
         # Joined here, so that shard_dataset finds Ray running and neither joins nor leaves it.
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+    warm_out = out.with_name(f"{out.name}-warm-up")
+    shard_dataset(warm, warm_out, codec=codec, workers=workers, engine=engine, **where)
+    shutil.rmtree(warm_out)
     time.sleep(SETTLE_S)
     c0, t0 = own_cpu(), time.perf_counter()
     time.sleep(IDLE_S)
@@ -203,6 +228,7 @@ def coordination(args: argparse.Namespace) -> dict:
         engines.append("ray")
     runs, results = [], {}
     try:
+        warm = footage_copies(scratch / "warm-up", 1)
         for per_source in (args.copies, 3 * args.copies):
             src = footage_copies(scratch / f"src{per_source}", per_source)
             for engine in engines:
@@ -212,7 +238,7 @@ def coordination(args: argparse.Namespace) -> dict:
                     # A fresh process per run: the coordinator's CPU is then its own, not what an earlier run
                     # (a Ray driver's threads, a warm cache) left behind in this one.
                     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as one:
-                        row = one.submit(coordinated_run, src, out, codec, args.workers, engine, address).result()
+                        row = one.submit(coordinated_run, src, out, codec, args.workers, engine, address, warm).result()
                     runs.append({"engine": engine, "codec": codec, **row})
                     print(
                         f"{engine} {codec} {row['videos']} videos: {row['wall_s']:.1f} s, "

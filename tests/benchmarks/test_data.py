@@ -168,3 +168,18 @@ def test_a_slope_within_noise_leaves_the_whole_run_as_a_lower_bound():
     assert abs(row["cores"] - 0.5 / (0.78 / 72)) < 1e-6  # never an infinite or huge figure
     text = "\n".join(coordination_rows({"rows": {"ray-vp9": row}, "workers": 2}))
     assert "within noise" in text and "not shown" in text and "met" not in text
+
+
+def test_the_shard_rows_cpu_counts_the_local_engines_workers(tmp_path):
+    """The local engine's workers are its fork server's children: the shard benchmark's CPU row must still
+    count them (and their ffmpeg), or pipeline.shard would read as almost free next to plain ffmpeg."""
+    import json
+
+    from benchmarks.shard import measure
+    from pipeline.shard import shard_dataset
+    from pipeline.synth import make_dataset
+
+    src = make_dataset(tmp_path / "src", classes=2, train_per_class=2, val_per_class=0, frames=24, size=(64, 48))
+    _, cpu = measure(lambda: shard_dataset(src, tmp_path / "out", short_side=48, workers=2))
+    encodes = json.loads((tmp_path / "out" / "manifest.json").read_text())["run"]["worker_cpu_s"]
+    assert encodes > 0 and cpu >= encodes
