@@ -131,7 +131,7 @@ BLOCKS: tuple[Block, ...] = (
         chart=lambda r: charts.infer_chart(r[f"{H100}-infer"], "tpn_r50_f8s8", ["torch-fp32", "torch-bf16"]),
         command=f"python -m benchmarks.infer --name {H100}-infer",
     ),
-    Block(name="cpu2-shard", source="2026-12-08-cpu2-shard", table=shard_table),
+    Block(name="cpu2-shard", source="2026-12-08-cpu2-shard-coord", table=shard_table),
     Block(
         name="cpu2-loaders",
         source=f"{CPU2_LOAD}-data",
