@@ -264,8 +264,8 @@ class _Run:
         self.closed: deque[_Closed] = deque()
         self.rejected_count = 0
         self.worker_cpu_s = 0.0
-        # Removals of committed work's staged files, run by the engine where the encodes run: deleting a
-        # video's fragment costs the kernel about as much CPU as everything else this process does for it.
+        # Removals of committed work's staged files, run by the engine where the encodes run: unlinking a
+        # fragment (megabytes for a video's JPEG frames) is kernel CPU charged to whichever process does it.
         self.removals: list = []
 
     def split(self, name: str) -> SplitProgress:
