@@ -79,7 +79,7 @@ CORES_GOAL = {"local": 200, "ray": 500}  # encoding cores one coordinator keeps 
 # (now done outside the measurement); kept as the bar.
 RESOLVABLE_CPU_S = 0.1
 IDLE_S = 10.0  # how long the coordinator's idle CPU rate is measured before each --coordination run
-SETTLE_S = 2.0  # after joining Ray, before that: its threads' start-up work done
+SETTLE_S = 2.0  # between the warm-up run and the idle measurement: what the warm-up left running ends
 FOOTAGE = {"bikes": "bikes.mp4", "bunny": "bigbuckbunny.mp4"}
 
 

@@ -56,7 +56,7 @@ def coordination_rows(c: dict) -> list[str]:
         "workers): CPU seconds per video, and the encoding cores one coordinator keeps busy",
         "",
         "| engine, codec | encode | coordinator idle | coordinator, whole run | coordinator, per added video "
-        "(idle part included) | coordinator, fixed | cores (goal) |",
+        "(before idle out) | coordinator, fixed | cores (goal) |",
         "|---|---|---|---|---|---|---|",
     ]
     unresolved = False

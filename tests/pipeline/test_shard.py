@@ -449,8 +449,8 @@ def test_a_finished_folder_holds_only_the_dataset(sharded, synth):
 
 
 def test_committed_shards_staged_files_are_removed_by_the_engine(synth, tmp_path, monkeypatch):
-    """Each committed shard's staged records and fragments are deleted by one engine job, as the run goes
-    (where the encodes run, not by the coordinator); an engine stopped by a failure deletes them in place."""
+    """Each committed shard's staged records and fragments are deleted by one engine job, as the run goes; an
+    engine stopped by a failure deletes them in place."""
     from pipeline.shard import core
     from pipeline.shard.engines import LocalEngine
     from pipeline.shard.options import ShardOptions
